@@ -67,6 +67,7 @@ _PPP_DATA_PROTOCOLS: Final = frozenset({PPPProtocol.MPLS_UNICAST, PPPProtocol.MP
 
 # Transport protocols whose first four bytes are source and destination port.
 _PORT_PROTOCOLS: Final = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
+_HIGHEST_ASSIGNED_IP_PROTOCOL: Final = 146
 _IPV6_FRAGMENT: Final = 44
 # Extension headers laid out as next-header(1), length in 8-byte units beyond the first 8.
 _IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
@@ -384,6 +385,12 @@ def _ipv4_checksum_ok(data: bytes, offset: int) -> bool:
     return total == 0xFFFF
 
 
+def _assigned_ip_protocol(proto: int | None) -> bool:
+    """IPv6 has no header checksum; a transport protocol IANA has assigned (or kept for
+    experiments) is the next best sign that the header is real."""
+    return proto is not None and (proto <= _HIGHEST_ASSIGNED_IP_PROTOCOL or proto in (253, 254))
+
+
 def _ppp_control_packet_ok(ppp_protocol: int, data: bytes, offset: int) -> bool:
     """A control packet's own length must cover exactly what follows the PPP header
     (no FCS in jmirror), and its code must be one the protocol defines."""
@@ -415,14 +422,14 @@ def is_plausible_jmirror(packet: JMirrorPacket) -> bool:
     if inner == "ipv4":
         return _ipv4_checksum_ok(data, 0)
     if inner == "ipv6":
-        return True
+        return _assigned_ip_protocol(packet.proto)
     if inner != "ppp" or packet.ppp_protocol is None:
         return False
     ppp_protocol, offset = _ppp_protocol(data, packet.mid, packet.sid)
     if ppp_protocol == PPPProtocol.IPV4:
         return _ipv4_checksum_ok(data, offset)
     if ppp_protocol == PPPProtocol.IPV6:
-        return True
+        return _assigned_ip_protocol(packet.proto)
     if ppp_protocol in _PPP_CONTROL_MAX_CODE:
         return _ppp_control_packet_ok(ppp_protocol, data, offset)
     if ppp_protocol == PPPProtocol.LQR:
