@@ -1,0 +1,229 @@
+"""Benchmark: ``manage.py decode`` against tshark, and ``decode_datagram`` per packet.
+
+    .venv/bin/python benchmarks/decode_benchmark.py [--packets 1000000] [--workdir /tmp/x]
+
+Writes a capture of mirrored traffic (a realistic mix: mostly IPv4 TCP/UDP, some IPv6,
+PPP sessions with LCP, and UDP noise that is not jmirror), then times, in one run:
+
+- ``manage.py decode FILE`` (all packets, jmirror detected on any port) to /dev/null;
+- ``tshark -r FILE -d udp.port==30030,jmirror -T fields`` (mid, sid, inner addresses);
+- ``decode_datagram`` on each kind of payload in the capture, and on the whole mix.
+
+Timings are wall-clock, best of ``--repeat`` runs. The figures go in issue notes; no test
+asserts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scapy.layers.dns import DNS, DNSQR  # noqa: E402
+from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
+from scapy.layers.inet6 import IPv6  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.layers.ppp import PPP_LCP_Echo  # noqa: E402
+from scapy.packet import Packet  # noqa: E402
+
+from receiver.jmirror import decode_datagram  # noqa: E402
+
+PORT = 30030
+ROUTER = "192.0.2.1"
+MEDIATION = "198.51.100.10"
+
+
+def _mirrored(inner: Packet | bytes, mid: int, sid: int) -> bytes:
+    """An Ethernet frame carrying one jmirror datagram, as a router sends it."""
+    payload = struct.pack("!II", mid, sid) + bytes(inner)
+    outer = Ether() / IP(src=ROUTER, dst=MEDIATION, ttl=255) / UDP(sport=PORT, dport=PORT, chksum=0)
+    return bytes(outer / payload)
+
+
+def traffic_mix() -> list[tuple[str, bytes]]:
+    """One frame of each template, labelled with its kind; repeated to fill the capture."""
+    frames: list[tuple[str, bytes]] = []
+    for index in range(70):
+        body = b"x" * (20 + 13 * index)
+        frames.append(
+            (
+                "ipv4-tcp",
+                _mirrored(
+                    IP(src=f"10.0.{index}.1", dst="203.0.113.5")
+                    / TCP(sport=40000 + index, dport=443)
+                    / body,
+                    0x300,
+                    0x90,
+                ),
+            )
+        )
+    for index in range(10):
+        frames.append(
+            (
+                "ipv4-udp",
+                _mirrored(
+                    IP(src="10.0.0.1", dst="8.8.8.8") / UDP(sport=5000 + index) / DNS(), 0x300, 0x90
+                ),
+            )
+        )
+        frames.append(
+            (
+                "ipv4-icmp",
+                _mirrored(IP(src="10.0.0.1", dst="8.8.8.8") / ICMP() / b"ping", 0x300, 0x90),
+            )
+        )
+    for index in range(15):
+        frames.append(
+            (
+                "ipv6-tcp",
+                _mirrored(
+                    IPv6(src="2001:db8::1", dst=f"2001:db8:1::{index}", fl=index)
+                    / TCP(sport=1000 + index, dport=443)
+                    / (b"y" * 200),
+                    0x8000,
+                    1,
+                ),
+            )
+        )
+    for _ in range(5):
+        frames.append(
+            (
+                "ppp-ipv4",
+                _mirrored(
+                    b"\xff\x03\x00\x21" + bytes(IP(src="100.64.0.2", dst="1.1.1.1") / UDP()),
+                    0x3039,
+                    0x1E240,
+                ),
+            )
+        )
+        frames.append(
+            ("ppp-lcp", _mirrored(b"\xff\x03\xc0\x21" + bytes(PPP_LCP_Echo()), 0x3039, 0x1E240))
+        )
+    for index in range(5):
+        noise = Ether() / IP(src="192.0.2.53", dst=MEDIATION) / UDP(sport=53, dport=33000 + index)
+        frames.append(("noise-dns", bytes(noise / DNS(id=index, qd=DNSQR(qname="example.net")))))
+    return frames
+
+
+def write_capture(path: Path, frames: list[tuple[str, bytes]], packets: int) -> None:
+    """A microsecond pcap of ``packets`` records cycling through ``frames``."""
+    records = [frame for _, frame in frames]
+    start = 1_790_000_000
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        chunk: list[bytes] = []
+        for number in range(packets):
+            frame = records[number % len(records)]
+            chunk.append(
+                struct.pack(
+                    "<IIII",
+                    start + number // 100_000,
+                    number % 100_000 * 10,
+                    len(frame),
+                    len(frame),
+                )
+            )
+            chunk.append(frame)
+            if len(chunk) >= 20_000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        out.write(b"".join(chunk))
+
+
+def best_wall_time(command: list[str], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(
+            command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+        )
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def per_packet_microseconds(payloads: list[bytes], repeat: int) -> float:
+    def decode_all() -> None:
+        for payload in payloads:
+            decode_datagram(payload)
+
+    number = max(1, 200_000 // len(payloads))
+    best = min(timeit.repeat(decode_all, number=number, repeat=repeat))
+    return best / (number * len(payloads)) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--packets", type=int, default=1_000_000)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each command; best is reported"
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="jmirror-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    capture = workdir / "mix.pcap"
+    frames = traffic_mix()
+    write_capture(capture, frames, args.packets)
+    kinds = Counter(kind for kind, _ in frames)
+    print(f"capture: {capture} ({args.packets} frames, {capture.stat().st_size / 1e6:.0f} MB)")
+    print("mix per cycle of", len(frames), "frames:", dict(kinds))
+
+    decode = [sys.executable, str(REPO / "manage.py"), "decode", str(capture)]
+    ours = best_wall_time(decode, args.repeat)
+    print(f"manage.py decode: {ours:.2f} s, {args.packets / ours:,.0f} packets/s")
+
+    tshark = shutil.which("tshark")
+    if tshark:
+        fields = ["jmirror.mid", "jmirror.sid", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst"]
+        command = [
+            tshark,
+            "-n",
+            "-r",
+            str(capture),
+            "-d",
+            f"udp.port=={PORT},jmirror",
+            "-T",
+            "fields",
+        ]
+        for field in fields:
+            command += ["-e", field]
+        theirs = best_wall_time(command, args.repeat)
+        print(f"tshark -T fields: {theirs:.2f} s, {args.packets / theirs:,.0f} packets/s")
+        print(f"decode is {theirs / ours:.1f}x tshark's packets per second")
+    else:
+        print("tshark is not installed: no comparison")
+
+    payloads_by_kind: dict[str, list[bytes]] = {}
+    for kind, frame in frames:
+        if not kind.startswith("noise"):
+            # Ethernet 14 + IPv4 20 + UDP 8 in front of every template above.
+            payloads_by_kind.setdefault(kind, []).append(frame[42:])
+    for kind, payloads in payloads_by_kind.items():
+        print(f"decode_datagram {kind}: {per_packet_microseconds(payloads, 5):.2f} us")
+    mix = [payload for payloads in payloads_by_kind.values() for payload in payloads]
+    mix_by_share = [frame[42:] for kind, frame in frames if not kind.startswith("noise")]
+    print(
+        f"decode_datagram, the capture's mix ({len(mix)} payloads): "
+        f"{per_packet_microseconds(mix_by_share, 5):.2f} us"
+    )
+    if args.workdir is None:
+        os.unlink(capture)
+        workdir.rmdir()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""``manage.py decode FILE [--port N ...]``: the jmirror packets of a capture as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from receiver.capture import CaptureError
+from receiver.offline import decode_capture, json_line
+
+# Lines are written in batches: one write per packet would cost more than decoding it.
+_LINES_PER_WRITE = 2048
+
+
+def udp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a UDP port (1-65535)")
+    return port
+
+
+def summary(frames: int, decoded: int, skipped: Counter[str]) -> str:
+    """The closing line on stderr: what was read, decoded, and skipped by reason."""
+    line = f"{frames} frames read, {decoded} jmirror packets decoded, {skipped.total()} skipped"
+    if skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
+        line += f" ({reasons})"
+    return line
+
+
+class Command(BaseCommand):
+    help = (
+        "Print the jmirror packets of a pcap or pcapng file as JSON lines (keys: frame, time, "
+        "router, port, mid, intercept_id, version, sid, inner, ppp_protocol, src, dst, proto, "
+        "sport, dport, length). Without --port, jmirror is detected on any UDP port."
+    )
+    requires_system_checks: list[str] = []
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", help="pcap or pcapng capture file")
+        parser.add_argument(
+            "--port",
+            type=udp_port,
+            action="append",
+            default=[],
+            metavar="N",
+            help="decode UDP datagrams to this port as jmirror (repeatable); "
+            "without it, jmirror is detected on any port",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        path: str = options["file"]
+        ports: list[int] = options["port"]
+        skipped: Counter[str] = Counter()
+        decoded = 0
+        failure: str | None = None
+        try:
+            with open(path, "rb") as stream:
+                lines: list[str] = []
+                for frame, time_ns, router, port, packet in decode_capture(stream, ports, skipped):
+                    lines.append(json_line(frame, time_ns, router, port, packet))
+                    if len(lines) == _LINES_PER_WRITE:
+                        self.stdout.write("".join(lines), ending="")
+                        decoded += len(lines)
+                        lines.clear()
+                self.stdout.write("".join(lines), ending="")
+                decoded += len(lines)
+        except OSError as error:
+            # The file cannot be opened or read; a broken pipe on stdout ends up here too.
+            if isinstance(error, BrokenPipeError):
+                return
+            raise CommandError(f"{path}: {error.strerror or error}", returncode=2) from None
+        except CaptureError as error:
+            failure = f"{path}: {error}"
+        self.stderr.write(summary(decoded + skipped.total(), decoded, skipped))
+        if failure is not None:
+            raise CommandError(failure, returncode=2)
