@@ -198,6 +198,26 @@ def ipv4_udp_fragments(
     )
 
 
+def full_size_ipv4_tcp(
+    length: int = 1500,
+    src: str = SUBSCRIBER,
+    dst: str = SERVER,
+    sport: int = 443,
+    dport: int = 49152,
+) -> Mirrored:
+    """A ``length``-byte IPv4 TCP segment: at 1500 bytes its jmirror datagram (1536)
+    exceeds a 1500-byte path MTU, so the network fragments the outer packet."""
+    headers = len(IP() / TCP())
+    if length < headers:
+        raise ValueError(f"an IPv4 TCP packet has at least {headers} bytes, not {length}")
+    packet = (
+        IP(src=src, dst=dst, id=0x1006)
+        / TCP(sport=sport, dport=dport, flags="A")
+        / Raw(bytes(index % 251 for index in range(length - headers)))
+    )
+    return Mirrored("full_size_ipv4_tcp", packet, "ipv4", None, src, dst, PROTO_TCP, sport, dport)
+
+
 def ipv6_udp(
     src: str = SUBSCRIBER6, dst: str = SERVER6, sport: int = 50002, dport: int = 53
 ) -> Mirrored:
@@ -307,6 +327,29 @@ def ppp_ipv6_tcp(
         / TCP(sport=sport, dport=dport, flags="A")
     )
     return Mirrored("ppp_ipv6_tcp", packet, "ppp", PPP_IPV6, src, dst, PROTO_TCP, sport, dport)
+
+
+def full_size_ppp_ipv6_udp(
+    length: int = 1500,
+    src: str = SERVER6,
+    dst: str = SUBSCRIBER6,
+    sport: int = 443,
+    dport: int = 50005,
+) -> Mirrored:
+    """A ``length``-byte PPP frame (HDLC-like framing) carrying IPv6 UDP (QUIC-sized)."""
+    headers = len(HDLC() / PPP() / IPv6() / UDP())
+    if length < headers:
+        raise ValueError(f"a PPP IPv6 UDP packet has at least {headers} bytes, not {length}")
+    packet = (
+        HDLC()
+        / PPP(proto=PPP_IPV6)
+        / IPv6(src=src, dst=dst)
+        / UDP(sport=sport, dport=dport)
+        / Raw(bytes(index % 241 for index in range(length - headers)))
+    )
+    return Mirrored(
+        "full_size_ppp_ipv6_udp", packet, "ppp", PPP_IPV6, src, dst, PROTO_UDP, sport, dport
+    )
 
 
 def ppp_lcp() -> Mirrored:
@@ -457,11 +500,12 @@ def jmirror_frame(
     mid: int,
     sid: int,
     vlans: Sequence[int] = (),
+    service_tag_type: int = 0x88A8,
     sport: int | None = None,
     ip_id: int = 0,
 ) -> Packet:
     """One mirrored packet as it arrives at the mediation host's interface:
-    Ether / [802.1Q tags] / IP / UDP / JMirror / inner."""
+    Ether / [VLAN tags, see :func:`ethernet_frame`] / IP / UDP / JMirror / inner."""
     packet = jmirror_packet(
         inner,
         router=router,
@@ -472,7 +516,7 @@ def jmirror_frame(
         sport=sport,
         ip_id=ip_id,
     )
-    return ethernet_frame(packet, vlans=vlans)
+    return ethernet_frame(packet, vlans=vlans, service_tag_type=service_tag_type)
 
 
 def outer_fragments(frame: Packet, *, mtu: int = 1500) -> list[Packet]:
@@ -594,12 +638,14 @@ class CaptureBuilder:
     A jmirror datagram's expected decode lands on the frame that completes it: its last
     fragment appended, whatever order the fragments are appended in. Frames are
     stamped ``start + n * step`` seconds and padded to the Ethernet minimum.
+    ``noise_frames`` numbers the frames added with :meth:`add_noise`.
     """
 
     start: float = 1_795_000_000.0
     step: float = 0.001
     frames: list[Packet] = field(default_factory=list)
     expected: list[ExpectedDecode] = field(default_factory=list)
+    noise_frames: list[int] = field(default_factory=list)
     _pending: dict[int, _Datagram] = field(default_factory=dict)
     _next_ip_id: int = 0x100
 
@@ -613,6 +659,7 @@ class CaptureBuilder:
         mid: int,
         sid: int,
         vlans: Sequence[int] = (),
+        service_tag_type: int = 0x88A8,
         mtu: int | None = None,
     ) -> list[Packet]:
         """The frames of one jmirror datagram (fragments when ``mtu`` is exceeded),
@@ -625,6 +672,7 @@ class CaptureBuilder:
             mid=mid,
             sid=sid,
             vlans=vlans,
+            service_tag_type=service_tag_type,
             ip_id=self._take_ip_id(),
         )
         frames = outer_fragments(frame, mtu=mtu) if mtu is not None else [frame]
@@ -643,6 +691,7 @@ class CaptureBuilder:
         mid: int,
         sid: int,
         vlans: Sequence[int] = (),
+        service_tag_type: int = 0x88A8,
         mtu: int | None = None,
     ) -> None:
         """Append one jmirror datagram's frames in order."""
@@ -655,12 +704,14 @@ class CaptureBuilder:
                 mid=mid,
                 sid=sid,
                 vlans=vlans,
+                service_tag_type=service_tag_type,
                 mtu=mtu,
             )
         )
 
     def add_noise(self, packet: Packet, *, vlans: Sequence[int] = ()) -> None:
         """Append a non-jmirror IP packet in an Ethernet frame."""
+        self.noise_frames.append(len(self.frames) + 1)
         self.append(ethernet_frame(packet, vlans=vlans))
 
     def append(self, *frames: Packet) -> None:
