@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
@@ -113,6 +113,7 @@ class Mirrored:
     name: str
     packet: Packet
     inner: InnerKind
+    _: KW_ONLY
     ppp_protocol: int | None = None
     src: str | None = None
     dst: str | None = None
@@ -146,19 +147,23 @@ def ipv4_tcp(
         / TCP(sport=sport, dport=dport, flags="PA")
         / Raw(b"GET / HTTP/1.1\r\n\r\n")
     )
-    return Mirrored("ipv4_tcp", packet, "ipv4", None, src, dst, PROTO_TCP, sport, dport)
+    return Mirrored(
+        "ipv4_tcp", packet, "ipv4", src=src, dst=dst, proto=PROTO_TCP, sport=sport, dport=dport
+    )
 
 
 def ipv4_udp(
     src: str = SUBSCRIBER, dst: str = SERVER, sport: int = 50000, dport: int = 53
 ) -> Mirrored:
     packet = IP(src=src, dst=dst, id=0x1002) / UDP(sport=sport, dport=dport) / _dns_question()
-    return Mirrored("ipv4_udp", packet, "ipv4", None, src, dst, PROTO_UDP, sport, dport)
+    return Mirrored(
+        "ipv4_udp", packet, "ipv4", src=src, dst=dst, proto=PROTO_UDP, sport=sport, dport=dport
+    )
 
 
 def ipv4_icmp(src: str = SUBSCRIBER, dst: str = SERVER) -> Mirrored:
     packet = IP(src=src, dst=dst, id=0x1003) / ICMP(id=0x200, seq=1) / Raw(b"abcdefgh" * 4)
-    return Mirrored("ipv4_icmp", packet, "ipv4", None, src, dst, PROTO_ICMP)
+    return Mirrored("ipv4_icmp", packet, "ipv4", src=src, dst=dst, proto=PROTO_ICMP)
 
 
 def ipv4_router_alert_udp(
@@ -171,7 +176,14 @@ def ipv4_router_alert_udp(
         / Raw(b"alert")
     )
     return Mirrored(
-        "ipv4_router_alert_udp", packet, "ipv4", None, src, dst, PROTO_UDP, sport, dport
+        "ipv4_router_alert_udp",
+        packet,
+        "ipv4",
+        src=src,
+        dst=dst,
+        proto=PROTO_UDP,
+        sport=sport,
+        dport=dport,
     )
 
 
@@ -182,7 +194,7 @@ def ipv4_record_route_icmp(src: str = SUBSCRIBER, dst: str = SERVER) -> Mirrored
         / ICMP(id=0x201, seq=1)
         / Raw(b"record")
     )
-    return Mirrored("ipv4_record_route_icmp", packet, "ipv4", None, src, dst, PROTO_ICMP)
+    return Mirrored("ipv4_record_route_icmp", packet, "ipv4", src=src, dst=dst, proto=PROTO_ICMP)
 
 
 def ipv4_udp_fragments(
@@ -193,8 +205,17 @@ def ipv4_udp_fragments(
     whole = IP(src=src, dst=dst, id=0x2001) / UDP(sport=sport, dport=dport) / Raw(b"s" * 120)
     first, last = _fragment(whole, 64)
     return (
-        Mirrored("ipv4_udp_first_fragment", first, "ipv4", None, src, dst, PROTO_UDP, sport, dport),
-        Mirrored("ipv4_udp_last_fragment", last, "ipv4", None, src, dst, PROTO_UDP),
+        Mirrored(
+            "ipv4_udp_first_fragment",
+            first,
+            "ipv4",
+            src=src,
+            dst=dst,
+            proto=PROTO_UDP,
+            sport=sport,
+            dport=dport,
+        ),
+        Mirrored("ipv4_udp_last_fragment", last, "ipv4", src=src, dst=dst, proto=PROTO_UDP),
     )
 
 
@@ -215,26 +236,42 @@ def full_size_ipv4_tcp(
         / TCP(sport=sport, dport=dport, flags="A")
         / Raw(bytes(index % 251 for index in range(length - headers)))
     )
-    return Mirrored("full_size_ipv4_tcp", packet, "ipv4", None, src, dst, PROTO_TCP, sport, dport)
+    return Mirrored(
+        "full_size_ipv4_tcp",
+        packet,
+        "ipv4",
+        src=src,
+        dst=dst,
+        proto=PROTO_TCP,
+        sport=sport,
+        dport=dport,
+    )
 
 
 def ipv6_udp(
     src: str = SUBSCRIBER6, dst: str = SERVER6, sport: int = 50002, dport: int = 53
 ) -> Mirrored:
     packet = IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / _dns_question()
-    return Mirrored("ipv6_udp", packet, "ipv6", None, src, dst, PROTO_UDP, sport, dport)
+    return Mirrored(
+        "ipv6_udp", packet, "ipv6", src=src, dst=dst, proto=PROTO_UDP, sport=sport, dport=dport
+    )
 
 
 def ipv6_tcp_flow_label(
     src: str = SUBSCRIBER6, dst: str = SERVER6, sport: int = 49153, dport: int = 443
 ) -> Mirrored:
     """IPv6 with a traffic class and a flow label, as most hosts send today."""
-    packet = (
-        IPv6(src=src, dst=dst, tc=0x28, fl=0x9A3C1)
-        / TCP(sport=sport, dport=dport, flags="S")
-        / Raw(b"")
+    packet = IPv6(src=src, dst=dst, tc=0x28, fl=0x9A3C1) / TCP(sport=sport, dport=dport, flags="S")
+    return Mirrored(
+        "ipv6_tcp_flow_label",
+        packet,
+        "ipv6",
+        src=src,
+        dst=dst,
+        proto=PROTO_TCP,
+        sport=sport,
+        dport=dport,
     )
-    return Mirrored("ipv6_tcp_flow_label", packet, "ipv6", None, src, dst, PROTO_TCP, sport, dport)
 
 
 def ipv6_extension_headers_tcp(
@@ -249,7 +286,14 @@ def ipv6_extension_headers_tcp(
         / TCP(sport=sport, dport=dport, flags="S")
     )
     return Mirrored(
-        "ipv6_extension_headers_tcp", packet, "ipv6", None, src, dst, PROTO_TCP, sport, dport
+        "ipv6_extension_headers_tcp",
+        packet,
+        "ipv6",
+        src=src,
+        dst=dst,
+        proto=PROTO_TCP,
+        sport=sport,
+        dport=dport,
     )
 
 
@@ -268,33 +312,26 @@ def ipv6_udp_fragments(
             / Raw(data)
         )
 
+    first = piece(0, 1, transport[:cut])
+    last = piece(cut, 0, transport[cut:])
     return (
         Mirrored(
             "ipv6_udp_first_fragment",
-            piece(0, 1, transport[:cut]),
+            first,
             "ipv6",
-            None,
-            src,
-            dst,
-            PROTO_UDP,
-            sport,
-            dport,
+            src=src,
+            dst=dst,
+            proto=PROTO_UDP,
+            sport=sport,
+            dport=dport,
         ),
-        Mirrored(
-            "ipv6_udp_last_fragment",
-            piece(cut, 0, transport[cut:]),
-            "ipv6",
-            None,
-            src,
-            dst,
-            PROTO_UDP,
-        ),
+        Mirrored("ipv6_udp_last_fragment", last, "ipv6", src=src, dst=dst, proto=PROTO_UDP),
     )
 
 
 def ipv6_icmpv6(src: str = SUBSCRIBER6, dst: str = SERVER6) -> Mirrored:
     packet = IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=7, seq=1, data=b"ping6")
-    return Mirrored("ipv6_icmpv6", packet, "ipv6", None, src, dst, PROTO_ICMPV6)
+    return Mirrored("ipv6_icmpv6", packet, "ipv6", src=src, dst=dst, proto=PROTO_ICMPV6)
 
 
 def ppp_ipv4_udp(
@@ -308,13 +345,31 @@ def ppp_ipv4_udp(
         / UDP(sport=sport, dport=dport)
         / _ntp_client_request()
     )
-    return Mirrored("ppp_ipv4_udp", packet, "ppp", PPP_IPV4, src, dst, PROTO_UDP, sport, dport)
+    return Mirrored(
+        "ppp_ipv4_udp",
+        packet,
+        "ppp",
+        ppp_protocol=PPP_IPV4,
+        src=src,
+        dst=dst,
+        proto=PROTO_UDP,
+        sport=sport,
+        dport=dport,
+    )
 
 
 def ppp_ipv4_compressed_protocol(src: str = SUBSCRIBER, dst: str = SERVER) -> Mirrored:
     """IPv4 in PPP with protocol-field compression (one-byte protocol 0x21, RFC 1661)."""
     packet = HDLC() / PPP(proto=b"\x21") / IP(src=src, dst=dst, id=0x3002) / ICMP(id=3, seq=1)
-    return Mirrored("ppp_ipv4_compressed_protocol", packet, "ppp", PPP_IPV4, src, dst, PROTO_ICMP)
+    return Mirrored(
+        "ppp_ipv4_compressed_protocol",
+        packet,
+        "ppp",
+        ppp_protocol=PPP_IPV4,
+        src=src,
+        dst=dst,
+        proto=PROTO_ICMP,
+    )
 
 
 def ppp_ipv6_tcp(
@@ -326,7 +381,17 @@ def ppp_ipv6_tcp(
         / IPv6(src=src, dst=dst)
         / TCP(sport=sport, dport=dport, flags="A")
     )
-    return Mirrored("ppp_ipv6_tcp", packet, "ppp", PPP_IPV6, src, dst, PROTO_TCP, sport, dport)
+    return Mirrored(
+        "ppp_ipv6_tcp",
+        packet,
+        "ppp",
+        ppp_protocol=PPP_IPV6,
+        src=src,
+        dst=dst,
+        proto=PROTO_TCP,
+        sport=sport,
+        dport=dport,
+    )
 
 
 def full_size_ppp_ipv6_udp(
@@ -348,7 +413,15 @@ def full_size_ppp_ipv6_udp(
         / Raw(bytes(index % 241 for index in range(length - headers)))
     )
     return Mirrored(
-        "full_size_ppp_ipv6_udp", packet, "ppp", PPP_IPV6, src, dst, PROTO_UDP, sport, dport
+        "full_size_ppp_ipv6_udp",
+        packet,
+        "ppp",
+        ppp_protocol=PPP_IPV6,
+        src=src,
+        dst=dst,
+        proto=PROTO_UDP,
+        sport=sport,
+        dport=dport,
     )
 
 
@@ -365,7 +438,7 @@ def ppp_lcp() -> Mirrored:
             ],
         )
     )
-    return Mirrored("ppp_lcp", packet, "ppp", PPP_LCP)
+    return Mirrored("ppp_lcp", packet, "ppp", ppp_protocol=PPP_LCP)
 
 
 def ppp_pap() -> Mirrored:
@@ -374,7 +447,7 @@ def ppp_pap() -> Mirrored:
         / PPP(proto=PPP_PAP)
         / PPP_PAP_Request(id=1, username=b"subscriber@isp.example", password=b"secret")
     )
-    return Mirrored("ppp_pap", packet, "ppp", PPP_PAP)
+    return Mirrored("ppp_pap", packet, "ppp", ppp_protocol=PPP_PAP)
 
 
 def ppp_chap() -> Mirrored:
@@ -383,7 +456,7 @@ def ppp_chap() -> Mirrored:
         / PPP(proto=PPP_CHAP)
         / PPP_CHAP_ChallengeResponse(code=1, id=1, value=bytes(range(16)), optional_name=b"bras")
     )
-    return Mirrored("ppp_chap", packet, "ppp", PPP_CHAP)
+    return Mirrored("ppp_chap", packet, "ppp", ppp_protocol=PPP_CHAP)
 
 
 def ppp_ipcp() -> Mirrored:
@@ -392,7 +465,7 @@ def ppp_ipcp() -> Mirrored:
         / PPP(proto=PPP_IPCP_PROTOCOL)
         / PPP_IPCP(code=1, id=1, options=[PPP_IPCP_Option_IPAddress(data=UNASSIGNED)])
     )
-    return Mirrored("ppp_ipcp", packet, "ppp", PPP_IPCP_PROTOCOL)
+    return Mirrored("ppp_ipcp", packet, "ppp", ppp_protocol=PPP_IPCP_PROTOCOL)
 
 
 def ppp_ipv6cp(interface_id: bytes = bytes.fromhex("0216cbfffe8c5722")) -> Mirrored:
@@ -401,7 +474,7 @@ def ppp_ipv6cp(interface_id: bytes = bytes.fromhex("0216cbfffe8c5722")) -> Mirro
     option = bytes([1, 2 + len(interface_id)]) + interface_id
     body = bytes([1, 1]) + (4 + len(option)).to_bytes(2, "big") + option
     packet = HDLC() / PPP(proto=PPP_IPV6CP) / Raw(body)
-    return Mirrored("ppp_ipv6cp", packet, "ppp", PPP_IPV6CP)
+    return Mirrored("ppp_ipv6cp", packet, "ppp", ppp_protocol=PPP_IPV6CP)
 
 
 def every_mirrored_kind() -> list[Mirrored]:
