@@ -221,9 +221,6 @@ class GeneratedCapture:
         wanted = set(ports)
         return {e.frame: e.as_record() for e in self.expected if e.port in wanted}
 
-    def name_of(self, frame: int) -> str:
-        return next(e.name for e in self.expected if e.frame == frame)
-
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCapture:
@@ -317,7 +314,7 @@ def test_decode_finds_every_real_router_packet_without_being_told_the_port(
 
 
 @pytest.mark.captures
-def test_two_routers_sending_the_same_mid_and_sid_stay_apart(tshark: str):
+def test_two_routers_sending_the_same_mid_and_sid_stay_apart():
     records = decode(real_capture("jmirror_ipv6_l2tp.pcap"))
 
     streams = {(record["router"], record["mid"], record["sid"]) for record in records}
@@ -387,7 +384,7 @@ def test_with_port_only_packets_to_those_ports_appear(
 
 
 @pytest.mark.captures
-def test_with_another_port_a_real_capture_decodes_to_nothing(tshark: str):
+def test_with_another_port_a_real_capture_decodes_to_nothing():
     assert decode(real_capture("jmirror_ip.pcap"), (5000,)) == ()
 
 
