@@ -8,7 +8,7 @@ silently running with a default.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -74,6 +74,20 @@ def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = 
     return items
 
 
+def env_choice(
+    name: str, default: str, choices: Sequence[str], environ: Mapping[str, str] | None = None
+) -> str:
+    """One word of ``choices``, matched case-insensitively and returned as spelled there."""
+    environ = os.environ if environ is None else environ
+    if name not in environ:
+        return default
+    wanted = environ[name].strip().casefold()
+    for choice in choices:
+        if choice.casefold() == wanted:
+            return choice
+    raise ConfigurationError(f"{name}={environ[name]!r} is not one of {', '.join(choices)}")
+
+
 def env_path(name: str, default: Path, environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     if name not in environ:
@@ -84,30 +98,42 @@ def env_path(name: str, default: Path, environ: Mapping[str, str] | None = None)
     return Path(raw).expanduser().resolve()
 
 
-def env_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+def env_secret(
+    name: str, *, min_length: int = 1, environ: Mapping[str, str] | None = None
+) -> str | None:
     """A secret given directly in NAME or in a file named by NAME_FILE (not both).
 
     The file form suits Docker and systemd credentials, which keep secrets out of the
-    process environment.
+    process environment. Errors never quote the secret itself.
     """
     environ = os.environ if environ is None else environ
     file_name = f"{name}_FILE"
     if name in environ and file_name in environ:
         raise ConfigurationError(f"set {name} or {file_name}, not both")
     if file_name in environ:
-        path = Path(environ[file_name])
+        if not environ[file_name].strip():
+            raise ConfigurationError(f"{file_name} is set but empty; unset it or name a file")
+        path = Path(environ[file_name].strip())
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise ConfigurationError(
                 f"{file_name}={str(path)!r} cannot be read: {error.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{file_name}={str(path)!r} is not UTF-8 text") from None
         if not value:
             raise ConfigurationError(f"{file_name}={str(path)!r} is empty")
-        return value
-    if name in environ:
+        source = f"{file_name}={str(path)!r}"
+    elif name in environ:
         value = environ[name].strip()
         if not value:
             raise ConfigurationError(f"{name} is set but empty")
-        return value
-    return None
+        source = name
+    else:
+        return None
+    if len(value) < min_length:
+        raise ConfigurationError(
+            f"{source} holds {len(value)} characters; at least {min_length} are needed"
+        )
+    return value

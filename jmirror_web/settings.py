@@ -9,6 +9,7 @@ stops the start with a :class:`~jmirror_web.environment.ConfigurationError`.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import dj_database_url
 from jmirror_web.environment import (
     ConfigurationError,
     env_bool,
+    env_choice,
     env_list,
     env_path,
     env_secret,
@@ -36,22 +38,41 @@ except OSError as error:
     ) from None
 
 
-def _secret_key() -> str:
-    configured = env_secret("DJANGO_SECRET_KEY")
-    if configured is not None:
-        if len(configured) < 32:
-            raise ConfigurationError("DJANGO_SECRET_KEY must be at least 32 characters long")
-        return configured
-    # Embedded default: one random key per data directory, so sessions survive restarts
-    # without the operator having to invent a secret.
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.touch(mode=0o600)
-        key_file.write_text(secrets.token_urlsafe(50), encoding="utf-8")
-    return key_file.read_text(encoding="utf-8").strip()
+def _generated_secret_key(key_file: Path) -> str:
+    """The embedded default: one random key per data directory, made on first start, so
+    sessions survive restarts without the operator having to invent a secret."""
+    try:
+        if not key_file.exists():
+            # Written aside and linked into place: two processes starting at once (web and
+            # migrate) agree on one key, and none reads a half-written file.
+            draft = key_file.with_name(f".{key_file.name}.{os.getpid()}")
+            descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(secrets.token_urlsafe(50))
+            try:
+                os.link(draft, key_file)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        key = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigurationError(
+            f"the generated secret key {str(key_file)!r} cannot be used: {reason}; "
+            "make JMIRROR_DATA_DIR writable or set DJANGO_SECRET_KEY_FILE"
+        ) from None
+    if len(key) < 32:
+        raise ConfigurationError(
+            f"the generated secret key {str(key_file)!r} holds {len(key)} characters; "
+            "delete the file to have a new one made"
+        )
+    return key
 
 
-SECRET_KEY = _secret_key()
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", min_length=32) or _generated_secret_key(
+    DATA_DIR / "secret_key"
+)
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
@@ -98,19 +119,38 @@ TEMPLATES = [
 ]
 
 
-def _database(url: str) -> dict[str, Any]:
+def _url_scheme(name: str, url: str, allowed: tuple[str, ...]) -> str:
+    """The scheme of ``url``, which must be one of ``allowed``. Errors name the variable
+    and the scheme but never repeat the URL, which may hold a password."""
     try:
-        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60))
-    except ValueError as error:
-        raise ConfigurationError(f"DATABASE_URL is not usable: {error}") from None
-    if config.get("ENGINE") not in (
-        "django.db.backends.postgresql",
-        "django.db.backends.sqlite3",
-    ):
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        raise ConfigurationError(f"{name} is not a valid URL") from None
+    if scheme not in allowed:
+        wanted = ", ".join(f"{each}://" for each in allowed[:-1]) + f" or {allowed[-1]}://"
+        found = f", not {scheme}://" if scheme else ""
+        raise ConfigurationError(f"{name} must be a {wanted} URL{found}")
+    return scheme
+
+
+def _database(url: str) -> dict[str, Any]:
+    scheme = _url_scheme("DATABASE_URL", url, ("postgres", "postgresql", "sqlite"))
+    try:
+        # Persistent connections stay at 0: Django's docs say to disable them under ASGI,
+        # where a connection opened in one request thread is not reliably closed.
+        config: dict[str, Any] = dict(dj_database_url.parse(url))
+    except ValueError:
         raise ConfigurationError(
-            "DATABASE_URL must be a postgres:// or sqlite:// URL, "
-            f"not {urlsplit(url).scheme or url!r}"
+            "DATABASE_URL is not a valid URL; is the port a number, and are special characters"
+            " in the password percent-encoded?"
+        ) from None
+    if scheme == "sqlite" and config["NAME"] == ":memory:":
+        raise ConfigurationError(
+            "DATABASE_URL=sqlite:// is an in-memory database, empty in every process; "
+            "name a file: sqlite:////path/to/jmirror.sqlite3"
         )
+    if not config["NAME"]:
+        raise ConfigurationError("DATABASE_URL names no database")
     return config
 
 
@@ -125,11 +165,7 @@ def _channel_layers(url: str) -> dict[str, Any]:
         # Embedded default: the receiver runs inside the web process, so an in-process
         # layer is enough.
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"REDIS_URL must be a redis://, rediss:// or unix:// URL, not {scheme or url!r}"
-        )
+    _url_scheme("REDIS_URL", url, ("redis", "rediss", "unix"))
     return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -167,5 +203,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("JMIRROR_LOG_LEVEL", "INFO").upper()},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice(
+            "JMIRROR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        ),
+    },
 }

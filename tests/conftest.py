@@ -1,0 +1,57 @@
+"""Test-wide set-up: a throw-away data directory, then Django.
+
+pytest-django loads the settings before any conftest is imported when pyproject.toml
+names the settings module, and the settings create the data directory and its secret key
+as they load. So the settings module is named here instead, after JMIRROR_DATA_DIR points
+at a temporary directory: a test run never reads or writes a developer's data. The manage.py
+subprocesses that tests start inherit the same directory.
+"""
+
+import os
+import runpy
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import django
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS_FILE = REPO / "jmirror_web" / "settings.py"
+
+_DATA_DIR = tempfile.mkdtemp(prefix="jmirror-tests-")
+os.environ["JMIRROR_DATA_DIR"] = _DATA_DIR
+# Where collectstatic would write; WhiteNoise warns on every request when it is missing.
+Path(_DATA_DIR, "staticfiles").mkdir()
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-django finishes its set-up (database blocking) after this, in its own
+    # trylast pytest_configure, and it only does so for an already set-up Django.
+    django.setup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)
+
+
+SettingsLoader = Callable[[dict[str, str]], dict[str, Any]]
+
+
+@pytest.fixture
+def load_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SettingsLoader:
+    """Runs jmirror_web/settings.py afresh with exactly the given environment (plus a
+    JMIRROR_DATA_DIR under tmp_path unless given) and returns its names. The dict itself
+    stands in for os.environ, so a dict subclass can watch what the settings read. The
+    Django settings the other tests use are left alone."""
+
+    def load(environ: dict[str, str]) -> dict[str, Any]:
+        environ.setdefault("JMIRROR_DATA_DIR", str(tmp_path / "data"))
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "environ", environ)
+            return runpy.run_path(str(SETTINGS_FILE))
+
+    return load
