@@ -1,0 +1,22 @@
+# The image docker-compose.yml runs: jmirror-web on Python 3.11, as a non-root user.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    JMIRROR_DATA_DIR=/data
+
+# /data is made here so that a new named volume mounted on it is owned by jmirror.
+RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home jmirror \
+    && mkdir /data \
+    && chown jmirror:jmirror /data
+
+WORKDIR /app
+COPY . .
+# Editable, because templates/ and static/ sit beside the packages rather than in them.
+RUN pip install --editable .
+
+USER jmirror
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "jmirror_web.asgi:application"]
