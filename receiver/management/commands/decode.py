@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections import Counter
 from typing import Any
 
@@ -72,10 +74,13 @@ class Command(BaseCommand):
                         lines.clear()
                 self.stdout.write("".join(lines), ending="")
                 decoded += len(lines)
+        except BrokenPipeError:
+            # The reader went away (decode ... | head): stop quietly as Unix tools do.
+            # Python would complain again when it flushes stdout at exit, so stdout
+            # now points at /dev/null.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
         except OSError as error:
-            # The file cannot be opened or read; a broken pipe on stdout ends up here too.
-            if isinstance(error, BrokenPipeError):
-                return
             raise CommandError(f"{path}: {error.strerror or error}", returncode=2) from None
         except CaptureError as error:
             failure = f"{path}: {error}"
