@@ -136,8 +136,8 @@ def _url_scheme(name: str, url: str, allowed: tuple[str, ...]) -> str:
 def _database(url: str) -> dict[str, Any]:
     scheme = _url_scheme("DATABASE_URL", url, ("postgres", "postgresql", "sqlite"))
     try:
-        # Persistent connections stay at 0: Django's docs say to disable them under ASGI,
-        # where a connection opened in one request thread is not reliably closed.
+        # CONN_MAX_AGE stays at dj-database-url's 0: Django's docs say persistent
+        # connections should be disabled under ASGI.
         config: dict[str, Any] = dict(dj_database_url.parse(url))
     except ValueError:
         raise ConfigurationError(
