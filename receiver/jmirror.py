@@ -140,8 +140,10 @@ _JMIRROR_HEADER = struct.Struct("!II")
 _IPV4_HEADER = struct.Struct("!BxHxxHxB2x4s4s")
 # version+traffic class+flow label, payload length, next header, source, destination
 _IPV6_HEADER = struct.Struct("!IHBx16s16s")
-# jmirror header, then an option-less IPv4 header as above, then two ports
-_JMIRROR_IPV4_PORTS = struct.Struct("!II2xH2xHxB2x4s4sHH")
+# jmirror header, an option-less IPv4 header without its addresses, then two ports
+_JMIRROR_IPV4_PORTS = struct.Struct("!II2xH2xHxB10xHH")
+# jmirror header, an IPv6 header without its addresses, then two ports
+_JMIRROR_IPV6_PORTS = struct.Struct("!II4xHBx32xHH")
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 
@@ -167,6 +169,19 @@ def _address(raw: bytes) -> str:
     return text
 
 
+_address_pairs: dict[bytes, tuple[str, str]] = {}
+
+
+def _address_pair(addresses: bytes) -> tuple[str, str]:
+    """Source and destination as text, from the 8 (IPv4) or 32 (IPv6) bytes that hold
+    them; cached like :func:`_address`, with one lookup per packet instead of two."""
+    if len(_address_pairs) >= _ADDRESS_CACHE_SIZE:
+        _address_pairs.clear()
+    half = len(addresses) // 2
+    pair = _address_pairs[addresses] = (_address(addresses[:half]), _address(addresses[half:]))
+    return pair
+
+
 # What the inner decoders return: src, dst, transport protocol, sport, dport.
 _IPFields = tuple[str, str, int, int | None, int | None]
 _NO_IP: Final[tuple[None, None, None, None, None]] = (None, None, None, None, None)
@@ -182,13 +197,15 @@ def decode_datagram(payload: bytes) -> JMirrorPacket:
     if len(payload) >= 32 and payload[8] == 0x45:
         # The common case, IPv4 without options: header, IP fields and the ports that
         # may follow come out of one unpack. Anything unusual takes the general path.
-        mid, sid, total_length, fragment, proto, src, dst, sport, dport = (
-            _JMIRROR_IPV4_PORTS.unpack_from(payload)
+        mid, sid, total_length, fragment, proto, sport, dport = _JMIRROR_IPV4_PORTS.unpack_from(
+            payload
         )
         data = payload[8:]
         if total_length == len(data):
             if fragment & 0x1FFF or proto not in _PORT_PROTOCOLS:
                 sport = dport = None
+            addresses = payload[20:28]
+            src, dst = _address_pairs.get(addresses) or _address_pair(addresses)
             packet = _new_packet(JMirrorPacket)
             # A frozen dataclass's generated __init__ costs ~2 us (one
             # object.__setattr__ per field); filling __dict__ in one step builds the
@@ -203,12 +220,43 @@ def decode_datagram(payload: bytes) -> JMirrorPacket:
                     "sid": sid,
                     "inner": "ipv4",
                     "ppp_protocol": None,
-                    "src": _address_text.get(src) or _address(src),
-                    "dst": _address_text.get(dst) or _address(dst),
+                    "src": src,
+                    "dst": dst,
                     "proto": proto,
                     "sport": sport,
                     "dport": dport,
                     "length": total_length,
+                    "data": data,
+                },
+            )
+            return packet
+
+    if len(payload) >= 52 and payload[8] >> 4 == 6:
+        # The same for IPv6 without extension headers.
+        mid, sid, payload_length, proto, sport, dport = _JMIRROR_IPV6_PORTS.unpack_from(payload)
+        data = payload[8:]
+        if payload_length + 40 == len(data) and proto not in _IPV6_HEADER_CHAIN:
+            if proto not in _PORT_PROTOCOLS:
+                sport = dport = None
+            addresses = payload[16:48]
+            src, dst = _address_pairs.get(addresses) or _address_pair(addresses)
+            packet = _new_packet(JMirrorPacket)
+            _set_fields(
+                packet,
+                "__dict__",
+                {
+                    "mid": mid,
+                    "intercept_id": mid & INTERCEPT_ID_MASK,
+                    "version": mid >> 30,
+                    "sid": sid,
+                    "inner": "ipv6",
+                    "ppp_protocol": None,
+                    "src": src,
+                    "dst": dst,
+                    "proto": proto,
+                    "sport": sport,
+                    "dport": dport,
+                    "length": payload_length + 40,
                     "data": data,
                 },
             )
