@@ -106,7 +106,8 @@ SKIP_REASONS: Final = (
 )
 """Every key :func:`iter_udp_datagrams` counts. All count frames except
 ``fragments_incomplete``, which counts datagrams (whose frames were counted as
-``fragment``)."""
+``fragment``). A datagram dropped on ``fragment_overlap`` or ``fragment_too_large`` is
+not counted again as incomplete."""
 
 # Largest captured frame accepted; libpcap's own bound. Anything larger is corruption.
 MAX_FRAME: Final = 262144
@@ -135,14 +136,12 @@ _PCAP_MAGICS: Final = {
 _MODIFIED_PCAP_MAGICS: Final = frozenset({b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34"})
 _PCAPNG_MAGIC: Final = b"\x0a\x0d\x0d\x0a"
 _PCAP_HEADER_LENGTH: Final = 24
-_PCAP_RECORD_HEADER_LENGTH: Final = 16
 
 _BLOCK_SECTION_HEADER: Final = 0x0A0D0D0A
 _BLOCK_INTERFACE: Final = 0x00000001
 _BLOCK_PACKET: Final = 0x00000002  # obsolete, still written by old tools
 _BLOCK_SIMPLE_PACKET: Final = 0x00000003
 _BLOCK_ENHANCED_PACKET: Final = 0x00000006
-_BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
 _OPTION_END: Final = 0
 _OPTION_IF_TSRESOL: Final = 9
 _OPTION_IF_TSOFFSET: Final = 14
@@ -288,7 +287,9 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
     unpack_enhanced = section.enhanced.unpack_from
     unpack_u32 = section.u32.unpack_from
     interfaces = section.interfaces
-    interface_count = 0
+    # The interface of the last packet and its properties, as most files have only one.
+    current = -1
+    linktype = numerator = denominator = offset = 0
     max_block = _MAX_PACKET_BLOCK
     while True:
         if position + 12 > available:
@@ -311,17 +312,22 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
                 and captured <= length - 32
                 and length <= max_block
                 and not length & 3
-                and interface < interface_count
                 and unpack_u32(buffer, end - 4)[0] == length
             ):
-                linktype, numerator, denominator, offset, _ = interfaces[interface]
+                if interface != current:
+                    if interface >= len(interfaces):
+                        raise CaptureError(
+                            f"pcapng packet on interface {interface} of {len(interfaces)} "
+                            f"{_at(base + position, number)}"
+                        )
+                    linktype, numerator, denominator, offset, _ = interfaces[interface]
+                    current = interface
                 number += 1
-                yield (
-                    number,
-                    ((high << 32 | low) * numerator) // denominator + offset,
-                    linktype,
-                    buffer[position + 28 : position + 28 + captured],
-                )
+                if denominator == 1 and not offset:
+                    time_ns = (high << 32 | low) * numerator
+                else:
+                    time_ns = ((high << 32 | low) * numerator) // denominator + offset
+                yield number, time_ns, linktype, buffer[position + 28 : position + 28 + captured]
                 position = end
                 continue
         # Everything else, including the checks that explain a bad packet block.
@@ -331,7 +337,7 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
             unpack_enhanced = section.enhanced.unpack_from
             unpack_u32 = section.u32.unpack_from
             interfaces = section.interfaces
-            interface_count = 0
+            current = -1
         block_type, length = unpack_header(buffer, position)
         if length < 12:
             raise CaptureError(
@@ -384,6 +390,7 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
                     f"pcapng packet on interface {interface} of {len(interfaces)} {where}"
                 )
             linktype, numerator, denominator, offset, _ = interfaces[interface]
+            current = interface
             number += 1
             yield (
                 number,
@@ -396,16 +403,15 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
                 raise CaptureError(f"pcapng block length {length} too small {where}")
             if not interfaces:
                 raise CaptureError(f"pcapng simple packet before any interface {where}")
-            linktype, _, _, _, snaplen = interfaces[0]
+            simple_linktype, _, _, _, snaplen = interfaces[0]
             captured = unpack_u32(buffer, position + 8)[0]
             if snaplen and captured > snaplen:
                 captured = snaplen
             captured = min(captured, length - 16)
             number += 1
-            yield number, 0, linktype, buffer[position + 12 : position + 12 + captured]
+            yield number, 0, simple_linktype, buffer[position + 12 : position + 12 + captured]
         elif block_type == _BLOCK_INTERFACE:
             interfaces.append(_interface(section, buffer, position, end, where))
-            interface_count = len(interfaces)
         elif block_type == _BLOCK_SECTION_HEADER:
             if length < 28:
                 raise CaptureError(f"pcapng block length {length} too small {where}")
@@ -481,8 +487,10 @@ def _interface(
 # header: ethertype, version+IHL, total length, flags+fragment offset, protocol, source
 # and destination address together, source port, destination port, UDP length.
 _ETHERNET_IPV4_UDP: Final = struct.Struct("!HBxHxxHxBxx8sHHH")
-_IPV4_HEADER: Final = struct.Struct("!BxH2sHxBxx4s4s")
-_IPV6_HEADER: Final = struct.Struct("!4xHBx16s16s")
+# version+IHL, total length, identification, flags+fragment offset, protocol, addresses
+_IPV4_HEADER: Final = struct.Struct("!BxH2sHxBxx8s")
+# payload length, next header, source and destination address together
+_IPV6_HEADER: Final = struct.Struct("!4xHBx32s")
 _UDP_HEADER: Final = struct.Struct("!HHH")
 _U16: Final = struct.Struct("!H")
 
@@ -528,6 +536,7 @@ def iter_udp_datagrams(frames: Iterable[Frame], skipped: Counter[str]) -> Iterat
     try:
         for number, time_ns, linktype, frame in frames:
             size = len(frame)
+            # Literals rather than the named constants: this runs for every frame.
             if linktype == 1 and size >= 42:
                 (
                     ethertype,
@@ -544,15 +553,48 @@ def iter_udp_datagrams(frames: Iterable[Frame], skipped: Counter[str]) -> Iterat
                     ethertype == 0x0800
                     and version_ihl == 0x45
                     and protocol == 17
-                    and not fragment & 0x3FFF
-                    and total + 14 <= size
-                    and 8 <= length <= total - 20
+                    and 20 <= total <= size - 14
                 ):
-                    pair = address_pairs.get(addresses)
-                    if pair is None:
-                        pair = _address_pair(address_pairs, addresses)
-                    yield number, time_ns, pair[0], pair[1], sport, dport, frame[42 : 34 + length]
-                    continue
+                    if not fragment & 0x3FFF:
+                        if 8 <= length <= total - 20:
+                            pair = address_pairs.get(addresses)
+                            if pair is None:
+                                pair = _address_pair(address_pairs, addresses)
+                            yield (
+                                number,
+                                time_ns,
+                                pair[0],
+                                pair[1],
+                                sport,
+                                dport,
+                                frame[42 : 34 + length],
+                            )
+                            continue
+                    else:
+                        # Full-size mirrored packets arrive as outer fragments: common
+                        # enough to skip the general path's layers too.
+                        outcome = reassembly.add(
+                            (addresses, frame[18:20]),
+                            time_ns,
+                            (fragment & 0x1FFF) * 8,
+                            frame[34 : 14 + total],
+                            fragment & 0x2000,
+                            17,
+                            MAX_DATAGRAM - 20,
+                        )
+                        if isinstance(outcome, str):
+                            skipped[outcome] += 1
+                            continue
+                        result = _udp(addresses, outcome[1], 0, len(outcome[1]))
+                        if isinstance(result, str):
+                            skipped[result] += 1
+                            continue
+                        addresses, sport, dport, payload = result
+                        pair = address_pairs.get(addresses)
+                        if pair is None:
+                            pair = _address_pair(address_pairs, addresses)
+                        yield number, time_ns, pair[0], pair[1], sport, dport, payload
+                        continue
             result = _udp_in_frame(linktype, frame, time_ns, reassembly)
             if isinstance(result, str):
                 skipped[result] += 1
@@ -662,7 +704,7 @@ def _ipv4_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
         return BAD_IP_HEADER
     if offset + 20 > len(frame):
         return TRUNCATED
-    version_ihl, total, identification, fragment, protocol, src, dst = _IPV4_HEADER.unpack_from(
+    version_ihl, total, identification, fragment, protocol, addresses = _IPV4_HEADER.unpack_from(
         frame, offset
     )
     header_length = (version_ihl & 0x0F) * 4
@@ -677,19 +719,19 @@ def _ipv4_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
     if fragment & 0x3FFF:
         # UDP only: the protocol is in every fragment, so no other datagram is held.
         outcome = reassembly.add(
-            (src, dst, identification),
+            (addresses, identification),
             time_ns,
             (fragment & 0x1FFF) * 8,
             frame[start:end],
-            bool(fragment & 0x2000),
+            fragment & 0x2000,
             IPPROTO_UDP,
             MAX_DATAGRAM - header_length,
         )
         if isinstance(outcome, str):
             return outcome
         _, datagram = outcome
-        return _udp(src, dst, datagram, 0, len(datagram))
-    return _udp(src, dst, frame, start, end)
+        return _udp(addresses, datagram, 0, len(datagram))
+    return _udp(addresses, frame, start, end)
 
 
 def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) -> _Found | str:
@@ -699,7 +741,7 @@ def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
         return BAD_IP_HEADER
     if offset + 40 > len(frame):
         return TRUNCATED
-    payload_length, next_header, src, dst = _IPV6_HEADER.unpack_from(frame, offset)
+    payload_length, next_header, addresses = _IPV6_HEADER.unpack_from(frame, offset)
     start = offset + 40
     end = start + payload_length
     if end > len(frame):
@@ -721,13 +763,14 @@ def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
             next_header, start = located
         else:
             outcome = reassembly.add(
-                (src, dst, frame[start + 4 : start + 8]),
+                (addresses, frame[start + 4 : start + 8]),
                 time_ns,
                 fragment & 0xFFF8,
                 frame[start + 8 : end],
-                bool(fragment & 1),
+                fragment & 1,
                 fragment_next_header,
-                MAX_DATAGRAM - (start + 8 - offset - 40),
+                # the reassembled payload also holds the unfragmentable extension headers
+                MAX_DATAGRAM - (start - offset - 40),
             )
             if isinstance(outcome, str):
                 return outcome
@@ -742,7 +785,7 @@ def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
             end = len(datagram)
     if next_header != IPPROTO_UDP:
         return NOT_UDP
-    return _udp(src, dst, frame, start, end)
+    return _udp(addresses, frame, start, end)
 
 
 def _ipv6_upper_layer(data: bytes, next_header: int, start: int, end: int) -> tuple[int, int] | str:
@@ -761,13 +804,13 @@ def _ipv6_upper_layer(data: bytes, next_header: int, start: int, end: int) -> tu
     return next_header, start
 
 
-def _udp(src: bytes, dst: bytes, data: bytes, start: int, end: int) -> _Found | str:
+def _udp(addresses: bytes, data: bytes, start: int, end: int) -> _Found | str:
     if end - start < 8:
         return BAD_UDP_LENGTH
     sport, dport, length = _UDP_HEADER.unpack_from(data, start)
     if length < 8 or length > end - start:
         return BAD_UDP_LENGTH
-    return src + dst, sport, dport, data[start + 8 : start + length]
+    return addresses, sport, dport, data[start + 8 : start + length]
 
 
 class _Datagram:
@@ -782,7 +825,7 @@ class _Datagram:
         self.total = -1  # unknown until the last fragment arrives
         self.next_header = -1  # the first fragment's (IPv6: the reassembled payload's type)
 
-    def hold(self, offset: int, data: bytes, more: bool, next_header: int) -> str | None:
+    def hold(self, offset: int, data: bytes, more: int, next_header: int) -> str | None:
         """Add one fragment's bytes: None when held, or the reason it was not.
 
         Overlapping fragments must agree byte for byte: anything else is an attack or a
@@ -790,47 +833,54 @@ class _Datagram:
         nothing new is a duplicate.
         """
         end = offset + len(data)
-        covered = self.covered
+        total = self.total
         if more:
-            if 0 <= self.total < end:
+            if 0 <= total < end:
                 return FRAGMENT_OVERLAP
-        elif (self.total >= 0 and self.total != end) or (covered and covered[-1][1] > end):
+        elif 0 <= total != end:
             return FRAGMENT_OVERLAP
         buffer = self.data
-        inside = offset == end and more
-        for first, last in covered:
-            low = max(first, offset)
-            high = min(last, end)
-            if low < high and buffer[low:high] != data[low - offset : high - offset]:
+        covered = self.covered
+        if offset == len(buffer) and end > offset and len(covered) < 2:
+            # The usual case, fragments in order: the new bytes extend what is held (which
+            # always ends where the buffer does).
+            buffer += data
+            self.covered = [(covered[0][0] if covered else 0, end)]
+        else:
+            if not more and covered and covered[-1][1] > end:
                 return FRAGMENT_OVERLAP
-            if first <= offset and end <= last:
-                inside = True
-        if inside and (more or self.total == end):
-            return FRAGMENT_DUPLICATE
+            inside = offset == end and more
+            for first, last in covered:
+                low = max(first, offset)
+                high = min(last, end)
+                if low < high and buffer[low:high] != data[low - offset : high - offset]:
+                    return FRAGMENT_OVERLAP
+                if first <= offset and end <= last:
+                    inside = True
+            if inside and (more or total == end):
+                return FRAGMENT_DUPLICATE
+            if len(buffer) < end:
+                buffer.extend(bytes(end - len(buffer)))
+            buffer[offset:end] = data
+            merged = [(first, last) for first, last in covered if last < offset or first > end]
+            joined_first, joined_last = offset, end
+            for first, last in covered:
+                if not (last < offset or first > end):
+                    joined_first = min(joined_first, first)
+                    joined_last = max(joined_last, last)
+            merged.append((joined_first, joined_last))
+            merged.sort()
+            self.covered = merged
         if not more:
             self.total = end
         if offset == 0:
             self.next_header = next_header
-        if len(buffer) < end:
-            buffer.extend(bytes(end - len(buffer)))
-        buffer[offset:end] = data
-        merged = [(first, last) for first, last in covered if last < offset or first > end]
-        for first, last in covered:
-            if not (last < offset or first > end):
-                offset = min(offset, first)
-                end = max(end, last)
-        merged.append((offset, end))
-        merged.sort()
-        self.covered = merged
         return None
 
-    def is_complete(self) -> bool:
-        return self.total >= 0 and self.covered == [(0, self.total)]
 
-
-_FragmentKey = tuple[bytes, bytes, bytes]
-"""source, destination and identification: UDP is implied for IPv4, and the address
-lengths keep IPv4 and IPv6 keys apart."""
+_FragmentKey = tuple[bytes, bytes]
+"""source and destination address together, and identification: UDP is implied for
+IPv4, and the address lengths keep IPv4 and IPv6 keys apart."""
 
 
 class _Reassembly:
@@ -849,21 +899,24 @@ class _Reassembly:
         time_ns: int,
         offset: int,
         data: bytes,
-        more: bool,
+        more: int,
         next_header: int,
         limit: int,
     ) -> tuple[int, bytes] | str:
-        """Hold one fragment. Return the datagram's (next header, bytes) when this fragment
-        completes it, else the reason to count the frame under."""
-        self._expire(time_ns)
+        """Hold one fragment (``more``: its more-fragments flag, any true value). Return the
+        datagram's (next header, bytes) when this fragment completes it, else the reason to
+        count the frame under."""
+        pending = self.pending
+        if pending and time_ns - next(iter(pending.values())).first_seen_ns > REASSEMBLY_TIMEOUT_NS:
+            self._expire(time_ns)
         end = offset + len(data)
         if end > limit:
-            self.pending.pop(key, None)
+            pending.pop(key, None)
             return FRAGMENT_TOO_LARGE
-        datagram = self.pending.get(key)
+        datagram = pending.get(key)
         if datagram is None:
             completed = self.completed.get(key)
-            if completed is not None:
+            if completed is not None and time_ns - completed[0] <= REASSEMBLY_TIMEOUT_NS:
                 payload = completed[1]
                 if (
                     end <= len(payload)
@@ -871,24 +924,24 @@ class _Reassembly:
                     and (more or end == len(payload))
                 ):
                     return FRAGMENT_DUPLICATE
-            if len(self.pending) >= MAX_PENDING_DATAGRAMS:
-                del self.pending[next(iter(self.pending))]
+            if len(pending) >= MAX_PENDING_DATAGRAMS:
+                del pending[next(iter(pending))]
                 self.skipped[FRAGMENTS_INCOMPLETE] += 1
-            datagram = self.pending[key] = _Datagram(time_ns)
+            datagram = pending[key] = _Datagram(time_ns)
         refused = datagram.hold(offset, data, more, next_header)
-        if refused == FRAGMENT_OVERLAP:
-            del self.pending[key]
-            return refused
         if refused is not None:
+            if refused == FRAGMENT_OVERLAP:
+                del pending[key]
             return refused
-        if not datagram.is_complete():
+        if datagram.total < 0 or len(datagram.covered) != 1 or datagram.covered[0][0]:
             return FRAGMENT
-        del self.pending[key]
+        del pending[key]
         payload = bytes(datagram.data)
-        self.completed.pop(key, None)
-        if len(self.completed) >= _RECENTLY_COMPLETED:
-            del self.completed[next(iter(self.completed))]
-        self.completed[key] = (time_ns, payload)
+        completed_ones = self.completed
+        completed_ones.pop(key, None)
+        if len(completed_ones) >= _RECENTLY_COMPLETED:
+            del completed_ones[next(iter(completed_ones))]
+        completed_ones[key] = (time_ns, payload)
         return datagram.next_header, payload
 
     def _expire(self, now_ns: int) -> None:
@@ -899,12 +952,6 @@ class _Reassembly:
                 break
             del pending[key]
             self.skipped[FRAGMENTS_INCOMPLETE] += 1
-        completed = self.completed
-        while completed:
-            key = next(iter(completed))
-            if now_ns - completed[key][0] <= REASSEMBLY_TIMEOUT_NS:
-                break
-            del completed[key]
 
     def abandon_all(self) -> None:
         """The input ended: whatever is still pending will never complete."""

@@ -426,6 +426,30 @@ def test_simple_packet_blocks_belong_to_interface_zero_and_have_no_time():
     assert frames_of(data) == [(1, 0, 1, frame[:50]), (2, 0, 1, b"abc")]
 
 
+def test_packets_of_interleaved_interfaces_and_simple_packets_keep_their_link_types():
+    data = (
+        section_header()
+        + interface(linktype=101, tsresol=9)
+        + interface(linktype=1, tsresol=9, tsoffset=1)
+        + enhanced_packet("<", 1, 5, b"a")
+        + simple_packet("<", b"b")
+        + enhanced_packet("<", 1, 6, b"c")
+        + enhanced_packet("<", 0, 7, b"d")
+        + interface(linktype=113)
+        + enhanced_packet("<", 1, 8, b"e")
+        + enhanced_packet("<", 2, 9, b"f")
+    )
+
+    assert frames_of(data) == [
+        (1, 1_000_000_005, 1, b"a"),
+        (2, 0, 101, b"b"),
+        (3, 1_000_000_006, 1, b"c"),
+        (4, 7, 101, b"d"),
+        (5, 1_000_000_008, 1, b"e"),
+        (6, 9000, 113, b"f"),
+    ]
+
+
 def test_it_reads_the_obsolete_packet_block():
     data = (
         section_header(">")
@@ -640,9 +664,9 @@ def test_datagrams_of_a_truncated_capture_come_before_the_error_and_pending_ones
     assert skipped == Counter({"fragment": 1, "fragments_incomplete": 1})
 
 
-def _valid_captures() -> list[bytes]:
+def _valid_capture_frames() -> list[bytes]:
     fragments = ipv4_fragments(udp(bytes(range(200))), 64)
-    frames = [
+    return [
         ether(ipv4(udp(b"x" * 30))),
         ether(fragments[1]),
         ether(fragments[0]),
@@ -650,6 +674,13 @@ def _valid_captures() -> list[bytes]:
         ether(ipv6(udp(b"y" * 9)), 0x86DD, tags=[0x88A8, 0x8100]),
         ether(fragments[3]),
     ]
+
+
+VALID_CAPTURE_FRAMES = _valid_capture_frames()
+
+
+def _valid_captures() -> list[bytes]:
+    frames = VALID_CAPTURE_FRAMES
     return [
         pcap(frames),
         pcap(frames, nano=True, order=">"),
@@ -1322,6 +1353,25 @@ def test_the_real_router_captures_read_as_tshark_reads_them(name: str):
         pytest.skip(f"real capture {path} is not present (expected in ../shared/captures)")
 
     _assert_agrees_with_tshark(path)
+
+
+EDITCAP = shutil.which("editcap")
+
+
+@pytest.mark.tshark
+@pytest.mark.skipif(EDITCAP is None, reason="editcap (from Wireshark) is not installed")
+@pytest.mark.parametrize("file_format", ["pcapng", "nsecpcap"])
+def test_a_capture_rewritten_by_editcap_reads_the_same(tmp_path: Path, file_format: str):
+    assert EDITCAP is not None
+    sources = [CAPTURES / name for name in CAPTURE_NAMES if (CAPTURES / name).exists()]
+    generated = tmp_path / "generated.pcap"
+    generated.write_bytes(pcap(VALID_CAPTURE_FRAMES))
+    for source in [generated, *sources]:
+        converted = tmp_path / f"{source.stem}.{file_format}"
+        subprocess.run([EDITCAP, "-F", file_format, str(source), str(converted)], check=True)
+
+        with source.open("rb") as original, converted.open("rb") as rewritten:
+            assert list(iter_frames(rewritten)) == list(iter_frames(original)), source.name
 
 
 @pytest.mark.tshark
