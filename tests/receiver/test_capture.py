@@ -14,7 +14,7 @@ import struct
 import subprocess
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def ipv6(
     dst: str = MEDIATION6,
     *,
     next_header: int = 17,
-    extensions: Iterable[tuple[int, bytes]] = (),
+    extensions: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """``extensions``: (type, body) pairs in order; each body is padded to the header's unit."""
     chain = b""
@@ -126,15 +126,21 @@ def ether(
     return frame
 
 
-def ipv4_fragments(payload: bytes, size: int, ident: int = 7, **fields: object) -> list[bytes]:
-    """An IPv4 UDP datagram cut the way a router cuts it: ``size`` bytes per fragment."""
-    pieces = []
-    for start in range(0, len(payload), size):
-        more = start + size < len(payload)
-        pieces.append(
-            ipv4(payload[start : start + size], ident=ident, offset=start, more=more, **fields)  # type: ignore[arg-type]
+def ipv4_fragments(
+    payload: bytes, size: int, ident: int = 7, src: str = ROUTER, protocol: int = 17
+) -> list[bytes]:
+    """An IPv4 datagram's payload cut the way a router cuts it: ``size`` bytes per fragment."""
+    return [
+        ipv4(
+            payload[start : start + size],
+            src,
+            protocol=protocol,
+            ident=ident,
+            offset=start,
+            more=start + size < len(payload),
         )
-    return pieces
+        for start in range(0, len(payload), size)
+    ]
 
 
 def ipv6_fragments(payload: bytes, size: int, ident: int = 9, next_header: int = 17) -> list[bytes]:
@@ -307,7 +313,7 @@ def test_it_reads_a_stream_that_returns_a_few_bytes_at_a_time():
         def readable(self) -> bool:
             return True
 
-        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
             chunk = self.data.read(min(len(buffer), 7))
             buffer[: len(chunk)] = chunk
             return len(chunk)
@@ -486,7 +492,7 @@ def test_it_skips_a_block_bigger_than_its_buffer_without_holding_it():
 
     tracemalloc.start()
     try:
-        frames = list(iter_frames(io.BufferedReader(io.BytesIO(data))))  # type: ignore[arg-type]
+        frames = list(iter_frames(io.BufferedReader(io.BytesIO(data))))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -882,68 +888,81 @@ def test_ipv6_addresses_are_compressed_as_tshark_shows_them(src: str, text: str)
 @pytest.mark.parametrize(
     ("linktype", "frame", "reason"),
     [
-        (1, MAC + b"\x08\x06" + bytes(28), "not_ip"),
-        (1, MAC + b"\x00\x2e" + bytes(46), "not_ip"),
-        (1, MAC + b"\x81\x00\x00\x05", "truncated"),
-        (1, MAC, "truncated"),
-        (1, ether(ipv4(b"\x08\x00" + bytes(6), protocol=1)), "not_udp"),
-        (1, ether(ipv6(bytes(20), next_header=6), 0x86DD), "not_udp"),
-        (1, ether(ipv6(bytes(8), next_header=50), 0x86DD), "not_udp"),
-        (1, ether(ipv4(udp(b"x" * 200))[:100]), "truncated"),
-        (1, ether(ipv6(udp(b"x" * 200)), 0x86DD)[:100], "truncated"),
-        (1, MAC + b"\x08\x00" + b"\x45" + bytes(10), "truncated"),
-        (1, ether(b"\x4f" + ipv4(udp())[1:]), "bad_ip_header"),
-        (1, ether(b"\x44" + ipv4(udp())[1:]), "bad_ip_header"),
-        (1, ether(b"\x65" + ipv4(udp())[1:]), "bad_ip_header"),
-        (1, ether(ipv4(udp())[:2] + b"\x00\x13" + ipv4(udp())[4:]), "bad_ip_header"),
-        (1, ether(ipv6(udp())[:0] + b"\x40" + ipv6(udp())[1:], 0x86DD), "bad_ip_header"),
-        (1, ether(ipv6(b"", next_header=0), 0x86DD), "bad_ip_header"),
-        (1, ether(ipv6(b"\x11\x05" + bytes(6), next_header=0), 0x86DD), "bad_ip_header"),
-        (1, ether(ipv4(struct.pack("!HHHH", 1, 2, 7, 0))), "bad_udp_length"),
-        (1, ether(ipv4(struct.pack("!HHHH", 1, 2, 9, 0))), "bad_udp_length"),
-        (1, ether(ipv4(b"\x00\x01\x00")), "bad_udp_length"),
-        (101, b"", "truncated"),
-        (101, b"\x50" + bytes(40), "bad_ip_header"),
-        (228, ipv6(udp()), "bad_ip_header"),
-        (229, ipv4(udp()), "bad_ip_header"),
-        (0, b"\x02\x00", "truncated"),
-        (0, struct.pack("<I", 7) + ipv4(udp()), "not_ip"),
-        (113, struct.pack("!HHH8sH", 0, 824, 0, bytes(8), 0x0800) + ipv4(udp()), "not_ip"),
-        (113, bytes(10), "truncated"),
-        (276, bytes(19), "truncated"),
-        (147, ipv4(udp()), "unsupported_linktype"),
-    ],
-    ids=[
-        "arp",
-        "ieee802.3_length",
-        "vlan_tag_cut",
-        "no_ethertype",
-        "icmp",
-        "ipv6_tcp",
-        "ipv6_esp",
-        "ipv4_snapped",
-        "ipv6_snapped",
-        "ipv4_header_cut",
-        "ipv4_header_longer_than_total_length",
-        "ipv4_ihl_below_5",
-        "ipv6_version_under_ipv4_ethertype",
-        "ipv4_total_below_header",
-        "ipv4_version_under_ipv6_ethertype",
-        "ipv6_extension_header_missing",
-        "ipv6_extension_header_overrun",
-        "udp_length_below_8",
-        "udp_length_beyond_ip",
-        "udp_header_cut",
-        "raw_empty",
-        "raw_version_5",
-        "ipv4_linktype_with_ipv6",
-        "ipv6_linktype_with_ipv4",
-        "null_cut",
-        "null_unknown_family",
-        "sll_netlink",
-        "sll_cut",
-        "sll2_cut",
-        "user_linktype",
+        pytest.param(1, MAC + b"\x08\x06" + bytes(28), "not_ip", id="arp"),
+        pytest.param(1, MAC + b"\x00\x2e" + bytes(46), "not_ip", id="ieee802.3_length"),
+        pytest.param(1, MAC + b"\x81\x00\x00\x05", "truncated", id="vlan_tag_cut"),
+        pytest.param(1, MAC, "truncated", id="no_ethertype"),
+        pytest.param(1, ether(ipv4(b"\x08\x00" + bytes(6), protocol=1)), "not_udp", id="icmp"),
+        pytest.param(1, ether(ipv6(bytes(20), next_header=6), 0x86DD), "not_udp", id="ipv6_tcp"),
+        pytest.param(1, ether(ipv6(bytes(8), next_header=50), 0x86DD), "not_udp", id="ipv6_esp"),
+        pytest.param(1, ether(ipv4(udp(b"x" * 200))[:100]), "truncated", id="ipv4_snapped"),
+        pytest.param(1, ether(ipv6(udp(b"x" * 200)), 0x86DD)[:100], "truncated", id="ipv6_snapped"),
+        pytest.param(1, MAC + b"\x08\x00" + b"\x45" + bytes(10), "truncated", id="ipv4_header_cut"),
+        pytest.param(
+            1,
+            ether(b"\x4f" + ipv4(udp())[1:]),
+            "bad_ip_header",
+            id="ipv4_header_longer_than_total_length",
+        ),
+        pytest.param(1, ether(b"\x44" + ipv4(udp())[1:]), "bad_ip_header", id="ipv4_ihl_below_5"),
+        pytest.param(
+            1,
+            ether(b"\x65" + ipv4(udp())[1:]),
+            "bad_ip_header",
+            id="ipv6_version_under_ipv4_ethertype",
+        ),
+        pytest.param(
+            1,
+            ether(ipv4(udp())[:2] + b"\x00\x13" + ipv4(udp())[4:]),
+            "bad_ip_header",
+            id="ipv4_total_below_header",
+        ),
+        pytest.param(
+            1,
+            ether(b"\x40" + ipv6(udp())[1:], 0x86DD),
+            "bad_ip_header",
+            id="ipv4_version_under_ipv6_ethertype",
+        ),
+        pytest.param(
+            1,
+            ether(ipv6(b"", next_header=0), 0x86DD),
+            "bad_ip_header",
+            id="ipv6_extension_header_missing",
+        ),
+        pytest.param(
+            1,
+            ether(ipv6(b"\x11\x05" + bytes(6), next_header=0), 0x86DD),
+            "bad_ip_header",
+            id="ipv6_extension_header_overrun",
+        ),
+        pytest.param(
+            1,
+            ether(ipv4(struct.pack("!HHHH", 1, 2, 7, 0))),
+            "bad_udp_length",
+            id="udp_length_below_8",
+        ),
+        pytest.param(
+            1,
+            ether(ipv4(struct.pack("!HHHH", 1, 2, 9, 0))),
+            "bad_udp_length",
+            id="udp_length_beyond_ip",
+        ),
+        pytest.param(1, ether(ipv4(b"\x00\x01\x00")), "bad_udp_length", id="udp_header_cut"),
+        pytest.param(101, b"", "truncated", id="raw_empty"),
+        pytest.param(101, b"\x50" + bytes(40), "bad_ip_header", id="raw_version_5"),
+        pytest.param(228, ipv6(udp()), "bad_ip_header", id="ipv4_linktype_with_ipv6"),
+        pytest.param(229, ipv4(udp()), "bad_ip_header", id="ipv6_linktype_with_ipv4"),
+        pytest.param(0, b"\x02\x00", "truncated", id="null_cut"),
+        pytest.param(0, struct.pack("<I", 7) + ipv4(udp()), "not_ip", id="null_unknown_family"),
+        pytest.param(
+            113,
+            struct.pack("!HHH8sH", 0, 824, 0, bytes(8), 0x0800) + ipv4(udp()),
+            "not_ip",
+            id="sll_netlink",
+        ),
+        pytest.param(113, bytes(10), "truncated", id="sll_cut"),
+        pytest.param(276, bytes(19), "truncated", id="sll2_cut"),
+        pytest.param(147, ipv4(udp()), "unsupported_linktype", id="user_linktype"),
     ],
 )
 def test_a_frame_without_a_datagram_is_counted_under_its_reason(
@@ -1393,6 +1412,7 @@ def test_a_capture_of_every_kind_reads_as_tshark_reads_it(tmp_path: Path):
         + enhanced_packet("<", 1, 1_700_000_002 * 2**20, fragments6[1])
         + enhanced_packet("<", 1, 1_700_000_003 * 2**20, fragments6[0])
         + enhanced_packet("<", 0, T0 + 7, fragments[3])
+        + enhanced_packet("<", 0, T0 + 8, fragments[1])
         + enhanced_packet("<", 1, 1_700_000_004 * 2**20, fragments6[2])
     )
     second_section = (
