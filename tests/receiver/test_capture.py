@@ -590,47 +590,60 @@ def test_a_packet_before_any_interface_is_an_error():
         frames_of(section_header() + simple_packet("<", b"x"))
 
 
-def _small_pcap() -> tuple[bytes, list[int]]:
+def _laid_out(pieces: list[tuple[bytes, bool]]) -> tuple[bytes, list[int], list[int]]:
+    """Join (bytes, holds a frame) pieces; return the file, where each piece ends, and
+    where each frame's piece ends."""
+    ends: list[int] = []
+    frame_ends: list[int] = []
+    position = 0
+    for piece, holds_a_frame in pieces:
+        position += len(piece)
+        ends.append(position)
+        if holds_a_frame:
+            frame_ends.append(position)
+    return b"".join(piece for piece, _ in pieces), ends, frame_ends
+
+
+def _small_pcap() -> tuple[bytes, list[int], list[int]]:
     frames = [
         ether(ipv4(udp(b"a" * 5))),
         ether(ipv6(udp(b"b" * 70)), 0x86DD),
         ether(ipv4(udp(b"c" * 3)), tags=[0x8100]),
     ]
     data = pcap(frames)
-    ends = [24]
+    header = [(data[:24], False)]
+    records = []
+    position = 24
     for frame in frames:
-        ends.append(ends[-1] + 16 + len(frame))
-    return data, ends
+        records.append((data[position : position + 16 + len(frame)], True))
+        position += 16 + len(frame)
+    return _laid_out(header + records)
 
 
-def _small_pcapng() -> tuple[bytes, list[int]]:
-    blocks = [
-        section_header(">"),
-        interface(">", 1, tsresol=9),
-        enhanced_packet(">", 0, T0, ether(ipv4(udp(b"a" * 5)))),
-        block(">", 5, bytes(12)),
-        interface(">", 101),
-        enhanced_packet(">", 1, 0, ipv4(udp(b"b"))),
-        simple_packet(">", ether(ipv4(udp(b"c")))),
-        section_header("<"),
-        interface("<", 228),
-        enhanced_packet("<", 0, 0, ipv4(udp(b"d"))),
-    ]
-    ends = []
-    position = 0
-    for item in blocks:
-        position += len(item)
-        ends.append(position)
-    return b"".join(blocks), ends
+def _small_pcapng() -> tuple[bytes, list[int], list[int]]:
+    return _laid_out(
+        [
+            (section_header(">"), False),
+            (interface(">", 1, tsresol=9), False),
+            (enhanced_packet(">", 0, T0, ether(ipv4(udp(b"a" * 5)))), True),
+            (block(">", 5, bytes(12)), False),
+            (interface(">", 101), False),
+            (enhanced_packet(">", 1, 0, ipv4(udp(b"b"))), True),
+            (simple_packet(">", ether(ipv4(udp(b"c")))), True),
+            (section_header("<"), False),
+            (interface("<", 228), False),
+            (enhanced_packet("<", 0, 0, ipv4(udp(b"d"))), True),
+        ]
+    )
 
 
 @pytest.mark.parametrize("build", [_small_pcap, _small_pcapng], ids=["pcap", "pcapng"])
 def test_a_capture_cut_at_any_byte_yields_exactly_its_complete_frames_then_raises(build):
-    data, boundaries = build()
+    data, boundaries, frame_ends = build()
     everything = frames_of(data)
+    assert len(everything) == len(frame_ends)
 
     for cut in range(len(data) + 1):
-        complete = [frame for frame in everything if _frame_end(data, boundaries, frame) <= cut]
         read: list[tuple[int, int, int, bytes]] = []
         try:
             read.extend(iter_frames(io.BytesIO(data[:cut])))
@@ -638,24 +651,8 @@ def test_a_capture_cut_at_any_byte_yields_exactly_its_complete_frames_then_raise
             assert cut not in boundaries, cut
         else:
             assert cut in boundaries, cut
+        complete = [frame for frame, end in zip(everything, frame_ends, strict=True) if end <= cut]
         assert read == complete, cut
-
-
-def _frame_end(data: bytes, boundaries: list[int], frame: tuple[int, int, int, bytes]) -> int:
-    """Where the record of ``frame`` ends in ``data``: the frame number-th boundary that
-    closes a record (pcap: every boundary after the header; pcapng: packet blocks)."""
-    number = frame[0]
-    packet_ends = [end for end in boundaries if _holds_a_frame(data, boundaries, end)]
-    return packet_ends[number - 1]
-
-
-def _holds_a_frame(data: bytes, boundaries: list[int], end: int) -> bool:
-    index = boundaries.index(end)
-    if data[:4] != b"\x0a\x0d\x0d\x0a":
-        return index > 0
-    start = boundaries[index - 1] if index else 0
-    block_type = data[start : start + 4]
-    return block_type in (b"\x00\x00\x00\x06", b"\x06\x00\x00\x00", b"\x00\x00\x00\x03")
 
 
 def test_datagrams_of_a_truncated_capture_come_before_the_error_and_pending_ones_are_counted():
