@@ -553,7 +553,7 @@ def iter_udp_datagrams(frames: Iterable[Frame], skipped: Counter[str]) -> Iterat
                     ethertype == 0x0800
                     and version_ihl == 0x45
                     and protocol == 17
-                    and 20 <= total <= size - 14
+                    and total + 14 <= size
                 ):
                     if not fragment & 0x3FFF:
                         if 8 <= length <= total - 20:
@@ -570,7 +570,7 @@ def iter_udp_datagrams(frames: Iterable[Frame], skipped: Counter[str]) -> Iterat
                                 frame[42 : 34 + length],
                             )
                             continue
-                    else:
+                    elif total >= 20:
                         # Full-size mirrored packets arrive as outer fragments: common
                         # enough to skip the general path's layers too.
                         outcome = reassembly.add(
