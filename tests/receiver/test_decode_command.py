@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
@@ -190,3 +190,19 @@ def test_a_closed_pipe_on_stdout_ends_the_command_quietly(capture: Path, tmp_pat
     assert json.loads(first)["frame"] == 1
     assert status == 0
     assert errors == ""
+
+
+def test_the_summary_tells_datagrams_missing_fragments_apart_from_skipped_frames(
+    tmp_path: Path,
+):
+    whole = mirrored(tcp_packet(0))
+    big = mirrored(bytes(IP(src="10.0.0.1", dst="203.0.113.5") / TCP() / (b"z" * 3000)))
+    pieces = fragment(big[IP], fragsize=1400)
+    path = tmp_path / "lost-fragment.pcap"
+    wrpcap(str(path), [whole, *(Ether() / piece for piece in pieces[:-1])])
+    packets, summary = decode(str(path))
+    assert [packet["frame"] for packet in packets] == [1]
+    assert summary.strip() == (
+        f"{len(pieces)} frames read, 1 jmirror packets decoded, {len(pieces) - 1} skipped "
+        f"(fragment: {len(pieces) - 1}); 1 datagrams with missing fragments"
+    )

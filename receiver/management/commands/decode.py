@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from receiver.capture import CaptureError
+from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError
 from receiver.offline import decode_capture, json_line
 
 # Lines are written in batches: one write per packet would cost more than decoding it.
@@ -27,12 +27,26 @@ def udp_port(text: str) -> int:
     return port
 
 
-def summary(frames: int, decoded: int, skipped: Counter[str]) -> str:
-    """The closing line on stderr: what was read, decoded, and skipped by reason."""
-    line = f"{frames} frames read, {decoded} jmirror packets decoded, {skipped.total()} skipped"
-    if skipped:
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
-        line += f" ({reasons})"
+def summary(decoded: int, skipped: Counter[str]) -> str:
+    """The closing line on stderr: frames read, packets decoded, frames skipped by
+    reason, and datagrams whose fragments never all arrived (their frames are among
+    the skipped ``fragment`` frames, so they are told apart)."""
+    incomplete = skipped[FRAGMENTS_INCOMPLETE]
+    frame_reasons = {
+        reason: count
+        for reason, count in sorted(skipped.items())
+        if count and reason != FRAGMENTS_INCOMPLETE
+    }
+    skipped_frames = sum(frame_reasons.values())
+    line = (
+        f"{decoded + skipped_frames} frames read, {decoded} jmirror packets decoded, "
+        f"{skipped_frames} skipped"
+    )
+    if frame_reasons:
+        line += " (" + ", ".join(f"{reason}: {count}" for reason, count in frame_reasons.items())
+        line += ")"
+    if incomplete:
+        line += f"; {incomplete} datagrams with missing fragments"
     return line
 
 
@@ -63,27 +77,36 @@ class Command(BaseCommand):
         skipped: Counter[str] = Counter()
         decoded = 0
         failure: str | None = None
+        lines: list[str] = []
         try:
             with open(path, "rb") as stream:
-                lines: list[str] = []
                 for frame, time_ns, router, port, packet in decode_capture(stream, ports, skipped):
                     lines.append(json_line(frame, time_ns, router, port, packet))
                     if len(lines) == _LINES_PER_WRITE:
                         self.stdout.write("".join(lines), ending="")
                         decoded += len(lines)
                         lines.clear()
-                self.stdout.write("".join(lines), ending="")
-                decoded += len(lines)
+        except CaptureError as error:
+            # Every complete record before the damage is still printed.
+            failure = f"{path}: {error}"
         except BrokenPipeError:
-            # The reader went away (decode ... | head): stop quietly as Unix tools do.
-            # Python would complain again when it flushes stdout at exit, so stdout
-            # now points at /dev/null.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self._stop_writing()
             return
         except OSError as error:
             raise CommandError(f"{path}: {error.strerror or error}", returncode=2) from None
-        except CaptureError as error:
-            failure = f"{path}: {error}"
-        self.stderr.write(summary(decoded + skipped.total(), decoded, skipped))
+        try:
+            self.stdout.write("".join(lines), ending="")
+            decoded += len(lines)
+            self.stdout.flush()
+        except BrokenPipeError:
+            self._stop_writing()
+            return
+        self.stderr.write(summary(decoded, skipped))
         if failure is not None:
             raise CommandError(failure, returncode=2)
+
+    def _stop_writing(self) -> None:
+        """The reader went away (``decode ... | head``): stop quietly as Unix tools do.
+        Python would complain again when it flushes stdout at exit, so stdout now
+        points at /dev/null."""
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
