@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -37,6 +38,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.layers.ppp import PPP_LCP_Echo  # noqa: E402
 from scapy.packet import Packet  # noqa: E402
 
+from receiver.capture import iter_frames, iter_udp_datagrams  # noqa: E402
 from receiver.jmirror import decode_datagram  # noqa: E402
 
 PORT = 30030
@@ -141,7 +143,9 @@ def write_capture(path: Path, frames: list[tuple[str, bytes]], packets: int) -> 
         out.write(b"".join(chunk))
 
 
-def best_wall_time(command: list[str], repeat: int) -> float:
+def best_wall_time(command: list[str], repeat: int) -> tuple[float, int]:
+    """Best wall time of ``repeat`` runs, and the largest resident set of any child so
+    far in KiB (Linux reports ru_maxrss in KiB)."""
     best = float("inf")
     for _ in range(repeat):
         started = time.perf_counter()
@@ -149,7 +153,16 @@ def best_wall_time(command: list[str], repeat: int) -> float:
             command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
         )
         best = min(best, time.perf_counter() - started)
-    return best
+    return best, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def reader_seconds(capture: Path) -> float:
+    """The capture reader alone: records down to UDP datagrams, in this process."""
+    started = time.perf_counter()
+    with capture.open("rb") as stream:
+        for _ in iter_udp_datagrams(iter_frames(stream), Counter()):
+            pass
+    return time.perf_counter() - started
 
 
 def per_packet_microseconds(payloads: list[bytes], repeat: int) -> float:
@@ -183,8 +196,13 @@ def main() -> None:
     print("mix per cycle of", len(frames), "frames:", dict(kinds))
 
     decode = [sys.executable, str(REPO / "manage.py"), "decode", str(capture)]
-    ours = best_wall_time(decode, args.repeat)
-    print(f"manage.py decode: {ours:.2f} s, {args.packets / ours:,.0f} packets/s")
+    ours, peak_kib = best_wall_time(decode, args.repeat)
+    print(
+        f"manage.py decode: {ours:.2f} s, {args.packets / ours:,.0f} packets/s, "
+        f"peak resident memory {peak_kib / 1024:.0f} MiB"
+    )
+    reader = reader_seconds(capture)
+    print(f"capture reader alone: {reader:.2f} s, {args.packets / reader:,.0f} frames/s")
 
     tshark = shutil.which("tshark")
     if tshark:
@@ -201,7 +219,7 @@ def main() -> None:
         ]
         for field in fields:
             command += ["-e", field]
-        theirs = best_wall_time(command, args.repeat)
+        theirs, _ = best_wall_time(command, args.repeat)
         print(f"tshark -T fields: {theirs:.2f} s, {args.packets / theirs:,.0f} packets/s")
         print(f"decode is {theirs / ours:.1f}x tshark's packets per second")
     else:
@@ -214,11 +232,10 @@ def main() -> None:
             payloads_by_kind.setdefault(kind, []).append(frame[42:])
     for kind, payloads in payloads_by_kind.items():
         print(f"decode_datagram {kind}: {per_packet_microseconds(payloads, 5):.2f} us")
-    mix = [payload for payloads in payloads_by_kind.values() for payload in payloads]
-    mix_by_share = [frame[42:] for kind, frame in frames if not kind.startswith("noise")]
+    mix = [frame[42:] for kind, frame in frames if not kind.startswith("noise")]
     print(
         f"decode_datagram, the capture's mix ({len(mix)} payloads): "
-        f"{per_packet_microseconds(mix_by_share, 5):.2f} us"
+        f"{per_packet_microseconds(mix, 5):.2f} us"
     )
     if args.workdir is None:
         os.unlink(capture)
