@@ -86,6 +86,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "jmirror_web.intercepts",
+    "jmirror_web.audit",
     "receiver",
 ]
 
@@ -96,6 +98,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "jmirror_web.audit.log.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -151,6 +154,10 @@ def _database(url: str) -> dict[str, Any]:
         )
     if not config["NAME"]:
         raise ConfigurationError("DATABASE_URL names no database")
+    if scheme == "sqlite":
+        # Writers take SQLite's one write lock when their transaction starts, so two
+        # processes appending to the audit chain cannot both link to the same event.
+        config.setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
     return config
 
 

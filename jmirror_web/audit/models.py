@@ -1,0 +1,158 @@
+"""The append-only audit log: who did what to which object, when, and from where.
+
+Every event carries the SHA-256 of the event before it and its own hash over both, so
+removing, inserting or altering a row breaks the chain at that row
+(:func:`verify_chain`). On PostgreSQL a trigger also rejects UPDATE and DELETE on the
+table (migration 0002); on SQLite only the application keeps it append-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+GENESIS_HASH: Final = "0" * 64
+# Serialised once per chain, so that two concurrent writers cannot both link to the
+# same previous event. The value is arbitrary; it names this lock in pg_locks.
+_POSTGRES_CHAIN_LOCK: Final = 0x4A4D4952  # "JMIR"
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("audit events are append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit events are append-only")
+
+
+class AuditEvent(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,  # the log outlives deleted users; actor_name keeps who it was
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    source_address = models.GenericIPAddressField(null=True, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=100, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict)
+    previous_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit events are append-only")
+
+    def compute_hash(self) -> str:
+        return event_hash(self.previous_hash, self.canonical_content())
+
+    def canonical_content(self) -> str:
+        """Everything the hash covers, as canonical JSON (sorted keys, no spaces)."""
+        return json.dumps(
+            {
+                "created_at": self.created_at.isoformat(),
+                "actor_id": self.actor_id,
+                "actor_name": self.actor_name,
+                "source_address": self.source_address,
+                "action": self.action,
+                "object_type": self.object_type,
+                "object_id": self.object_id,
+                "object_repr": self.object_repr,
+                "details": self.details,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+
+
+def event_hash(previous_hash: str, content: str) -> str:
+    return hashlib.sha256(f"{previous_hash}\n{content}".encode()).hexdigest()
+
+
+def _lock_chain() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_POSTGRES_CHAIN_LOCK])
+    # SQLite runs transactions with BEGIN IMMEDIATE (settings), which already holds
+    # the database's single write lock from the start of the transaction.
+
+
+def append_event(
+    *,
+    action: str,
+    actor: Any = None,
+    source_address: str | None = None,
+    object_type: str = "",
+    object_id: str = "",
+    object_repr: str = "",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain (the low-level writer; see
+    :func:`jmirror_web.audit.log.record`)."""
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    with transaction.atomic():
+        _lock_chain()
+        last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+        event = AuditEvent(
+            created_at=timezone.now(),
+            actor=user,
+            actor_name=user.get_username() if user is not None else "",
+            source_address=source_address,
+            action=action,
+            object_type=object_type[:100],
+            object_id=object_id[:64],
+            object_repr=object_repr[:200],
+            details=json.loads(json.dumps(details or {}, default=str)),
+            previous_hash=last or GENESIS_HASH,
+        )
+        event.hash = event.compute_hash()
+        event.save()
+    return event
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    event_id: int
+    problem: str
+
+
+def verify_chain(events: Iterator[AuditEvent] | None = None) -> ChainBreak | None:
+    """The first event where the chain is broken (altered content, a removed or
+    inserted event), or None when the whole log is intact."""
+    if events is None:
+        events = AuditEvent.objects.order_by("id").iterator(chunk_size=2000)
+    previous = GENESIS_HASH
+    for event in events:
+        if event.previous_hash != previous:
+            return ChainBreak(event.pk, "its previous hash does not match the event before it")
+        if event.compute_hash() != event.hash:
+            return ChainBreak(event.pk, "its content does not match its hash")
+        previous = event.hash
+    return None

@@ -1,0 +1,326 @@
+"""Intercept records: what may be captured (cases, intercepts, routers) and what was
+(sessions and their capture files).
+
+A packet's content may be stored only when a registered router sent it, an intercept
+claims it, and that intercept and its case are in force at the packet's receive time
+(:meth:`Intercept.is_in_force`). Validation here keeps the records consistent enough
+for that gate to be unambiguous: no two intercepts can claim the same packet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Final
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+MAX_INTERCEPT_ID: Final = 2**30 - 1
+MAX_SESSION_ID: Final = 2**32 - 1
+MAX_MID: Final = 2**32 - 1
+
+_country_code = RegexValidator(
+    re.compile(r"^[A-Z]{2}$"), "Use the two capital letters of an ISO 3166-1 country code."
+)
+# ETSI TS 102 232-1 limits a LIID to 25 octets; OpenLI uses it as a file and topic name,
+# so it is kept to printable characters without separators.
+_liid = RegexValidator(
+    re.compile(r"^[A-Za-z0-9._-]{1,25}$"),
+    "A LIID is 1 to 25 letters, digits, dots, dashes or underscores.",
+)
+
+
+class Case(models.Model):
+    """One legal authorization (a warrant)."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        CLOSED = "closed", "Closed"
+
+    reference = models.CharField(max_length=64, unique=True)
+    title = models.CharField(max_length=200)
+    agency = models.CharField(max_length=200)
+    legal_basis = models.CharField("legal basis / issuing authority", max_length=300, blank=True)
+    valid_from = models.DateTimeField(help_text="UTC.")
+    valid_until = models.DateTimeField(help_text="UTC; the warrant ends at this instant.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    retention_days = models.PositiveIntegerField(
+        default=365,
+        validators=[MaxValueValidator(36500)],
+        help_text="Days after the warrant ends before its files are purged.",
+    )
+    legal_hold = models.BooleanField(
+        default=False, help_text="Keep every file of the case whatever the retention says."
+    )
+    notes = models.TextField(blank=True)
+    analysts: models.ManyToManyField[User, CaseAssignment] = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        through="CaseAssignment",
+        related_name="assigned_cases",
+        blank=True,
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-valid_from", "reference"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(valid_from__lt=models.F("valid_until")),
+                name="case_window_not_empty",
+                violation_error_message="A case's validity must start before it ends.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    def clean(self) -> None:
+        if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
+            raise ValidationError({"valid_until": "The warrant must end after it starts."})
+
+    def is_in_force(self, at: datetime) -> bool:
+        return self.status == Case.Status.ACTIVE and self.valid_from <= at < self.valid_until
+
+
+class CaseAssignment(models.Model):
+    """A user assigned to a case: the only way to its packet content and downloads."""
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="assignments")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="case_assignments"
+    )
+    assigned_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["case", "user"], name="one_assignment_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.case}"
+
+
+class Router(models.Model):
+    """A mirror source: the router's address and the mediation port it sends to."""
+
+    class Kind(models.TextChoices):
+        E_SERIES = "e-series", "E Series (JUNOSe)"
+        MX = "mx", "MX Series (Junos)"
+        CN2 = "cn2", "CN2 / Contrail vRouter"
+
+    class Format(models.TextChoices):
+        JMIRROR = "jmirror", "jmirror (8-byte header)"
+
+    name = models.CharField(max_length=100, unique=True)
+    address = models.GenericIPAddressField(unique=True, help_text="Source address of its mirror.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MX)
+    port = models.PositiveIntegerField(
+        default=30030,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="UDP port of this host that the router sends its mirror to.",
+    )
+    format = models.CharField(max_length=16, choices=Format.choices, default=Format.JMIRROR)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address})"
+
+
+@dataclass(frozen=True)
+class InterceptScope:
+    """What an intercept claims, for the overlap check (routers empty: every router)."""
+
+    intercept_id: int
+    sid: int | None
+    router_ids: frozenset[int]
+    valid_from: datetime
+    valid_until: datetime
+
+
+class Intercept(models.Model):
+    """One target under a case: the mirror id (and optionally session id and routers)
+    whose packets are captured while the intercept is in force."""
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="intercepts")
+    liid = models.CharField("LIID", max_length=25, unique=True, validators=[_liid])
+    intercept_id = models.PositiveIntegerField(
+        "mirror id",
+        validators=[MaxValueValidator(MAX_INTERCEPT_ID)],
+        help_text="The 30-bit intercept id the router puts in the jmirror header (0 to 2^30-1).",
+    )
+    sid = models.PositiveBigIntegerField(
+        "session id",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_SESSION_ID)],
+        help_text="Claim only this session id; empty claims every session of the mirror id.",
+    )
+    routers = models.ManyToManyField(
+        Router,
+        blank=True,
+        related_name="intercepts",
+        help_text="Accept the mirror only from these routers; none selected accepts any "
+        "registered router.",
+    )
+    valid_from = models.DateTimeField(help_text="UTC; inside the case's validity.")
+    valid_until = models.DateTimeField(help_text="UTC; inside the case's validity.")
+    authcc = models.CharField(
+        "authorization country", max_length=2, validators=[_country_code], default="NZ"
+    )
+    delivcc = models.CharField(
+        "delivery country", max_length=2, validators=[_country_code], default="NZ"
+    )
+    target_description = models.TextField(blank=True)
+    keep_content = models.BooleanField(
+        default=True,
+        help_text="Store packet content; when off, only metadata (counters, 5-tuples) is kept.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["liid"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(valid_from__lt=models.F("valid_until")),
+                name="intercept_window_not_empty",
+                violation_error_message="An intercept's window must start before it ends.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.liid
+
+    def is_in_force(self, at: datetime) -> bool:
+        return self.valid_from <= at < self.valid_until and self.case.is_in_force(at)
+
+    def scope(self, router_ids: frozenset[int] | None = None) -> InterceptScope:
+        if router_ids is None:
+            router_ids = (
+                frozenset(self.routers.values_list("pk", flat=True)) if self.pk else frozenset()
+            )
+        return InterceptScope(
+            self.intercept_id, self.sid, router_ids, self.valid_from, self.valid_until
+        )
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
+            errors["valid_until"] = "The intercept must end after it starts."
+        case = self.case if self.case_id else None
+        if (
+            case is not None
+            and self.valid_from
+            and self.valid_until
+            and (self.valid_from < case.valid_from or self.valid_until > case.valid_until)
+        ):
+            errors["valid_from"] = (
+                f"The intercept's window must lie inside case {case.reference}'s "
+                f"validity ({case.valid_from:%Y-%m-%d %H:%M} to "
+                f"{case.valid_until:%Y-%m-%d %H:%M} UTC)."
+            )
+        if errors:
+            raise ValidationError(errors)
+        if self.intercept_id is not None and self.valid_from and self.valid_until:
+            self.check_no_conflict(self.scope())
+
+    def check_no_conflict(self, scope: InterceptScope) -> None:
+        """Refuse a scope that could claim a packet another intercept claims."""
+        conflict = find_conflict(scope, exclude_pk=self.pk)
+        if conflict is not None:
+            raise ValidationError(
+                f"Intercept {conflict.liid} (case {conflict.case.reference}) already claims "
+                f"mirror id {scope.intercept_id:#x}"
+                + (f" session {scope.sid:#x}" if scope.sid is not None else "")
+                + " from an overlapping set of routers in an overlapping window; "
+                "two intercepts must never claim the same packet.",
+                code="intercept_conflict",
+            )
+
+
+def find_conflict(scope: InterceptScope, exclude_pk: int | None = None) -> Intercept | None:
+    """The first intercept whose claim overlaps ``scope``: same mirror id, session ids
+    that can coincide (equal, or either unpinned), router sets that can coincide
+    (intersecting, or either empty = any router), and overlapping windows."""
+    candidates = (
+        Intercept.objects.filter(
+            intercept_id=scope.intercept_id,
+            valid_from__lt=scope.valid_until,
+            valid_until__gt=scope.valid_from,
+        )
+        .select_related("case")
+        .prefetch_related("routers")
+        .order_by("pk")
+    )
+    if scope.sid is not None:
+        candidates = candidates.filter(Q(sid__isnull=True) | Q(sid=scope.sid))
+    if exclude_pk is not None:
+        candidates = candidates.exclude(pk=exclude_pk)
+    for other in candidates:
+        other_routers = {router.pk for router in other.routers.all()}
+        if not scope.router_ids or not other_routers or scope.router_ids & other_routers:
+            return other
+    return None
+
+
+class Session(models.Model):
+    """What one router sends for one (mid, sid): filled by the receiver.
+
+    Keyed by router, mid and sid together: two routers can send the same (mid, sid).
+    """
+
+    router = models.ForeignKey(Router, on_delete=models.PROTECT, related_name="sessions")
+    intercept = models.ForeignKey(
+        Intercept, on_delete=models.PROTECT, related_name="sessions", null=True, blank=True
+    )
+    mid = models.PositiveBigIntegerField(validators=[MaxValueValidator(MAX_MID)])
+    sid = models.PositiveBigIntegerField(validators=[MaxValueValidator(MAX_SESSION_ID)])
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    packets = models.PositiveBigIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField(default=0)
+    stored_packets = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        constraints = [
+            models.UniqueConstraint(fields=["router", "mid", "sid"], name="one_session_per_stream")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.router.name} mid {self.mid:#x} sid {self.sid:#x}"
+
+
+class CaptureFile(models.Model):
+    """One pcap file of a session, relative to the data directory."""
+
+    session = models.ForeignKey(Session, on_delete=models.PROTECT, related_name="files")
+    path = models.CharField(max_length=500, unique=True)
+    first_packet = models.DateTimeField(null=True, blank=True)
+    last_packet = models.DateTimeField(null=True, blank=True)
+    packets = models.PositiveBigIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    closed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "first_packet", "pk"]
+
+    def __str__(self) -> str:
+        return self.path
