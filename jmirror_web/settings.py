@@ -9,6 +9,7 @@ stops the start with a :class:`~jmirror_web.environment.ConfigurationError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -21,6 +22,7 @@ from jmirror_web.environment import (
     ConfigurationError,
     env_bool,
     env_choice,
+    env_int,
     env_list,
     env_path,
     env_secret,
@@ -180,6 +182,19 @@ def _channel_layers(url: str) -> dict[str, Any]:
         }
     }
 
+
+# Where routers send their mirror: shown in the provisioning snippets (RADIUS
+# attributes, DTCP ADD) on each intercept's page. Empty address: the snippets show a
+# placeholder to fill in.
+MEDIATION_ADDRESS = env_str("JMIRROR_MEDIATION_ADDRESS", "").strip()
+if MEDIATION_ADDRESS:
+    try:
+        ipaddress.ip_address(MEDIATION_ADDRESS)
+    except ValueError:
+        raise ConfigurationError(
+            f"JMIRROR_MEDIATION_ADDRESS={MEDIATION_ADDRESS!r} is not an IP address"
+        ) from None
+MEDIATION_PORT = env_int("JMIRROR_MEDIATION_PORT", 30030, minimum=1, maximum=65535)
 
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
