@@ -256,18 +256,17 @@ def radius_mirroring_attributes(
         "ERX-Med-Ip-Address carries an IPv4 address only",
     )
     port = _check_int("mediation port", mediation_port, 1, 65535)
-    values = (
-        (ErxAttribute.LI_ACTION, str(int(action))),
+    return (
+        _erx_attribute(ErxAttribute.LI_ACTION, str(int(action))),
         # FreeRADIUS writes an octets value as 0x-prefixed hex.
-        (ErxAttribute.MED_DEV_HANDLE, f"0x{handle.to_hex()}"),
-        (ErxAttribute.MED_IP_ADDRESS, str(address)),
-        (ErxAttribute.MED_PORT_NUMBER, str(port)),
+        _erx_attribute(ErxAttribute.MED_DEV_HANDLE, f"0x{handle.to_hex()}"),
+        _erx_attribute(ErxAttribute.MED_IP_ADDRESS, str(address)),
+        _erx_attribute(ErxAttribute.MED_PORT_NUMBER, str(port)),
     )
-    first, second, third, fourth = (
-        RadiusAttribute(vendor_type, ERX_ATTRIBUTE_NAMES[vendor_type], value)
-        for vendor_type, value in values
-    )
-    return first, second, third, fourth
+
+
+def _erx_attribute(vendor_type: ErxAttribute, value: str) -> RadiusAttribute:
+    return RadiusAttribute(vendor_type, ERX_ATTRIBUTE_NAMES[vendor_type], value)
 
 
 def freeradius_text(attributes: Iterable[RadiusAttribute]) -> str:
