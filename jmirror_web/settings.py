@@ -188,11 +188,13 @@ def _channel_layers(url: str) -> dict[str, Any]:
 # placeholder to fill in.
 MEDIATION_ADDRESS = env_str("JMIRROR_MEDIATION_ADDRESS", "").strip()
 if MEDIATION_ADDRESS:
+    # RADIUS ERX-Med-Ip-Address and DTCP's X-JTap-Cdest-Dest-Address hold IPv4 only.
     try:
-        ipaddress.ip_address(MEDIATION_ADDRESS)
+        ipaddress.IPv4Address(MEDIATION_ADDRESS)
     except ValueError:
         raise ConfigurationError(
-            f"JMIRROR_MEDIATION_ADDRESS={MEDIATION_ADDRESS!r} is not an IP address"
+            f"JMIRROR_MEDIATION_ADDRESS={MEDIATION_ADDRESS!r} is not an IPv4 address "
+            "(routers mirror to IPv4 only)"
         ) from None
 MEDIATION_PORT = env_int("JMIRROR_MEDIATION_PORT", 30030, minimum=1, maximum=65535)
 
