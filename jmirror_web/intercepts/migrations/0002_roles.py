@@ -20,8 +20,9 @@ ROLE_PERMISSIONS = {
         "auth.view_user",
     ],
     "analyst": [],
+    # Sessions and capture files are a case's metadata, which auditors do not see.
     "auditor": [
-        *(f"intercepts.view_{model}" for model in RECORDS + CAPTURED),
+        *(f"intercepts.view_{model}" for model in RECORDS),
         "audit.view_auditevent",
     ],
     "sysadmin": [],
