@@ -115,15 +115,21 @@ def append_event(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain (the low-level writer; see
-    :func:`jmirror_web.audit.log.record`)."""
+    :func:`jmirror_web.audit.log.record`). ``actor`` is a user, or a string naming
+    who acted without an account (e.g. ``"os:root"`` for a management command)."""
     user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    if user is not None:
+        actor_name = user.get_username()
+    else:
+        # A string names an actor without an account: a command run from a shell.
+        actor_name = actor[:150] if isinstance(actor, str) else ""
     with transaction.atomic():
         _lock_chain()
         last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
         event = AuditEvent(
             created_at=timezone.now(),
             actor=user,
-            actor_name=user.get_username() if user is not None else "",
+            actor_name=actor_name,
             source_address=source_address,
             action=action,
             object_type=object_type[:100],
