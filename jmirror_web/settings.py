@@ -88,8 +88,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
     "jmirror_web.intercepts",
     "jmirror_web.audit",
+    "jmirror_web.api",
     "receiver",
 ]
 
@@ -207,6 +210,29 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# The JSON API (jmirror_web.api). Token or session sign-in, never HTTP basic; JSON in
+# and out only. Throttle counts live in the default cache, so they are per process.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an anonymous request is answered 401 with "WWW-Authenticate: Token".
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "jmirror_web.api.pagination.RecordPagination",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"anon": "30/minute", "user": "600/minute"},
+    "EXCEPTION_HANDLER": "jmirror_web.api.views.exception_handler",
+}
+# Django's default (2.5 MB), stated because it also bounds the API's JSON bodies: DRF
+# (3.17.2 and later) parses them from request.body, which enforces it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 LANGUAGE_CODE = "en-us"
 # Evidence timestamps are UTC everywhere; the browser shows local time on hover only.

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ApiConfig(AppConfig):
+    name = "jmirror_web.api"
+    verbose_name = "JSON API"

@@ -1,0 +1,193 @@
+"""JSON shapes of the intercept records, and the model validation every write passes.
+
+Writes run the model's ``full_clean`` (field validators, ``clean``, unique checks and
+constraints) on the record as it would be saved, so the API cannot store what the
+admin site would refuse. Mirror ids and session ids are integers; ``*_hex`` fields
+repeat them in hex, read-only, as routers and Wireshark show them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, TypeVar
+
+from django.contrib.auth.models import User
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from jmirror_web.intercepts.access import Action, cases_for
+from jmirror_web.intercepts.models import Case, Intercept, Router, Session
+
+_M = TypeVar("_M", bound=models.Model)
+_CONFLICT_CODE = "intercept_conflict"  # Intercept.check_no_conflict's
+
+
+def _as_api_error(error: DjangoValidationError) -> serializers.ValidationError:
+    detail = serializers.as_serializer_error(error)
+    if NON_FIELD_ERRORS in detail:
+        detail[api_settings.NON_FIELD_ERRORS_KEY] = detail.pop(NON_FIELD_ERRORS)
+    return serializers.ValidationError(detail)
+
+
+class CleanModelSerializer(serializers.ModelSerializer[_M]):
+    """A model serializer that validates the would-be record with ``full_clean``."""
+
+    def candidate(self, attrs: dict[str, Any]) -> _M:
+        """The record as it would be saved, without its many-to-many relations."""
+        model: type[_M] = self.Meta.model
+        instance = copy.copy(self.instance) if self.instance is not None else model()
+        many_to_many = {field.name for field in model._meta.many_to_many}
+        for name, value in attrs.items():
+            if name not in many_to_many:
+                setattr(instance, name, value)
+        return instance
+
+    def full_clean(self, instance: _M, attrs: dict[str, Any]) -> None:
+        instance.full_clean()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.full_clean(self.candidate(attrs), attrs)
+        except DjangoValidationError as error:
+            raise _as_api_error(error) from None
+        return attrs
+
+
+class CaseSerializer(CleanModelSerializer[Case]):
+    analysts = serializers.SlugRelatedField[User](many=True, read_only=True, slug_field="username")
+
+    class Meta:
+        model = Case
+        fields = [
+            "id",
+            "reference",
+            "title",
+            "agency",
+            "legal_basis",
+            "valid_from",
+            "valid_until",
+            "status",
+            "retention_days",
+            "legal_hold",
+            "notes",
+            "analysts",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class RouterSerializer(CleanModelSerializer[Router]):
+    class Meta:
+        model = Router
+        fields = ["id", "name", "address", "kind", "port", "format", "created_at", "updated_at"]
+
+
+class InterceptSerializer(CleanModelSerializer[Intercept]):
+    case = serializers.PrimaryKeyRelatedField[Case](queryset=Case.objects.none())
+    case_reference = serializers.CharField(source="case.reference", read_only=True)
+    intercept_id_hex = serializers.SerializerMethodField()
+    sid_hex = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Intercept
+        fields = [
+            "id",
+            "case",
+            "case_reference",
+            "liid",
+            "intercept_id",
+            "intercept_id_hex",
+            "sid",
+            "sid_hex",
+            "routers",
+            "valid_from",
+            "valid_until",
+            "authcc",
+            "delivcc",
+            "target_description",
+            "keep_content",
+            "created_at",
+            "updated_at",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        case_field = self.fields["case"]
+        assert isinstance(case_field, serializers.PrimaryKeyRelatedField)
+        # A case the user may not see is answered like one that does not exist.
+        case_field.queryset = cases_for(
+            getattr(request, "user", None), Action.VIEW_RECORD
+        ).order_by("pk")
+
+    def get_intercept_id_hex(self, intercept: Intercept) -> str:
+        return f"{intercept.intercept_id:#x}"
+
+    def get_sid_hex(self, intercept: Intercept) -> str | None:
+        return None if intercept.sid is None else f"{intercept.sid:#x}"
+
+    def full_clean(self, instance: Intercept, attrs: dict[str, Any]) -> None:
+        # The model's own overlap check sees only the routers already saved (none for a
+        # new intercept, which reads as "every router"), not the ones in the request,
+        # which are saved after the row. Its verdict on that is replaced by a check
+        # with the request's routers.
+        try:
+            instance.full_clean()
+        except DjangoValidationError as error:
+            others = [
+                each
+                for each in error.error_dict.pop(NON_FIELD_ERRORS, [])
+                if each.code != _CONFLICT_CODE
+            ]
+            if others:
+                error.error_dict[NON_FIELD_ERRORS] = others
+            if error.error_dict:
+                raise
+        router_ids = None  # unchanged: the routers saved
+        if "routers" in attrs:
+            router_ids = frozenset(router.pk for router in attrs["routers"])
+        instance.check_no_conflict(instance.scope(router_ids))
+
+
+class SessionSerializer(serializers.ModelSerializer[Session]):
+    router_address = serializers.CharField(source="router.address", read_only=True)
+    liid = serializers.CharField(source="intercept.liid", read_only=True, allow_null=True)
+    case = serializers.IntegerField(source="intercept.case_id", read_only=True, allow_null=True)
+    mid_hex = serializers.SerializerMethodField()
+    intercept_id = serializers.SerializerMethodField()
+    sid_hex = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Session
+        fields = [
+            "id",
+            "router",
+            "router_address",
+            "intercept",
+            "liid",
+            "case",
+            "mid",
+            "mid_hex",
+            "intercept_id",
+            "sid",
+            "sid_hex",
+            "first_seen",
+            "last_seen",
+            "packets",
+            "bytes",
+            "stored_packets",
+        ]
+        read_only_fields = fields
+
+    def get_mid_hex(self, session: Session) -> str:
+        return f"{session.mid:#x}"
+
+    def get_intercept_id(self, session: Session) -> int:
+        """The 30-bit intercept id in the mid (the top two bits are the version)."""
+        return session.mid & 0x3FFFFFFF
+
+    def get_sid_hex(self, session: Session) -> str:
+        return f"{session.sid:#x}"
