@@ -70,7 +70,7 @@ def record(
     elif actor is None:
         context = _context.get()
         if context is not None:
-            actor, source_address = context.actor, context.source_address
+            actor, source_address = _actor_of(context.actor), context.source_address
     return append_event(
         action=action,
         actor=actor,

@@ -193,6 +193,11 @@ class Intercept(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Set by a form that edits the routers with the row (the admin's): they are saved
+    # after the row, so clean() would otherwise check the routers stored before the edit
+    # (none at all for a new intercept, which reads as "every router").
+    pending_router_ids: frozenset[int] | None = None
+
     class Meta:
         ordering = ["liid"]
         constraints = [
@@ -237,7 +242,7 @@ class Intercept(models.Model):
         if errors:
             raise ValidationError(errors)
         if self.intercept_id is not None and self.valid_from and self.valid_until:
-            self.check_no_conflict(self.scope())
+            self.check_no_conflict(self.scope(self.pending_router_ids))
 
     def check_no_conflict(self, scope: InterceptScope) -> None:
         """Refuse a scope that could claim a packet another intercept claims."""
