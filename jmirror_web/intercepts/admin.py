@@ -1,0 +1,420 @@
+"""The admin site for intercept records (cases, intercepts, routers) and for what the
+receiver captured (sessions, capture files).
+
+Every permission here is asked of :mod:`jmirror_web.intercepts.access`, never of Django's
+model permissions: LI administrators manage the records, auditors read them, analysts
+and system administrators get nothing (they work in the case views, not here). What the
+receiver captured is never editable, by anyone. The admin shows no packet content, so
+no page here needs a case assignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth.models import User
+from django.db.models import Count, ForeignKey, QuerySet
+from django.forms import ModelChoiceField
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
+
+from jmirror_web.intercepts import provisioning
+from jmirror_web.intercepts.access import Action, Role, cases_for, may
+from jmirror_web.intercepts.models import (
+    CaptureFile,
+    Case,
+    CaseAssignment,
+    Intercept,
+    Router,
+    Session,
+)
+
+if TYPE_CHECKING:
+    # django-stubs makes the admin classes and ModelForm generic over their model; Django's
+    # own classes cannot be subscripted, so only the type checker sees the parameters.
+    CaseAdminBase = admin.ModelAdmin[Case]
+    InterceptAdminBase = admin.ModelAdmin[Intercept]
+    RouterAdminBase = admin.ModelAdmin[Router]
+    SessionAdminBase = admin.ModelAdmin[Session]
+    CaptureFileAdminBase = admin.ModelAdmin[CaptureFile]
+    AssignmentInlineBase = admin.TabularInline[CaseAssignment, Case]
+    CaptureFileInlineBase = admin.TabularInline[CaptureFile, Session]
+    InterceptFormBase = forms.ModelForm[Intercept]
+else:
+    CaseAdminBase = InterceptAdminBase = RouterAdminBase = admin.ModelAdmin
+    SessionAdminBase = CaptureFileAdminBase = admin.ModelAdmin
+    AssignmentInlineBase = CaptureFileInlineBase = admin.TabularInline
+    InterceptFormBase = forms.ModelForm
+
+
+def _window(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+
+
+class RecordsPermissions:
+    """Cases, intercepts, routers and assignments: LI administrators (and superusers)
+    manage them, auditors read them."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may(request.user, Action.VIEW_RECORDS)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.VIEW_RECORDS)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.MANAGE_RECORDS)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.MANAGE_RECORDS)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.MANAGE_RECORDS)
+
+
+class CapturedPermissions:
+    """Sessions and capture files: the metadata of the cases the user may see it for,
+    shown to those who may read the records; written by the receiver alone."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return (
+            may(request.user, Action.VIEW_RECORDS)
+            and cases_for(request.user, Action.VIEW_METADATA).exists()
+        )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _assignable_users() -> QuerySet[User]:
+    # Only these roles can use an assignment (access.py); assigning anyone else would
+    # look like access that is not there.
+    return (
+        User.objects.filter(is_active=True, groups__name__in=[Role.ANALYST, Role.LI_ADMIN])
+        .distinct()
+        .order_by("username")
+    )
+
+
+class CaseAssignmentInline(RecordsPermissions, AssignmentInlineBase):
+    model = CaseAssignment
+    extra = 0
+    fields = ("user", "assigned_at")
+    readonly_fields = ("assigned_at",)
+    verbose_name = "assigned user"
+    verbose_name_plural = "assigned users (the only way to the case's content and downloads)"
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> ModelChoiceField[Any] | None:
+        if db_field.name == "user":
+            kwargs["queryset"] = _assignable_users()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+@admin.register(Case)
+class CaseAdmin(RecordsPermissions, CaseAdminBase):
+    list_display = (
+        "reference",
+        "title",
+        "agency",
+        "status",
+        "window",
+        "time_left",
+        "legal_hold",
+        "intercept_count",
+    )
+    list_filter = ("status", "legal_hold", "agency")
+    search_fields = ("reference", "title", "agency")
+    date_hierarchy = "valid_from"
+    inlines = (CaseAssignmentInline,)
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("reference", "title", "agency", "legal_basis", "status")}),
+        ("Validity", {"fields": ("valid_from", "valid_until")}),
+        ("Retention", {"fields": ("retention_days", "legal_hold")}),
+        (None, {"fields": ("notes", "created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Case]:
+        cases = cases_for(request.user, Action.VIEW_RECORD)
+        return cases.annotate(intercept_total=Count("intercepts", distinct=True))
+
+    @admin.display(description="window")
+    def window(self, case: Case) -> str:
+        return _window(case.valid_from, case.valid_until)
+
+    @admin.display(description="time left", ordering="valid_until")
+    def time_left(self, case: Case) -> str:
+        now = timezone.now()
+        if now >= case.valid_until:
+            return "ended"
+        if now < case.valid_from:
+            return f"starts in {_duration(case.valid_from - now)}"
+        return _duration(case.valid_until - now)
+
+    @admin.display(description="intercepts", ordering="intercept_total")
+    def intercept_count(self, case: Case) -> int:
+        total: int = case.intercept_total  # type: ignore[attr-defined]
+        return total
+
+
+def _duration(span: timedelta) -> str:
+    if span >= timedelta(days=1):
+        return f"{span.days} d {span.seconds // 3600} h"
+    hours, rest = divmod(span.seconds, 3600)
+    return f"{hours} h {rest // 60} min"
+
+
+class InterceptForm(InterceptFormBase):
+    class Meta:
+        model = Intercept
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        assert cleaned is not None
+        routers = cleaned.get("routers")
+        if routers is not None:
+            # The routers are saved after the row: hand the chosen ones to the model's
+            # clean(), which checks the overlap rule (and names the intercept in the way).
+            self.instance.pending_router_ids = frozenset(router.pk for router in routers)
+        return cleaned
+
+
+@admin.register(Intercept)
+class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
+    form = InterceptForm
+    list_display = (
+        "liid",
+        "case",
+        "mirror_id",
+        "session_id",
+        "router_names",
+        "window",
+        "in_force_now",
+        "keep_content",
+    )
+    list_filter = ("case__status", "keep_content", "routers")
+    search_fields = ("liid", "case__reference", "target_description")
+    list_select_related = ("case",)
+    autocomplete_fields = ("case",)
+    filter_horizontal = ("routers",)
+    readonly_fields = ("provisioning", "created_at", "updated_at")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Intercept | None = None) -> Any:
+        fieldsets: list[tuple[str | None, dict[str, Any]]] = [
+            (None, {"fields": ("case", "liid", "target_description")}),
+            ("What is captured", {"fields": ("intercept_id", "sid", "routers", "keep_content")}),
+            ("Window", {"fields": ("valid_from", "valid_until")}),
+            ("Countries", {"fields": ("authcc", "delivcc")}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Provisioning", {"fields": ("provisioning",), "classes": ("wide",)}))
+            fieldsets.append((None, {"fields": ("created_at", "updated_at")}))
+        return fieldsets
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Intercept]:
+        return (
+            super()
+            .get_queryset(request)
+            .filter(case__in=cases_for(request.user, Action.VIEW_RECORD))
+            .prefetch_related("routers")
+        )
+
+    @admin.display(description="mirror id", ordering="intercept_id")
+    def mirror_id(self, intercept: Intercept) -> str:
+        return f"{intercept.intercept_id:#x}"
+
+    @admin.display(description="session id", ordering="sid")
+    def session_id(self, intercept: Intercept) -> str:
+        return f"{intercept.sid:#x}" if intercept.sid is not None else "any"
+
+    @admin.display(description="routers")
+    def router_names(self, intercept: Intercept) -> str:
+        return ", ".join(router.name for router in intercept.routers.all()) or "any"
+
+    @admin.display(description="window")
+    def window(self, intercept: Intercept) -> str:
+        return _window(intercept.valid_from, intercept.valid_until)
+
+    @admin.display(description="in force now", boolean=True)
+    def in_force_now(self, intercept: Intercept) -> bool:
+        return intercept.is_in_force(timezone.now())
+
+    @admin.display(description="provisioning")
+    def provisioning(self, intercept: Intercept) -> SafeString:
+        return provisioning_html(intercept)
+
+
+# Placeholders for what this host does not know; shown in angle brackets for the router
+# team to fill in. The builders validate their input, so they get a stand-in address and
+# the placeholder replaces it afterwards, by attribute or header name.
+_STAND_IN_ADDRESS = "192.0.2.1"
+_MEDIATION_PLACEHOLDER = "<mediation address: set JMIRROR_MEDIATION_ADDRESS>"
+_ROUTER_PLACEHOLDER = "<router's radius-flow-tap source address>"
+
+
+def _radius(action: provisioning.LiAction, handle: provisioning.MedDevHandle) -> str:
+    address = settings.MEDIATION_ADDRESS
+    attributes = provisioning.radius_mirroring_attributes(
+        action, handle, address or _STAND_IN_ADDRESS, settings.MEDIATION_PORT
+    )
+    shown = [
+        dataclasses.replace(attribute, value=_MEDIATION_PLACEHOLDER)
+        if not address and attribute.vendor_type == provisioning.ErxAttribute.MED_IP_ADDRESS
+        else attribute
+        for attribute in attributes
+    ]
+    return "".join(
+        f"{attribute.freeradius_line()}    # {attribute.number}\n" for attribute in shown
+    )
+
+
+def _dtcp_add(intercept: Intercept, router: Router | None) -> str:
+    address = settings.MEDIATION_ADDRESS
+    message = provisioning.dtcp_add(
+        csource_id="<dtcp-user>",
+        cdest_id="<cdest-id>",
+        mediation_address=address or _STAND_IN_ADDRESS,
+        mediation_port=settings.MEDIATION_PORT,
+        source_address=router.address if router is not None else _STAND_IN_ADDRESS,
+        intercept_id=intercept.intercept_id,
+        trigger=provisioning.DtcpTrigger.USER_NAME,
+        trigger_value="<subscriber user name>",
+        seq=1,
+    )
+    placeholders = {}
+    if not address:
+        placeholders["X-JTap-Cdest-Dest-Address"] = _MEDIATION_PLACEHOLDER
+    if router is None:
+        placeholders["X-JTap-Cdest-Source-Address"] = _ROUTER_PLACEHOLDER
+    headers = tuple((name, placeholders.get(name, value)) for name, value in message.headers)
+    return provisioning.DtcpMessage(message.method, message.version, headers).text()
+
+
+def provisioning_html(intercept: Intercept) -> SafeString:
+    """The RADIUS attributes that start and stop the mirror, and a DTCP ADD for each MX
+    router of the intercept (one with a placeholder source when it names no router)."""
+    handle = provisioning.MedDevHandle(intercept.intercept_id, intercept.sid)
+    blocks: list[tuple[str, str]] = []
+    try:
+        blocks.append(
+            (
+                f"RADIUS, to start mirroring ({handle.describe()}), in an Access-Accept "
+                "or CoA-Request; the RADIUS server salt-encrypts all four",
+                _radius(provisioning.LiAction.START, handle),
+            )
+        )
+        blocks.append(("RADIUS, to stop mirroring", _radius(provisioning.LiAction.STOP, handle)))
+    except provisioning.ProvisioningError as error:
+        blocks.append(("Cannot build the RADIUS attributes", str(error)))
+    routers = list(intercept.routers.all())
+    mx_routers: list[Router | None] = [
+        router for router in routers if router.kind == Router.Kind.MX
+    ]
+    sid_note = (
+        f"; DTCP cannot request the pinned session id {intercept.sid:#x}: the router picks "
+        "a new one at each login"
+        if intercept.sid is not None
+        else "; the router picks a new session id at each login"
+    )
+    for router in mx_routers if routers else [None]:
+        where = f" on {router.name}" if router is not None else ""
+        try:
+            blocks.append(
+                (
+                    f"DTCP ADD{where} (MX){sid_note}; the DTCP client sets Seq and "
+                    "Authentication-Info",
+                    _dtcp_add(intercept, router).replace("\r\n", "\n"),
+                )
+            )
+        except provisioning.ProvisioningError as error:
+            blocks.append((f"Cannot build the DTCP ADD{where}", str(error)))
+    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+
+
+@admin.register(Router)
+class RouterAdmin(RecordsPermissions, RouterAdminBase):
+    list_display = ("name", "address", "kind", "port", "format")
+    list_filter = ("kind", "format", "port")
+    search_fields = ("name", "address")
+    readonly_fields = ("created_at", "updated_at")
+
+
+def _sessions_for(request: HttpRequest) -> QuerySet[Session]:
+    return Session.objects.filter(intercept__case__in=cases_for(request.user, Action.VIEW_METADATA))
+
+
+class CaptureFileInline(CapturedPermissions, CaptureFileInlineBase):
+    model = CaptureFile
+    extra = 0
+    fields = ("path", "first_packet", "last_packet", "packets", "bytes", "sha256", "closed")
+    readonly_fields = fields
+    show_change_link = True
+
+
+@admin.register(Session)
+class SessionAdmin(CapturedPermissions, SessionAdminBase):
+    list_display = (
+        "router",
+        "intercept",
+        "mid_hex",
+        "sid_hex",
+        "first_seen",
+        "last_seen",
+        "packets",
+        "bytes",
+        "stored_packets",
+    )
+    list_filter = ("router", "intercept__case")
+    search_fields = ("intercept__liid", "intercept__case__reference", "router__name")
+    list_select_related = ("router", "intercept")
+    date_hierarchy = "last_seen"
+    inlines = (CaptureFileInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Session]:
+        return _sessions_for(request)
+
+    @admin.display(description="mid", ordering="mid")
+    def mid_hex(self, session: Session) -> str:
+        return f"{session.mid:#x}"
+
+    @admin.display(description="sid", ordering="sid")
+    def sid_hex(self, session: Session) -> str:
+        return f"{session.sid:#x}"
+
+
+@admin.register(CaptureFile)
+class CaptureFileAdmin(CapturedPermissions, CaptureFileAdminBase):
+    list_display = (
+        "path",
+        "session",
+        "first_packet",
+        "last_packet",
+        "packets",
+        "bytes",
+        "sha256",
+        "closed",
+    )
+    list_filter = ("closed",)
+    search_fields = ("path", "sha256", "session__intercept__liid")
+    list_select_related = ("session__router",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CaptureFile]:
+        return CaptureFile.objects.filter(session__in=_sessions_for(request))
