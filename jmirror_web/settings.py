@@ -80,7 +80,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "jmirror_web.apps.JMirrorAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

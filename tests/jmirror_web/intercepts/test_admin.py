@@ -155,18 +155,33 @@ def test_analysts_and_system_administrators_are_refused_every_admin_page(
     # Even an analyst assigned to the case: they work in the case views, not here.
     assign(user, Case.objects.get())
     client = signed_in(user)
-    assert client.get(url(model, "changelist")).status_code == 403
-    assert client.get(url(model, "change", pks[model])).status_code == 403
-    assert client.get(url(model, "add")).status_code == 403
-    index = client.get(reverse("admin:index"))
-    assert b"/admin/intercepts/" not in index.content
+    for path in (url(model, "changelist"), url(model, "change", pks[model]), url(model, "add")):
+        response = client.get(path)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/admin/login/")
+    assert client.get(reverse("admin:index")).status_code == 302
 
 
-def test_a_user_without_staff_status_is_sent_to_the_admin_login() -> None:
+def test_an_li_admin_needs_no_staff_flag_to_use_the_admin() -> None:
     client = signed_in(make_user(Role.LI_ADMIN))
+    assert client.get(url("case", "changelist")).status_code == 200
+
+
+def test_a_staff_flag_alone_opens_nothing() -> None:
+    client = signed_in(make_user(is_staff=True))
     response = client.get(url("case", "changelist"))
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_the_admin_sign_in_admits_by_role(client: Client) -> None:
+    make_user(Role.LI_ADMIN, username="li")
+    make_user(Role.ANALYST, username="ana", is_staff=True)
+    refused = client.post(reverse("admin:login"), {"username": "ana", "password": PASSWORD})
+    assert refused.status_code == 200
+    assert b"Please enter the correct username and password" in refused.content
+    admitted = client.post(reverse("admin:login"), {"username": "li", "password": PASSWORD})
+    assert admitted.status_code == 302
 
 
 @pytest.mark.parametrize("model", RECORDS)

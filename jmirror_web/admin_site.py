@@ -1,0 +1,46 @@
+"""The admin site, entered by role rather than by Django's staff flag.
+
+Who may use the admin is decided in :mod:`jmirror_web.intercepts.access` like
+everything else: LI administrators (records), auditors (records read-only and the
+audit log) and superusers. An li-admin needs no separate "staff" flag, and a staff flag
+alone opens nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+
+from jmirror_web.intercepts.access import Action, may
+
+
+def may_use_admin(user: Any) -> bool:
+    return bool(user.is_active and (may(user, Action.VIEW_RECORDS) or may(user, Action.VIEW_AUDIT)))
+
+
+class RoleAuthenticationForm(AdminAuthenticationForm):
+    """Django's admin sign-in refuses users without the staff flag; this one refuses
+    users whose role gives them nothing in the admin, with the same message."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        if not may_use_admin(user):
+            raise ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            )
+
+
+class JMirrorAdminSite(admin.AdminSite):
+    site_header = "jmirror-web administration"
+    site_title = "jmirror-web"
+    index_title = "Intercept records and audit log"
+
+    login_form = RoleAuthenticationForm
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return may_use_admin(request.user)
