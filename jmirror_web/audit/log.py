@@ -171,13 +171,6 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _current_actor() -> tuple[Any, str | None]:
-    context = _context.get()
-    if context is None:
-        return None, None
-    return _actor_of(context.actor), context.source_address
-
-
 def _remember_before(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     if instance.pk is None or kwargs.get("raw"):
         return
@@ -199,28 +192,12 @@ def _saved(
         if not changes:
             return  # e.g. a sign-in updating last_login: not a change of the record
         action, details = "change", {"changes": changes}
-    actor, address = _current_actor()
-    append_event(
-        action=f"{sender._meta.model_name}.{action}",
-        actor=actor,
-        source_address=address,
-        object_type=sender._meta.label,
-        object_id=str(instance.pk),
-        object_repr=str(instance),
-        details=details,
-    )
+    record(f"{sender._meta.model_name}.{action}", instance, details=details)
 
 
 def _deleted(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
-    actor, address = _current_actor()
-    append_event(
-        action=f"{sender._meta.model_name}.delete",
-        actor=actor,
-        source_address=address,
-        object_type=sender._meta.label,
-        object_id=str(instance.pk),
-        object_repr=str(instance),
-        details={"before": field_values(instance)},
+    record(
+        f"{sender._meta.model_name}.delete", instance, details={"before": field_values(instance)}
     )
 
 
@@ -229,7 +206,6 @@ def _relation_changed(
 ) -> None:
     if action not in ("post_add", "post_remove", "post_clear"):
         return
-    actor, address = _current_actor()
     field = next(
         (
             m2m.name
@@ -238,13 +214,9 @@ def _relation_changed(
         ),
         sender._meta.model_name,
     )
-    append_event(
-        action=f"{instance._meta.model_name}.{field}.{action.removeprefix('post_')}",
-        actor=actor,
-        source_address=address,
-        object_type=instance._meta.label,
-        object_id=str(instance.pk),
-        object_repr=str(instance),
+    record(
+        f"{instance._meta.model_name}.{field}.{action.removeprefix('post_')}",
+        instance,
         details={"ids": sorted(str(pk) for pk in pk_set or ())},
     )
 

@@ -153,3 +153,26 @@ def test_a_saved_record_without_changes_records_nothing():
 def test_passwords_never_reach_the_audit_log():
     make_user(username="secretive")
     assert "pbkdf2" not in str(list(AuditEvent.objects.values_list("details", flat=True)))
+
+
+def test_an_event_recorded_while_serving_a_request_names_the_signed_in_user():
+    from django.http import HttpRequest, HttpResponse
+
+    from jmirror_web.audit.log import AuditContextMiddleware
+
+    user = make_user(Role.ANALYST, username="ana")
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = "192.0.2.44"
+    request.user = user
+
+    def view(request: HttpRequest) -> HttpResponse:
+        record("test.viewed")
+        return HttpResponse()
+
+    AuditContextMiddleware(view)(request)
+    event = AuditEvent.objects.get(action="test.viewed")
+    assert (event.actor_id, event.actor_name, event.source_address) == (
+        user.pk,
+        "ana",
+        "192.0.2.44",
+    )
