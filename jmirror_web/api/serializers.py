@@ -22,7 +22,6 @@ from jmirror_web.intercepts.access import Action, cases_for
 from jmirror_web.intercepts.models import Case, Intercept, Router, Session
 
 _M = TypeVar("_M", bound=models.Model)
-_CONFLICT_CODE = "intercept_conflict"  # Intercept.check_no_conflict's
 
 
 def _as_api_error(error: DjangoValidationError) -> serializers.ValidationError:
@@ -130,26 +129,11 @@ class InterceptSerializer(CleanModelSerializer[Intercept]):
         return None if intercept.sid is None else f"{intercept.sid:#x}"
 
     def full_clean(self, instance: Intercept, attrs: dict[str, Any]) -> None:
-        # The model's own overlap check sees only the routers already saved (none for a
-        # new intercept, which reads as "every router"), not the ones in the request,
-        # which are saved after the row. Its verdict on that is replaced by a check
-        # with the request's routers.
-        try:
-            instance.full_clean()
-        except DjangoValidationError as error:
-            others = [
-                each
-                for each in error.error_dict.pop(NON_FIELD_ERRORS, [])
-                if each.code != _CONFLICT_CODE
-            ]
-            if others:
-                error.error_dict[NON_FIELD_ERRORS] = others
-            if error.error_dict:
-                raise
-        router_ids = None  # unchanged: the routers saved
+        # The routers are saved after the row, so the model's overlap check is told
+        # the ones in the request (absent: the routers already saved).
         if "routers" in attrs:
-            router_ids = frozenset(router.pk for router in attrs["routers"])
-        instance.check_no_conflict(instance.scope(router_ids))
+            instance.pending_router_ids = frozenset(router.pk for router in attrs["routers"])
+        instance.full_clean()
 
 
 class SessionSerializer(serializers.ModelSerializer[Session]):

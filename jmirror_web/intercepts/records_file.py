@@ -481,18 +481,12 @@ def _import_intercept(entry: _Entry, summary: ImportSummary) -> None:
     before = _snapshot(intercept, (name for name in values if name != "case"))
     before["case_id"] = None if adding else intercept.case_id
     _apply(intercept, values)
+    # The routers are set after the row is saved; the overlap check must see these.
+    intercept.pending_router_ids = router_ids
     try:
         intercept.full_clean()
     except ValidationError as error:
-        # The model checks conflicts against the routers already stored, which are not
-        # the ones this import sets; that check is made below with the right ones.
-        remaining = _without_conflicts(error)
-        if remaining is not None:
-            raise entry.error(*_validation_message(remaining, _INTERCEPT_FILE_KEYS)) from None
-    try:
-        intercept.check_no_conflict(intercept.scope(router_ids))
-    except ValidationError as error:
-        raise entry.error(None, " ".join(error.messages)) from None
+        raise entry.error(*_validation_message(error, _INTERCEPT_FILE_KEYS)) from None
 
     after = _snapshot(intercept, (name for name in values if name != "case"))
     after["case_id"] = intercept.case_id
@@ -504,18 +498,6 @@ def _import_intercept(entry: _Entry, summary: ImportSummary) -> None:
         intercept.routers.set(router_ids)
     outcome = "created" if adding else "updated" if changed or routers_changed else "unchanged"
     summary.counts["intercepts"][outcome] += 1
-
-
-def _without_conflicts(error: ValidationError) -> ValidationError | None:
-    if not hasattr(error, "error_dict"):
-        kept = [item for item in error.error_list if item.code != "intercept_conflict"]
-        return ValidationError(kept) if kept else None
-    remaining: dict[str, list[ValidationError]] = {}
-    for name, errors in error.error_dict.items():
-        kept = [item for item in errors if item.code != "intercept_conflict"]
-        if kept:
-            remaining[name] = kept
-    return ValidationError(remaining) if remaining else None
 
 
 def _check_untouched_intercepts(case_entry: _Entry, case: Case, in_file: set[str]) -> None:
