@@ -161,3 +161,11 @@ def test_an_auditor_sees_the_records_but_no_session_or_file_of_the_secret_case(
     # Auditors read every record (cases, intercepts, routers) and the audit log; the
     # capture file path is session data they must not see.
     assert [entry for entry in found if "sessions/secret/" in entry] == []
+
+
+def test_there_is_no_websocket_route_yet_that_this_walk_would_miss():
+    # The live views add websocket routes; when they do, this walk must cover them
+    # (connect and subscribe to the secret case as the users above, expecting refusal).
+    from jmirror_web.asgi import application
+
+    assert set(application.application_mapping) == {"http"}
