@@ -1,0 +1,69 @@
+"""Build the receiver's :class:`~receiver.gate.Gate` from the intercept records.
+
+The receiver polls :func:`gate_fingerprint` (about once a second) and calls
+:func:`load_gate` only when the fingerprint changed, so that an edit to a case, an
+intercept or a router takes effect within two seconds without reloading every second.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max
+
+from jmirror_web.intercepts.models import Case, Intercept, Router
+from receiver.gate import Gate, InterceptRule, RouterRule
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def nanoseconds(moment: datetime) -> int:
+    """``moment`` (aware) as integer nanoseconds since the epoch, without the rounding
+    a float timestamp would bring."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def intercept_rule(intercept: Intercept, router_ids: frozenset[int]) -> InterceptRule:
+    """The gate's view of one intercept (its case loaded with it)."""
+    case = intercept.case
+    start = max(intercept.valid_from, case.valid_from)
+    end = min(intercept.valid_until, case.valid_until)
+    return InterceptRule(
+        intercept_id_pk=intercept.pk,
+        liid=intercept.liid,
+        case_id=case.pk,
+        case_reference=case.reference,
+        mirror_id=intercept.intercept_id,
+        sid=intercept.sid,
+        router_ids=router_ids,
+        window=(nanoseconds(start), nanoseconds(end)),
+        active=case.status == Case.Status.ACTIVE,
+        keep_content=intercept.keep_content,
+    )
+
+
+def load_gate() -> Gate:
+    """A gate from every router and intercept in the database."""
+    routers = [RouterRule(router.pk, router.address) for router in Router.objects.all()]
+    intercepts = [
+        intercept_rule(intercept, frozenset(router.pk for router in intercept.routers.all()))
+        for intercept in Intercept.objects.select_related("case").prefetch_related("routers")
+    ]
+    return Gate(routers, intercepts)
+
+
+def gate_fingerprint() -> tuple[Any, ...]:
+    """Something cheap to compute that changes whenever the gate would.
+
+    Row counts catch deletions; the latest ``updated_at`` catches edits and additions;
+    the intercept-router links have no timestamp, so their count and highest primary
+    key stand in (``routers.set()`` adds rows with new keys and deletes the others).
+    """
+    fingerprint: list[Any] = []
+    for model in (Router, Intercept, Case):
+        totals = model.objects.aggregate(count=Count("pk"), latest=Max("updated_at"))
+        fingerprint += [totals["count"], totals["latest"]]
+    links = Intercept.routers.through.objects.aggregate(count=Count("pk"), highest=Max("pk"))
+    fingerprint += [links["count"], links["highest"]]
+    return tuple(fingerprint)
