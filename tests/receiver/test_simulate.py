@@ -1,0 +1,140 @@
+import socket
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from receiver.jmirror import PPPProtocol, decode_datagram
+from receiver.management.commands.simulate import build_payloads
+
+
+@pytest.fixture
+def listener():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    yield sock
+    sock.close()
+
+
+def receive(sock: socket.socket, count: int) -> list[bytes]:
+    return [sock.recv(65535) for _ in range(count)]
+
+
+def simulate(*args: str) -> str:
+    out = StringIO()
+    call_command("simulate", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_it_sends_decodable_jmirror_traffic_with_the_asked_mid_and_sid(listener):
+    port = listener.getsockname()[1]
+    output = simulate(
+        "--to",
+        f"127.0.0.1:{port}",
+        "--count",
+        "50",
+        "--rate",
+        "0",
+        "--mid",
+        "0x300",
+        "--sid",
+        "0x1234",
+    )
+    packets = [decode_datagram(each) for each in receive(listener, 50)]
+    assert len(packets) == 50
+    assert {(packet.mid, packet.version, packet.sid) for packet in packets} == {(0x300, 0, 0x1234)}
+    assert {packet.inner for packet in packets} == {"ppp", "ipv4", "ipv6"}
+    assert PPPProtocol.LCP in {packet.ppp_protocol for packet in packets}
+    assert "sent 50 datagrams" in output
+    assert f"to 127.0.0.1:{port}" in output
+    assert "mid 0x300 sid 0x1234" in output
+
+
+def test_each_mid_gets_its_own_session_id_unless_one_is_given(listener):
+    port = listener.getsockname()[1]
+    simulate(
+        "--to", f"127.0.0.1:{port}", "--count", "50", "--rate", "0", "--mid", "5", "--mid", "6"
+    )
+    packets = [decode_datagram(each) for each in receive(listener, 50)]
+    assert {(packet.intercept_id, packet.sid) for packet in packets} == {(5, 0x90), (6, 0x91)}
+
+
+def test_it_paces_to_the_asked_rate(listener):
+    port = listener.getsockname()[1]
+    output = simulate("--to", f"127.0.0.1:{port}", "--count", "20", "--rate", "100")
+    assert len(receive(listener, 20)) == 20
+    seconds = float(output.split(" in ")[1].split(" s ")[0])
+    # 20 datagrams at 100/s: the first goes at once, the other 19 take 0.19 s.
+    assert 0.17 <= seconds < 1.0
+
+
+def test_it_stops_after_the_duration(listener):
+    port = listener.getsockname()[1]
+    output = simulate("--to", f"127.0.0.1:{port}", "--duration", "0.2", "--rate", "50")
+    sent = int(output.split("sent ")[1].split(" ")[0])
+    # About 10; fewer only when a loaded machine oversleeps, never more than the bucket allows.
+    assert 5 <= sent <= 12
+    assert len(receive(listener, sent)) == sent
+
+
+def test_the_payloads_are_a_login_then_browsing_over_ipv4_and_ipv6_in_and_out_of_ppp():
+    packets = [decode_datagram(each) for each in build_payloads([0x300], None)]
+    assert [packet.ppp_protocol for packet in packets[:7]] == [
+        PPPProtocol.LCP,
+        PPPProtocol.LCP,
+        PPPProtocol.PAP,
+        PPPProtocol.PAP,
+        PPPProtocol.IPCP,
+        PPPProtocol.IPCP,
+        PPPProtocol.IPV6CP,
+    ]
+    kinds = {(packet.inner, packet.ppp_protocol, packet.proto) for packet in packets[7:]}
+    assert kinds == {
+        (inner, ppp, proto)
+        for inner, ppp in (("ipv4", None), ("ipv6", None), ("ppp", 0x21), ("ppp", 0x57))
+        for proto in ((17, 6, 1) if inner == "ipv4" or ppp == 0x21 else (17, 6, 58))
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "localhost"], "'localhost' is not HOST:PORT"),
+        (["--to", "127.0.0.1:http"], "'http' is not a port number"),
+        (["--to", "127.0.0.1:0"], "port 0 is out of range (1-65535)"),
+        (["--to", "127.0.0.1:65536"], "port 65536 is out of range (1-65535)"),
+        (["--to", "::1:5000"], "write an IPv6 address as [ADDRESS]:PORT"),
+        (["--to", "127.0.0.1:5000", "--rate", "-1"], "rate -1 must be 0 (unpaced) or more"),
+        (["--to", "127.0.0.1:5000", "--count", "0"], "count 0 must be at least 1"),
+        (["--to", "127.0.0.1:5000", "--duration", "0"], "duration 0 must be more than 0 seconds"),
+        (
+            ["--to", "127.0.0.1:5000", "--mid", str(2**30)],
+            f"mid {2**30} is out of range: it is the 30-bit intercept id (0 to 0x3fffffff)",
+        ),
+        (["--to", "127.0.0.1:5000", "--mid", "-1"], "mid -1 is out of range"),
+        (["--to", "127.0.0.1:5000", "--sid", "0x100000000"], "sid 0x100000000 is out of range"),
+    ],
+)
+def test_it_refuses_bad_arguments_with_a_clear_error(args, message):
+    with pytest.raises(CommandError) as error:
+        call_command("simulate", *args)
+    assert message in str(error.value)
+
+
+def test_it_needs_a_destination():
+    with pytest.raises(CommandError, match="--to"):
+        call_command("simulate")
+
+
+def test_it_sends_to_an_ipv6_address_in_brackets():
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with sock:
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        simulate("--to", f"[::1]:{port}", "--count", "3", "--rate", "0")
+        assert len([decode_datagram(each) for each in receive(sock, 3)]) == 3
