@@ -242,6 +242,14 @@ class PcapStore:
         if file is not None:
             self._finish(file)
 
+    def close_expired(self, now_ns: int) -> None:
+        """Close files whose age limit has passed by ``now_ns`` (wall clock, ns since the
+        epoch): a session that went quiet would otherwise keep its file open, unhashed,
+        until its next packet. Call it about once a second."""
+        for session, file in list(self._files.items()):
+            if now_ns >= file.deadline_ns:
+                self.close(session)
+
     def close_all(self) -> list[ClosedFile]:
         """Flush and close every file; return every closed file not yet taken."""
         for session in list(self._files):

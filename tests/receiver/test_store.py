@@ -506,3 +506,16 @@ def test_an_oversized_packet_is_cut_to_the_snaplen_and_keeps_its_original_length
     raw = (tmp_path / closed.path).read_bytes()
     assert struct.unpack_from("<II", raw, 24 + 8) == (SNAPLEN, SNAPLEN + 100)
     assert repair(tmp_path / closed.path).packets == 1
+
+
+def test_close_expired_closes_the_files_of_sessions_that_went_quiet(tmp_path):
+    store = PcapStore(tmp_path, rotate_seconds=60)
+    store.write(SESSION, T0, ipv4(), LINKTYPE_RAW)
+    store.write(SESSION6, T0 + 30 * SECOND, ipv4(), LINKTYPE_RAW)
+
+    store.close_expired(T0 + 59 * SECOND)
+    assert store.take_closed() == []
+    store.close_expired(T0 + 60 * SECOND)
+
+    assert [file.session for file in store.take_closed()] == [SESSION]
+    assert store.open_sessions == 1
