@@ -28,6 +28,7 @@ from jmirror_web.environment import (
     env_secret,
     env_str,
 )
+from receiver.worker import parse_listen
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -200,6 +201,23 @@ if MEDIATION_ADDRESS:
             "(routers mirror to IPv4 only)"
         ) from None
 MEDIATION_PORT = env_int("JMIRROR_MEDIATION_PORT", 30030, minimum=1, maximum=65535)
+
+
+def _listen(addresses: list[str]) -> list[tuple[str, int]]:
+    if not addresses:
+        raise ConfigurationError("JMIRROR_LISTEN is empty: give at least one HOST:PORT")
+    listen = []
+    for text in addresses:
+        try:
+            listen.append(parse_listen(text))
+        except ValueError as error:
+            raise ConfigurationError(f"JMIRROR_LISTEN: {error}") from None
+    return listen
+
+
+# Where `manage.py receive` listens for mirror streams unless --listen says otherwise:
+# comma-separated HOST:PORT, IPv6 in brackets. 30030 is only Wireshark's default port.
+JMIRROR_LISTEN = _listen(env_list("JMIRROR_LISTEN", ["127.0.0.1:30030"]))
 
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
