@@ -236,42 +236,16 @@ class Receiver:
         """Receive until :meth:`stop`; then close every file, hand a final snapshot to the
         hooks and close the sockets. Bad datagrams never raise out of here."""
         try:
-            if len(self.sockets) == 1:
-                self._run_one(self.sockets[0])
-            else:
-                self._run_many()
+            self._receive()
         finally:
             # Flush, close and hash every file now: after a SIGTERM nothing may stay open.
             self.final_closed = self.store.close_all()
             self._tick(time.time_ns(), final=True, closed=self.final_closed)
             self.close_sockets()
 
-    def _run_one(self, sock: socket.socket) -> None:
-        # A blocking socket with a timeout: one system call per datagram, and the timeout
-        # bounds how long a quiet link delays the periodic work.
-        sock.settimeout(self._tick_ns / 1e9 / 2)
-        buffer = bytearray(_MAX_DATAGRAM)
-        view = memoryview(buffer)
-        recv = sock.recvfrom_into
-        handle = self._handle
-        next_tick = time.time_ns() + self._tick_ns
-        stop = self._stop
-        while not stop.is_set():
-            try:
-                size, source = recv(buffer)
-            except TimeoutError:
-                size = -1
-            except OSError as error:  # e.g. ECONNREFUSED can surface on UDP; not fatal
-                logger.debug("receive error: %s", error)
-                size = -1
-            now = time.time_ns()
-            if size >= 0:
-                handle(bytes(view[:size]), source[0], now)
-            if now >= next_tick:
-                next_tick = now + self._tick_ns
-                self._tick(now)
-
-    def _run_many(self) -> None:
+    def _receive(self) -> None:
+        # Non-blocking sockets drained until empty, and select() only when all are: a
+        # socket with a timeout would cost a poll() before every recvfrom_into.
         for sock in self.sockets:
             sock.setblocking(False)
         buffer = bytearray(_MAX_DATAGRAM)
