@@ -105,7 +105,7 @@ class Gate:
         # Set once through object.__setattr__: __setattr__ below refuses later changes.
         object.__setattr__(self, "routers", routers)
         object.__setattr__(self, "intercepts", ordered)
-        object.__setattr__(self, "_by_address", {router.address: router for router in routers})
+        object.__setattr__(self, "_by_address", _address_index(routers))
         object.__setattr__(
             self,
             "_by_mirror_id",
@@ -144,3 +144,15 @@ class Gate:
             # scope in a different window may still be, so keep looking.
             reason = OUTSIDE_WINDOW
         return reason
+
+
+def _address_index(routers: Iterable[RouterRule]) -> dict[str, RouterRule]:
+    """Routers by source address as a socket reports it. A dual-stack (IPv6) listener
+    reports an IPv4 router as ``::ffff:a.b.c.d``, so that form is indexed too: the
+    lookup stays one dict access per packet."""
+    index: dict[str, RouterRule] = {}
+    for router in routers:
+        index[router.address] = router
+        if "." in router.address and ":" not in router.address:
+            index[f"::ffff:{router.address}"] = router
+    return index

@@ -308,7 +308,8 @@ class Receiver:
                 intercept.intercept_id_pk,
                 intercept.liid,
                 time_ns,
-                SessionKey(intercept.liid, source, mid, sid),
+                # The registered address, also when a dual-stack socket maps it.
+                SessionKey(intercept.liid, router.address, mid, sid),
             )
             if delta is not None:  # the records changed hands mid-tick: keep the counts
                 fresh.packets, fresh.bytes, fresh.stored = delta.packets, delta.bytes, delta.stored

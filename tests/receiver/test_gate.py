@@ -122,3 +122,13 @@ def test_the_gate_and_its_rules_cannot_be_changed():
 
 def test_an_empty_gate_drops_everything_as_unknown_router():
     assert Gate([], []).claim("192.0.2.1", 0x300, 0x90, DURING) == "unknown_router"
+
+
+def test_an_ipv4_router_is_recognised_through_a_dual_stack_listener():
+    claim = gate(rule()).claim("::ffff:192.0.2.1", 0x300, 0x90, DURING)
+    assert isinstance(claim, Claim)
+    assert claim.router == ROUTER
+
+
+def test_an_ipv4_mapped_form_of_another_address_stays_unknown():
+    assert gate(rule()).claim("::ffff:192.0.2.99", 0x300, 0x90, DURING) == "unknown_router"
