@@ -24,7 +24,6 @@ from enum import IntEnum, StrEnum
 from types import SimpleNamespace
 from typing import Final, Literal
 
-HEADER_LENGTH: Final = 8
 WIRESHARK_DEFAULT_PORT: Final = 30030
 INTERCEPT_ID_MASK: Final = 0x3FFFFFFF
 

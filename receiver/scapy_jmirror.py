@@ -15,15 +15,13 @@ Wireshark's default; :func:`bind_jmirror_port` dissects another port as jmirror.
 
 from __future__ import annotations
 
-from typing import Final
-
 from scapy.fields import BitField, XBitField, XIntField
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ppp import HDLC
 from scapy.packet import Packet, Raw, bind_bottom_up, bind_layers
 
-WIRESHARK_DEFAULT_PORT: Final = 30030
+from receiver.jmirror import WIRESHARK_DEFAULT_PORT
 
 
 class JMirror(Packet):

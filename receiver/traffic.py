@@ -59,7 +59,8 @@ from scapy.layers.ppp import (
 from scapy.packet import Packet, Padding, Raw
 from scapy.utils import wrpcap
 
-from receiver.scapy_jmirror import WIRESHARK_DEFAULT_PORT, JMirror
+from receiver.jmirror import WIRESHARK_DEFAULT_PORT
+from receiver.scapy_jmirror import JMirror
 
 InnerKind = Literal["ipv4", "ipv6", "ppp"]
 
