@@ -260,6 +260,28 @@ class PcapStore:
     def open_sessions(self) -> int:
         return len(self._files)
 
+    def open_files(self) -> list[ClosedFile]:
+        """The files being written, as far as they have reached the kernel, so their
+        rows can show them before they close. ``path`` is the name the file will have
+        once closed (the row keeps it); ``sha256`` is empty until then. Files with nothing
+        written yet are left out: they vanish if closed empty."""
+        return [
+            ClosedFile(
+                path=file.part_path.with_name(
+                    file.part_path.name.removesuffix(PART_SUFFIX)
+                ).relative_to(self.root),
+                session=file.session,
+                linktype=file.linktype,
+                first_ns=file.first_ns,
+                last_ns=file.committed_last_ns,
+                packets=file.committed_packets,
+                bytes=file.committed_size,
+                sha256="",
+            )
+            for file in self._files.values()
+            if file.committed_packets and file.fd >= 0
+        ]
+
     @staticmethod
     def recover(root: Path) -> list[ClosedFile]:
         """Close files a killed receiver left open under ``root``: truncate each to its last

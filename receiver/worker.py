@@ -6,11 +6,15 @@ Standard library plus the sans-I/O receiver modules only, no Django: the Django 
 and takes :class:`Snapshot` objects from the ``on_tick`` hook to write them to the
 database in another thread. The loop itself never waits on anything but its sockets.
 
-Hot path, chosen by measurement (DESIGN.md section 3): a plain blocking loop around
-``socket.recvfrom_into`` (about 270k datagrams/s on the reference machine against 47k for
-asyncio's datagram endpoint). One socket blocks with a short timeout; several sockets are
-multiplexed with ``select`` and drained without blocking. Either way periodic work (store
-flush, file expiry, the tick hook, the stop flag) runs at least every ``tick_interval``.
+:class:`Capture` is the per-datagram pipeline (decode -> gate -> counters -> store) and
+the snapshots; :class:`Receiver` adds the sockets. ``manage.py import_pcap`` feeds a
+``Capture`` from a capture file, so offline and live packets meet the same gate.
+
+Hot path, chosen by measurement (DESIGN.md section 3): non-blocking sockets drained with
+``socket.recvfrom_into`` and ``select`` only when all are empty (about 270k datagrams/s
+for a plain loop on the reference machine against 47k for asyncio's datagram endpoint).
+Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at least every
+``tick_interval``.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from receiver.gate import Gate
-from receiver.jmirror import DecodeError, decode_datagram
+from receiver.jmirror import DecodeError, JMirrorPacket, decode_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,13 @@ _MAX_DATAGRAM: Final = 65_535
 # Datagrams taken from one socket per select round, so that several sockets share the
 # loop fairly and the time check between rounds stays frequent.
 _DRAIN_LIMIT: Final = 256
+# The most recent packets of each session kept per tick for the live packet list: the
+# browser shows a sample at high rates, never one update per packet (DESIGN.md 3).
+RECENT_PACKETS: Final = 16
+# Linux's SO_MEMINFO (not in Python's socket module): nine u32 counters, the last being
+# the datagrams the kernel dropped because the receive buffer was full.
+_SO_MEMINFO: Final = 55
+_MEMINFO = struct.Struct("9I")
 
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
@@ -48,40 +60,67 @@ class SessionDelta:
 
     __slots__ = (
         "bytes",
+        "case_pk",
         "first_ns",
         "intercept_pk",
         "last_ns",
         "liid",
         "packets",
+        "recent",
         "router_id",
         "store_key",
         "stored",
     )
 
     def __init__(
-        self, router_id: int, intercept_pk: int, liid: str, time_ns: int, store_key: SessionKey
+        self,
+        router_id: int,
+        intercept_pk: int,
+        case_pk: int,
+        liid: str,
+        time_ns: int,
+        store_key: SessionKey,
     ) -> None:
         self.router_id = router_id
         # Built once per session and tick rather than once per stored packet.
         self.store_key = store_key
         self.intercept_pk = intercept_pk
+        self.case_pk = case_pk
         self.liid = liid
         self.packets = 0
         self.bytes = 0
         self.stored = 0
         self.first_ns = time_ns
         self.last_ns = time_ns
+        # Stored packets only: nothing of an intercept without content goes to the live view.
+        self.recent: deque[tuple[int, JMirrorPacket]] = deque(maxlen=RECENT_PACKETS)
+
+    def copy(self) -> SessionDelta:
+        """An independent copy: a snapshot's deltas are shared by every tick hook, and
+        each hook that accumulates must merge into its own."""
+        twin = SessionDelta(
+            self.router_id,
+            self.intercept_pk,
+            self.case_pk,
+            self.liid,
+            self.first_ns,
+            self.store_key,
+        )
+        twin.merge(self)
+        return twin
 
     def merge(self, later: SessionDelta) -> None:
-        """Add a later delta of the same session (used when a database write failed)."""
+        """Add a later delta of the same session (kept while a database write fails)."""
         self.packets += later.packets
         self.bytes += later.bytes
         self.stored += later.stored
         self.last_ns = later.last_ns
         # The claim may have moved to another intercept (records edited): the latest wins.
         self.intercept_pk = later.intercept_pk
+        self.case_pk = later.case_pk
         self.liid = later.liid
         self.store_key = later.store_key
+        self.recent.extend(later.recent)
 
 
 @dataclass(slots=True)
@@ -93,10 +132,18 @@ class Unclaimed:
     first_ns: int
     last_ns: int
 
+    def copy(self) -> Unclaimed:
+        return Unclaimed(self.reason, self.count, self.first_ns, self.last_ns)
+
+    def merge(self, later: Unclaimed) -> None:
+        self.count += later.count
+        self.last_ns = later.last_ns
+        self.reason = later.reason
+
 
 @dataclass(slots=True)
 class ListenerCounters:
-    """Totals since start for all of this receiver's sockets."""
+    """Totals since start for everything this capture was fed."""
 
     datagrams: int = 0
     bytes: int = 0
@@ -108,23 +155,54 @@ class ListenerCounters:
     unclaimed_overflow: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
+    def copy(self) -> ListenerCounters:
+        return ListenerCounters(
+            datagrams=self.datagrams,
+            bytes=self.bytes,
+            malformed=self.malformed,
+            unstorable=self.unstorable,
+            internal_error=self.internal_error,
+            unclaimed_overflow=self.unclaimed_overflow,
+            drops=Counter(self.drops),
+        )
+
+
+@dataclass(slots=True)
+class SocketCounters:
+    """One listening socket: what it received since start and what the kernel says."""
+
+    address: str  # HOST:PORT, IPv6 in brackets
+    datagrams: int = 0
+    bytes: int = 0
+    rcvbuf: int = 0
+    # Datagrams the kernel dropped because the receive buffer was full (None: unknown).
+    kernel_drops: int | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the loop hands out at a tick: session deltas since the previous snapshot,
-    files closed since then, and copies of the running totals. Owned by the receiver once
-    made, so another thread may read it freely."""
+    """What the capture hands out at a tick: session deltas and unclaimed streams since the
+    previous snapshot (``previous_ns``), files closed since then, files still open, and
+    copies of the running totals. Owned by the receiver of it once made, so another thread
+    may read it freely."""
 
     time_ns: int
+    previous_ns: int
     sessions: dict[StreamKey, SessionDelta]
     closed_files: list[ClosedFile]
+    open_files: list[ClosedFile]
     listener: ListenerCounters
+    sockets: list[SocketCounters]
     unclaimed: dict[StreamKey, Unclaimed]
     store_errors: Counter[str]
     final: bool = False
 
 
 TickHook = Callable[[Snapshot], None]
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -167,112 +245,51 @@ def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str |
     return sock, warning
 
 
-class Receiver:
-    """Receives jmirror datagrams on one or more UDP addresses and stores claimed ones.
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped on this socket since it opened (Linux SO_MEMINFO), or
+    None where the kernel does not say."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+    except OSError:
+        return None
+    if len(raw) < _MEMINFO.size:
+        return None
+    drops: int = _MEMINFO.unpack(raw)[8]
+    return drops
 
-    Construct, then :meth:`run` in the thread that should do the capture; :meth:`stop`
-    from any thread (or a signal handler) makes :meth:`run` close every file and return.
-    Assigning :attr:`gate` from another thread is safe: the loop reads the reference once
-    per datagram and a Gate never changes.
+
+class Capture:
+    """The per-datagram pipeline: decode, gate, count, store; and the periodic snapshots.
+
+    Not thread-safe except as :class:`Receiver` documents: one thread feeds it.
     """
 
     def __init__(
         self,
-        listen: Sequence[tuple[str, int]],
         gate: Gate,
         store: PcapStore,
         *,
-        rcvbuf: int = DEFAULT_RCVBUF,
         tick_interval: float = 0.25,
         on_tick: Sequence[TickHook] = (),
         unclaimed_limit: int = UNCLAIMED_LIMIT,
-        stop_event: threading.Event | None = None,
     ) -> None:
-        if not listen:
-            raise ValueError("a receiver needs at least one address to listen on")
         self.gate = gate
         self.store = store
         self.counters = ListenerCounters()
+        # Every unclaimed stream since start (bounded), for callers without a hook.
         self.unclaimed: dict[StreamKey, Unclaimed] = {}
         self.warnings: list[str] = []
-        # Every file closed by the last run()'s shutdown, for callers without a hook.
+        # Every file closed by the last shutdown, for callers without a hook.
         self.final_closed: list[ClosedFile] = []
         self._sessions: dict[StreamKey, SessionDelta] = {}
+        self._unclaimed_since_tick: dict[StreamKey, Unclaimed] = {}
         self._tick_ns = int(tick_interval * 1e9)
         self._on_tick = tuple(on_tick)
         self._unclaimed_limit = unclaimed_limit
-        # Shared with the caller when given, so one event can stop several threads.
-        self._stop = stop_event if stop_event is not None else threading.Event()
-        self.sockets: list[socket.socket] = []
-        try:
-            for host, port in listen:
-                sock, warning = open_socket(host, port, rcvbuf)
-                self.sockets.append(sock)
-                if warning:
-                    self.warnings.append(warning)
-        except OSError:
-            self.close_sockets()
-            raise
+        self._previous_tick_ns = time.time_ns()
 
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """The bound (host, port) pairs; useful after binding port 0."""
-        return [sock.getsockname()[:2] for sock in self.sockets]
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish: it returns within about ``tick_interval`` plus the
-        time to flush and hash the open files."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def close_sockets(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-
-    def run(self) -> None:
-        """Receive until :meth:`stop`; then close every file, hand a final snapshot to the
-        hooks and close the sockets. Bad datagrams never raise out of here."""
-        try:
-            self._receive()
-        finally:
-            # Flush, close and hash every file now: after a SIGTERM nothing may stay open.
-            self.final_closed = self.store.close_all()
-            self._tick(time.time_ns(), final=True, closed=self.final_closed)
-            self.close_sockets()
-
-    def _receive(self) -> None:
-        # Non-blocking sockets drained until empty, and select() only when all are: a
-        # socket with a timeout would cost a poll() before every recvfrom_into.
-        for sock in self.sockets:
-            sock.setblocking(False)
-        buffer = bytearray(_MAX_DATAGRAM)
-        view = memoryview(buffer)
-        handle = self._handle
-        timeout = self._tick_ns / 1e9 / 2
-        next_tick = time.time_ns() + self._tick_ns
-        stop = self._stop
-        while not stop.is_set():
-            ready, _, _ = select.select(self.sockets, [], [], timeout)
-            for sock in ready:
-                recv = sock.recvfrom_into
-                for _ in range(_DRAIN_LIMIT):
-                    try:
-                        size, source = recv(buffer)
-                    except BlockingIOError:
-                        break
-                    except OSError as error:
-                        logger.debug("receive error: %s", error)
-                        break
-                    handle(bytes(view[:size]), source[0], time.time_ns())
-            now = time.time_ns()
-            if now >= next_tick:
-                next_tick = now + self._tick_ns
-                self._tick(now)
-
-    def _handle(self, payload: bytes, source: str, time_ns: int) -> None:
+    def handle(self, payload: bytes, source: str, time_ns: int) -> None:
+        """One datagram from ``source`` received at ``time_ns``. Never raises."""
         counters = self.counters
         counters.datagrams += 1
         counters.bytes += len(payload)
@@ -306,6 +323,7 @@ class Receiver:
             fresh = SessionDelta(
                 router.router_id,
                 intercept.intercept_id_pk,
+                intercept.case_id,
                 intercept.liid,
                 time_ns,
                 # The registered address, also when a dual-stack socket maps it.
@@ -326,22 +344,29 @@ class Receiver:
             return
         self.store.write(delta.store_key, time_ns, packet.data, linktype)
         delta.stored += 1
+        delta.recent.append((time_ns, packet))
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
-        entry = self.unclaimed.get(key)
+        entry = self._unclaimed_since_tick.get(key)
         if entry is not None:
             entry.count += 1
             entry.last_ns = time_ns
             entry.reason = reason
-        elif len(self.unclaimed) < self._unclaimed_limit:
-            self.unclaimed[key] = Unclaimed(reason, 1, time_ns, time_ns)
+        elif len(self._unclaimed_since_tick) < self._unclaimed_limit:
+            self._unclaimed_since_tick[key] = Unclaimed(reason, 1, time_ns, time_ns)
         else:
             # Bounded: random junk from many sources must not grow memory without limit.
             self.counters.unclaimed_overflow += 1
 
-    def _tick(
+    def socket_counters(self) -> list[SocketCounters]:
+        """Per-socket counters; none for a capture fed from a file."""
+        return []
+
+    def tick(
         self, now_ns: int, *, final: bool = False, closed: list[ClosedFile] | None = None
     ) -> None:
+        """Periodic work: flush due buffers, close files past their age, hand a snapshot to
+        the hooks. ``now_ns`` is receive time (wall clock live, capture time offline)."""
         store = self.store
         try:
             if not final:
@@ -349,32 +374,164 @@ class Receiver:
                 store.close_expired(now_ns)
         except Exception:
             logger.exception("store maintenance failed; capture goes on")
+        unclaimed, self._unclaimed_since_tick = self._unclaimed_since_tick, {}
+        for key, entry in unclaimed.items():
+            known = self.unclaimed.get(key)
+            if known is not None:
+                known.merge(entry)
+            elif len(self.unclaimed) < self._unclaimed_limit:
+                self.unclaimed[key] = entry.copy()
         if not self._on_tick:
+            self._sessions.clear()
             return
         sessions, self._sessions = self._sessions, {}
-        counters = self.counters
         snapshot = Snapshot(
             time_ns=now_ns,
+            previous_ns=self._previous_tick_ns,
             sessions=sessions,
             closed_files=store.take_closed() if closed is None else closed,
-            listener=ListenerCounters(
-                datagrams=counters.datagrams,
-                bytes=counters.bytes,
-                malformed=counters.malformed,
-                unstorable=counters.unstorable,
-                internal_error=counters.internal_error,
-                unclaimed_overflow=counters.unclaimed_overflow,
-                drops=Counter(counters.drops),
-            ),
-            unclaimed={
-                key: Unclaimed(each.reason, each.count, each.first_ns, each.last_ns)
-                for key, each in self.unclaimed.items()
-            },
+            open_files=store.open_files(),
+            listener=self.counters.copy(),
+            sockets=self.socket_counters(),
+            unclaimed=unclaimed,
             store_errors=Counter(store.store_errors),
             final=final,
         )
+        self._previous_tick_ns = now_ns
         for hook in self._on_tick:
             try:
                 hook(snapshot)
             except Exception:
                 logger.exception("tick hook %r failed; capture goes on", hook)
+
+    def finish(self, now_ns: int) -> list[ClosedFile]:
+        """Close and hash every file and hand the final snapshot to the hooks."""
+        self.final_closed = self.store.close_all()
+        self.tick(now_ns, final=True, closed=self.final_closed)
+        return self.final_closed
+
+
+class Receiver(Capture):
+    """Receives jmirror datagrams on one or more UDP addresses and stores claimed ones.
+
+    Construct, then :meth:`run` in the thread that should do the capture; :meth:`stop`
+    from any thread (or a signal handler) makes :meth:`run` close every file and return.
+    Assigning :attr:`gate` from another thread is safe: the loop reads the reference once
+    per datagram and a Gate never changes.
+    """
+
+    def __init__(
+        self,
+        listen: Sequence[tuple[str, int]],
+        gate: Gate,
+        store: PcapStore,
+        *,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        tick_interval: float = 0.25,
+        on_tick: Sequence[TickHook] = (),
+        unclaimed_limit: int = UNCLAIMED_LIMIT,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        if not listen:
+            raise ValueError("a receiver needs at least one address to listen on")
+        super().__init__(
+            gate,
+            store,
+            tick_interval=tick_interval,
+            on_tick=on_tick,
+            unclaimed_limit=unclaimed_limit,
+        )
+        # Shared with the caller when given, so one event can stop several threads.
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self.sockets: list[socket.socket] = []
+        self._socket_counters: list[SocketCounters] = []
+        try:
+            for host, port in listen:
+                sock, warning = open_socket(host, port, rcvbuf)
+                self.sockets.append(sock)
+                bound_host, bound_port = sock.getsockname()[:2]
+                self._socket_counters.append(
+                    SocketCounters(
+                        address=format_address(bound_host, bound_port),
+                        rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    )
+                )
+                if warning:
+                    self.warnings.append(warning)
+        except OSError:
+            self.close_sockets()
+            raise
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs; useful after binding port 0."""
+        return [sock.getsockname()[:2] for sock in self.sockets]
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: it returns within about ``tick_interval`` plus the
+        time to flush and hash the open files."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def socket_counters(self) -> list[SocketCounters]:
+        for sock, counters in zip(self.sockets, self._socket_counters, strict=True):
+            if sock.fileno() >= 0:
+                counters.kernel_drops = kernel_drops(sock)
+        return [
+            SocketCounters(each.address, each.datagrams, each.bytes, each.rcvbuf, each.kernel_drops)
+            for each in self._socket_counters
+        ]
+
+    def run(self) -> None:
+        """Receive until :meth:`stop`; then close every file, hand a final snapshot to the
+        hooks and close the sockets. Bad datagrams never raise out of here."""
+        try:
+            self._receive()
+        finally:
+            # Flush, close and hash every file now: after a SIGTERM nothing may stay open.
+            self.finish(time.time_ns())
+            self.close_sockets()
+
+    def _receive(self) -> None:
+        # Non-blocking sockets drained until empty, and select() only when all are: a
+        # socket with a timeout would cost a poll() before every recvfrom_into.
+        for sock in self.sockets:
+            sock.setblocking(False)
+        buffer = bytearray(_MAX_DATAGRAM)
+        view = memoryview(buffer)
+        handle = self.handle
+        timeout = self._tick_ns / 1e9 / 2
+        next_tick = time.time_ns() + self._tick_ns
+        stop = self._stop
+        counters_of = dict(zip(self.sockets, self._socket_counters, strict=True))
+        while not stop.is_set():
+            ready, _, _ = select.select(self.sockets, [], [], timeout)
+            for sock in ready:
+                recv = sock.recvfrom_into
+                received = 0
+                received_bytes = 0
+                for _ in range(_DRAIN_LIMIT):
+                    try:
+                        size, source = recv(buffer)
+                    except BlockingIOError:
+                        break
+                    except OSError as error:
+                        logger.debug("receive error: %s", error)
+                        break
+                    received += 1
+                    received_bytes += size
+                    handle(bytes(view[:size]), source[0], time.time_ns())
+                counters = counters_of[sock]
+                counters.datagrams += received
+                counters.bytes += received_bytes
+            now = time.time_ns()
+            if now >= next_tick:
+                next_tick = now + self._tick_ns
+                self.tick(now)

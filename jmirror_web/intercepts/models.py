@@ -329,3 +329,94 @@ class CaptureFile(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class ReceiverProcess(models.Model):
+    """One run of a receiver (``manage.py receive``): its totals since it started, written
+    by the receiver at least once a second. A system record: no case data in it."""
+
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    # When the receiver last wrote to the database: a stale value means it is stuck or gone.
+    reported_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    datagrams = models.PositiveBigIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField(default=0)
+    malformed = models.PositiveBigIntegerField(default=0)
+    unstorable = models.PositiveBigIntegerField(default=0)
+    internal_errors = models.PositiveBigIntegerField(default=0)
+    unclaimed_overflow = models.PositiveBigIntegerField(default=0)
+    # Drop reason (unknown_router, no_intercept, outside_window) -> datagrams.
+    drops = models.JSONField(default=dict)
+    # errno name (ENOSPC...) -> packets that could not be stored.
+    store_errors = models.JSONField(default=dict)
+    open_files = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"receiver {self.hostname}:{self.pid} started {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Listener(models.Model):
+    """One UDP socket of a receiver process."""
+
+    receiver = models.ForeignKey(
+        ReceiverProcess, on_delete=models.CASCADE, related_name="listeners"
+    )
+    address = models.CharField(max_length=64)
+    datagrams = models.PositiveBigIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField(default=0)
+    # Dropped by the kernel because the socket's receive buffer was full; null: unknown.
+    kernel_drops = models.PositiveBigIntegerField(null=True, blank=True)
+    rcvbuf = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["receiver", "address"]
+        constraints = [
+            models.UniqueConstraint(fields=["receiver", "address"], name="one_row_per_listener")
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class UnclaimedStream(models.Model):
+    """A (source, mid, sid) whose packets arrived and were dropped, so that an LI
+    administrator can map it (register the router, create the intercept). Counts only:
+    no byte of these packets is kept."""
+
+    class Reason(models.TextChoices):
+        UNKNOWN_ROUTER = "unknown_router", "unknown router"
+        NO_INTERCEPT = "no_intercept", "no intercept"
+        OUTSIDE_WINDOW = "outside_window", "outside the warrant window"
+
+    source = models.CharField(max_length=64, help_text="Address the datagrams came from.")
+    router = models.ForeignKey(
+        Router, on_delete=models.SET_NULL, null=True, blank=True, related_name="unclaimed"
+    )
+    mid = models.PositiveBigIntegerField(validators=[MaxValueValidator(MAX_MID)])
+    sid = models.PositiveBigIntegerField(validators=[MaxValueValidator(MAX_SESSION_ID)])
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    packets = models.PositiveBigIntegerField(default=0)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_seen"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "mid", "sid"], name="one_unclaimed_per_stream"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} mid {self.mid:#x} sid {self.sid:#x} ({self.reason})"
+
+    @property
+    def mirror_id(self) -> int:
+        """The 30-bit intercept id inside the mid (the 2 top bits are the version): what an
+        intercept made for this stream would claim."""
+        return self.mid & MAX_INTERCEPT_ID

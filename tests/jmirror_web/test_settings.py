@@ -421,7 +421,7 @@ def test_a_redis_url_configures_the_channels_redis_layer(load_settings: Settings
     layers = load_settings({"REDIS_URL": "redis://redis.example:6379/2"})["CHANNEL_LAYERS"]
     assert layers == {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": ["redis://redis.example:6379/2"]},
         }
     }
@@ -524,18 +524,20 @@ def reachable(host: str, port: int) -> bool:
 
 @pytest.mark.skipif(not reachable("127.0.0.1", 6379), reason="no Redis on 127.0.0.1:6379")
 async def test_the_configured_redis_layer_carries_a_message(load_settings: SettingsLoader) -> None:
-    from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
 
     config = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0"})["CHANNEL_LAYERS"]["default"]
-    layer = RedisChannelLayer(**config["CONFIG"])
+    layer = RedisPubSubChannelLayer(**config["CONFIG"])
     channel = await layer.new_channel()
-    await layer.send(channel, {"type": "test.message", "text": "hello"})
+    await layer.group_add("settings-test", channel)
+    await layer.group_send("settings-test", {"type": "test.message", "text": "hello"})
     try:
         assert await asyncio.wait_for(layer.receive(channel), timeout=5) == {
             "type": "test.message",
             "text": "hello",
         }
     finally:
+        await layer.group_discard("settings-test", channel)
         await layer.flush()
 
 
