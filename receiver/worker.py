@@ -445,11 +445,13 @@ class Receiver(Capture):
         self._stop = stop_event if stop_event is not None else threading.Event()
         self.sockets: list[socket.socket] = []
         self._socket_counters: list[SocketCounters] = []
+        self._addresses: list[tuple[str, int]] = []
         try:
             for host, port in listen:
                 sock, warning = open_socket(host, port, rcvbuf)
                 self.sockets.append(sock)
                 bound_host, bound_port = sock.getsockname()[:2]
+                self._addresses.append((bound_host, bound_port))
                 self._socket_counters.append(
                     SocketCounters(
                         address=format_address(bound_host, bound_port),
@@ -465,7 +467,7 @@ class Receiver(Capture):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs; useful after binding port 0."""
-        return [sock.getsockname()[:2] for sock in self.sockets]
+        return list(self._addresses)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: it returns within about ``tick_interval`` plus the

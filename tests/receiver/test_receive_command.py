@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -11,8 +12,15 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
 
-from jmirror_web.intercepts.models import CaptureFile, Session
+from jmirror_web.intercepts.models import (
+    CaptureFile,
+    Listener,
+    ReceiverProcess,
+    Session,
+    UnclaimedStream,
+)
 from receiver.capture import iter_frames
+from receiver.live import HEALTH_GROUP, Batch, case_group, intercept_group, session_group
 from receiver.management.commands.receive import serve
 from receiver.management.commands.simulate import build_payloads
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
@@ -29,13 +37,21 @@ class Served:
         self.stop = threading.Event()
         self.bound = threading.Event()
         self.receiver: Receiver | None = None
+        self.batches: list[Batch] = []
         self.thread = threading.Thread(target=self._serve, args=(root,), daemon=True)
         self.thread.start()
         assert self.bound.wait(10), "the receiver did not start"
 
     def _serve(self, root: Path) -> None:
         try:
-            serve([("127.0.0.1", 0)], root=root, stop=self.stop, rcvbuf=1 << 20, ready=self._ready)
+            serve(
+                [("127.0.0.1", 0)],
+                root=root,
+                stop=self.stop,
+                rcvbuf=1 << 20,
+                ready=self._ready,
+                live=self.batches.append,
+            )
         finally:
             # This thread's own connection: left open, PostgreSQL could not drop the test
             # database at the end of the run.
@@ -137,3 +153,106 @@ def test_a_file_left_open_by_a_killed_receiver_is_closed_and_recorded_at_start(t
 def test_a_listen_address_without_a_port_is_refused():
     with pytest.raises(CommandError, match="HOST:PORT"):
         call_command("receive", "--listen", "127.0.0.1")
+
+
+def test_files_being_written_have_rows_before_they_close(tmp_path):
+    make_router(address="127.0.0.1")
+    make_intercept(make_case(), intercept_id=0x300)
+    root = tmp_path / "sessions"
+    served = Served(root)
+    try:
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "20", "--rate", "0",
+            "--mid", "0x300",
+        )  # fmt: skip
+        wait_for(lambda: CaptureFile.objects.filter(closed=False, packets__gt=0).exists())
+        open_rows = list(CaptureFile.objects.filter(closed=False))
+        assert all(row.sha256 == "" for row in open_rows)
+        # The row already has the name the file takes on close.
+        assert all(on_disk(row, root).with_name(on_disk(row, root).name + ".part").exists()
+                   for row in open_rows)  # fmt: skip
+    finally:
+        served.finish()
+    paths = {row.path for row in open_rows}
+    closed = CaptureFile.objects.filter(path__in=paths)
+    assert closed.count() == len(paths)
+    assert all(row.closed and len(row.sha256) == 64 for row in closed)
+    assert sum(row.packets for row in CaptureFile.objects.all()) == 20
+
+
+def test_unclaimed_streams_and_listener_counters_reach_the_database(tmp_path):
+    router = make_router(address="127.0.0.1")
+    make_intercept(make_case(), intercept_id=0x300)
+    served = Served(tmp_path / "sessions")
+    try:
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "30", "--rate", "0",
+            "--mid", "0x777", "--sid", "0x42",
+        )  # fmt: skip
+        wait_for(lambda: UnclaimedStream.objects.filter(packets=30).exists())
+        wait_for(lambda: Listener.objects.filter(datagrams=30).exists())
+    finally:
+        served.finish()
+
+    stream = UnclaimedStream.objects.get()
+    assert (stream.source, stream.router, stream.mid, stream.sid, stream.reason) == (
+        "127.0.0.1",
+        router,
+        0x777,
+        0x42,
+        "no_intercept",
+    )
+    assert stream.mirror_id == 0x777
+    assert stream.first_seen <= stream.last_seen
+    process = ReceiverProcess.objects.get()
+    assert process.datagrams == 30
+    assert process.drops == {"no_intercept": 30}
+    assert process.stopped_at is not None
+    listener = process.listeners.get()
+    assert listener.address == f"127.0.0.1:{served.port}"
+    assert listener.kernel_drops == 0
+    assert listener.rcvbuf > 0
+    assert not Session.objects.exists()
+    assert not list((tmp_path / "sessions").rglob("*.pcap*"))
+
+
+def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_path):
+    make_router(address="127.0.0.1")
+    intercept = make_intercept(make_case(), intercept_id=0x300)
+    served = Served(tmp_path / "sessions")
+    try:
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "40", "--rate", "0",
+            "--mid", "0x300",
+        )  # fmt: skip
+        wait_for(lambda: Session.objects.filter(packets=40).exists())
+        session = Session.objects.get()
+        # Once the row exists, the session's own group is served too.
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "10", "--rate", "0",
+            "--mid", "0x300",
+        )  # fmt: skip
+        wait_for(lambda: any(g == session_group(session.pk) for b in served.batches for g, _ in b))
+    finally:
+        served.finish()
+
+    messages = [(group, message) for batch in served.batches for group, message in batch]
+    by_group: dict[str, list] = {}
+    for group, message in messages:
+        by_group.setdefault(group, []).append(message)
+    case_messages = by_group[case_group(intercept.case.pk)]
+    assert by_group[intercept_group(intercept.pk)] == case_messages
+    assert sum(m["packets"] for m in case_messages) == 50
+    assert by_group[session_group(session.pk)][-1]["session_id"] == session.pk
+    assert all(m["type"] == "live.session" and m["liid"] == intercept.liid for m in case_messages)
+    recent = [row for m in case_messages for row in m["recent"]]
+    assert recent
+    assert all(row["length"] > 0 and row["protocol"] for row in recent)
+    assert [row["time_ns"] for row in recent] == sorted(row["time_ns"] for row in recent)
+    health = by_group[HEALTH_GROUP]
+    assert health[-1]["datagrams"] == 50
+    # No case data on the health group.
+    assert all("liid" not in m and "recent" not in m for m in health)
+    # Summaries are few: at most one per 250 ms per session, whatever the packet rate.
+    times = [m["time_ns"] for m in case_messages]
+    assert all(b - a >= 200_000_000 for a, b in itertools.pairwise(times))

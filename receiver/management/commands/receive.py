@@ -10,9 +10,11 @@ holds up the receive loop (counters are kept and written once it answers again).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,20 +23,33 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
-from jmirror_web.intercepts.models import CaptureFile, Intercept, Router, Session
+from jmirror_web.intercepts.models import (
+    CaptureFile,
+    Intercept,
+    Listener,
+    ReceiverProcess,
+    Router,
+    Session,
+    UnclaimedStream,
+)
 from receiver.gate_loader import gate_fingerprint, load_gate
+from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.store import ClosedFile, PcapStore
 from receiver.worker import (
     DEFAULT_RCVBUF,
+    ListenerCounters,
     Receiver,
     SessionDelta,
     Snapshot,
+    SocketCounters,
     StreamKey,
+    Unclaimed,
     parse_listen,
 )
 
@@ -43,6 +58,9 @@ logger = logging.getLogger("receiver.receive")
 # Counters and file rows reach the database at least this often; the gate fingerprint is
 # polled at the same pace, so a change to the records takes effect within about 2 s.
 WRITE_INTERVAL: Final = 1.0
+# Rows of unclaimed streams kept in the database: junk from many sources must not grow
+# the table without bound (the receiver counts what did not fit).
+UNCLAIMED_ROWS_LIMIT: Final = 10_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # session_directory_name() in receiver.store: <liid>_<router>_mid-<hex>_sid-<hex>.
 _DIRECTORY = re.compile(
@@ -69,31 +87,59 @@ class Bookkeeper:
 
     Only its own thread touches the pending state. A failed write keeps everything for
     the next attempt: counters are deltas, so nothing is counted twice or lost.
+    ``session_ids`` maps (router id, mid, sid) to Session primary keys once written, for
+    the live summaries (read from another thread: entries are only ever added).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, started_ns: int | None = None) -> None:
         self.root = root
         self.sessions: dict[StreamKey, SessionDelta] = {}
+        self.unclaimed: dict[StreamKey, Unclaimed] = {}
         self.closed: list[ClosedFile] = []
+        self.open: list[ClosedFile] = []
+        self.listener: ListenerCounters | None = None
+        self.sockets: list[SocketCounters] = []
+        self.store_errors: dict[str, int] = {}
+        self.stopped = False
+        self.session_ids: dict[tuple[int, int, int], int] = {}
+        self.process: ReceiverProcess | None = None
+        self.started = moment(started_ns if started_ns is not None else time.time_ns())
+        self._unclaimed_rows: int | None = None
+        self.unclaimed_rows_dropped = 0
 
     def absorb(self, snapshot: Snapshot) -> None:
         for key, delta in snapshot.sessions.items():
             pending = self.sessions.get(key)
             if pending is None:
-                self.sessions[key] = delta
+                self.sessions[key] = delta.copy()
             else:
                 pending.merge(delta)
+        for key, entry in snapshot.unclaimed.items():
+            waiting = self.unclaimed.get(key)
+            if waiting is None:
+                self.unclaimed[key] = Unclaimed(
+                    entry.reason, entry.count, entry.first_ns, entry.last_ns
+                )
+            else:
+                waiting.merge(entry)
         self.closed += snapshot.closed_files
+        # Totals and open files: the latest snapshot says all there is to say.
+        self.open = snapshot.open_files
+        self.listener = snapshot.listener
+        self.sockets = snapshot.sockets
+        self.store_errors = dict(snapshot.store_errors)
+        self.stopped = snapshot.final
 
     def write(self) -> bool:
         """Write what is pending in one transaction; False (logged) when the database
         refused, with everything kept for the next call."""
-        if not self.sessions and not self.closed:
-            return True
         try:
             with transaction.atomic():
                 self._write_sessions()
+                self._write_open_files()
                 self._write_files()
+                self._write_unclaimed()
+                self._write_process()
         except DatabaseError as error:
             logger.warning(
                 "database write failed (%s); keeping %d session counters and %d file rows "
@@ -107,7 +153,16 @@ class Bookkeeper:
             return False
         self.sessions.clear()
         self.closed.clear()
+        self.unclaimed.clear()
         return True
+
+    def register(self) -> None:
+        """Make this receiver's row (at start, before any packet: the records are read
+        then too, so a database that does not answer stops the start)."""
+        now = datetime.now(UTC)
+        self.process = ReceiverProcess.objects.create(
+            hostname=socket.gethostname(), pid=os.getpid(), started_at=self.started, reported_at=now
+        )
 
     def _write_sessions(self) -> None:
         for (_address, mid, sid), delta in self.sessions.items():
@@ -130,17 +185,119 @@ class Bookkeeper:
                     bytes=delta.bytes,
                     stored_packets=delta.stored,
                 )
+            if (delta.router_id, mid, sid) not in self.session_ids:
+                session_id = (
+                    Session.objects.filter(router_id=delta.router_id, mid=mid, sid=sid)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if session_id is not None:
+                    self.session_ids[(delta.router_id, mid, sid)] = session_id
+
+    def _session_for(self, closed: ClosedFile) -> Session | None:
+        if closed.session is None:
+            return None
+        return Session.objects.filter(
+            router__address=closed.session.router,
+            mid=closed.session.mid,
+            sid=closed.session.sid,
+        ).first()
+
+    def _write_open_files(self) -> None:
+        """Rows for files still being written (closed=False), so a session's files show
+        before they rotate; the row is completed on close (same path)."""
+        for each in self.open:
+            path = file_path(self.root, each.path)
+            updated = CaptureFile.objects.filter(path=path, closed=False).update(
+                last_packet=moment(each.last_ns), packets=each.packets, bytes=each.bytes
+            )
+            if updated or CaptureFile.objects.filter(path=path).exists():
+                continue
+            session = self._session_for(each)
+            if session is not None:
+                CaptureFile.objects.create(
+                    session=session,
+                    path=path,
+                    first_packet=moment(each.first_ns),
+                    last_packet=moment(each.last_ns),
+                    packets=each.packets,
+                    bytes=each.bytes,
+                    closed=False,
+                )
 
     def _write_files(self) -> None:
         for closed in self.closed:
             if closed.session is None:
                 continue  # recovered files are written at start by record_recovered()
-            session = Session.objects.get(
-                router__address=closed.session.router,
-                mid=closed.session.mid,
-                sid=closed.session.sid,
-            )
+            session = self._session_for(closed)
+            if session is None:
+                logger.error("closed %s but its session has no row", closed.path)
+                continue
             save_file_row(session, self.root, closed)
+
+    def _write_unclaimed(self) -> None:
+        if not self.unclaimed:
+            return
+        if self._unclaimed_rows is None:
+            self._unclaimed_rows = UnclaimedStream.objects.count()
+        routers = dict(Router.objects.values_list("address", "pk"))
+        for (source, mid, sid), entry in self.unclaimed.items():
+            updated = UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
+                packets=F("packets") + entry.count,
+                last_seen=moment(entry.last_ns),
+                reason=entry.reason,
+            )
+            if updated:
+                continue
+            if self._unclaimed_rows >= UNCLAIMED_ROWS_LIMIT:
+                self.unclaimed_rows_dropped += 1
+                continue
+            router_id = routers.get(source) or routers.get(source.removeprefix("::ffff:"))
+            UnclaimedStream.objects.create(
+                source=source,
+                router_id=router_id,
+                mid=mid,
+                sid=sid,
+                reason=entry.reason,
+                packets=entry.count,
+                first_seen=moment(entry.first_ns),
+                last_seen=moment(entry.last_ns),
+            )
+            self._unclaimed_rows += 1
+
+    def _write_process(self) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        now = datetime.now(UTC)
+        fields = {
+            "reported_at": now,
+            "stopped_at": now if self.stopped else None,
+            "datagrams": listener.datagrams,
+            "bytes": listener.bytes,
+            "malformed": listener.malformed,
+            "unstorable": listener.unstorable,
+            "internal_errors": listener.internal_error,
+            "unclaimed_overflow": listener.unclaimed_overflow + self.unclaimed_rows_dropped,
+            "drops": dict(listener.drops),
+            "store_errors": self.store_errors,
+            "open_files": len(self.open),
+        }
+        if self.process is None:
+            self.register()
+        assert self.process is not None
+        ReceiverProcess.objects.filter(pk=self.process.pk).update(**fields)
+        for each in self.sockets:
+            Listener.objects.update_or_create(
+                receiver=self.process,
+                address=each.address,
+                defaults={
+                    "datagrams": each.datagrams,
+                    "bytes": each.bytes,
+                    "kernel_drops": each.kernel_drops,
+                    "rcvbuf": each.rcvbuf,
+                },
+            )
 
 
 def save_file_row(session: Session, root: Path, closed: ClosedFile) -> None:
@@ -189,6 +346,10 @@ def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> None:
         save_file_row(session, root, closed)
 
 
+def _no_live(batch: Batch) -> None:
+    """No channel layer configured: live summaries go nowhere."""
+
+
 def serve(
     listen: Sequence[tuple[str, int]],
     *,
@@ -196,28 +357,41 @@ def serve(
     stop: threading.Event,
     rcvbuf: int = DEFAULT_RCVBUF,
     ready: Callable[[Receiver], None] | None = None,
+    live: Callable[[Batch], None] | None = None,
 ) -> Receiver:
     """Receive until ``stop`` is set, then close every file, write the last counters and
     file rows, and return the receiver (for its counters). Runs the capture loop in the
-    calling thread and the database work in a second one."""
+    calling thread, the database work in a second one and the live summaries (sent with
+    ``live``, by default through the channel layer) in a third."""
     root.mkdir(parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
     record_recovered(root, recovered)
     if recovered:
         logger.info("recovered %d files left open by an earlier receiver", len(recovered))
     fingerprint = gate_fingerprint()
+    bookkeeper = Bookkeeper(root)
+    bookkeeper.register()
     snapshots: queue.Queue[Snapshot] = queue.Queue()
+    sender: ChannelLayerSender | None = None
+    if live is None:
+        layer = get_channel_layer()
+        if layer is None:
+            live = _no_live
+        else:
+            live = sender = ChannelLayerSender(layer)
+    publisher = LivePublisher(
+        live, session_ids=bookkeeper.session_ids, receiver=f"{socket.gethostname()}:{os.getpid()}"
+    )
     receiver = Receiver(
         listen,
         load_gate(),
         PcapStore(root),
         rcvbuf=rcvbuf,
-        on_tick=[snapshots.put],
+        on_tick=[snapshots.put, publisher.offer],
         stop_event=stop,
     )
     for warning in receiver.warnings:
         logger.warning("%s", warning)
-    bookkeeper = Bookkeeper(root)
 
     def bookkeeping() -> None:
         nonlocal fingerprint
@@ -253,8 +427,17 @@ def serve(
         finally:
             connection.close()
 
+    def publishing() -> None:
+        try:
+            publisher.run(stop)
+        finally:
+            if sender is not None:
+                sender.close()
+
     writer = threading.Thread(target=bookkeeping, name="receive-bookkeeping", daemon=True)
     writer.start()
+    live_thread = threading.Thread(target=publishing, name="receive-live", daemon=True)
+    live_thread.start()
     if ready is not None:
         ready(receiver)
     try:
@@ -262,6 +445,7 @@ def serve(
     finally:
         stop.set()
         writer.join(timeout=4)
+        live_thread.join(timeout=1)
     return receiver
 
 
