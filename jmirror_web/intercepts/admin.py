@@ -21,8 +21,9 @@ from django.contrib.auth.models import User
 from django.db.models import Count, ForeignKey, QuerySet
 from django.forms import ModelChoiceField
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from jmirror_web.intercepts import provisioning
@@ -34,6 +35,7 @@ from jmirror_web.intercepts.models import (
     Intercept,
     Router,
     Session,
+    UnclaimedStream,
 )
 
 if TYPE_CHECKING:
@@ -44,12 +46,13 @@ if TYPE_CHECKING:
     RouterAdminBase = admin.ModelAdmin[Router]
     SessionAdminBase = admin.ModelAdmin[Session]
     CaptureFileAdminBase = admin.ModelAdmin[CaptureFile]
+    UnclaimedStreamAdminBase = admin.ModelAdmin[UnclaimedStream]
     AssignmentInlineBase = admin.TabularInline[CaseAssignment, Case]
     CaptureFileInlineBase = admin.TabularInline[CaptureFile, Session]
     InterceptFormBase = forms.ModelForm[Intercept]
 else:
     CaseAdminBase = InterceptAdminBase = RouterAdminBase = admin.ModelAdmin
-    SessionAdminBase = CaptureFileAdminBase = admin.ModelAdmin
+    SessionAdminBase = CaptureFileAdminBase = UnclaimedStreamAdminBase = admin.ModelAdmin
     AssignmentInlineBase = CaptureFileInlineBase = admin.TabularInline
     InterceptFormBase = forms.ModelForm
 
@@ -418,3 +421,65 @@ class CaptureFileAdmin(CapturedPermissions, CaptureFileAdminBase):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CaptureFile]:
         return CaptureFile.objects.filter(session__in=_sessions_for(request))
+
+
+@admin.register(UnclaimedStream)
+class UnclaimedStreamAdmin(UnclaimedStreamAdminBase):
+    """Streams whose packets were dropped, for LI administrators to map: register the
+    router, or create the intercept (the link opens the form filled in). Counts only."""
+
+    list_display = (
+        "source",
+        "router",
+        "mid_hex",
+        "sid_hex",
+        "reason",
+        "packets",
+        "first_seen",
+        "last_seen",
+        "map_it",
+    )
+    list_filter = ("reason", "router")
+    search_fields = ("source", "router__name")
+    list_select_related = ("router",)
+    date_hierarchy = "last_seen"
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may(request.user, Action.VIEW_RECORDS)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.VIEW_RECORDS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Clearing a stream that has been dealt with is records management.
+        return may(request.user, Action.MANAGE_RECORDS)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        if may(request.user, Action.MANAGE_RECORDS):
+            return self.list_display
+        return self.list_display[:-1]
+
+    @admin.display(description="mid", ordering="mid")
+    def mid_hex(self, stream: UnclaimedStream) -> str:
+        return f"{stream.mid:#x}"
+
+    @admin.display(description="sid", ordering="sid")
+    def sid_hex(self, stream: UnclaimedStream) -> str:
+        return f"{stream.sid:#x}"
+
+    @admin.display(description="map it")
+    def map_it(self, stream: UnclaimedStream) -> SafeString:
+        if stream.router_id is None:
+            address = stream.source.removeprefix("::ffff:")
+            url = reverse("admin:intercepts_router_add") + f"?address={address}"
+            return format_html('<a href="{}">register router {}</a>', url, address)
+        url = reverse("admin:intercepts_intercept_add") + (
+            f"?intercept_id={stream.mirror_id}&sid={stream.sid}&routers={stream.router_id}"
+        )
+        return format_html('<a href="{}">create intercept for mid {}</a>', url, f"{stream.mid:#x}")

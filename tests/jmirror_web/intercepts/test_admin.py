@@ -560,3 +560,55 @@ def test_router_names_in_the_provisioning_section_are_escaped(settings: Settings
 def test_the_add_page_has_no_provisioning_section() -> None:
     client = signed_in(staff(Role.LI_ADMIN))
     assert b"Provisioning" not in client.get(url("intercept", "add")).content
+
+
+def _unclaimed(router: Router | None, source: str) -> Any:
+    from jmirror_web.intercepts.models import UnclaimedStream
+
+    now = timezone.now()
+    return UnclaimedStream.objects.create(
+        source=source,
+        router=router,
+        mid=0x40000123,  # version bits set: the intercept id is 0x123
+        sid=9,
+        reason="no_intercept" if router else "unknown_router",
+        packets=5,
+        first_seen=now,
+        last_seen=now,
+    )
+
+
+def test_li_admins_list_unclaimed_streams_with_a_link_that_maps_them():
+    router = make_router(address="192.0.2.77")
+    _unclaimed(router, "192.0.2.77")
+    _unclaimed(None, "198.51.100.3")
+    client = signed_in(staff(Role.LI_ADMIN))
+
+    page = client.get(reverse("admin:intercepts_unclaimedstream_changelist"))
+
+    assert page.status_code == 200
+    body = page.content.decode()
+    add_intercept = reverse("admin:intercepts_intercept_add")
+    assert f"{add_intercept}?intercept_id={0x123}&amp;sid=9&amp;routers={router.pk}" in body
+    assert reverse("admin:intercepts_router_add") + "?address=198.51.100.3" in body
+    # The link opens the intercept form filled in from the stream.
+    form = client.get(f"{add_intercept}?intercept_id={0x123}&sid=9&routers={router.pk}")
+    assert form.context["adminform"].form.initial["intercept_id"] == str(0x123)
+
+
+def test_auditors_read_unclaimed_streams_without_the_mapping_links():
+    _unclaimed(None, "198.51.100.3")
+    page = signed_in(staff(Role.AUDITOR)).get(
+        reverse("admin:intercepts_unclaimedstream_changelist")
+    )
+    assert page.status_code == 200
+    assert "198.51.100.3" in page.content.decode()
+    assert "register router" not in page.content.decode()
+
+
+@pytest.mark.parametrize("role", [Role.ANALYST, Role.SYSADMIN])
+def test_analysts_and_sysadmins_get_no_unclaimed_streams(role: Role):
+    _unclaimed(None, "198.51.100.3")
+    page = signed_in(staff(role)).get(reverse("admin:intercepts_unclaimedstream_changelist"))
+    assert page.status_code in (302, 403)
+    assert "198.51.100.3" not in page.content.decode()
