@@ -220,6 +220,13 @@ def _listen(addresses: list[str]) -> list[tuple[str, int]]:
 # Where `manage.py receive` listens for mirror streams unless --listen says otherwise:
 # comma-separated HOST:PORT, IPv6 in brackets. 30030 is only Wireshark's default port.
 JMIRROR_LISTEN = _listen(env_list("JMIRROR_LISTEN", ["127.0.0.1:30030"]))
+# The receiver's Prometheus endpoint, HOST:PORT; empty (the default): none.
+JMIRROR_METRICS_LISTEN = env_str("JMIRROR_METRICS_LISTEN", "").strip()
+if JMIRROR_METRICS_LISTEN:
+    try:
+        parse_listen(JMIRROR_METRICS_LISTEN)
+    except ValueError as error:
+        raise ConfigurationError(f"JMIRROR_METRICS_LISTEN: {error}") from None
 
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)

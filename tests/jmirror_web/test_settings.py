@@ -565,3 +565,10 @@ def test_migrate_runs_against_a_fresh_postgresql_database(tmp_path: Path) -> Non
             assert manage("migrate", "--check", environ=environ).returncode == 0
         finally:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_bad_metrics_address_stops_the_start(load_settings: SettingsLoader) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({"JMIRROR_METRICS_LISTEN": "9100"})
+    assert str(raised.value) == "JMIRROR_METRICS_LISTEN: '9100' is not HOST:PORT"
+    assert load_settings({"JMIRROR_METRICS_LISTEN": ""})["JMIRROR_METRICS_LISTEN"] == ""

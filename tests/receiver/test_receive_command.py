@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class Served:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, metrics: tuple[str, int] | None = None) -> None:
+        self.metrics = metrics
         self.stop = threading.Event()
         self.bound = threading.Event()
         self.receiver: Receiver | None = None
@@ -51,6 +54,7 @@ class Served:
                 rcvbuf=1 << 20,
                 ready=self._ready,
                 live=self.batches.append,
+                metrics=self.metrics,
             )
         finally:
             # This thread's own connection: left open, PostgreSQL could not drop the test
@@ -256,3 +260,49 @@ def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_p
     # Summaries are few: at most one per 250 ms per session, whatever the packet rate.
     times = [m["time_ns"] for m in case_messages]
     assert all(b - a >= 200_000_000 for a, b in itertools.pairwise(times))
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_the_metrics_endpoint_serves_counters_without_case_data(tmp_path):
+    make_router(address="127.0.0.1")
+    intercept = make_intercept(make_case(), intercept_id=0x300)
+    port = free_tcp_port()
+    served = Served(tmp_path / "sessions", metrics=("127.0.0.1", port))
+    try:
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "25", "--rate", "0",
+            "--mid", "0x300",
+        )  # fmt: skip
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "5", "--rate", "0",
+            "--mid", "0x301",
+        )  # fmt: skip
+
+        def scraped() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                return str(reply.read().decode())
+
+        wait_for(lambda: "jmirror_datagrams_total 30.0" in scraped())
+        body = scraped()
+    finally:
+        served.finish()
+
+    assert 'jmirror_dropped_datagrams_total{reason="no_intercept"} 5.0' in body
+    assert f'jmirror_listener_datagrams_total{{listener="127.0.0.1:{served.port}"}} 30.0' in body
+    assert f'jmirror_listener_kernel_drops_total{{listener="127.0.0.1:{served.port}"}} 0.0' in body
+    assert intercept.liid not in body
+    assert intercept.case.reference not in body
+    # The endpoint goes away with the receiver.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_a_bad_metrics_address_is_refused():
+    with pytest.raises(CommandError, match="--metrics: 'nowhere' is not HOST:PORT"):
+        call_command("receive", "--metrics", "nowhere")

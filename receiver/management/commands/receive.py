@@ -40,6 +40,7 @@ from jmirror_web.intercepts.models import (
 )
 from receiver.gate_loader import gate_fingerprint, load_gate
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
+from receiver.metrics import SnapshotCollector, serve_metrics
 from receiver.store import ClosedFile, PcapStore
 from receiver.worker import (
     DEFAULT_RCVBUF,
@@ -358,11 +359,13 @@ def serve(
     rcvbuf: int = DEFAULT_RCVBUF,
     ready: Callable[[Receiver], None] | None = None,
     live: Callable[[Batch], None] | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> Receiver:
     """Receive until ``stop`` is set, then close every file, write the last counters and
     file rows, and return the receiver (for its counters). Runs the capture loop in the
     calling thread, the database work in a second one and the live summaries (sent with
-    ``live``, by default through the channel layer) in a third."""
+    ``live``, by default through the channel layer) in a third; with ``metrics``, a
+    Prometheus endpoint on that address serves the latest counters."""
     root.mkdir(parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
     record_recovered(root, recovered)
@@ -382,14 +385,21 @@ def serve(
     publisher = LivePublisher(
         live, session_ids=bookkeeper.session_ids, receiver=f"{socket.gethostname()}:{os.getpid()}"
     )
-    receiver = Receiver(
-        listen,
-        load_gate(),
-        PcapStore(root),
-        rcvbuf=rcvbuf,
-        on_tick=[snapshots.put, publisher.offer],
-        stop_event=stop,
-    )
+    hooks: list[Callable[[Snapshot], None]] = [snapshots.put, publisher.offer]
+    metrics_server = None
+    if metrics is not None:
+        collector = SnapshotCollector(lambda: publisher.dropped)
+        metrics_server, _ = serve_metrics(*metrics, collector)
+        hooks.append(collector.offer)
+        logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
+    try:
+        receiver = Receiver(
+            listen, load_gate(), PcapStore(root), rcvbuf=rcvbuf, on_tick=hooks, stop_event=stop
+        )
+    except OSError:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        raise
     for warning in receiver.warnings:
         logger.warning("%s", warning)
 
@@ -446,6 +456,9 @@ def serve(
         stop.set()
         writer.join(timeout=4)
         live_thread.join(timeout=1)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return receiver
 
 
@@ -469,6 +482,12 @@ class Command(BaseCommand):
             metavar="BYTES",
             help="socket receive buffer to ask for (default: 32 MiB)",
         )
+        parser.add_argument(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics (counters only, no case data) on this address "
+            "(default: JMIRROR_METRICS_LISTEN; none when empty)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -479,6 +498,11 @@ class Command(BaseCommand):
             )
         except ValueError as error:
             raise CommandError(str(error)) from None
+        metrics_text = options["metrics"] or settings.JMIRROR_METRICS_LISTEN
+        try:
+            metrics = parse_listen(metrics_text) if metrics_text else None
+        except ValueError as error:
+            raise CommandError(f"--metrics: {error}") from None
         if options["rcvbuf"] <= 0:
             raise CommandError("--rcvbuf must be a positive number of bytes")
         stop = threading.Event()
@@ -500,6 +524,7 @@ class Command(BaseCommand):
                 stop=stop,
                 rcvbuf=options["rcvbuf"],
                 ready=ready,
+                metrics=metrics,
             )
         except OSError as error:
             raise CommandError(f"cannot listen: {error}") from None

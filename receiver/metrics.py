@@ -1,0 +1,99 @@
+"""The receiver's optional Prometheus endpoint (``manage.py receive --metrics HOST:PORT``).
+
+It serves the counters of the latest snapshot, so scraping never touches the capture
+thread. The endpoint has no authentication (Prometheus scrapes it over the management
+network), so it carries no case data: no LIID, no case, no session, no router address;
+counts by drop reason, store error and listening socket only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from receiver.gate import DROP_REASONS
+from receiver.worker import Snapshot
+
+
+class SnapshotCollector(Collector):
+    """Metrics from the latest snapshot handed to :meth:`offer` (a tick hook)."""
+
+    def __init__(self, live_dropped: Callable[[], int] = lambda: 0) -> None:
+        self._latest: Snapshot | None = None
+        self._live_dropped = live_dropped
+
+    def offer(self, snapshot: Snapshot) -> None:
+        # One reference assignment: atomic, and the snapshot is never changed after.
+        self._latest = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._latest
+        if snapshot is None:
+            return
+        listener = snapshot.listener
+        yield CounterMetricFamily(
+            "jmirror_datagrams", "Datagrams received", value=listener.datagrams
+        )
+        yield CounterMetricFamily("jmirror_bytes", "Bytes received", value=listener.bytes)
+        dropped = CounterMetricFamily(
+            "jmirror_dropped_datagrams", "Datagrams dropped, by reason", labels=["reason"]
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], listener.drops.get(reason, 0))
+        dropped.add_metric(["malformed"], listener.malformed)
+        dropped.add_metric(["unstorable"], listener.unstorable)
+        dropped.add_metric(["internal_error"], listener.internal_error)
+        yield dropped
+        errors = CounterMetricFamily(
+            "jmirror_store_errors", "Packets that could not be stored, by errno", labels=["errno"]
+        )
+        for name, count in sorted(snapshot.store_errors.items()):
+            errors.add_metric([name], count)
+        yield errors
+        yield GaugeMetricFamily(
+            "jmirror_open_files", "Pcap files being written", value=len(snapshot.open_files)
+        )
+        yield GaugeMetricFamily(
+            "jmirror_active_sessions",
+            "Sessions that received packets in the last tick",
+            value=len(snapshot.sessions),
+        )
+        socket_datagrams = CounterMetricFamily(
+            "jmirror_listener_datagrams", "Datagrams received per socket", labels=["listener"]
+        )
+        kernel_drops = CounterMetricFamily(
+            "jmirror_listener_kernel_drops",
+            "Datagrams the kernel dropped on a full receive buffer, per socket",
+            labels=["listener"],
+        )
+        rcvbuf = GaugeMetricFamily(
+            "jmirror_listener_rcvbuf_bytes", "Socket receive buffer size", labels=["listener"]
+        )
+        for each in snapshot.sockets:
+            socket_datagrams.add_metric([each.address], each.datagrams)
+            if each.kernel_drops is not None:
+                kernel_drops.add_metric([each.address], each.kernel_drops)
+            rcvbuf.add_metric([each.address], each.rcvbuf)
+        yield socket_datagrams
+        yield kernel_drops
+        yield rcvbuf
+        yield CounterMetricFamily(
+            "jmirror_live_dropped_summaries",
+            "Live summaries not delivered to the channel layer",
+            value=self._live_dropped(),
+        )
+
+
+def serve_metrics(
+    host: str, port: int, collector: SnapshotCollector
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the server (its
+    ``server_address`` tells the port when 0 was asked) and the thread."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    return start_http_server(port, addr=host, registry=registry)
