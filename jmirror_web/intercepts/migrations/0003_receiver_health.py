@@ -6,67 +6,128 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('intercepts', '0002_roles'),
+        ("intercepts", "0002_roles"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ReceiverProcess',
+            name="ReceiverProcess",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hostname', models.CharField(max_length=255)),
-                ('pid', models.PositiveIntegerField()),
-                ('started_at', models.DateTimeField()),
-                ('reported_at', models.DateTimeField()),
-                ('stopped_at', models.DateTimeField(blank=True, null=True)),
-                ('datagrams', models.PositiveBigIntegerField(default=0)),
-                ('bytes', models.PositiveBigIntegerField(default=0)),
-                ('malformed', models.PositiveBigIntegerField(default=0)),
-                ('unstorable', models.PositiveBigIntegerField(default=0)),
-                ('internal_errors', models.PositiveBigIntegerField(default=0)),
-                ('unclaimed_overflow', models.PositiveBigIntegerField(default=0)),
-                ('drops', models.JSONField(default=dict)),
-                ('store_errors', models.JSONField(default=dict)),
-                ('open_files', models.PositiveIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("hostname", models.CharField(max_length=255)),
+                ("pid", models.PositiveIntegerField()),
+                ("started_at", models.DateTimeField()),
+                ("reported_at", models.DateTimeField()),
+                ("stopped_at", models.DateTimeField(blank=True, null=True)),
+                ("datagrams", models.PositiveBigIntegerField(default=0)),
+                ("bytes", models.PositiveBigIntegerField(default=0)),
+                ("malformed", models.PositiveBigIntegerField(default=0)),
+                ("unstorable", models.PositiveBigIntegerField(default=0)),
+                ("internal_errors", models.PositiveBigIntegerField(default=0)),
+                ("unclaimed_overflow", models.PositiveBigIntegerField(default=0)),
+                ("drops", models.JSONField(default=dict)),
+                ("store_errors", models.JSONField(default=dict)),
+                ("open_files", models.PositiveIntegerField(default=0)),
             ],
             options={
-                'ordering': ['-started_at', '-pk'],
+                "ordering": ["-started_at", "-pk"],
             },
         ),
         migrations.CreateModel(
-            name='Listener',
+            name="Listener",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('address', models.CharField(max_length=64)),
-                ('datagrams', models.PositiveBigIntegerField(default=0)),
-                ('bytes', models.PositiveBigIntegerField(default=0)),
-                ('kernel_drops', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('rcvbuf', models.PositiveIntegerField(default=0)),
-                ('receiver', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='listeners', to='intercepts.receiverprocess')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("address", models.CharField(max_length=64)),
+                ("datagrams", models.PositiveBigIntegerField(default=0)),
+                ("bytes", models.PositiveBigIntegerField(default=0)),
+                ("kernel_drops", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("rcvbuf", models.PositiveIntegerField(default=0)),
+                (
+                    "receiver",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="listeners",
+                        to="intercepts.receiverprocess",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['receiver', 'address'],
-                'constraints': [models.UniqueConstraint(fields=('receiver', 'address'), name='one_row_per_listener')],
+                "ordering": ["receiver", "address"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("receiver", "address"), name="one_row_per_listener"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UnclaimedStream',
+            name="UnclaimedStream",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(help_text='Address the datagrams came from.', max_length=64)),
-                ('mid', models.PositiveBigIntegerField(validators=[django.core.validators.MaxValueValidator(4294967295)])),
-                ('sid', models.PositiveBigIntegerField(validators=[django.core.validators.MaxValueValidator(4294967295)])),
-                ('reason', models.CharField(choices=[('unknown_router', 'unknown router'), ('no_intercept', 'no intercept'), ('outside_window', 'outside the warrant window')], max_length=20)),
-                ('packets', models.PositiveBigIntegerField(default=0)),
-                ('first_seen', models.DateTimeField()),
-                ('last_seen', models.DateTimeField()),
-                ('router', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='unclaimed', to='intercepts.router')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(help_text="Address the datagrams came from.", max_length=64),
+                ),
+                (
+                    "mid",
+                    models.PositiveBigIntegerField(
+                        validators=[django.core.validators.MaxValueValidator(4294967295)]
+                    ),
+                ),
+                (
+                    "sid",
+                    models.PositiveBigIntegerField(
+                        validators=[django.core.validators.MaxValueValidator(4294967295)]
+                    ),
+                ),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("unknown_router", "unknown router"),
+                            ("no_intercept", "no intercept"),
+                            ("outside_window", "outside the warrant window"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("packets", models.PositiveBigIntegerField(default=0)),
+                ("first_seen", models.DateTimeField()),
+                ("last_seen", models.DateTimeField()),
+                (
+                    "router",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="unclaimed",
+                        to="intercepts.router",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-last_seen'],
-                'constraints': [models.UniqueConstraint(fields=('source', 'mid', 'sid'), name='one_unclaimed_per_stream')],
+                "ordering": ["-last_seen"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("source", "mid", "sid"), name="one_unclaimed_per_stream"
+                    )
+                ],
             },
         ),
     ]
