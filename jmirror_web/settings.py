@@ -94,6 +94,8 @@ INSTALLED_APPS = [
     "jmirror_web.intercepts",
     "jmirror_web.audit",
     "jmirror_web.api",
+    "jmirror_web.live",
+    "jmirror_web.console",
     "receiver",
 ]
 

@@ -8,4 +8,5 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/", include("jmirror_web.api.urls")),
+    path("", include("jmirror_web.console.urls")),
 ]
