@@ -1,8 +1,16 @@
 from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, path
 
+from jmirror_web.console import health, packets, unclaimed, views
+
 app_name = "console"
 urlpatterns: list[URLPattern | URLResolver] = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("cases/<int:case_id>/", views.case_page, name="case"),
+    path("sessions/<int:session_id>/", views.session_page, name="session"),
+    path("sessions/<int:session_id>/packets/<int:number>/", packets.packet_detail, name="packet"),
+    path("health/", health.health_page, name="health"),
+    path("unclaimed/", unclaimed.unclaimed_page, name="unclaimed"),
+    path("unclaimed/<int:stream_id>/intercept/", unclaimed.create_intercept, name="map_unclaimed"),
 ]

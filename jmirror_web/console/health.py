@@ -1,0 +1,7 @@
+"""(Placeholder until the page is built: every view answers 404.)"""
+
+from django.http import Http404, HttpRequest, HttpResponse
+
+
+def health_page(request: HttpRequest, **kwargs: int) -> HttpResponse:
+    raise Http404
