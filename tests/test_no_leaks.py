@@ -48,6 +48,8 @@ PUBLIC = {
     "/healthz",
     "/admin/login/",
     "/admin/logout/",
+    "/accounts/login/",
+    "/accounts/logout/",
     "/api/",
 }
 _CONVERTER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
