@@ -28,6 +28,7 @@ storing resumes once space is free.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -286,18 +287,30 @@ class PcapStore:
     def recover(root: Path) -> list[ClosedFile]:
         """Close files a killed receiver left open under ``root``: truncate each to its last
         whole record, rename it to ``.pcap``, and describe it. Files with no whole record
-        are removed; files that are not our pcap format are left alone."""
+        are removed; files that are not our pcap format are left alone, and so are files
+        a live process is writing (it holds their lock)."""
         recovered = []
         for part in sorted(root.glob(f"*/*.pcap{PART_SUFFIX}")):
             try:
-                repaired = repair(part)
-            except ValueError:
+                lock = os.open(part, os.O_RDONLY)
+            except OSError:
                 continue
-            if repaired.first_ns is None or repaired.last_ns is None:
-                part.unlink()
-                continue
-            final = part.with_name(part.name.removesuffix(PART_SUFFIX))
-            part.rename(final)
+            try:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # being written by a live receiver or import
+                try:
+                    repaired = repair(part)
+                except ValueError:
+                    continue
+                if repaired.first_ns is None or repaired.last_ns is None:
+                    part.unlink()
+                    continue
+                final = part.with_name(part.name.removesuffix(PART_SUFFIX))
+                part.rename(final)
+            finally:
+                os.close(lock)
             recovered.append(
                 ClosedFile(
                     path=final.relative_to(root),
@@ -341,6 +354,10 @@ class PcapStore:
                 continue
             break
         try:
+            # Held while the file is open: recover() run by another receiver sharing this
+            # directory (SO_REUSEPORT, an import) skips it. The kernel drops the lock when
+            # the process dies, so a killed receiver's files are recovered.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.write(fd, header) != len(header):
                 raise OSError(errno.ENOSPC, "short write of the pcap header")
         except OSError:

@@ -272,6 +272,7 @@ class Capture:
         tick_interval: float = 0.25,
         on_tick: Sequence[TickHook] = (),
         unclaimed_limit: int = UNCLAIMED_LIMIT,
+        start_ns: int | None = None,
     ) -> None:
         self.gate = gate
         self.store = store
@@ -286,7 +287,8 @@ class Capture:
         self._tick_ns = int(tick_interval * 1e9)
         self._on_tick = tuple(on_tick)
         self._unclaimed_limit = unclaimed_limit
-        self._previous_tick_ns = time.time_ns()
+        # Receive time of the start: wall clock live, the first packet's time offline.
+        self._previous_tick_ns = time.time_ns() if start_ns is None else start_ns
 
     def handle(self, payload: bytes, source: str, time_ns: int) -> None:
         """One datagram from ``source`` received at ``time_ns``. Never raises."""

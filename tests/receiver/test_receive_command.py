@@ -28,6 +28,7 @@ from receiver.management.commands.simulate import build_payloads
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
 from receiver.worker import Receiver
 from tests.factories import make_case, make_intercept, make_router
+from tests.receiver.test_store import die
 
 # The receiver's bookkeeping thread has its own database connection: it must see rows
 # committed by the test, and the test the rows it commits.
@@ -143,6 +144,7 @@ def test_a_file_left_open_by_a_killed_receiver_is_closed_and_recorded_at_start(t
         SessionKey(intercept.liid, "127.0.0.1", 0x300, 5), time.time_ns(), b"E" * 20, LINKTYPE_RAW
     )
     crashed.flush()  # in the page cache, never closed: as after kill -9
+    die(crashed)
 
     served = Served(root)
     served.finish()

@@ -374,12 +374,39 @@ def test_a_receiver_killed_with_sigkill_leaves_files_that_recover_closes(tmp_pat
     assert PcapStore.recover(tmp_path) == []
 
 
+def die(store: PcapStore) -> None:
+    """What a kill does to a store: its descriptors (and their locks) go, nothing else."""
+    for file in store._files.values():
+        os.close(file.fd)
+    store._files.clear()
+
+
+def test_recover_leaves_files_a_live_store_is_writing(tmp_path):
+    live = PcapStore(tmp_path)
+    live.write(SESSION, T0, ipv4(), LINKTYPE_RAW)
+    live.flush()
+
+    assert PcapStore.recover(tmp_path) == []
+    assert len(list(tmp_path.rglob("*.pcap.part"))) == 1  # untouched, still being written
+    live.write(SESSION, T0 + 1, ipv4(), LINKTYPE_RAW)
+    [closed] = live.close_all()
+    assert closed.packets == 2
+
+    dead = PcapStore(tmp_path)
+    dead.write(SESSION, T0 + 2, ipv4(), LINKTYPE_RAW)
+    dead.flush()
+    die(dead)
+    [recovered] = PcapStore.recover(tmp_path)
+    assert recovered.packets == 1
+
+
 def test_recover_removes_files_with_no_whole_record_and_skips_foreign_ones(tmp_path):
     session_dir = tmp_path / "LIID-1_192.0.2.1_mid-00000001_sid-00000002"
     session_dir.mkdir()
     store = PcapStore(tmp_path)
     store.write(SESSION, T0, ipv4(), LINKTYPE_RAW)
     [empty] = tmp_path.rglob("*.pcap.part")  # a header only: nothing was flushed
+    die(store)
     foreign = session_dir / "x.pcap.part"
     foreign.write_bytes(b"not a pcap file at all, but not ours to delete")
 

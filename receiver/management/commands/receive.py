@@ -27,7 +27,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Greatest, Least
 
 from jmirror_web.intercepts.models import (
     CaptureFile,
@@ -169,7 +170,9 @@ class Bookkeeper:
         for (_address, mid, sid), delta in self.sessions.items():
             updated = Session.objects.filter(router_id=delta.router_id, mid=mid, sid=sid).update(
                 intercept_id=delta.intercept_pk,
-                last_seen=moment(delta.last_ns),
+                # An import of an older capture must not move a session's extent inwards.
+                first_seen=Least("first_seen", Value(moment(delta.first_ns))),
+                last_seen=Greatest("last_seen", Value(moment(delta.last_ns))),
                 packets=F("packets") + delta.packets,
                 bytes=F("bytes") + delta.bytes,
                 stored_packets=F("stored_packets") + delta.stored,
