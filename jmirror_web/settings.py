@@ -167,7 +167,12 @@ def _database(url: str) -> dict[str, Any]:
     if scheme == "sqlite":
         # Writers take SQLite's one write lock when their transaction starts, so two
         # processes appending to the audit chain cannot both link to the same event.
-        config.setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
+        options = config.setdefault("OPTIONS", {})
+        options["transaction_mode"] = "IMMEDIATE"
+        # The embedded receiver writes counters while pages read: WAL lets readers go on
+        # during a write, and a writer waits for the lock instead of failing at once.
+        options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        options["timeout"] = 20
     return config
 
 
@@ -232,8 +237,17 @@ if JMIRROR_METRICS_LISTEN:
     except ValueError as error:
         raise ConfigurationError(f"JMIRROR_METRICS_LISTEN: {error}") from None
 
+# The dashboard warns about an intercept in force that has received nothing for this long.
+JMIRROR_ALERT_SILENCE_MINUTES = env_int(
+    "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
+)
+
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
+# `manage.py serve` (what ./run starts) runs the receiver inside the web process, so the
+# in-process channel layer carries its live summaries: the default without Redis. With
+# Redis, the receiver runs as its own process (`manage.py receive`), one or several.
+EMBEDDED_RECEIVER = env_bool("JMIRROR_EMBEDDED_RECEIVER", not REDIS_URL)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

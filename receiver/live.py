@@ -205,6 +205,25 @@ class ChannelLayerSender:
         self._loop.close()
 
 
+class LoopSender:
+    """Sends a batch through a channel layer that lives on another thread's event loop:
+    the in-process layer of the embedded default, where the receiver runs inside the web
+    server and its consumers' queues belong to the server's loop."""
+
+    def __init__(self, layer: GroupSender, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+
+    def __call__(self, batch: Batch) -> None:
+        if not self.loop.is_running():
+            return  # the server has not started or has stopped: nobody is listening
+        future = asyncio.run_coroutine_threadsafe(self._send(batch), self.loop)
+        future.result(timeout=SEND_TIMEOUT)
+
+    async def _send(self, batch: Batch) -> None:
+        await asyncio.gather(*(self.layer.group_send(g, dict(m)) for g, m in batch))
+
+
 class LivePublisher:
     """Turns the capture's snapshots into summaries and sends them, in its own thread.
 

@@ -1,0 +1,142 @@
+"""``manage.py serve``: the web app under Daphne, with the receiver inside it by default.
+
+The embedded default (no Redis) has only the in-process channel layer, which does not
+cross processes, so the receiver's live summaries can reach the browsers only if the
+receiver runs in the web server's process: its capture loop in a thread of its own, its
+summaries handed to the server's event loop (:class:`receiver.live.LoopSender`). With
+Redis (production), ``JMIRROR_EMBEDDED_RECEIVER`` is off by default and receivers run as
+``manage.py receive`` processes.
+
+Ctrl-C or SIGTERM stops Daphne, then the receiver closes and hashes its files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Final
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from receiver.live import LoopSender
+from receiver.management.commands.receive import serve as serve_receiver
+from receiver.worker import Receiver, parse_listen
+
+logger = logging.getLogger("jmirror_web.serve")
+
+# Daphne's default is 1 MiB; the live consumer accepts messages of 4 KiB at most, so a
+# bigger frame is refused by the server before any of it is buffered.
+WEBSOCKET_MAX_MESSAGE: Final = 64 * 1024
+RECEIVER_START_TIMEOUT: Final = 30.0
+RECEIVER_STOP_TIMEOUT: Final = 10.0
+
+
+class EmbeddedReceiver:
+    """The receiver on a thread of the web process."""
+
+    def __init__(self, listen: list[tuple[str, int]], root: Path, loop: Any) -> None:
+        self.stop = threading.Event()
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.receiver: Receiver | None = None
+        layer = get_channel_layer()
+        self._live = LoopSender(layer, loop) if layer is not None else None
+        self._listen = listen
+        self._root = root
+        self.thread = threading.Thread(target=self._run, name="embedded-receiver", daemon=True)
+
+    def start(self) -> Receiver:
+        self.thread.start()
+        if not self.started.wait(RECEIVER_START_TIMEOUT):
+            raise CommandError("the receiver did not start in time")
+        if self.error is not None or self.receiver is None:
+            raise CommandError(f"cannot start the receiver: {self.error}")
+        return self.receiver
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(RECEIVER_STOP_TIMEOUT)
+        if self.thread.is_alive():
+            logger.error("the receiver did not stop in %.0f s", RECEIVER_STOP_TIMEOUT)
+
+    def _ready(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.started.set()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            serve_receiver(
+                self._listen, root=self._root, stop=self.stop, ready=self._ready, live=self._live
+            )
+        except BaseException as error:  # reported by start(), which the main thread waits in
+            self.error = error
+            self.started.set()
+            if not isinstance(error, OSError):
+                logger.exception("the embedded receiver failed")
+        finally:
+            connection.close()
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve jmirror-web with Daphne; unless JMIRROR_EMBEDDED_RECEIVER is off (it is off "
+        "when REDIS_URL is set), the receiver runs in the same process on JMIRROR_LISTEN."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+        parser.add_argument(
+            "--no-receiver", action="store_true", help="do not run the embedded receiver"
+        )
+        parser.add_argument(
+            "--listen",
+            action="append",
+            metavar="HOST:PORT",
+            help="UDP address for the embedded receiver, repeatable (default: JMIRROR_LISTEN)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # Imported here: daphne.server installs Twisted's asyncio reactor when imported.
+        from daphne.server import Server, twisted_loop
+
+        from jmirror_web.asgi import application
+
+        if not 1 <= options["port"] <= 65535:
+            raise CommandError("--port must be between 1 and 65535")
+        try:
+            listen = (
+                [parse_listen(text) for text in options["listen"]]
+                if options["listen"]
+                else list(settings.JMIRROR_LISTEN)
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        embedded = None
+        if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
+            embedded = EmbeddedReceiver(listen, Path(settings.DATA_DIR) / "sessions", twisted_loop)
+            receiver = embedded.start()
+            where = ", ".join(f"{host}:{port}" for host, port in receiver.addresses)
+            self.stdout.write(f"receiving jmirror on {where} (UDP)")
+        bind = options["bind"]
+        host = f"[{bind}]" if ":" in bind else bind
+        self.stdout.write(f"serving http://{host}:{options['port']}/ (Ctrl-C stops it)")
+        self.stdout.flush()
+        endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
+        try:
+            Server(
+                application=application,
+                endpoints=[endpoint],
+                signal_handlers=True,
+                websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
+                websocket_max_frame_size=WEBSOCKET_MAX_MESSAGE,
+            ).run()
+        finally:
+            if embedded is not None:
+                self.stdout.write("stopping the receiver: closing and hashing its files")
+                embedded.close()
