@@ -1,7 +1,153 @@
-"""(Placeholder until the page is built: every view answers 404.)"""
+"""The health page for system administrators: the receivers, their sockets and counters,
+and the data directory's disk space.
 
-from django.http import Http404, HttpRequest, HttpResponse
+It is built from the system records alone (:class:`ReceiverProcess`, :class:`Listener`)
+and the file system: no query here touches a case, intercept, session or router, so the
+page cannot show case data whatever the records hold. Rates come live from the ``health``
+websocket stream (``static/js/health.js``); without JavaScript the stored totals show.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from jmirror_web.intercepts.access import Action, may
+from jmirror_web.intercepts.models import Listener, ReceiverProcess
+
+# A receiver writes its row at least once a second; one silent for longer than this is
+# stuck or gone without saying so (killed, host down, database unreachable).
+STALE_AFTER: Final = timedelta(seconds=10)
+# Stopped receivers stay on the page for a day, so a crash or restart is noticed.
+STOPPED_SHOWN_FOR: Final = timedelta(days=1)
+MAX_RECEIVERS: Final = 50
+LOW_DISK_FRACTION: Final = 0.10
+# The drop reasons the receiver's gate knows (receiver.gate.DROP_REASONS), always shown
+# so that a zero is visible as a zero; other keys a receiver reports are added after them.
+KNOWN_DROP_REASONS: Final = ("unknown_router", "no_intercept", "outside_window")
 
 
-def health_page(request: HttpRequest, **kwargs: int) -> HttpResponse:
-    raise Http404
+@dataclass(frozen=True)
+class DiskSpace:
+    total: int
+    used: int
+    free: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free / self.total if self.total else 0.0
+
+    @property
+    def low(self) -> bool:
+        return self.total > 0 and self.free < self.total * LOW_DISK_FRACTION
+
+
+@dataclass
+class ReceiverRow:
+    """One receiver as the page shows it."""
+
+    process: ReceiverProcess
+    state: str  # running, stale or stopped
+    age: timedelta  # since its last database flush
+    listeners: list[Listener] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """``hostname:pid``, as :class:`receiver.live.HealthSummary` names the receiver,
+        so the live rates can find their row."""
+        return f"{self.process.hostname}:{self.process.pid}"
+
+    @property
+    def age_seconds(self) -> int:
+        return int(self.age.total_seconds())
+
+
+def disk_space() -> DiskSpace | None:
+    """The data directory's file system; None when it cannot be asked (gone, no access)."""
+    try:
+        usage = shutil.disk_usage(settings.DATA_DIR)
+    except OSError:
+        return None
+    return DiskSpace(usage.total, usage.used, usage.free)
+
+
+def receiver_rows(now: datetime) -> list[ReceiverRow]:
+    """Receivers still running (or silent) and those stopped in the last day, newest
+    first, with their listeners (two queries)."""
+    processes = list(
+        ReceiverProcess.objects.filter(
+            Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - STOPPED_SHOWN_FOR)
+        ).order_by("-started_at", "-pk")[:MAX_RECEIVERS]
+    )
+    listeners: dict[int, list[Listener]] = {}
+    for listener in Listener.objects.filter(receiver__in=[p.pk for p in processes]):
+        listeners.setdefault(listener.receiver_id, []).append(listener)
+    rows = []
+    for process in processes:
+        age = max(now - process.reported_at, timedelta(0))
+        if process.stopped_at is not None:
+            state = "stopped"
+        elif age > STALE_AFTER:
+            state = "stale"
+        else:
+            state = "running"
+        rows.append(ReceiverRow(process, state, age, listeners.get(process.pk, [])))
+    return rows
+
+
+def _counter_table(
+    rows: list[ReceiverRow], attribute: str, first: tuple[str, ...] = ()
+) -> tuple[list[str], list[tuple[ReceiverRow, list[int]]]]:
+    """A JSON counter (reason -> count) of every receiver as table columns: the ``first``
+    keys, then any other key seen, sorted."""
+    seen: set[str] = set()
+    for row in rows:
+        seen.update(str(key) for key in getattr(row.process, attribute) or {})
+    columns = list(first) + sorted(seen - set(first))
+    table = []
+    for row in rows:
+        counts = getattr(row.process, attribute) or {}
+        table.append((row, [int(counts.get(column, 0)) for column in columns]))
+    return columns, table
+
+
+@login_required
+@require_GET
+def health_page(request: HttpRequest) -> HttpResponse:
+    """Role-gated, not object-gated: a signed-in user without the right gets 403 (the
+    page exists for everyone; only case objects are hidden behind 404)."""
+    if not may(request.user, Action.VIEW_HEALTH):
+        raise PermissionDenied
+    now = timezone.now()
+    rows = receiver_rows(now)
+    current = [row for row in rows if row.state != "stopped"]
+    drop_columns, drops = _counter_table(rows, "drops", KNOWN_DROP_REASONS)
+    error_columns, store_errors = _counter_table(rows, "store_errors")
+    context = {
+        "now": now,
+        "disk": disk_space(),
+        "receivers": rows,
+        "running": sum(row.state == "running" for row in rows),
+        "stale": sum(row.state == "stale" for row in rows),
+        "datagrams": sum(row.process.datagrams for row in current),
+        "bytes": sum(row.process.bytes for row in current),
+        "open_files": sum(row.process.open_files for row in current),
+        "drop_columns": drop_columns,
+        "drops": drops,
+        "error_columns": error_columns,
+        "store_errors": store_errors,
+        "stale_after": int(STALE_AFTER.total_seconds()),
+        "low_disk_percent": int(LOW_DISK_FRACTION * 100),
+    }
+    return render(request, "console/health.html", context)
