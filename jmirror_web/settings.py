@@ -242,11 +242,6 @@ JMIRROR_ALERT_SILENCE_MINUTES = env_int(
     "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
 )
 
-# The dashboard warns about an intercept in force that has received nothing for this long.
-JMIRROR_ALERT_SILENCE_MINUTES = env_int(
-    "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
-)
-
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
 # `manage.py serve` (what ./run starts) runs the receiver inside the web process, so the
