@@ -1,10 +1,16 @@
+from django.contrib.auth.views import redirect_to_login
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+
+from jmirror_web.console.views import dashboard
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html")
+    """The dashboard for a signed-in user; everyone else is sent to sign in (the root
+    says nothing about cases to an anonymous visitor)."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    return dashboard(request)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -1,11 +1,338 @@
-"""(Placeholder until the page is built: every view answers 404.)"""
+"""The console pages an analyst and an LI administrator look at all day: the dashboard,
+a case with its sessions, and one session's live view.
 
-from django.http import Http404, HttpRequest, HttpResponse
+Every page selects its records through :func:`~jmirror_web.intercepts.access.cases_for`,
+so a case the user may not see is never loaded: its pages answer 404, never 403 (a 403
+would confirm that the case exists). The pages render everything from the database and
+work without JavaScript; the live parts (rates, counters, the packet list) are filled by
+``static/js/`` from the websocket described in ``docs/live-protocol.md``, which gets the
+ids it subscribes to from a ``json_script`` block (no inline script: the pages must run
+under a Content-Security-Policy without 'unsafe-inline').
+
+Each page runs a fixed number of queries whatever the number of cases or sessions
+(aggregates and prefetches, never a query per row): tests assert it, and
+``benchmarks/page_speed.py`` times it with 100 cases and 10,000 sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath
+from typing import Any, Final, Literal
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.contrib.humanize.templatetags.humanize import intcomma
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.timesince import timesince, timeuntil
+
+from jmirror_web.intercepts.access import Action, cases_for, may
+from jmirror_web.intercepts.models import (
+    Case,
+    Intercept,
+    ReceiverProcess,
+    Session,
+    UnclaimedStream,
+)
+
+SESSIONS_PER_PAGE: Final = 200
+LIVE_ROWS: Final = 500
+"""Packet rows the live view keeps on the page; older rows are dropped (and it says so)."""
+EXPIRY_WARNING: Final = timedelta(hours=24)
+UNCLAIMED_WINDOW: Final = timedelta(hours=1)
+UNCLAIMED_SHOWN: Final = 5
+# A receiver that has not reported for this long is gone (killed, host down): its last
+# counters say nothing about the service now.
+RECEIVER_STALE: Final = timedelta(hours=1)
 
 
-def case_page(request: HttpRequest, **kwargs: int) -> HttpResponse:
-    raise Http404
+@dataclass(frozen=True)
+class Alert:
+    """One line of the dashboard's alert list."""
+
+    level: Literal["warn", "bad"]
+    text: str
+    url: str | None = None
 
 
-def session_page(request: HttpRequest, **kwargs: int) -> HttpResponse:
-    raise Http404
+@dataclass(frozen=True)
+class WarrantWindow:
+    """Where a case stands in its validity window, in words for the dashboard."""
+
+    state: Literal["pending", "running", "ended"]
+    text: str
+    expiring: bool = False
+
+
+def warrant_window(case: Case, now: datetime) -> WarrantWindow:
+    if now < case.valid_from:
+        return WarrantWindow("pending", f"starts in {timeuntil(case.valid_from, now)}")
+    if now < case.valid_until:
+        return WarrantWindow(
+            "running",
+            f"{timeuntil(case.valid_until, now)} left",
+            expiring=case.valid_until - now <= EXPIRY_WARNING,
+        )
+    return WarrantWindow("ended", f"ended {timesince(case.valid_until, now)} ago")
+
+
+def _with_traffic(cases: QuerySet[Case]) -> QuerySet[Case]:
+    """The cases with their sessions' totals, in the one query that lists them."""
+    return cases.annotate(
+        intercept_count=Count("intercepts", distinct=True),
+        session_count=Count("intercepts__sessions"),
+        packet_total=Coalesce(Sum("intercepts__sessions__packets"), 0),
+        byte_total=Coalesce(Sum("intercepts__sessions__bytes"), 0),
+        last_traffic=Max("intercepts__sessions__last_seen"),
+    )
+
+
+def _silent_intercepts(cases: QuerySet[Case], now: datetime) -> QuerySet[Intercept]:
+    """Intercepts in force for at least the silence period that received nothing in it:
+    the router may have lost its mirror configuration, or the subscriber moved."""
+    cutoff = now - timedelta(minutes=settings.JMIRROR_ALERT_SILENCE_MINUTES)
+    return (
+        Intercept.objects.filter(
+            case__in=cases.values("pk"),
+            case__status=Case.Status.ACTIVE,
+            case__valid_until__gt=now,
+            valid_from__lte=cutoff,
+            valid_until__gt=now,
+        )
+        .annotate(last_traffic=Max("sessions__last_seen"))
+        .filter(Q(last_traffic__isnull=True) | Q(last_traffic__lt=cutoff))
+        .select_related("case")
+        .order_by("case__reference", "liid")
+    )
+
+
+def _unclaimed_alerts(now: datetime) -> list[Alert]:
+    recent = UnclaimedStream.objects.filter(last_seen__gte=now - UNCLAIMED_WINDOW)
+    totals = recent.aggregate(streams=Count("pk"), packets=Coalesce(Sum("packets"), 0))
+    if not totals["streams"]:
+        return []
+    examples = ", ".join(
+        f"mirror id {stream.mirror_id:#x} sid {stream.sid:#x} from {stream.source} "
+        f"({stream.get_reason_display()})"
+        for stream in recent.order_by("-last_seen", "pk")[:UNCLAIMED_SHOWN]
+    )
+    more = totals["streams"] - UNCLAIMED_SHOWN
+    return [
+        Alert(
+            "warn",
+            f"{intcomma(totals['streams'])} unclaimed mirror stream(s) in the last hour "
+            f"({intcomma(totals['packets'])} packets dropped): {examples}"
+            + (f" and {intcomma(more)} more" if more > 0 else ""),
+            reverse("console:unclaimed"),
+        )
+    ]
+
+
+def _receiver_alerts(now: datetime, health_url: str | None) -> list[Alert]:
+    """Kernel socket drops and store errors of the receivers that report now. Counts
+    only: these rows hold no case data."""
+    alerts: list[Alert] = []
+    receivers = (
+        ReceiverProcess.objects.filter(
+            stopped_at__isnull=True, reported_at__gte=now - RECEIVER_STALE
+        )
+        .prefetch_related("listeners")
+        .order_by("hostname", "pid")
+    )
+    for receiver in receivers:
+        name = f"{receiver.hostname}:{receiver.pid}"
+        for listener in receiver.listeners.all():
+            if listener.kernel_drops:
+                alerts.append(
+                    Alert(
+                        "bad",
+                        f"Receiver {name} socket {listener.address}: "
+                        f"{intcomma(listener.kernel_drops)} datagrams dropped by the kernel "
+                        "(receive buffer full)",
+                        health_url,
+                    )
+                )
+        if receiver.store_errors:
+            errors = ", ".join(
+                f"{name_}: {intcomma(count)}"
+                for name_, count in sorted(receiver.store_errors.items())
+            )
+            alerts.append(
+                Alert(
+                    "bad",
+                    f"Receiver {name} could not store packets ({errors})",
+                    health_url,
+                )
+            )
+    return alerts
+
+
+@dataclass
+class DashboardRow:
+    case: Case
+    window: WarrantWindow
+    metadata: bool
+    traffic: dict[str, Any] = field(default_factory=dict)
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The cases the user may see, with their traffic and the alerts that need them.
+
+    Cases with the metadata right come with counters and live rates; cases the user may
+    only read as records (auditors) come without any traffic figure. Health alerts go to
+    the users who look after the service (system and LI administrators), with no case
+    data in them.
+    """
+    user = request.user
+    now = timezone.now()
+    visible = cases_for(user, Action.VIEW_METADATA)
+    rows = [
+        DashboardRow(case, warrant_window(case, now), metadata=True)
+        for case in _with_traffic(visible)
+    ]
+    rows += [
+        DashboardRow(case, warrant_window(case, now), metadata=False)
+        for case in cases_for(user, Action.VIEW_RECORD).exclude(pk__in=visible.values("pk"))
+    ]
+    rows.sort(key=lambda row: (row.case.status != Case.Status.ACTIVE, row.case.reference))
+
+    alerts: list[Alert] = []
+    for row in rows:
+        if row.case.status == Case.Status.ACTIVE and row.window.expiring:
+            alerts.append(
+                Alert(
+                    "warn",
+                    f"Case {row.case.reference}: the warrant ends in "
+                    f"{timeuntil(row.case.valid_until, now)}",
+                    reverse("console:case", args=[row.case.pk]) if row.metadata else None,
+                )
+            )
+    silence = settings.JMIRROR_ALERT_SILENCE_MINUTES
+    for intercept in _silent_intercepts(visible, now):
+        last: datetime | None = getattr(intercept, "last_traffic")  # noqa: B009 (annotated)
+        since = f"since {timesince(last, now)}" if last else "ever"
+        alerts.append(
+            Alert(
+                "warn",
+                f"Intercept {intercept.liid} (case {intercept.case.reference}) is in force "
+                f"but has received nothing {since} (alert after {silence} minutes)",
+                reverse("console:case", args=[intercept.case_id]),
+            )
+        )
+    manages = may(user, Action.MANAGE_RECORDS)
+    watches_health = may(user, Action.VIEW_HEALTH)
+    if manages:
+        alerts += _unclaimed_alerts(now)
+    if manages or watches_health:
+        alerts += _receiver_alerts(now, reverse("console:health") if watches_health else None)
+
+    live = {
+        "subscriptions": [{"stream": "dashboard"}] if any(r.metadata for r in rows) else [],
+        "cases": [row.case.pk for row in rows if row.metadata],
+    }
+    return render(
+        request,
+        "console/dashboard.html",
+        {"rows": rows, "alerts": alerts, "live": live, "now": now},
+    )
+
+
+@login_required
+def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
+    """One case: its intercepts with their totals, and its sessions (newest traffic
+    first, paginated), which the ``case`` stream keeps counting live."""
+    case = get_object_or_404(
+        _with_traffic(cases_for(request.user, Action.VIEW_METADATA)), pk=case_id
+    )
+    now = timezone.now()
+    intercepts = list(
+        case.intercepts.annotate(
+            session_count=Count("sessions"),
+            packet_total=Coalesce(Sum("sessions__packets"), 0),
+            byte_total=Coalesce(Sum("sessions__bytes"), 0),
+            last_traffic=Max("sessions__last_seen"),
+        )
+        .prefetch_related("routers")
+        .order_by("liid")
+    )
+    sessions = (
+        Session.objects.filter(intercept__case=case)
+        .select_related("router", "intercept")
+        .order_by("-last_seen", "-pk")
+    )
+    page = Paginator(sessions, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))
+    routers: dict[int, str] = {}
+    for intercept in intercepts:
+        routers.update((router.pk, router.name) for router in intercept.routers.all())
+    routers.update((session.router_id, session.router.name) for session in page)
+    live = {
+        "subscriptions": [{"stream": "case", "id": case.pk}],
+        "case": case.pk,
+        # A session that starts while the page is open is added as a row on the first
+        # page only: the other pages hold older sessions.
+        "addSessions": page.number == 1,
+        "sessionUrl": reverse("console:session", args=[0]),
+        "intercepts": {str(i.pk): i.liid for i in intercepts},
+        "routers": {str(pk): name for pk, name in routers.items()},
+    }
+    return render(
+        request,
+        "console/case.html",
+        {
+            "case": case,
+            "window": warrant_window(case, now),
+            "intercepts": intercepts,
+            "page": page,
+            "live": live,
+            "now": now,
+        },
+    )
+
+
+@login_required
+def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
+    """One session: its totals and files, and the live packet list and rate chart fed by
+    the ``session`` stream (the server leaves out the packets' info strings for users
+    without the content right)."""
+    session = get_object_or_404(
+        Session.objects.select_related("router", "intercept__case").filter(
+            intercept__case__in=cases_for(request.user, Action.VIEW_METADATA).values("pk")
+        ),
+        pk=session_id,
+    )
+    assert session.intercept is not None  # the filter above went through it
+    case = session.intercept.case
+    # The path's folder names the LIID and router, already on the page; the name is enough.
+    files = [(file, PurePosixPath(file.path).name) for file in session.files.all()]
+    live = {
+        "subscriptions": [{"stream": "session", "id": session.pk}],
+        "session": session.pk,
+        "totals": {
+            "packets": session.packets,
+            "bytes": session.bytes,
+            "stored": session.stored_packets,
+        },
+        "limit": LIVE_ROWS,
+    }
+    return render(
+        request,
+        "console/session.html",
+        {
+            "session": session,
+            "intercept": session.intercept,
+            "case": case,
+            "files": files,
+            "content": may(request.user, Action.VIEW_CONTENT, case),
+            # Filled in by the evidence download issue; until then no link is shown.
+            "download_url": None,
+            "live": live,
+            "live_rows": LIVE_ROWS,
+        },
+    )

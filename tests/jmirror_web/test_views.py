@@ -5,14 +5,24 @@ from channels.testing import HttpCommunicator
 from django.test import Client
 
 from jmirror_web.asgi import application
+from jmirror_web.intercepts.access import Role
+from tests.factories import make_user
 
 
-def test_the_home_page_renders(client: Client) -> None:
+@pytest.mark.django_db
+def test_the_home_page_sends_an_anonymous_visitor_to_sign_in(client: Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/"
+
+
+@pytest.mark.django_db
+def test_the_home_page_is_the_dashboard_for_a_signed_in_user(client: Client) -> None:
+    client.force_login(make_user(Role.ANALYST))
     response = client.get("/")
     assert response.status_code == 200
-    assert [template.name for template in response.templates] == ["home.html"]
-    assert b"<h1>jmirror-web</h1>" in response.content
-    assert b'href="/admin/"' in response.content
+    assert next(template.name for template in response.templates) == "console/dashboard.html"
+    assert b"<h1>Dashboard" in response.content
 
 
 @pytest.mark.django_db

@@ -1,0 +1,245 @@
+"""The dashboard: which cases each role sees, its alerts, and its bounded queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from pytest_django.fixtures import Settings
+
+from jmirror_web.intercepts.access import Role
+from jmirror_web.intercepts.models import Listener, ReceiverProcess, UnclaimedStream
+from tests.factories import assign, make_case, make_intercept, make_session, make_user
+from tests.jmirror_web.console.live_config import live_config
+
+pytestmark = pytest.mark.django_db
+
+
+def dashboard(client: Client, user: object) -> str:
+    client.force_login(user)  # type: ignore[arg-type]
+    response = client.get(reverse("home"))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def make_receiver(**fields: object) -> ReceiverProcess:
+    now = timezone.now()
+    values: dict[str, object] = {
+        "hostname": "mediation1",
+        "pid": 4242,
+        "started_at": now - timedelta(hours=1),
+        "reported_at": now,
+    }
+    values.update(fields)
+    return ReceiverProcess.objects.create(**values)
+
+
+def make_unclaimed(**fields: object) -> UnclaimedStream:
+    now = timezone.now()
+    values: dict[str, object] = {
+        "source": "198.51.100.7",
+        "mid": 0x777,
+        "sid": 0x42,
+        "reason": UnclaimedStream.Reason.NO_INTERCEPT,
+        "packets": 12,
+        "first_seen": now - timedelta(minutes=10),
+        "last_seen": now - timedelta(minutes=1),
+    }
+    values.update(fields)
+    return UnclaimedStream.objects.create(**values)
+
+
+def test_an_analyst_sees_their_case_with_its_totals_and_not_another(client: Client):
+    mine = make_case(reference="MINE-1")
+    make_session(make_intercept(mine), packets=1234, bytes=2048)
+    make_case(reference="OTHER-1")
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, mine)
+    page = dashboard(client, analyst)
+    assert "MINE-1" in page
+    assert "OTHER-1" not in page
+    assert "1,234" in page
+    assert "2.0\xa0KB" in page
+    assert reverse("console:case", args=[mine.pk]) in page
+
+
+def test_an_li_administrator_sees_every_case_with_counters(client: Client):
+    first = make_case(reference="ALL-1")
+    second = make_case(reference="ALL-2")
+    page = dashboard(client, make_user(Role.LI_ADMIN))
+    assert "ALL-1" in page
+    assert "ALL-2" in page
+    assert reverse("console:case", args=[first.pk]) in page
+    assert reverse("console:case", args=[second.pk]) in page
+
+
+def test_an_auditor_sees_the_records_but_no_traffic(client: Client):
+    case = make_case(reference="AUDITED-1")
+    make_session(make_intercept(case), packets=987654)
+    response_page = dashboard(client, make_user(Role.AUDITOR))
+    assert "AUDITED-1" in response_page
+    assert "987,654" not in response_page
+    assert reverse("console:case", args=[case.pk]) not in response_page
+    assert "records only" in response_page
+
+
+def test_an_auditor_gets_no_case_in_the_live_data(client: Client):
+    make_case()
+    client.force_login(make_user(Role.AUDITOR))
+    assert live_config(client.get(reverse("home"))) == {"subscriptions": [], "cases": []}
+
+
+def test_a_system_administrator_sees_no_case(client: Client):
+    make_case(reference="HIDDEN-1")
+    page = dashboard(client, make_user(Role.SYSADMIN))
+    assert "HIDDEN-1" not in page
+    assert "There is no case for you to see." in page
+
+
+def test_the_live_data_names_only_the_users_cases(client: Client):
+    mine, other = make_case(), make_case()
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, mine)
+    client.force_login(analyst)
+    config = live_config(client.get(reverse("home")))
+    assert config == {"subscriptions": [{"stream": "dashboard"}], "cases": [mine.pk]}
+    assert other.pk not in config["cases"]
+
+
+def test_a_silent_intercept_in_force_raises_an_alert(client: Client):
+    case = make_case()
+    make_intercept(case, liid="QUIET-1")
+    page = dashboard(client, make_user(Role.LI_ADMIN))
+    assert "Intercept QUIET-1" in page
+    assert "has received nothing ever" in page
+
+
+def test_an_intercept_with_recent_traffic_raises_no_alert(client: Client):
+    intercept = make_intercept(make_case(), liid="BUSY-1")
+    make_session(intercept, last_seen=timezone.now() - timedelta(minutes=2))
+    assert "Intercept BUSY-1" not in dashboard(client, make_user(Role.LI_ADMIN))
+
+
+def test_an_intercept_silent_longer_than_the_setting_raises_an_alert(
+    client: Client, settings: Settings
+):
+    settings.JMIRROR_ALERT_SILENCE_MINUTES = 1
+    intercept = make_intercept(make_case(), liid="STOPPED-1")
+    make_session(intercept, last_seen=timezone.now() - timedelta(minutes=2))
+    page = dashboard(client, make_user(Role.LI_ADMIN))
+    assert "Intercept STOPPED-1" in page
+    assert "(alert after 1 minutes)" in page
+
+
+def test_an_intercept_that_just_came_into_force_raises_no_alert(client: Client):
+    now = timezone.now()
+    make_intercept(make_case(), liid="NEW-1", valid_from=now - timedelta(minutes=5))
+    assert "Intercept NEW-1" not in dashboard(client, make_user(Role.LI_ADMIN))
+
+
+def test_an_intercept_of_a_suspended_case_raises_no_silence_alert(client: Client):
+    make_intercept(make_case(status="suspended"), liid="PAUSED-1")
+    assert "Intercept PAUSED-1" not in dashboard(client, make_user(Role.LI_ADMIN))
+
+
+def test_an_analyst_gets_no_silence_alert_for_another_case(client: Client):
+    make_intercept(make_case(), liid="ELSEWHERE-1")
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, make_case())
+    assert "ELSEWHERE-1" not in dashboard(client, analyst)
+
+
+def test_a_warrant_ending_within_a_day_raises_an_alert(client: Client):
+    make_case(reference="ENDING-1", valid_until=timezone.now() + timedelta(hours=5))
+    make_case(reference="LASTING-1", valid_until=timezone.now() + timedelta(days=3))
+    page = dashboard(client, make_user(Role.LI_ADMIN))
+    assert "Case ENDING-1: the warrant ends in" in page
+    assert "Case LASTING-1: the warrant ends" not in page
+
+
+def test_recent_unclaimed_streams_alert_an_li_administrator(client: Client):
+    make_unclaimed(mid=0x40000300)
+    page = dashboard(client, make_user(Role.LI_ADMIN))
+    assert "1 unclaimed mirror stream(s) in the last hour" in page
+    assert "mirror id 0x300 sid 0x42 from 198.51.100.7 (no intercept)" in page
+    assert reverse("console:unclaimed") in page
+
+
+def test_old_unclaimed_streams_raise_no_alert(client: Client):
+    make_unclaimed(last_seen=timezone.now() - timedelta(hours=2))
+    assert "unclaimed mirror stream" not in dashboard(client, make_user(Role.LI_ADMIN))
+
+
+def test_an_analyst_gets_no_unclaimed_or_health_alert(client: Client):
+    make_unclaimed()
+    receiver = make_receiver(store_errors={"ENOSPC": 3})
+    Listener.objects.create(receiver=receiver, address="0.0.0.0:30030", kernel_drops=5)
+    page = dashboard(client, make_user(Role.ANALYST))
+    assert "unclaimed" not in page.lower()
+    assert "ENOSPC" not in page
+    assert "dropped by the kernel" not in page
+
+
+@pytest.mark.parametrize("role", [Role.SYSADMIN, Role.LI_ADMIN])
+def test_kernel_drops_and_store_errors_alert_who_looks_after_the_service(
+    client: Client, role: Role
+):
+    receiver = make_receiver(store_errors={"ENOSPC": 3})
+    Listener.objects.create(receiver=receiver, address="0.0.0.0:30030", kernel_drops=1500)
+    Listener.objects.create(receiver=receiver, address="[::]:30030", kernel_drops=0)
+    page = dashboard(client, make_user(role))
+    assert "Receiver mediation1:4242 socket 0.0.0.0:30030: 1,500 datagrams dropped" in page
+    assert "[::]:30030" not in page
+    assert "Receiver mediation1:4242 could not store packets (ENOSPC: 3)" in page
+
+
+def test_a_stopped_or_silent_receiver_raises_no_alert(client: Client):
+    now = timezone.now()
+    make_receiver(store_errors={"ENOSPC": 3}, stopped_at=now)
+    make_receiver(pid=7, store_errors={"EIO": 1}, reported_at=now - timedelta(hours=2))
+    page = dashboard(client, make_user(Role.SYSADMIN))
+    assert "could not store" not in page
+
+
+def test_a_healthy_receiver_raises_no_alert(client: Client):
+    receiver = make_receiver()
+    Listener.objects.create(receiver=receiver, address="0.0.0.0:30030", kernel_drops=None)
+    page = dashboard(client, make_user(Role.SYSADMIN))
+    assert 'class="alert' not in page
+
+
+def _cases_with_traffic(count: int, analyst: object) -> None:
+    for _ in range(count):
+        case = make_case()
+        intercept = make_intercept(case, valid_from=case.valid_from)
+        make_session(intercept, last_seen=timezone.now() - timedelta(hours=1))
+        assign(analyst, case)  # type: ignore[arg-type]
+
+
+def _dashboard_queries(client: Client, user: object) -> int:
+    client.force_login(user)  # type: ignore[arg-type]
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(reverse("home")).status_code == 200
+    return len(queries)
+
+
+@pytest.mark.parametrize("role", [Role.LI_ADMIN, Role.ANALYST, Role.AUDITOR])
+def test_the_dashboard_takes_as_many_queries_for_30_cases_as_for_3(
+    client: Client, role: Role, django_assert_max_num_queries
+):
+    user = make_user(role)
+    make_unclaimed()
+    receiver = make_receiver(store_errors={"ENOSPC": 1})
+    Listener.objects.create(receiver=receiver, address="0.0.0.0:30030", kernel_drops=1)
+    _cases_with_traffic(3, user)
+    few = _dashboard_queries(client, user)
+    _cases_with_traffic(27, user)
+    many = _dashboard_queries(client, user)
+    assert few == many, (few, many)
+    with django_assert_max_num_queries(10):
+        client.get(reverse("home"))
