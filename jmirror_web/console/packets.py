@@ -1,7 +1,357 @@
-"""(Placeholder until the page is built: every view answers 404.)"""
+"""Packet detail: one stored packet of a session, decoded layer by layer, and its bytes.
 
+Packet content is the most sensitive thing the system holds, so the page is for users
+with the content right on the session's case only (:data:`Action.VIEW_CONTENT`: an
+assignment to the case); anyone else gets the same 404 as for a packet that does not
+exist. Every view and every refusal of a signed-in user is audited.
+
+Packets are numbered from 1 in time order across the session's capture files (ordered by
+their first packet), using the files' packet counts to find the file, then reading that
+file's records in a stream (``receiver.capture.iter_frames``): no file is loaded whole.
+
+Scapy decodes the packet: far too slow for the receive path (DESIGN.md section 3), fine
+for one packet on request, but its work is bounded here (a packet beyond
+:data:`MAX_SHOWN_BYTES` is cut, the tree is capped) and any exception it raises becomes
+"could not decode" with the hex dump still shown.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
+from django.views.decorators.http import require_GET
+
+from jmirror_web.audit.log import record
+from jmirror_web.intercepts.access import Action, may
+from jmirror_web.intercepts.models import CaptureFile, Session
+from receiver.capture import CaptureError, iter_frames
+from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PART_SUFFIX
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
+
+MAX_SHOWN_BYTES: Final = 64 * 1024
+MAX_LAYERS: Final = 64  # layers in the tree, nested ones (options, records) included
+MAX_FIELDS: Final = 1000
+MAX_VALUE_CHARS: Final = 200
+LINKTYPE_NAMES: Final = {
+    LINKTYPE_RAW: "raw IP (101)",
+    LINKTYPE_PPP_HDLC: "PPP in HDLC-like framing (50)",
+}
+_PRINTABLE: Final = frozenset(
+    ord(c) for c in string.ascii_letters + string.digits + string.punctuation + " "
+)
 
 
-def packet_detail(request: HttpRequest, **kwargs: int) -> HttpResponse:
+@dataclass
+class Field:
+    name: str
+    shown: str
+    children: list[Layer] = field(default_factory=list)  # packets held in the field
+
+
+@dataclass
+class Layer:
+    name: str
+    fields: list[Field]
+
+
+@dataclass
+class Decoded:
+    layers: list[Layer]
+    summary: str
+    truncated: bool  # the tree hit MAX_LAYERS or MAX_FIELDS
+
+
+@dataclass
+class _Budget:
+    layers: int = MAX_LAYERS
+    fields: int = MAX_FIELDS
+    exhausted: bool = False
+
+
+class PacketUnavailable(Exception):
+    """The packet's file cannot give it: missing, unreadable or damaged (the message says
+    which, for the user)."""
+
+
+# Locating and reading ----------------------------------------------------------------
+
+
+def locate(session: Session, number: int) -> tuple[CaptureFile, int, int] | None:
+    """The file holding packet ``number`` (from 1) of the session, the packet's index
+    (from 1) in that file, and the session's stored packet total; None out of range."""
+    files = list(session.files.order_by(F("first_packet").asc(nulls_last=True), "pk"))
+    total = sum(each.packets for each in files)
+    if not 1 <= number <= total:
+        return None
+    before = 0
+    for each in files:
+        if number <= before + each.packets:
+            return each, number - before, total
+        before += each.packets
+    return None  # unreachable: number <= total
+
+
+def file_on_disk(capture: CaptureFile) -> Path:
+    """Where a CaptureFile row's file is: its path is relative to the data directory
+    (absolute when the receiver wrote outside it), and a file still being written has
+    the ``.part`` suffix until it closes."""
+    path = Path(settings.DATA_DIR) / capture.path
+    if not capture.closed and not path.exists():
+        part = path.with_name(path.name + PART_SUFFIX)
+        if part.exists():
+            return part
+    return path
+
+
+def read_packet(path: Path, index: int) -> tuple[int, int, bytes]:
+    """``(time_ns, linktype, bytes)`` of record ``index`` (from 1) of a capture file,
+    read as a stream."""
+    last = 0
+    try:
+        with path.open("rb") as stream:
+            for number, time_ns, linktype, data in iter_frames(stream):
+                if number == index:
+                    return time_ns, linktype, data
+                last = number
+    except FileNotFoundError:
+        raise PacketUnavailable(
+            "The capture file holding this packet is missing (purged after the retention "
+            "period, moved, or not written yet)."
+        ) from None
+    except OSError as error:
+        raise PacketUnavailable(
+            f"The capture file holding this packet cannot be read ({error.strerror})."
+        ) from None
+    except CaptureError as error:
+        raise PacketUnavailable(
+            f"The capture file is damaged before this packet: {error}."
+        ) from None
+    raise PacketUnavailable(
+        f"The capture file holds {last} packets, fewer than its record says; this packet "
+        "is not in it."
+    )
+
+
+# Decoding ------------------------------------------------------------------------------
+
+
+def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
+    # dhcp...radius are imported for their bindings: the tree then goes past UDP.
+    from scapy.layers import dhcp, dhcp6, dns, l2tp, ntp, radius  # noqa: F401
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.ppp import HDLC
+    from scapy.packet import Raw
+
+    if linktype == LINKTYPE_PPP_HDLC:
+        return HDLC
+    if linktype == LINKTYPE_RAW and data:
+        version = data[0] >> 4
+        if version == 4:
+            return IP
+        if version == 6:
+            return IPv6
+    return Raw
+
+
+def _shown(packet: Packet, scapy_field: Any, value: Any) -> str:
+    """Scapy's rendering of a field (names for enumerations and flags), followed by the
+    number itself when the rendering hides it: ``domain (53)``, ``SA (18)``."""
+    from scapy.fields import FlagValue
+
+    shown = str(scapy_field.i2repr(packet, value))
+    number: int | None = None
+    if isinstance(value, FlagValue):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    if number is not None and shown not in (str(number), hex(number)):
+        shown = f"{shown} ({number})"
+    if len(shown) > MAX_VALUE_CHARS:
+        shown = shown[:MAX_VALUE_CHARS] + "…"
+    return shown
+
+
+def _layers(packet: Packet, budget: _Budget) -> list[Layer]:
+    from scapy.fields import ConditionalField
+    from scapy.packet import NoPayload
+    from scapy.packet import Packet as ScapyPacket
+
+    layers: list[Layer] = []
+    layer: Any = packet
+    while layer is not None and not isinstance(layer, NoPayload):
+        if budget.layers <= 0:
+            budget.exhausted = True
+            break
+        budget.layers -= 1
+        fields: list[Field] = []
+        for scapy_field in layer.fields_desc:
+            if isinstance(scapy_field, ConditionalField) and not scapy_field._evalcond(layer):
+                continue
+            if budget.fields <= 0:
+                budget.exhausted = True
+                break
+            budget.fields -= 1
+            value = layer.getfieldval(scapy_field.name)
+            if isinstance(value, ScapyPacket):
+                fields.append(Field(scapy_field.name, "", _layers(value, budget)))
+            elif (
+                isinstance(value, list) and value and all(isinstance(v, ScapyPacket) for v in value)
+            ):
+                children = [child for each in value for child in _layers(each, budget)]
+                fields.append(Field(scapy_field.name, f"{len(value)} items", children))
+            else:
+                fields.append(Field(scapy_field.name, _shown(layer, scapy_field, value)))
+        layers.append(Layer(str(layer.name), fields))
+        layer = layer.payload
+    return layers
+
+
+def decode(linktype: int, data: bytes) -> Decoded:
+    """The layers of one frame as Scapy dissects them. Raises whatever Scapy raises."""
+    packet = _scapy_class(linktype, data)(data)
+    budget = _Budget()
+    layers = _layers(packet, budget)
+    return Decoded(layers, str(packet.summary()), budget.exhausted)
+
+
+def tree_html(layers: list[Layer]) -> SafeString:
+    """The layers as nested ``<details>`` (open: a layer is folded by a click, no script
+    needed) holding a ``<ul>`` of fields; every name and value is escaped."""
+    return format_html_join(
+        "",
+        '<details class="layer" open><summary>{}</summary><ul class="fields">{}</ul></details>',
+        (
+            (
+                layer.name,
+                format_html_join(
+                    "",
+                    '<li><span class="field">{}</span> <span class="value">{}</span>{}</li>',
+                    (
+                        (each.name, each.shown, tree_html(each.children) if each.children else "")
+                        for each in layer.fields
+                    ),
+                ),
+            )
+            for layer in layers
+        ),
+    )
+
+
+def hexdump(data: bytes) -> list[str]:
+    """Lines of offset, 16 bytes in hex (a gap after 8) and their printable ASCII."""
+    lines = []
+    for offset in range(0, len(data), 16):
+        chunk = data[offset : offset + 16]
+        hex_part = " ".join(f"{byte:02x}" for byte in chunk[:8])
+        if len(chunk) > 8:
+            hex_part += "  " + " ".join(f"{byte:02x}" for byte in chunk[8:])
+        text = "".join(chr(byte) if byte in _PRINTABLE else "." for byte in chunk)
+        lines.append(f"{offset:08x}  {hex_part:<48}  {text}")
+    return lines
+
+
+def utc_ns(time_ns: int) -> tuple[str, str]:
+    """A nanosecond time as shown (``2026-01-02 03:04:05.123456789 UTC``) and as a
+    ``<time datetime>`` value (milliseconds, which is what HTML allows)."""
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return (
+        f"{moment:%Y-%m-%d %H:%M:%S}.{nanoseconds:09d} UTC",
+        f"{moment:%Y-%m-%dT%H:%M:%S}.{nanoseconds // 1_000_000:03d}Z",
+    )
+
+
+# The view ------------------------------------------------------------------------------
+
+
+def _refuse(
+    request: HttpRequest, session: Session | None, session_id: int, number: int
+) -> NoReturn:
+    record(
+        "packet view refused",
+        session,
+        request=request,
+        details={"session": session_id, "number": number},
+    )
     raise Http404
+
+
+@login_required
+@require_GET
+def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpResponse:
+    """Packet ``number`` (from 1, in time order) of session ``session_id``."""
+    session = (
+        Session.objects.select_related("router", "intercept__case").filter(pk=session_id).first()
+    )
+    if (
+        session is None
+        or session.intercept is None
+        or not may(request.user, Action.VIEW_CONTENT, session.intercept.case)
+    ):
+        _refuse(request, session, session_id, number)
+    assert session is not None
+    assert session.intercept is not None
+    located = locate(session, number)
+    if located is None:
+        raise Http404("No such packet in this session.")
+    capture, index, total = located
+
+    context: dict[str, Any] = {
+        "session": session,
+        "intercept": session.intercept,
+        "case": session.intercept.case,
+        "number": number,
+        "total": total,
+        "capture": capture,
+        "index": index,
+        "previous": number - 1 if number > 1 else None,
+        "next": number + 1 if number < total else None,
+        "max_shown": MAX_SHOWN_BYTES,
+    }
+    details: dict[str, Any] = {"number": number, "file": capture.pk, "frame": index}
+    try:
+        time_ns, linktype, data = read_packet(file_on_disk(capture), index)
+    except PacketUnavailable as error:
+        details["outcome"] = "unavailable"
+        record("packet viewed", session, request=request, details=details)
+        context["unavailable"] = str(error)
+        return render(request, "console/packet.html", context)
+
+    shown = data[:MAX_SHOWN_BYTES]
+    try:
+        decoded: Decoded | None = decode(linktype, shown)
+        decode_error = ""
+    except Exception as error:  # any Scapy failure: the bytes are shown anyway
+        decoded, decode_error = None, f"{type(error).__name__}: {error}"[:MAX_VALUE_CHARS]
+    time_text, time_attribute = utc_ns(time_ns)
+    details["outcome"] = "shown"
+    record("packet viewed", session, request=request, details=details)
+    context.update(
+        {
+            "time_ns": time_ns,
+            "time_text": time_text,
+            "time_attribute": time_attribute,
+            "linktype": LINKTYPE_NAMES.get(linktype, str(linktype)),
+            "length": len(data),
+            "cut": len(data) > MAX_SHOWN_BYTES,
+            "decoded": decoded,
+            "tree": tree_html(decoded.layers) if decoded is not None else "",
+            "decode_error": decode_error,
+            "hexdump": hexdump(shown),
+        }
+    )
+    return render(request, "console/packet.html", context)
