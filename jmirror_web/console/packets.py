@@ -324,6 +324,12 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
     }
     details: dict[str, Any] = {"number": number, "file": capture.pk, "frame": index}
     try:
+        if getattr(capture, "purged_at", None) is not None:
+            # Retention decided (and audited) the purge: the file may linger on disk until
+            # it is deleted, but it must not be served any more.
+            raise PacketUnavailable(
+                "The capture file holding this packet was purged under the case's retention period."
+            )
         time_ns, linktype, data = read_packet(file_on_disk(capture), index)
     except PacketUnavailable as error:
         details["outcome"] = "unavailable"

@@ -357,3 +357,20 @@ def test_a_missing_session_looks_the_same_and_is_audited(client: Client, analyst
     event = AuditEvent.objects.get(action="packet view refused")
     assert event.actor == analyst
     assert event.details == {"session": 999999, "number": 1}
+
+
+@pytest.mark.skipif(
+    not hasattr(CaptureFile, "purged_at"), reason="capture files have no purge mark yet"
+)
+def test_a_purged_file_is_not_served_even_if_still_on_disk(
+    client: Client, session: Session, analyst: User
+) -> None:
+    from django.utils import timezone
+
+    first = session.files.order_by("first_packet").first()
+    assert first is not None
+    CaptureFile.objects.filter(pk=first.pk).update(purged_at=timezone.now())
+    text = page(client, session, 1)
+    assert "was purged under the case&#x27;s retention period" in text
+    assert "00000000  45" not in text
+    assert "HDLC" in layer_names(page(client, session, 3))
