@@ -134,7 +134,11 @@ def test_the_navigation_links_to_it_for_system_administrators(client: Client) ->
 def test_a_system_administrator_sees_receivers_listeners_and_counters(
     client: Client, receivers: dict[str, ReceiverProcess]
 ) -> None:
-    page = _as(client, make_user(Role.SYSADMIN)).get(URL)
+    client.force_login(make_user(Role.SYSADMIN))  # slow (password hashing): then report
+    running = receivers["running"]
+    running.reported_at = timezone.now()
+    running.save(update_fields=["reported_at"])
+    page = client.get(URL)
     assert page.status_code == 200
     text = page.content.decode()
     # Receivers with their state; one stopped a month ago is no longer listed.
@@ -145,9 +149,10 @@ def test_a_system_administrator_sees_receivers_listeners_and_counters(
     assert "long-gone" not in text
     assert "1 silent for more than 10 s" in text
     # Last database flush, as a machine-readable UTC time with its age.
-    reported = receivers["running"].reported_at
-    assert f'<time datetime="{reported.isoformat()}"' in text
-    assert "(0 s ago)" in text or "(1 s ago)" in text
+    assert f'<time datetime="{running.reported_at.isoformat()}"' in text
+    age = re.search(r"\((\d+) s ago\)", text)
+    assert age is not None
+    assert int(age.group(1)) < 10
     # Totals, humanized.
     for shown in ("1,234,567", "17", "7"):
         assert shown in text
@@ -235,9 +240,20 @@ def test_no_case_data_on_the_page(
             assert marker not in text
 
 
-def test_the_page_takes_a_bounded_number_of_queries(
-    client: Client, receivers: dict[str, ReceiverProcess], django_assert_max_num_queries
+def test_the_queries_do_not_grow_with_the_receivers(
+    client: Client, receivers: dict[str, ReceiverProcess]
 ) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(make_user(Role.SYSADMIN))
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(URL).status_code == 200
+        return len(captured)
+
+    few = queries()
     for number in range(20):
         process = ReceiverProcess.objects.create(
             hostname=f"extra-{number}",
@@ -246,6 +262,4 @@ def test_the_page_takes_a_bounded_number_of_queries(
             reported_at=timezone.now(),
         )
         Listener.objects.create(receiver=process, address=f"0.0.0.0:{6000 + number}")
-    client.force_login(make_user(Role.SYSADMIN))
-    with django_assert_max_num_queries(8):
-        assert client.get(URL).status_code == 200
+    assert queries() == few
