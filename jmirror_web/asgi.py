@@ -2,7 +2,9 @@
 
 import os
 
-from channels.routing import ProtocolTypeRouter
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
@@ -10,4 +12,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
 # Django must be set up before anything imports models, so this comes first.
 django_asgi_application = get_asgi_application()
 
-application = ProtocolTypeRouter({"http": django_asgi_application})
+from jmirror_web.live.routing import websocket_urlpatterns  # noqa: E402  (needs the models)
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_application,
+        # The canonical order: the Origin is checked before anything else runs (a page of
+        # another site must not ride the user's cookie), then the session and user are
+        # resolved for the consumer.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)
