@@ -158,5 +158,5 @@ def test_the_case_page_takes_as_many_queries_for_100_sessions_as_for_10(
     make_intercept(case, routers=[make_router(), make_router()])
     many = _case_queries(client, user, case)
     assert few == many
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(12):
         client.get(reverse("console:case", args=[case.pk]))

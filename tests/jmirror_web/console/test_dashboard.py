@@ -241,5 +241,5 @@ def test_the_dashboard_takes_as_many_queries_for_30_cases_as_for_3(
     _cases_with_traffic(27, user)
     many = _dashboard_queries(client, user)
     assert few == many, (few, many)
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(14):
         client.get(reverse("home"))

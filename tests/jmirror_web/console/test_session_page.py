@@ -133,5 +133,5 @@ def test_the_session_page_takes_a_fixed_number_of_queries(
     for _ in range(20):
         make_capture_file(session)
     client.force_login(analyst)
-    with django_assert_max_num_queries(7):
+    with django_assert_max_num_queries(10):
         client.get(reverse("console:session", args=[session.pk]))
