@@ -120,6 +120,11 @@
           show("live", "live");
         } else if (message.type === "updates") {
           onUpdates(message.items || [], message.dropped || 0);
+          // The server sends more only while fewer than 4 updates are unacknowledged:
+          // acking after the page has drawn them is what keeps a frozen tab cheap.
+          if (Number.isInteger(message.seq)) {
+            socket.send(JSON.stringify({ action: "ack", seq: message.seq }));
+          }
         } else if (
           message.type === "revoked" ||
           (message.type === "error" && message.code === "forbidden")
