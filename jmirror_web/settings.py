@@ -242,6 +242,10 @@ JMIRROR_ALERT_SILENCE_MINUTES = env_int(
     "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
 )
 
+# Days after its warrant ends that a new case's files are kept before they are purged
+# (each case can say otherwise; legal hold keeps them all). 36500 is the model's maximum.
+JMIRROR_RETENTION_DAYS = env_int("JMIRROR_RETENTION_DAYS", 365, minimum=0, maximum=36500)
+
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
 # `manage.py serve` (what ./run starts) runs the receiver inside the web process, so the

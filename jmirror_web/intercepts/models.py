@@ -38,6 +38,12 @@ _liid = RegexValidator(
 )
 
 
+def default_retention_days() -> int:
+    """A new case's retention: ``JMIRROR_RETENTION_DAYS`` (365 unless configured)."""
+    days: int = settings.JMIRROR_RETENTION_DAYS
+    return days
+
+
 class Case(models.Model):
     """One legal authorization (a warrant)."""
 
@@ -55,7 +61,7 @@ class Case(models.Model):
     valid_until = models.DateTimeField(help_text="UTC; the warrant ends at this instant.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     retention_days = models.PositiveIntegerField(
-        default=365,
+        default=default_retention_days,
         validators=[MaxValueValidator(36500)],
         help_text="Days after the warrant ends before its files are purged.",
     )
@@ -323,9 +329,22 @@ class CaptureFile(models.Model):
     sha256 = models.CharField(max_length=64, blank=True)
     closed = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Retention (jmirror_web.intercepts.retention): when the purge of the file was decided
+    # and audited, then when the file was seen gone from disk. Between the two the file
+    # may still exist and must not be served. The row stays for the chain of custody.
+    purged_at = models.DateTimeField(null=True, blank=True)
+    file_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["session", "first_packet", "pk"]
+        indexes = [
+            # The few rows whose file deletion is still to be done or confirmed.
+            models.Index(
+                fields=["purged_at"],
+                condition=Q(purged_at__isnull=False, file_deleted_at__isnull=True),
+                name="capturefile_purge_pending",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.path

@@ -39,6 +39,7 @@ from jmirror_web.intercepts.models import (
     Session,
     UnclaimedStream,
 )
+from jmirror_web.intercepts.retention import scheduled_purge
 from receiver.gate_loader import gate_fingerprint, load_gate
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
@@ -60,6 +61,12 @@ logger = logging.getLogger("receiver.receive")
 # Counters and file rows reach the database at least this often; the gate fingerprint is
 # polled at the same pace, so a change to the records takes effect within about 2 s.
 WRITE_INTERVAL: Final = 1.0
+# Retention: expired capture files are purged this long after the start, then every
+# PURGE_INTERVAL; a run stops after PURGE_TIME_BUDGET so that the writes and gate reloads
+# keep their pace, and a backlog goes on at the next write.
+PURGE_FIRST_DELAY: Final = 60.0
+PURGE_INTERVAL: Final = 3600.0
+PURGE_TIME_BUDGET: Final = 1.0
 # Rows of unclaimed streams kept in the database: junk from many sources must not grow
 # the table without bound (the receiver counts what did not fit).
 UNCLAIMED_ROWS_LIMIT: Final = 10_000
@@ -409,6 +416,7 @@ def serve(
     def bookkeeping() -> None:
         nonlocal fingerprint
         next_write = time.monotonic() + WRITE_INTERVAL
+        next_purge = time.monotonic() + PURGE_FIRST_DELAY
         final = False
         try:
             while not final:
@@ -432,6 +440,10 @@ def serve(
                         logger.warning("cannot check the records (%s); keeping the gate", error)
                         connection.close()
                 bookkeeper.write()
+                if not final and time.monotonic() >= next_purge:
+                    # Never raises: a failed purge is logged and tried again later.
+                    done = scheduled_purge(datetime.now(UTC), time_budget=PURGE_TIME_BUDGET)
+                    next_purge = time.monotonic() + (PURGE_INTERVAL if done else 0.0)
             # Last chance at shutdown: one retry, well within the 5 s SIGTERM budget.
             if not bookkeeper.write():
                 time.sleep(0.5)

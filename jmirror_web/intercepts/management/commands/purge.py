@@ -1,0 +1,91 @@
+"""``manage.py purge [--dry-run] [--json]``: delete the capture files whose retention
+has passed (:mod:`jmirror_web.intercepts.retention`), each with an audit event naming the
+operating-system user who ran the command. The receiver also runs the purge every hour.
+
+Exits with status 1 when some file could not be deleted (after printing the report).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from jmirror_web.intercepts.management.commands.intercepts import shell_actor
+from jmirror_web.intercepts.retention import PurgeReport, purge
+
+
+def _time(value: Any) -> str:
+    text: str = value.strftime("%Y-%m-%d %H:%M:%SZ")
+    return text
+
+
+class Command(BaseCommand):
+    help = (
+        "Purge the pcap files of cases whose warrant ended more than their retention days "
+        "ago, unless on legal hold. Each deletion is audited (path, size, SHA-256); the "
+        "file rows are kept, marked purged."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--dry-run", action="store_true", help="list what would be purged; change nothing"
+        )
+        parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        report = purge(timezone.now(), dry_run=options["dry_run"], actor=shell_actor())
+        if options["json"]:
+            self.stdout.write(json.dumps(report.as_dict(), indent=1))
+        else:
+            self._print(report)
+        if report.errors:
+            raise CommandError(
+                f"{len(report.errors)} files could not be purged; see the report", returncode=1
+            )
+
+    def _print(self, report: PurgeReport) -> None:
+        write = self.stdout.write
+        verb = "would purge" if report.dry_run else "purged"
+        heading = f"retention at {_time(report.now)}"
+        write(heading + (" (dry run: nothing changed)" if report.dry_run else ""))
+        pending = [each for each in report.files if each.state in ("completed", "would complete")]
+        if pending:
+            write(f"earlier purges whose deletion was pending: {len(pending)} files")
+            for each in pending:
+                write(f"  {each.state}: {each.path}")
+        for case in report.cases:
+            write(
+                f"case {case.reference}: warrant ended {_time(case.warrant_end)}, retention "
+                f"{case.retention_days} days (due after {_time(case.purge_after)})"
+            )
+            if case.legal_hold:
+                write(f"  skipped: legal hold, {case.files} files ({case.bytes} bytes) kept")
+            for each in report.files:
+                if each.case != case.reference or each.state in ("completed", "would complete"):
+                    continue
+                if each.state == "failed":
+                    write(f"  FAILED {each.path}: {each.error}")
+                elif each.state == "missing":
+                    write(f"  purged {each.path}: already missing on disk (recorded as purged)")
+                else:
+                    write(f"  {verb} {each.path} ({each.bytes} bytes, sha256 {each.sha256})")
+            for path in case.open_files:
+                write(f"  not touched (still open): {path}")
+        for directory in report.directories_removed:
+            write(f"removed empty session directory {directory}")
+        if report.unattributed_files:
+            write(
+                f"note: {report.unattributed_files} closed files belong to no intercept; no "
+                "retention applies to them"
+            )
+        if not report.complete:
+            write("stopped at its time budget: run again for the rest")
+        held = len(report.held_cases)
+        write(
+            f"total: {verb} {len(report.purged)} files ({report.purged_bytes} bytes) of "
+            f"{len(report.purged_cases)} cases; {held} cases skipped for legal hold; "
+            f"{len(report.errors)} errors"
+        )
