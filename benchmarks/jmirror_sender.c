@@ -1,0 +1,158 @@
+/*
+ * jmirror_sender: sends one UDP datagram N times at a fixed rate, for the lossless-rate
+ * search in benchmarks/lossless_search.py (which compiles it with gcc at run time).
+ *
+ *   jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)
+ *                  [--host 127.0.0.1] [--batch B]
+ *
+ * --rate 0 sends as fast as it can. Pacing: datagram i is due at start + i / rate; the
+ * sender busy-waits on CLOCK_MONOTONIC until the first datagram of a batch is due and
+ * sends the batch with one sendmmsg(). The default batch spans about 20 us of the
+ * schedule (1 at 50k/s, 20 at 1M/s, at most 64), so the offered rate is even at any
+ * scale above a few tens of microseconds. A sender that falls behind does not burst to
+ * catch up by more than one batch at a time: it simply sends back to back, and the
+ * achieved rate it prints shows the shortfall.
+ *
+ * Prints one line on stdout, key=value pairs:
+ *   sent=N bytes=SIZE seconds=T rate=R asked=R0 batch=B errors=E max_lag_us=L
+ * Exit status 0 when every datagram was handed to the kernel, 1 otherwise, 2 on usage.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BATCH 64
+#define MAX_DATAGRAM 65507
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static size_t parse_hex(const char *text, unsigned char *out, size_t room) {
+    size_t length = strlen(text);
+    if (length % 2 || length / 2 > room) return 0;
+    for (size_t i = 0; i < length / 2; i++) {
+        int high = hex_value(text[2 * i]), low = hex_value(text[2 * i + 1]);
+        if (high < 0 || low < 0) return 0;
+        out[i] = (unsigned char)(high << 4 | low);
+    }
+    return length / 2;
+}
+
+static size_t read_file(const char *path, unsigned char *out, size_t room) {
+    FILE *stream = fopen(path, "rb");
+    if (!stream) return 0;
+    size_t length = fread(out, 1, room, stream);
+    fclose(stream);
+    return length;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)"
+            " [--host 127.0.0.1] [--batch B]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    static unsigned char payload[MAX_DATAGRAM];
+    size_t size = 0;
+    const char *host = "127.0.0.1";
+    long port = -1, batch = 0;
+    unsigned long long count = 0;
+    double rate = -1;
+
+    for (int i = 1; i < argc; i++) {
+        const char *option = argv[i];
+        if (i + 1 >= argc) usage();
+        const char *value = argv[++i];
+        if (!strcmp(option, "--port")) port = strtol(value, NULL, 10);
+        else if (!strcmp(option, "--count")) count = strtoull(value, NULL, 10);
+        else if (!strcmp(option, "--rate")) rate = strtod(value, NULL);
+        else if (!strcmp(option, "--hex")) size = parse_hex(value, payload, sizeof payload);
+        else if (!strcmp(option, "--file")) size = read_file(value, payload, sizeof payload);
+        else if (!strcmp(option, "--host")) host = value;
+        else if (!strcmp(option, "--batch")) batch = strtol(value, NULL, 10);
+        else usage();
+    }
+    if (port <= 0 || port > 65535 || count == 0 || rate < 0 || size == 0) usage();
+    if (batch <= 0) {
+        /* About 20 us of schedule per batch; flat out, the largest batch. */
+        batch = rate > 0 ? (long)(rate * 20e-6) : MAX_BATCH;
+        if (batch < 1) batch = 1;
+    }
+    if (batch > MAX_BATCH) batch = MAX_BATCH;
+
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &address.sin_addr) != 1) {
+        fprintf(stderr, "jmirror_sender: %s is not an IPv4 address\n", host);
+        return 2;
+    }
+    int sock = socket(AF_INET, SOCK_DGRAM, 0);
+    if (sock < 0 || connect(sock, (struct sockaddr *)&address, sizeof address) < 0) {
+        perror("jmirror_sender: socket");
+        return 1;
+    }
+    int sndbuf = 4 << 20;
+    setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+
+    struct iovec iov = {.iov_base = payload, .iov_len = size};
+    struct mmsghdr messages[MAX_BATCH];
+    memset(messages, 0, sizeof messages);
+    for (int i = 0; i < MAX_BATCH; i++) {
+        messages[i].msg_hdr.msg_iov = &iov;
+        messages[i].msg_hdr.msg_iovlen = 1;
+    }
+
+    const double interval_ns = rate > 0 ? 1e9 / rate : 0;
+    unsigned long long sent = 0, errors = 0;
+    uint64_t max_lag = 0;
+    const uint64_t start = now_ns();
+    while (sent < count) {
+        if (interval_ns > 0) {
+            uint64_t due = start + (uint64_t)((double)sent * interval_ns);
+            uint64_t now = now_ns();
+            while (now < due) now = now_ns();
+            if (now - due > max_lag) max_lag = now - due;
+        }
+        unsigned long long left = count - sent;
+        unsigned int want = left < (unsigned long long)batch ? (unsigned int)left
+                                                             : (unsigned int)batch;
+        int done = sendmmsg(sock, messages, want, 0);
+        if (done < 0) {
+            /* A pending ICMP error (ECONNREFUSED) or a full queue: that datagram was not
+             * sent; count it and try again, giving up after many failures in a row. */
+            errors++;
+            if (errors > 1000000) {
+                fprintf(stderr, "jmirror_sender: giving up: %s\n", strerror(errno));
+                break;
+            }
+            continue;
+        }
+        sent += (unsigned long long)done;
+    }
+    const double seconds = (double)(now_ns() - start) / 1e9;
+    printf("sent=%llu bytes=%zu seconds=%.6f rate=%.0f asked=%.0f batch=%ld errors=%llu "
+           "max_lag_us=%.1f\n",
+           sent, size, seconds, seconds > 0 ? (double)sent / seconds : 0.0, rate, batch,
+           errors, (double)max_lag / 1e3);
+    close(sock);
+    return sent == count ? 0 : 1;
+}
