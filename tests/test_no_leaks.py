@@ -12,14 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from jmirror_web.audit.log import record
 from jmirror_web.intercepts.access import Role
+from jmirror_web.intercepts.models import Session
 from tests.factories import (
     assign,
     make_capture_file,
@@ -28,6 +31,18 @@ from tests.factories import (
     make_router,
     make_session,
     make_user,
+)
+from tests.jmirror_web.live.helpers import (
+    FAST_HASHERS,
+    LIVE_PATH,
+    closed_with,
+    communicator,
+    ensure_role_groups,
+    live,
+    publish,
+    sign_in,
+    subscribe,
+    summary,
 )
 
 pytestmark = pytest.mark.django_db
@@ -165,9 +180,51 @@ def test_an_auditor_sees_the_records_but_no_session_or_file_of_the_secret_case(
     assert [entry for entry in found if "sessions/secret/" in entry] == []
 
 
-def test_there_is_no_websocket_route_yet_that_this_walk_would_miss():
-    # The live views add websocket routes; when they do, this walk must cover them
-    # (connect and subscribe to the secret case as the users above, expecting refusal).
+def test_the_live_websocket_route_is_the_only_one_and_is_walked_below():
+    # A new websocket route must be added to the walk below before this passes again.
     from jmirror_web.asgi import application
+    from jmirror_web.live.routing import websocket_urlpatterns
 
-    assert set(application.application_mapping) == {"http"}
+    assert set(application.application_mapping) == {"http", "websocket"}
+    assert [str(pattern.pattern) for pattern in websocket_urlpatterns] == [LIVE_PATH.lstrip("/")]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_anonymous_user_gets_no_live_data(secret_case_ids: list[str]):
+    socket = communicator(cookie=None)
+    assert (await socket.connect(timeout=5))[0]
+    assert await closed_with(socket) == 4401
+    await socket.disconnect()
+
+
+def _live_users() -> dict[str, str]:
+    ensure_role_groups()
+    cookies = {}
+    for role in (Role.ANALYST, Role.SYSADMIN, Role.AUDITOR):
+        user = make_user(role, is_staff=True)
+        assign(user, make_case())
+        cookies[role.value] = sign_in(user)[1]
+    return cookies
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_user_of_another_case_gets_no_live_data_of_the_secret_case(
+    secret_case_ids: list[str], settings: Any
+):
+    settings.PASSWORD_HASHERS = FAST_HASHERS
+    cookies = await sync_to_async(_live_users)()
+    secret = await sync_to_async(
+        lambda: Session.objects.select_related("intercept").get(intercept__liid="SECRETLIID")
+    )()
+    numbers = [int(value) for value in secret_case_ids if value.isdigit()]
+    for cookie in cookies.values():
+        # One connection per stream: all of them at once would meet the message rate limit.
+        for stream in ("session", "intercept", "case"):
+            async with live(cookie) as socket:
+                for number in numbers:
+                    reply = await subscribe(socket, stream, number)
+                    assert (reply["type"], reply["code"]) == ("error", "forbidden")
+        async with live(cookie) as socket:
+            assert (await subscribe(socket, "dashboard"))["type"] == "subscribed"
+            await publish(summary(secret))
+            assert await socket.receive_nothing(timeout=0.3)
