@@ -1,4 +1,7 @@
-# The image docker-compose.yml runs: jmirror-web on Python 3.11, as a non-root user.
+# The image docker-compose.yml runs: jmirror-web on Python 3.11, as a non-root user. The
+# same image is the web process (the default command) and the receiver (`manage.py
+# receive`); the slim base and pip without a cache keep it small, and .dockerignore keeps
+# the virtual environment, data, tests and benchmarks out.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,5 +21,7 @@ COPY . .
 RUN pip install --editable .
 
 USER jmirror
-EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "jmirror_web.asgi:application"]
+EXPOSE 8000 30030/udp
+# Daphne through `serve`, which bounds websocket messages; with REDIS_URL set the receiver
+# is not embedded (it runs as its own container), and --no-receiver says so regardless.
+CMD ["python", "manage.py", "serve", "--bind", "0.0.0.0", "--port", "8000", "--no-receiver"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,6 +80,72 @@ SECRET_KEY = env_secret("DJANGO_SECRET_KEY", min_length=32) or _generated_secret
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
+
+def _trusted_origins(origins: list[str]) -> list[str]:
+    """CSRF-trusted origins: ``https://host[:port]`` (``https://*.example.net`` for every
+    subdomain). Only needed when the browser's Origin differs from the Host that reaches
+    Django (a proxy rewriting Host). Plain http:// is refused: these are the sign-in and
+    warrant forms of a lawful-intercept host."""
+    for origin in origins:
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise ConfigurationError(
+                f"DJANGO_CSRF_TRUSTED_ORIGINS: {origin!r} is not a valid origin"
+            ) from None
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigurationError(
+                f"DJANGO_CSRF_TRUSTED_ORIGINS: {origin!r} is not an https://host[:port] origin"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ConfigurationError(
+                f"DJANGO_CSRF_TRUSTED_ORIGINS: {origin!r} has more than scheme, host and port"
+            )
+    return [origin.rstrip("/") for origin in origins]
+
+
+CSRF_TRUSTED_ORIGINS = _trusted_origins(env_list("DJANGO_CSRF_TRUSTED_ORIGINS", []))
+
+# HTTPS is the deployment's to declare, not something to guess from DEBUG: the embedded
+# default serves plain http://127.0.0.1, where secure cookies would never be sent back and
+# an SSL redirect would lock the user out. Production behind TLS says JMIRROR_HTTPS=true.
+HTTPS = env_bool("JMIRROR_HTTPS", False)
+# Behind a reverse proxy that terminates TLS, Django sees plain HTTP; the proxy's
+# X-Forwarded-Proto says what the browser used. Trusted only when the deployment says a
+# proxy is there (and sets that header itself), or any client could claim HTTPS.
+BEHIND_PROXY = env_bool("JMIRROR_BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+# The container health check asks for http://localhost:8000/healthz, past the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = 365 * 24 * 3600 if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+# Preload is a commitment for the whole registrable domain, made by submitting it to the
+# browsers' lists; that is the operator's decision, never a default of the software. So
+# it stays off, and the deploy check's reminder about it (W021) is silenced.
+SECURE_HSTS_PRELOAD = False
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Sessions end after JMIRROR_SESSION_IDLE_MINUTES without a request and when the browser
+# closes: an unattended screen must not stay signed in to intercepted traffic. The
+# expiry is moved on by jmirror_web.security.sessions.IdleSessionMiddleware at most once
+# a minute, rather than by SESSION_SAVE_EVERY_REQUEST's database write on every request.
+SESSION_IDLE_MINUTES = env_int("JMIRROR_SESSION_IDLE_MINUTES", 30, minimum=1, maximum=24 * 60)
+SESSION_COOKIE_AGE = SESSION_IDLE_MINUTES * 60
+SESSION_SAVE_EVERY_REQUEST = False
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_COOKIE_HTTPONLY = True
+# Strict: no cross-site request, not even a top-level link, carries the session; a link
+# from a ticket system lands on the sign-in page instead.
+SESSION_COOKIE_SAMESITE = "Strict"
+CSRF_COOKIE_SAMESITE = "Strict"
+
 INSTALLED_APPS = [
     "daphne",
     "jmirror_web.apps.JMirrorAdminConfig",
@@ -90,6 +157,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "channels",
+    "axes",
+    "csp",
     "rest_framework",
     "rest_framework.authtoken",
     "jmirror_web.intercepts",
@@ -98,18 +167,23 @@ INSTALLED_APPS = [
     "jmirror_web.live",
     "jmirror_web.console",
     "receiver",
+    "jmirror_web.security",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "jmirror_web.security.sessions.IdleSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "jmirror_web.audit.log.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "jmirror_web.urls"
@@ -253,6 +327,57 @@ CHANNEL_LAYERS = _channel_layers(REDIS_URL)
 # Redis, the receiver runs as its own process (`manage.py receive`), one or several.
 EMBEDDED_RECEIVER = env_bool("JMIRROR_EMBEDDED_RECEIVER", not REDIS_URL)
 
+# Sign-in throttling (django-axes): its backend comes first and refuses a locked-out
+# sign-in before any password is checked; ModelBackend then does the real work. It needs
+# the request, so every sign-in path (console, admin, DRF) passes one; a call without one
+# is an error rather than an unthrottled sign-in.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("JMIRROR_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env_int("JMIRROR_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
+)
+# By the pair (username, address): guessing at one account from one place is stopped,
+# while one mistyping colleague behind the same NAT does not lock out the others, and
+# nobody can lock a user out from everywhere by failing on their name.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# A failure during the lockout starts the cool-off again (axes' default, stated).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+AXES_LOCKOUT_CALLABLE = "jmirror_web.security.lockout_response"
+# Successful sign-ins are already in the audit log; axes need not keep a second record.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_SENSITIVE_PARAMETERS = ["password", "csrfmiddlewaretoken"]
+# No banner on every start (manage.py's output is read by scripts); lockouts are still
+# logged as warnings, and audited.
+AXES_VERBOSE = False
+
+# Content-Security-Policy (django-csp 4): no inline script or style anywhere, nothing
+# from other origins, no framing. Browsers that implement CSP3 let 'self' cover ws:/wss:
+# to the same host; the explicit sources below are for those that do not (older Safari).
+_SOCKET_SCHEME = "wss" if HTTPS else "ws"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": [
+            "'self'",
+            *(
+                f"{_SOCKET_SCHEME}://{'*' if host.startswith('.') else ''}{host}:*"
+                for host in ALLOWED_HOSTS
+                if host != "*"
+            ),
+        ],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -282,6 +407,13 @@ REST_FRAMEWORK = {
 # Django's default (2.5 MB), stated because it also bounds the API's JSON bodies: DRF
 # (3.17.2 and later) parses them from request.body, which enforces it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Form fields and files in one request. The admin's bulk actions post one field per
+# selected row; nothing here takes more than a few files at once.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+DATA_UPLOAD_MAX_NUMBER_FILES = 10
+# Uploaded files above this go to a temporary file instead of memory. This is not a cap on
+# an upload's size: each page that takes a file bounds it itself.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 LANGUAGE_CODE = "en-us"
 # Evidence timestamps are UTC everywhere; the browser shows local time on hover only.

@@ -55,3 +55,11 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SettingsLo
             return runpy.run_path(str(SETTINGS_FILE))
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def _no_sign_in_throttling(settings: Any) -> None:
+    """django-axes off unless a test turns it on: its backend refuses sign-ins made
+    without a request, as Client.login() makes them, and the lockout tests count failures
+    themselves (tests/jmirror_web/security/ turns it back on)."""
+    settings.AXES_ENABLED = False

@@ -1,7 +1,6 @@
 """docker-compose.yml, checked by reading it: Docker does not run on the development and CI
 machines, so these tests are what keeps the file in step with the settings and the code."""
 
-import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ from tests.conftest import REPO, SettingsLoader
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-APP_SERVICES = ("migrate", "web")
+APP_SERVICES = ("migrate", "web", "receiver", "receiver-2")
+RECEIVERS = ("receiver", "receiver-2")
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 
 
@@ -51,8 +51,8 @@ class RecordingEnviron(dict[str, str]):
         return super().get(name, default)
 
 
-def test_it_runs_postgresql_redis_a_one_shot_migration_and_the_web_process() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "web"}
+def test_it_runs_postgresql_redis_a_migration_the_web_process_and_receivers() -> None:
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "web", "receiver", "receiver-2"}
     assert SERVICES["postgres"]["image"] == "postgres:16"
     assert SERVICES["redis"]["image"] == "redis:7"
     assert "restart" not in SERVICES["migrate"]
@@ -60,7 +60,13 @@ def test_it_runs_postgresql_redis_a_one_shot_migration_and_the_web_process() -> 
 
 @pytest.mark.parametrize(
     ("service", "probe"),
-    [("postgres", "pg_isready"), ("redis", "redis-cli"), ("web", "/healthz")],
+    [
+        ("postgres", "pg_isready"),
+        ("redis", "redis-cli"),
+        ("web", "/healthz"),
+        ("receiver", "http://127.0.0.1:9030/metrics"),
+        ("receiver-2", "http://127.0.0.1:9031/metrics"),
+    ],
 )
 def test_every_long_running_service_has_a_health_check(service: str, probe: str) -> None:
     check = SERVICES[service]["healthcheck"]
@@ -78,14 +84,70 @@ def test_the_web_process_waits_for_healthy_services_and_a_finished_migration() -
     assert SERVICES["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
 
 
-def test_the_web_process_serves_the_asgi_application_of_the_settings() -> None:
-    from django.conf import settings
+def parsed(service: str) -> tuple[str, dict[str, Any]]:
+    """The management command a service runs and its options, parsed by that command."""
+    from django.core.management import get_commands, load_command_class
 
-    command = SERVICES["web"]["command"]
-    assert command[:1] == ["daphne"]
-    module_name, _, attribute = command[-1].partition(":")
-    assert f"{module_name}.{attribute}" == settings.ASGI_APPLICATION
-    assert getattr(importlib.import_module(module_name), attribute) is not None
+    command = SERVICES[service]["command"]
+    assert command[:2] == ["python", "manage.py"]
+    name = command[2]
+    handler = load_command_class(get_commands()[name], name)
+    return name, vars(handler.create_parser("manage.py", name).parse_args(command[3:]))
+
+
+def test_the_web_process_serves_on_the_published_port_without_a_receiver_inside() -> None:
+    name, options = parsed("web")
+
+    assert name == "serve"
+    everywhere = "0.0.0.0"  # noqa: S104 (inside the container; published on loopback)
+    assert (options["bind"], options["port"], options["no_receiver"]) == (everywhere, 8000, True)
+    assert SERVICES["web"]["ports"] == [f"127.0.0.1:{options['port']}:{options['port']}"]
+
+
+@pytest.mark.parametrize("service", RECEIVERS)
+def test_each_receiver_listens_on_the_published_udp_port_with_metrics_for_its_health_check(
+    service: str,
+) -> None:
+    name, options = parsed(service)
+
+    assert name == "receive"
+    assert options["listen"] == ["0.0.0.0:30030"]
+    health = SERVICES[service]["healthcheck"]["test"][-1]
+    assert f"http://{options['metrics']}/metrics" in health
+    assert SERVICES[service]["stop_grace_period"] == "30s"
+
+
+def test_the_routers_port_is_published_as_udp_from_the_first_receivers_namespace() -> None:
+    assert SERVICES["receiver"]["ports"] == ["30030:30030/udp"]
+    assert "network_mode" not in SERVICES["receiver"]
+    assert "profiles" not in SERVICES["receiver"]
+
+
+def test_the_second_receiver_is_a_scale_out_profile_sharing_the_first_ones_port() -> None:
+    second = SERVICES["receiver-2"]
+
+    assert second["profiles"] == ["scale-out"]
+    # SO_REUSEPORT shares a port within one network namespace only.
+    assert second["network_mode"] == "service:receiver"
+    assert "ports" not in second
+    # One namespace, so one 127.0.0.1: the metrics endpoints must differ.
+    assert parsed("receiver")[1]["metrics"] != parsed("receiver-2")[1]["metrics"]
+    assert second["depends_on"]["receiver"] == {"condition": "service_healthy"}
+
+
+@pytest.mark.parametrize("service", RECEIVERS)
+def test_a_receiver_starts_after_the_migration_and_with_redis_for_its_live_summaries(
+    service: str,
+) -> None:
+    depends = SERVICES[service]["depends_on"]
+    assert depends["migrate"] == {"condition": "service_completed_successfully"}
+    assert depends["postgres"] == {"condition": "service_healthy"}
+    assert depends["redis"] == {"condition": "service_healthy"}
+
+
+@pytest.mark.parametrize("service", ["web", *RECEIVERS])
+def test_the_long_running_services_restart(service: str) -> None:
+    assert SERVICES[service]["restart"] == "unless-stopped"
 
 
 def test_the_migration_also_collects_the_static_files_web_serves() -> None:
@@ -148,6 +210,12 @@ def test_the_app_environment_names_only_variables_the_settings_read_and_they_acc
     assert database["PASSWORD"] == "0123abcd"
     assert settings["CHANNEL_LAYERS"]["default"]["CONFIG"] == {"hosts": ["redis://redis:6379/0"]}
     assert settings["ALLOWED_HOSTS"][0] == "localhost"
+    # Redis is there, so nobody runs a receiver inside the web process by default.
+    assert settings["EMBEDDED_RECEIVER"] is False
+    # Behind the TLS proxy on the host: HTTPS on, X-Forwarded-Proto trusted, and the
+    # health check's plain http://localhost:8000/healthz not redirected.
+    assert (settings["HTTPS"], settings["BEHIND_PROXY"]) == (True, True)
+    assert settings["SECURE_REDIRECT_EXEMPT"] == [r"^healthz$"]
 
 
 def test_the_database_password_comes_from_the_operator_not_the_file() -> None:
@@ -159,6 +227,11 @@ def test_the_image_runs_as_a_user_other_than_root() -> None:
     dockerfile = (REPO / "Dockerfile").read_text().splitlines()
     users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
     assert users == ["jmirror"]
-    assert dockerfile[-1] == (
-        'CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "jmirror_web.asgi:application"]'
-    )
+    # The image's own command is what the web service runs.
+    words = ", ".join(f'"{word}"' for word in SERVICES["web"]["command"])
+    assert dockerfile[-1] == f"CMD [{words}]"
+
+
+def test_the_image_leaves_the_venv_data_and_secrets_out() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "data", "secrets", ".env", ".git"} <= set(ignored)

@@ -572,3 +572,177 @@ def test_a_bad_metrics_address_stops_the_start(load_settings: SettingsLoader) ->
         load_settings({"JMIRROR_METRICS_LISTEN": "9100"})
     assert str(raised.value) == "JMIRROR_METRICS_LISTEN: '9100' is not HOST:PORT"
     assert load_settings({"JMIRROR_METRICS_LISTEN": ""})["JMIRROR_METRICS_LISTEN"] == ""
+
+
+# Production hardening ---------------------------------------------------------------
+
+PRODUCTION = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_ALLOWED_HOSTS": "li.example.net",
+    "DJANGO_CSRF_TRUSTED_ORIGINS": "https://li.example.net",
+    "JMIRROR_HTTPS": "true",
+    "JMIRROR_BEHIND_PROXY": "true",
+}
+
+
+def test_the_embedded_default_serves_plain_http_with_short_lived_strict_sessions(
+    load_settings: SettingsLoader,
+) -> None:
+    settings = load_settings({})
+
+    assert settings["HTTPS"] is False
+    assert (settings["SESSION_COOKIE_SECURE"], settings["CSRF_COOKIE_SECURE"]) == (False, False)
+    assert (settings["SECURE_SSL_REDIRECT"], settings["SECURE_HSTS_SECONDS"]) == (False, 0)
+    assert "SECURE_PROXY_SSL_HEADER" not in settings
+    assert settings["CSRF_TRUSTED_ORIGINS"] == []
+    assert settings["SESSION_COOKIE_AGE"] == 30 * 60
+    assert settings["SESSION_EXPIRE_AT_BROWSER_CLOSE"] is True
+    assert settings["SESSION_COOKIE_HTTPONLY"] is True
+    assert settings["SESSION_COOKIE_SAMESITE"] == "Strict"
+    assert settings["X_FRAME_OPTIONS"] == "DENY"
+    assert settings["AXES_FAILURE_LIMIT"] == 5
+    assert settings["AXES_COOLOFF_TIME"].total_seconds() == 15 * 60
+    assert settings["AXES_LOCKOUT_PARAMETERS"] == [["username", "ip_address"]]
+    assert settings["AUTHENTICATION_BACKENDS"][0] == "axes.backends.AxesStandaloneBackend"
+    assert settings["MIDDLEWARE"][-1] == "axes.middleware.AxesMiddleware"
+    assert "ws://localhost:*" in settings["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]["connect-src"]
+
+
+def test_https_behind_a_proxy_turns_on_secure_cookies_hsts_redirect_and_the_proxy_header(
+    load_settings: SettingsLoader,
+) -> None:
+    settings = load_settings(
+        {
+            **PRODUCTION,
+            "DJANGO_CSRF_TRUSTED_ORIGINS": "https://li.example.net, https://*.ops.example.net:8443/",
+            "JMIRROR_SESSION_IDLE_MINUTES": "10",
+            "JMIRROR_LOGIN_FAILURE_LIMIT": "3",
+            "JMIRROR_LOGIN_COOLOFF_MINUTES": "60",
+        }
+    )
+
+    assert (settings["SESSION_COOKIE_SECURE"], settings["CSRF_COOKIE_SECURE"]) == (True, True)
+    assert settings["SECURE_SSL_REDIRECT"] is True
+    assert settings["SECURE_HSTS_SECONDS"] == 365 * 24 * 3600
+    assert settings["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is True
+    assert settings["SECURE_HSTS_PRELOAD"] is False
+    assert settings["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert settings["CSRF_TRUSTED_ORIGINS"] == [
+        "https://li.example.net",
+        "https://*.ops.example.net:8443",
+    ]
+    assert settings["SESSION_COOKIE_AGE"] == 600
+    assert settings["AXES_FAILURE_LIMIT"] == 3
+    assert settings["AXES_COOLOFF_TIME"].total_seconds() == 3600
+    connect = settings["CONTENT_SECURITY_POLICY"]["DIRECTIVES"]["connect-src"]
+    assert connect == ["'self'", "wss://li.example.net:*"]
+
+
+def test_https_without_a_proxy_trusts_no_forwarded_header(load_settings: SettingsLoader) -> None:
+    settings = load_settings({"JMIRROR_HTTPS": "true"})
+    assert settings["SESSION_COOKIE_SECURE"] is True
+    assert "SECURE_PROXY_SSL_HEADER" not in settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "JMIRROR_HTTPS",
+            "sometimes",
+            "JMIRROR_HTTPS='sometimes' is not a boolean; "
+            "use one of 1/0, true/false, yes/no, on/off",
+        ),
+        (
+            "JMIRROR_BEHIND_PROXY",
+            "nginx",
+            "JMIRROR_BEHIND_PROXY='nginx' is not a boolean; "
+            "use one of 1/0, true/false, yes/no, on/off",
+        ),
+        (
+            "DJANGO_CSRF_TRUSTED_ORIGINS",
+            "http://li.example.net",
+            "DJANGO_CSRF_TRUSTED_ORIGINS: 'http://li.example.net' is not an https://host[:port] "
+            "origin",
+        ),
+        (
+            "DJANGO_CSRF_TRUSTED_ORIGINS",
+            "li.example.net",
+            "DJANGO_CSRF_TRUSTED_ORIGINS: 'li.example.net' is not an https://host[:port] origin",
+        ),
+        (
+            "DJANGO_CSRF_TRUSTED_ORIGINS",
+            "https://li.example.net/admin/",
+            "DJANGO_CSRF_TRUSTED_ORIGINS: 'https://li.example.net/admin/' has more than "
+            "scheme, host and port",
+        ),
+        (
+            "DJANGO_CSRF_TRUSTED_ORIGINS",
+            "https://li.example.net:https",
+            "DJANGO_CSRF_TRUSTED_ORIGINS: 'https://li.example.net:https' is not a valid origin",
+        ),
+        (
+            "DJANGO_CSRF_TRUSTED_ORIGINS",
+            "https://a.example.net,,https://b.example.net",
+            "DJANGO_CSRF_TRUSTED_ORIGINS='https://a.example.net,,https://b.example.net' has an "
+            "empty item in its list",
+        ),
+        (
+            "JMIRROR_SESSION_IDLE_MINUTES",
+            "0",
+            "JMIRROR_SESSION_IDLE_MINUTES=0 is below the minimum 1",
+        ),
+        (
+            "JMIRROR_SESSION_IDLE_MINUTES",
+            "half an hour",
+            "JMIRROR_SESSION_IDLE_MINUTES='half an hour' is not an integer",
+        ),
+        (
+            "JMIRROR_LOGIN_FAILURE_LIMIT",
+            "0",
+            "JMIRROR_LOGIN_FAILURE_LIMIT=0 is below the minimum 1",
+        ),
+        (
+            "JMIRROR_LOGIN_COOLOFF_MINUTES",
+            "forever",
+            "JMIRROR_LOGIN_COOLOFF_MINUTES='forever' is not an integer",
+        ),
+    ],
+)
+def test_a_bad_hardening_value_stops_the_start(
+    load_settings: SettingsLoader, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({variable: value})
+    assert str(raised.value) == message
+
+
+def production_environ(tmp_path: Path) -> dict[str, str]:
+    import secrets
+
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "JMIRROR_DATA_DIR": str(tmp_path / "data"),
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        **PRODUCTION,
+    }
+
+
+def test_check_deploy_passes_with_production_settings(tmp_path: Path) -> None:
+    result = manage(
+        "check", "--deploy", "--fail-level", "WARNING", environ=production_environ(tmp_path)
+    )
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("System check identified no issues")
+
+
+def test_check_deploy_fails_when_the_deployment_does_not_say_it_is_behind_https(
+    tmp_path: Path,
+) -> None:
+    environ = {**production_environ(tmp_path), "JMIRROR_HTTPS": "false"}
+    result = manage("check", "--deploy", "--fail-level", "WARNING", environ=environ)
+
+    assert result.returncode == 1
+    for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert check in result.stderr
