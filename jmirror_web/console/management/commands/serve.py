@@ -34,6 +34,25 @@ RECEIVER_START_TIMEOUT: Final = 30.0
 RECEIVER_STOP_TIMEOUT: Final = 10.0
 
 
+def proxy_options(behind_proxy: bool) -> dict[str, str]:
+    """Daphne's options for a reverse proxy in front (``JMIRROR_BEHIND_PROXY``).
+
+    Behind a proxy every request comes from the proxy's address, so the audit log and the
+    sign-in lockout (by user and address) would see one address for everybody: one
+    attacker could lock a user out everywhere. Daphne then takes the client's address from
+    X-Real-IP, a single value the proxy sets, replacing whatever a client sent (nginx:
+    ``proxy_set_header X-Real-IP $remote_addr``), and not from X-Forwarded-For, whose
+    first entry a client can write. Only with the proxy as the one way in (the compose
+    file publishes the port on 127.0.0.1) is either header worth trusting.
+    """
+    if not behind_proxy:
+        return {}
+    return {
+        "proxy_forwarded_address_header": "X-Real-IP",
+        "proxy_forwarded_proto_header": "X-Forwarded-Proto",
+    }
+
+
 class EmbeddedReceiver:
     """The receiver on a thread of the web process."""
 
@@ -135,6 +154,7 @@ class Command(BaseCommand):
                 signal_handlers=True,
                 websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
                 websocket_max_frame_size=WEBSOCKET_MAX_MESSAGE,
+                **proxy_options(settings.BEHIND_PROXY),
             ).run()
         finally:
             if embedded is not None:
