@@ -106,3 +106,21 @@ def test_a_sign_in_without_a_request_is_refused_rather_than_left_unthrottled():
     make_user(Role.ANALYST, username="ana")
     with pytest.raises(AxesBackendRequestParameterRequired):
         authenticate(username="ana", password=PASSWORD)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_lockout_page_is_served_under_asgi_too():
+    """Daphne runs the middleware chain asynchronously, where axes takes another path."""
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    await sync_to_async(make_user)(Role.ANALYST, username="ana")
+    client = AsyncClient(REMOTE_ADDR="192.0.2.1")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        response = await client.post(
+            reverse("console:login"), {"username": "ana", "password": "wrong"}
+        )
+    assert response.status_code == 429
+    assert "as <strong>ana</strong>" in response.content.decode()
+    right = await client.post(reverse("console:login"), {"username": "ana", "password": PASSWORD})
+    assert right.status_code == 429
