@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF: Final = 32 * 2**20
 UNCLAIMED_LIMIT: Final = 10_000
+# New unclaimed streams remembered per tick: random junk makes a new "stream" of almost
+# every datagram, and every one of them is work for the database thread.
+UNCLAIMED_PER_TICK: Final = 1_000
 # A bug hit by every datagram would otherwise log at the packet rate.
 INTERNAL_ERROR_LOG_EVERY: Final = 10_000
 _MAX_DATAGRAM: Final = 65_535
@@ -237,8 +240,10 @@ def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str |
     effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     warning = None
     if effective < rcvbuf:
+        bound_host, bound_port = sock.getsockname()[:2]
+        where = format_address(bound_host, bound_port)
         warning = (
-            f"receive buffer on {host}:{port} is {effective} bytes, not the {rcvbuf} asked: "
+            f"receive buffer on {where} is {effective} bytes, not the {rcvbuf} asked: "
             f"the kernel caps it at net.core.rmem_max (raise it with "
             f"`sysctl -w net.core.rmem_max={rcvbuf}`), or bursts will be dropped"
         )
@@ -354,7 +359,7 @@ class Capture:
             entry.count += 1
             entry.last_ns = time_ns
             entry.reason = reason
-        elif len(self._unclaimed_since_tick) < self._unclaimed_limit:
+        elif len(self._unclaimed_since_tick) < UNCLAIMED_PER_TICK:
             self._unclaimed_since_tick[key] = Unclaimed(reason, 1, time_ns, time_ns)
         else:
             # Bounded: random junk from many sources must not grow memory without limit.

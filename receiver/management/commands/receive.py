@@ -70,6 +70,12 @@ PURGE_TIME_BUDGET: Final = 1.0
 # Rows of unclaimed streams kept in the database: junk from many sources must not grow
 # the table without bound (the receiver counts what did not fit).
 UNCLAIMED_ROWS_LIMIT: Final = 10_000
+# Unclaimed streams waiting for the database, and written per write. Random junk decodes
+# as jmirror with random mids: tens of thousands of one-packet "streams" a second, which
+# written one by one would keep this thread (and its share of the GIL) busy for seconds
+# while the capture loop starves. Bounded, busiest first; the rest counted as overflow.
+UNCLAIMED_PENDING_LIMIT: Final = 5_000
+UNCLAIMED_PER_WRITE: Final = 200
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # session_directory_name() in receiver.store: <liid>_<router>_mid-<hex>_sid-<hex>.
 _DIRECTORY = re.compile(
@@ -125,12 +131,12 @@ class Bookkeeper:
                 pending.merge(delta)
         for key, entry in snapshot.unclaimed.items():
             waiting = self.unclaimed.get(key)
-            if waiting is None:
-                self.unclaimed[key] = Unclaimed(
-                    entry.reason, entry.count, entry.first_ns, entry.last_ns
-                )
-            else:
+            if waiting is not None:
                 waiting.merge(entry)
+            elif len(self.unclaimed) < UNCLAIMED_PENDING_LIMIT:
+                self.unclaimed[key] = entry.copy()
+            else:
+                self.unclaimed_rows_dropped += entry.count
         self.closed += snapshot.closed_files
         # Totals and open files: the latest snapshot says all there is to say.
         self.open = snapshot.open_files
@@ -140,30 +146,34 @@ class Bookkeeper:
         self.stopped = snapshot.final
 
     def write(self) -> bool:
-        """Write what is pending in one transaction; False (logged) when the database
-        refused, with everything kept for the next call."""
+        """Write what is pending; False (logged) when the database refused, with what was
+        not written kept for the next call. Sessions and files go in one transaction, then
+        a bounded batch of unclaimed streams, then this receiver's totals, so that junk
+        traffic never holds the counters of real sessions back."""
+        written = True
         try:
             with transaction.atomic():
                 self._write_sessions()
                 self._write_open_files()
                 self._write_files()
-                self._write_unclaimed()
+            self.sessions.clear()
+            self.closed.clear()
+            self._write_unclaimed()
+            with transaction.atomic():
                 self._write_process()
         except DatabaseError as error:
             logger.warning(
-                "database write failed (%s); keeping %d session counters and %d file rows "
-                "for the next attempt",
+                "database write failed (%s); keeping %d session counters, %d file rows and "
+                "%d unclaimed streams for the next attempt",
                 error,
                 len(self.sessions),
                 len(self.closed),
+                len(self.unclaimed),
             )
             # A broken connection is not reused; Django opens a new one on the next query.
             connection.close()
-            return False
-        self.sessions.clear()
-        self.closed.clear()
-        self.unclaimed.clear()
-        return True
+            written = False
+        return written
 
     def register(self) -> None:
         """Make this receiver's row (at start, before any packet: the records are read
@@ -247,34 +257,56 @@ class Bookkeeper:
             save_file_row(session, self.root, closed)
 
     def _write_unclaimed(self) -> None:
+        """The busiest pending unclaimed streams, at most UNCLAIMED_PER_WRITE, in a few
+        queries; at shutdown what is left is counted as overflow (the 5 s budget)."""
         if not self.unclaimed:
             return
-        if self._unclaimed_rows is None:
-            self._unclaimed_rows = UnclaimedStream.objects.count()
-        routers = dict(Router.objects.values_list("address", "pk"))
-        for (source, mid, sid), entry in self.unclaimed.items():
-            updated = UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
-                packets=F("packets") + entry.count,
-                last_seen=moment(entry.last_ns),
-                reason=entry.reason,
-            )
-            if updated:
-                continue
-            if self._unclaimed_rows >= UNCLAIMED_ROWS_LIMIT:
-                self.unclaimed_rows_dropped += 1
-                continue
-            router_id = routers.get(source) or routers.get(source.removeprefix("::ffff:"))
-            UnclaimedStream.objects.create(
-                source=source,
-                router_id=router_id,
-                mid=mid,
-                sid=sid,
-                reason=entry.reason,
-                packets=entry.count,
-                first_seen=moment(entry.first_ns),
-                last_seen=moment(entry.last_ns),
-            )
-            self._unclaimed_rows += 1
+        batch = sorted(self.unclaimed.items(), key=lambda item: -item[1].count)
+        batch = batch[:UNCLAIMED_PER_WRITE]
+        with transaction.atomic():
+            if self._unclaimed_rows is None:
+                self._unclaimed_rows = UnclaimedStream.objects.count()
+            existing = {
+                (row.source, row.mid, row.sid)
+                for row in UnclaimedStream.objects.filter(
+                    source__in={key[0] for key, _ in batch},
+                    mid__in={key[1] for key, _ in batch},
+                    sid__in={key[2] for key, _ in batch},
+                ).only("source", "mid", "sid")
+            }
+            routers = dict(Router.objects.values_list("address", "pk"))
+            fresh: list[UnclaimedStream] = []
+            for (source, mid, sid), entry in batch:
+                if (source, mid, sid) in existing:
+                    UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
+                        packets=F("packets") + entry.count,
+                        last_seen=Greatest("last_seen", Value(moment(entry.last_ns))),
+                        reason=entry.reason,
+                    )
+                elif self._unclaimed_rows + len(fresh) < UNCLAIMED_ROWS_LIMIT:
+                    fresh.append(
+                        UnclaimedStream(
+                            source=source,
+                            router_id=routers.get(source)
+                            or routers.get(source.removeprefix("::ffff:")),
+                            mid=mid,
+                            sid=sid,
+                            reason=entry.reason,
+                            packets=entry.count,
+                            first_seen=moment(entry.first_ns),
+                            last_seen=moment(entry.last_ns),
+                        )
+                    )
+                else:
+                    self.unclaimed_rows_dropped += entry.count
+            # A row another receiver made meanwhile wins; this one's count is lost (rare).
+            UnclaimedStream.objects.bulk_create(fresh, ignore_conflicts=True)
+            self._unclaimed_rows += len(fresh)
+        for key, _ in batch:
+            del self.unclaimed[key]
+        if self.stopped:
+            self.unclaimed_rows_dropped += sum(each.count for each in self.unclaimed.values())
+            self.unclaimed.clear()
 
     def _write_process(self) -> None:
         listener = self.listener
@@ -470,6 +502,8 @@ def serve(
     finally:
         stop.set()
         writer.join(timeout=4)
+        if writer.is_alive():
+            logger.error("shutdown: the database writer did not finish; last counters not written")
         live_thread.join(timeout=1)
         if metrics_server is not None:
             metrics_server.shutdown()
