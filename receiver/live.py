@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Literal, Protocol, TypedDict
 
+from receiver.jmirror import decode_datagram
 from receiver.packet_summary import PacketRow, packet_row
 from receiver.worker import SessionDelta, Snapshot, StreamKey
 
@@ -139,7 +140,7 @@ def session_summary(
         bytes_per_second=round(delta.bytes / seconds, 1),
         first_ns=delta.first_ns,
         last_ns=delta.last_ns,
-        recent=[packet_row(when, packet) for when, packet in delta.recent],
+        recent=[packet_row(when, decode_datagram(payload)) for when, payload in delta.recent],
     )
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from receiver.gate import Gate
-from receiver.jmirror import DecodeError, JMirrorPacket, decode_datagram
+from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ class SessionDelta:
         self.stored = 0
         self.first_ns = time_ns
         self.last_ns = time_ns
-        # Stored packets only: nothing of an intercept without content goes to the live view.
-        self.recent: deque[tuple[int, JMirrorPacket]] = deque(maxlen=RECENT_PACKETS)
+        # Stored packets only (nothing of an intercept without content goes to the live
+        # view), as received: they are decoded for display off the capture thread.
+        self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_PACKETS)
 
     def copy(self) -> SessionDelta:
         """An independent copy: a snapshot's deltas are shared by every tick hook, and
@@ -315,9 +316,7 @@ class Capture:
                 )
 
     def _claim_and_store(self, payload: bytes, source: str, time_ns: int) -> None:
-        packet = decode_datagram(payload)
-        mid = packet.mid
-        sid = packet.sid
+        mid, sid, inner = classify_datagram(payload)
         claim = self.gate.claim(source, mid, sid, time_ns)
         key = (source, mid, sid)
         if isinstance(claim, str):
@@ -345,13 +344,13 @@ class Capture:
         delta.last_ns = time_ns
         if not intercept.keep_content:
             return
-        linktype = LINKTYPE_FOR_KIND.get(packet.inner)
+        linktype = LINKTYPE_FOR_KIND.get(inner)
         if linktype is None:
             self.counters.unstorable += 1
             return
-        self.store.write(delta.store_key, time_ns, packet.data, linktype)
+        self.store.write(delta.store_key, time_ns, payload[8:], linktype)
         delta.stored += 1
-        delta.recent.append((time_ns, packet))
+        delta.recent.append((time_ns, payload))
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
         entry = self._unclaimed_since_tick.get(key)

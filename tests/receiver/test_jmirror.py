@@ -26,10 +26,12 @@ from receiver.jmirror import (
     DecodeError,
     DecodeFailure,
     JMirrorPacket,
+    classify_datagram,
     decode_datagram,
     is_plausible_jmirror,
     looks_like_jmirror,
 )
+from receiver.traffic import ipv4_udp, ipv6_tcp_flow_label
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -404,3 +406,48 @@ def test_the_decoding_core_imports_no_django():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def _outcome(decode: object, payload: bytes) -> object:
+    try:
+        return decode(payload)  # type: ignore[operator]
+    except DecodeError as error:
+        return ("DecodeError", error.reason)
+
+
+def _decoded_fields(payload: bytes) -> object:
+    packet = decode_datagram(payload)
+    return packet.mid, packet.sid, packet.inner
+
+
+_VALID = [
+    bytes(ipv4_udp()),
+    bytes(ipv6_tcp_flow_label()),
+    bytes(IP(src="192.0.2.1", dst="198.51.100.2", options=[IPOption_Router_Alert()]) / UDP()),
+    b"\xff\x03\x00\x21" + bytes(ipv4_udp()),
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from(_VALID),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+    st.integers(-20, 20),
+)
+def test_classify_agrees_with_decode_on_valid_and_damaged_datagrams(
+    inner: bytes, mid: int, sid: int, edits: list[tuple[int, int]], cut: int
+) -> None:
+    payload = bytearray(struct.pack("!II", mid, sid) + inner)
+    for position, value in edits:
+        if position < len(payload):
+            payload[position] = value
+    damaged = bytes(payload[: len(payload) + cut] if cut < 0 else payload + b"\x00" * cut)
+    assert _outcome(classify_datagram, damaged) == _outcome(_decoded_fields, damaged)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=120))
+def test_classify_agrees_with_decode_on_random_bytes(payload: bytes) -> None:
+    assert _outcome(classify_datagram, payload) == _outcome(_decoded_fields, payload)

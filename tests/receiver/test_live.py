@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 
 from receiver import live
-from receiver.jmirror import decode_datagram
 from receiver.live import HEALTH_GROUP, Batch, LivePublisher, case_group, intercept_group
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
@@ -20,7 +19,7 @@ NOW = 1_800_000_000 * 10**9
 
 def snapshot(time_ns: int, packets: int, *, final: bool = False) -> Snapshot:
     delta = SessionDelta(1, 7, 3, "LIID7", time_ns, SessionKey("LIID7", "192.0.2.1", 0x300, 9))
-    packet = decode_datagram(jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=9))
+    packet = jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=9)
     for index in range(packets):
         delta.packets += 1
         delta.bytes += 100
