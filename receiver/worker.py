@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from receiver.batch_receive import BatchReceiver
 from receiver.gate import Gate
 from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
@@ -47,6 +48,8 @@ _MAX_DATAGRAM: Final = 65_535
 # Datagrams taken from one socket per select round, so that several sockets share the
 # loop fairly and the time check between rounds stays frequent.
 _DRAIN_LIMIT: Final = 256
+# Datagrams per recvmmsg call: 64 measured as fast as 256 with a sixteenth of the memory.
+BATCH: Final = 64
 # The most recent packets of each session kept per tick for the live packet list: the
 # browser shows a sample at high rates, never one update per packet (DESIGN.md 3).
 RECENT_PACKETS: Final = 16
@@ -488,6 +491,56 @@ class Receiver(Capture):
         for sock in self.sockets:
             sock.close()
 
+    def _drainer(self, sock: socket.socket) -> Callable[[], None]:
+        """A function that takes what is waiting on ``sock`` (up to a bound, so several
+        sockets share the loop fairly) through :meth:`handle`."""
+        handle = self.handle
+        time_ns = time.time_ns
+        counters = self._socket_counters[self.sockets.index(sock)]
+        if BatchReceiver.available():
+            batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM)
+            receive = batch.receive
+
+            def drain_batches() -> None:
+                for _ in range(_DRAIN_LIMIT // BATCH):
+                    try:
+                        datagrams = receive()
+                    except OSError as error:
+                        logger.debug("receive error: %s", error)
+                        return
+                    if not datagrams:
+                        return
+                    received_bytes = 0
+                    for payload, source in datagrams:
+                        received_bytes += len(payload)
+                        handle(payload, source, time_ns())
+                    counters.datagrams += len(datagrams)
+                    counters.bytes += received_bytes
+
+            return drain_batches
+        buffer = bytearray(_MAX_DATAGRAM)
+        view = memoryview(buffer)
+        recv = sock.recvfrom_into
+
+        def drain_one_by_one() -> None:
+            received = 0
+            received_bytes = 0
+            for _ in range(_DRAIN_LIMIT):
+                try:
+                    size, source = recv(buffer)
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    logger.debug("receive error: %s", error)
+                    break
+                received += 1
+                received_bytes += size
+                handle(bytes(view[:size]), source[0], time_ns())
+            counters.datagrams += received
+            counters.bytes += received_bytes
+
+        return drain_one_by_one
+
     def socket_counters(self) -> list[SocketCounters]:
         for sock, counters in zip(self.sockets, self._socket_counters, strict=True):
             if sock.fileno() >= 0:
@@ -509,36 +562,20 @@ class Receiver(Capture):
 
     def _receive(self) -> None:
         # Non-blocking sockets drained until empty, and select() only when all are: a
-        # socket with a timeout would cost a poll() before every recvfrom_into.
+        # socket with a timeout would cost a poll() before every receive. Where Linux's
+        # recvmmsg is reachable, up to BATCH datagrams come per system call
+        # (receiver.batch_receive: 1.6 against 2.4 us per 128-byte datagram to receive).
         for sock in self.sockets:
             sock.setblocking(False)
-        buffer = bytearray(_MAX_DATAGRAM)
-        view = memoryview(buffer)
-        handle = self.handle
+        drains = [self._drainer(sock) for sock in self.sockets]
+        ready_drains = dict(zip(self.sockets, drains, strict=True))
         timeout = self._tick_ns / 1e9 / 2
         next_tick = time.time_ns() + self._tick_ns
         stop = self._stop
-        counters_of = dict(zip(self.sockets, self._socket_counters, strict=True))
         while not stop.is_set():
             ready, _, _ = select.select(self.sockets, [], [], timeout)
             for sock in ready:
-                recv = sock.recvfrom_into
-                received = 0
-                received_bytes = 0
-                for _ in range(_DRAIN_LIMIT):
-                    try:
-                        size, source = recv(buffer)
-                    except BlockingIOError:
-                        break
-                    except OSError as error:
-                        logger.debug("receive error: %s", error)
-                        break
-                    received += 1
-                    received_bytes += size
-                    handle(bytes(view[:size]), source[0], time.time_ns())
-                counters = counters_of[sock]
-                counters.datagrams += received
-                counters.bytes += received_bytes
+                ready_drains[sock]()
             now = time.time_ns()
             if now >= next_tick:
                 next_tick = now + self._tick_ns
