@@ -93,6 +93,11 @@
           for (const item of message.items || []) {
             if (item.stream === "health" && item.health) update(item.health);
           }
+          // The server sends more only while fewer than 4 updates are unacknowledged
+          // (docs/live-protocol.md): ack once they are drawn.
+          if (Number.isInteger(message.seq)) {
+            socket.send(JSON.stringify({ action: "ack", seq: message.seq }));
+          }
         }
       });
       socket.addEventListener("close", (event) => {
