@@ -22,7 +22,8 @@ MAX_BAD_MESSAGES: Final = 10
 MAX_SUBSCRIBE_REQUESTS: Final = 100
 # Rate of client messages other than acks (token bucket): each may cause one reply, so
 # this bounds what a client that sends but never reads can make the server buffer.
-MESSAGE_BURST: Final = 20
+# The burst lets a page take all its subscriptions at once, with room to spare.
+MESSAGE_BURST: Final = MAX_SUBSCRIPTIONS + 10
 MESSAGES_PER_SECOND: Final = 5.0
 # Largest database id accepted (a signed 64-bit primary key).
 MAX_ID: Final = 2**63 - 1

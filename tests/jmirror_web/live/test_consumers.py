@@ -20,7 +20,7 @@ from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Session
 from jmirror_web.live.buffer import MAX_ROWS, packet_row
 from jmirror_web.live.consumers import LiveConsumer
-from jmirror_web.live.protocol import MAX_SUBSCRIPTIONS
+from jmirror_web.live.protocol import MAX_SUBSCRIPTIONS, MESSAGE_BURST
 from tests.factories import assign, make_case, make_intercept, make_session, make_user
 from tests.jmirror_web.live.helpers import (
     FAST_HASHERS,
@@ -285,9 +285,9 @@ async def test_more_than_twenty_subscriptions_are_refused(world: World):
 
 async def test_a_message_flood_is_refused(world: World):
     async with live(world.cookies["analyst"]) as socket:
-        for _ in range(25):
+        for _ in range(MESSAGE_BURST + 5):
             await socket.send_json_to({"action": "ping"})
-        replies = [await socket.receive_json_from(timeout=5) for _ in range(25)]
+        replies = [await socket.receive_json_from(timeout=5) for _ in range(MESSAGE_BURST + 5)]
         assert {"type": "error", "code": "too_many", "message": "too many messages; slow down"} in (
             replies
         )
