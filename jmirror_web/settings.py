@@ -356,6 +356,8 @@ AXES_VERBOSE = False
 # Content-Security-Policy (django-csp 4): no inline script or style anywhere, nothing
 # from other origins, no framing. Browsers that implement CSP3 let 'self' cover ws:/wss:
 # to the same host; the explicit sources below are for those that do not (older Safari).
+# A CSP host-source cannot be an IPv6 literal (Chromium reports "ws://[::1]:*" as invalid
+# on every page), so those hosts are left to 'self'.
 _SOCKET_SCHEME = "wss" if HTTPS else "ws"
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
@@ -368,7 +370,7 @@ CONTENT_SECURITY_POLICY = {
             *(
                 f"{_SOCKET_SCHEME}://{'*' if host.startswith('.') else ''}{host}:*"
                 for host in ALLOWED_HOSTS
-                if host != "*"
+                if host != "*" and not host.startswith("[")
             ),
         ],
         "frame-ancestors": ["'none'"],
