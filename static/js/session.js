@@ -66,8 +66,13 @@
 
   function describe() {
     const shown = body.childElementCount;
-    let text = `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received`;
-    if (shown !== kept.length) text = `${live.formatCount(shown)} match the filter; ` + text;
+    // While paused the list holds the rows of the moment it was paused, not `kept`.
+    let text = paused
+      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${live.formatCount(received)} packets received`
+      : `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received`;
+    if (!paused && shown !== kept.length) {
+      text = `${live.formatCount(shown)} match the filter; ` + text;
+    }
     if (received > kept.length) text += ` (older rows dropped, at most ${config.limit} kept)`;
     if (skipped) text += `; ${live.formatCount(skipped)} rows not sent at this rate`;
     if (paused) text += ` · paused, ${live.formatCount(unseen)} new`;
