@@ -166,8 +166,9 @@ class PcapStore:
     """Writes each session's packets to rotating pcap files under ``root``.
 
     ``rotate_bytes`` and ``rotate_seconds`` bound a file's size and its span of packet
-    times (receive times, so an offline import rotates by capture time); a file also
-    rotates when a packet's link type differs from the file's. Files closed by rotation
+    times (receive times, so an offline import rotates by capture time). A session whose
+    packets come in two link types (PPP frames and bare IP) has a file open for each, side
+    by side; their packets merge by time. Files closed by rotation
     wait in :meth:`take_closed` until the receiver collects them.
     """
 
@@ -188,7 +189,9 @@ class PcapStore:
         # 64 KiB stays in the CPU cache and below malloc's mmap threshold: a 1 MiB buffer
         # measured twice the per-packet cost at 1400 bytes.
         self._buffer_bytes = buffer_bytes
-        self._files: dict[SessionKey, _OpenFile] = {}
+        # One open file per session and link type: a PPP session's mirror can mix PPP
+        # frames and bare IP packets, and a file per switch would make a file per packet.
+        self._files: dict[tuple[SessionKey, int], _OpenFile] = {}
         self._sequence: Counter[SessionKey] = Counter()
         self._closed: list[ClosedFile] = []
         self._next_flush = 0.0
@@ -196,13 +199,8 @@ class PcapStore:
     def write(self, session: SessionKey, time_ns: int, data: bytes, linktype: int) -> None:
         """Store one packet received at ``time_ns`` (ns since the epoch, UTC). Never raises
         OSError: a packet that cannot be stored is counted in ``store_errors``."""
-        file = self._files.get(session)
-        if (
-            file is None
-            or file.linktype != linktype
-            or file.size >= self._rotate_bytes
-            or time_ns >= file.deadline_ns
-        ):
+        file = self._files.get((session, linktype))
+        if file is None or file.size >= self._rotate_bytes or time_ns >= file.deadline_ns:
             file = self._rotate(session, time_ns, linktype)
             if file is None:
                 return
@@ -238,28 +236,27 @@ class PcapStore:
         return closed
 
     def close(self, session: SessionKey) -> None:
-        """Close a session's open file, if any (e.g. when its intercept ends)."""
-        file = self._files.pop(session, None)
-        if file is not None:
-            self._finish(file)
+        """Close a session's open files, if any (e.g. when its intercept ends)."""
+        for key in [key for key in self._files if key[0] == session]:
+            self._finish(self._files.pop(key))
 
     def close_expired(self, now_ns: int) -> None:
         """Close files whose age limit has passed by ``now_ns`` (wall clock, ns since the
         epoch): a session that went quiet would otherwise keep its file open, unhashed,
         until its next packet. Call it about once a second."""
-        for session, file in list(self._files.items()):
+        for key, file in list(self._files.items()):
             if now_ns >= file.deadline_ns:
-                self.close(session)
+                self._finish(self._files.pop(key))
 
     def close_all(self) -> list[ClosedFile]:
         """Flush and close every file; return every closed file not yet taken."""
-        for session in list(self._files):
-            self.close(session)
+        for key in list(self._files):
+            self._finish(self._files.pop(key))
         return self.take_closed()
 
     @property
     def open_sessions(self) -> int:
-        return len(self._files)
+        return len({session for session, _ in self._files})
 
     def open_files(self) -> list[ClosedFile]:
         """The files being written, as far as they have reached the kernel, so their
@@ -326,7 +323,7 @@ class PcapStore:
         return recovered
 
     def _rotate(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile | None:
-        old = self._files.pop(session, None)
+        old = self._files.pop((session, linktype), None)
         if old is not None:
             self._finish(old)
         try:
@@ -334,7 +331,7 @@ class PcapStore:
         except OSError as error:
             self._count(error, 1)
             return None
-        self._files[session] = file
+        self._files[(session, linktype)] = file
         return file
 
     def _open(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
@@ -389,7 +386,7 @@ class PcapStore:
             except OSError:
                 # Cannot cut back the partial write: give the file up as a crash would
                 # leave it; recover() repairs it on the next start.
-                self._files.pop(file.session, None)
+                self._files.pop((file.session, file.linktype), None)
                 os.close(file.fd)
                 file.fd = -1
             return False

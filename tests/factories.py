@@ -28,7 +28,9 @@ def make_user(role: Role | None = None, *, username: str | None = None, **fields
         username=username or f"user{next(_numbers)}", password=PASSWORD, **fields
     )
     if role is not None:
-        user.groups.add(Group.objects.get(name=role.value))
+        # get_or_create: a transactional test before this one may have flushed the
+        # groups that migration 0002 made.
+        user.groups.add(Group.objects.get_or_create(name=role.value)[0])
     return user
 
 

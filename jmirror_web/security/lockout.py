@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from axes.helpers import get_client_username, get_cool_off
-from axes.signals import user_locked_out
+from axes.helpers import get_client_username, get_cool_off  # type: ignore[import-untyped,unused-ignore]
+from axes.signals import user_locked_out  # type: ignore[import-untyped,unused-ignore]
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render

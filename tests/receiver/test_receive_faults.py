@@ -435,12 +435,6 @@ def packets_in(directory: Path, pattern: str = "*.pcap") -> dict[int, list[bytes
     return by_linktype
 
 
-def packets_in_order(directory: Path) -> list[bytes]:
-    """A session directory's packets in file name (= time) order, whatever their link type:
-    a session whose packets switch between raw IP and PPP gets a file per switch."""
-    return [data for path in sorted(directory.glob("*.pcap")) for _, data in records(path)]
-
-
 def two_session_packets(site: Site, pattern: str = "*.pcap") -> tuple[list[bytes], list[bytes]]:
     """What the raw and the PPP session of :func:`two_sessions` have on disk."""
     raw = packets_in(site.directory_of(RAW_SID), pattern)
@@ -945,22 +939,26 @@ def stopped_line(receiver: ReceiverProcess) -> tuple[int, int, Counter[str]]:
     return int(found[1]), int(found[2]), Counter(ast.literal_eval(found[3]))
 
 
-def expected_fates(mixed: Sequence[Outbound]) -> tuple[Counter[str], dict[Path, list[bytes]]]:
+def expected_fates(
+    mixed: Sequence[Outbound],
+) -> tuple[Counter[str], dict[Path, dict[int, list[bytes]]]]:
     """How many datagrams go to each fate, and the packets each session directory must
-    hold (all its files in order), by the receiver's
+    hold by link type (a session has a file of each side by side), by the receiver's
     own decoder and a gate with the records of the module's database."""
     gate = Gate(
         [RouterRule(1, ROUTER)],
         [InterceptRule(1, LIID, 1, "CASE-FAULTS", MID, None, frozenset(), (0, 2**63), True, True)],
     )
     fates: Counter[str] = Counter()
-    stored: dict[Path, list[bytes]] = {}
+    stored: dict[Path, dict[int, list[bytes]]] = {}
     for datagram in mixed:
         reason, session = fate(gate, datagram)
         fates[reason] += 1
         if reason == "stored" and session is not None:
             directory = Path(session_directory_name(SessionKey(LIID, ROUTER, *session)))
-            stored.setdefault(directory, []).append(datagram.payload[8:])
+            linktype = LINKTYPE_FOR_KIND[decode_datagram(datagram.payload).inner]
+            by_linktype = stored.setdefault(directory, {})
+            by_linktype.setdefault(linktype, []).append(datagram.payload[8:])
     return fates, stored
 
 
@@ -996,15 +994,19 @@ def test_a_burst_of_100000_junk_datagrams_leaves_every_valid_packet_stored_and_a
         {reason: expected[reason] for reason in DROP_REASONS if expected[reason]}
     )
     on_disk = {
-        path.relative_to(site.sessions): packets_in_order(path) for path in site.sessions.iterdir()
+        path.relative_to(site.sessions): packets_in(path) for path in site.sessions.iterdir()
     }
     assert on_disk == stored
     # Whatever was neither malformed nor dropped was claimed: stored, or unstorable.
-    stored_count = sum(len(packets) for packets in on_disk.values())
+    stored_count = sum(len(packets) for kinds in on_disk.values() for packets in kinds.values())
     assert sent - malformed - sum(drops.values()) - stored_count == expected["unstorable"]
     # The claimed stream itself is all there, in order and byte-identical.
     for sid in (RAW_SID, PPP_SID):
-        session = on_disk[site.directory_of(sid).relative_to(site.sessions)]
+        session = [
+            packet
+            for packets in on_disk[site.directory_of(sid).relative_to(site.sessions)].values()
+            for packet in packets
+        ]
         wanted = of_session(claimed, sid)
         # In order as a subsequence: a mutation that changed nothing is a duplicate,
         # sent and stored like any other.

@@ -175,19 +175,18 @@ def test_a_file_rotates_when_packet_times_pass_the_age_limit(tmp_path):
     assert closed[1].path.name == "20231114T221420.123456789Z-000002.pcap"
 
 
-def test_a_packet_of_another_link_type_goes_to_a_new_file_of_that_type(tmp_path):
+def test_a_session_mixing_link_types_keeps_one_file_per_type_side_by_side(tmp_path):
     store = PcapStore(tmp_path)
-    store.write(SESSION, T0, ipv4(), LINKTYPE_RAW)
-    store.write(SESSION, T0 + 1, LCP_CONFIGURE_REQUEST, LINKTYPE_PPP_HDLC)
-    store.write(SESSION, T0 + 2, ppp(0x0021, ipv4()), LINKTYPE_PPP_HDLC)
-    store.write(SESSION, T0 + 3, ipv4(), LINKTYPE_RAW)
+    for step in range(50):  # alternating, as a PPP subscriber's mirror can
+        store.write(SESSION, T0 + 2 * step, ipv4(), LINKTYPE_RAW)
+        store.write(SESSION, T0 + 2 * step + 1, LCP_CONFIGURE_REQUEST, LINKTYPE_PPP_HDLC)
+    assert store.open_sessions == 1
 
     closed = store.close_all()
 
-    assert [(f.linktype, f.packets) for f in closed] == [
-        (LINKTYPE_RAW, 1),
-        (LINKTYPE_PPP_HDLC, 2),
-        (LINKTYPE_RAW, 1),
+    assert sorted((f.linktype, f.packets, f.first_ns, f.last_ns) for f in closed) == [
+        (LINKTYPE_PPP_HDLC, 50, T0 + 1, T0 + 99),
+        (LINKTYPE_RAW, 50, T0, T0 + 98),
     ]
     for file in closed:
         assert pcap_records(tmp_path / file.path)[0] == file.linktype
