@@ -27,7 +27,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET
@@ -361,3 +361,14 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
         }
     )
     return render(request, "console/packet.html", context)
+
+
+@login_required
+@require_GET
+def packet_jump(request: HttpRequest, session_id: int) -> HttpResponse:
+    """The session page's "open packet number" form: on to that packet's page, which
+    checks the right (and audits) itself."""
+    text = request.GET.get("number", "")
+    if not text.isdigit() or not 1 <= int(text) <= 2**63 - 1:
+        raise Http404
+    return redirect("console:packet", session_id=session_id, number=int(text))

@@ -10,6 +10,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("cases/<int:case_id>/", views.case_page, name="case"),
     path("sessions/<int:session_id>/", views.session_page, name="session"),
     path("sessions/<int:session_id>/packets/<int:number>/", packets.packet_detail, name="packet"),
+    path("sessions/<int:session_id>/packets/", packets.packet_jump, name="packet_jump"),
     path("health/", health.health_page, name="health"),
     path("unclaimed/", unclaimed.unclaimed_page, name="unclaimed"),
     path("unclaimed/<int:stream_id>/intercept/", unclaimed.create_intercept, name="map_unclaimed"),

@@ -1,0 +1,60 @@
+"""``manage.py demo``: records for trying the product with ``manage.py simulate``.
+
+A router for 127.0.0.1, an active case ``DEMO-1`` valid for 30 days with an intercept for
+mirror id 0x300 (simulate's default), and every superuser assigned to it, so that the
+traffic ``simulate`` sends to the embedded receiver is stored and shows live. Safe to run
+again: existing demo records are kept. Not for a production host: it makes a warrant.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
+
+DEMO_CASE = "DEMO-1"
+DEMO_LIID = "DEMO-LIID-1"
+DEMO_MIRROR_ID = 0x300
+
+
+class Command(BaseCommand):
+    help = "Create demo records (router 127.0.0.1, case DEMO-1, intercept for mid 0x300)."
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        now = timezone.now()
+        router, _ = Router.objects.get_or_create(
+            address="127.0.0.1", defaults={"name": "demo-router"}
+        )
+        case, made = Case.objects.get_or_create(
+            reference=DEMO_CASE,
+            defaults={
+                "title": "Demo case for simulated traffic",
+                "status": Case.Status.ACTIVE,
+                "valid_from": now - timedelta(minutes=5),
+                "valid_until": now + timedelta(days=30),
+            },
+        )
+        if not Intercept.objects.filter(liid=DEMO_LIID).exists():
+            intercept = Intercept(
+                case=case,
+                liid=DEMO_LIID,
+                intercept_id=DEMO_MIRROR_ID,
+                valid_from=case.valid_from,
+                valid_until=case.valid_until,
+            )
+            intercept.full_clean()
+            intercept.save()
+        for user in get_user_model().objects.filter(is_superuser=True, is_active=True):
+            CaseAssignment.objects.get_or_create(case=case, user=user)
+        self.stdout.write(
+            f"{'created' if made else 'kept'} case {DEMO_CASE}: router {router.address}, "
+            f"intercept {DEMO_LIID} for mirror id {DEMO_MIRROR_ID:#x}. Now run: "
+            ".venv/bin/python manage.py simulate --to 127.0.0.1:30030 --rate 20 --duration 120"
+        )

@@ -1,0 +1,30 @@
+"""manage.py demo: records that make simulate's traffic stored and visible."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from django.core.management import call_command
+
+from jmirror_web.intercepts.models import Case, CaseAssignment
+from receiver.gate import Claim
+from receiver.gate_loader import load_gate
+from tests.factories import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_demo_records_make_the_gate_claim_simulated_traffic_and_can_be_made_twice():
+    admin = make_user(is_superuser=True, is_staff=True)
+    out = io.StringIO()
+    call_command("demo", stdout=out)
+    call_command("demo", stdout=out)
+
+    claim = load_gate().claim("127.0.0.1", 0x300, 0x90, time.time_ns())
+    assert isinstance(claim, Claim)
+    assert claim.intercept.liid == "DEMO-LIID-1"
+    assert Case.objects.filter(reference="DEMO-1").count() == 1
+    assert CaseAssignment.objects.filter(user=admin, case__reference="DEMO-1").count() == 1
+    assert "kept case DEMO-1" in out.getvalue()
