@@ -83,6 +83,7 @@ def _entry(rule: InterceptRule) -> _Entry:
     return (rule.sid, rule.router_ids, start, end, rule)
 
 
+_FOREVER: Final = 2**63
 # Builds a Claim without NamedTuple's generated __new__, one Python call less per packet.
 _new_claim = tuple.__new__
 
@@ -144,6 +145,41 @@ class Gate:
             # scope in a different window may still be, so keep looking.
             reason = OUTSIDE_WINDOW
         return reason
+
+    def claim_span(
+        self, router_address: str, mid: int, sid: int, time_ns: int
+    ) -> tuple[Claim | DropReason, int, int]:
+        """:meth:`claim`'s answer and the span of receive times ``[low, high)`` around
+        ``time_ns`` over which it stays the same (no window of a rule that could claim the
+        packet starts or ends inside it), so the receive loop can reuse it per stream
+        until a warrant boundary. ``high`` is 2**63 when nothing is due to change."""
+        low, high = 0, _FOREVER
+        router = self._by_address.get(router_address)
+        if router is None:
+            return UNKNOWN_ROUTER, low, high
+        entries = self._by_mirror_id.get(mid & INTERCEPT_ID_MASK)
+        if entries is None:
+            return NO_INTERCEPT, low, high
+        result: Claim | DropReason = NO_INTERCEPT
+        found = False
+        for rule_sid, router_ids, start, end, rule in entries:
+            if rule_sid is not None and rule_sid != sid:
+                continue
+            if router_ids and router.router_id not in router_ids:
+                continue
+            for boundary in (start, end):
+                if boundary <= time_ns:
+                    low = max(low, boundary)
+                else:
+                    high = min(high, boundary)
+            if found:
+                continue
+            if start <= time_ns < end:
+                result = _new_claim(Claim, (router, rule))
+                found = True
+            else:
+                result = OUTSIDE_WINDOW
+        return result, low, high
 
 
 def _address_index(routers: Iterable[RouterRule]) -> dict[str, RouterRule]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from receiver.batch_receive import BatchReceiver
-from receiver.gate import Gate
+from receiver.gate import Claim, Gate
 from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
 
@@ -42,6 +42,8 @@ UNCLAIMED_LIMIT: Final = 10_000
 # New unclaimed streams remembered per tick: random junk makes a new "stream" of almost
 # every datagram, and every one of them is work for the database thread.
 UNCLAIMED_PER_TICK: Final = 1_000
+# Streams whose gate answer is remembered (see Capture._claim_and_store).
+CLAIM_CACHE_LIMIT: Final = 65_536
 # A bug hit by every datagram would otherwise log at the packet rate.
 INTERNAL_ERROR_LOG_EVERY: Final = 10_000
 _MAX_DATAGRAM: Final = 65_535
@@ -292,6 +294,8 @@ class Capture:
         # Every file closed by the last shutdown, for callers without a hook.
         self.final_closed: list[ClosedFile] = []
         self._sessions: dict[StreamKey, SessionDelta] = {}
+        self._claims: dict[StreamKey, tuple[int, int, Claim | str]] = {}
+        self._claims_gate: Gate | None = None
         self._unclaimed_since_tick: dict[StreamKey, Unclaimed] = {}
         self._tick_ns = int(tick_interval * 1e9)
         self._on_tick = tuple(on_tick)
@@ -320,8 +324,20 @@ class Capture:
 
     def _claim_and_store(self, payload: bytes, source: str, time_ns: int) -> None:
         mid, sid, inner = classify_datagram(payload)
-        claim = self.gate.claim(source, mid, sid, time_ns)
         key = (source, mid, sid)
+        # The gate's answer per stream, kept until the next warrant boundary or a new gate.
+        gate = self.gate
+        if gate is not self._claims_gate:
+            self._claims.clear()
+            self._claims_gate = gate
+        cached = self._claims.get(key)
+        if cached is not None and cached[0] <= time_ns < cached[1]:
+            claim = cached[2]
+        else:
+            claim, low, high = gate.claim_span(source, mid, sid, time_ns)
+            if len(self._claims) >= CLAIM_CACHE_LIMIT:
+                self._claims.clear()  # junk from many sources: bounded, not grown
+            self._claims[key] = (low, high, claim)
         if isinstance(claim, str):
             self.counters.drops[claim] += 1
             self._unclaimed(key, claim, time_ns)

@@ -1,6 +1,8 @@
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from receiver.gate import Claim, Gate, InterceptRule, RouterRule
 
@@ -132,3 +134,41 @@ def test_an_ipv4_router_is_recognised_through_a_dual_stack_listener():
 
 def test_an_ipv4_mapped_form_of_another_address_stays_unknown():
     assert gate(rule()).claim("::ffff:192.0.2.99", 0x300, 0x90, DURING) == "unknown_router"
+
+
+# claim_span: the same answer as claim(), and the same answer anywhere in its span.
+_windows = st.tuples(st.integers(0, 100), st.integers(0, 100)).map(sorted).map(tuple)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_windows, st.sampled_from([None, 0x90, 0x91]), st.booleans(), st.booleans()),
+        max_size=5,
+    ),
+    st.sampled_from(["192.0.2.1", "2001:db8::2", "198.51.100.9"]),
+    st.sampled_from([0x300, 0x40000300, 0x301]),
+    st.sampled_from([0x90, 0x91]),
+    st.integers(0, 110),
+    st.integers(0, 110),
+)
+def test_claim_span_agrees_with_claim_throughout_its_span(
+    specs, source, mid, sid, time_ns, other_time
+):
+    rules = [
+        rule(
+            intercept_id_pk=index + 1,
+            liid=f"L{index}",
+            window=window,
+            sid=pinned,
+            router_ids=frozenset({1}) if scoped else frozenset(),
+            active=active,
+        )
+        for index, (window, pinned, scoped, active) in enumerate(specs)
+    ]
+    checked = Gate([ROUTER, OTHER_ROUTER], rules)
+    result, low, high = checked.claim_span(source, mid, sid, time_ns)
+    assert result == checked.claim(source, mid, sid, time_ns)
+    assert low <= time_ns < high
+    if low <= other_time < high:
+        assert checked.claim(source, mid, sid, other_time) == result

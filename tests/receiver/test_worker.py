@@ -235,3 +235,18 @@ def test_listen_addresses_are_host_colon_port(text, expected):
 def test_a_listen_address_without_a_valid_port_is_refused(text):
     with pytest.raises(ValueError, match=r"HOST:PORT|IPv6|range"):
         parse_listen(text)
+
+
+def test_a_stream_stops_being_stored_the_moment_its_warrant_window_ends(start, tmp_path):
+    # The claim is remembered per stream, but only up to the window's end.
+    end = time.time_ns() + 1_500_000_000
+    running = start(Gate([ROUTER], [rule(0x300, window=(NOW - HOUR, end))]))
+    running.send(jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=1))
+    running.wait_for(lambda: running.datagrams() == 1)
+    time.sleep(max(end - time.time_ns(), 0) / 1e9 + 0.05)
+    running.send(jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=1))
+    running.wait_for(lambda: running.datagrams() == 2)
+    stop(running)
+
+    assert running.receiver.counters.drops == {"outside_window": 1}
+    assert len(stored_frames(tmp_path / "sessions")) == 1
