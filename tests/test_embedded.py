@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,32 +26,20 @@ from websockets.sync.client import connect
 
 from receiver.capture import iter_frames
 from receiver.management.commands.simulate import build_payloads
+from tests.e2e_helpers import ServedProduct
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "embedded demo passphrase 7"
 START_TIMEOUT = 180.0  # the first ./run may still be installing
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Product:
-    """``./run`` in its own process group, with its environment and output."""
+class RunProduct(ServedProduct):
+    """The product as ``./run`` starts it (install check, migrations, static files, first
+    administrator, then ``manage.py serve``), on free ports in its own data directory."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.http_port = free_port(socket.SOCK_STREAM)
-        self.udp_port = free_port(socket.SOCK_DGRAM)
-        self.env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-        }
+        super().__init__(data_dir)
         self.env.update(
-            JMIRROR_DATA_DIR=str(data_dir),
             JMIRROR_HTTP_PORT=str(self.http_port),
             JMIRROR_LISTEN=f"127.0.0.1:{self.udp_port}",
             JMIRROR_ADMIN_PASSWORD=ADMIN_PASSWORD,
@@ -67,50 +53,11 @@ class Product:
             text=True,
             start_new_session=True,
         )
-        self.output: list[str] = []
-
-    def wait_for_line(self, pattern: str, timeout: float) -> str:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.process.stdout.fileno(), False)
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if line:
-                self.output.append(line)
-                if re.search(pattern, line):
-                    return line
-                continue
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.output)}")
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(REPO / ".venv/bin/python"), "manage.py", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return result.stdout
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # Ctrl-C
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
 
 
 @pytest.fixture
-def product(tmp_path: Path) -> Iterator[Product]:
-    running = Product(tmp_path / "data")
+def product(tmp_path: Path) -> Iterator[RunProduct]:
+    running = RunProduct(tmp_path / "data")
     try:
         yield running
     finally:
@@ -156,11 +103,11 @@ def receive_json(websocket: Any, timeout: float) -> dict[str, Any]:
     return message
 
 
-def test_run_serves_the_live_view_and_stores_the_packets(product: Product, tmp_path: Path):
+def test_run_serves_the_live_view_and_stores_the_packets(product: RunProduct, tmp_path: Path):
     product.wait_for_line(r"created administrator 'admin'", START_TIMEOUT)
     product.wait_for_line(rf"receiving jmirror on 127\.0\.0\.1:{product.udp_port}", 60)
     product.wait_for_line(rf"serving http://127\.0\.0\.1:{product.http_port}/", 60)
-    case_id = int(product.manage("shell", "--no-imports", "-c", RECORDS).strip())
+    case_id = int(product.shell(RECORDS).strip())
     base = f"http://127.0.0.1:{product.http_port}"
     cookie = sign_in(base)
 
