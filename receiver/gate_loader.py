@@ -7,14 +7,17 @@ intercept or a router takes effect within two seconds without reloading every se
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import DatabaseError, connection
 from django.db.models import Count, Max
 
 from jmirror_web.intercepts.models import Case, Intercept, Router
 from receiver.gate import Gate, InterceptRule, RouterRule
 
+logger = logging.getLogger("receiver.receive")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -67,3 +70,26 @@ def gate_fingerprint() -> tuple[Any, ...]:
     links = Intercept.routers.through.objects.aggregate(count=Count("pk"), highest=Max("pk"))
     fingerprint += [links["count"], links["highest"]]
     return tuple(fingerprint)
+
+
+class GateWatcher:
+    """Keeps a capture's gate in step with the records: :meth:`refresh` (about once a
+    second) rebuilds it only when :func:`gate_fingerprint` changed, and keeps the old
+    one, logged, when the database does not answer."""
+
+    def __init__(self) -> None:
+        self._fingerprint = gate_fingerprint()
+        self.gate = load_gate()
+
+    def refresh(self) -> Gate:
+        try:
+            latest = gate_fingerprint()
+            if latest != self._fingerprint:
+                self.gate = load_gate()
+                self._fingerprint = latest
+                logger.info("records changed: gate reloaded (%r)", self.gate)
+        except DatabaseError as error:
+            logger.warning("cannot check the records (%s); keeping the gate", error)
+            # A broken connection is not reused; Django opens a new one on the next query.
+            connection.close()
+        return self.gate

@@ -132,3 +132,28 @@ def test_it_loads_in_a_fixed_number_of_queries(django_assert_num_queries):
         make_intercept(routers=[make_router()])
     with django_assert_num_queries(3):
         load_gate()
+
+
+def test_the_watcher_reloads_only_on_change_and_keeps_its_gate_when_the_database_fails(
+    monkeypatch,
+):
+    from django.db import OperationalError
+
+    from receiver import gate_loader
+    from receiver.gate_loader import GateWatcher
+
+    make_router(address="192.0.2.50")
+    watcher = GateWatcher()
+    first = watcher.gate
+    assert watcher.refresh() is first  # nothing changed: the same gate, not rebuilt
+
+    make_intercept(make_case(), intercept_id=0x777)
+    changed = watcher.refresh()
+    assert changed is not first
+    assert any(rule.mirror_id == 0x777 for rule in changed.intercepts)
+
+    def unreachable() -> object:
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(gate_loader, "gate_fingerprint", unreachable)
+    assert watcher.refresh() is changed

@@ -57,7 +57,7 @@ from jmirror_web.intercepts.models import Router
 from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError, iter_frames, iter_udp_datagrams
 from receiver.capture import Frame as CaptureFrame
 from receiver.gate import DROP_REASONS
-from receiver.gate_loader import gate_fingerprint, load_gate
+from receiver.gate_loader import GateWatcher
 from receiver.jmirror import WIRESHARK_DEFAULT_PORT
 from receiver.management.commands.decode import udp_port
 from receiver.management.commands.receive import Bookkeeper, file_path
@@ -425,26 +425,19 @@ class Command(BaseCommand):
         bookkeeper = Bookkeeper(root)
         bookkeeper.register()
         tally = Tally()
-        fingerprint = gate_fingerprint()
-        capture = Capture(load_gate(), PcapStore(root), on_tick=[bookkeeper.absorb, tally.absorb])
+        watcher = GateWatcher()
+        capture = Capture(watcher.gate, PcapStore(root), on_tick=[bookkeeper.absorb, tally.absorb])
         reader = _HashingReader(stream, size)
         outcome = Outcome()
         began = time.monotonic()
         next_write = began + WRITE_INTERVAL
 
         def periodic() -> None:
-            nonlocal next_write, fingerprint
+            nonlocal next_write
             now = time.monotonic()
             if now >= next_write:
                 next_write = now + WRITE_INTERVAL
-                try:
-                    latest = gate_fingerprint()
-                    if latest != fingerprint:
-                        capture.gate = load_gate()
-                        fingerprint = latest
-                        logger.info("records changed: gate reloaded (%r)", capture.gate)
-                except DatabaseError as error:
-                    logger.warning("cannot check the records (%s); keeping the gate", error)
+                capture.gate = watcher.refresh()
                 bookkeeper.write()
             elapsed = max(now - began, 1e-9)
             datagrams = capture.counters.datagrams

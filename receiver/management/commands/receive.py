@@ -40,7 +40,7 @@ from jmirror_web.intercepts.models import (
     UnclaimedStream,
 )
 from jmirror_web.intercepts.retention import scheduled_purge
-from receiver.gate_loader import gate_fingerprint, load_gate
+from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
 from receiver.store import ClosedFile, PcapStore
@@ -413,7 +413,7 @@ def serve(
     record_recovered(root, recovered)
     if recovered:
         logger.info("recovered %d files left open by an earlier receiver", len(recovered))
-    fingerprint = gate_fingerprint()
+    watcher = GateWatcher()
     bookkeeper = Bookkeeper(root)
     bookkeeper.register()
     snapshots: queue.Queue[Snapshot] = queue.Queue()
@@ -436,7 +436,7 @@ def serve(
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
     try:
         receiver = Receiver(
-            listen, load_gate(), PcapStore(root), rcvbuf=rcvbuf, on_tick=hooks, stop_event=stop
+            listen, watcher.gate, PcapStore(root), rcvbuf=rcvbuf, on_tick=hooks, stop_event=stop
         )
     except OSError:
         if metrics_server is not None:
@@ -446,7 +446,6 @@ def serve(
         logger.warning("%s", warning)
 
     def bookkeeping() -> None:
-        nonlocal fingerprint
         next_write = time.monotonic() + WRITE_INTERVAL
         next_purge = time.monotonic() + PURGE_FIRST_DELAY
         final = False
@@ -462,15 +461,7 @@ def serve(
                     continue
                 next_write = time.monotonic() + WRITE_INTERVAL
                 if not final:
-                    try:
-                        latest = gate_fingerprint()
-                        if latest != fingerprint:
-                            receiver.gate = load_gate()
-                            fingerprint = latest
-                            logger.info("records changed: gate reloaded (%r)", receiver.gate)
-                    except DatabaseError as error:
-                        logger.warning("cannot check the records (%s); keeping the gate", error)
-                        connection.close()
+                    receiver.gate = watcher.refresh()
                 bookkeeper.write()
                 if not final and time.monotonic() >= next_purge:
                     # Never raises: a failed purge is logged and tried again later.
