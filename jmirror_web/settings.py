@@ -166,6 +166,7 @@ INSTALLED_APPS = [
     "jmirror_web.api",
     "jmirror_web.live",
     "jmirror_web.console",
+    "jmirror_web.exports",
     "receiver",
     "jmirror_web.security",
 ]
@@ -319,6 +320,9 @@ JMIRROR_ALERT_SILENCE_MINUTES = env_int(
 # Days after its warrant ends that a new case's files are kept before they are purged
 # (each case can say otherwise; legal hold keeps them all). 36500 is the model's maximum.
 JMIRROR_RETENTION_DAYS = env_int("JMIRROR_RETENTION_DAYS", 365, minimum=0, maximum=36500)
+
+# The largest file the verify page accepts to hash (an export or a capture file), MiB.
+JMIRROR_VERIFY_MAX_MB = env_int("JMIRROR_VERIFY_MAX_MB", 4096, minimum=1, maximum=1024 * 1024)
 
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)

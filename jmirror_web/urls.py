@@ -8,5 +8,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/", include("jmirror_web.api.urls")),
+    path("", include("jmirror_web.exports.urls")),
     path("", include("jmirror_web.console.urls")),
 ]
