@@ -334,6 +334,11 @@ class CaptureFile(models.Model):
     # may still exist and must not be served. The row stays for the chain of custody.
     purged_at = models.DateTimeField(null=True, blank=True)
     file_deleted_at = models.DateTimeField(null=True, blank=True)
+    # Re-verification against the disk (jmirror_web.exports.verification): the last
+    # result stands, and a mismatch stays an alert until a later check finds the file OK.
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_ok = models.BooleanField(null=True, blank=True)
+    verify_detail = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["session", "first_packet", "pk"]

@@ -1,0 +1,142 @@
+"""The record of every export: what was asked, by whom, and exactly what left the system.
+
+An :class:`Export` row is made before the first byte is sent (state ``streaming``) and
+finished when the stream ends: ``complete`` with the SHA-256, size and packet count of
+the bytes the requester received (computed while streaming), ``aborted`` when the client
+went away, ``failed`` when a stored file could not be read. Its :meth:`Export.manifest`
+is the chain-of-custody document handed out afterwards.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from jmirror_web.intercepts.models import Case, Intercept, Session
+
+MANIFEST_SCHEMA: Final = "jmirror-web/export-manifest/1"
+
+
+def ns_text(time_ns: int | None) -> str | None:
+    """Nanoseconds since the epoch as ISO 8601 UTC with all nine digits (manifests keep
+    packet times exact: a datetime would cut them to the microsecond)."""
+    if time_ns is None:
+        return None
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{nanoseconds:09d}Z"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+class Export(models.Model):
+    class State(models.TextChoices):
+        STREAMING = "streaming", "streaming"
+        COMPLETE = "complete", "complete"
+        ABORTED = "aborted", "aborted by the client"
+        FAILED = "failed", "failed"
+
+    class Kind(models.TextChoices):
+        SESSION = "session", "one session"
+        INTERCEPT = "intercept", "all sessions of an intercept"
+
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="exports",
+    )
+    # Kept with the row: the chain of custody outlives a deleted user.
+    requester_name = models.CharField(max_length=150)
+    source_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.STREAMING)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="exports")
+    intercept = models.ForeignKey(Intercept, on_delete=models.PROTECT, related_name="exports")
+    # Null for an intercept export, which covers several sessions (see ``sources``).
+    session = models.ForeignKey(
+        Session, on_delete=models.PROTECT, related_name="exports", null=True, blank=True
+    )
+    format = models.CharField(max_length=8)  # engine.ExportFormat
+    member_format = models.CharField(max_length=8, blank=True)  # zip members' format
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    # {"addresses": [...], "ports": [...], "protocols": [...]}, empty lists when unfiltered.
+    packet_filter = models.JSONField(default=dict)
+    file_name = models.CharField(max_length=255)
+    comment = models.TextField(blank=True)  # the pcapng section comment
+    # Per session: id, router, mid, sid and the files read, each with its recorded SHA-256.
+    sources = models.JSONField(default=list)
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    size = models.PositiveBigIntegerField(default=0)
+    packets = models.PositiveBigIntegerField(default=0)
+    first_packet_ns = models.BigIntegerField(null=True, blank=True)
+    last_packet_ns = models.BigIntegerField(null=True, blank=True)
+    # Zip exports: member name -> {"sha256", "size", "packets"}.
+    members = models.JSONField(default=dict)
+    bytes_sent = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} {self.file_name}"
+
+    @property
+    def session_ids(self) -> list[int]:
+        return [int(source["session"]) for source in self.sources]
+
+    def manifest(self) -> dict[str, Any]:
+        """The export's chain-of-custody manifest, JSON-ready. ``schema`` names its
+        version: fields are only ever added under the same name."""
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "export": self.pk,
+            "state": self.state,
+            "kind": self.kind,
+            "requester": self.requester_name,
+            "source_address": self.source_address,
+            "created_at": _iso(self.created_at),
+            "completed_at": _iso(self.completed_at),
+            "case": {
+                "id": self.case_id,
+                "reference": self.case.reference,
+                "valid_from": _iso(self.case.valid_from),
+                "valid_until": _iso(self.case.valid_until),
+            },
+            "intercept": {"id": self.intercept_id, "liid": self.intercept.liid},
+            "sessions": [
+                {
+                    "id": source["session"],
+                    "router": source["router"],
+                    "router_address": source["router_address"],
+                    "mid": source["mid"],
+                    "sid": source["sid"],
+                    "files": source["files"],
+                }
+                for source in self.sources
+            ],
+            "window": {"start": _iso(self.window_start), "end": _iso(self.window_end)},
+            "filter": self.packet_filter,
+            "format": self.format,
+            "member_format": self.member_format or None,
+            "file_name": self.file_name,
+            "comment": self.comment,
+            "sha256": self.sha256 or None,
+            "size": self.size,
+            "packets": self.packets,
+            "first_packet": ns_text(self.first_packet_ns),
+            "last_packet": ns_text(self.last_packet_ns),
+            "members": self.members,
+            "bytes_sent": self.bytes_sent,
+            "error": self.error or None,
+        }
