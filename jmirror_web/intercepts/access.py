@@ -16,6 +16,11 @@ The rules, from the warrant outwards:
   and read by auditors; an analyst reads the records of the cases assigned to them.
 - The audit log is for auditors; service health for system administrators. Superusers
   have both, and every management right, but not content.
+- Re-verifying a case's stored files against their recorded SHA-256 (no content is
+  shown, only "matches" or not) is for the users who may download them and for LI
+  administrators, who answer for the records.
+- An export's manifest (hashes and parameters, no content) is for its requester, the
+  users who may download from its case, and auditors (:func:`may_see_export`).
 - Inactive and anonymous users may do nothing.
 """
 
@@ -44,6 +49,7 @@ class Action(StrEnum):
     VIEW_METADATA = "view_metadata"  # sessions, counters, 5-tuples
     VIEW_CONTENT = "view_content"  # packet bytes and decoded layers
     DOWNLOAD = "download"  # pcap exports
+    VERIFY_FILES = "verify_files"  # re-hash stored files against their recorded SHA-256
     # Not about one case
     MANAGE_RECORDS = "manage_records"  # create/change/delete cases, intercepts, routers
     VIEW_RECORDS = "view_records"  # every case, intercept and router, read-only
@@ -52,7 +58,13 @@ class Action(StrEnum):
 
 
 CASE_ACTIONS = frozenset(
-    {Action.VIEW_RECORD, Action.VIEW_METADATA, Action.VIEW_CONTENT, Action.DOWNLOAD}
+    {
+        Action.VIEW_RECORD,
+        Action.VIEW_METADATA,
+        Action.VIEW_CONTENT,
+        Action.DOWNLOAD,
+        Action.VERIFY_FILES,
+    }
 )
 _GLOBAL_RIGHTS: dict[Action, frozenset[Role]] = {
     Action.MANAGE_RECORDS: frozenset({Role.LI_ADMIN}),
@@ -102,6 +114,12 @@ def cases_for(user: Any, action: Action) -> QuerySet[Case]:
         if user.is_superuser or roles & _CONTENT_ROLES:
             return assigned
         return Case.objects.none()
+    if action == Action.VERIFY_FILES:
+        if user.is_superuser or Role.LI_ADMIN in roles:
+            return Case.objects.all()
+        if Role.ANALYST in roles:
+            return assigned
+        return Case.objects.none()
     if user.is_superuser or Role.LI_ADMIN in roles:
         return Case.objects.all()
     if action == Action.VIEW_RECORD and Role.AUDITOR in roles:
@@ -109,3 +127,13 @@ def cases_for(user: Any, action: Action) -> QuerySet[Case]:
     if Role.ANALYST in roles:
         return assigned
     return Case.objects.none()
+
+
+def may_see_export(user: Any, case: Case, requester_id: int | None) -> bool:
+    """Whether ``user`` may read the manifest of an export made from ``case`` by the user
+    ``requester_id``: its requester, whoever may download from the case, and auditors."""
+    if not _active(user):
+        return False
+    if requester_id is not None and user.pk == requester_id:
+        return True
+    return may(user, Action.VIEW_AUDIT) or may(user, Action.DOWNLOAD, case)

@@ -9,7 +9,13 @@ from tests.factories import assign, make_case, make_user
 
 pytestmark = pytest.mark.django_db
 
-CASE_ACTIONS = [Action.VIEW_RECORD, Action.VIEW_METADATA, Action.VIEW_CONTENT, Action.DOWNLOAD]
+CASE_ACTIONS = [
+    Action.VIEW_RECORD,
+    Action.VIEW_METADATA,
+    Action.VIEW_CONTENT,
+    Action.DOWNLOAD,
+    Action.VERIFY_FILES,
+]
 GLOBAL_ACTIONS = [
     Action.MANAGE_RECORDS,
     Action.VIEW_RECORDS,
@@ -19,11 +25,17 @@ GLOBAL_ACTIONS = [
 
 # What each kind of user may do on a case it is assigned to, and on one it is not.
 CASE_RIGHTS: dict[str, tuple[set[Action], set[Action]]] = {
-    "li-admin": (set(CASE_ACTIONS), {Action.VIEW_RECORD, Action.VIEW_METADATA}),
+    "li-admin": (
+        set(CASE_ACTIONS),
+        {Action.VIEW_RECORD, Action.VIEW_METADATA, Action.VERIFY_FILES},
+    ),
     "analyst": (set(CASE_ACTIONS), set()),
     "auditor": ({Action.VIEW_RECORD}, {Action.VIEW_RECORD}),
     "sysadmin": (set(), set()),
-    "superuser": (set(CASE_ACTIONS), {Action.VIEW_RECORD, Action.VIEW_METADATA}),
+    "superuser": (
+        set(CASE_ACTIONS),
+        {Action.VIEW_RECORD, Action.VIEW_METADATA, Action.VERIFY_FILES},
+    ),
     "no role": (set(), set()),
 }
 GLOBAL_RIGHTS: dict[str, set[Action]] = {
