@@ -13,12 +13,19 @@ below; add private helpers freely.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import ipaddress
-from collections.abc import Iterator, Sequence
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 CHUNK_BYTES: Final = 1024 * 1024
 
@@ -121,16 +128,740 @@ class ExportDigest:
 def check(request: ExportRequest) -> None:
     """Raise :class:`ExportError` when the export cannot be made (no session, pcap over
     sessions or link types that differ, a member format that is not pcap/pcapng,
-    a missing file). Cheap: reads at most file headers. Call before answering 200."""
-    raise NotImplementedError
+    a missing file). Cheap: reads at most file headers. Call before answering 200.
+
+    Which files count: those whose ``first_ns``/``last_ns`` (when given) meet the window;
+    a pcap export of a session that mixes link types is therefore fine when the window
+    keeps only one of them. A pcap export of several sessions with one link type is
+    allowed (their packets merge by time in one file), but pcapng keeps each session as
+    its own interface and is the better choice for an intercept.
+    """
+    _plan(request)
 
 
 def stream_export(request: ExportRequest, digest: ExportDigest) -> Iterator[bytes]:
     """Yield the export's bytes in chunks of at most :data:`CHUNK_BYTES`, in time order
-    across files and sessions, filling ``digest`` as it goes."""
-    raise NotImplementedError
+    across files and sessions, filling ``digest`` as it goes.
+
+    Runs :func:`check` first (when the iterator is first advanced). Packets with equal
+    times keep the order of the sessions in the request, then of their files. Files
+    whose times do not overlap are chained and copied in bulk; only overlapping files
+    are merged packet by packet. Each file is read in time order as the store writes it:
+    reading a file stops at its first packet at or after the window's end.
+
+    A stored path that no longer exists is looked for with ``.part`` appended (the file
+    is still being written); such a file is read up to its last whole record as it
+    stood when opened. A finished file that ends inside a record, or whose record
+    headers are garbage, raises :class:`SourceError` naming the file and the offset,
+    after every good byte before it was yielded.
+
+    ``digest.first_ns``/``last_ns`` are the times of the first and last packets
+    yielded (for a zip, the earliest and latest over its members).
+    """
+    plan = _plan(request)
+    if request.format is ExportFormat.ZIP:
+        pieces = _zip_pieces(plan, request, digest)
+    else:
+        pieces = _content_pieces(plan, request, request.format, digest)
+    sha = hashlib.sha256()
+    for chunk in _chunked(pieces):
+        sha.update(chunk)
+        digest.size += len(chunk)
+        digest.sha256 = sha.hexdigest()
+        yield chunk
+    digest.sha256 = sha.hexdigest()
+    digest.complete = True
 
 
 def read_linktype(path: Path) -> int:
     """The link type in a stored pcap file's header (:class:`SourceError` if it is not one)."""
-    raise NotImplementedError
+    stream, _growing = _open_source(path)
+    with stream:
+        return _read_header(stream, path.name)
+
+
+# Stored files: what receiver.store writes.
+_PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, version 2.4, thiszone, sigfigs, snaplen, link
+_RECORD = struct.Struct("<IIII")  # seconds, nanoseconds, included length, original length
+_PCAP_NANOSECOND_MAGIC: Final = 0xA1B23C4D
+_PCAP_HEADER_BYTES: Final = 24
+_SNAPLEN: Final = 262144  # also the largest record accepted: anything larger is garbage
+_NS: Final = 1_000_000_000
+_PART_SUFFIX: Final = ".part"
+_LINKTYPE_RAW: Final = 101
+_LINKTYPE_PPP_HDLC: Final = 50
+# A read brings a whole record (at most 16 + 256 KiB) along with the unread rest.
+_READ_BYTES: Final = CHUNK_BYTES
+_NEVER: Final = 1 << 64  # later than any time in ns
+
+# pcapng blocks (little-endian).
+_SHB_TYPE: Final = 0x0A0D0D0A
+_IDB_TYPE: Final = 1
+_EPB_TYPE: Final = 6
+_BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
+_SHB_BODY = struct.Struct("<IIIHHq")  # type, length, byte-order magic, 1, 0, section length
+_IDB_BODY = struct.Struct("<IIHHI")  # type, length, link type, reserved, snaplen
+_OPTION = struct.Struct("<HH")
+_U32 = struct.Struct("<I")
+# type, length, interface, time high, time low, captured length, original length
+_EPB_HEAD = struct.Struct("<IIIIIII")
+# The padding after the packet data and the block's trailing length, in one pack.
+_EPB_TAILS: Final = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))
+_OPT_COMMENT: Final = 1
+_OPT_SHB_USERAPPL: Final = 4
+_OPT_IF_NAME: Final = 2
+_OPT_IF_DESCRIPTION: Final = 3
+_OPT_IF_TSRESOL: Final = 9
+_APPLICATION: Final = "jmirror-web"
+
+# The inner packet, for the filter.
+_PPP_IPV4: Final = 0x0021
+_PPP_IPV6: Final = 0x0057
+_PORT_PROTOCOLS: Final = frozenset({6, 17, 132})  # TCP, UDP, SCTP
+_IPV6_FRAGMENT: Final = 44
+_IPV6_AUTHENTICATION: Final = 51  # its length counts 4-byte units, the others 8-byte units
+# hop-by-hop, routing, destination options, mobility, HIP, shim6
+_IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
+
+_MEMBER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_ZIP_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
+
+_Match = Callable[[bytes, int, int, int], bool]
+_Piece = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One selected file: its link type as read from its header, and where it sorts."""
+
+    source: SourceFile
+    linktype: int
+    order: int  # tie-breaker for equal times: session order in the request, then file order
+    session: int  # index in the request's sessions
+
+
+@dataclass(frozen=True)
+class _SessionPlan:
+    session: SessionSource
+    inputs: list[_Input]
+    linktypes: list[int]  # of the selected files, sorted; an interface each in pcapng
+
+
+def _plan(request: ExportRequest) -> list[_SessionPlan]:
+    """Validate the request and select, order and describe its files (headers only)."""
+    if not request.sessions:
+        raise ExportError("There is nothing to export: choose at least one session.")
+    if request.format not in tuple(ExportFormat):
+        raise ExportError(f"Unknown export format {request.format!r}: choose pcap, pcapng or zip.")
+    if request.format is ExportFormat.ZIP and request.member_format not in (
+        ExportFormat.PCAP,
+        ExportFormat.PCAPNG,
+    ):
+        raise ExportError(
+            f"A zip export holds pcap or pcapng files, not {request.member_format}: "
+            "choose pcap or pcapng for its members."
+        )
+    window = request.window
+    plans: list[_SessionPlan] = []
+    order = 0
+    for session in request.sessions:
+        selected: list[tuple[int, str, SourceFile, int]] = []
+        for source in session.files:
+            if not _may_meet(source, window):
+                continue
+            stream, _growing = _open_source(source.path)
+            with stream:
+                linktype = _read_header(stream, source.path.name)
+            first = -1 if source.first_ns is None else source.first_ns
+            selected.append((first, source.path.name, source, linktype))
+        selected.sort(key=lambda item: (item[0], item[1]))
+        linktypes = sorted({item[3] for item in selected})
+        inputs = []
+        for _first, _name, source, linktype in selected:
+            inputs.append(_Input(source, linktype, order, len(plans)))
+            order += 1
+        plans.append(_SessionPlan(session, inputs, linktypes))
+    if request.format is ExportFormat.PCAP:
+        _one_linktype([linktype for plan in plans for linktype in plan.linktypes], "These packets")
+    elif request.format is ExportFormat.ZIP and request.member_format is ExportFormat.PCAP:
+        for plan in plans:
+            _one_linktype(plan.linktypes, f"Session {plan.session.name}")
+    return plans
+
+
+def _may_meet(source: SourceFile, window: Window) -> bool:
+    """False when the file's recorded times show it entirely outside the window."""
+    before = (
+        source.last_ns is not None
+        and window.start_ns is not None
+        and source.last_ns < window.start_ns
+    )
+    after = (
+        source.first_ns is not None
+        and window.end_ns is not None
+        and source.first_ns >= window.end_ns
+    )
+    return not (before or after)
+
+
+def _one_linktype(linktypes: list[int], what: str) -> None:
+    if len(set(linktypes)) > 1:
+        names = " and ".join(_linktype_name(linktype) for linktype in sorted(set(linktypes)))
+        raise ExportError(
+            f"{what} mix link types ({names}), which one pcap file cannot hold: "
+            "export as pcapng instead."
+            if what == "These packets"
+            else f"{what} mixes link types ({names}), which one pcap file cannot hold: "
+            "choose pcapng for the zip's members."
+        )
+
+
+def _linktype_name(linktype: int) -> str:
+    if linktype == _LINKTYPE_RAW:
+        return "raw IP"
+    if linktype == _LINKTYPE_PPP_HDLC:
+        return "PPP"
+    return f"link type {linktype}"
+
+
+def _open_source(path: Path) -> tuple[BinaryIO, bool]:
+    """The stored file opened for reading, and whether it is still being written.
+
+    A file being written is ``<path>.part`` until the store closes it: tried second,
+    and the final name once more in case it was renamed in between."""
+    part = path.with_name(path.name + _PART_SUFFIX)
+    growing = path.name.endswith(_PART_SUFFIX)
+    for candidate, is_part in ((path, growing), (part, True), (path, growing)):
+        try:
+            return open(candidate, "rb", buffering=0), is_part
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise SourceError(
+                f"The stored file {path.name} cannot be read ({error.strerror})."
+            ) from error
+    raise SourceError(f"The stored file {path.name} is missing.")
+
+
+def _read_header(stream: BinaryIO, name: str) -> int:
+    try:
+        header = stream.read(_PCAP_HEADER_BYTES)
+    except OSError as error:
+        raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
+    if len(header) < _PCAP_HEADER_BYTES:
+        raise SourceError(f"The stored file {name} is shorter than a pcap file header.")
+    magic, major, _minor, _zone, _sigfigs, _snaplen, linktype = _PCAP_HEADER.unpack(header)
+    if magic != _PCAP_NANOSECOND_MAGIC or major != 2:
+        raise SourceError(
+            f"The stored file {name} is not a nanosecond pcap file "
+            f"(it starts with 0x{header[:4].hex()})."
+        )
+    return int(linktype)
+
+
+class _Cursor:
+    """Reads one stored file's records in order, a buffer of whole records at a time."""
+
+    __slots__ = (
+        "base",
+        "buffer",
+        "done",
+        "growing",
+        "head",
+        "input",
+        "interface",
+        "linktype",
+        "match",
+        "name",
+        "pos",
+        "remaining",
+        "start_ns",
+        "stream",
+    )
+
+    def __init__(self, item: _Input, window: Window, match: _Match | None, interface: int) -> None:
+        self.input = item
+        self.name = item.source.path.name
+        self.linktype = item.linktype
+        self.interface = interface  # pcapng interface id
+        self.match = match
+        self.start_ns = -1 if window.start_ns is None else window.start_ns
+        self.stream: BinaryIO | None = None
+        self.growing = False
+        self.buffer = b""
+        self.pos = 0
+        self.base = _PCAP_HEADER_BYTES  # file offset of buffer[0]
+        self.remaining = 0  # bytes still to read, up to the size when opened
+        self.head: int | None = None  # time of the record at pos, when a scan stopped on it
+        self.done = False
+
+    def open(self) -> None:
+        self.stream, self.growing = _open_source(self.input.source.path)
+        _read_header(self.stream, self.name)
+        self.remaining = os.fstat(self.stream.fileno()).st_size - _PCAP_HEADER_BYTES
+
+    def close(self) -> None:
+        self.done = True
+        self.buffer = b""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def _refill(self) -> bool:
+        """Keep the unread rest of the buffer and read more; False at the end of the file."""
+        rest = self.buffer[self.pos :]
+        data = b""
+        if self.remaining > 0 and self.stream is not None:
+            try:
+                data = self.stream.read(min(_READ_BYTES, self.remaining))
+            except OSError as error:
+                raise SourceError(
+                    f"The stored file {self.name} cannot be read at byte "
+                    f"{self.base + self.pos} ({error.strerror})."
+                ) from error
+        if not data:
+            if rest and not self.growing:
+                raise SourceError(
+                    f"The stored file {self.name} is truncated: it ends inside the record "
+                    f"at byte {self.base + self.pos}."
+                )
+            return False  # a file being written: its partial last record is not there yet
+        self.remaining -= len(data)
+        self.base += self.pos
+        self.buffer = rest + data if rest else data
+        self.pos = 0
+        return True
+
+    def scan(self, limit: int) -> tuple[int, int, int, int, int]:
+        """The next run of wanted records in ``buffer``: ``(start, end, count, first_ns,
+        last_ns)``, ``count`` possibly 0.
+
+        A run stops before a record at or after ``limit`` (then ``head`` is its time,
+        or ``done`` is set when it is at or after the window's end, which the caller put
+        in ``limit``), at the buffer's end, before a record the filter drops, or at the
+        end of the file (``done``). Records before the window's start are skipped."""
+        buffer = self.buffer
+        pos = self.pos
+        available = len(buffer)
+        unpack = _RECORD.unpack_from
+        match = self.match
+        linktype = self.linktype
+        start_ns = self.start_ns
+        nanoseconds = _NS
+        snaplen = _SNAPLEN
+        start = pos
+        count = first = last = 0
+        self.head = None
+        while True:
+            if pos + 16 <= available:
+                seconds, fraction, length, _original = unpack(buffer, pos)
+                if length > snaplen or fraction >= nanoseconds:
+                    raise SourceError(
+                        f"The stored file {self.name} is corrupt at byte {self.base + pos}: "
+                        "its record header is not valid."
+                    )
+                end = pos + 16 + length
+            else:
+                end = available + 1
+            if end > available:
+                if count:
+                    break
+                self.pos = pos
+                if not self._refill():
+                    self.done = True
+                    break
+                buffer = self.buffer
+                pos = start = 0
+                available = len(buffer)
+                continue
+            time = seconds * nanoseconds + fraction
+            if time < start_ns:
+                if count:
+                    break
+                pos = start = end
+                continue
+            if time >= limit:
+                self.head = time
+                break
+            if match is not None and not match(buffer, pos + 16, end, linktype):
+                if count:
+                    break
+                pos = start = end
+                continue
+            if not count:
+                first = time
+            count += 1
+            last = time
+            pos = end
+        self.pos = pos
+        return start, pos, count, first, last
+
+
+_Run = tuple[_Cursor, int, int, int, int, int]
+
+
+def _runs(
+    inputs: Iterable[_Input],
+    window: Window,
+    match: _Match | None,
+    interfaces: dict[tuple[int, int], int] | None = None,
+) -> Iterator[_Run]:
+    """Runs of wanted records over ``inputs``, merged in (time, order) order:
+    ``(cursor, start, end, count, first_ns, last_ns)``, the bytes being
+    ``cursor.buffer[start:end]`` until the next run is asked for. ``interfaces`` gives
+    each (session, link type) its pcapng interface id.
+
+    A file is opened only when the merge reaches its ``first_ns`` (a lower bound of its
+    times), so files that do not overlap are read one after the other, each in one run
+    per buffer, and at most the overlapping files are open at once."""
+    end_ns = _NEVER if window.end_ns is None else window.end_ns
+    heap: list[tuple[int, int, _Cursor]] = []
+    for item in inputs:
+        key = -1 if item.source.first_ns is None else item.source.first_ns
+        interface = interfaces[item.session, item.linktype] if interfaces else 0
+        heap.append((key, item.order, _Cursor(item, window, match, interface)))
+    heapq.heapify(heap)
+    try:
+        while heap:
+            _key, order, cursor = heapq.heappop(heap)
+            if cursor.stream is None:
+                cursor.open()
+                cursor.scan(-1)  # stops on the first record in the window, if any
+                if cursor.done or cursor.head is None or cursor.head >= end_ns:
+                    cursor.close()
+                else:
+                    heapq.heappush(heap, (cursor.head, order, cursor))
+                continue
+            if heap:
+                next_time, next_order, _next = heap[0]
+                # Equal times go to the earlier file, then the other's turn.
+                limit = next_time + 1 if order < next_order else next_time
+                limit = min(limit, end_ns)
+            else:
+                limit = end_ns
+            while True:
+                start, end, count, first, last = cursor.scan(limit)
+                if count:
+                    yield cursor, start, end, count, first, last
+                if cursor.done:
+                    cursor.close()
+                    break
+                if cursor.head is not None:
+                    if cursor.head >= end_ns:
+                        cursor.close()
+                    else:
+                        heapq.heappush(heap, (cursor.head, order, cursor))
+                    break
+    finally:
+        for _key, _order, cursor in heap:
+            cursor.close()
+
+
+def _count(digest: ExportDigest, count: int, first: int, last: int) -> None:
+    digest.packets += count
+    if digest.first_ns is None:
+        digest.first_ns = first
+    digest.last_ns = last
+
+
+def _pcap_pieces(
+    plans: Sequence[_SessionPlan], window: Window, digest: ExportDigest, match: _Match | None = None
+) -> Iterator[_Piece]:
+    """A pcap file: its header, then the stored records as they are (bulk copies)."""
+    inputs = [item for plan in plans for item in plan.inputs]
+    linktypes = {item.linktype for item in inputs}
+    linktype = linktypes.pop() if linktypes else _fallback_linktype(plans)
+    yield _PCAP_HEADER.pack(_PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype)
+    for cursor, start, end, count, first, last in _runs(inputs, window, match):
+        _count(digest, count, first, last)
+        yield memoryview(cursor.buffer)[start:end]
+
+
+def _fallback_linktype(plans: Sequence[_SessionPlan]) -> int:
+    """The link type of an empty pcap file: the sessions' own, else raw IP."""
+    for plan in plans:
+        for source in plan.session.files:
+            if source.linktype:
+                return source.linktype
+    return _LINKTYPE_RAW
+
+
+def _pcapng_pieces(
+    plans: Sequence[_SessionPlan], comment: str, window: Window, digest: ExportDigest,
+    match: _Match | None = None,
+) -> Iterator[_Piece]:  # fmt: skip
+    """A pcapng section: SHB, an IDB per (session, link type), then an EPB per record."""
+    head = bytearray(_section_header(comment))
+    interfaces: dict[tuple[int, int], int] = {}
+    inputs = []
+    for plan in plans:
+        for linktype in plan.linktypes:
+            head += _interface_description(linktype, plan.session.name, plan.session.description)
+            interfaces[plan.inputs[0].session, linktype] = len(interfaces)
+        inputs += plan.inputs
+    yield bytes(head)
+    unpack = _RECORD.unpack_from
+    pack_head = _EPB_HEAD.pack
+    tails = _EPB_TAILS
+    nanoseconds = _NS
+    out = bytearray()
+    for cursor, start, end, count, first, last in _runs(inputs, window, match, interfaces):
+        _count(digest, count, first, last)
+        interface = cursor.interface
+        view = memoryview(cursor.buffer)
+        pos = start
+        while pos < end:
+            seconds, fraction, length, original = unpack(view, pos)
+            time = seconds * nanoseconds + fraction
+            pad = -length & 3
+            total = 32 + length + pad
+            out += pack_head(
+                _EPB_TYPE, total, interface, time >> 32, time & 0xFFFFFFFF, length, original
+            )
+            pos += 16
+            out += view[pos : pos + length]
+            out += tails[pad].pack(total)
+            pos += length
+        if len(out) >= CHUNK_BYTES:
+            yield out
+            out = bytearray()
+    if out:
+        yield out
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return _OPTION.pack(code, len(value)) + value + bytes(-len(value) & 3)
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    length = 12 + len(body)
+    return _U32.pack(block_type) + _U32.pack(length) + body + _U32.pack(length)
+
+
+def _section_header(comment: str) -> bytes:
+    options = b""
+    if comment:
+        options += _option(_OPT_COMMENT, comment.encode())
+    options += _option(_OPT_SHB_USERAPPL, _APPLICATION.encode()) + _OPTION.pack(0, 0)
+    body = _SHB_BODY.pack(0, 0, _BYTE_ORDER_MAGIC, 1, 0, -1)[8:] + options
+    return _block(_SHB_TYPE, body)
+
+
+def _interface_description(linktype: int, name: str, description: str) -> bytes:
+    options = b""
+    if name:
+        options += _option(_OPT_IF_NAME, name.encode())
+    if description:
+        options += _option(_OPT_IF_DESCRIPTION, description.encode())
+    options += _option(_OPT_IF_TSRESOL, bytes([9])) + _OPTION.pack(0, 0)
+    body = _IDB_BODY.pack(0, 0, linktype, 0, _SNAPLEN)[8:] + options
+    return _block(_IDB_TYPE, body)
+
+
+def _content_pieces(
+    plans: Sequence[_SessionPlan], request: ExportRequest, form: ExportFormat, digest: ExportDigest
+) -> Iterator[_Piece]:
+    match = _matcher(request.packet_filter)
+    if form is ExportFormat.PCAP:
+        return _pcap_pieces(plans, request.window, digest, match)
+    return _pcapng_pieces(plans, request.comment, request.window, digest, match)
+
+
+class _ZipSink:
+    """What the zip writer writes, kept until drained: zipfile streams to an object with
+    no ``tell``/``seek`` (data descriptors after each member)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[_Piece] = []
+
+    def write(self, data: _Piece, /) -> int:
+        self.pieces.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> list[_Piece]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
+
+
+def _zip_pieces(
+    plans: Sequence[_SessionPlan], request: ExportRequest, digest: ExportDigest
+) -> Iterator[_Piece]:
+    """A zip (stored, zip64) with one pcap or pcapng member per session."""
+    sink = _ZipSink()
+    extension = request.member_format.value
+    names: set[str] = set()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for plan in plans:
+            name = _member_name(plan.session.name, extension, names)
+            info = zipfile.ZipInfo(name, _zip_time(plan))
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o640 << 16
+            member = ExportDigest()
+            sha = hashlib.sha256()
+            with archive.open(info, "w", force_zip64=True) as stream:
+                for piece in _content_pieces([plan], request, request.member_format, member):
+                    sha.update(piece)
+                    member.size += len(piece)
+                    stream.write(piece)
+                    yield from sink.drain()
+            yield from sink.drain()
+            digest.members[name] = (sha.hexdigest(), member.size, member.packets)
+            digest.packets += member.packets
+            if member.first_ns is not None:
+                firsts = [member.first_ns] + ([] if digest.first_ns is None else [digest.first_ns])
+                digest.first_ns = min(firsts)
+            if member.last_ns is not None:
+                lasts = [member.last_ns] + ([] if digest.last_ns is None else [digest.last_ns])
+                digest.last_ns = max(lasts)
+    yield from sink.drain()
+
+
+def _member_name(session_name: str, extension: str, taken: set[str]) -> str:
+    """A zip member name from a session name: ``[A-Za-z0-9._-]`` only, no leading dot,
+    unique in the archive."""
+    stem = _MEMBER_NAME_UNSAFE.sub("_", session_name).lstrip(".")[:100] or "session"
+    name = f"{stem}.{extension}"
+    number = 1
+    while name in taken:
+        number += 1
+        name = f"{stem}-{number}.{extension}"
+    taken.add(name)
+    return name
+
+
+def _zip_time(plan: _SessionPlan) -> tuple[int, int, int, int, int, int]:
+    """The member's date: its session's first stored packet (UTC) when known, so the same
+    export gives the same bytes; else 1980-01-01, zip's epoch."""
+    firsts = [item.source.first_ns for item in plan.inputs if item.source.first_ns is not None]
+    if not firsts:
+        return _ZIP_EPOCH
+    moment = datetime.fromtimestamp(min(firsts) // _NS, UTC)
+    if moment.year < 1980 or moment.year > 2107:
+        return _ZIP_EPOCH
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+def _chunked(pieces: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes]:
+    """The pieces' bytes regrouped in chunks of :data:`CHUNK_BYTES` (the last one shorter)."""
+    pending = bytearray()
+    for piece in pieces:
+        view = memoryview(piece)
+        while len(pending) + len(view) >= CHUNK_BYTES:
+            take = CHUNK_BYTES - len(pending)
+            if pending:
+                pending += view[:take]
+                chunk = bytes(pending)
+                pending.clear()
+            else:
+                chunk = bytes(view[:take])
+            view = view[take:]
+            yield chunk
+        pending += view
+        view.release()
+    if pending:
+        yield bytes(pending)
+
+
+def _matcher(packet_filter: PacketFilter) -> _Match | None:
+    """A test of one stored packet ``(buffer, start, end, linktype)`` against the filter,
+    or None when the filter is empty (every packet wanted)."""
+    if packet_filter.empty:
+        return None
+    addresses = frozenset(address.packed for address in packet_filter.addresses)
+    ports = packet_filter.ports
+    protocols = packet_filter.protocols
+
+    def match(buffer: bytes, start: int, end: int, linktype: int) -> bool:
+        inner = _inner_ip(buffer, start, end, linktype)
+        if inner is None:
+            return False
+        protocol, source, destination, transport = inner
+        if protocols and protocol not in protocols:
+            return False
+        if addresses and source not in addresses and destination not in addresses:
+            return False
+        if ports:
+            if transport < 0 or transport + 4 > end or protocol not in _PORT_PROTOCOLS:
+                return False
+            if (
+                buffer[transport] << 8 | buffer[transport + 1] not in ports
+                and buffer[transport + 2] << 8 | buffer[transport + 3] not in ports
+            ):
+                return False
+        return True
+
+    return match
+
+
+def _inner_ip(
+    buffer: bytes, start: int, end: int, linktype: int
+) -> tuple[int, bytes, bytes, int] | None:
+    """``(IP protocol, source, destination, offset of the transport header or -1)`` of the
+    IP packet in a stored record, None when there is none (PPP control, garbage).
+
+    PPP in HDLC framing may omit its address and control fields and shorten its protocol
+    field to one byte (ACFC, PFC). The transport offset is -1 for a fragment other than
+    the first, which carries no ports."""
+    if linktype == _LINKTYPE_PPP_HDLC:
+        if end - start >= 2 and buffer[start] == 0xFF and buffer[start + 1] == 0x03:
+            start += 2
+        if start >= end:
+            return None
+        protocol = buffer[start]
+        if protocol & 1:
+            start += 1
+        elif start + 2 <= end:
+            protocol = protocol << 8 | buffer[start + 1]
+            start += 2
+        else:
+            return None
+        if protocol not in (_PPP_IPV4, _PPP_IPV6):
+            return None
+    elif linktype != _LINKTYPE_RAW:
+        return None
+    if start >= end:
+        return None
+    version = buffer[start] >> 4
+    if version == 4:
+        if start + 20 > end:
+            return None
+        header = (buffer[start] & 0x0F) * 4
+        fragment_offset = (buffer[start + 6] & 0x1F) << 8 | buffer[start + 7]
+        transport = start + header if header >= 20 and not fragment_offset else -1
+        return (
+            buffer[start + 9],
+            buffer[start + 12 : start + 16],
+            buffer[start + 16 : start + 20],
+            transport,
+        )
+    if version == 6:
+        if start + 40 > end:
+            return None
+        next_header = buffer[start + 6]
+        source = buffer[start + 8 : start + 24]
+        destination = buffer[start + 24 : start + 40]
+        position = start + 40
+        while next_header in _IPV6_EXTENSIONS or next_header in (
+            _IPV6_FRAGMENT,
+            _IPV6_AUTHENTICATION,
+        ):
+            if position + 8 > end:
+                return next_header, source, destination, -1
+            if next_header == _IPV6_FRAGMENT:
+                if (buffer[position + 2] << 8 | buffer[position + 3]) >> 3:
+                    return buffer[position], source, destination, -1
+                length = 8
+            elif next_header == _IPV6_AUTHENTICATION:
+                length = (buffer[position + 1] + 2) * 4
+            else:
+                length = (buffer[position + 1] + 1) * 8
+            next_header = buffer[position]
+            position += length
+        return next_header, source, destination, position
+    return None
