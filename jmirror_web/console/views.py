@@ -34,6 +34,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
+from jmirror_web.exports.forms import ExportForm
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import (
     Case,
@@ -421,8 +422,19 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "case": case,
             "files": files,
             "content": may(request.user, Action.VIEW_CONTENT, case),
-            # Filled in by the evidence download issue; until then no link is shown.
-            "download_url": None,
+            "download_url": (
+                reverse("exports:session", args=[session.pk])
+                if may(request.user, Action.DOWNLOAD, case)
+                else None
+            ),
+            "download_form": ExportForm(),
+            "verify_url": (
+                reverse("exports:verify_session_files", args=[session.pk])
+                if may(request.user, Action.VERIFY_FILES, case)
+                else None
+            ),
+            # A file whose last re-verification failed stays flagged until one succeeds.
+            "altered": [file for file, _ in files if file.verify_ok is False],
             "live": live,
             "live_rows": LIVE_ROWS,
         },

@@ -111,7 +111,7 @@ def test_the_live_data_is_this_sessions_subscription_and_totals(client: Client, 
     }
 
 
-def test_the_page_has_the_live_list_controls_and_no_download_link_yet(
+def test_the_page_has_the_live_list_controls_and_the_download_form(
     client: Client, session: Session
 ):
     analyst = make_user(Role.ANALYST)
@@ -119,7 +119,7 @@ def test_the_page_has_the_live_list_controls_and_no_download_link_yet(
     text = open_page(client, analyst, session).content.decode()
     for control in ("data-pause", "data-filters", "data-chart", "data-packets", "data-list-note"):
         assert control in text
-    assert "Download" not in text
+    assert f'action="{reverse("exports:session", args=[session.pk])}"' in text
     # No inline script: only the JSON block and the static files.
     assert text.count("<script") == 4
     assert 'type="application/json"' in text

@@ -1,0 +1,595 @@
+"""Exports between the web and the engine: which files, which window, which name, and
+the Export record kept while the bytes stream out.
+
+The views and the API do the same four things through here:
+
+1. :func:`prepare_session_export` / :func:`prepare_intercept_export` turn records and
+   validated parameters into an engine request, or raise :class:`ExportRefused` with one
+   sentence for the user (a window outside the warrant, purged files...). File paths
+   come only from CaptureFile rows under ``settings.DATA_DIR``, never from a request.
+2. :func:`start` creates the Export row (state ``streaming``) and audits ``export.start``.
+3. :func:`streaming_response` hands the bytes to Django: an async iterator under ASGI,
+   where a sync one would be read whole into memory first (Django's
+   ``StreamingHttpResponse.__aiter__`` consumes sync iterators with ``list``), and a sync
+   one under WSGI and the test client, where an async one would be consumed whole.
+4. :class:`ExportStream` finishes the row when the stream ends: ``export.complete`` with
+   the digest computed while streaming, ``export.aborted`` with the bytes handed to the
+   server when the client went away, ``export.failed`` when a file could not be read.
+
+Refusals of any kind are audited as ``export.refused`` (:func:`audit_refusal`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.db.models import F, Q
+from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
+
+from jmirror_web.audit.log import client_address, record
+from jmirror_web.exports import engine
+from jmirror_web.exports.engine import (
+    ExportDigest,
+    ExportError,
+    ExportFormat,
+    ExportRequest,
+    PacketFilter,
+    SessionSource,
+    SourceFile,
+    Window,
+)
+from jmirror_web.exports.models import Export
+from jmirror_web.intercepts.models import CaptureFile, Intercept, Session
+from receiver.store import PART_SUFFIX
+
+CONTENT_TYPES: Final = {
+    ExportFormat.PCAP: "application/vnd.tcpdump.pcap",
+    ExportFormat.PCAPNG: "application/x-pcapng",
+    ExportFormat.ZIP: "application/zip",
+}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+class ExportRefused(Exception):
+    """The export cannot be made as asked. ``str(error)`` is one sentence for the user;
+    ``field`` names the form field at fault, if one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ExportParameters:
+    """What the requester asked for, validated (by :mod:`jmirror_web.exports.forms`)."""
+
+    format: ExportFormat
+    start: datetime | None = None
+    end: datetime | None = None
+    packet_filter: PacketFilter = field(default_factory=PacketFilter)
+    member_format: ExportFormat = ExportFormat.PCAPNG  # ZIP only
+
+    def filter_json(self) -> dict[str, list[Any]]:
+        return {
+            "addresses": sorted(str(a) for a in self.packet_filter.addresses),
+            "ports": sorted(self.packet_filter.ports),
+            "protocols": sorted(self.packet_filter.protocols),
+        }
+
+    def audit_details(self) -> dict[str, Any]:
+        return {
+            "format": str(self.format),
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "filter": self.filter_json(),
+        }
+
+
+@dataclass
+class PreparedExport:
+    """An export checked and ready to stream; nothing is recorded yet."""
+
+    kind: Export.Kind
+    intercept: Intercept
+    session: Session | None
+    parameters: ExportParameters
+    sessions: list[tuple[Session, list[CaptureFile]]]
+    file_name: str
+    engine_request: ExportRequest
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Times ---------------------------------------------------------------------------------
+
+
+def to_ns(moment: datetime) -> int:
+    """An aware datetime as integer nanoseconds since the epoch (exact: no float)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _shown(moment: datetime) -> str:
+    text = f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text
+
+
+def warrant_window(intercept: Intercept) -> tuple[datetime, datetime]:
+    """When the intercept may have stored anything: its own window inside its case's."""
+    case = intercept.case
+    return max(case.valid_from, intercept.valid_from), min(case.valid_until, intercept.valid_until)
+
+
+def _check_window(parameters: ExportParameters, intercept: Intercept) -> tuple[datetime, datetime]:
+    """The window to export: the asked one, which must lie inside the warrant, with an
+    unbounded side taken from the warrant. Exports never reach outside the warrant, even
+    when a record was changed after the packets were stored."""
+    allowed_from, allowed_until = warrant_window(intercept)
+    start, end = parameters.start, parameters.end
+    if start is not None and end is not None and start >= end:
+        raise ExportRefused("The window's start must be before its end.", "end")
+    if (start is not None and not allowed_from <= start < allowed_until) or (
+        end is not None and not allowed_from < end <= allowed_until
+    ):
+        raise ExportRefused(
+            f"The window must lie inside the warrant: case {intercept.case.reference}, "
+            f"intercept {intercept.liid}, allows {_shown(allowed_from)} to "
+            f"{_shown(allowed_until)} UTC.",
+            "start" if start is not None and not allowed_from <= start < allowed_until else "end",
+        )
+    return start or allowed_from, end or allowed_until
+
+
+# Files ---------------------------------------------------------------------------------
+
+
+def file_path(capture: CaptureFile) -> Path:
+    """The file of a CaptureFile row, which must lie under the data directory (the
+    receiver writes there; a row naming anything else is refused rather than read). A
+    file still being written has the ``.part`` suffix until it closes."""
+    root = Path(settings.DATA_DIR).resolve()
+    path = (root / capture.path).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ExportRefused(
+            f"Capture file {capture.pk} is recorded outside the data directory; it is not exported."
+        )
+    if not capture.closed and not path.exists():
+        part = path.with_name(path.name + PART_SUFFIX)
+        if part.exists():
+            return part
+    return path
+
+
+def _files_in(session: Session, start: datetime, end: datetime) -> list[CaptureFile]:
+    """The session's files that may hold packets in ``[start, end)``; refused when any of
+    them was purged (an export missing part of its window would mislead)."""
+    files = list(
+        session.files.filter(
+            Q(first_packet__isnull=True) | Q(first_packet__lt=end),
+            Q(last_packet__isnull=True) | Q(last_packet__gte=start),
+        ).order_by(F("first_packet").asc(nulls_last=True), "pk")
+    )
+    purged = [each for each in files if each.purged_at is not None]
+    if purged:
+        raise ExportRefused(
+            f"{len(purged)} capture file(s) of session {session.sid:#x} in this window were "
+            "purged under the case's retention period; their packets cannot be exported."
+        )
+    return files
+
+
+def _ns_bounds(capture: CaptureFile) -> tuple[int | None, int | None]:
+    # The row's times are cut to the microsecond; the last one is widened to the end of
+    # its microsecond so that no packet of the file is taken to lie outside it.
+    first = to_ns(capture.first_packet) if capture.first_packet else None
+    last = to_ns(capture.last_packet) + 999 if capture.last_packet else None
+    return first, last
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.")[:40] or "x"
+
+
+def _stamp(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def _session_name(session: Session) -> str:
+    return f"{_safe(session.router.name)}_mid-{session.mid:08x}_sid-{session.sid:08x}"
+
+
+def _session_source(session: Session, files: list[CaptureFile]) -> SessionSource:
+    return SessionSource(
+        name=_session_name(session),
+        description=(
+            f"{session.intercept.liid if session.intercept else ''} router "
+            f"{session.router.name} ({session.router.address}) mid {session.mid:#x} "
+            f"sid {session.sid:#x}"
+        ),
+        files=[
+            SourceFile(file_path(each), 0, *_ns_bounds(each))
+            for each in files  # linktype 0: the engine reads it from the file's header
+        ],
+    )
+
+
+def _source_record(session: Session, files: list[CaptureFile]) -> dict[str, Any]:
+    return {
+        "session": session.pk,
+        "router": session.router.name,
+        "router_address": session.router.address,
+        "mid": f"{session.mid:#x}",
+        "sid": f"{session.sid:#x}",
+        "files": [
+            {
+                "id": each.pk,
+                "name": Path(each.path).name,
+                "sha256": each.sha256 or None,
+                "packets": each.packets,
+                "closed": each.closed,
+            }
+            for each in files
+        ],
+    }
+
+
+def _check_engine(engine_request: ExportRequest) -> None:
+    try:
+        engine.check(engine_request)
+    except ExportError as error:
+        raise ExportRefused(str(error)) from None
+
+
+# Preparing -----------------------------------------------------------------------------
+
+
+def prepare_session_export(session: Session, parameters: ExportParameters) -> PreparedExport:
+    """One session, whole or in a window, filtered or not, as one pcap or pcapng file."""
+    intercept = session.intercept
+    if intercept is None:
+        raise ExportRefused("This session belongs to no intercept; it cannot be exported.")
+    if parameters.format not in (ExportFormat.PCAP, ExportFormat.PCAPNG):
+        raise ExportRefused("A session is exported as pcap or pcapng.", "format")
+    start, end = _check_window(parameters, intercept)
+    if start > session.last_seen or end <= session.first_seen:
+        raise ExportRefused(
+            f"Session {session.sid:#x} has no traffic in that window: its packets span "
+            f"{_shown(session.first_seen)} to {_shown(session.last_seen)} UTC.",
+            "start",
+        )
+    files = _files_in(session, start, end)
+    if not files:
+        raise ExportRefused(f"Session {session.sid:#x} has no stored file in that window.")
+    shown_start = parameters.start or session.first_seen
+    shown_end = parameters.end or session.last_seen
+    name = (
+        f"{_safe(intercept.liid)}_{_safe(session.router.name)}_sid-{session.sid:08x}_"
+        f"{_stamp(shown_start)}-{_stamp(shown_end)}.{parameters.format}"
+    )
+    engine_request = ExportRequest(
+        sessions=[_session_source(session, files)],
+        format=parameters.format,
+        window=Window(to_ns(start), to_ns(end)),
+        packet_filter=parameters.packet_filter,
+    )
+    _check_engine(engine_request)
+    return PreparedExport(
+        kind=Export.Kind.SESSION,
+        intercept=intercept,
+        session=session,
+        parameters=parameters,
+        sessions=[(session, files)],
+        file_name=name,
+        engine_request=engine_request,
+        sources=[_source_record(session, files)],
+    )
+
+
+def prepare_intercept_export(intercept: Intercept, parameters: ExportParameters) -> PreparedExport:
+    """Every session of an intercept with traffic in the window: one pcapng (an interface
+    per session) or a zip of per-session files."""
+    if parameters.format not in (ExportFormat.PCAPNG, ExportFormat.ZIP):
+        raise ExportRefused(
+            "An intercept is exported as one pcapng file or a zip of per-session files.", "format"
+        )
+    start, end = _check_window(parameters, intercept)
+    sessions = list(
+        intercept.sessions.filter(first_seen__lt=end, last_seen__gte=start)
+        .select_related("router")
+        .order_by("first_seen", "pk")
+    )
+    chosen = [(session, _files_in(session, start, end)) for session in sessions]
+    chosen = [(session, files) for session, files in chosen if files]
+    if not chosen:
+        raise ExportRefused(
+            f"Intercept {intercept.liid} has no stored traffic between {_shown(start)} and "
+            f"{_shown(end)} UTC.",
+            "start",
+        )
+    first_seen = min(session.first_seen for session, _ in chosen)
+    last_seen = max(session.last_seen for session, _ in chosen)
+    extension = "zip" if parameters.format == ExportFormat.ZIP else "pcapng"
+    name = (
+        f"{_safe(intercept.liid)}_all-sessions_"
+        f"{_stamp(parameters.start or first_seen)}-{_stamp(parameters.end or last_seen)}"
+        f".{extension}"
+    )
+    engine_request = ExportRequest(
+        sessions=[_session_source(session, files) for session, files in chosen],
+        format=parameters.format,
+        window=Window(to_ns(start), to_ns(end)),
+        packet_filter=parameters.packet_filter,
+        member_format=parameters.member_format,
+    )
+    _check_engine(engine_request)
+    return PreparedExport(
+        kind=Export.Kind.INTERCEPT,
+        intercept=intercept,
+        session=None,
+        parameters=parameters,
+        sessions=chosen,
+        file_name=name,
+        engine_request=engine_request,
+        sources=[_source_record(session, files) for session, files in chosen],
+    )
+
+
+def section_comment(export: Export, prepared: PreparedExport) -> str:
+    """The pcapng section comment: who exported what, from which warrant, when."""
+    intercept = prepared.intercept
+    parameters = prepared.parameters
+    lines = [
+        f"jmirror-web evidence export {export.pk}",
+        f"LIID: {intercept.liid}",
+        f"Case: {intercept.case.reference} ({intercept.case.agency})",
+    ]
+    for session, _ in prepared.sessions:
+        lines.append(
+            f"Session: router {session.router.name} ({session.router.address}) "
+            f"mid {session.mid:#x} sid {session.sid:#x}"
+        )
+    lines += [
+        f"Window: {_iso(parameters.start) or 'session start'} to "
+        f"{_iso(parameters.end) or 'session end'} (UTC)",
+        f"Filter: {parameters.filter_json() if not parameters.packet_filter.empty else 'none'}",
+        f"Requester: {export.requester_name}",
+        f"Exported at: {_iso(export.created_at)}",
+    ]
+    return "\n".join(lines)
+
+
+# Recording -----------------------------------------------------------------------------
+
+
+def audit_refusal(
+    request: HttpRequest,
+    obj: Session | Intercept | Export | None,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record a refused export or manifest request, whatever refused it."""
+    record("export.refused", obj, request=request, details={"reason": reason, **(details or {})})
+
+
+def start(prepared: PreparedExport, request: HttpRequest) -> ExportStream:
+    """Record the export (state streaming, ``export.start``) and open its byte stream."""
+    user = request.user
+    parameters = prepared.parameters
+    export = Export.objects.create(
+        requester=user if user.is_authenticated else None,
+        requester_name=user.get_username(),
+        source_address=client_address(request),
+        kind=prepared.kind,
+        case=prepared.intercept.case,
+        intercept=prepared.intercept,
+        session=prepared.session,
+        format=parameters.format,
+        member_format=parameters.member_format if parameters.format == ExportFormat.ZIP else "",
+        window_start=parameters.start,
+        window_end=parameters.end,
+        packet_filter=parameters.filter_json(),
+        file_name=prepared.file_name,
+        sources=prepared.sources,
+    )
+    export.comment = section_comment(export, prepared)
+    export.save(update_fields=["comment"])
+    engine_request = ExportRequest(
+        sessions=prepared.engine_request.sessions,
+        format=prepared.engine_request.format,
+        window=prepared.engine_request.window,
+        packet_filter=prepared.engine_request.packet_filter,
+        comment=export.comment,
+        member_format=prepared.engine_request.member_format,
+    )
+    record(
+        "export.start",
+        export,
+        request=request,
+        details={
+            "kind": str(prepared.kind),
+            "file_name": export.file_name,
+            "sessions": export.session_ids,
+            **parameters.audit_details(),
+        },
+    )
+    return ExportStream(export, engine_request, request)
+
+
+class ExportStream:
+    """One export's bytes, and the bookkeeping when they end (see the module docstring).
+
+    The engine's generator may be advanced from a worker thread (ASGI) while the server
+    closes the response from another: a lock keeps the two apart, so that ``close`` waits
+    for the chunk being read instead of closing a running generator.
+    """
+
+    def __init__(self, export: Export, engine_request: ExportRequest, request: HttpRequest):
+        self.export = export
+        self.digest = ExportDigest()
+        self._chunks: Iterator[bytes] = engine.stream_export(engine_request, self.digest)
+        self._request = request
+        self._lock = threading.Lock()
+        self._finished = False
+        self.bytes_sent = 0
+
+    def next_chunk(self) -> bytes | None:
+        """The next chunk, or None at the end. Raises :class:`ExportError` (no DB access:
+        safe from any thread)."""
+        with self._lock:
+            if self._finished:
+                return None
+            chunk = next(self._chunks, None)
+            if chunk is not None:
+                self.bytes_sent += len(chunk)
+            return chunk
+
+    def _details(self) -> dict[str, Any]:
+        return {
+            "requester": self.export.requester_name,
+            "file_name": self.export.file_name,
+            "sessions": self.export.session_ids,
+            "format": self.export.format,
+            "start": _iso(self.export.window_start),
+            "end": _iso(self.export.window_end),
+            "filter": self.export.packet_filter,
+        }
+
+    def complete(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        digest = self.digest
+        export = self.export
+        export.state = Export.State.COMPLETE
+        export.completed_at = timezone.now()
+        export.sha256, export.size, export.packets = digest.sha256, digest.size, digest.packets
+        export.first_packet_ns, export.last_packet_ns = digest.first_ns, digest.last_ns
+        export.members = {
+            name: {"sha256": sha256, "size": size, "packets": packets}
+            for name, (sha256, size, packets) in digest.members.items()
+        }
+        export.bytes_sent = self.bytes_sent
+        export.save()
+        record(
+            "export.complete",
+            export,
+            request=self._request,
+            details={
+                **self._details(),
+                "sha256": export.sha256,
+                "size": export.size,
+                "packets": export.packets,
+            },
+        )
+
+    def fail(self, error: Exception) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._close_chunks()
+        self._end(Export.State.FAILED, "export.failed", str(error))
+
+    def close(self) -> None:
+        """Called by Django when the response is closed: an export not finished by then
+        lost its client."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._close_chunks()
+        self._end(Export.State.ABORTED, "export.aborted", "")
+
+    def _close_chunks(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    def _end(self, state: Export.State, action: str, error: str) -> None:
+        export = self.export
+        export.state = state
+        export.completed_at = timezone.now()
+        export.bytes_sent = self.bytes_sent
+        export.error = error
+        export.save(update_fields=["state", "completed_at", "bytes_sent", "error"])
+        record(
+            action,
+            export,
+            request=self._request,
+            details={**self._details(), "bytes_sent": self.bytes_sent, "error": error or None},
+        )
+
+
+class _SyncBody:
+    """The body for WSGI and the sync test client."""
+
+    def __init__(self, stream: ExportStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self._stream.next_chunk()
+            except ExportError as error:
+                self._stream.fail(error)
+                raise  # the server cuts the connection: the client sees an incomplete file
+            if chunk is None:
+                self._stream.complete()
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncBody:
+    """The body under ASGI: each chunk is read in a worker thread, so the event loop
+    never waits on the disk and only one chunk is in memory at a time."""
+
+    def __init__(self, stream: ExportStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        step = sync_to_async(self._stream.next_chunk, thread_sensitive=False)
+        while True:
+            try:
+                chunk = await step()
+            except ExportError as error:
+                await sync_to_async(self._stream.fail)(error)
+                raise
+            if chunk is None:
+                await sync_to_async(self._stream.complete)()
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def streaming_response(stream: ExportStream, request: HttpRequest) -> StreamingHttpResponse:
+    """The download response: attachment, never cached, named and numbered."""
+    export = stream.export
+    body: _SyncBody | _AsyncBody = (
+        _AsyncBody(stream) if isinstance(request, ASGIRequest) else _SyncBody(stream)
+    )
+    response = StreamingHttpResponse(body, content_type=CONTENT_TYPES[ExportFormat(export.format)])
+    response["Content-Disposition"] = f'attachment; filename="{export.file_name}"'
+    response["Cache-Control"] = "no-store"
+    response["X-Export-Id"] = str(export.pk)
+    return response

@@ -1,0 +1,370 @@
+"""Downloading one session from the pages: whole, in a window, filtered, in pcap and
+pcapng; every export compared packet by packet with what the store wrote, its recorded
+SHA-256 with the bytes received, and every refusal explained and audited."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from jmirror_web.exports.forms import MAX_FILTER_ITEMS
+from jmirror_web.exports.models import Export
+from receiver.store import LINKTYPE_RAW
+from tests.jmirror_web.exports.evidence import (
+    SECOND,
+    Stored,
+    body,
+    events,
+    frames_of,
+    iso,
+    sha256,
+    stored_session,
+    tshark_count,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def download(client: Client, stored: Stored, **params: str) -> Any:
+    return client.get(reverse("exports:session", args=[stored.session.pk]), params)
+
+
+def expected(
+    stored: Stored, keep: Any = lambda time_ns, data: True
+) -> list[tuple[int, int, bytes]]:
+    return [(t, LINKTYPE_RAW, data) for t, data in stored.frames if keep(t, data)]
+
+
+@pytest.mark.parametrize("export_format", ["pcap", "pcapng"])
+def test_the_whole_session_comes_out_as_stored_and_its_hash_is_recorded(
+    client: Client, stored: Stored, analyst: User, export_format: str
+) -> None:
+    assert len(stored.files) == 3  # rotated: the export merges them
+    client.force_login(analyst)
+    response = download(client, stored, format=export_format)
+    assert response.status_code == 200
+    data = body(response)
+    assert frames_of(data) == expected(stored)
+
+    export = Export.objects.get()
+    assert response["X-Export-Id"] == str(export.pk)
+    assert export.state == Export.State.COMPLETE
+    assert export.sha256 == sha256(data)
+    assert (export.size, export.packets) == (len(data), 12)
+    assert export.requester == analyst
+    assert export.first_packet_ns == stored.frames[0][0]
+    assert export.last_packet_ns == stored.frames[-1][0]
+    # The manifest lists the files read, in time order, with their recorded SHA-256.
+    assert [f["sha256"] for f in export.sources[0]["files"]] == [
+        f.sha256 for f in reversed(stored.files)
+    ]
+    complete = events("export.complete")
+    assert len(complete) == 1
+    assert complete[0].actor == analyst
+    assert complete[0].details["sha256"] == sha256(data)
+    assert complete[0].details["packets"] == 12
+    assert complete[0].details["format"] == export_format
+    assert len(events("export.start")) == 1
+
+
+def test_headers_name_the_file_from_liid_router_sid_and_window(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    response = download(client, stored, format="pcapng")
+    body(response)
+    session = stored.session
+    first = session.first_seen.strftime("%Y%m%dT%H%M%SZ")
+    last = session.last_seen.strftime("%Y%m%dT%H%M%SZ")
+    name = (
+        f"{stored.intercept.liid}_{stored.router.name}_sid-{session.sid:08x}_{first}-{last}.pcapng"
+    )
+    assert response["Content-Disposition"] == f'attachment; filename="{name}"'
+    assert response["Content-Type"] == "application/x-pcapng"
+    assert response["Cache-Control"] == "no-store"
+    pcap = download(client, stored, format="pcap")
+    body(pcap)
+    assert pcap["Content-Type"] == "application/vnd.tcpdump.pcap"
+
+
+def test_the_pcapng_section_comment_says_what_was_exported_by_whom(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    data = body(download(client, stored, format="pcapng"))
+    export = Export.objects.get()
+    for part in (
+        f"LIID: {stored.intercept.liid}",
+        f"Case: {stored.case.reference}",
+        f"router {stored.router.name}",
+        f"sid {stored.session.sid:#x}",
+        f"Requester: {analyst.username}",
+        f"evidence export {export.pk}",
+    ):
+        assert part in export.comment
+    assert export.comment.encode() in data
+
+
+def test_a_window_gives_exactly_the_packets_inside_it(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    start_ns = stored.frames[3][0]  # inclusive
+    end_ns = stored.frames[8][0]  # exclusive
+    response = download(client, stored, format="pcap", start=iso(start_ns), end=iso(end_ns))
+    assert response.status_code == 200
+    data = body(response)
+    # The row times are cut to the microsecond: the window starts at packet 3's
+    # microsecond, so packet 3 (at .123456789) is in and packet 8 is out.
+    assert frames_of(data) == expected(stored)[3:8]
+    export = Export.objects.get()
+    assert export.sha256 == sha256(data)
+    assert export.packets == 5
+    assert export.window_start is not None
+    assert events("export.complete")[0].details["start"] == iso(start_ns)
+
+
+def test_a_window_given_with_an_offset_or_without_one_is_utc(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    start = stored.session.first_seen + timedelta(seconds=2)
+    local = (start + timedelta(hours=13)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "+13:00"
+    naive = start.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    with_offset = frames_of(body(download(client, stored, format="pcap", start=local)))
+    without = frames_of(body(download(client, stored, format="pcap", start=naive)))
+    assert with_offset == without == expected(stored)[2:]
+
+
+@pytest.mark.parametrize(
+    ("params", "keep"),
+    [
+        ({"addresses": "203.0.113.8"}, lambda i: i % 4 == 1),
+        ({"ports": "443"}, lambda i: i % 4 == 0),
+        ({"protocols": "icmp"}, lambda i: i % 4 == 2),
+        ({"protocols": "udp"}, lambda i: i % 4 in (1, 3)),
+        ({"protocols": "17, 6", "addresses": "203.0.113.7"}, lambda i: i % 4 == 0),
+    ],
+)
+def test_filters_keep_exactly_the_matching_packets(
+    client: Client, stored: Stored, analyst: User, params: dict[str, str], keep: Any
+) -> None:
+    client.force_login(analyst)
+    response = download(client, stored, format="pcapng", **params)
+    assert response.status_code == 200
+    data = body(response)
+    wanted = [frame for i, frame in enumerate(expected(stored)) if keep(i)]
+    assert wanted
+    assert frames_of(data) == wanted
+    assert Export.objects.get().packets == len(wanted)
+
+
+@pytest.mark.parametrize("export_format", ["pcap", "pcapng"])
+def test_tshark_opens_the_export(
+    client: Client, stored: Stored, analyst: User, export_format: str, tmp_path: Path
+) -> None:
+    client.force_login(analyst)
+    path = tmp_path / f"export.{export_format}"
+    path.write_bytes(body(download(client, stored, format=export_format)))
+    assert tshark_count(path) == 12
+
+
+def test_a_session_over_many_files_with_out_of_order_rows_comes_out_in_time_order(
+    client: Client, data_dir: Path
+) -> None:
+    many = stored_session(data_dir, count=30, rotate_seconds=2)
+    assert len(many.files) == 15
+    user = _analyst_of(many)
+    client.force_login(user)
+    data = body(download(client, many, format="pcap"))
+    times = [time_ns for time_ns, _, _ in frames_of(data)]
+    assert times == sorted(times)
+    assert frames_of(data) == expected(many)
+
+
+# Refusals ------------------------------------------------------------------------------
+
+
+def _analyst_of(stored: Stored) -> User:
+    from jmirror_web.intercepts.access import Role
+    from tests.factories import assign, make_user
+
+    user = make_user(Role.ANALYST)
+    assign(user, stored.case)
+    return user
+
+
+def refused(response: Any, message: str) -> None:
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Export.objects.exists()
+    refusals = events("export.refused")
+    assert refusals, "the refusal is audited"
+    assert message.replace("&#x27;", "'") in str(refusals[-1].details["reason"]) or (
+        refusals[-1].details["reason"] == "invalid parameters"
+    )
+
+
+def test_a_window_outside_the_warrant_is_refused_naming_the_allowed_range(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    before = stored.case.valid_from - timedelta(hours=1)
+    response = download(client, stored, format="pcap", start=before.isoformat())
+    allowed = f"allows {stored.case.valid_from:%Y-%m-%d %H:%M:%S}"
+    refused(response, "The window must lie inside the warrant")
+    assert allowed in response.content.decode()
+    after = stored.case.valid_until + timedelta(hours=1)
+    refused(download(client, stored, format="pcap", end=after.isoformat()), "inside the warrant")
+
+
+def test_a_window_inside_the_case_but_outside_the_intercept_is_refused(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    intercept = stored.intercept
+    intercept.valid_from = stored.session.first_seen - timedelta(minutes=1)
+    intercept.save()
+    client.force_login(analyst)
+    start = intercept.valid_from - timedelta(minutes=5)
+    refused(
+        download(client, stored, format="pcap", start=start.isoformat()),
+        f"intercept {intercept.liid}, allows {intercept.valid_from:%Y-%m-%d %H:%M:%S}",
+    )
+
+
+def test_a_window_where_the_session_has_no_traffic_is_refused(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    later = stored.session.last_seen + timedelta(minutes=1)
+    response = download(client, stored, format="pcap", start=later.isoformat())
+    refused(response, "has no traffic in that window: its packets span")
+
+
+def test_a_window_that_ends_before_it_starts_is_refused(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    start = stored.session.first_seen + timedelta(seconds=5)
+    response = download(
+        client,
+        stored,
+        format="pcap",
+        start=start.isoformat(),
+        end=stored.session.first_seen.isoformat(),
+    )
+    refused(response, "The window&#x27;s end must be after its start.")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"format": "pcap", "start": "yesterday"}, "Enter a time as ISO 8601"),
+        ({"format": "pcap", "end": "2026-13-45T99:00"}, "Enter a time as ISO 8601"),
+        ({"format": "tar"}, "Select a valid choice. tar is not one of the available choices."),
+        ({"format": "zip"}, "Select a valid choice. zip is not one of the available choices."),
+        ({"start": "2026-01-01T00:00:00Z"}, "This field is required."),
+        (
+            {
+                "format": "pcap",
+                "addresses": " ".join(f"10.0.0.{i}" for i in range(MAX_FILTER_ITEMS + 1)),
+            },
+            f"At most {MAX_FILTER_ITEMS} addresses.",
+        ),
+        (
+            {"format": "pcap", "addresses": "10.0.0.300"},
+            "&#x27;10.0.0.300&#x27; is not an IPv4 or IPv6 address.",
+        ),
+        ({"format": "pcap", "ports": "65536"}, "&#x27;65536&#x27; is not a port (0 to 65535)."),
+        ({"format": "pcap", "ports": ",".join(["1"] * 17)}, f"At most {MAX_FILTER_ITEMS} ports."),
+        ({"format": "pcap", "protocols": "quic"}, "&#x27;quic&#x27; is not a protocol"),
+        ({"format": "pcap", "protocols": "256"}, "&#x27;256&#x27; is not a protocol"),
+    ],
+)
+def test_bad_parameters_get_the_form_back_with_a_clear_message(
+    client: Client, stored: Stored, analyst: User, params: dict[str, str], message: str
+) -> None:
+    client.force_login(analyst)
+    response = download(client, stored, **params)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Export.objects.exists()
+    assert events("export.refused")[-1].details["reason"] == "invalid parameters"
+
+
+def test_without_parameters_the_page_is_the_form(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    response = download(client, stored)
+    assert response.status_code == 200
+    assert 'name="format"' in response.content.decode()
+    assert not Export.objects.exists()
+
+
+def test_purged_files_are_not_served(client: Client, stored: Stored, analyst: User) -> None:
+    purged = stored.files[-1]  # the oldest file (rows were made newest first)
+    purged.purged_at = timezone.now()
+    purged.save()
+    client.force_login(analyst)
+    refused(download(client, stored, format="pcap"), "were purged under the case")
+    # A window after the purged file is still served, without the purged packets.
+    assert purged.last_packet is not None
+    start = purged.last_packet + timedelta(seconds=1)
+    data = body(download(client, stored, format="pcap", start=start.isoformat()))
+    assert frames_of(data) == [f for f in expected(stored) if f[0] >= stored.frames[4][0]]
+
+
+def test_a_file_missing_from_disk_is_refused_before_anything_is_sent(
+    client: Client, stored: Stored, analyst: User, data_dir: Path
+) -> None:
+    (data_dir / stored.files[0].path).unlink()
+    client.force_login(analyst)
+    response = download(client, stored, format="pcap")
+    assert response.status_code == 400
+    assert not Export.objects.exists()
+    assert events("export.refused")
+
+
+def test_a_capture_file_row_pointing_outside_the_data_directory_is_refused(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    escaped = stored.files[0]
+    escaped.path = "../../etc/passwd"
+    escaped.save()
+    client.force_login(analyst)
+    refused(download(client, stored, format="pcap"), "recorded outside the data directory")
+
+
+def test_a_client_that_goes_away_leaves_an_aborted_export(client: Client, data_dir: Path) -> None:
+    big = stored_session(
+        data_dir, count=3000, rotate_seconds=3600, payloads=[b"E" + bytes(999)] * 3000
+    )
+    user = _analyst_of(big)
+    client.force_login(user)
+    response = download(client, big, format="pcap")
+    first = next(iter(response.streaming_content))
+    response.close()
+    export = Export.objects.get()
+    assert export.state == Export.State.ABORTED
+    assert export.bytes_sent >= len(first) > 0
+    assert export.sha256 == ""
+    aborted = events("export.aborted")
+    assert len(aborted) == 1
+    assert aborted[0].details["bytes_sent"] == export.bytes_sent
+    assert not events("export.complete")
+
+
+def test_packets_between_whole_seconds_keep_their_nanoseconds(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    data = body(download(client, stored, format="pcapng"))
+    assert [t % SECOND for t, _, _ in frames_of(data)] == [123_456_789] * 12
