@@ -16,15 +16,17 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
 from jmirror_web.intercepts.access import Action, may
+from jmirror_web.security.two_factor import SignInForm
 
 
 def may_use_admin(user: Any) -> bool:
     return bool(user.is_active and (may(user, Action.VIEW_RECORDS) or may(user, Action.VIEW_AUDIT)))
 
 
-class RoleAuthenticationForm(AdminAuthenticationForm):
+class RoleAuthenticationForm(SignInForm, AdminAuthenticationForm):
     """Django's admin sign-in refuses users without the staff flag; this one refuses
-    users whose role gives them nothing in the admin, with the same message."""
+    users whose role gives them nothing in the admin, with the same message. It asks for
+    the two-factor code as the console's sign-in does."""
 
     def confirm_login_allowed(self, user: Any) -> None:
         if not may_use_admin(user):
@@ -41,6 +43,7 @@ class JMirrorAdminSite(admin.AdminSite):
     index_title = "Intercept records and audit log"
 
     login_form = RoleAuthenticationForm
+    login_template = "admin/jmirror_login.html"
 
     def has_permission(self, request: HttpRequest) -> bool:
         return may_use_admin(request.user)

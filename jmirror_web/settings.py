@@ -168,6 +168,8 @@ INSTALLED_APPS = [
     "jmirror_web.console",
     "jmirror_web.exports",
     "receiver",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "jmirror_web.security",
 ]
 
@@ -179,8 +181,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "jmirror_web.audit.log.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "jmirror_web.security.two_factor.TwoFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
@@ -357,6 +361,15 @@ AXES_SENSITIVE_PARAMETERS = ["password", "csrfmiddlewaretoken"]
 # logged as warnings, and audited.
 AXES_VERBOSE = False
 
+# Two-factor sign-in (TOTP, django-otp; jmirror_web.security.two_factor): optional for
+# everyone; JMIRROR_REQUIRE_2FA=staff makes it compulsory for superusers and the li-admin,
+# auditor and sysadmin roles, =all for every user.
+JMIRROR_REQUIRE_2FA = env_choice("JMIRROR_REQUIRE_2FA", "off", ("off", "staff", "all"))
+# The name authenticator apps show next to the user name.
+OTP_TOTP_ISSUER = "jmirror-web"
+# django-otp's default, stated: after n wrong codes a device takes none for 2**(n-1) s.
+OTP_TOTP_THROTTLE_FACTOR = 1
+
 # Content-Security-Policy (django-csp 4): no inline script or style anywhere, nothing
 # from other origins, no framing. Browsers that implement CSP3 let 'self' cover ws:/wss:
 # to the same host; the explicit sources below are for those that do not (older Safari).
@@ -397,7 +410,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous request is answered 401 with "WWW-Authenticate: Token".
         "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # Django's session, refused while it owes a two-factor code (tokens never do).
+        "jmirror_web.security.two_factor.VerifiedSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

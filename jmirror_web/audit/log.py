@@ -143,8 +143,11 @@ def _login_failed(
 ) -> None:
     address = client_address(request) if request is not None else None
     # Django has already masked the password in credentials; keep only the username.
-    username = str(credentials.get("username", ""))[:150]
-    append_event(action="login_failed", source_address=address, details={"username": username})
+    details = {"username": str(credentials.get("username", ""))[:150]}
+    # A sign-in refused for its two-factor code says so: its password was right.
+    if kwargs.get("reason"):
+        details["reason"] = str(kwargs["reason"])[:64]
+    append_event(action="login_failed", source_address=address, details=details)
 
 
 # Record changes -------------------------------------------------------------------

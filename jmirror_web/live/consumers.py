@@ -127,11 +127,11 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if user is None or not user.is_authenticated or not user.is_active or not session_key:
             await self._close(CLOSE_UNAUTHENTICATED)
             return
-        if await database_sync_to_async(rights.signed_in_user)(session_key, user.pk) is None:
+        self._address = rights.client_address(self.scope)
+        if not await database_sync_to_async(rights.admit)(session_key, user.pk, self._address):
             await self._close(CLOSE_UNAUTHENTICATED)
             return
         self._session_key, self._user_pk = session_key, user.pk
-        self._address = rights.client_address(self.scope)
         self._tasks = [
             asyncio.create_task(self._guarded(self._flush_loop)),
             asyncio.create_task(self._guarded(self._recheck_loop)),

@@ -31,10 +31,12 @@ from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import Case, Intercept, Session
 from jmirror_web.live.buffer import MAX_DASHBOARD_CASES
 from jmirror_web.live.protocol import Stream, SubscriptionKey
+from jmirror_web.security import two_factor
 
 SUBSCRIBED: Final = "live.subscribe"
 REFUSED: Final = "live.subscribe_refused"
 REVOKED: Final = "live.revoke"
+CONNECT_REFUSED: Final = "live.connect_refused"
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,13 @@ class Grant:
     content: bool = False
 
 
-def signed_in_user(session_key: str | None, user_pk: Any) -> Any:
-    """The active user signed in with ``session_key``, if it is still ``user_pk``'s
-    session, else None: signed out (the session is gone or expired), deactivated, or
-    the password changed (the session's auth hash no longer matches)."""
+def _session_user(session_key: str | None, user_pk: Any) -> tuple[Any, dict[str, Any]]:
+    """The active user signed in with ``session_key`` and the session's data, if it is
+    still ``user_pk``'s session, else (None, {}): signed out (the session is gone or
+    expired), deactivated, or the password changed (the session's auth hash no longer
+    matches)."""
     if not session_key:
-        return None
+        return None, {}
     engine = import_module(settings.SESSION_ENGINE)
     store: SessionBase = engine.SessionStore(session_key)
     data = store.load()  # empty for a deleted or expired session; never creates one
@@ -61,22 +64,52 @@ def signed_in_user(session_key: str | None, user_pk: Any) -> Any:
         or backend_path not in settings.AUTHENTICATION_BACKENDS
         or SESSION_KEY not in data
     ):
-        return None
+        return None, {}
     try:
         stored_pk = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
     except Exception:  # a session written by something else: not a sign-in
-        return None
+        return None, {}
     if stored_pk != user_pk:
-        return None
+        return None, {}
     # ModelBackend.get_user returns None for an inactive user.
     user = load_backend(backend_path).get_user(stored_pk)
     if user is None or not user.is_active:
-        return None
+        return None, {}
     session_hash = data.get(HASH_SESSION_KEY)
     hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
     if not session_hash or not any(constant_time_compare(session_hash, h) for h in hashes):
+        return None, {}
+    return user, data
+
+
+def signed_in_user(session_key: str | None, user_pk: Any) -> Any:
+    """The user signed in with ``session_key`` (see :func:`_session_user`), if the
+    session is also not one that owes a two-factor code (see
+    :mod:`jmirror_web.security.two_factor`), else None."""
+    user, data = _session_user(session_key, user_pk)
+    if user is None or _two_factor_step(user, data) is not None:
         return None
     return user
+
+
+def _two_factor_step(user: Any, data: dict[str, Any]) -> two_factor.Step | None:
+    # Read from the session store, as OTPMiddleware reads it for a request: no Django
+    # middleware runs for a websocket, and the handshake's session may be stale.
+    return two_factor.missing_step(user, two_factor.session_verified(user, data))
+
+
+def admit(session_key: str | None, user_pk: Any, address: str | None) -> bool:
+    """Whether a new connection is from a signed-in user (:func:`signed_in_user`); a
+    session that owes a two-factor code is refused and audited."""
+    user, data = _session_user(session_key, user_pk)
+    if user is None:
+        return False
+    step = _two_factor_step(user, data)
+    if step is not None:
+        with acting_as(user, address):
+            record(CONNECT_REFUSED, details={"reason": f"two_factor_{step.value}"})
+        return False
+    return True
 
 
 def client_address(scope: dict[str, Any]) -> str | None:
