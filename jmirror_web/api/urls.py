@@ -1,6 +1,8 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from jmirror_web.api import views
+from jmirror_web.exports import api as exports
 
 app_name = "api"
 
@@ -10,4 +12,8 @@ router.register("intercepts", views.InterceptViewSet, basename="intercept")
 router.register("routers", views.RouterViewSet, basename="router")
 router.register("sessions", views.SessionViewSet, basename="session")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("sessions/<int:session_id>/pcap", exports.SessionPcapView.as_view(), name="session_pcap"),
+    path("exports/<int:export_id>", exports.ExportManifestView.as_view(), name="export"),
+]

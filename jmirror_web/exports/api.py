@@ -1,0 +1,105 @@
+"""The export API: ``GET /api/sessions/<id>/pcap`` and ``GET /api/exports/<id>``.
+
+The same rules as the pages (:mod:`jmirror_web.exports.views`), answered the API's way:
+400 with the errors in JSON for parameters that cannot be served, 404 for a session the
+user may not download (as for one that does not exist), 401 without credentials; every
+refusal audited as ``export.refused``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.http import HttpResponseBase
+from rest_framework import permissions
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jmirror_web.audit.log import record
+from jmirror_web.exports import service
+from jmirror_web.exports.engine import ExportFormat
+from jmirror_web.exports.forms import ExportForm
+from jmirror_web.exports.models import Export
+from jmirror_web.exports.service import ExportRefused
+from jmirror_web.intercepts.access import Action, may, may_see_export
+from jmirror_web.intercepts.models import Session
+
+
+class _AuditedView(APIView):
+    permission_classes = [permissions.IsAuthenticated]
+    what = ""
+
+    def permission_denied(
+        self, request: Request, message: str | None = None, code: str | None = None
+    ) -> NoReturn:
+        service.audit_refusal(
+            request._request,
+            None,
+            "not signed in" if not request.user.is_authenticated else "permission denied",
+            {"path": request.path, "what": self.what, **self.kwargs},
+        )
+        super().permission_denied(request, message, code)
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # A download client may ask for the file's own type (Accept: application/x-pcapng):
+        # errors are still answered in JSON rather than refused with 406.
+        return super().perform_content_negotiation(request, force=True)
+
+
+class SessionPcapView(_AuditedView):
+    """One session as pcap or pcapng: ``start``, ``end`` (ISO 8601, UTC when no offset),
+    ``format`` (pcapng unless given), ``addresses``, ``ports``, ``protocols``."""
+
+    what = "session export"
+
+    def get(self, request: Request, session_id: int) -> HttpResponseBase:
+        http_request = request._request
+        session = (
+            Session.objects.select_related("router", "intercept__case")
+            .filter(pk=session_id)
+            .first()
+        )
+        if (
+            session is None
+            or session.intercept is None
+            or not may(request.user, Action.DOWNLOAD, session.intercept.case)
+        ):
+            service.audit_refusal(
+                http_request, session, "no download right", {"session": session_id}
+            )
+            raise NotFound()
+        query = request.query_params.copy()
+        query.setdefault("format", ExportFormat.PCAPNG)
+        form = ExportForm(query)
+        if not form.is_valid():
+            errors = form.errors.get_json_data()
+            service.audit_refusal(http_request, session, "invalid parameters", {"errors": errors})
+            raise ValidationError(
+                {field: [error["message"] for error in each] for field, each in errors.items()}
+            )
+        parameters = form.parameters()
+        try:
+            prepared = service.prepare_session_export(session, parameters)
+        except ExportRefused as error:
+            service.audit_refusal(http_request, session, str(error), parameters.audit_details())
+            raise ValidationError({error.field or "detail": [str(error)]}) from None
+        return service.streaming_response(service.start(prepared, http_request), http_request)
+
+
+class ExportManifestView(_AuditedView):
+    """An export's manifest, for its requester, whoever may download from its case, and
+    auditors."""
+
+    what = "export manifest"
+
+    def get(self, request: Request, export_id: int) -> Response:
+        export = Export.objects.select_related("case", "intercept").filter(pk=export_id).first()
+        if export is None or not may_see_export(request.user, export.case, export.requester_id):
+            service.audit_refusal(
+                request._request, export, "manifest not visible", {"export": export_id}
+            )
+            raise NotFound()
+        record("export.manifest", export, request=request._request)
+        return Response(export.manifest())
