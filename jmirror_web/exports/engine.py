@@ -21,11 +21,13 @@ import re
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 CHUNK_BYTES: Final = 1024 * 1024
 
@@ -159,17 +161,19 @@ def stream_export(request: ExportRequest, digest: ExportDigest) -> Iterator[byte
     yielded (for a zip, the earliest and latest over its members).
     """
     plan = _plan(request)
-    if request.format is ExportFormat.ZIP:
-        pieces = _zip_pieces(plan, request, digest)
-    else:
-        pieces = _content_pieces(plan, request, request.format, digest)
-    sha = hashlib.sha256()
-    for chunk in _chunked(pieces):
-        sha.update(chunk)
-        digest.size += len(chunk)
-        digest.sha256 = sha.hexdigest()
-        yield chunk
-    digest.sha256 = sha.hexdigest()
+    with ThreadPoolExecutor(1, thread_name_prefix="export-sha256") as pool:
+        sha = _Hasher(pool)
+        try:
+            if request.format is ExportFormat.ZIP:
+                pieces = _zip_pieces(plan, request, digest, pool)
+            else:
+                pieces = _content_pieces(plan, request, request.format, digest)
+            for chunk in _chunked(pieces):
+                sha.update(chunk)
+                digest.size += len(chunk)
+                yield chunk
+        finally:
+            digest.sha256 = sha.hexdigest()
     digest.complete = True
 
 
@@ -183,6 +187,7 @@ def read_linktype(path: Path) -> int:
 # Stored files: what receiver.store writes.
 _PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, version 2.4, thiszone, sigfigs, snaplen, link
 _RECORD = struct.Struct("<IIII")  # seconds, nanoseconds, included length, original length
+_LENGTH_AT_8 = struct.Struct("<8xI")  # a record's included length
 _PCAP_NANOSECOND_MAGIC: Final = 0xA1B23C4D
 _PCAP_HEADER_BYTES: Final = 24
 _SNAPLEN: Final = 262144  # also the largest record accepted: anything larger is garbage
@@ -190,9 +195,13 @@ _NS: Final = 1_000_000_000
 _PART_SUFFIX: Final = ".part"
 _LINKTYPE_RAW: Final = 101
 _LINKTYPE_PPP_HDLC: Final = 50
-# A read brings a whole record (at most 16 + 256 KiB) along with the unread rest.
-_READ_BYTES: Final = CHUNK_BYTES
+# Reads of 3/4 MiB: a run of records (at most one read, plus the part of a record
+# kept from the read before) makes an output piece below CHUNK_BYTES even as pcapng,
+# which the chunks then are without another copy.
+_READ_BYTES: Final = CHUNK_BYTES * 3 // 4
 _NEVER: Final = 1 << 64  # later than any time in ns
+# Output pieces smaller than this are gathered into one chunk; larger ones go as they are.
+_GATHER_BELOW: Final = 256 * 1024
 
 # pcapng blocks (little-endian).
 _SHB_TYPE: Final = 0x0A0D0D0A
@@ -226,7 +235,7 @@ _IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
 _MEMBER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _ZIP_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
 
-_Match = Callable[[bytes, int, int, int], bool]
+_Match = Callable[[bytearray, int, int, int], bool]
 _Piece = bytes | bytearray | memoryview
 
 
@@ -324,7 +333,7 @@ def _linktype_name(linktype: int) -> str:
     return f"link type {linktype}"
 
 
-def _open_source(path: Path) -> tuple[BinaryIO, bool]:
+def _open_source(path: Path) -> tuple[FileIO, bool]:
     """The stored file opened for reading, and whether it is still being written.
 
     A file being written is ``<path>.part`` until the store closes it: tried second,
@@ -343,7 +352,7 @@ def _open_source(path: Path) -> tuple[BinaryIO, bool]:
     raise SourceError(f"The stored file {path.name} is missing.")
 
 
-def _read_header(stream: BinaryIO, name: str) -> int:
+def _read_header(stream: FileIO, name: str) -> int:
     try:
         header = stream.read(_PCAP_HEADER_BYTES)
     except OSError as error:
@@ -365,7 +374,9 @@ class _Cursor:
     __slots__ = (
         "base",
         "buffer",
+        "careful",
         "done",
+        "end",
         "growing",
         "head",
         "input",
@@ -386,9 +397,13 @@ class _Cursor:
         self.interface = interface  # pcapng interface id
         self.match = match
         self.start_ns = -1 if window.start_ns is None else window.start_ns
-        self.stream: BinaryIO | None = None
+        self.stream: FileIO | None = None
         self.growing = False
-        self.buffer = b""
+        # Read into again and again (never resized, so views of runs handed out stay
+        # valid objects; their bytes are used before the next scan, as _runs says).
+        self.buffer = bytearray()
+        self.end = 0  # bytes of the buffer in use
+        self.careful = False  # the buffer has records to look at one by one
         self.pos = 0
         self.base = _PCAP_HEADER_BYTES  # file offset of buffer[0]
         self.remaining = 0  # bytes still to read, up to the size when opened
@@ -399,37 +414,46 @@ class _Cursor:
         self.stream, self.growing = _open_source(self.input.source.path)
         _read_header(self.stream, self.name)
         self.remaining = os.fstat(self.stream.fileno()).st_size - _PCAP_HEADER_BYTES
+        self.buffer = bytearray(_READ_BYTES + 16 + _SNAPLEN)
 
     def close(self) -> None:
         self.done = True
-        self.buffer = b""
+        self.buffer = bytearray()
         if self.stream is not None:
             self.stream.close()
             self.stream = None
 
     def _refill(self) -> bool:
         """Keep the unread rest of the buffer and read more; False at the end of the file."""
-        rest = self.buffer[self.pos :]
-        data = b""
+        buffer = self.buffer
+        kept = self.end - self.pos
+        read = 0
         if self.remaining > 0 and self.stream is not None:
+            # The unread rest (part of one record) moves to the front, the read follows it.
+            buffer[:kept] = buffer[self.pos : self.end]
             try:
-                data = self.stream.read(min(_READ_BYTES, self.remaining))
+                with memoryview(buffer) as view:
+                    read = (
+                        self.stream.readinto(view[kept : kept + min(_READ_BYTES, self.remaining)])
+                        or 0
+                    )
             except OSError as error:
                 raise SourceError(
                     f"The stored file {self.name} cannot be read at byte "
                     f"{self.base + self.pos} ({error.strerror})."
                 ) from error
-        if not data:
-            if rest and not self.growing:
+        if not read:
+            if kept and not self.growing:
                 raise SourceError(
                     f"The stored file {self.name} is truncated: it ends inside the record "
                     f"at byte {self.base + self.pos}."
                 )
             return False  # a file being written: its partial last record is not there yet
-        self.remaining -= len(data)
+        self.remaining -= read
         self.base += self.pos
-        self.buffer = rest + data if rest else data
+        self.end = kept + read
         self.pos = 0
+        self.careful = False
         return True
 
     def scan(self, limit: int) -> tuple[int, int, int, int, int]:
@@ -442,7 +466,7 @@ class _Cursor:
         end of the file (``done``). Records before the window's start are skipped."""
         buffer = self.buffer
         pos = self.pos
-        available = len(buffer)
+        available = self.end
         unpack = _RECORD.unpack_from
         match = self.match
         linktype = self.linktype
@@ -452,6 +476,36 @@ class _Cursor:
         start = pos
         count = first = last = 0
         self.head = None
+        if match is None and not self.careful:
+            # The common case, a whole buffer wanted: find the whole records by their
+            # lengths alone; if the first and the last are in the window and below the
+            # limit, so is every one between (a file is in time order).
+            unpack_length = _LENGTH_AT_8.unpack_from
+            end = pos
+            final = -1
+            while end + 16 <= available:
+                length = unpack_length(buffer, end)[0]
+                following = end + 16 + length
+                if length > snaplen or following > available:
+                    break
+                final = end
+                end = following
+                count += 1
+            if count:
+                seconds, fraction, _, _ = unpack(buffer, pos)
+                first = seconds * nanoseconds + fraction
+                seconds, last_fraction, _, _ = unpack(buffer, final)
+                last = seconds * nanoseconds + last_fraction
+                if (
+                    first >= start_ns
+                    and last < limit
+                    and fraction < nanoseconds
+                    and last_fraction < nanoseconds
+                ):
+                    self.pos = end
+                    return start, end, count, first, last
+            self.careful = True  # until the next read
+            count = first = last = 0
         while True:
             if pos + 16 <= available:
                 seconds, fraction, length, _original = unpack(buffer, pos)
@@ -470,9 +524,8 @@ class _Cursor:
                 if not self._refill():
                     self.done = True
                     break
-                buffer = self.buffer
                 pos = start = 0
-                available = len(buffer)
+                available = self.end
                 continue
             time = seconds * nanoseconds + fraction
             if time < start_ns:
@@ -604,29 +657,30 @@ def _pcapng_pieces(
     pack_head = _EPB_HEAD.pack
     tails = _EPB_TAILS
     nanoseconds = _NS
-    out = bytearray()
     for cursor, start, end, count, first, last in _runs(inputs, window, match, interfaces):
         _count(digest, count, first, last)
         interface = cursor.interface
         view = memoryview(cursor.buffer)
+        # Parts joined once per run: measured faster than growing a bytearray or packing
+        # into a preallocated one, and the join is the bytes object yielded.
+        parts: list[bytes | memoryview] = []
+        add = parts.append
         pos = start
         while pos < end:
             seconds, fraction, length, original = unpack(view, pos)
             time = seconds * nanoseconds + fraction
             pad = -length & 3
             total = 32 + length + pad
-            out += pack_head(
-                _EPB_TYPE, total, interface, time >> 32, time & 0xFFFFFFFF, length, original
+            add(
+                pack_head(
+                    _EPB_TYPE, total, interface, time >> 32, time & 0xFFFFFFFF, length, original
+                )
             )
             pos += 16
-            out += view[pos : pos + length]
-            out += tails[pad].pack(total)
+            add(view[pos : pos + length])
+            add(tails[pad].pack(total))
             pos += length
-        if len(out) >= CHUNK_BYTES:
-            yield out
-            out = bytearray()
-    if out:
-        yield out
+        yield b"".join(parts)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -667,6 +721,30 @@ def _content_pieces(
     return _pcapng_pieces(plans, request.comment, request.window, digest, match)
 
 
+class _Hasher:
+    """SHA-256 on a worker thread. hashlib lets go of the GIL on large buffers, so hashing
+    one chunk overlaps making the next (hashing is about half the work of a pcap export).
+    One update at a time, in order: memory stays bounded."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.sha = hashlib.sha256()
+        self.pool = pool
+        self.pending: Future[None] | None = None
+
+    def update(self, data: _Piece) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.sha.update, data)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def hexdigest(self) -> str:
+        self.wait()
+        return self.sha.hexdigest()
+
+
 class _ZipSink:
     """What the zip writer writes, kept until drained: zipfile streams to an object with
     no ``tell``/``seek`` (data descriptors after each member)."""
@@ -690,7 +768,10 @@ class _ZipSink:
 
 
 def _zip_pieces(
-    plans: Sequence[_SessionPlan], request: ExportRequest, digest: ExportDigest
+    plans: Sequence[_SessionPlan],
+    request: ExportRequest,
+    digest: ExportDigest,
+    pool: ThreadPoolExecutor,
 ) -> Iterator[_Piece]:
     """A zip (stored, zip64) with one pcap or pcapng member per session."""
     sink = _ZipSink()
@@ -703,13 +784,14 @@ def _zip_pieces(
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o640 << 16
             member = ExportDigest()
-            sha = hashlib.sha256()
+            sha = _Hasher(pool)
             with archive.open(info, "w", force_zip64=True) as stream:
                 for piece in _content_pieces([plan], request, request.member_format, member):
                     sha.update(piece)
                     member.size += len(piece)
                     stream.write(piece)
                     yield from sink.drain()
+                    sha.wait()  # the piece may be a view of a buffer about to be read into
             yield from sink.drain()
             digest.members[name] = (sha.hexdigest(), member.size, member.packets)
             digest.packets += member.packets
@@ -747,23 +829,25 @@ def _zip_time(plan: _SessionPlan) -> tuple[int, int, int, int, int, int]:
     return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
 
 
-def _chunked(pieces: Iterable[bytes | bytearray | memoryview]) -> Iterator[bytes]:
-    """The pieces' bytes regrouped in chunks of :data:`CHUNK_BYTES` (the last one shorter)."""
+def _chunked(pieces: Iterable[_Piece]) -> Iterator[bytes]:
+    """The pieces' bytes in chunks of at most :data:`CHUNK_BYTES`: small pieces gathered,
+    large ones copied once, split when over the size."""
     pending = bytearray()
+    gather = _GATHER_BELOW
     for piece in pieces:
-        view = memoryview(piece)
-        while len(pending) + len(view) >= CHUNK_BYTES:
-            take = CHUNK_BYTES - len(pending)
-            if pending:
-                pending += view[:take]
-                chunk = bytes(pending)
-                pending.clear()
-            else:
-                chunk = bytes(view[:take])
-            view = view[take:]
-            yield chunk
-        pending += view
-        view.release()
+        size = len(piece)
+        if pending and len(pending) + size > CHUNK_BYTES:
+            yield bytes(pending)
+            pending.clear()
+        if size < gather:
+            pending += piece
+            continue
+        if size <= CHUNK_BYTES:
+            yield piece if type(piece) is bytes else bytes(piece)
+            continue
+        with memoryview(piece) as view:
+            for offset in range(0, size, CHUNK_BYTES):
+                yield bytes(view[offset : offset + CHUNK_BYTES])
     if pending:
         yield bytes(pending)
 
@@ -777,7 +861,7 @@ def _matcher(packet_filter: PacketFilter) -> _Match | None:
     ports = packet_filter.ports
     protocols = packet_filter.protocols
 
-    def match(buffer: bytes, start: int, end: int, linktype: int) -> bool:
+    def match(buffer: bytearray, start: int, end: int, linktype: int) -> bool:
         inner = _inner_ip(buffer, start, end, linktype)
         if inner is None:
             return False
@@ -800,7 +884,7 @@ def _matcher(packet_filter: PacketFilter) -> _Match | None:
 
 
 def _inner_ip(
-    buffer: bytes, start: int, end: int, linktype: int
+    buffer: bytearray, start: int, end: int, linktype: int
 ) -> tuple[int, bytes, bytes, int] | None:
     """``(IP protocol, source, destination, offset of the transport header or -1)`` of the
     IP packet in a stored record, None when there is none (PPP control, garbage).
@@ -836,16 +920,16 @@ def _inner_ip(
         transport = start + header if header >= 20 and not fragment_offset else -1
         return (
             buffer[start + 9],
-            buffer[start + 12 : start + 16],
-            buffer[start + 16 : start + 20],
+            bytes(buffer[start + 12 : start + 16]),
+            bytes(buffer[start + 16 : start + 20]),
             transport,
         )
     if version == 6:
         if start + 40 > end:
             return None
         next_header = buffer[start + 6]
-        source = buffer[start + 8 : start + 24]
-        destination = buffer[start + 24 : start + 40]
+        source = bytes(buffer[start + 8 : start + 24])
+        destination = bytes(buffer[start + 24 : start + 40])
         position = start + 40
         while next_header in _IPV6_EXTENSIONS or next_header in (
             _IPV6_FRAGMENT,
