@@ -37,6 +37,7 @@ from django.utils.timesince import timesince, timeuntil
 from jmirror_web.exports.forms import ExportForm
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import (
+    CaptureFile,
     Case,
     Intercept,
     ReceiverProcess,
@@ -50,6 +51,7 @@ LIVE_ROWS: Final = 500
 EXPIRY_WARNING: Final = timedelta(hours=24)
 UNCLAIMED_WINDOW: Final = timedelta(hours=1)
 UNCLAIMED_SHOWN: Final = 5
+ALTERED_SHOWN: Final = 20
 # A receiver that has not reported for this long is gone (killed, host down): its last
 # counters say nothing about the service now.
 RECEIVER_STALE: Final = timedelta(hours=1)
@@ -113,6 +115,27 @@ def _silent_intercepts(cases: QuerySet[Case], now: datetime) -> QuerySet[Interce
         .select_related("case")
         .order_by("case__reference", "liid")
     )
+
+
+def _altered_file_alerts(cases: QuerySet[Case]) -> list[Alert]:
+    """Stored files whose last re-verification found them altered or missing
+    (``manage.py verify_files``, the session page's button): evidence in doubt, until a
+    later check finds them as recorded."""
+    altered = (
+        CaptureFile.objects.filter(verify_ok=False, session__intercept__case__in=cases.values("pk"))
+        .select_related("session__intercept__case")
+        .order_by("-verified_at", "pk")[:ALTERED_SHOWN]
+    )
+    return [
+        Alert(
+            "bad",
+            f"Case {capture.session.intercept.case.reference}: stored file {capture.path} does "
+            f"not match its recorded SHA-256 ({capture.verify_detail})",
+            reverse("console:session", args=[capture.session_id]),
+        )
+        for capture in altered
+        if capture.session.intercept is not None
+    ]
 
 
 def _unclaimed_alerts(now: datetime) -> list[Alert]:
@@ -314,6 +337,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 f"{case_url}{intercept.case_id}/",
             )
         )
+    alerts += _altered_file_alerts(visible)
     manages = may(user, Action.MANAGE_RECORDS)
     watches_health = may(user, Action.VIEW_HEALTH)
     if manages:
