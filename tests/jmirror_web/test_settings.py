@@ -638,6 +638,14 @@ def test_https_behind_a_proxy_turns_on_secure_cookies_hsts_redirect_and_the_prox
     assert connect == ["'self'", "wss://li.example.net:*"]
 
 
+@pytest.mark.parametrize(("raw", "value"), [(None, "off"), ("STAFF", "staff"), (" all ", "all")])
+def test_two_factor_is_optional_unless_the_deployment_requires_it(
+    load_settings: SettingsLoader, raw: str | None, value: str
+) -> None:
+    settings = load_settings({} if raw is None else {"JMIRROR_REQUIRE_2FA": raw})
+    assert settings["JMIRROR_REQUIRE_2FA"] == value
+
+
 def test_https_without_a_proxy_trusts_no_forwarded_header(load_settings: SettingsLoader) -> None:
     settings = load_settings({"JMIRROR_HTTPS": "true"})
     assert settings["SESSION_COOKIE_SECURE"] is True
@@ -706,6 +714,11 @@ def test_https_without_a_proxy_trusts_no_forwarded_header(load_settings: Setting
             "JMIRROR_LOGIN_COOLOFF_MINUTES",
             "forever",
             "JMIRROR_LOGIN_COOLOFF_MINUTES='forever' is not an integer",
+        ),
+        (
+            "JMIRROR_REQUIRE_2FA",
+            "yes",
+            "JMIRROR_REQUIRE_2FA='yes' is not one of off, staff, all",
         ),
     ],
 )
