@@ -476,7 +476,7 @@ class _Cursor:
         start = pos
         count = first = last = 0
         self.head = None
-        if match is None and not self.careful:
+        if match is None and not self.careful and limit > start_ns:
             # The common case, a whole buffer wanted: find the whole records by their
             # lengths alone; if the first and the last are in the window and below the
             # limit, so is every one between (a file is in time order).
@@ -836,7 +836,10 @@ def _chunked(pieces: Iterable[_Piece]) -> Iterator[bytes]:
     gather = _GATHER_BELOW
     for piece in pieces:
         size = len(piece)
-        if pending and len(pending) + size > CHUNK_BYTES:
+        if size < gather and len(pending) + size <= CHUNK_BYTES:
+            pending += piece
+            continue
+        if pending:
             yield bytes(pending)
             pending.clear()
         if size < gather:
