@@ -51,6 +51,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -101,6 +102,22 @@ _MMSG_SIZE: Final = ctypes.sizeof(_MMsgHdr)
 _LEN_OFFSET: Final = _MMsgHdr.msg_len.offset
 _LEN_SIZE: Final = ctypes.sizeof(ctypes.c_uint)
 _LEN_ENTRY: Final = f"{_LEN_OFFSET}xI{_MMSG_SIZE - _LEN_OFFSET - _LEN_SIZE}x"
+# With timestamps: each entry's msg_controllen (what the kernel put in the control buffer)
+# and msg_len.
+_CONTROLLEN_OFFSET: Final = _MsgHdr.msg_controllen.offset
+_CONTROLLEN_SIZE: Final = ctypes.sizeof(ctypes.c_size_t)
+_TIMED_LEN_ENTRY: Final = (
+    f"{_CONTROLLEN_OFFSET}x{'Q' if _CONTROLLEN_SIZE == 8 else 'I'}"
+    f"{_LEN_OFFSET - _CONTROLLEN_OFFSET - _CONTROLLEN_SIZE}xI"
+    f"{_MMSG_SIZE - _LEN_OFFSET - _LEN_SIZE}x"
+)
+# Kernel receive timestamps (SO_TIMESTAMPNS, Linux's value; Python does not name it): one
+# control message per datagram, a cmsghdr (length, level, type) then a timespec. Only the
+# 64-bit layout is read (16-byte cmsghdr, 64-bit tv_sec and tv_nsec): 32 bytes in all.
+_SO_TIMESTAMPNS: Final = 35
+_TIMESTAMP_CMSG = struct.Struct("=QiiqQ")
+_TIMESTAMP_SPACE: Final = _TIMESTAMP_CMSG.size
+_NS: Final = 1_000_000_000
 
 
 def _load_recvmmsg() -> Callable[..., int] | None:
@@ -143,6 +160,8 @@ class BatchReceiver:
 
     __slots__ = (
         "_buffer",
+        "_control",
+        "_control_view",
         "_family",
         "_len_structs",
         "_messages",
@@ -155,11 +174,13 @@ class BatchReceiver:
         "_offsets",
         "_sock",
         "_template",
+        "_timed_structs",
         "_view",
         "address_cache_size",
         "addresses",
         "batch",
         "max_datagram",
+        "timestamps",
         "truncated",
     )
 
@@ -168,7 +189,14 @@ class BatchReceiver:
         """Whether recvmmsg can be used on this platform."""
         return _recvmmsg is not None
 
-    def __init__(self, sock: socket.socket, *, batch: int = 64, max_datagram: int = 65535) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        batch: int = 64,
+        max_datagram: int = 65535,
+        timestamps: bool = False,
+    ) -> None:
         if _recvmmsg is None:
             raise BatchUnavailable("recvmmsg is not available (needs Linux and libc via ctypes)")
         if sock.type != socket.SOCK_DGRAM:
@@ -218,6 +246,26 @@ class BatchReceiver:
             header.msg_namelen = name_size
             header.msg_iov = ctypes.addressof(iovecs[index])
             header.msg_iovlen = 1
+        #: Whether :meth:`receive_timed` gives the kernel's receive time of each datagram
+        #: (asked with ``timestamps=True``; 64-bit Linux only) rather than the time of the
+        #: call.
+        self.timestamps = False
+        self._control = bytearray(batch * _TIMESTAMP_SPACE)
+        if timestamps and ctypes.sizeof(ctypes.c_void_p) == 8:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self.timestamps = True
+            except OSError:
+                pass
+        if self.timestamps:
+            control_address = ctypes.addressof(
+                (ctypes.c_char * len(self._control)).from_buffer(self._control)
+            )
+            for index in range(batch):
+                header = self._messages[index].msg_hdr
+                header.msg_control = control_address + index * _TIMESTAMP_SPACE
+                header.msg_controllen = _TIMESTAMP_SPACE
+        self._control_view = memoryview(self._control)
         # The iovec array must live as long as the messages pointing into it.
         self._messages._iovecs = iovecs  # type: ignore[attr-defined]
         # The kernel overwrites msg_namelen, msg_flags and msg_len of every message it
@@ -230,6 +278,7 @@ class BatchReceiver:
         # Unpackers for a result of n messages, compiled on first use.
         self._len_structs: list[struct.Struct | None] = [None] * (batch + 1)
         self._name_structs: list[struct.Struct | None] = [None] * (batch + 1)
+        self._timed_structs: list[tuple[struct.Struct, struct.Struct] | None] = [None] * (batch + 1)
 
     def receive(self) -> list[tuple[bytes, str]]:
         """Up to ``batch`` datagrams waiting on the socket, as (payload, source address
@@ -276,6 +325,84 @@ class BatchReceiver:
             ],
             [get(key) or text(key) for key in keys],
         )
+
+    def receive_timed(self) -> tuple[list[bytes], list[str], list[int]]:
+        """:meth:`receive` as three parallel lists: payloads, source texts and receive
+        times (ns since the epoch, UTC). With ``timestamps`` the times are the kernel's,
+        taken when each datagram reached the socket (what tcpdump records), so a busy
+        moment of the caller does not shift them; without, or for a datagram the kernel
+        gave no timestamp, the time of this call."""
+        if not self.timestamps:
+            payloads, sources = self.receive_lists()
+            now = time.time_ns()
+            return payloads, sources, [now] * len(payloads)
+        count: int = _recvmmsg(  # type: ignore[misc]
+            self._sock.fileno(), self._messages, self.batch, _MSG_DONTWAIT | _MSG_TRUNC, None
+        )
+        if count <= 0:
+            self._check(count)
+            return [], [], []
+        structs = self._timed_structs[count] or self._compile_timed(count)
+        messages = self._messages_view
+        controls_and_lengths = structs[0].unpack_from(messages)
+        keys_of = self._name_structs[count] or self._compile(count)[1]
+        keys = keys_of.unpack_from(self._names_view)
+        stamps = structs[1].unpack_from(self._control_view)
+        size = count * _MMSG_SIZE
+        messages[:size] = self._template[:size]
+        control_lengths = controls_and_lengths[0::2]
+        lengths = controls_and_lengths[1::2]
+        seconds = stamps[3::5]
+        nanoseconds = stamps[4::5]
+        times = [
+            second * _NS + nanosecond
+            for second, nanosecond in zip(seconds, nanoseconds, strict=True)
+        ]
+        if (
+            control_lengths.count(_TIMESTAMP_SPACE) != count
+            or stamps[2::5].count(_SO_TIMESTAMPNS) != count
+        ):
+            # Some datagram came without its timestamp: the control buffer holds an older
+            # one, so that datagram gets the time of this call instead.
+            now = time.time_ns()
+            types = stamps[2::5]
+            times = [
+                stamp if control == _TIMESTAMP_SPACE and kind == _SO_TIMESTAMPNS else now
+                for stamp, control, kind in zip(times, control_lengths, types, strict=True)
+            ]
+        if max(lengths) > self.max_datagram:
+            limit = self.max_datagram
+            kept_times = [
+                stamp for stamp, length in zip(times, lengths, strict=True) if length <= limit
+            ]
+            payloads, sources = self._without_truncated(lengths, keys)
+            return payloads, sources, kept_times
+        view = self._view
+        get = self.addresses.get
+        text = self._text
+        return (
+            [
+                view[offset : offset + length].tobytes()
+                for offset, length in zip(self._offsets, lengths, strict=False)
+            ],
+            [get(key) or text(key) for key in keys],
+            times,
+        )
+
+    def _check(self, count: int) -> None:
+        """Raise for a failed recvmmsg, unless it only means "nothing now"."""
+        if count < 0:
+            code = ctypes.get_errno()
+            if code not in _RETRY_LATER:
+                raise OSError(code, os.strerror(code))
+
+    def _compile_timed(self, count: int) -> tuple[struct.Struct, struct.Struct]:
+        structs = (
+            struct.Struct("=" + _TIMED_LEN_ENTRY * count),
+            struct.Struct("=" + "QiiqQ" * count),
+        )
+        self._timed_structs[count] = structs
+        return structs
 
     def _call(self) -> tuple[tuple[int, ...], tuple[bytes | int, ...]] | None:
         """One recvmmsg: the lengths and raw source keys of what arrived, None if nothing."""

@@ -195,15 +195,21 @@ class PcapStore:
         self._sequence: Counter[SessionKey] = Counter()
         self._closed: list[ClosedFile] = []
         self._next_flush = 0.0
+        # The file of the previous write: a busy session's packets come one after another,
+        # and an identity test is cheaper than hashing its key. Reset when a file closes.
+        self._last: _OpenFile | None = None
 
     def write(self, session: SessionKey, time_ns: int, data: bytes, linktype: int) -> None:
         """Store one packet received at ``time_ns`` (ns since the epoch, UTC). Never raises
         OSError: a packet that cannot be stored is counted in ``store_errors``."""
-        file = self._files.get((session, linktype))
+        file = self._last
+        if file is None or file.session is not session or file.linktype != linktype:
+            file = self._files.get((session, linktype))
         if file is None or file.size >= self._rotate_bytes or time_ns >= file.deadline_ns:
             file = self._rotate(session, time_ns, linktype)
             if file is None:
                 return
+        self._last = file
         length = len(data)
         if length > SNAPLEN:  # cannot come off UDP; keeps every record readable anyway
             data = data[:SNAPLEN]
@@ -387,6 +393,8 @@ class PcapStore:
                 # Cannot cut back the partial write: give the file up as a crash would
                 # leave it; recover() repairs it on the next start.
                 self._files.pop((file.session, file.linktype), None)
+                if self._last is file:
+                    self._last = None
                 os.close(file.fd)
                 file.fd = -1
             return False
@@ -398,6 +406,8 @@ class PcapStore:
         return True
 
     def _finish(self, file: _OpenFile) -> None:
+        if self._last is file:
+            self._last = None
         self._flush(file)
         if file.fd < 0:  # given up by _flush
             return

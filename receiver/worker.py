@@ -19,6 +19,7 @@ Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at l
 
 from __future__ import annotations
 
+import gc
 import logging
 import select
 import socket
@@ -59,6 +60,10 @@ RECENT_PACKETS: Final = 16
 # the datagrams the kernel dropped because the receive buffer was full.
 _SO_MEMINFO: Final = 55
 _MEMINFO = struct.Struct("9I")
+# A receive round (drain every ready socket, then the tick) longer than this is a stall:
+# at 160k datagrams/s a 64 MiB socket buffer holds about 0.4 s of 128-byte datagrams.
+STALL_NS: Final = 100_000_000
+STALL_LOG_EVERY_NS: Final = 10_000_000_000
 
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
@@ -162,6 +167,9 @@ class ListenerCounters:
     unstorable: int = 0
     internal_error: int = 0
     unclaimed_overflow: int = 0
+    # Receive rounds longer than STALL_NS, and the longest round so far (live capture).
+    stalls: int = 0
+    longest_round_ns: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
     def copy(self) -> ListenerCounters:
@@ -172,8 +180,37 @@ class ListenerCounters:
             unstorable=self.unstorable,
             internal_error=self.internal_error,
             unclaimed_overflow=self.unclaimed_overflow,
+            stalls=self.stalls,
+            longest_round_ns=self.longest_round_ns,
             drops=Counter(self.drops),
         )
+
+
+class GarbageCollectorPauses:
+    """Time the garbage collector stops the process, from ``gc.callbacks`` (called around
+    every collection, in whichever thread triggered it), so that a stall of the receive
+    loop can say whether the collector caused it."""
+
+    def __init__(self) -> None:
+        self.total_ns = 0
+        self.longest_ns = 0
+        self._started_ns = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+            return
+        pause = time.perf_counter_ns() - self._started_ns
+        self.total_ns += pause
+        if pause > self.longest_ns:
+            self.longest_ns = pause
+
+    def __enter__(self) -> GarbageCollectorPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 @dataclass(slots=True)
@@ -313,18 +350,81 @@ class Capture:
         except DecodeError:
             counters.malformed += 1
         except Exception:
-            # A bug, not bad input: count it, say so now and then, and keep receiving.
-            counters.internal_error += 1
-            if counters.internal_error % INTERNAL_ERROR_LOG_EVERY == 1:
-                logger.exception(
-                    "internal error handling a datagram from %s (%d so far)",
-                    source,
-                    counters.internal_error,
-                )
+            self._internal_error(source)
+
+    def handle_batch(
+        self, payloads: Sequence[bytes], sources: Sequence[str], times: Sequence[int]
+    ) -> None:
+        """:meth:`handle` for each datagram in turn, with the same result (a property test
+        checks it), cheaper: the receive loop's path, one call per ``recvmmsg`` batch.
+
+        Consecutive datagrams of one stream (the usual case: a router mirrors a busy
+        subscriber) share the stream's gate answer and session delta, so such a datagram
+        costs its decode, its counts and its store write only. The gate is read once per
+        batch: one replaced by another thread applies from the next batch, well inside
+        the 2 s the records allow.
+        """
+        counters = self.counters
+        classify = classify_datagram
+        write = self.store.write
+        linktypes = LINKTYPE_FOR_KIND
+        store_classified = self._store_classified
+        # The stream of the previous datagram while its claim holds, and its session
+        # (None: the stream is not stored).
+        current: tuple[str, int, int] | None = None
+        low = high = 0
+        delta: SessionDelta | None = None
+        received_bytes = 0
+        for payload, source, time_ns in zip(payloads, sources, times, strict=True):
+            size = len(payload)
+            received_bytes += size
+            try:
+                mid, sid, inner = classify(payload)
+                if delta is not None and low <= time_ns < high and current == (source, mid, sid):
+                    delta.packets += 1
+                    delta.bytes += size
+                    delta.last_ns = time_ns
+                    linktype = linktypes.get(inner)
+                    if linktype is None:
+                        counters.unstorable += 1
+                        continue
+                    write(delta.store_key, time_ns, payload[8:], linktype)
+                    delta.stored += 1
+                    delta.recent.append((time_ns, payload))
+                    continue
+                current = (source, mid, sid)
+                delta, low, high = store_classified(payload, current, inner, time_ns)
+            except DecodeError:
+                counters.malformed += 1
+                delta = None
+            except Exception:
+                delta = None
+                self._internal_error(source)
+        counters.datagrams += len(payloads)
+        counters.bytes += received_bytes
+
+    def _internal_error(self, source: str) -> None:
+        # A bug, not bad input: count it, say so now and then, and keep receiving.
+        counters = self.counters
+        counters.internal_error += 1
+        if counters.internal_error % INTERNAL_ERROR_LOG_EVERY == 1:
+            logger.exception(
+                "internal error handling a datagram from %s (%d so far)",
+                source,
+                counters.internal_error,
+            )
 
     def _claim_and_store(self, payload: bytes, source: str, time_ns: int) -> None:
         mid, sid, inner = classify_datagram(payload)
-        key = (source, mid, sid)
+        self._store_classified(payload, (source, mid, sid), inner, time_ns)
+
+    def _store_classified(
+        self, payload: bytes, key: StreamKey, inner: str, time_ns: int
+    ) -> tuple[SessionDelta | None, int, int]:
+        """Gate, count and store a decoded datagram of stream ``key``. Returns the
+        session delta when the stream's packets are stored, and the span of receive times
+        over which that answer holds."""
+        source, mid, sid = key
         # The gate's answer per stream, kept until the next warrant boundary or a new gate.
         gate = self.gate
         if gate is not self._claims_gate:
@@ -332,7 +432,7 @@ class Capture:
             self._claims_gate = gate
         cached = self._claims.get(key)
         if cached is not None and cached[0] <= time_ns < cached[1]:
-            claim = cached[2]
+            low, high, claim = cached
         else:
             claim, low, high = gate.claim_span(source, mid, sid, time_ns)
             if len(self._claims) >= CLAIM_CACHE_LIMIT:
@@ -341,7 +441,7 @@ class Capture:
         if isinstance(claim, str):
             self.counters.drops[claim] += 1
             self._unclaimed(key, claim, time_ns)
-            return
+            return None, low, high
         router, intercept = claim
         delta = self._sessions.get(key)
         if delta is None or delta.intercept_pk != intercept.intercept_id_pk:
@@ -362,14 +462,15 @@ class Capture:
         delta.bytes += len(payload)
         delta.last_ns = time_ns
         if not intercept.keep_content:
-            return
+            return None, low, high
         linktype = LINKTYPE_FOR_KIND.get(inner)
         if linktype is None:
             self.counters.unstorable += 1
-            return
-        self.store.write(delta.store_key, time_ns, payload[8:], linktype)
-        delta.stored += 1
-        delta.recent.append((time_ns, payload))
+        else:
+            self.store.write(delta.store_key, time_ns, payload[8:], linktype)
+            delta.stored += 1
+            delta.recent.append((time_ns, payload))
+        return delta, low, high
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
         entry = self._unclaimed_since_tick.get(key)
@@ -514,24 +615,25 @@ class Receiver(Capture):
         time_ns = time.time_ns
         counters = self._socket_counters[self.sockets.index(sock)]
         if BatchReceiver.available():
-            batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM)
-            receive = batch.receive
+            # Kernel receive times (SO_TIMESTAMPNS): the moment each datagram reached the
+            # host, as tcpdump records it, whatever the loop was doing then.
+            batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM, timestamps=True)
+            receive = batch.receive_timed
+            handle_batch = self.handle_batch
 
             def drain_batches() -> None:
                 for _ in range(_DRAIN_LIMIT // BATCH):
                     try:
-                        datagrams = receive()
+                        payloads, sources, times = receive()
                     except OSError as error:
                         logger.debug("receive error: %s", error)
                         return
-                    if not datagrams:
+                    if not payloads:
                         return
-                    received_bytes = 0
-                    for payload, source in datagrams:
-                        received_bytes += len(payload)
-                        handle(payload, source, time_ns())
-                    counters.datagrams += len(datagrams)
-                    counters.bytes += received_bytes
+                    before = self.counters.bytes
+                    handle_batch(payloads, sources, times)
+                    counters.datagrams += len(payloads)
+                    counters.bytes += self.counters.bytes - before
 
             return drain_batches
         buffer = bytearray(_MAX_DATAGRAM)
@@ -588,11 +690,33 @@ class Receiver(Capture):
         timeout = self._tick_ns / 1e9 / 2
         next_tick = time.time_ns() + self._tick_ns
         stop = self._stop
-        while not stop.is_set():
-            ready, _, _ = select.select(self.sockets, [], [], timeout)
-            for sock in ready:
-                ready_drains[sock]()
-            now = time.time_ns()
-            if now >= next_tick:
-                next_tick = now + self._tick_ns
-                self.tick(now)
+        counters = self.counters
+        monotonic_ns = time.monotonic_ns
+        last_stall_log = 0
+        with GarbageCollectorPauses() as collector:
+            while not stop.is_set():
+                ready, _, _ = select.select(self.sockets, [], [], timeout)
+                round_start = monotonic_ns()
+                gc_before = collector.total_ns
+                for sock in ready:
+                    ready_drains[sock]()
+                now = time.time_ns()
+                if now >= next_tick:
+                    next_tick = now + self._tick_ns
+                    self.tick(now)
+                # A round is normally a millisecond or two; a long one means the kernel
+                # buffer filled meanwhile, so say what held it up.
+                took = monotonic_ns() - round_start
+                if took > counters.longest_round_ns:
+                    counters.longest_round_ns = took
+                if took > STALL_NS:
+                    counters.stalls += 1
+                    if round_start - last_stall_log > STALL_LOG_EVERY_NS:
+                        last_stall_log = round_start
+                        logger.warning(
+                            "receive loop held up for %d ms (garbage collection: %d ms of it; "
+                            "%d such stalls so far); the socket buffer may have overflowed",
+                            took // 1_000_000,
+                            (collector.total_ns - gc_before) // 1_000_000,
+                            counters.stalls,
+                        )

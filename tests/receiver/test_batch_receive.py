@@ -11,6 +11,7 @@ import errno
 import select
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -252,3 +253,69 @@ def test_unavailable_raises_clear_error(
     assert not BatchReceiver.available()
     with pytest.raises(BatchUnavailable, match="recvmmsg"):
         BatchReceiver(datagram)
+
+
+def _receive_timed_all(
+    receiver: BatchReceiver, sock: socket.socket, count: int
+) -> list[tuple[bytes, str, int]]:
+    got: list[tuple[bytes, str, int]] = []
+    while len(got) < count:
+        _wait_readable(sock)
+        payloads, sources, times = receiver.receive_timed()
+        assert len(payloads) == len(sources) == len(times)
+        got.extend(zip(payloads, sources, times, strict=True))
+    return got
+
+
+def test_kernel_timestamps_are_each_datagrams_arrival_time(sockets):
+
+    receiving = _udp(socket.AF_INET, "127.0.0.1")
+    sender = _udp(socket.AF_INET, "127.0.0.1")
+    sockets += [receiving, sender]
+    receiver = BatchReceiver(receiving, batch=8, max_datagram=2048, timestamps=True)
+    assert receiver.timestamps
+    sent_at = []
+    for index in range(20):
+        sent_at.append(time.time_ns())
+        sender.sendto(_payload(100, index), receiving.getsockname())
+        time.sleep(0.002)
+    time.sleep(0.05)  # the receive happens well after the last arrival
+    received_at = time.time_ns()
+    got = _receive_timed_all(receiver, receiving, 20)
+    assert [payload for payload, _, _ in got] == [_payload(100, i) for i in range(20)]
+    times = [stamp for _, _, stamp in got]
+    # Each datagram's time is its arrival: after it was sent, before the next one was,
+    # and not the (later) time it was taken off the socket.
+    for index, stamp in enumerate(times):
+        assert sent_at[index] <= stamp
+        if index + 1 < len(sent_at):
+            assert stamp <= sent_at[index + 1]
+    assert times[-1] < received_at - 10_000_000
+
+
+def test_timed_receive_drops_truncated_datagrams_with_their_times(sockets):
+    receiving = _udp(socket.AF_INET, "127.0.0.1")
+    sender = _udp(socket.AF_INET, "127.0.0.1")
+    sockets += [receiving, sender]
+    receiver = BatchReceiver(receiving, batch=8, max_datagram=1000, timestamps=True)
+    for size in (10, 2000, 20):
+        sender.sendto(b"x" * size, receiving.getsockname())
+    got = _receive_timed_all(receiver, receiving, 2)
+    assert [len(payload) for payload, _, _ in got] == [10, 20]
+    assert receiver.truncated == 1
+    assert got[0][2] <= got[1][2]
+
+
+def test_without_timestamps_a_timed_receive_gives_the_time_of_the_call(sockets):
+
+    receiving = _udp(socket.AF_INET, "127.0.0.1")
+    sender = _udp(socket.AF_INET, "127.0.0.1")
+    sockets += [receiving, sender]
+    receiver = BatchReceiver(receiving, batch=8, max_datagram=1000)
+    assert not receiver.timestamps
+    sender.sendto(b"one", receiving.getsockname())
+    time.sleep(0.05)
+    before = time.time_ns()
+    got = _receive_timed_all(receiver, receiving, 1)
+    assert got[0][0] == b"one"
+    assert got[0][2] >= before
