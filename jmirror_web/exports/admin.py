@@ -1,0 +1,52 @@
+"""Exports in the admin site: the chain-of-custody records, for auditors (and superusers)
+to read and nobody to change. No packet content is shown here, only what the manifest
+holds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from jmirror_web.exports.models import Export
+from jmirror_web.intercepts.access import Action, may
+
+if TYPE_CHECKING:
+    ExportAdminBase = admin.ModelAdmin[Export]
+else:
+    ExportAdminBase = admin.ModelAdmin
+
+
+@admin.register(Export)
+class ExportAdmin(ExportAdminBase):
+    list_display = (
+        "id",
+        "created_at",
+        "requester_name",
+        "case",
+        "file_name",
+        "state",
+        "packets",
+        "size",
+        "sha256",
+    )
+    list_filter = ("state", "kind", "format")
+    search_fields = ("requester_name", "file_name", "sha256", "case__reference")
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in Export._meta.fields]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may(request.user, Action.VIEW_AUDIT)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.VIEW_AUDIT)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
