@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from jmirror_web.exports.engine import SourceError
 from jmirror_web.exports.forms import MAX_FILTER_ITEMS
 from jmirror_web.exports.models import Export
 from receiver.store import LINKTYPE_RAW
@@ -368,3 +369,23 @@ def test_packets_between_whole_seconds_keep_their_nanoseconds(
     client.force_login(analyst)
     data = body(download(client, stored, format="pcapng"))
     assert [t % SECOND for t, _, _ in frames_of(data)] == [123_456_789] * 12
+
+
+def test_a_file_damaged_after_the_check_fails_the_export_mid_stream(
+    client: Client, stored: Stored, analyst: User, data_dir: Path
+) -> None:
+    newest = data_dir / stored.files[0].path
+    newest.write_bytes(newest.read_bytes()[:-7])  # ends inside its last record
+    client.force_login(analyst)
+    response = download(client, stored, format="pcap")
+    assert response.status_code == 200  # the damage is found only when reading that far
+    with pytest.raises(SourceError):
+        body(response)
+    export = Export.objects.get()
+    assert export.state == Export.State.FAILED
+    assert stored.files[0].path.rsplit("/", 1)[-1] in export.error
+    assert export.sha256 == ""
+    [failed] = events("export.failed")
+    assert failed.details["error"] == export.error
+    assert failed.details["bytes_sent"] == export.bytes_sent
+    assert not events("export.complete")
