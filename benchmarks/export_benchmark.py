@@ -99,8 +99,9 @@ def packet_mix(seed: int = 6) -> list[bytes]:
     return packets
 
 
-def build_session(root: Path, size: int, rotate: int) -> tuple[list[SourceFile], int]:
-    """Store about ``size`` bytes of packets; the files and the last packet's time."""
+def build_session(root: Path, size: int, rotate: int) -> tuple[list[SourceFile], int, int]:
+    """Store about ``size`` bytes of packets; the files, the last packet's time and the
+    number of packets."""
     store = PcapStore(root, rotate_bytes=rotate, rotate_seconds=10**6)
     packets = packet_mix()
     written = 0
@@ -118,7 +119,7 @@ def build_session(root: Path, size: int, rotate: int) -> tuple[list[SourceFile],
         SourceFile(root / closed.path, closed.linktype, closed.first_ns, closed.last_ns)
         for closed in store.close_all()
     ]
-    return files, time_ns - STEP_NS
+    return files, time_ns - STEP_NS, index
 
 
 def memory_kib() -> dict[str, int]:
@@ -172,7 +173,7 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="export-benchmark-", dir=options.workdir))
     try:
         started = time.perf_counter()
-        files, last_ns = build_session(
+        files, last_ns, written = build_session(
             directory, options.size_mib * 2**20, options.rotate_mib * 2**20
         )
         total = sum(file.path.stat().st_size for file in files)
@@ -209,6 +210,8 @@ def main() -> None:
         for name, request, source_bytes in cases:
             figures = run(request, source_bytes)
             results[name] = figures
+            if "whole" in name or "zip" in name:
+                assert figures["packets"] == written, (name, figures["packets"], written)
             print(
                 f"{name:38} {figures['seconds']:8.2f} {figures['output_bytes'] / 1e6:10.0f} "
                 f"{figures['packets']:10.0f} {figures['output_mb_s']:9.0f} "

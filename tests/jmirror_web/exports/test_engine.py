@@ -8,7 +8,9 @@ import ipaddress
 import shutil
 import struct
 import subprocess
+import threading
 import zipfile
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -751,3 +753,40 @@ def test_exports_match_a_naive_reference_for_any_packets_window_and_filter(
     assert digest.first_ns == (expected[0][0] if expected else None)
     assert digest.last_ns == (expected[-1][0] if expected else None)
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_export_closed_early_stops_its_hashing_thread_and_keeps_a_digest(tmp_path):
+    packets = [(T0 + i, ipv4(payload=bytes(1400))) for i in range(2000)]
+    files = store_files(tmp_path, [(KEY_A, t, d, LINKTYPE_RAW) for t, d in packets])[KEY_A]
+    digest = ExportDigest()
+    iterator = stream_export(ExportRequest([session(files)], ExportFormat.PCAPNG), digest)
+    assert isinstance(iterator, Generator)  # what Django's StreamingHttpResponse closes
+    first = next(iterator)
+    assert any(thread.name.startswith("export-sha256") for thread in threading.enumerate())
+
+    iterator.close()
+
+    assert not any(thread.name.startswith("export-sha256") for thread in threading.enumerate())
+    assert digest.sha256 == hashlib.sha256(first).hexdigest()
+    assert digest.size == len(first)
+    assert not digest.complete
+
+
+def test_zip_members_of_sessions_with_the_same_name_get_distinct_names(tmp_path):
+    written = [(KEY_A, T0, ipv4(), LINKTYPE_RAW), (KEY_B, T0 + 1, ipv6(), LINKTYPE_RAW)]
+    files = store_files(tmp_path, written)
+    sessions = [session(files[KEY_A], "LIID-1"), session(files[KEY_B], "LIID-1")]
+
+    data, digest, _ = export(ExportRequest(sessions, ExportFormat.ZIP))
+
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["LIID-1.pcapng", "LIID-1-2.pcapng"]
+    assert list(digest.members) == ["LIID-1.pcapng", "LIID-1-2.pcapng"]
+
+
+def test_a_window_that_ends_before_it_starts_is_empty(tmp_path):
+    files = store_files(tmp_path, [(KEY_A, T0, ipv4(), LINKTYPE_RAW)])[KEY_A]
+    window = Window(T0 + 1, T0)
+
+    data, digest, _ = export(ExportRequest([session(files)], ExportFormat.PCAP, window))
+
+    assert (len(data), digest.packets) == (24, 0)
