@@ -190,7 +190,9 @@ def case_exports(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def verify_page(request: HttpRequest) -> HttpResponse:
     """Which export (or stored file) a file or a SHA-256 is. The file is hashed from the
-    upload's chunks as they arrive and never stored (:class:`HashingUploadHandler`)."""
+    upload's chunks and not kept (:class:`HashingUploadHandler`); under WSGI they are
+    read as they arrive, under ASGI Django has already spooled the body to a temporary
+    file of its own (``ASGIHandler.read_body``), which it deletes after the request."""
     limit = settings.JMIRROR_VERIFY_MAX_MB * 1024 * 1024
     handler = HashingUploadHandler(request, limit)
     if request.method == "POST":
