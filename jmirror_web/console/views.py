@@ -403,6 +403,7 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
         {
             "case": case,
             "window": warrant_window(case, now),
+            "downloads": may(request.user, Action.DOWNLOAD, case),
             "intercepts": intercepts,
             "page": page,
             "rows": rows,

@@ -180,3 +180,16 @@ def test_the_case_export_list_shows_the_exports(
     assert record.sha256 in manifest
     for stored in two_sessions:
         assert f'<td class="mono">{stored.session.sid:#x}</td>' in manifest
+
+
+def test_the_case_page_offers_intercept_downloads_only_with_the_right(
+    client: Client, two_sessions: tuple[Stored, Stored], user: User
+) -> None:
+    first, _ = two_sessions
+    link = f'href="{reverse("exports:intercept", args=[first.intercept.pk])}"'
+    client.force_login(user)
+    assert link in client.get(reverse("console:case", args=[first.case.pk])).content.decode()
+    client.force_login(make_user(Role.LI_ADMIN))  # sees the case, may not download
+    page = client.get(reverse("console:case", args=[first.case.pk]))
+    assert page.status_code == 200
+    assert link not in page.content.decode()
