@@ -174,10 +174,10 @@ def stream_export(request: ExportRequest, digest: ExportDigest) -> Iterator[byte
     with ThreadPoolExecutor(1, thread_name_prefix="export-sha256") as pool:
         sha = _Hasher(pool)
         try:
-            if request.format is ExportFormat.ZIP:
+            if request.format == ExportFormat.ZIP:
                 pieces = _zip_pieces(plan, request, digest, pool)
             else:
-                pieces = _content_pieces(plan, request, request.format, digest)
+                pieces = _content_pieces(plan, request, ExportFormat(request.format), digest)
             for chunk in _chunked(pieces):
                 sha.update(chunk)
                 digest.size += len(chunk)
@@ -270,9 +270,10 @@ def _plan(request: ExportRequest) -> list[_SessionPlan]:
     """Validate the request and select, order and describe its files (headers only)."""
     if not request.sessions:
         raise ExportError("There is nothing to export: choose at least one session.")
+    # Plain strings are welcome too ("pcap" == ExportFormat.PCAP): compared with ==.
     if request.format not in tuple(ExportFormat):
         raise ExportError(f"Unknown export format {request.format!r}: choose pcap, pcapng or zip.")
-    if request.format is ExportFormat.ZIP and request.member_format not in (
+    if request.format == ExportFormat.ZIP and request.member_format not in (
         ExportFormat.PCAP,
         ExportFormat.PCAPNG,
     ):
@@ -300,11 +301,21 @@ def _plan(request: ExportRequest) -> list[_SessionPlan]:
             inputs.append(_Input(source, linktype, order, len(plans)))
             order += 1
         plans.append(_SessionPlan(session, inputs, linktypes))
-    if request.format is ExportFormat.PCAP:
-        _one_linktype([linktype for plan in plans for linktype in plan.linktypes], "These packets")
-    elif request.format is ExportFormat.ZIP and request.member_format is ExportFormat.PCAP:
+    if request.format == ExportFormat.PCAP:
+        every = {linktype for plan in plans for linktype in plan.linktypes}
+        if len(every) > 1:
+            raise ExportError(
+                f"These packets mix link types ({_linktype_names(every)}), which one pcap "
+                "file cannot hold: export as pcapng instead."
+            )
+    elif request.format == ExportFormat.ZIP and request.member_format == ExportFormat.PCAP:
         for plan in plans:
-            _one_linktype(plan.linktypes, f"Session {plan.session.name}")
+            if len(plan.linktypes) > 1:
+                raise ExportError(
+                    f"Session {plan.session.name} mixes link types "
+                    f"({_linktype_names(plan.linktypes)}), which one pcap file cannot hold: "
+                    "choose pcapng for the zip's members."
+                )
     return plans
 
 
@@ -327,24 +338,11 @@ def _may_meet(source: SourceFile, window: Window) -> bool:
     return not (before or after)
 
 
-def _one_linktype(linktypes: list[int], what: str) -> None:
-    if len(set(linktypes)) > 1:
-        names = " and ".join(_linktype_name(linktype) for linktype in sorted(set(linktypes)))
-        raise ExportError(
-            f"{what} mix link types ({names}), which one pcap file cannot hold: "
-            "export as pcapng instead."
-            if what == "These packets"
-            else f"{what} mixes link types ({names}), which one pcap file cannot hold: "
-            "choose pcapng for the zip's members."
-        )
-
-
-def _linktype_name(linktype: int) -> str:
-    if linktype == _LINKTYPE_RAW:
-        return "raw IP"
-    if linktype == _LINKTYPE_PPP_HDLC:
-        return "PPP"
-    return f"link type {linktype}"
+def _linktype_names(linktypes: Iterable[int]) -> str:
+    known = {_LINKTYPE_RAW: "raw IP", _LINKTYPE_PPP_HDLC: "PPP"}
+    return " and ".join(
+        known.get(linktype, f"link type {linktype}") for linktype in sorted(linktypes)
+    )
 
 
 def _open_source(path: Path) -> tuple[FileIO, bool]:
@@ -587,6 +585,7 @@ def _runs(
         key = -1 if item.source.first_ns is None else item.source.first_ns
         interface = interfaces[item.session, item.linktype] if interfaces else 0
         heap.append((key, item.order, _Cursor(item, window, match, interface)))
+    cursors = [cursor for _key, _order, cursor in heap]
     heapq.heapify(heap)
     try:
         while heap:
@@ -619,8 +618,8 @@ def _runs(
                     else:
                         heapq.heappush(heap, (cursor.head, order, cursor))
                     break
-    finally:
-        for _key, _order, cursor in heap:
+    finally:  # an error or an abandoned export: no file left open
+        for cursor in cursors:
             cursor.close()
 
 
@@ -730,7 +729,7 @@ def _content_pieces(
     plans: Sequence[_SessionPlan], request: ExportRequest, form: ExportFormat, digest: ExportDigest
 ) -> Iterator[_Piece]:
     match = _matcher(request.packet_filter)
-    if form is ExportFormat.PCAP:
+    if form == ExportFormat.PCAP:
         return _pcap_pieces(plans, request.window, digest, match)
     return _pcapng_pieces(plans, request.comment, request.window, digest, match)
 
@@ -789,18 +788,18 @@ def _zip_pieces(
 ) -> Iterator[_Piece]:
     """A zip (stored, zip64) with one pcap or pcapng member per session."""
     sink = _ZipSink()
-    extension = request.member_format.value
+    member_format = ExportFormat(request.member_format)
     names: set[str] = set()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for plan in plans:
-            name = _member_name(plan.session.name, extension, names)
+            name = _member_name(plan.session.name, member_format.value, names)
             info = zipfile.ZipInfo(name, _zip_time(plan))
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o640 << 16
             member = ExportDigest()
             sha = _Hasher(pool)
             with archive.open(info, "w", force_zip64=True) as stream:
-                for piece in _content_pieces([plan], request, request.member_format, member):
+                for piece in _content_pieces([plan], request, member_format, member):
                     sha.update(piece)
                     member.size += len(piece)
                     stream.write(piece)

@@ -790,3 +790,16 @@ def test_a_window_that_ends_before_it_starts_is_empty(tmp_path):
     data, digest, _ = export(ExportRequest([session(files)], ExportFormat.PCAP, window))
 
     assert (len(data), digest.packets) == (24, 0)
+
+
+def test_formats_given_as_plain_strings_work_as_the_enum(tmp_path):
+    written = [(KEY_A, T0 + i, ipv4(ports=(i, 1)), LINKTYPE_RAW) for i in range(5)]
+    files = store_files(tmp_path, written)[KEY_A]
+    request = ExportRequest([session(files, "S")], "zip", member_format="pcap")  # type: ignore[arg-type]
+
+    data, digest, _ = export(request)
+
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["S.pcap"]
+    assert digest.packets == 5
+    with pytest.raises(ExportError, match=r"^Unknown export format 'tar': choose pcap, pcapng"):
+        check(ExportRequest([session(files)], "tar"))  # type: ignore[arg-type]
