@@ -803,3 +803,21 @@ def test_formats_given_as_plain_strings_work_as_the_enum(tmp_path):
     assert digest.packets == 5
     with pytest.raises(ExportError, match=r"^Unknown export format 'tar': choose pcap, pcapng"):
         check(ExportRequest([session(files)], "tar"))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="unzip is not installed")
+def test_info_zip_unzip_accepts_the_streamed_zip64_archive(tmp_path):
+    written = [(KEY_A, T0 + i, ipv4(ports=(i, 1)), LINKTYPE_RAW) for i in range(20)]
+    written += [(KEY_B, T0 + i, ppp(0x0021, ipv4()), LINKTYPE_PPP_HDLC) for i in range(20)]
+    files = store_files(tmp_path, written)
+    sessions = [session(files[KEY_A], "first"), session(files[KEY_B], "second")]
+    data, _, _ = export(ExportRequest(sessions, ExportFormat.ZIP))
+    path = tmp_path / "export.zip"
+    path.write_bytes(data)
+
+    result = subprocess.run(["unzip", "-t", str(path)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "testing: first.pcapng" in result.stdout
+    assert "testing: second.pcapng" in result.stdout
+    assert "No errors detected" in result.stdout
