@@ -653,9 +653,12 @@ def _fallback_linktype(plans: Sequence[_SessionPlan]) -> int:
 
 
 def _pcapng_pieces(
-    plans: Sequence[_SessionPlan], comment: str, window: Window, digest: ExportDigest,
+    plans: Sequence[_SessionPlan],
+    comment: str,
+    window: Window,
+    digest: ExportDigest,
     match: _Match | None = None,
-) -> Iterator[_Piece]:  # fmt: skip
+) -> Iterator[_Piece]:
     """A pcapng section: SHB, an IDB per (session, link type), then an EPB per record."""
     head = bytearray(_section_header(comment))
     interfaces: dict[tuple[int, int], int] = {}
