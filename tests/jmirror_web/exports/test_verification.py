@@ -291,3 +291,14 @@ def test_other_assigned_analysts_see_the_altered_files_too(
     verify_capture_file(stored.files[0])
     client.force_login(colleague)
     assert "does not match its recorded SHA-256" in client.get(reverse("home")).content.decode()
+
+
+def test_an_li_administrator_sees_the_verify_button_but_no_download_form(
+    client: Client, stored: Stored
+) -> None:
+    client.force_login(make_user(Role.LI_ADMIN))
+    page = client.get(reverse("console:session", args=[stored.session.pk])).content.decode()
+    assert reverse("exports:verify_session_files", args=[stored.session.pk]) in page
+    assert reverse("exports:session", args=[stored.session.pk]) not in page
+    for capture in stored.files:
+        assert capture.sha256 in page
