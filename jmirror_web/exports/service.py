@@ -175,22 +175,29 @@ def file_path(capture: CaptureFile) -> Path:
     return path
 
 
-def _files_in(session: Session, start: datetime, end: datetime) -> list[CaptureFile]:
-    """The session's files that may hold packets in ``[start, end)``; refused when any of
-    them was purged (an export missing part of its window would mislead)."""
-    files = list(
-        session.files.filter(
-            Q(first_packet__isnull=True) | Q(first_packet__lt=end),
-            Q(last_packet__isnull=True) | Q(last_packet__gte=start),
-        ).order_by(F("first_packet").asc(nulls_last=True), "pk")
-    )
-    purged = [each for each in files if each.purged_at is not None]
-    if purged:
-        raise ExportRefused(
-            f"{len(purged)} capture file(s) of session {session.sid:#x} in this window were "
-            "purged under the case's retention period; their packets cannot be exported."
-        )
-    return files
+def _files_in(
+    sessions: list[Session], start: datetime, end: datetime
+) -> dict[int, list[CaptureFile]]:
+    """Per session, its files that may hold packets in ``[start, end)`` in time order (one
+    query for all the sessions); refused when any of them was purged (an export missing
+    part of its window would mislead)."""
+    files = CaptureFile.objects.filter(
+        Q(first_packet__isnull=True) | Q(first_packet__lt=end),
+        Q(last_packet__isnull=True) | Q(last_packet__gte=start),
+        session__in=[session.pk for session in sessions],
+    ).order_by(F("first_packet").asc(nulls_last=True), "pk")
+    found: dict[int, list[CaptureFile]] = {session.pk: [] for session in sessions}
+    for each in files:
+        found[each.session_id].append(each)
+    for session in sessions:
+        purged = [each for each in found[session.pk] if each.purged_at is not None]
+        if purged:
+            raise ExportRefused(
+                f"{len(purged)} capture file(s) of session {session.sid:#x} in this window "
+                "were purged under the case's retention period; their packets cannot be "
+                "exported."
+            )
+    return found
 
 
 def _ns_bounds(capture: CaptureFile) -> tuple[int | None, int | None]:
@@ -272,7 +279,7 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
             f"{_shown(session.first_seen)} to {_shown(session.last_seen)} UTC.",
             "start",
         )
-    files = _files_in(session, start, end)
+    files = _files_in([session], start, end)[session.pk]
     if not files:
         raise ExportRefused(f"Session {session.sid:#x} has no stored file in that window.")
     shown_start = parameters.start or session.first_seen
@@ -313,8 +320,8 @@ def prepare_intercept_export(intercept: Intercept, parameters: ExportParameters)
         .select_related("router")
         .order_by("first_seen", "pk")
     )
-    chosen = [(session, _files_in(session, start, end)) for session in sessions]
-    chosen = [(session, files) for session, files in chosen if files]
+    files_of = _files_in(sessions, start, end)
+    chosen = [(session, files_of[session.pk]) for session in sessions if files_of[session.pk]]
     if not chosen:
         raise ExportRefused(
             f"Intercept {intercept.liid} has no stored traffic between {_shown(start)} and "

@@ -193,3 +193,19 @@ def test_the_case_page_offers_intercept_downloads_only_with_the_right(
     page = client.get(reverse("console:case", args=[first.case.pk]))
     assert page.status_code == 200
     assert link not in page.content.decode()
+
+
+def test_a_purged_file_of_any_session_in_the_window_refuses_the_export(
+    client: Client, two_sessions: tuple[Stored, Stored], user: User
+) -> None:
+    first, second = two_sessions
+    purged = second.files[0]
+    purged.purged_at = purged.created_at
+    purged.save()
+    client.force_login(user)
+    response = export(client, first, format="zip")
+    assert response.status_code == 400
+    assert f"1 capture file(s) of session {second.session.sid:#x} in this window were purged" in (
+        response.content.decode()
+    )
+    assert not Export.objects.exists()
