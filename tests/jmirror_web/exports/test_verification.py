@@ -302,3 +302,10 @@ def test_an_li_administrator_sees_the_verify_button_but_no_download_form(
     assert reverse("exports:session", args=[stored.session.pk]) not in page
     for capture in stored.files:
         assert capture.sha256 in page
+
+
+def test_every_signed_in_user_finds_the_verify_page_in_the_navigation(
+    client: Client, analyst: User
+) -> None:
+    client.force_login(make_user(Role.SYSADMIN))
+    assert f'href="{reverse("exports:verify")}"' in client.get(reverse("home")).content.decode()
