@@ -72,6 +72,19 @@ class MomentField(forms.Field):
             raise ValidationError("A time is at most 40 characters.")
         return parse_moment(text)
 
+    def prepare_value(self, value: Any) -> Any:
+        # A form shown again keeps what was typed, as a datetime-local input can show it
+        # (UTC, no offset, milliseconds at most); what it cannot parse is left as typed.
+        if isinstance(value, str) and value.strip() and len(value) <= 40:
+            try:
+                value = parse_moment(value)
+            except ValidationError:
+                return value
+        if isinstance(value, datetime):
+            shown = f"{value.astimezone(UTC):%Y-%m-%dT%H:%M:%S}"
+            return shown + (f".{value.microsecond // 1000:03d}" if value.microsecond else "")
+        return value
+
 
 class ExportForm(forms.Form):
     """A session export's parameters (``format`` pcap or pcapng)."""

@@ -389,3 +389,12 @@ def test_a_file_damaged_after_the_check_fails_the_export_mid_stream(
     assert failed.details["error"] == export.error
     assert failed.details["bytes_sent"] == export.bytes_sent
     assert not events("export.complete")
+
+
+def test_a_refused_window_is_shown_again_in_utc_as_the_input_can_show_it(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    response = download(client, stored, format="pcap", start="2020-01-01T13:00:00.250+13:00")
+    assert response.status_code == 400
+    assert 'value="2020-01-01T00:00:00.250"' in response.content.decode()
