@@ -172,6 +172,7 @@ class BatchReceiver:
         "_names",
         "_names_view",
         "_offsets",
+        "_readonly",
         "_sock",
         "_template",
         "_timed_structs",
@@ -274,6 +275,9 @@ class BatchReceiver:
         self._messages_view = memoryview(message_bytes)
         self._names_view = memoryview(self._names)
         self._view = memoryview(self._buffer)
+        # Handed out by receive_timed(views=True): read-only, so a caller cannot write
+        # into the next batch, and hashable like bytes.
+        self._readonly = self._view.toreadonly()
         self._offsets = [index * max_datagram for index in range(batch)]
         # Unpackers for a result of n messages, compiled on first use.
         self._len_structs: list[struct.Struct | None] = [None] * (batch + 1)
@@ -326,12 +330,19 @@ class BatchReceiver:
             [get(key) or text(key) for key in keys],
         )
 
-    def receive_timed(self) -> tuple[list[bytes], list[str], list[int]]:
+    def receive_timed(
+        self, *, views: bool = False
+    ) -> tuple[list[bytes] | list[memoryview], list[str], list[int]]:
         """:meth:`receive` as three parallel lists: payloads, source texts and receive
         times (ns since the epoch, UTC). With ``timestamps`` the times are the kernel's,
         taken when each datagram reached the socket (what tcpdump records), so a busy
         moment of the caller does not shift them; without, or for a datagram the kernel
-        gave no timestamp, the time of this call."""
+        gave no timestamp, the time of this call.
+
+        ``views=True`` gives each payload as a read-only memoryview into the receiver's
+        buffer instead of a copy: valid only until the next receive call, so a caller
+        that keeps one must copy it (``bytes(view)``). It saves a copy (and for large
+        datagrams a malloc and free) per datagram."""
         if not self.timestamps:
             payloads, sources = self.receive_lists()
             now = time.time_ns()
@@ -380,12 +391,23 @@ class BatchReceiver:
         view = self._view
         get = self.addresses.get
         text = self._text
+        sources = [get(key) or text(key) for key in keys]
+        if views:
+            readonly = self._readonly
+            return (
+                [
+                    readonly[offset : offset + length]
+                    for offset, length in zip(self._offsets, lengths, strict=False)
+                ],
+                sources,
+                times,
+            )
         return (
             [
                 view[offset : offset + length].tobytes()
                 for offset, length in zip(self._offsets, lengths, strict=False)
             ],
-            [get(key) or text(key) for key in keys],
+            sources,
             times,
         )
 

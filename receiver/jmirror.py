@@ -301,7 +301,7 @@ _JMIRROR_IPV4_LENGTH = struct.Struct("!II2xH")
 _JMIRROR_IPV6_LENGTH = struct.Struct("!II4xHB")
 
 
-def classify_datagram(payload: bytes) -> tuple[int, int, InnerKind]:
+def classify_datagram(payload: bytes | memoryview) -> tuple[int, int, InnerKind]:
     """The mid, sid and inner kind of a datagram, raising :class:`DecodeError` exactly
     when :func:`decode_datagram` would: what the receive loop needs to gate and store a
     packet, without the addresses and ports only the live view shows.
@@ -318,7 +318,8 @@ def classify_datagram(payload: bytes) -> tuple[int, int, InnerKind]:
         mid, sid, payload_length, proto = _JMIRROR_IPV6_LENGTH.unpack_from(payload)
         if payload_length + 48 == len(payload) and proto not in _IPV6_HEADER_CHAIN:
             return mid, sid, "ipv6"
-    packet = decode_datagram(payload)
+    # The general path wants bytes (the receive loop may pass a memoryview).
+    packet = decode_datagram(payload if type(payload) is bytes else bytes(payload))
     return packet.mid, packet.sid, packet.inner
 
 

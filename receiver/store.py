@@ -199,7 +199,9 @@ class PcapStore:
         # and an identity test is cheaper than hashing its key. Reset when a file closes.
         self._last: _OpenFile | None = None
 
-    def write(self, session: SessionKey, time_ns: int, data: bytes, linktype: int) -> None:
+    def write(
+        self, session: SessionKey, time_ns: int, data: bytes | memoryview, linktype: int
+    ) -> None:
         """Store one packet received at ``time_ns`` (ns since the epoch, UTC). Never raises
         OSError: a packet that cannot be stored is counted in ``store_errors``."""
         file = self._last

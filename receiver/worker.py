@@ -353,7 +353,10 @@ class Capture:
             self._internal_error(source)
 
     def handle_batch(
-        self, payloads: Sequence[bytes], sources: Sequence[str], times: Sequence[int]
+        self,
+        payloads: Sequence[bytes | memoryview],
+        sources: Sequence[str],
+        times: Sequence[int],
     ) -> None:
         """:meth:`handle` for each datagram in turn, with the same result (a property test
         checks it), cheaper: the receive loop's path, one call per ``recvmmsg`` batch.
@@ -363,6 +366,10 @@ class Capture:
         costs its decode, its counts and its store write only. The gate is read once per
         batch: one replaced by another thread applies from the next batch, well inside
         the 2 s the records allow.
+
+        Payloads may be views into the receive buffer, valid only during the call: the
+        store copies what it writes, and the few packets kept for the live view are
+        copied at the end.
         """
         counters = self.counters
         classify = classify_datagram
@@ -371,37 +378,55 @@ class Capture:
         store_classified = self._store_classified
         # The stream of the previous datagram while its claim holds, and its session
         # (None: the stream is not stored).
-        current: tuple[str, int, int] | None = None
+        current_source = ""
+        current_mid = current_sid = -1
         low = high = 0
         delta: SessionDelta | None = None
+        touched: list[SessionDelta] = []
         received_bytes = 0
-        for payload, source, time_ns in zip(payloads, sources, times, strict=True):
-            size = len(payload)
-            received_bytes += size
-            try:
-                mid, sid, inner = classify(payload)
-                if delta is not None and low <= time_ns < high and current == (source, mid, sid):
-                    delta.packets += 1
-                    delta.bytes += size
-                    delta.last_ns = time_ns
-                    linktype = linktypes.get(inner)
-                    if linktype is None:
-                        counters.unstorable += 1
+        try:
+            for payload, source, time_ns in zip(payloads, sources, times, strict=True):
+                size = len(payload)
+                received_bytes += size
+                try:
+                    mid, sid, inner = classify(payload)
+                    if (
+                        delta is not None
+                        and low <= time_ns < high
+                        and sid == current_sid
+                        and mid == current_mid
+                        and source == current_source
+                    ):
+                        delta.packets += 1
+                        delta.bytes += size
+                        delta.last_ns = time_ns
+                        linktype = linktypes.get(inner)
+                        if linktype is None:
+                            counters.unstorable += 1
+                            continue
+                        write(delta.store_key, time_ns, payload[8:], linktype)
+                        delta.stored += 1
+                        # A view at worst: made bytes before returning, in the finally below.
+                        delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
                         continue
-                    write(delta.store_key, time_ns, payload[8:], linktype)
-                    delta.stored += 1
-                    delta.recent.append((time_ns, payload))
-                    continue
-                current = (source, mid, sid)
-                delta, low, high = store_classified(payload, current, inner, time_ns)
-            except DecodeError:
-                counters.malformed += 1
-                delta = None
-            except Exception:
-                delta = None
-                self._internal_error(source)
-        counters.datagrams += len(payloads)
-        counters.bytes += received_bytes
+                    current_source, current_mid, current_sid = source, mid, sid
+                    delta, low, high = store_classified(payload, (source, mid, sid), inner, time_ns)
+                    if delta is not None and delta not in touched:
+                        touched.append(delta)
+                except DecodeError:
+                    counters.malformed += 1
+                    delta = None
+                except Exception:
+                    delta = None
+                    self._internal_error(source)
+        finally:
+            counters.datagrams += len(payloads)
+            counters.bytes += received_bytes
+            for session in touched:
+                recent = session.recent
+                for index, (time_ns, kept) in enumerate(recent):
+                    if type(kept) is not bytes:  # a view into the receive buffer
+                        recent[index] = (time_ns, bytes(kept))
 
     def _internal_error(self, source: str) -> None:
         # A bug, not bad input: count it, say so now and then, and keep receiving.
@@ -419,7 +444,7 @@ class Capture:
         self._store_classified(payload, (source, mid, sid), inner, time_ns)
 
     def _store_classified(
-        self, payload: bytes, key: StreamKey, inner: str, time_ns: int
+        self, payload: bytes | memoryview, key: StreamKey, inner: str, time_ns: int
     ) -> tuple[SessionDelta | None, int, int]:
         """Gate, count and store a decoded datagram of stream ``key``. Returns the
         session delta when the stream's packets are stored, and the span of receive times
@@ -469,7 +494,8 @@ class Capture:
         else:
             self.store.write(delta.store_key, time_ns, payload[8:], linktype)
             delta.stored += 1
-            delta.recent.append((time_ns, payload))
+            # A view from handle_batch is made bytes before that returns.
+            delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
         return delta, low, high
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
@@ -624,7 +650,8 @@ class Receiver(Capture):
             def drain_batches() -> None:
                 for _ in range(_DRAIN_LIMIT // BATCH):
                     try:
-                        payloads, sources, times = receive()
+                        # Views into the batch buffer: handle_batch copies what it keeps.
+                        payloads, sources, times = receive(views=True)
                     except OSError as error:
                         logger.debug("receive error: %s", error)
                         return

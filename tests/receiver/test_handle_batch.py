@@ -105,11 +105,19 @@ def _run(batches: list[list[tuple[bytes, str, int]]], batched: bool) -> Outcome:
         )
         for batch in batches:
             if batched:
+                # As the receive loop passes them: read-only views into one buffer that
+                # the next batch overwrites (here, with junk, right after the call).
+                buffer = bytearray(b"".join(payload for payload, _, _ in batch))
+                views, offset = [], 0
+                for payload, _, _ in batch:
+                    views.append(memoryview(buffer).toreadonly()[offset : offset + len(payload)])
+                    offset += len(payload)
                 capture.handle_batch(
-                    [payload for payload, _, _ in batch],
+                    views,
                     [source for _, source, _ in batch],
                     [time_ns for _, _, time_ns in batch],
                 )
+                buffer[:] = b"\xee" * len(buffer)
             else:
                 for payload, source, time_ns in batch:
                     capture.handle(payload, source, time_ns)
