@@ -5,6 +5,7 @@ finished when the stream ends, or marked aborted when the client goes away."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
@@ -27,6 +29,14 @@ from tests.jmirror_web.exports.evidence import Stored, frames_of, stored_session
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PACKETS = 3000  # about 3 MB: several engine chunks
+
+
+@pytest.fixture(autouse=True)
+async def _close_thread_connections() -> AsyncIterator[None]:
+    yield
+    # The application's database work ran in asgiref's thread for sync code: its
+    # connection is closed there, or the test database cannot be dropped after the run.
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

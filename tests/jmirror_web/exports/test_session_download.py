@@ -344,6 +344,9 @@ def test_a_capture_file_row_pointing_outside_the_data_directory_is_refused(
     refused(download(client, stored, format="pcap"), "recorded outside the data directory")
 
 
+# Committed rows: closing a response sends request_finished, which closes the database
+# connection (and would end a test's transaction with it on PostgreSQL).
+@pytest.mark.django_db(transaction=True)
 def test_a_client_that_goes_away_leaves_an_aborted_export(client: Client, data_dir: Path) -> None:
     big = stored_session(
         data_dir, count=3000, rotate_seconds=3600, payloads=[b"E" + bytes(999)] * 3000
@@ -352,7 +355,7 @@ def test_a_client_that_goes_away_leaves_an_aborted_export(client: Client, data_d
     client.force_login(user)
     response = download(client, big, format="pcap")
     first = next(iter(response.streaming_content))
-    response.close()
+    response.close()  # what a WSGI server does when the client goes away
     export = Export.objects.get()
     assert export.state == Export.State.ABORTED
     assert export.bytes_sent >= len(first) > 0
