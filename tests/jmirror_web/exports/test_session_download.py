@@ -17,7 +17,9 @@ from django.utils import timezone
 from jmirror_web.exports.engine import SourceError
 from jmirror_web.exports.forms import MAX_FILTER_ITEMS
 from jmirror_web.exports.models import Export
-from receiver.store import LINKTYPE_RAW
+from jmirror_web.intercepts.models import CaptureFile
+from receiver import traffic
+from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore, SessionKey
 from tests.jmirror_web.exports.evidence import (
     SECOND,
     Stored,
@@ -25,6 +27,7 @@ from tests.jmirror_web.exports.evidence import (
     events,
     frames_of,
     iso,
+    moment,
     sha256,
     stored_session,
     tshark_count,
@@ -401,3 +404,42 @@ def test_a_refused_window_is_shown_again_in_utc_as_the_input_can_show_it(
     response = download(client, stored, format="pcap", start="2020-01-01T13:00:00.250+13:00")
     assert response.status_code == 400
     assert 'value="2020-01-01T00:00:00.250"' in response.content.decode()
+
+
+def test_a_session_mixing_ppp_and_ip_exports_as_pcapng_but_not_as_pcap(
+    client: Client, data_dir: Path, tmp_path: Path
+) -> None:
+    mixed = stored_session(data_dir, count=2)
+    assert mixed.session.intercept is not None
+    store_ = PcapStore(data_dir / "sessions")
+    key = SessionKey(mixed.intercept.liid, mixed.router.address, mixed.session.mid, 0x7777)
+    lcp = bytes(traffic.ppp_lcp().packet)
+    store_.write(key, mixed.frames[0][0] + SECOND // 2, lcp, LINKTYPE_PPP_HDLC)
+    [closed] = store_.close_all()
+    CaptureFile.objects.create(
+        session=mixed.session,
+        path=str(Path("sessions") / closed.path),
+        first_packet=moment(closed.first_ns),
+        last_packet=moment(closed.last_ns),
+        packets=1,
+        bytes=closed.bytes,
+        sha256=closed.sha256,
+        closed=True,
+    )
+    client.force_login(_analyst_of(mixed))
+    data = body(download(client, mixed, format="pcapng"))
+    assert frames_of(data) == [
+        (mixed.frames[0][0], LINKTYPE_RAW, mixed.frames[0][1]),
+        (closed.first_ns, LINKTYPE_PPP_HDLC, lcp),
+        (mixed.frames[1][0], LINKTYPE_RAW, mixed.frames[1][1]),
+    ]
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(data)
+    assert tshark_count(path) == 3
+
+    response = download(client, mixed, format="pcap")
+    assert response.status_code == 400
+    assert "which one pcap file cannot hold: export as pcapng instead." in (
+        response.content.decode()
+    )
+    assert events("export.refused")[-1].details["reason"].endswith("export as pcapng instead.")
