@@ -443,3 +443,34 @@ def test_a_session_mixing_ppp_and_ip_exports_as_pcapng_but_not_as_pcap(
         response.content.decode()
     )
     assert events("export.refused")[-1].details["reason"].endswith("export as pcapng instead.")
+
+
+def test_a_live_session_exports_what_its_open_file_holds_so_far(
+    client: Client, stored: Stored, analyst: User, data_dir: Path
+) -> None:
+    assert stored.session.intercept is not None
+    live = PcapStore(data_dir / "sessions")
+    key = SessionKey(
+        stored.intercept.liid, stored.router.address, stored.session.mid, stored.session.sid
+    )
+    later = stored.frames[-1][0] + SECOND
+    data = bytes(traffic.ipv4_udp().packet)
+    live.write(key, later, data, LINKTYPE_RAW)
+    live.flush()
+    [being_written] = live.open_files()
+    CaptureFile.objects.create(
+        session=stored.session,
+        path=str(Path("sessions") / being_written.path),
+        first_packet=moment(later),
+        last_packet=moment(later),
+        packets=1,
+        closed=False,
+    )
+    stored.session.last_seen = moment(later)
+    stored.session.save()
+    client.force_login(analyst)
+    exported = body(download(client, stored, format="pcap"))
+    assert frames_of(exported) == [*expected(stored), (later, LINKTYPE_RAW, data)]
+    open_entry = Export.objects.get().sources[0]["files"][-1]
+    assert (open_entry["closed"], open_entry["sha256"]) == (False, None)
+    live.close_all()
