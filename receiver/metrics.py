@@ -58,6 +58,18 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "jmirror_open_files", "Pcap files being written", value=len(snapshot.open_files)
         )
+        # A receive round that takes long lets the socket buffer fill: the first thing to
+        # look at when kernel drops appear (the receiver also logs each, with its GC share).
+        yield CounterMetricFamily(
+            "jmirror_receive_stalls",
+            "Receive loop rounds longer than 100 ms",
+            value=listener.stalls,
+        )
+        yield GaugeMetricFamily(
+            "jmirror_receive_longest_round_seconds",
+            "Longest receive loop round since start",
+            value=listener.longest_round_ns / 1e9,
+        )
         yield GaugeMetricFamily(
             "jmirror_active_sessions",
             "Sessions that received packets in the last tick",

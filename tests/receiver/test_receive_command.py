@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import socket
 import threading
 import time
@@ -305,6 +306,11 @@ def test_the_metrics_endpoint_serves_counters_without_case_data(tmp_path):
     assert 'jmirror_dropped_datagrams_total{reason="no_intercept"} 5.0' in body
     assert f'jmirror_listener_datagrams_total{{listener="127.0.0.1:{served.port}"}} 30.0' in body
     assert f'jmirror_listener_kernel_drops_total{{listener="127.0.0.1:{served.port}"}} 0.0' in body
+    # Rounds were timed (how long they took depends on the machine, so only that).
+    assert re.search(r"^jmirror_receive_stalls_total \d+\.0$", body, re.MULTILINE)
+    longest = re.search(r"^jmirror_receive_longest_round_seconds (\S+)$", body, re.MULTILINE)
+    assert longest is not None
+    assert float(longest[1]) > 0
     assert intercept.liid not in body
     assert intercept.case.reference not in body
     # The endpoint goes away with the receiver.
