@@ -10,11 +10,16 @@ database in another thread. The loop itself never waits on anything but its sock
 the snapshots; :class:`Receiver` adds the sockets. ``manage.py import_pcap`` feeds a
 ``Capture`` from a capture file, so offline and live packets meet the same gate.
 
-Hot path, chosen by measurement (DESIGN.md section 3): non-blocking sockets drained with
-``socket.recvfrom_into`` and ``select`` only when all are empty (about 270k datagrams/s
-for a plain loop on the reference machine against 47k for asyncio's datagram endpoint).
-Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at least every
-``tick_interval``.
+Hot path, chosen by measurement (DESIGN.md section 3): non-blocking sockets drained
+until empty and ``select`` only when all are (a plain loop ran about 270k datagrams/s on
+the reference machine against 47k for asyncio's datagram endpoint). On Linux each drain
+is ``recvmmsg`` (:mod:`receiver.batch_receive`): up to 64 datagrams per system call, as
+views into one buffer, with the kernel's receive timestamps, handed to
+:meth:`Capture.handle_batch` in one call, where a stream's consecutive datagrams share its
+gate answer and session. Elsewhere, ``recvfrom_into`` and :meth:`Capture.handle` per
+datagram. Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at
+least every ``tick_interval``; a round of the loop longer than :data:`STALL_NS` is
+counted and logged, with the garbage collector's share of it.
 """
 
 from __future__ import annotations
