@@ -122,9 +122,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Imported here: daphne.server installs Twisted's asyncio reactor when imported.
-        from daphne.server import Server, twisted_loop
+        from daphne.server import twisted_loop
 
         from jmirror_web.asgi import application
+        from jmirror_web.flow_control import FlowControlServer
 
         if not 1 <= options["port"] <= 65535:
             raise CommandError("--port must be between 1 and 65535")
@@ -148,7 +149,9 @@ class Command(BaseCommand):
         self.stdout.flush()
         endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
         try:
-            Server(
+            # Daphne's Server, but a streamed response waits for a slow client rather
+            # than piling up in this process (jmirror_web.flow_control).
+            FlowControlServer(
                 application=application,
                 endpoints=[endpoint],
                 signal_handlers=True,

@@ -1,0 +1,110 @@
+"""Backpressure for streamed responses under Daphne.
+
+Daphne hands each ``http.response.body`` message to Twisted (``Request.write``), which
+appends it to the transport's write buffer and returns at once; the application's
+``send`` then returns and Django pulls the next chunk. A multi-gigabyte export to a slow
+client would so pile up in the web process. :class:`FlowControlServer` makes ``send``
+wait instead: it registers a streaming producer on the request, which Twisted pauses
+when the transport holds more than its high-water mark (``FileDescriptor.bufferSize``,
+64 KiB) and resumes when the client has drained it, and does not return from a
+``more_body`` message while the producer is paused. A response so holds about one chunk
+(at most 1 MiB for an export) in the process, whatever the client's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from daphne.http_protocol import WebRequest
+from daphne.server import Server
+
+logger = logging.getLogger("jmirror_web.flow_control")
+
+# How often a paused response looks whether its connection is gone, in case Twisted's
+# stopProducing never reaches the producer (it should, through the channel).
+DISCONNECT_CHECK_SECONDS: Final = 1.0
+
+
+class ResponseFlow:
+    """One response's push producer (Twisted's ``IPushProducer``): whether the client has
+    room for more of the response.
+
+    Twisted calls these methods on its reactor, which is Daphne's asyncio loop, the loop
+    the application's ``send`` runs on: the event needs no locking."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.writable.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable.set()
+
+    def stopProducing(self) -> None:
+        # The connection is gone: nothing will drain the buffer, so nobody may wait.
+        self.stopped = True
+        self.writable.set()
+
+
+def gone(protocol: WebRequest) -> bool:
+    """Whether the response is over: finished, or its connection lost."""
+    return bool(protocol.finished) or protocol.channel is None
+
+
+def release(protocol: WebRequest, flow: ResponseFlow) -> None:
+    """Unregisters ``flow``: the channel allows one producer at a time, and the next
+    request on a kept-alive connection registers its own."""
+    if protocol.producer is flow:
+        if protocol.channel is not None:
+            protocol.unregisterProducer()
+        else:
+            protocol.producer = None
+
+
+class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hints
+    """Daphne's server, with ``send`` of a streamed HTTP response waiting for the client."""
+
+    async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
+        streaming = (
+            isinstance(protocol, WebRequest)
+            and message.get("type") == "http.response.body"
+            and bool(message.get("more_body", False))
+        )
+        flow = protocol.producer if isinstance(protocol, WebRequest) else None
+        if streaming and flow is None and not gone(protocol):
+            # Registered before the chunk is written, so that writing it past the
+            # high-water mark pauses this producer.
+            flow = ResponseFlow()
+            try:
+                protocol.registerProducer(flow, True)
+            except RuntimeError:
+                # The channel still holds another request's producer: Twisted allows
+                # one. Rather a response without backpressure than no response.
+                logger.warning("no backpressure for %s: a producer is registered", protocol)
+                flow = None
+        await super().handle_reply(protocol, message)
+        if not isinstance(flow, ResponseFlow):
+            return
+        if not streaming or gone(protocol):
+            release(protocol, flow)
+            return
+        await wait_for_room(protocol, flow)
+
+
+async def wait_for_room(protocol: WebRequest, flow: ResponseFlow) -> None:
+    """Returns once the client has drained the transport, or the response is over."""
+    try:
+        while not flow.writable.is_set():
+            try:
+                await asyncio.wait_for(flow.writable.wait(), DISCONNECT_CHECK_SECONDS)
+            except TimeoutError:
+                if gone(protocol):
+                    break
+    finally:
+        if flow.stopped or gone(protocol):
+            release(protocol, flow)
