@@ -1,4 +1,4 @@
-"""The ASGI entry point: ``daphne jmirror_web.asgi:application``."""
+"""The ASGI application, which ``manage.py serve`` runs under Daphne."""
 
 import os
 
@@ -12,11 +12,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
 # Django must be set up before anything imports models, so this comes first.
 django_asgi_application = get_asgi_application()
 
+from jmirror_web.body_limit import RequestBodyLimit  # noqa: E402
 from jmirror_web.live.routing import websocket_urlpatterns  # noqa: E402  (needs the models)
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_application,
+        # Django spools a whole request body to disk before any view can refuse it: an
+        # oversized one is refused here first.
+        "http": RequestBodyLimit(django_asgi_application),
         # The canonical order: the Origin is checked before anything else runs (a page of
         # another site must not ride the user's cookie), then the session and user are
         # resolved for the consumer.
