@@ -1,11 +1,12 @@
 """The "Two-factor sign-in" page: each user sets up (or removes) their own TOTP device.
 
 Setting up shows a new secret (a QR code and the same key as text) on every visit, and
-the device counts only once a current code from it has been entered; removing it takes a
-current code too, so a screen left signed in is not enough. Both are audited. The
-secret of a device in use is never shown again; a lost phone is reset from the shell
-(``manage.py two_factor --reset USERNAME``). The rules themselves are in
-:mod:`jmirror_web.security.two_factor`.
+the device counts only once a current code from it has been entered with the account's
+password; removing it takes the password and a current code too, so a screen left signed
+in is not enough. Both are audited, and so is a wrong password (as a failed sign-in,
+counted towards the lockout); a wrong code is only refused. The secret of a device in use
+is never shown again; a lost phone is reset from the shell (``manage.py two_factor
+--reset USERNAME``). The rules themselves are in :mod:`jmirror_web.security.two_factor`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from django_otp.plugins.otp_totp.models import (  # type: ignore[import-untyped,
 from django_otp.qr import write_qrcode_image  # type: ignore[import-untyped,unused-ignore]
 
 from jmirror_web.audit.log import record
-from jmirror_web.security.two_factor import check_code, code_field, confirmed_device, required_for
+from jmirror_web.security.two_factor import (
+    ENROL_PASSWORD_REFUSED,
+    REMOVE_PASSWORD_REFUSED,
+    check_code,
+    code_field,
+    confirmed_device,
+    password_confirmed,
+    password_field,
+    required_for,
+)
 
 ENROLLED: Final = "two_factor.enrol"
 REMOVED: Final = "two_factor.remove"
@@ -40,10 +50,28 @@ WRONG_CODE: Final = (
     "That code was not accepted. Enter the code your app shows now (after a wrong one, "
     "wait a few seconds); if it keeps failing, check the time on your phone."
 )
+WRONG_PASSWORD: Final = "That is not your password: enter the one you sign in with."  # noqa: S105
 
 
-class CodeForm(forms.Form):
+class ConfirmForm(forms.Form):
+    """What setting a device up or removing it asks for: the account's password (checked
+    first: a wrong one spends no try at the code) and a current code."""
+
+    password = password_field()
     code = code_field()
+
+
+def _confirmed(request: HttpRequest, form: ConfirmForm, device: TOTPDevice, reason: str) -> bool:
+    user: Any = request.user
+    if not form.is_valid():
+        return False
+    if not password_confirmed(request, user, form.cleaned_data["password"], reason):
+        form.add_error("password", WRONG_PASSWORD)
+        return False
+    if not check_code(user, device, form.cleaned_data["code"]):
+        form.add_error("code", WRONG_CODE)
+        return False
+    return True
 
 
 def _pending(user: Any) -> TOTPDevice | None:
@@ -86,12 +114,12 @@ def two_factor_page(request: HttpRequest) -> HttpResponse:
 
 def _enrol(request: HttpRequest) -> HttpResponse:
     user: Any = request.user
-    form = CodeForm(request.POST or None)
+    form = ConfirmForm(request.POST or None)
     if request.method == "POST":
         pending = _pending(user)
         if pending is None:  # set up meanwhile in another tab, or never shown
             return HttpResponseRedirect(reverse("console:two_factor"))
-        if form.is_valid() and check_code(user, pending, form.cleaned_data["code"]):
+        if _confirmed(request, form, pending, ENROL_PASSWORD_REFUSED):
             with transaction.atomic():
                 pending.confirmed = True
                 pending.save(update_fields=["confirmed"])
@@ -101,7 +129,6 @@ def _enrol(request: HttpRequest) -> HttpResponse:
             record(ENROLLED, user, request=request, details={"device": pending.persistent_id})
             messages.success(request, "Two-factor sign-in is on: sign-ins now ask for a code.")
             return HttpResponseRedirect(_next(request) or reverse("console:two_factor"))
-        form.add_error("code", WRONG_CODE)
     else:
         pending = _new_pending(user)
     context = {
@@ -116,15 +143,13 @@ def _enrol(request: HttpRequest) -> HttpResponse:
 
 def _enrolled(request: HttpRequest, device: TOTPDevice) -> HttpResponse:
     user: Any = request.user
-    form = CodeForm(request.POST or None)
-    if request.method == "POST":
-        if form.is_valid() and check_code(user, device, form.cleaned_data["code"]):
-            persistent_id = device.persistent_id
-            device.delete()
-            record(REMOVED, user, request=request, details={"device": persistent_id})
-            messages.success(request, "Two-factor sign-in is off.")
-            return HttpResponseRedirect(reverse("console:two_factor"))
-        form.add_error("code", WRONG_CODE)
+    form = ConfirmForm(request.POST or None)
+    if request.method == "POST" and _confirmed(request, form, device, REMOVE_PASSWORD_REFUSED):
+        persistent_id = device.persistent_id
+        device.delete()
+        record(REMOVED, user, request=request, details={"device": persistent_id})
+        messages.success(request, "Two-factor sign-in is off.")
+        return HttpResponseRedirect(reverse("console:two_factor"))
     context = {"device": device, "form": form, "required": required_for(user)}
     return render(request, TEMPLATE, context)
 

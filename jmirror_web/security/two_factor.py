@@ -15,6 +15,11 @@ code field, and the checks that keep a session without one out.
   django-otp keeps the device's id in the session. A user with a device whose session is
   not verified (it began before the device was set up) is signed out, to sign in again
   with a code.
+- Setting a device up or removing it asks for the account's password as well as a code
+  (:func:`password_confirmed`), so a screen left signed in is not enough. A wrong
+  password there is a failed sign-in too: audited as ``login_failed`` (with the page's
+  ``reason``) and counted by django-axes; while axes has locked the user name out from
+  that address, no password is checked there either.
 - API tokens are not asked for a code: a token is made from the shell
   (``manage.py drf_create_token``) for a machine, which has no phone. A session used on
   the API is held to the same rule as the pages.
@@ -27,6 +32,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from axes.handlers.proxy import AxesProxyHandler  # type: ignore[import-untyped,unused-ignore]
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -53,6 +59,10 @@ from jmirror_web.intercepts.access import Role, roles_of
 STAFF_ROLES: Final = frozenset({Role.LI_ADMIN, Role.AUDITOR, Role.SYSADMIN})
 # The reason a failed sign-in's audit event gives when the password was right.
 CODE_REFUSED: Final = "two_factor_code"
+# The reasons of a wrong password on the two-factor page, setting a device up or removing it
+# (audit reasons, not passwords).
+ENROL_PASSWORD_REFUSED: Final = "two_factor_enrol_password"  # noqa: S105
+REMOVE_PASSWORD_REFUSED: Final = "two_factor_remove_password"  # noqa: S105
 SESSION_ENDED: Final = "two_factor.session_ended"
 
 # Pages a user who still owes a code may reach: setting up a device, signing in and out.
@@ -136,6 +146,35 @@ def check_code(user: Any, device: TOTPDevice, code: str) -> bool:
         return False
     # verify_token locks the device's row, so one code cannot be used twice at once.
     return verify_token(user, device.persistent_id, code) is not None
+
+
+def password_confirmed(request: HttpRequest, user: Any, password: str, reason: str) -> bool:
+    """Whether ``password`` is the signed-in ``user``'s own: asked again before a device
+    is set up or removed. A wrong one is sent as a failed sign-in (the signal
+    django.contrib.auth sends for a wrong password, with ``reason``), so the audit log
+    records it and django-axes counts it towards the lockout of this user name from this
+    address; the failure that reaches the limit gets axes' lockout page. While locked out,
+    no password is checked, and the attempt counts again as on the sign-in page."""
+    credentials = {"username": user.get_username()}
+    # AXES_ENABLED is axes' own setting (default True), unknown to django-stubs.
+    axes_enabled = getattr(settings, "AXES_ENABLED", True)
+    locked = axes_enabled and not AxesProxyHandler.is_allowed(request, credentials)
+    if not locked and user.check_password(password):
+        return True
+    user_login_failed.send(sender=__name__, credentials=credentials, request=request, reason=reason)
+    return False
+
+
+def password_field() -> forms.CharField:
+    return forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        error_messages={
+            "required": "Enter your password: setting up or removing two-factor sign-in "
+            "asks for it."
+        },
+    )
 
 
 def code_field() -> forms.CharField:

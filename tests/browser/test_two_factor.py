@@ -1,7 +1,8 @@
 """Two-factor sign-in in a real browser, against the product served by Daphne with
 ``JMIRROR_REQUIRE_2FA=staff``: an LI administrator signs in with the password, is sent to
 set up a device, reads the key off the page (the QR code must load under the strict
-Content-Security-Policy), confirms it with a code, and from then on signs in with one.
+Content-Security-Policy), confirms it with the password and a code (a wrong password is
+refused), and from then on signs in with one.
 Any JavaScript or console error (a CSP violation is one) fails the test."""
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def test_an_li_admin_sets_up_two_factor_and_then_signs_in_with_a_code(
         loaded = page.eval_on_selector("img.qr", "img => img.complete && img.naturalWidth > 0")
         assert loaded, "the QR code did not load"
         key = page.inner_text("code.secret")
+        # The account's password as well as a code: a screen left signed in is not enough.
+        page.fill("#id_password", "not the password")
+        page.fill("#id_code", code(key))
+        page.click("main button[type=submit]")
+        page.wait_for_selector("main p.error")
+        assert "That is not your password" in page.inner_text("main")
+        assert page.inner_text("code.secret") == key  # the same key, to try again
+        page.fill("#id_password", PASSWORD)
         page.fill("#id_code", code(key))
         page.click("main button[type=submit]")
         page.wait_for_url(f"{base}/")

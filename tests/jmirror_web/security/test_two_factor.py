@@ -1,6 +1,6 @@
-"""Two-factor sign-in (TOTP): setting a device up and removing it, the code on the console
-and admin sign-ins (failures counted by axes and audited), JMIRROR_REQUIRE_2FA, the API,
-and ``manage.py two_factor``."""
+"""Two-factor sign-in (TOTP): setting a device up and removing it (each with the password
+and a code), the code on the console and admin sign-ins (failures counted by axes and
+audited), JMIRROR_REQUIRE_2FA, the API, and ``manage.py two_factor``."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def test_a_user_sets_up_a_device_by_entering_a_code_from_it():
     assert len(key) == 32  # 20 random bytes in base32, shown grouped by four
     assert f'<img class="qr" src="{reverse("console:two_factor_qr")}"' in page.content.decode()
 
-    response = client.post(reverse("console:two_factor"), {"code": code(pending)})
+    response = client.post(
+        reverse("console:two_factor"), {"password": PASSWORD, "code": code(pending)}
+    )
 
     assert response.status_code == 302
     pending.refresh_from_db()
@@ -104,7 +106,9 @@ def test_a_wrong_code_does_not_set_the_device_up():
     client.get(reverse("console:two_factor"))
     pending = TOTPDevice.objects.get(user=user)
 
-    response = client.post(reverse("console:two_factor"), {"code": wrong(pending)})
+    response = client.post(
+        reverse("console:two_factor"), {"password": PASSWORD, "code": wrong(pending)}
+    )
 
     assert response.status_code == 200
     assert "That code was not accepted" in response.content.decode()
@@ -186,23 +190,131 @@ def verified_client(user: User, device: TOTPDevice) -> Client:
     return client
 
 
-def test_removing_the_device_takes_a_current_code_and_is_audited():
+def test_removing_the_device_takes_the_password_and_a_current_code_and_is_audited():
     user = make_user(Role.LI_ADMIN, username="ana")
     device = enrolled(user)
     client = verified_client(user, device)
 
-    refused = client.post(reverse("console:two_factor"), {"code": wrong(device)})
+    refused = client.post(
+        reverse("console:two_factor"), {"password": PASSWORD, "code": wrong(device)}
+    )
     assert refused.status_code == 200
+    assert "That code was not accepted" in refused.content.decode()
     assert TOTPDevice.objects.filter(pk=device.pk).exists()
     # django-otp's throttling: after a wrong code the device takes none for a second.
     time.sleep(1.1)
-    removed = client.post(reverse("console:two_factor"), {"code": code(device)})
+    removed = client.post(
+        reverse("console:two_factor"), {"password": PASSWORD, "code": code(device)}
+    )
 
     assert removed.status_code == 302
     assert not TOTPDevice.objects.filter(user=user).exists()
     [event] = events("two_factor.remove")
     assert event.actor_name == "ana"
     assert event.details == {"device": device.persistent_id}
+
+
+# The password, asked again to set a device up or remove it -----------------------------
+
+
+def pending_for(client: Client, user: User) -> TOTPDevice:
+    client.get(reverse("console:two_factor"))
+    device: TOTPDevice = TOTPDevice.objects.get(user=user, confirmed=False)
+    return device
+
+
+def test_a_wrong_password_does_not_set_the_device_up_and_is_audited():
+    """Someone at a screen left signed in cannot attach their own phone to the account."""
+    user = make_user(Role.ANALYST, username="ana")
+    client = Client(REMOTE_ADDR="192.0.2.7")
+    client.force_login(user)
+    pending = pending_for(client, user)
+    now = code(pending)
+
+    response = client.post(reverse("console:two_factor"), {"password": "not it", "code": now})
+
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "That is not your password" in body
+    assert "That code was not accepted" not in body
+    pending.refresh_from_db()
+    assert pending.confirmed is False
+    assert DEVICE_ID_SESSION_KEY not in client.session
+    assert events("two_factor.enrol") == []
+    [failure] = events("login_failed")
+    assert failure.details == {"username": "ana", "reason": "two_factor_enrol_password"}
+    assert failure.source_address == "192.0.2.7"
+    # The code was not tried: with the password, the same one still sets the device up.
+    assert response.context["secret"].replace(" ", "") == b32encode(pending.bin_key).decode()
+    accepted = client.post(reverse("console:two_factor"), {"password": PASSWORD, "code": now})
+    assert accepted.status_code == 302
+    pending.refresh_from_db()
+    assert pending.confirmed is True
+
+
+def test_a_missing_password_does_not_set_the_device_up():
+    user = make_user(Role.ANALYST)
+    client = Client()
+    client.force_login(user)
+    pending = pending_for(client, user)
+
+    for data in ({"code": code(pending)}, {"password": "", "code": code(pending)}):
+        response = client.post(reverse("console:two_factor"), data)
+
+        assert response.status_code == 200
+        assert "Enter your password" in response.content.decode()
+        pending.refresh_from_db()
+        assert pending.confirmed is False
+    assert events("two_factor.enrol") == []
+    # Not a guess at the password: not a failed sign-in.
+    assert events("login_failed") == []
+
+
+def test_a_wrong_password_does_not_remove_the_device_and_is_audited():
+    user = make_user(Role.LI_ADMIN, username="ana")
+    device = enrolled(user)
+    client = verified_client(user, device)
+
+    response = client.post(
+        reverse("console:two_factor"), {"password": "not it", "code": code(device)}
+    )
+
+    assert response.status_code == 200
+    assert "That is not your password" in response.content.decode()
+    assert TOTPDevice.objects.filter(pk=device.pk, confirmed=True).exists()
+    assert client.session[DEVICE_ID_SESSION_KEY] == device.persistent_id
+    assert events("two_factor.remove") == []
+    [failure] = events("login_failed")
+    assert failure.details == {"username": "ana", "reason": "two_factor_remove_password"}
+
+
+def test_a_missing_password_does_not_remove_the_device():
+    user = make_user(Role.LI_ADMIN)
+    device = enrolled(user)
+    client = verified_client(user, device)
+
+    response = client.post(reverse("console:two_factor"), {"code": code(device)})
+
+    assert response.status_code == 200
+    assert "Enter your password" in response.content.decode()
+    assert TOTPDevice.objects.filter(pk=device.pk, confirmed=True).exists()
+    assert events("two_factor.remove") == []
+    assert events("login_failed") == []
+
+
+def test_both_forms_ask_for_the_password():
+    user = make_user(Role.ANALYST)
+    client = Client()
+    client.force_login(user)
+    setting_up = client.get(reverse("console:two_factor")).content.decode()
+    device = enrolled(user)
+    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+    removing = verified_client(user, device).get(reverse("console:two_factor"))
+
+    for body in (setting_up, removing.content.decode()):
+        assert 'type="password" name="password"' in body
+        assert 'autocomplete="current-password"' in body
+        assert "csrfmiddlewaretoken" in body
 
 
 # Signing in ----------------------------------------------------------------------------
@@ -318,6 +430,53 @@ class TestLockout:
         sign_in("console:login", "ana", PASSWORD, "")
         assert signed_in(sign_in("console:login", "ana", PASSWORD, code(device)))
 
+    def test_wrong_passwords_on_the_two_factor_page_count_towards_the_lockout(self):
+        user = make_user(Role.LI_ADMIN, username="ana")
+        device = enrolled(user)
+        client = verified_client(user, device)
+        client.defaults["REMOTE_ADDR"] = "192.0.2.1"
+
+        def remove(password: str) -> Any:
+            return client.post(
+                reverse("console:two_factor"), {"password": password, "code": code(device)}
+            )
+
+        responses = [remove("not it"), remove("nor this")]
+        assert [response.status_code for response in responses] == [200, 200]
+        # With the sign-in's failures: the third one locks the user name out from here.
+        assert sign_in("console:login", "ana", "wrong", code(device)).status_code == 429
+        [locked] = events("login_locked_out")
+        assert locked.details["username"] == "ana"
+
+        # While locked out, not even the right password is checked on the page.
+        refused = remove(PASSWORD)
+        assert refused.status_code == 429
+        assert "Sign-in locked" in refused.content.decode()
+        assert TOTPDevice.objects.filter(pk=device.pk).exists()
+        assert [event.details.get("reason") for event in events("login_failed")] == [
+            "two_factor_remove_password",
+            "two_factor_remove_password",
+            None,
+            "two_factor_remove_password",
+        ]
+
+    def test_the_failure_that_reaches_the_limit_on_the_page_gets_the_lockout_page(self):
+        user = make_user(Role.ANALYST, username="ana")
+        client = Client(REMOTE_ADDR="192.0.2.1")
+        client.force_login(user)
+        pending = pending_for(client, user)
+        statuses = [
+            client.post(
+                reverse("console:two_factor"), {"password": "not it", "code": code(pending)}
+            ).status_code
+            for _ in range(3)
+        ]
+
+        assert statuses == [200, 200, 429]
+        pending.refresh_from_db()
+        assert pending.confirmed is False
+        assert sign_in("console:login", "ana", PASSWORD).status_code == 429
+
 
 # Sessions that owe a code --------------------------------------------------------------
 
@@ -392,7 +551,8 @@ def test_once_set_up_the_user_goes_on_to_the_page_they_asked_for(settings: Any):
     pending = TOTPDevice.objects.get(user=user)
 
     response = client.post(
-        reverse("console:two_factor"), {"code": code(pending), "next": "/admin/"}
+        reverse("console:two_factor"),
+        {"password": PASSWORD, "code": code(pending), "next": "/admin/"},
     )
 
     assert response["Location"] == "/admin/"
@@ -406,7 +566,8 @@ def test_the_set_up_page_goes_nowhere_off_site(settings: Any):
     client.get(reverse("console:two_factor"))
     pending = TOTPDevice.objects.get(user=user)
     response = client.post(
-        reverse("console:two_factor"), {"code": code(pending), "next": "https://evil.example/"}
+        reverse("console:two_factor"),
+        {"password": PASSWORD, "code": code(pending), "next": "https://evil.example/"},
     )
     assert response["Location"] == reverse("console:two_factor")
 
