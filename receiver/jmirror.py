@@ -299,6 +299,8 @@ def decode_datagram(payload: bytes) -> JMirrorPacket:
 # and next header: what classify_datagram() reads on its fast paths.
 _JMIRROR_IPV4_LENGTH = struct.Struct("!II2xH")
 _JMIRROR_IPV6_LENGTH = struct.Struct("!II4xHB")
+# jmirror header, PPP address/control and protocol, then IPv4's first byte and total length.
+_JMIRROR_PPP_IPV4 = struct.Struct("!IIHHBxH")
 
 
 def classify_datagram(payload: bytes | memoryview) -> tuple[int, int, InnerKind]:
@@ -306,9 +308,9 @@ def classify_datagram(payload: bytes | memoryview) -> tuple[int, int, InnerKind]
     when :func:`decode_datagram` would: what the receive loop needs to gate and store a
     packet, without the addresses and ports only the live view shows.
 
-    The two fast paths are decode_datagram's own, with the same conditions, so they
-    accept exactly what it accepts there (it never raises on them); everything else goes
-    through decode_datagram itself. Measured 0.3 us against 1.4 us for a full decode.
+    The fast paths (IPv4 and IPv6 as decode_datagram's own, IPv4 in PPP) accept only what
+    decode_datagram accepts (it never raises on them: property-tested); everything else
+    goes through decode_datagram itself. Measured 0.3 us against 1.4 us for a full decode.
     """
     if len(payload) >= 32 and payload[8] == 0x45:
         mid, sid, total_length = _JMIRROR_IPV4_LENGTH.unpack_from(payload)
@@ -318,6 +320,19 @@ def classify_datagram(payload: bytes | memoryview) -> tuple[int, int, InnerKind]
         mid, sid, payload_length, proto = _JMIRROR_IPV6_LENGTH.unpack_from(payload)
         if payload_length + 48 == len(payload) and proto not in _IPV6_HEADER_CHAIN:
             return mid, sid, "ipv6"
+    elif len(payload) >= 32 and payload[8] == 0xFF:
+        # IPv4 in PPP (HDLC framing, full protocol field): a PPPoE or L2TP subscriber's
+        # traffic as E Series and MX BNGs mirror it.
+        mid, sid, framing, protocol, version_ihl, total_length = _JMIRROR_PPP_IPV4.unpack_from(
+            payload
+        )
+        if (
+            framing == 0xFF03
+            and protocol == _PPP_IPV4
+            and version_ihl == 0x45
+            and total_length == len(payload) - 12
+        ):
+            return mid, sid, "ppp"
     # The general path wants bytes (the receive loop may pass a memoryview).
     packet = decode_datagram(payload if type(payload) is bytes else bytes(payload))
     return packet.mid, packet.sid, packet.inner

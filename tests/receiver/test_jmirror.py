@@ -425,6 +425,9 @@ _VALID = [
     bytes(ipv6_tcp_flow_label()),
     bytes(IP(src="192.0.2.1", dst="198.51.100.2", options=[IPOption_Router_Alert()]) / UDP()),
     b"\xff\x03\x00\x21" + bytes(ipv4_udp()),
+    b"\xff\x03\x00\x21" + bytes(IP(src="192.0.2.1", dst="198.51.100.2") / ICMP()),
+    b"\xff\x03\x00\x57" + bytes(ipv6_tcp_flow_label()),
+    b"\xff\x03\x21" + bytes(ipv4_udp()),
 ]
 
 
