@@ -179,7 +179,9 @@ def test_the_admin_sign_in_admits_by_role(client: Client) -> None:
     make_user(Role.ANALYST, username="ana", is_staff=True)
     refused = client.post(reverse("admin:login"), {"username": "ana", "password": PASSWORD})
     assert refused.status_code == 200
-    assert b"Please enter the correct username and password" in refused.content
+    # The same words as for a wrong password: a refusal by role reveals nothing.
+    assert b"Please enter a correct username and password" in refused.content
+    assert not refused.wsgi_request.user.is_authenticated
     admitted = client.post(reverse("admin:login"), {"username": "li", "password": PASSWORD})
     assert admitted.status_code == 302
 
