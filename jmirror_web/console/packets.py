@@ -9,6 +9,10 @@ Packets are numbered from 1 in time order across the session's capture files (or
 their first packet), using the files' packet counts to find the file, then reading that
 file's records in a stream (``receiver.capture.iter_frames``): no file is loaded whole.
 
+The live packet list knows a packet by its receive time only, so :func:`packet_jump` also
+takes ``at=<ns since the epoch>``: :func:`number_at` reads the files whose recorded span
+holds that time, in numbering order, and stops at the first packet received exactly then.
+
 Scapy decodes the packet: far too slow for the receive path (DESIGN.md section 3), fine
 for one packet on request, but its work is bounded here (a packet beyond
 :data:`MAX_SHOWN_BYTES` is cut, the tree is capped) and any exception it raises becomes
@@ -17,13 +21,15 @@ for one packet on request, but its work is bounded here (a packet beyond
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
@@ -49,6 +55,13 @@ LINKTYPE_NAMES: Final = {
     LINKTYPE_RAW: "raw IP (101)",
     LINKTYPE_PPP_HDLC: "PPP in HDLC-like framing (50)",
 }
+# A packet number or time (ns since the epoch) in a query: ASCII digits only (str.isdigit
+# also takes superscripts, which int() refuses, and other scripts' digits), at most 19
+# of them (int64).
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The user's text as far as a message or an audit event repeats it.
+_ECHOED_CHARS: Final = 40
 _PRINTABLE: Final = frozenset(
     ord(c) for c in string.ascii_letters + string.digits + string.punctuation + " "
 )
@@ -86,13 +99,24 @@ class PacketUnavailable(Exception):
     which, for the user)."""
 
 
+class NoPacketAt(Exception):
+    """No stored packet of the session was received at the time asked (the message says
+    why, for the user)."""
+
+
 # Locating and reading ----------------------------------------------------------------
+
+
+def numbered_files(session: Session) -> list[CaptureFile]:
+    """The session's files in the order their packets are numbered; :func:`locate` and
+    :func:`number_at` both count along this list, so that they agree."""
+    return list(session.files.order_by(F("first_packet").asc(nulls_last=True), "pk"))
 
 
 def locate(session: Session, number: int) -> tuple[CaptureFile, int, int] | None:
     """The file holding packet ``number`` (from 1) of the session, the packet's index
     (from 1) in that file, and the session's stored packet total; None out of range."""
-    files = list(session.files.order_by(F("first_packet").asc(nulls_last=True), "pk"))
+    files = numbered_files(session)
     total = sum(each.packets for each in files)
     if not 1 <= number <= total:
         return None
@@ -142,6 +166,83 @@ def read_packet(path: Path, index: int) -> tuple[int, int, bytes]:
     raise PacketUnavailable(
         f"The capture file holds {last} packets, fewer than its record says; this packet "
         "is not in it."
+    )
+
+
+def _row_time(time_ns: int) -> datetime:
+    # What the receiver writes into the rows for a packet time: cut to the microsecond
+    # (receive.moment), so comparing cut times never leaves out the file that holds it.
+    return _EPOCH + timedelta(microseconds=time_ns // 1000)
+
+
+def _may_hold(capture: CaptureFile, moment: datetime) -> bool:
+    """Whether the file's recorded span includes ``moment``; a side without a time yet
+    (a row made before its first write was counted) does not rule it out."""
+    return (capture.first_packet is None or capture.first_packet <= moment) and (
+        capture.last_packet is None or moment <= capture.last_packet
+    )
+
+
+def _index_at(path: Path, time_ns: int, counted: int) -> int | None:
+    """The index (from 1) of the first record of a capture file received at ``time_ns``,
+    among its first ``counted`` records (those its row counts: a later one, still being
+    written, has no number yet); None when none of them was."""
+    with path.open("rb") as stream:
+        for index, frame_ns, _linktype, _data in iter_frames(stream):
+            if index > counted:
+                return None
+            if frame_ns == time_ns:
+                return index
+    return None
+
+
+def number_at(session: Session, time_ns: int) -> int:
+    """The number (as :func:`locate` counts) of the session's stored packet received at
+    exactly ``time_ns`` (ns since the epoch). When two files both hold a packet of that
+    time (side by side, with different link types), the one numbered first wins.
+
+    Reads only the files whose recorded span holds the time, never a purged one, and
+    stops at the first match. Raises :class:`NoPacketAt` saying why nothing was found.
+    """
+    moment = _row_time(time_ns)
+    shown, _attribute = utc_ns(time_ns)
+    missing = f"No stored packet of this session was received at {shown} ({time_ns} ns)."
+    if moment < session.first_seen:
+        raise NoPacketAt(f"{missing} That is before the session's first packet.")
+    if moment > session.last_seen:
+        # The session's row is brought up to date about once a second, after the live
+        # list has shown the packet: most likely it is just too soon.
+        raise NoPacketAt(
+            f"{missing} That is after the last packet this session has recorded: it may "
+            "not be on disk yet, try again in a moment."
+        )
+    before = 0
+    purged = unreadable = False
+    for each in numbered_files(session):
+        if _may_hold(each, moment):
+            if each.purged_at is not None:
+                purged = True
+            else:
+                try:
+                    index = _index_at(file_on_disk(each), time_ns, each.packets)
+                except (OSError, CaptureError):
+                    unreadable = True
+                else:
+                    if index is not None:
+                        return before + index
+        before += each.packets
+    if purged:
+        raise NoPacketAt(
+            f"{missing} A capture file of that time was purged under the case's retention period."
+        )
+    if unreadable:
+        raise NoPacketAt(
+            f"{missing} A capture file of that time is missing or cannot be read, or it "
+            "may not be on disk yet: try again in a moment."
+        )
+    raise NoPacketAt(
+        f"{missing} It may not be on disk yet (the receiver writes packets within about a "
+        "second): try again in a moment."
     )
 
 
@@ -275,25 +376,18 @@ def utc_ns(time_ns: int) -> tuple[str, str]:
     )
 
 
-# The view ------------------------------------------------------------------------------
+# The views -----------------------------------------------------------------------------
 
 
-def _refuse(
-    request: HttpRequest, session: Session | None, session_id: int, number: int
-) -> NoReturn:
-    record(
-        "packet view refused",
-        session,
-        request=request,
-        details={"session": session_id, "number": number},
-    )
+def _refuse(request: HttpRequest, session: Session | None, details: dict[str, Any]) -> NoReturn:
+    record("packet view refused", session, request=request, details=details)
     raise Http404
 
 
-@login_required
-@require_GET
-def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpResponse:
-    """Packet ``number`` (from 1, in time order) of session ``session_id``."""
+def _session_for_content(request: HttpRequest, session_id: int, refusal: dict[str, Any]) -> Session:
+    """The session, when the user has the content right on its case; else the refusal
+    is audited (with ``refusal`` as its details) and the answer is the 404 of a packet
+    that does not exist."""
     session = (
         Session.objects.select_related("router", "intercept__case").filter(pk=session_id).first()
     )
@@ -302,8 +396,16 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
         or session.intercept is None
         or not may(request.user, Action.VIEW_CONTENT, session.intercept.case)
     ):
-        _refuse(request, session, session_id, number)
+        _refuse(request, session, refusal)
     assert session is not None
+    return session
+
+
+@login_required
+@require_GET
+def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpResponse:
+    """Packet ``number`` (from 1, in time order) of session ``session_id``."""
+    session = _session_for_content(request, session_id, {"session": session_id, "number": number})
     assert session.intercept is not None
     located = locate(session, number)
     if located is None:
@@ -366,9 +468,37 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
 @login_required
 @require_GET
 def packet_jump(request: HttpRequest, session_id: int) -> HttpResponse:
-    """The session page's "open packet number" form: on to that packet's page, which
-    checks the right (and audits) itself."""
+    """The session page's "open packet number" form, and the live list's links by receive
+    time (``at``, ns since the epoch).
+
+    A number goes on to that packet's page, which checks the right (and audits) itself. A
+    time is looked up here, so the right is checked first, like the packet page does; the
+    packet's page follows, or the session page saying why there is none.
+    """
+    if "at" in request.GET:
+        return _jump_to_time(request, session_id, request.GET["at"])
     text = request.GET.get("number", "")
-    if not text.isdigit() or not 1 <= int(text) <= 2**63 - 1:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= 2**63 - 1:
         raise Http404
     return redirect("console:packet", session_id=session_id, number=int(text))
+
+
+def _jump_to_time(request: HttpRequest, session_id: int, text: str) -> HttpResponse:
+    echoed = text[:_ECHOED_CHARS]
+    session = _session_for_content(request, session_id, {"session": session_id, "at": echoed})
+    details: dict[str, Any] = {"at": echoed}
+    try:
+        if not _DIGITS.fullmatch(text) or int(text) > 2**63 - 1:
+            raise NoPacketAt(
+                f"“{echoed}” is not a packet time: the link needs the receive time in "
+                "nanoseconds since the epoch, digits only."
+            )
+        number = number_at(session, int(text))
+    except NoPacketAt as error:
+        details["outcome"] = "not found"
+        record("packet looked up", session, request=request, details=details)
+        messages.error(request, str(error))
+        return redirect("console:session", session_id=session.pk)
+    details |= {"outcome": "found", "number": number}
+    record("packet looked up", session, request=request, details=details)
+    return redirect("console:packet", session_id=session.pk, number=number)

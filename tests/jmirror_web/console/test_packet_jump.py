@@ -23,7 +23,7 @@ def test_a_number_goes_on_to_that_packets_page_which_decides_the_right() -> None
     assert page["Location"] == reverse("console:packet", args=[7, 12])
 
 
-@pytest.mark.parametrize("number", ["", "0", "-1", "x", "1e3", "9" * 30])
+@pytest.mark.parametrize("number", ["", "0", "-1", "x", "1e3", "9" * 30, "²", "١٢"])
 def test_a_bad_number_is_not_found(number: str) -> None:
     page = signed_in().get(reverse("console:packet_jump", args=[7]), {"number": number})
     assert page.status_code == 404
