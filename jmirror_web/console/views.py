@@ -428,6 +428,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     case = session.intercept.case
     # The path's folder names the LIID and router, already on the page; the name is enough.
     files = [(file, PurePosixPath(file.path).name) for file in session.files.all()]
+    content = may(request.user, Action.VIEW_CONTENT, case)
     live = {
         "subscriptions": [{"stream": "session", "id": session.pk}],
         "session": session.pk,
@@ -437,6 +438,9 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "stored": session.stored_packets,
         },
         "limit": LIVE_ROWS,
+        # With the content right, each live row's time links to its packet by receive
+        # time (the link's target checks the right again, and audits).
+        "packetAtUrl": reverse("console:packet_jump", args=[session.pk]) if content else None,
     }
     return render(
         request,
@@ -446,7 +450,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "intercept": session.intercept,
             "case": case,
             "files": files,
-            "content": may(request.user, Action.VIEW_CONTENT, case),
+            "content": content,
             "download_url": (
                 reverse("exports:session", args=[session.pk])
                 if may(request.user, Action.DOWNLOAD, case)

@@ -46,6 +46,7 @@ SEEN_LIMIT: Final = 4096
 _SESSION_IDENTITY: Final = ("session_id", "router_id", "mid", "sid", "intercept_id", "case_id")
 _ROW_FIELDS: Final = ("time_ns", "src", "dst", "sport", "dport", "protocol", "length", "inner")
 CONTENT_FIELD: Final = "info"
+TIME_TEXT_FIELD: Final = "time_ns_text"
 _HEALTH_NUMBERS: Final = (
     "time_ns",
     "interval_ns",
@@ -78,9 +79,15 @@ def _scalar(value: Any) -> Any:
 
 
 def packet_row(row: Mapping[str, Any], *, content: bool) -> dict[str, Any]:
-    """A packet row with the contract's fields only; ``info`` (a summary of the packet's
-    content) only for a user with the content right on its case."""
+    """A packet row with the contract's fields only, plus ``time_ns_text`` (``time_ns`` as
+    a string); ``info`` (a summary of the packet's content) only for a user with the
+    content right on its case."""
     result = {name: _scalar(row.get(name)) for name in _ROW_FIELDS}
+    time_ns = result["time_ns"]
+    # A JavaScript number is exact up to 2**53 only and a time in ns since the epoch is
+    # near 2**61: the page links a row to its stored packet by this exact decimal string.
+    exact = isinstance(time_ns, int) and not isinstance(time_ns, bool)
+    result[TIME_TEXT_FIELD] = str(time_ns) if exact else None
     if content:
         result[CONTENT_FIELD] = _scalar(row.get(CONTENT_FIELD))
     return result

@@ -42,11 +42,30 @@
     return true;
   }
 
+  // A receive time as the server sends it for links (time_ns_text): a JavaScript number
+  // cannot hold a time in ns exactly, so only the string names one packet.
+  const EXACT_TIME = /^[0-9]{1,19}$/;
+
+  // The time, linked to the packet decoded when the page says the user may see content
+  // (config.packetAtUrl): the server finds the stored packet by that exact time.
+  function timeCell(row) {
+    const cell = document.createElement("td");
+    const when = live.timeElement(row.time_ns, false);
+    const exact = row.time_ns_text;
+    if (config.packetAtUrl && typeof exact === "string" && EXACT_TIME.test(exact)) {
+      const link = document.createElement("a");
+      link.href = `${config.packetAtUrl}?${new URLSearchParams({ at: exact })}`;
+      link.append(when);
+      cell.append(link);
+    } else {
+      cell.append(when);
+    }
+    return cell;
+  }
+
   function rowElement(row) {
     const element = document.createElement("tr");
-    const time = document.createElement("td");
-    time.append(live.timeElement(row.time_ns, false));
-    element.append(time);
+    element.append(timeCell(row));
     for (const [value, numeric] of [
       [row.src, false],
       [row.dst, false],

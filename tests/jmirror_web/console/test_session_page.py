@@ -108,7 +108,21 @@ def test_the_live_data_is_this_sessions_subscription_and_totals(client: Client, 
         "session": session.pk,
         "totals": {"packets": 5000, "bytes": 4096, "stored": 10},
         "limit": LIVE_ROWS,
+        "packetAtUrl": reverse("console:packet_jump", args=[session.pk]),
     }
+
+
+def test_live_rows_link_to_their_packet_only_for_a_user_with_the_content_right(
+    client: Client, session: Session
+):
+    """session.js links a row's time to ``packetAtUrl?at=<ns>`` only when it is set."""
+    metadata_only = live_config(open_page(client, make_user(Role.LI_ADMIN), session))
+    assert metadata_only["packetAtUrl"] is None
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, _case_of(session))
+    assert live_config(open_page(client, analyst, session))["packetAtUrl"] == (
+        f"/sessions/{session.pk}/packets/"
+    )
 
 
 def test_the_page_has_the_live_list_controls_and_the_download_form(

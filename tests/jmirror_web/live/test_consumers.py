@@ -313,7 +313,10 @@ async def test_a_summary_reaches_the_subscribed_session_as_updates(world: World)
     assert relayed["session_id"] == world.session.pk
     assert relayed["case_id"] == world.case.pk
     assert relayed["packets_per_second"] == 12.0
-    assert relayed["recent"] == sent["recent"]  # the analyst has the content right
+    # The analyst has the content right; the exact time as a string is the server's.
+    assert relayed["recent"] == [
+        {**row, "time_ns_text": str(row["time_ns"])} for row in sent["recent"]
+    ]
 
 
 async def test_a_case_and_one_of_its_sessions_each_get_the_summary_once(world: World):
@@ -421,6 +424,15 @@ def test_packet_rows_keep_only_known_fields_and_info_only_with_content():
     assert "info" not in packet_row(raw, content=False)
     assert "payload" not in packet_row(raw, content=True)
     assert len(packet_row(raw, content=True)["info"]) == 200
+
+
+def test_packet_rows_carry_their_exact_time_as_a_string_for_javascript():
+    """2**53 + 1 is the first integer a JavaScript number cannot hold."""
+    row = packet_row({"time_ns": 1_700_000_000_123_456_789}, content=False)
+    assert row["time_ns_text"] == "1700000000123456789"
+    assert packet_row({"time_ns": 2**53 + 1}, content=True)["time_ns_text"] == "9007199254740993"
+    for odd in (None, True, "1700000000123456789", 1.5e18, [1]):
+        assert packet_row({"time_ns": odd}, content=True)["time_ns_text"] is None
 
 
 async def test_a_system_administrator_gets_the_health_summaries(world: World):
