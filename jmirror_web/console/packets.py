@@ -198,8 +198,10 @@ def _index_at(path: Path, time_ns: int, counted: int) -> int | None:
 
 def number_at(session: Session, time_ns: int) -> int:
     """The number (as :func:`locate` counts) of the session's stored packet received at
-    exactly ``time_ns`` (ns since the epoch). When two files both hold a packet of that
-    time (side by side, with different link types), the one numbered first wins.
+    exactly ``time_ns`` (ns since the epoch). When several packets have that time (two
+    files side by side, with different link types; or one receive batch that the kernel
+    gave no timestamps, whose datagrams all get the time of the call), the one numbered
+    first wins.
 
     Reads only the files whose recorded span holds the time, never a purged one, and
     stops at the first match. Raises :class:`NoPacketAt` saying why nothing was found.

@@ -242,6 +242,9 @@ def test_analyst_watches_a_session_live(
     rows = page.locator(ROWS)
     first = rows.first.locator("td").all_inner_texts()
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", first[0]), first
+    # The analyst has the content right: a row's time links to its packet by receive time.
+    href = rows.first.locator("td").first.locator("a").get_attribute("href") or ""
+    assert re.fullmatch(rf"/sessions/{world.session_a}/packets/\?at=\d{{19}}", href), href
     assert any(protocol in " ".join(rows.all_inner_texts()) for protocol in ("TCP", "UDP"))
     assert page.locator("[data-list-note]").inner_text().startswith("showing the latest")
     total = page.locator('[data-totals] [data-field="packets"]')
@@ -293,9 +296,21 @@ def test_analyst_watches_a_session_live(
     page.fill('[data-filters] input[name="protocol"]', "")
     assert page.evaluate(COUNT_ROWS) == everything
 
-    # Packet detail: the decoded layers as a tree, and the bytes.
-    page.goto(f"{base}/sessions/{world.session_a}/packets/1/")
-    assert page.locator("h1").inner_text().startswith("Packet 1")
+    # Packet detail, from the oldest live row's time: the decoded layers as a tree, and
+    # the bytes. The receiver records a packet within about a second; until then the link
+    # leads back to the session page saying so, hence the few tries.
+    link = rows.last.locator("td").first.locator("a")
+    href = link.get_attribute("href") or ""
+    link.click()
+    for _ in range(10):
+        page.wait_for_load_state()
+        if re.search(r"/packets/\d+/$", page.url):
+            break
+        page.wait_for_timeout(1000)
+        page.goto(base + href)
+    assert re.fullmatch(rf"{base}/sessions/{world.session_a}/packets/\d+/", page.url), page.url
+    assert page.locator("h1").inner_text().startswith("Packet ")
+    assert f"({href.partition('at=')[2]} ns)" in page.locator("table.packet-facts").inner_text()
     layers = page.locator(".packet-tree details.layer > summary").all_inner_texts()
     assert len(layers) >= 2, layers
     assert any("PPP" in layer or "IP" in layer for layer in layers), layers
