@@ -44,6 +44,9 @@ from jmirror_web.security.two_factor import (
 
 ENROLLED: Final = "two_factor.enrol"
 REMOVED: Final = "two_factor.remove"
+# A wrong code on this page: not a failed sign-in (the user is signed in, and the lockout
+# is for passwords), but an attempt on the account's second factor, so it is audited.
+CODE_REFUSED: Final = "two_factor.code_refused"
 DEVICE_NAME: Final = "authenticator app"
 TEMPLATE: Final = "console/two_factor.html"
 WRONG_CODE: Final = (
@@ -70,6 +73,8 @@ def _confirmed(request: HttpRequest, form: ConfirmForm, device: TOTPDevice, reas
         return False
     if not check_code(user, device, form.cleaned_data["code"]):
         form.add_error("code", WRONG_CODE)
+        during = "enrol" if reason == ENROL_PASSWORD_REFUSED else "remove"
+        record(CODE_REFUSED, user, request=request, details={"during": during})
         return False
     return True
 

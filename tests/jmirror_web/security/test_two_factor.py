@@ -115,6 +115,9 @@ def test_a_wrong_code_does_not_set_the_device_up():
     pending.refresh_from_db()
     assert pending.confirmed is False
     assert events("two_factor.enrol") == []
+    [refused] = events("two_factor.code_refused")
+    assert refused.object_id == str(user.pk)
+    assert refused.details == {"during": "enrol"}
     # The same secret stays on the page, so the user can try again without re-scanning.
     assert response.context["secret"].replace(" ", "") == b32encode(pending.bin_key).decode()
 
@@ -286,6 +289,22 @@ def test_a_wrong_password_does_not_remove_the_device_and_is_audited():
     assert events("two_factor.remove") == []
     [failure] = events("login_failed")
     assert failure.details == {"username": "ana", "reason": "two_factor_remove_password"}
+
+
+def test_a_wrong_code_does_not_remove_the_device_and_is_audited():
+    user = make_user(Role.LI_ADMIN)
+    device = enrolled(user)
+    client = verified_client(user, device)
+
+    response = client.post(
+        reverse("console:two_factor"), {"password": PASSWORD, "code": wrong(device)}
+    )
+
+    assert "That code was not accepted" in response.content.decode()
+    assert TOTPDevice.objects.filter(pk=device.pk, confirmed=True).exists()
+    assert events("two_factor.remove") == []
+    [refused] = events("two_factor.code_refused")
+    assert refused.details == {"during": "remove"}
 
 
 def test_a_missing_password_does_not_remove_the_device():
