@@ -17,8 +17,10 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from daphne.http_protocol import WebRequest
+from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
+
+from jmirror_web.bounded_requests import BoundedHTTPFactory
 
 logger = logging.getLogger("jmirror_web.flow_control")
 
@@ -67,7 +69,20 @@ def release(protocol: WebRequest, flow: ResponseFlow) -> None:
 
 
 class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hints
-    """Daphne's server, with ``send`` of a streamed HTTP response waiting for the client."""
+    """Daphne's server, with ``send`` of a streamed HTTP response waiting for the client,
+    and request bodies bounded as they arrive (:mod:`jmirror_web.bounded_requests`)."""
+
+    @property
+    def http_factory(self) -> Any:
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: Any) -> None:
+        # Daphne's run() makes its HTTPFactory and listens with it at once: this is the one
+        # place to put ours in its stead.
+        if type(factory) is HTTPFactory:
+            factory = BoundedHTTPFactory(factory.server)
+        self._http_factory = factory
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         streaming = (
