@@ -75,6 +75,16 @@ class WarrantWindow:
     expiring: bool = False
 
 
+def ago(moment: datetime, now: datetime) -> str:
+    """How long ago ``moment`` was, as the dashboard says it: Django's ``timesince`` counts
+    in minutes at best, and traffic a few seconds old read "0 minutes ago"."""
+    seconds = (now - moment).total_seconds()
+    if seconds < 60:
+        # A no-break space between number and unit, as timesince writes it.
+        return "just now" if seconds < 2 else f"{int(seconds)}\xa0seconds ago"
+    return f"{timesince(moment, now)} ago"
+
+
 def warrant_window(case: Case, now: datetime) -> WarrantWindow:
     if now < case.valid_from:
         return WarrantWindow("pending", f"starts in {timeuntil(case.valid_from, now)}")
@@ -245,7 +255,7 @@ class DashboardRow:
             packets_text=f"{packets:,}",
             bytes=size,
             bytes_text=str(filesizeformat(size)),
-            last_traffic=(last.isoformat(), f"{timesince(last, now)} ago") if last else None,
+            last_traffic=(last.isoformat(), ago(last, now)) if last else None,
             **common,  # type: ignore[arg-type]
         )
 

@@ -243,3 +243,21 @@ def test_the_dashboard_takes_as_many_queries_for_30_cases_as_for_3(
     assert few == many, (few, many)
     with django_assert_max_num_queries(14):
         client.get(reverse("home"))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0.5, "just now"),
+        (30, "30\xa0seconds ago"),
+        (59, "59\xa0seconds ago"),
+        (300, "5\xa0minutes ago"),
+    ],
+)
+def test_last_traffic_is_said_in_seconds_when_it_is_recent(seconds: float, said: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jmirror_web.console.views import ago
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    assert ago(now - timedelta(seconds=seconds), now) == said
