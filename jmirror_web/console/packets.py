@@ -270,9 +270,17 @@ def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
     return Raw
 
 
+# Protocol identifiers Wireshark (and the RFCs) write in hex: ``Link Control Protocol
+# (0xc021)``, not (49185).
+_HEX_NUMBERED: Final = frozenset(
+    {("PPP", "proto"), ("Ether", "type"), ("Dot1Q", "type"), ("CookedLinux", "proto")}
+)
+
+
 def _shown(packet: Packet, scapy_field: Any, value: Any) -> str:
     """Scapy's rendering of a field (names for enumerations and flags), followed by the
-    number itself when the rendering hides it: ``domain (53)``, ``SA (18)``."""
+    number itself when the rendering hides it: ``domain (53)``, ``SA (18)``,
+    ``Link Control Protocol (0xc021)``."""
     from scapy.fields import FlagValue
 
     shown = str(scapy_field.i2repr(packet, value))
@@ -282,7 +290,10 @@ def _shown(packet: Packet, scapy_field: Any, value: Any) -> str:
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     if number is not None and shown not in (str(number), hex(number)):
-        shown = f"{shown} ({number})"
+        if (type(packet).__name__, scapy_field.name) in _HEX_NUMBERED:
+            shown = f"{shown} (0x{number:04x})"
+        else:
+            shown = f"{shown} ({number})"
     if len(shown) > MAX_VALUE_CHARS:
         shown = shown[:MAX_VALUE_CHARS] + "…"
     return shown

@@ -152,7 +152,7 @@ def test_ppp_lcp_packet_in_the_second_file(client: Client, session: Session, ana
     assert names[:3] == ["HDLC", "PPP Link Layer", "PPP Link Control Protocol"]
     assert names.count("PPP LCP Option") == 2  # the options, nested in their field
     shown = fields(text)
-    assert shown["proto"] == "Link Control Protocol (49185)"
+    assert shown["proto"] == "Link Control Protocol (0xc021)"  # as Wireshark writes it
     assert shown["code"] == "Configure-Request (1)"
     assert shown["max_recv_unit"] == "1492"
     assert "00000000  ff 03 c0 21" in text
