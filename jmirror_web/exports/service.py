@@ -363,7 +363,8 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
     lines = [
         f"jmirror-web evidence export {export.pk}",
         f"LIID: {intercept.liid}",
-        f"Case: {intercept.case.reference} ({intercept.case.agency})",
+        f"Case: {intercept.case.reference}"
+        + (f" ({intercept.case.agency})" if intercept.case.agency else ""),
     ]
     for session, _ in prepared.sessions:
         lines.append(
