@@ -451,6 +451,9 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
         # With the content right, each live row's time links to its packet by receive
         # time (the link's target checks the right again, and audits).
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]) if content else None,
+        # The recorded totals, which the page reads now and then to make up for summaries
+        # it missed (sent before it subscribed, or while its connection was down).
+        "sessionApiUrl": reverse("api:session-detail", args=[session.pk]),
     }
     return render(
         request,

@@ -239,6 +239,35 @@
     if (rows.length) addRows(rows);
   });
 
+  // The totals are what the page loaded plus every summary since. A summary the page
+  // missed (sent before it subscribed, or while the connection was down) would leave them
+  // low for good, so they are raised to the recorded totals now and then; never lowered,
+  // since the records trail the live summaries by up to a second.
+  function raiseTo(name, value, format) {
+    const cell = totals.querySelector(`[data-field="${name}"]`);
+    if (!cell || typeof value !== "number" || value <= Number(cell.dataset.value || 0)) return;
+    cell.dataset.value = String(value);
+    cell.textContent = format(value);
+  }
+
+  async function catchUp() {
+    if (!config.sessionApiUrl) return;
+    try {
+      const reply = await fetch(config.sessionApiUrl, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      if (!reply.ok) return;
+      const recorded = await reply.json();
+      raiseTo("packets", recorded.packets, live.formatCount);
+      raiseTo("bytes", recorded.bytes, live.formatBytes);
+      raiseTo("stored", recorded.stored_packets, live.formatCount);
+    } catch (error) {
+      // Offline for now: the next round tries again.
+    }
+  }
+  setInterval(catchUp, 5000);
+
   setInterval(() => {
     const rate = meter.rate();
     live.setText(

@@ -109,7 +109,19 @@ def test_the_live_data_is_this_sessions_subscription_and_totals(client: Client, 
         "totals": {"packets": 5000, "bytes": 4096, "stored": 10},
         "limit": LIVE_ROWS,
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]),
+        "sessionApiUrl": f"/api/sessions/{session.pk}/",
     }
+
+
+def test_the_recorded_totals_the_page_catches_up_with_are_readable_by_its_user(
+    client: Client, session: Session
+):
+    """session.js raises its totals to what ``sessionApiUrl`` answers now and then."""
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, _case_of(session))
+    url = live_config(open_page(client, analyst, session))["sessionApiUrl"]
+    recorded = client.get(url, HTTP_ACCEPT="application/json").json()
+    assert (recorded["packets"], recorded["bytes"], recorded["stored_packets"]) == (5000, 4096, 10)
 
 
 def test_live_rows_link_to_their_packet_only_for_a_user_with_the_content_right(
