@@ -23,6 +23,27 @@ def may_use_admin(user: Any) -> bool:
     return bool(user.is_active and (may(user, Action.VIEW_RECORDS) or may(user, Action.VIEW_AUDIT)))
 
 
+class AuditorsReadOnly:
+    """A model admin mixin: the records of the chain of custody (the audit log, exports)
+    are for auditors (and superusers) to read and for nobody to add, change or delete,
+    so the admin offers no button, form or bulk action that could only fail."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may(request.user, Action.VIEW_AUDIT)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may(request.user, Action.VIEW_AUDIT)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class RoleAuthenticationForm(SignInForm, AdminAuthenticationForm):
     """Django's admin sign-in refuses users without the staff flag; this one refuses
     users whose role gives them nothing in the admin, with the same message. It asks for

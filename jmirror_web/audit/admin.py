@@ -13,8 +13,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from jmirror_web.admin_site import AuditorsReadOnly
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.intercepts.access import Action, may
 
 if TYPE_CHECKING:
     # django-stubs makes ModelAdmin generic over its model; Django's cannot be subscripted.
@@ -24,7 +24,7 @@ else:
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(AuditEventAdminBase):
+class AuditEventAdmin(AuditorsReadOnly, AuditEventAdminBase):
     list_display = (
         "id",
         "created_at",
@@ -54,21 +54,6 @@ class AuditEventAdmin(AuditEventAdminBase):
         "hash",
     )
     readonly_fields = fields
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return may(request.user, Action.VIEW_AUDIT)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return may(request.user, Action.VIEW_AUDIT)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)

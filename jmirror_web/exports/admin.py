@@ -4,13 +4,12 @@ holds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.contrib import admin
-from django.http import HttpRequest
 
+from jmirror_web.admin_site import AuditorsReadOnly
 from jmirror_web.exports.models import Export
-from jmirror_web.intercepts.access import Action, may
 
 if TYPE_CHECKING:
     ExportAdminBase = admin.ModelAdmin[Export]
@@ -19,7 +18,7 @@ else:
 
 
 @admin.register(Export)
-class ExportAdmin(ExportAdminBase):
+class ExportAdmin(AuditorsReadOnly, ExportAdminBase):
     list_display = (
         "id",
         "created_at",
@@ -35,18 +34,3 @@ class ExportAdmin(ExportAdminBase):
     search_fields = ("requester_name", "file_name", "sha256", "case__reference")
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in Export._meta.fields]
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return may(request.user, Action.VIEW_AUDIT)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return may(request.user, Action.VIEW_AUDIT)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
