@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 from django_otp.oath import TOTP
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from tests.browser.test_live_view import CHROMIUM, WAIT_MS, PageErrors
+from tests.browser.conftest import CHROMIUM
+from tests.browser.test_live_view import WAIT_MS, PageErrors
 from tests.e2e_helpers import ServedProduct
 
 PASSWORD = "browser test passphrase 42"
@@ -47,16 +48,6 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProduct]
     finally:
         served.stop()
         print(served.read_output())
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def code(key: str, steps_ahead: int = 0) -> str:
