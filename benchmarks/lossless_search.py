@@ -521,7 +521,10 @@ def snapshot_tree(destination: Path) -> str:
         check=True,
         timeout=60,
     ).stdout
-    for name in filter(None, listed.decode().split("\0")):
+    names = list(filter(None, listed.decode().split("\0")))
+    # The receiver's C extension, built in place by the install (ignored by git).
+    names += [str(path.relative_to(REPO)) for path in REPO.glob("receiver/_fastpath*.so")]
+    for name in names:
         source = REPO / name
         if source.is_file():
             target = destination / name

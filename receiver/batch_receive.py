@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["BatchReceiver", "BatchUnavailable"]
+__all__ = ["BatchReceiver", "BatchUnavailable", "format_source", "remember_source"]
 
 # Linux values (include/linux/socket.h); only used on Linux.
 _MSG_TRUNC: Final = 0x20
@@ -472,16 +472,28 @@ class BatchReceiver:
 
     def _text(self, key: bytes | int) -> str:
         """Format a raw source address (cache miss) and remember it."""
-        if isinstance(key, int):
-            text = socket.inet_ntoa(struct.pack("=I", key))
-        else:
-            text = socket.inet_ntop(socket.AF_INET6, key[:16])
-            scope = int.from_bytes(key[16:20], sys.byteorder)
-            if scope:
-                # recvfrom formats with getnameinfo, which appends the interface.
-                text = socket.getnameinfo((text, 0, 0, scope), socket.NI_NUMERICHOST)[0]
-        addresses = self.addresses
-        if len(addresses) >= self.address_cache_size:
-            addresses.clear()
-        addresses[key] = text
-        return text
+        return remember_source(self.addresses, key, self.address_cache_size)
+
+
+def format_source(key: bytes | int) -> str:
+    """A raw source address as ``recvfrom`` gives it: ``key`` is an IPv4 address as a
+    native-order integer, or an IPv6 address and its 4-byte scope id."""
+    if isinstance(key, int):
+        return socket.inet_ntoa(struct.pack("=I", key))
+    text = socket.inet_ntop(socket.AF_INET6, key[:16])
+    scope = int.from_bytes(key[16:20], sys.byteorder)
+    if scope:
+        # recvfrom formats with getnameinfo, which appends the interface.
+        text = socket.getnameinfo((text, 0, 0, scope), socket.NI_NUMERICHOST)[0]
+    return text
+
+
+def remember_source(
+    cache: dict[bytes | int, str], key: bytes | int, limit: int = ADDRESS_CACHE_SIZE
+) -> str:
+    """:func:`format_source`, kept in ``cache`` (cleared when it holds ``limit``)."""
+    text = format_source(key)
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = text
+    return text

@@ -198,6 +198,24 @@ class PcapStore:
         # The file of the previous write: a busy session's packets come one after another,
         # and an identity test is cheaper than hashing its key. Reset when a file closes.
         self._last: _OpenFile | None = None
+        #: Bumped whenever a file opens, closes or is given up: the receiver's C path
+        #: (receiver._fastpath) holds open files and lets them go when this changes.
+        self.generation = 0
+
+    @property
+    def rotate_bytes(self) -> int:
+        """A file reaching this size is closed before the next packet."""
+        return self._rotate_bytes
+
+    @property
+    def buffer_bytes(self) -> int:
+        """A file's buffer reaching this size is written out at once."""
+        return self._buffer_bytes
+
+    def open_file(self, session: SessionKey, linktype: int) -> _OpenFile | None:
+        """The file being written for ``session`` and ``linktype``, if any: for the
+        receiver's C path, which appends to its buffer as :meth:`write` would."""
+        return self._files.get((session, linktype))
 
     def write(
         self, session: SessionKey, time_ns: int, data: bytes | memoryview, linktype: int
@@ -331,6 +349,7 @@ class PcapStore:
         return recovered
 
     def _rotate(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile | None:
+        self.generation += 1
         old = self._files.pop((session, linktype), None)
         if old is not None:
             self._finish(old)
@@ -395,6 +414,7 @@ class PcapStore:
                 # Cannot cut back the partial write: give the file up as a crash would
                 # leave it; recover() repairs it on the next start.
                 self._files.pop((file.session, file.linktype), None)
+                self.generation += 1
                 if self._last is file:
                     self._last = None
                 os.close(file.fd)
@@ -408,6 +428,7 @@ class PcapStore:
         return True
 
     def _finish(self, file: _OpenFile) -> None:
+        self.generation += 1
         if self._last is file:
             self._last = None
         self._flush(file)

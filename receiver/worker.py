@@ -36,10 +36,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from receiver.batch_receive import BatchReceiver
+from receiver.batch_receive import BatchReceiver, remember_source
 from receiver.gate import Claim, Gate
 from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
+
+try:
+    from receiver._fastpath import FastReceiver
+except ImportError:  # not built here (see setup.py): the pure-Python path runs instead
+    FastReceiver = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +303,16 @@ def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str |
     return sock, warning
 
 
+def _enable_timestamps(sock: socket.socket) -> bool:
+    """Ask for the kernel's receive time of each datagram (SO_TIMESTAMPNS, Linux's value;
+    Python does not name it): the moment it reached the host, as tcpdump records it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 35, 1)
+    except OSError:
+        return False
+    return True
+
+
 def kernel_drops(sock: socket.socket) -> int | None:
     """Datagrams the kernel dropped on this socket since it opened (Linux SO_MEMINFO), or
     None where the kernel does not say."""
@@ -344,6 +359,9 @@ class Capture:
         self._unclaimed_limit = unclaimed_limit
         # Receive time of the start: wall clock live, the first packet's time offline.
         self._previous_tick_ns = time.time_ns() if start_ns is None else start_ns
+        # Counts ticks: each hands the session deltas on, so the C path's bindings to
+        # them (Receiver._native_drainer) must go.
+        self._epoch = 0
 
     def handle(self, payload: bytes, source: str, time_ns: int) -> None:
         """One datagram from ``source`` received at ``time_ns``. Never raises."""
@@ -432,6 +450,29 @@ class Capture:
                 for index, (time_ns, kept) in enumerate(recent):
                     if type(kept) is not bytes:  # a view into the receive buffer
                         recent[index] = (time_ns, bytes(kept))
+
+    def handle_unbatched(
+        self, payload: bytes, source: str, time_ns: int
+    ) -> tuple[SessionDelta, int, int, int] | None:
+        """:meth:`handle`, for the datagrams the C path hands back; when the packet was
+        stored, its session delta, the span of receive times its gate answer holds for
+        and its link type, so that the C path can take the stream's next datagrams."""
+        counters = self.counters
+        counters.datagrams += 1
+        counters.bytes += len(payload)
+        try:
+            mid, sid, inner = classify_datagram(payload)
+            delta, low, high = self._store_classified(payload, (source, mid, sid), inner, time_ns)
+        except DecodeError:
+            counters.malformed += 1
+            return None
+        except Exception:
+            self._internal_error(source)
+            return None
+        linktype = LINKTYPE_FOR_KIND.get(inner)
+        if delta is None or linktype is None:
+            return None
+        return delta, low, high, linktype
 
     def _internal_error(self, source: str) -> None:
         # A bug, not bad input: count it, say so now and then, and keep receiving.
@@ -531,6 +572,7 @@ class Capture:
                 store.close_expired(now_ns)
         except Exception:
             logger.exception("store maintenance failed; capture goes on")
+        self._epoch += 1
         unclaimed, self._unclaimed_since_tick = self._unclaimed_since_tick, {}
         for key, entry in unclaimed.items():
             known = self.unclaimed.get(key)
@@ -588,6 +630,7 @@ class Receiver(Capture):
         on_tick: Sequence[TickHook] = (),
         unclaimed_limit: int = UNCLAIMED_LIMIT,
         stop_event: threading.Event | None = None,
+        native: bool = True,
     ) -> None:
         if not listen:
             raise ValueError("a receiver needs at least one address to listen on")
@@ -600,6 +643,8 @@ class Receiver(Capture):
         )
         # Shared with the caller when given, so one event can stop several threads.
         self._stop = stop_event if stop_event is not None else threading.Event()
+        #: Whether the sockets are drained by receiver._fastpath (C) rather than Python.
+        self.native = native and FastReceiver is not None
         self.sockets: list[socket.socket] = []
         self._socket_counters: list[SocketCounters] = []
         self._addresses: list[tuple[str, int]] = []
@@ -645,6 +690,8 @@ class Receiver(Capture):
         handle = self.handle
         time_ns = time.time_ns
         counters = self._socket_counters[self.sockets.index(sock)]
+        if self.native:
+            return self._native_drainer(sock, counters)
         if BatchReceiver.available():
             # Kernel receive times (SO_TIMESTAMPNS): the moment each datagram reached the
             # host, as tcpdump records it, whatever the loop was doing then.
@@ -690,6 +737,82 @@ class Receiver(Capture):
             counters.bytes += received_bytes
 
         return drain_one_by_one
+
+    def _native_drainer(self, sock: socket.socket, counters: SocketCounters) -> Callable[[], None]:
+        """The drain through receiver._fastpath: C receives each batch and stores the
+        datagrams of streams bound to it; every other datagram comes back here, one at a
+        time and in order, through :meth:`handle_unbatched`, and binds its stream when it
+        was stored. Bindings hold session deltas and open files, so they are cleared when
+        a tick hands the deltas on, a file opens or closes, or the gate changes."""
+        store = self.store
+        native = FastReceiver(
+            sock.fileno(),
+            sock.family,
+            BATCH,
+            _MAX_DATAGRAM,
+            store.rotate_bytes,
+            store.buffer_bytes,
+            timestamps=_enable_timestamps(sock),
+        )
+        handle_unbatched = self.handle_unbatched
+        listener = self.counters
+        addresses: dict[bytes | int, str] = {}
+        # What the bindings were made under: gate, tick epoch, store generation.
+        bound: list[object] = [None, -1, -1]
+
+        def current() -> bool:
+            return (
+                bound[0] is self.gate and bound[1] == self._epoch and bound[2] == store.generation
+            )
+
+        def rebase() -> None:
+            native.clear()
+            bound[:] = [self.gate, self._epoch, store.generation]
+
+        def drain_native() -> None:
+            for _ in range(_DRAIN_LIMIT // BATCH):
+                try:
+                    count = native.receive()
+                except OSError as error:
+                    logger.debug("receive error: %s", error)
+                    break
+                if not count:
+                    break
+                index = 0
+                while True:
+                    if not current():
+                        rebase()
+                    try:
+                        index = native.store(index)
+                    except Exception:
+                        # A bug or no memory: what C stored stays; Python takes the rest.
+                        index = native.failed_at
+                        rebase()
+                        self._internal_error("the C receive path")
+                    if index >= count:
+                        break
+                    try:
+                        view, key, time_ns = native.datagram(index)
+                    except ValueError:  # truncated: dropped and counted by C
+                        index += 1
+                        continue
+                    source = addresses.get(key) or remember_source(addresses, key)
+                    found = handle_unbatched(bytes(view), source, time_ns)
+                    if found is not None:
+                        if not current():
+                            rebase()
+                        delta, low, high, linktype = found
+                        file = store.open_file(delta.store_key, linktype)
+                        if file is not None:
+                            native.bind(index, linktype, low, high, delta, file)
+                    index += 1
+            received, received_bytes, fast, fast_bytes = native.take_counts()
+            listener.datagrams += fast
+            listener.bytes += fast_bytes
+            counters.datagrams += received
+            counters.bytes += received_bytes
+
+        return drain_native
 
     def socket_counters(self) -> list[SocketCounters]:
         for sock, counters in zip(self.sockets, self._socket_counters, strict=True):

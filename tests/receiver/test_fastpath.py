@@ -1,0 +1,416 @@
+"""receiver._fastpath (the receive loop's C part) against Capture.handle (the definition),
+through real loopback sockets: any traffic, cut into any rounds with ticks between them,
+gives the same counters, session deltas, unclaimed streams and stored files."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver import worker
+from receiver.capture import iter_frames
+from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.store import PcapStore, SessionKey
+from receiver.traffic import (
+    ipv4_udp,
+    ipv6_tcp_flow_label,
+    jmirror_datagram,
+    ppp_ipv4_udp,
+    ppp_lcp,
+)
+from receiver.worker import Capture, Receiver, SessionDelta, Snapshot
+
+pytestmark = pytest.mark.skipif(
+    worker.FastReceiver is None, reason="receiver._fastpath is not built (see setup.py)"
+)
+
+FOREVER = (0, 2**62)
+ROUTERS = [RouterRule(1, "127.0.0.1"), RouterRule(2, "127.0.0.2")]
+SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]  # the last is no registered router
+
+
+def _rule(pk: int, mirror_id: int, window: tuple[int, int], *, keep: bool = True) -> InterceptRule:
+    return InterceptRule(
+        intercept_id_pk=pk,
+        liid=f"LIID{pk}",
+        case_id=pk,
+        case_reference=f"CASE-{pk}",
+        mirror_id=mirror_id,
+        sid=None,
+        router_ids=frozenset(),
+        window=window,
+        active=True,
+        keep_content=keep,
+    )
+
+
+# Mirror id 1: stored; 2: metadata only; 4: its warrant ended long ago; 3: nobody's.
+RULES = [
+    _rule(1, 1, FOREVER),
+    _rule(2, 2, FOREVER, keep=False),
+    _rule(4, 4, (0, 1_000_000_000)),
+]
+INNER = [
+    bytes(ipv4_udp()),
+    bytes(ipv6_tcp_flow_label()),
+    bytes(ppp_ipv4_udp()),
+    bytes(ppp_lcp()),  # PPP but not IPv4: Python's path, in the same file as C's PPP
+]
+
+
+@st.composite
+def datagram(draw: st.DrawFn) -> tuple[bytes, str]:
+    source = draw(st.sampled_from(SOURCES))
+    kind = draw(st.integers(0, 9))
+    if kind == 9:  # junk, or a valid datagram cut short
+        return draw(st.binary(max_size=60)), source
+    inner = INNER[kind % len(INNER)]
+    mid = draw(st.sampled_from([1, 1, 1, 1, 2, 3, 4]))
+    sid = draw(st.sampled_from([7, 7, 8]))
+    return jmirror_datagram(inner, mid=mid, sid=sid), source
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> list[list[tuple[bytes, str]]]:
+    """Rounds of datagrams (each drained, then a tick); runs of one stream, as routers
+    send them, so streams bind and stay in C."""
+    result = []
+    for _ in range(draw(st.integers(1, 4))):
+        runs = draw(st.lists(st.tuples(datagram(), st.integers(1, 20)), max_size=8))
+        result.append([item for item, length in runs for _ in range(length)])
+    return result
+
+
+@contextmanager
+def senders() -> Iterator[dict[str, socket.socket]]:
+    with ExitStack() as stack:
+        sockets = {}
+        for address in SOURCES:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((address, 0))
+            sockets[address] = sock
+        yield sockets
+
+
+def _store(root: Path) -> PcapStore:
+    # Small files and buffers: rotations and flushes fall inside C's runs too.
+    return PcapStore(root, rotate_bytes=1500, rotate_seconds=3600, buffer_bytes=400)
+
+
+def _files(root: Path) -> dict[str, list[list[bytes]]]:
+    """Each session directory's files in order (by their sequence number), as the
+    packets they hold."""
+    files: dict[str, list[list[bytes]]] = {}
+    for path in sorted(root.rglob("*.pcap"), key=lambda p: (p.parent.name, p.name[-11:])):
+        with path.open("rb") as stream:
+            files.setdefault(path.parent.name, []).append(
+                [frame[3] for frame in iter_frames(stream)]
+            )
+    return files
+
+
+def _deltas(snapshots: list[Snapshot]) -> list[dict[Any, Any]]:
+    def summary(delta: SessionDelta) -> tuple[Any, ...]:
+        return (
+            delta.intercept_pk,
+            delta.packets,
+            delta.bytes,
+            delta.stored,
+            [data for _, data in delta.recent],
+        )
+
+    return [
+        {key: summary(delta) for key, delta in snapshot.sessions.items()} for snapshot in snapshots
+    ]
+
+
+def _unclaimed(snapshots: list[Snapshot]) -> list[dict[Any, Any]]:
+    return [
+        {key: (entry.reason, entry.count) for key, entry in snapshot.unclaimed.items()}
+        for snapshot in snapshots
+    ]
+
+
+def _counters(capture: Capture) -> tuple[Any, ...]:
+    c = capture.counters
+    return (c.datagrams, c.bytes, c.malformed, c.unstorable, c.internal_error, dict(c.drops))
+
+
+def _through_c(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any, ...]:
+    snapshots: list[Snapshot] = []
+    receiver = Receiver(
+        [("127.0.0.1", 0)], Gate(ROUTERS, RULES), _store(root), on_tick=[snapshots.append]
+    )
+    assert receiver.native
+    sock = receiver.sockets[0]
+    sock.setblocking(False)
+    # The loop's own drain function, driven by hand so that ticks fall where the test says.
+    drain = receiver._drainer(sock)
+    port = receiver.addresses[0][1]
+    started = time.time_ns()
+    with senders() as by_source:
+        for batch in traffic:
+            for payload, source in batch:
+                by_source[source].sendto(payload, ("127.0.0.1", port))
+            for _ in range(len(batch) // 64 + 2):
+                drain()
+            receiver.tick(time.time_ns())
+    drops = worker.kernel_drops(sock)
+    receiver.finish(time.time_ns())
+    ended = time.time_ns()
+    receiver.close_sockets()
+    assert drops == 0, "the kernel dropped datagrams: the comparison would be meaningless"
+    # Every record carries a kernel receive time from during the run.
+    for path in root.rglob("*.pcap"):
+        with path.open("rb") as stream:
+            assert all(started <= frame[1] <= ended for frame in iter_frames(stream))
+    return (
+        _counters(receiver),
+        _deltas(snapshots),
+        _unclaimed(snapshots),
+        _files(root),
+        receiver.socket_counters()[0].datagrams,
+    )
+
+
+def _through_python(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any, ...]:
+    snapshots: list[Snapshot] = []
+    capture = Capture(Gate(ROUTERS, RULES), _store(root), on_tick=[snapshots.append])
+    for batch in traffic:
+        for payload, source in batch:
+            capture.handle(payload, source, time.time_ns())
+        capture.tick(time.time_ns())
+    capture.finish(time.time_ns())
+    total = sum(len(batch) for batch in traffic)
+    return (
+        _counters(capture),
+        _deltas(snapshots),
+        _unclaimed(snapshots),
+        _files(root),
+        total,
+    )
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(rounds())
+def test_the_c_path_gives_what_handling_each_datagram_gives(traffic):
+    with tempfile.TemporaryDirectory() as native, tempfile.TemporaryDirectory() as python:
+        assert _through_c(traffic, Path(native)) == _through_python(traffic, Path(python))
+
+
+def test_a_busy_stream_is_stored_by_c_and_its_live_packets_are_the_latest():
+    """The comparison above is not vacuous: C does store a bound stream, rotating and
+    flushing through Python, and the live view gets the latest packets as bytes."""
+    payloads = [
+        jmirror_datagram(bytes(ipv4_udp(sport=1000 + index)), mid=1, sid=7) for index in range(50)
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        snapshots: list[Snapshot] = []
+        store = _store(root)
+        receiver = Receiver(
+            [("127.0.0.1", 0)], Gate(ROUTERS, RULES), store, on_tick=[snapshots.append]
+        )
+        sock = receiver.sockets[0]
+        sock.setblocking(False)
+        drain = receiver._drainer(sock)
+        with senders() as by_source:
+            for payload in payloads:
+                by_source["127.0.0.1"].sendto(payload, receiver.addresses[0])
+        generation = store.generation
+        drain()
+        # Fewer files opened than packets stored: most went through C.
+        assert 0 < store.generation - generation < 25
+        receiver.tick(time.time_ns())
+        receiver.finish(time.time_ns())
+        receiver.close_sockets()
+        (delta,) = snapshots[0].sessions.values()
+        assert (delta.packets, delta.stored) == (50, 50)
+        recent = list(delta.recent)
+        assert [data for _, data in recent] == payloads[-16:]
+        assert all(type(data) is bytes for _, data in recent)
+        stored = [
+            packet
+            for file in _files(root)["LIID1_127.0.0.1_mid-00000001_sid-00000007"]
+            for packet in file
+        ]
+        assert stored == [payload[8:] for payload in payloads]
+
+
+def _fast_receiver(sock: socket.socket, **overrides: int) -> Any:
+    options = {
+        "batch": 8,
+        "max_datagram": 2048,
+        "rotate_bytes": 1 << 20,
+        "buffer_bytes": 1 << 16,
+    }
+    options.update(overrides)
+    return worker.FastReceiver(sock.fileno(), sock.family, **options)
+
+
+@pytest.fixture
+def receiving() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as source,
+    ):
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        source.connect(sink.getsockname())
+        yield sink, source
+
+
+def test_nothing_waiting_is_zero_and_the_counts_start_empty(receiving):
+    sink, _ = receiving
+    fast = _fast_receiver(sink)
+    assert fast.receive() == 0
+    assert fast.store(0) == 0
+    assert fast.take_counts() == (0, 0, 0, 0)
+
+
+def test_an_unbound_stream_goes_to_python_with_its_source_and_time(receiving):
+    sink, source = receiving
+    fast = _fast_receiver(sink)
+    payload = jmirror_datagram(bytes(ipv4_udp()), mid=1, sid=7)
+    before = time.time_ns()
+    source.send(payload)
+    assert fast.receive() == 1
+    assert fast.store(0) == 0  # nothing bound: the datagram is Python's
+    view, key, time_ns = fast.datagram(0)
+    assert bytes(view) == payload
+    assert view.readonly
+    assert socket.inet_ntoa(key.to_bytes(4, sys.byteorder)) == "127.0.0.1"
+    assert before - 10**9 <= time_ns <= time.time_ns()
+    assert fast.take_counts() == (1, len(payload), 0, 0)
+
+
+def test_a_bound_stream_stops_at_its_span_and_at_the_flush_threshold(receiving):
+    sink, source = receiving
+    store = PcapStore(Path(tempfile.mkdtemp()), buffer_bytes=200)
+    fast = _fast_receiver(sink, buffer_bytes=200)
+    key = SessionKey("L", "127.0.0.1", 1, 7)
+    payload = jmirror_datagram(bytes(ipv4_udp()), mid=1, sid=7)
+    store.write(key, time.time_ns(), payload[8:], 101)  # opens the file
+    file = store.open_file(key, 101)
+    delta = SessionDelta(1, 1, 1, "L", 0, key)
+    for _ in range(4):
+        source.send(payload)
+    assert fast.receive() == 4
+    fast.bind(0, 101, 0, 1, delta, file)  # a span long past: C must not take it
+    assert fast.store(0) == 0
+    fast.bind(0, 101, 0, 2**62, delta, file)
+    record = 16 + len(payload) - 8
+    held = len(file.buffer)
+    # As many records as fit below the flush threshold, then Python's turn (which
+    # appends and flushes).
+    expected = 0
+    while held + (expected + 1) * record < 200 and expected < 4:
+        expected += 1
+    assert 1 <= expected < 4
+    assert fast.store(0) == expected
+    assert (delta.packets, delta.stored) == (expected, expected)
+    assert len(file.buffer) == held + expected * record
+    assert file.packets == 1 + expected
+    store.close_all()
+
+
+def test_a_truncated_datagram_is_counted_and_skipped(receiving):
+    sink, source = receiving
+    fast = _fast_receiver(sink, max_datagram=100)
+    source.send(b"\x00" * 200)
+    source.send(b"\x01" * 50)
+    assert fast.receive() == 2
+    assert fast.truncated == 1
+    assert fast.store(0) == 1  # the truncated one is passed over, the next is Python's
+    with pytest.raises(ValueError, match="truncated"):
+        fast.datagram(0)
+    assert bytes(fast.datagram(1)[0]) == b"\x01" * 50
+    assert fast.take_counts() == (1, 50, 0, 0)
+
+
+def test_ipv6_sources_keep_their_address_and_scope(receiving):
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sink,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as source,
+    ):
+        sink.bind(("::1", 0))
+        sink.setblocking(False)
+        source.sendto(b"jmirror?", sink.getsockname()[:2])
+        fast = _fast_receiver(sink)
+        assert fast.receive() == 1
+        _, key, _ = fast.datagram(0)
+        assert key == socket.inet_pton(socket.AF_INET6, "::1") + bytes(4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch": 0}, "batch"),
+        ({"batch": 1025}, "batch"),
+        ({"max_datagram": 0}, "max_datagram"),
+        ({"max_datagram": 70_000}, "max_datagram"),
+        ({"rotate_bytes": 0}, "positive"),
+    ],
+)
+def test_bad_settings_are_refused(receiving, options, message):
+    sink, _ = receiving
+    with pytest.raises(ValueError, match=message):
+        _fast_receiver(sink, **options)
+
+
+def test_bad_indexes_and_bindings_are_refused(receiving):
+    sink, source = receiving
+    fast = _fast_receiver(sink)
+    source.send(jmirror_datagram(bytes(ipv4_udp()), mid=1, sid=7))
+    assert fast.receive() == 1
+    with pytest.raises(IndexError):
+        fast.store(2)
+    with pytest.raises(IndexError):
+        fast.datagram(1)
+    with pytest.raises(IndexError):
+        fast.bind(5, 101, 0, 1, object(), object())
+    with pytest.raises(ValueError, match="linktype"):
+        fast.bind(0, 1, 0, 1, object(), object())
+
+
+def test_a_file_without_a_bytearray_buffer_is_an_error_not_a_crash(receiving):
+    sink, source = receiving
+    fast = _fast_receiver(sink)
+    payload = jmirror_datagram(bytes(ipv4_udp()), mid=1, sid=7)
+    source.send(payload)
+    source.send(payload)
+    assert fast.receive() == 2
+
+    class NotAFile:
+        size = 0
+        deadline_ns = 2**62
+        buffer = b"immutable"
+
+    fast.bind(
+        0, 101, 0, 2**62, SessionDelta(1, 1, 1, "L", 0, SessionKey("L", "x", 1, 7)), NotAFile()
+    )
+    with pytest.raises(TypeError, match="bytearray"):
+        fast.store(0)
+    assert fast.failed_at == 0  # nothing stored: Python takes it from there
+
+
+def test_a_closed_socket_raises(receiving):
+    sink, _ = receiving
+    fast = _fast_receiver(sink)
+    sink.close()
+    with pytest.raises(OSError):
+        fast.receive()
