@@ -556,6 +556,13 @@ class Command(BaseCommand):
         def ready(receiver: Receiver) -> None:
             where = ", ".join(f"{host}:{port}" for host, port in receiver.addresses)
             self.stdout.write(f"receiving jmirror on {where}")
+            if not receiver.native:
+                # Correct but about half as fast: say so, with what to do about it.
+                self.stderr.write(
+                    "note: receiver._fastpath (the receive loop's C part) is not built; "
+                    "receiving through the pure-Python path. Install a C compiler and the "
+                    "Python headers and reinstall (scripts/install-venv) to build it."
+                )
 
         try:
             receiver = serve(
