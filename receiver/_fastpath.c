@@ -81,8 +81,15 @@ typedef struct {
     int touched;
     int call_file[2]; /* index into the call's CallFile array, -1 until first use */
     long long packets, bytes, last_ns;
+    /* The stream's latest stored datagrams, copied here rather than made Python objects
+     * per datagram (that measured a third of the receiver's time at small batches, most
+     * of it the garbage collector's); handed to the delta's `recent` only by flush_recent:
+     * at clear, on a new delta, and before Python stores one of the stream's datagrams. */
     int recent_count, recent_next;
-    int recent_index[RECENT];
+    long long recent_time[RECENT];
+    unsigned recent_length[RECENT];
+    unsigned recent_capacity[RECENT];
+    unsigned char *recent_data[RECENT];
 } Entry;
 
 typedef struct {
@@ -122,7 +129,7 @@ typedef struct {
 #define NAME_SPACE ((int)sizeof(struct sockaddr_in6))
 
 static PyObject *s_size, *s_packets, *s_last_ns, *s_bytes, *s_stored, *s_recent,
-    *s_buffer, *s_deadline_ns, *s_append;
+    *s_buffer, *s_deadline_ns, *s_extend;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -210,10 +217,26 @@ static inline int find_entry(FastReceiver *self, const unsigned char *key, int l
     return -1;
 }
 
-static void clear_table(FastReceiver *self) {
+static int flush_recent(Entry *e);
+
+static void free_recent(Entry *e) {
+    for (int k = 0; k < RECENT; k++) {
+        PyMem_Free(e->recent_data[k]);
+        e->recent_data[k] = NULL;
+        e->recent_capacity[k] = 0;
+    }
+    e->recent_count = e->recent_next = 0;
+}
+
+/* Forget every binding, handing each stream's latest datagrams to its delta first. -1
+ * when that failed (the table is cleared all the same). */
+static int clear_table(FastReceiver *self, int flush) {
+    int status = 0;
     for (int i = 0; i < TABLE_SIZE; i++) {
         Entry *e = &self->table[i];
         if (!e->used) continue;
+        if (flush && flush_recent(e) < 0) status = -1;
+        free_recent(e);
         Py_CLEAR(e->delta);
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
@@ -221,6 +244,7 @@ static void clear_table(FastReceiver *self) {
     }
     self->entries = 0;
     self->last_hit = -1;
+    return status;
 }
 
 /* obj.name += amount, for Python ints. */
@@ -289,6 +313,79 @@ static int call_file_of(FastReceiver *self, Entry *e, int slot) {
     return e->call_file[slot] = self->call_file_count++;
 }
 
+/* Hand the stream's latest datagrams to its delta's `recent` (a deque with a maxlen),
+ * oldest first. When the deque already holds later ones (Python stored some of the
+ * stream's datagrams meanwhile), the two are merged by receive time. */
+static int flush_recent(Entry *e) {
+    if (e->recent_count == 0 || e->delta == NULL) return 0;
+    int status = 0;
+    PyObject *recent = PyObject_GetAttr(e->delta, s_recent);
+    PyObject *items = PyList_New(0);
+    if (recent == NULL || items == NULL) status = -1;
+    int start = e->recent_count < RECENT ? 0 : e->recent_next;
+    for (int k = 0; status == 0 && k < e->recent_count; k++) {
+        int slot = (start + k) % RECENT;
+        PyObject *item = Py_BuildValue("(Ly#)", e->recent_time[slot],
+                                       (const char *)e->recent_data[slot],
+                                       (Py_ssize_t)e->recent_length[slot]);
+        if (item == NULL || PyList_Append(items, item) < 0) status = -1;
+        Py_XDECREF(item);
+    }
+    e->recent_count = e->recent_next = 0;
+    if (status == 0) {
+        Py_ssize_t held = PyObject_Length(recent);
+        if (held < 0) status = -1;
+        if (status == 0 && held > 0) {
+            /* Merge: what the deque holds and ours, by time, then the deque keeps the
+             * latest (its maxlen). */
+            PyObject *last = PySequence_GetItem(recent, held - 1);
+            PyObject *first = PyList_GET_ITEM(items, 0);
+            int later = last == NULL ? -1 : PyObject_RichCompareBool(
+                PyTuple_GET_ITEM(last, 0), PyTuple_GET_ITEM(first, 0), Py_GT);
+            Py_XDECREF(last);
+            if (later < 0) status = -1;
+            if (later > 0) {
+                PyObject *held_items = PySequence_List(recent);
+                if (held_items == NULL || PyList_SetSlice(items, 0, 0, held_items) < 0 ||
+                    PyList_Sort(items) < 0)
+                    status = -1;
+                Py_XDECREF(held_items);
+                PyObject *done = status == 0 ? PyObject_CallMethod(recent, "clear", NULL) : NULL;
+                if (done == NULL) status = -1;
+                Py_XDECREF(done);
+            }
+        }
+    }
+    if (status == 0) {
+        PyObject *done = PyObject_CallMethodOneArg(recent, s_extend, items);
+        if (done == NULL) status = -1;
+        Py_XDECREF(done);
+    }
+    Py_XDECREF(items);
+    Py_XDECREF(recent);
+    return status;
+}
+
+/* Copy datagram i into the stream's ring of latest datagrams. -1 when out of memory. */
+static inline int keep_recent(FastReceiver *self, Entry *e, int i) {
+    int slot = e->recent_next;
+    unsigned n = self->lengths[i];
+    if (e->recent_capacity[slot] < n) {
+        /* Room for any datagram of this size class, so a stream reallocates rarely. */
+        unsigned capacity = n < 2048 ? 2048 : n;
+        unsigned char *grown = PyMem_Realloc(e->recent_data[slot], capacity);
+        if (grown == NULL) return -1;
+        e->recent_data[slot] = grown;
+        e->recent_capacity[slot] = capacity;
+    }
+    memcpy(e->recent_data[slot], self->data + (size_t)i * self->max_datagram, n);
+    e->recent_length[slot] = n;
+    e->recent_time[slot] = self->times[i];
+    e->recent_next = (slot + 1) % RECENT;
+    if (e->recent_count < RECENT) e->recent_count++;
+    return 0;
+}
+
 /* Write this call's counts back into the Python objects and reset the accumulators.
  * Runs before store() returns, also on error, so Python never sees half the counts. */
 static int write_back(FastReceiver *self) {
@@ -302,28 +399,8 @@ static int write_back(FastReceiver *self) {
             if (add_to(delta, s_packets, e->packets) < 0 || add_to(delta, s_bytes, e->bytes) < 0 ||
                 add_to(delta, s_stored, e->packets) < 0 || set_long(delta, s_last_ns, e->last_ns) < 0)
                 status = -1;
-            PyObject *recent = status == 0 ? PyObject_GetAttr(delta, s_recent) : NULL;
-            if (recent == NULL) status = -1;
-            int start = e->recent_count < RECENT ? 0 : e->recent_next;
-            for (int k = 0; status == 0 && k < e->recent_count; k++) {
-                int i = e->recent_index[(start + k) % RECENT];
-                PyObject *item = Py_BuildValue(
-                    "(Ly#)", self->times[i],
-                    (const char *)(self->data + (size_t)i * self->max_datagram),
-                    (Py_ssize_t)self->lengths[i]);
-                if (item == NULL) {
-                    status = -1;
-                    break;
-                }
-                PyObject *done = PyObject_CallMethodOneArg(recent, s_append, item);
-                Py_DECREF(item);
-                if (done == NULL) status = -1;
-                Py_XDECREF(done);
-            }
-            Py_XDECREF(recent);
         }
         e->packets = e->bytes = 0;
-        e->recent_count = e->recent_next = 0;
     }
     self->touched_count = 0;
     for (int k = 0; k < self->call_file_count; k++) {
@@ -343,7 +420,7 @@ static int write_back(FastReceiver *self) {
 /* ---- the type ----------------------------------------------------------------------- */
 
 static void FastReceiver_dealloc(FastReceiver *self) {
-    if (self->table) clear_table(self);
+    if (self->table) clear_table(self, 0);
     PyMem_Free(self->data);
     PyMem_Free(self->names);
     PyMem_Free(self->control);
@@ -550,11 +627,21 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
         e->packets++;
         e->bytes += n;
         e->last_ns = time_ns;
-        e->recent_index[e->recent_next] = i;
-        e->recent_next = (e->recent_next + 1) % RECENT;
-        if (e->recent_count < RECENT) e->recent_count++;
+        if (keep_recent(self, e, i) < 0) {
+            /* The record is in the buffer and counted: only the live sample misses it. */
+            PyErr_Clear();
+        }
         self->fast++;
         self->fast_bytes += n;
+    }
+    if (i < count && !failed && self->entries && self->lengths[i] >= 8) {
+        /* Python stores this one: if its stream is bound, the latest datagrams C kept go
+         * to the delta first, so that `recent` stays in order. */
+        const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+        int key_length;
+        const unsigned char *key = source_key(self, i, &key_length);
+        int index = find_entry(self, key, key_length, be32(p), be32(p + 4));
+        if (index >= 0 && flush_recent(&self->table[index]) < 0) failed = 1;
     }
     self->failed_at = i;
     if (write_back(self) < 0) {
@@ -622,7 +709,7 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     const unsigned char *key = source_key(self, i, &key_length);
     int index = find_entry(self, key, key_length, mid, sid);
     if (index < 0) {
-        if (self->entries >= TABLE_LIMIT) clear_table(self);
+        if (self->entries >= TABLE_LIMIT && clear_table(self, 1) < 0) return NULL;
         unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
         while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
         index = (int)slot;
@@ -638,7 +725,9 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     }
     Entry *e = &self->table[index];
     if (e->delta != delta) {
-        /* Another session delta: whatever was bound for the old one is stale. */
+        /* Another session delta: whatever was bound for the old one is stale, and its
+         * latest datagrams are the old delta's. */
+        if (flush_recent(e) < 0) return NULL;
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
         Py_INCREF(delta);
@@ -653,7 +742,7 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
 }
 
 static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->table) clear_table(self);
+    if (self->table && clear_table(self, 1) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -730,7 +819,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_recent, "recent");
     INTERN(s_buffer, "buffer");
     INTERN(s_deadline_ns, "deadline_ns");
-    INTERN(s_append, "append");
+    INTERN(s_extend, "extend");
 #undef INTERN
     PyObject *module = PyModule_Create(&fastpath_module);
     if (module == NULL) return NULL;

@@ -645,6 +645,7 @@ class Receiver(Capture):
         self._stop = stop_event if stop_event is not None else threading.Event()
         #: Whether the sockets are drained by receiver._fastpath (C) rather than Python.
         self.native = native and FastReceiver is not None
+        self._natives: list[FastReceiver] = []
         self.sockets: list[socket.socket] = []
         self._socket_counters: list[SocketCounters] = []
         self._addresses: list[tuple[str, int]] = []
@@ -754,6 +755,7 @@ class Receiver(Capture):
             store.buffer_bytes,
             timestamps=_enable_timestamps(sock),
         )
+        self._natives.append(native)
         handle_unbatched = self.handle_unbatched
         listener = self.counters
         addresses: dict[bytes | int, str] = {}
@@ -766,8 +768,11 @@ class Receiver(Capture):
             )
 
         def rebase() -> None:
-            native.clear()
             bound[:] = [self.gate, self._epoch, store.generation]
+            try:
+                native.clear()
+            except Exception:  # handing the live sample on failed (no memory): counted
+                self._internal_error("the C receive path")
 
         def drain_native() -> None:
             for _ in range(_DRAIN_LIMIT // BATCH):
@@ -804,7 +809,10 @@ class Receiver(Capture):
                         delta, low, high, linktype = found
                         file = store.open_file(delta.store_key, linktype)
                         if file is not None:
-                            native.bind(index, linktype, low, high, delta, file)
+                            try:
+                                native.bind(index, linktype, low, high, delta, file)
+                            except Exception:  # no memory: the stream stays in Python
+                                self._internal_error(source)
                     index += 1
             received, received_bytes, fast, fast_bytes = native.take_counts()
             listener.datagrams += fast
@@ -813,6 +821,18 @@ class Receiver(Capture):
             counters.bytes += received_bytes
 
         return drain_native
+
+    def tick(
+        self, now_ns: int, *, final: bool = False, closed: list[ClosedFile] | None = None
+    ) -> None:
+        # The C path keeps each bound stream's latest datagrams to itself: they join their
+        # session deltas before the snapshot takes them.
+        for native in self._natives:
+            try:
+                native.clear()
+            except Exception:
+                self._internal_error("the C receive path")
+        super().tick(now_ns, final=final, closed=closed)
 
     def socket_counters(self) -> list[SocketCounters]:
         for sock, counters in zip(self.sockets, self._socket_counters, strict=True):

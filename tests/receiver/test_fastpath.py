@@ -412,5 +412,5 @@ def test_a_closed_socket_raises(receiving):
     sink, _ = receiving
     fast = _fast_receiver(sink)
     sink.close()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         fast.receive()
