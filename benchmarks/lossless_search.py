@@ -579,6 +579,7 @@ def wait_drained(port: int, timeout: float) -> None:
 
 
 _STOPPED = re.compile(r"stopped: (\d+) datagrams")
+_LONGEST_ROUND = re.compile(r"longest receive round ([\d.]+) ms")
 
 
 def start_receiver(
@@ -645,6 +646,10 @@ def receive_trial(
     packets, stored = database_counters(settings.database)
     packets -= packets_before
     stored -= stored_before
+    longest = _LONGEST_ROUND.search(out.read_text(errors="replace"))
+    if longest is not None:
+        # What held the receive loop up longest: the socket buffer had to absorb it.
+        notes.append(f"longest receive round {longest[1]} ms")
     if match is not None:
         received = int(match[1])
     else:

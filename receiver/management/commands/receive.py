@@ -47,6 +47,7 @@ from receiver.metrics import SnapshotCollector, serve_metrics
 from receiver.store import ClosedFile, PcapStore
 from receiver.worker import (
     DEFAULT_RCVBUF,
+    STALL_NS,
     ListenerCounters,
     Receiver,
     SessionDelta,
@@ -585,5 +586,7 @@ class Command(BaseCommand):
         counters = receiver.counters
         self.stdout.write(
             f"stopped: {counters.datagrams} datagrams, {counters.malformed} malformed, "
-            f"drops {dict(counters.drops)}, {len(receiver.final_closed)} files closed"
+            f"drops {dict(counters.drops)}, {len(receiver.final_closed)} files closed, "
+            f"longest receive round {counters.longest_round_ns / 1e6:.1f} ms "
+            f"({counters.stalls} over {STALL_NS // 1_000_000} ms)"
         )
