@@ -782,6 +782,8 @@ def describe(trial: Trial) -> str:
         f"kernel drops {trial.kernel_drops if trial.kernel_drops is not None else '-':>9}  "
         f"cpu {cpu} us/pkt"
         + (f"  other load {trial.foreign_load:.0%}" if trial.foreign_load is not None else "")
+        # A sender that fell behind caught up at full speed: a burst the tool had to absorb.
+        + (f"  sender lag {trial.sender_max_lag_us / 1000:.1f} ms")
         + (f"  [{'; '.join(trial.notes)}]" if trial.notes else "")
     )
 

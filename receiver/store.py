@@ -27,6 +27,7 @@ storing resumes once space is free.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -126,10 +127,23 @@ def _file_stem(time_ns: int, sequence: int) -> str:
     return f"{start}.{nanoseconds:09d}Z-{sequence:06d}"
 
 
+# Written pages leave the page cache once on disk: every PAGE_CACHE_STEP bytes a file
+# grows, the kernel is told (posix_fadvise DONTNEED) that the range one to three steps
+# back will not be read soon. Its first notice starts the range's writeback, its second
+# drops the then clean pages, whose memory the next writes reuse. Why: left to the page
+# cache, a receiver writing 200 MB/s fills memory with pcap data nobody reads (a 1.6 GB
+# write measured 3,100 MB/s until the already-used memory ran out, then 400 MB/s, 3.5 us
+# per 1,400-byte packet, on the reference VM), and data waits up to 30 s for writeback.
+# With the advice it measured 2,300 MB/s throughout, and data reaches the disk within
+# about 16-32 MB of a file's growth.
+PAGE_CACHE_STEP: Final = 16 * 2**20
+
+
 class _OpenFile:
     """One file being written. ``committed_*`` is what has reached the kernel."""
 
     __slots__ = (
+        "advised_size",
         "buffer",
         "committed_last_ns",
         "committed_packets",
@@ -158,6 +172,7 @@ class _OpenFile:
         self.buffer = bytearray()
         self.sha = hashlib.sha256()
         self.size = self.committed_size = 0
+        self.advised_size = 0  # committed_size at the last page cache advice
         self.packets = self.committed_packets = 0
         self.last_ns = self.committed_last_ns = first_ns
 
@@ -425,6 +440,8 @@ class PcapStore:
         file.committed_size = file.size
         file.committed_packets = file.packets
         file.committed_last_ns = file.last_ns
+        if file.committed_size - file.advised_size >= PAGE_CACHE_STEP:
+            _release_written_pages(file)
         return True
 
     def _finish(self, file: _OpenFile) -> None:
@@ -460,6 +477,16 @@ class PcapStore:
     def _count(self, error: OSError, packets: int) -> None:
         name = errno.errorcode.get(error.errno or 0, "EUNKNOWN")
         self.store_errors[name] += packets
+
+
+def _release_written_pages(file: _OpenFile) -> None:
+    """The page cache advice of PAGE_CACHE_STEP, for the range one to three steps back."""
+    end = file.committed_size - PAGE_CACHE_STEP
+    start = max(0, end - 2 * PAGE_CACHE_STEP)
+    file.advised_size = file.committed_size
+    # Advice only: on a file system without it the pages stay cached, as before.
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(file.fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
 def repair(path: Path) -> RepairedFile:

@@ -75,6 +75,10 @@ _MEMINFO = struct.Struct("9I")
 STALL_NS: Final = 100_000_000
 STALL_LOG_EVERY_NS: Final = 10_000_000_000
 
+# The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
+# about 40 datagrams gather meanwhile.
+PACE_SECONDS: Final = 0.00025
+
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
 
@@ -873,8 +877,15 @@ class Receiver(Capture):
                 ready, _, _ = select.select(self.sockets, [], [], timeout)
                 round_start = monotonic_ns()
                 gc_before = collector.total_ns
+                before = counters.datagrams
                 for sock in ready:
                     ready_drains[sock]()
+                if 0 < counters.datagrams - before < BATCH // 2:
+                    # A short round: the loop is ahead of the traffic. Waiting a moment
+                    # lets datagrams gather, so that the next system calls, wake-up and
+                    # round cost a batch, not a few datagrams, each (the socket buffer
+                    # holds far more than this pause brings).
+                    time.sleep(PACE_SECONDS)
                 now = time.time_ns()
                 if now >= next_tick:
                     next_tick = now + self._tick_ns

@@ -226,6 +226,52 @@ def test_a_full_buffer_is_written_out_without_waiting_for_flush_due(tmp_path):
     assert part.stat().st_size == 24 + 10 * 216
 
 
+def test_written_pages_are_released_from_the_page_cache_as_a_file_grows(tmp_path, monkeypatch):
+    """Each 16 MiB of growth: the kernel hears of the range one to three steps back,
+    once to write it out and once more to drop it, and the file stays whole."""
+    advised: list[tuple[int, int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        advised.append((offset, length, os.fstat(fd).st_size))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    store = PcapStore(tmp_path)
+    step = 16 * 2**20
+    packet = bytes([0x45]) + bytes(65_519)  # 64 KiB records
+    count = 5 * step // (16 + len(packet)) + 1  # just over 80 MiB
+    for i in range(count):
+        store.write(SESSION, T0 + i, packet, LINKTYPE_RAW)
+    store.flush()
+    assert len(advised) == 5
+    for offset, length, size in advised:
+        # Never the last step of what the file held: it may still be written out.
+        assert 0 <= offset < offset + length <= size - step
+        assert length <= 2 * step
+    # Every byte up to three steps before the end was advised twice: written, dropped.
+    final = advised[-1][2]
+    for probe in range(0, final - 3 * step, 2**20):
+        assert sum(offset <= probe < offset + length for offset, length, _ in advised) >= 2
+    [closed] = store.close_all()
+    assert closed.packets == count
+    assert hashlib.sha256((tmp_path / closed.path).read_bytes()).hexdigest() == closed.sha256
+
+
+def test_a_file_system_without_page_cache_advice_changes_nothing(tmp_path, monkeypatch):
+    def refuse(*args: object) -> None:
+        raise OSError(errno.ESPIPE, "Illegal seek")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    store = PcapStore(tmp_path)
+    for i in range(400):
+        store.write(SESSION, T0 + i, bytes([0x45]) + bytes(65_000), LINKTYPE_RAW)
+    [closed] = store.close_all()
+    assert closed.packets == 400
+    assert not store.store_errors
+
+
 @pytest.mark.parametrize(
     ("liid", "router"),
     [
