@@ -18,7 +18,14 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home j
 WORKDIR /app
 COPY . .
 # Editable, because templates/ and static/ sit beside the packages rather than in them.
-RUN pip install --editable .
+# gcc builds the receiver's C part (receiver/_fastpath.c, about twice as fast as the pure
+# Python path) and leaves with its packages in the same layer.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --editable . \
+    && python -c "import receiver._fastpath" \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* build
 
 USER jmirror
 EXPOSE 8000 30030/udp

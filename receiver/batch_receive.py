@@ -25,11 +25,11 @@ kernel: ``recvmmsg`` alone, with no Python work per datagram, measured about 1.1
 payload copy being most of it: ``view[a:b].tobytes()`` measured 1.5x faster than
 ``bytes(view[a:b])``). Figures move with the machine's load; rerun the benchmark.
 
-No compiled extension: libc is reached through ``ctypes`` so the product still installs
-with nothing but Python. Where that fails (not Linux, no ``recvmmsg`` in the C library,
-ctypes unusable, a 32/64-bit layout that does not check out) :meth:`BatchReceiver.available`
-is false and the constructor raises :class:`BatchUnavailable`: the caller falls back to
-``recvfrom_into``.
+No compiled extension: libc is reached through ``ctypes``, so this is the receive path
+where receiver._fastpath (C) could not be built. Where that fails (not Linux, no
+``recvmmsg`` in the C library, ctypes unusable, a 32/64-bit layout that does not check
+out) :meth:`BatchReceiver.available` is false and the constructor raises
+:class:`BatchUnavailable`: the caller falls back to ``recvfrom_into``.
 
 Truncation: a datagram longer than ``max_datagram`` is dropped and counted in
 :attr:`BatchReceiver.truncated`, never handed out as if whole (the call passes

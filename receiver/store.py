@@ -11,7 +11,8 @@ receiver loop calls at least once a second, hands every buffer to the kernel wit
 about a second and survives the receiver being killed. There is no fsync, not even on
 close: fsyncing a 256 MB file on rotation stalls the receive loop for as long as the disk
 takes (packets lost at high rates), so durability against a power cut is the kernel's
-writeback (``vm.dirty_expire_centisecs``, 30 s by default).
+writeback: started by the page cache advice (:data:`PAGE_CACHE_STEP`) once a file has grown
+16-32 MB past the data, else after ``vm.dirty_expire_centisecs`` (30 s by default).
 
 Crash safety: a file being written is named ``<name>.pcap.part`` and renamed to
 ``<name>.pcap`` on close (rename is atomic on POSIX). Buffers are written as whole

@@ -12,14 +12,23 @@ the snapshots; :class:`Receiver` adds the sockets. ``manage.py import_pcap`` fee
 
 Hot path, chosen by measurement (DESIGN.md section 3): non-blocking sockets drained
 until empty and ``select`` only when all are (a plain loop ran about 270k datagrams/s on
-the reference machine against 47k for asyncio's datagram endpoint). On Linux each drain
-is ``recvmmsg`` (:mod:`receiver.batch_receive`): up to 64 datagrams per system call, as
-views into one buffer, with the kernel's receive timestamps, handed to
-:meth:`Capture.handle_batch` in one call, where a stream's consecutive datagrams share its
-gate answer and session. Elsewhere, ``recvfrom_into`` and :meth:`Capture.handle` per
-datagram. Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at
-least every ``tick_interval``; a round of the loop longer than :data:`STALL_NS` is
-counted and logged, with the garbage collector's share of it.
+the reference machine against 47k for asyncio's datagram endpoint), with a 250 us pause
+after a short round so that the next one costs a batch. Three drains, fastest first:
+
+- :mod:`receiver._fastpath` (C, built by the install where a compiler is): ``recvmmsg``
+  with kernel timestamps, and the pcap append and counts of every datagram whose stream
+  Python has bound to it; each other datagram comes back to
+  :meth:`Capture.handle_unbatched`, in order. 1.2-1.4 against 2.7-2.8 us per 128-byte
+  datagram for the Python drain (``benchmarks/drain_benchmark.py``).
+- ``recvmmsg`` through ctypes (:mod:`receiver.batch_receive`): up to 64 datagrams per
+  system call, as views into one buffer, handed to :meth:`Capture.handle_batch`, where a
+  stream's consecutive datagrams share its gate answer and session.
+- elsewhere, ``recvfrom_into`` and :meth:`Capture.handle` per datagram.
+
+All three give the same files and counts (property tests against :meth:`Capture.handle`).
+Periodic work (store flush, file expiry, the tick hook, the stop flag) runs at least
+every ``tick_interval``; a round of the loop longer than :data:`STALL_NS` is counted and
+logged, with the garbage collector's share of it.
 """
 
 from __future__ import annotations
