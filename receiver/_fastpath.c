@@ -19,8 +19,7 @@
  *                    session's and file's counts. Stops at the first datagram it cannot
  *                    take and returns its index (the count when done), after writing the
  *                    counts back to the Python objects, so Python sees them whole.
- *   datagram(i)      (read-only view of the payload, raw source key, receive time) for
- *                    Python's path.
+ *   datagram(i)      (payload bytes, raw source key, receive time) for Python's path.
  *   bind(i, ...)     after Python stored datagram i: its stream's session delta, open
  *                    file and the span of receive times over which the gate's answer
  *                    holds. Later datagrams of that stream then stay in C.
@@ -123,6 +122,7 @@ typedef struct {
     long long truncated;
     /* Where the last failed store() stopped: datagrams before it were stored. */
     int failed_at;
+    int initialised;
 } FastReceiver;
 
 #define CONTROL_SPACE CMSG_SPACE(sizeof(struct timespec))
@@ -217,6 +217,27 @@ static inline int find_entry(FastReceiver *self, const unsigned char *key, int l
     return -1;
 }
 
+/* Keeps the first error of a sequence of C API calls that must all be attempted: the
+ * pending exception is set aside while the next call runs and restored at the end. */
+typedef struct {
+    PyObject *type, *value, *traceback;
+} FirstError;
+
+static void remember_error(FirstError *first) {
+    if (!PyErr_Occurred()) return;
+    if (first->type == NULL) {
+        PyErr_Fetch(&first->type, &first->value, &first->traceback);
+    } else {
+        PyErr_Clear();
+    }
+}
+
+static int restore_error(FirstError *first) {
+    if (first->type == NULL) return 0;
+    PyErr_Restore(first->type, first->value, first->traceback);
+    return -1;
+}
+
 static int flush_recent(Entry *e);
 
 static void free_recent(Entry *e) {
@@ -231,12 +252,13 @@ static void free_recent(Entry *e) {
 /* Forget every binding, handing each stream's latest datagrams to its delta first. -1
  * when that failed (the table is cleared all the same). */
 static int clear_table(FastReceiver *self, int flush) {
-    int status = 0;
+    FirstError first = {NULL, NULL, NULL};
     for (int i = 0; i < TABLE_SIZE; i++) {
         Entry *e = &self->table[i];
         if (!e->used) continue;
-        if (flush && flush_recent(e) < 0) status = -1;
-        free_recent(e);
+        if (flush && flush_recent(e) < 0) remember_error(&first);
+        /* The ring's buffers stay for the next stream bound to this slot. */
+        e->recent_count = e->recent_next = 0;
         Py_CLEAR(e->delta);
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
@@ -244,7 +266,7 @@ static int clear_table(FastReceiver *self, int flush) {
     }
     self->entries = 0;
     self->last_hit = -1;
-    return status;
+    return restore_error(&first);
 }
 
 /* obj.name += amount, for Python ints. */
@@ -314,14 +336,14 @@ static int call_file_of(FastReceiver *self, Entry *e, int slot) {
 }
 
 /* Hand the stream's latest datagrams to its delta's `recent` (a deque with a maxlen),
- * oldest first. When the deque already holds later ones (Python stored some of the
- * stream's datagrams meanwhile), the two are merged by receive time. */
+ * oldest first. In order: store() calls this before Python stores one of the stream's
+ * datagrams, so whatever the deque holds came before. */
 static int flush_recent(Entry *e) {
     if (e->recent_count == 0 || e->delta == NULL) return 0;
     int status = 0;
     PyObject *recent = PyObject_GetAttr(e->delta, s_recent);
-    PyObject *items = PyList_New(0);
-    if (recent == NULL || items == NULL) status = -1;
+    PyObject *items = recent == NULL ? NULL : PyList_New(0);
+    if (items == NULL) status = -1;
     int start = e->recent_count < RECENT ? 0 : e->recent_next;
     for (int k = 0; status == 0 && k < e->recent_count; k++) {
         int slot = (start + k) % RECENT;
@@ -332,30 +354,6 @@ static int flush_recent(Entry *e) {
         Py_XDECREF(item);
     }
     e->recent_count = e->recent_next = 0;
-    if (status == 0) {
-        Py_ssize_t held = PyObject_Length(recent);
-        if (held < 0) status = -1;
-        if (status == 0 && held > 0) {
-            /* Merge: what the deque holds and ours, by time, then the deque keeps the
-             * latest (its maxlen). */
-            PyObject *last = PySequence_GetItem(recent, held - 1);
-            PyObject *first = PyList_GET_ITEM(items, 0);
-            int later = last == NULL ? -1 : PyObject_RichCompareBool(
-                PyTuple_GET_ITEM(last, 0), PyTuple_GET_ITEM(first, 0), Py_GT);
-            Py_XDECREF(last);
-            if (later < 0) status = -1;
-            if (later > 0) {
-                PyObject *held_items = PySequence_List(recent);
-                if (held_items == NULL || PyList_SetSlice(items, 0, 0, held_items) < 0 ||
-                    PyList_Sort(items) < 0)
-                    status = -1;
-                Py_XDECREF(held_items);
-                PyObject *done = status == 0 ? PyObject_CallMethod(recent, "clear", NULL) : NULL;
-                if (done == NULL) status = -1;
-                Py_XDECREF(done);
-            }
-        }
-    }
     if (status == 0) {
         PyObject *done = PyObject_CallMethodOneArg(recent, s_extend, items);
         if (done == NULL) status = -1;
@@ -389,38 +387,44 @@ static inline int keep_recent(FastReceiver *self, Entry *e, int i) {
 /* Write this call's counts back into the Python objects and reset the accumulators.
  * Runs before store() returns, also on error, so Python never sees half the counts. */
 static int write_back(FastReceiver *self) {
-    int status = 0;
-    for (int t = 0; t < self->touched_count; t++) {
-        Entry *e = &self->table[self->touched[t]];
-        e->touched = 0;
-        e->call_file[0] = e->call_file[1] = -1;
-        if (status == 0 && e->packets) {
-            PyObject *delta = e->delta;
-            if (add_to(delta, s_packets, e->packets) < 0 || add_to(delta, s_bytes, e->bytes) < 0 ||
-                add_to(delta, s_stored, e->packets) < 0 || set_long(delta, s_last_ns, e->last_ns) < 0)
-                status = -1;
-        }
-        e->packets = e->bytes = 0;
-    }
-    self->touched_count = 0;
+    FirstError first = {NULL, NULL, NULL};
+    remember_error(&first); /* whatever failed in store() itself */
+    /* The files first: their sizes must match the records in their buffers, or a later
+     * cut back to the last whole record would land inside one. */
     for (int k = 0; k < self->call_file_count; k++) {
         CallFile *c = &self->call_files[k];
-        if (status == 0 && c->added_packets) {
-            if (add_to(c->file, s_size, c->added_size) < 0 ||
-                add_to(c->file, s_packets, c->added_packets) < 0 ||
-                set_long(c->file, s_last_ns, c->last_ns) < 0)
-                status = -1;
+        if (c->added_packets) {
+            if (add_to(c->file, s_size, c->added_size) < 0) remember_error(&first);
+            if (add_to(c->file, s_packets, c->added_packets) < 0) remember_error(&first);
+            if (set_long(c->file, s_last_ns, c->last_ns) < 0) remember_error(&first);
         }
         Py_CLEAR(c->buffer);
     }
     self->call_file_count = 0;
-    return status;
+    for (int t = 0; t < self->touched_count; t++) {
+        Entry *e = &self->table[self->touched[t]];
+        e->touched = 0;
+        e->call_file[0] = e->call_file[1] = -1;
+        if (e->packets) {
+            PyObject *delta = e->delta;
+            if (add_to(delta, s_packets, e->packets) < 0) remember_error(&first);
+            if (add_to(delta, s_bytes, e->bytes) < 0) remember_error(&first);
+            if (add_to(delta, s_stored, e->packets) < 0) remember_error(&first);
+            if (set_long(delta, s_last_ns, e->last_ns) < 0) remember_error(&first);
+        }
+        e->packets = e->bytes = 0;
+    }
+    self->touched_count = 0;
+    return restore_error(&first);
 }
 
 /* ---- the type ----------------------------------------------------------------------- */
 
 static void FastReceiver_dealloc(FastReceiver *self) {
-    if (self->table) clear_table(self, 0);
+    if (self->table) {
+        clear_table(self, 0);
+        for (int i = 0; i < TABLE_SIZE; i++) free_recent(&self->table[i]);
+    }
     PyMem_Free(self->data);
     PyMem_Free(self->names);
     PyMem_Free(self->control);
@@ -442,7 +446,7 @@ static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwarg
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiinn|p", keywords, &fd, &family, &batch,
                                      &max_datagram, &rotate_bytes, &buffer_bytes, &timestamps))
         return -1;
-    if (self->data != NULL) {
+    if (self->initialised || self->data != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "FastReceiver is already initialised");
         return -1;
     }
@@ -481,6 +485,8 @@ static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwarg
     self->call_files = PyMem_Calloc((size_t)batch * 2, sizeof(CallFile));
     if (!self->data || !self->names || !self->control || !self->iovecs || !self->messages ||
         !self->lengths || !self->times || !self->table || !self->touched || !self->call_files) {
+        /* Left half built, the object stays unusable (every method checks initialised);
+         * dealloc frees what was allocated. */
         PyErr_NoMemory();
         return -1;
     }
@@ -492,14 +498,17 @@ static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwarg
         self->messages[i].msg_hdr.msg_iovlen = 1;
     }
     self->last_hit = -1;
+    self->initialised = 1;
     return 0;
 }
 
+static PyObject *not_initialised(void) {
+    PyErr_SetString(PyExc_RuntimeError, "FastReceiver is not initialised");
+    return NULL;
+}
+
 static PyObject *FastReceiver_receive(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->data == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "FastReceiver is not initialised");
-        return NULL;
-    }
+    if (!self->initialised) return not_initialised();
     int batch = self->batch;
     /* The kernel overwrites the name and control lengths of every message it fills. */
     for (int i = 0; i < batch; i++) {
@@ -517,6 +526,7 @@ static PyObject *FastReceiver_receive(FastReceiver *self, PyObject *Py_UNUSED(ig
     }
     int got;
     int error = 0;
+    self->count = 0; /* the buffers are the kernel's until recvmmsg returns */
     Py_BEGIN_ALLOW_THREADS
     got = recvmmsg(self->fd, self->messages, (unsigned)batch, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (got < 0) error = errno;
@@ -564,6 +574,7 @@ static inline int is_truncated(FastReceiver *self, int i) {
 }
 
 static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
+    if (!self->initialised) return not_initialised();
     long start = PyLong_AsLong(arg);
     if (start == -1 && PyErr_Occurred()) return NULL;
     int count = self->count;
@@ -655,6 +666,7 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
 }
 
 static PyObject *FastReceiver_datagram(FastReceiver *self, PyObject *arg) {
+    if (!self->initialised) return not_initialised();
     long i = PyLong_AsLong(arg);
     if (i == -1 && PyErr_Occurred()) return NULL;
     if (i < 0 || i >= self->count) {
@@ -665,9 +677,9 @@ static PyObject *FastReceiver_datagram(FastReceiver *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "that datagram was truncated");
         return NULL;
     }
-    PyObject *view = PyMemoryView_FromMemory(
-        (char *)(self->data + (size_t)i * self->max_datagram), (Py_ssize_t)self->lengths[i],
-        PyBUF_READ);
+    /* A copy, not a view: Python keeps what it stores past the next receive(). */
+    PyObject *view = PyBytes_FromStringAndSize(
+        (const char *)(self->data + (size_t)i * self->max_datagram), (Py_ssize_t)self->lengths[i]);
     if (view == NULL) return NULL;
     int key_length;
     const unsigned char *key = source_key(self, (int)i, &key_length);
@@ -690,6 +702,7 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     int i, linktype;
     long long low, high;
     PyObject *delta, *file;
+    if (!self->initialised) return not_initialised();
     if (!PyArg_ParseTuple(args, "iiLLOO", &i, &linktype, &low, &high, &delta, &file)) return NULL;
     if (i < 0 || i >= self->count || is_truncated(self, i) || self->lengths[i] < 8) {
         PyErr_SetString(PyExc_IndexError, "no such datagram in the last batch");
@@ -714,7 +727,14 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
         while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
         index = (int)slot;
         Entry *e = &self->table[index];
+        /* A fresh entry, but the slot's ring buffers are kept for reuse. */
+        unsigned char *data[RECENT];
+        unsigned capacity[RECENT];
+        memcpy(data, e->recent_data, sizeof data);
+        memcpy(capacity, e->recent_capacity, sizeof capacity);
         memset(e, 0, sizeof *e);
+        memcpy(e->recent_data, data, sizeof data);
+        memcpy(e->recent_capacity, capacity, sizeof capacity);
         e->used = 1;
         e->key_length = key_length;
         memcpy(e->source, key, (size_t)key_length);
@@ -772,7 +792,7 @@ static PyMethodDef FastReceiver_methods[] = {
      "Store bound streams' datagrams from index start on; the index of the first one "
      "left to Python (the count when none)."},
     {"datagram", (PyCFunction)FastReceiver_datagram, METH_O,
-     "(read-only payload view, raw source key, receive time ns) of datagram i."},
+     "(payload bytes, raw source key, receive time ns) of datagram i."},
     {"bind", (PyCFunction)FastReceiver_bind, METH_VARARGS,
      "bind(i, linktype, low, high, delta, file): store datagram i's stream in C."},
     {"clear", (PyCFunction)FastReceiver_clear, METH_NOARGS, "Forget every bound stream."},

@@ -88,6 +88,8 @@ STALL_LOG_EVERY_NS: Final = 10_000_000_000
 # about 40 datagrams gather meanwhile.
 PACE_SECONDS: Final = 0.00025
 
+_LAST_NS: Final = 2**63 - 1
+
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
 
@@ -810,12 +812,12 @@ class Receiver(Capture):
                     if index >= count:
                         break
                     try:
-                        view, key, time_ns = native.datagram(index)
+                        payload, key, time_ns = native.datagram(index)
                     except ValueError:  # truncated: dropped and counted by C
                         index += 1
                         continue
                     source = addresses.get(key) or remember_source(addresses, key)
-                    found = handle_unbatched(bytes(view), source, time_ns)
+                    found = handle_unbatched(payload, source, time_ns)
                     if found is not None:
                         if not current():
                             rebase()
@@ -823,7 +825,9 @@ class Receiver(Capture):
                         file = store.open_file(delta.store_key, linktype)
                         if file is not None:
                             try:
-                                native.bind(index, linktype, low, high, delta, file)
+                                # A span open to the end of time ends at 2**63, one past
+                                # C's largest time; no receive time reaches either.
+                                native.bind(index, linktype, low, min(high, _LAST_NS), delta, file)
                             except Exception:  # no memory: the stream stays in Python
                                 self._internal_error(source)
                     index += 1
