@@ -252,7 +252,26 @@ def _database(url: str) -> dict[str, Any]:
         # during a write, and a writer waits for the lock instead of failing at once.
         options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
         options["timeout"] = 20
+    else:
+        # libpq's own defaults wait forever on a database host that vanished from the
+        # network: the receiver's counter writes (and a page) would hang rather than fail
+        # and be retried. Options given in the URL's query string win.
+        options = config.setdefault("OPTIONS", {})
+        for name, value in POSTGRES_TIMEOUTS.items():
+            options.setdefault(name, value)
     return config
+
+
+# Seconds to connect; TCP keepalives after 30 s idle, every 10 s, 3 missed = gone; and
+# unacknowledged data for 30 s (in ms) breaks the connection.
+POSTGRES_TIMEOUTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 DATABASES = {

@@ -377,6 +377,19 @@ def test_a_postgres_url_configures_postgresql_without_persistent_connections(
     assert (database["HOST"], database["PORT"], database["NAME"]) == ("db.example", 5433, "jmirror")
     assert (database["USER"], database["PASSWORD"]) == ("jm", "pw")
     assert database["CONN_MAX_AGE"] == 0
+    # A vanished database host fails a query within about half a minute, not never.
+    assert database["OPTIONS"]["connect_timeout"] == 10
+    assert database["OPTIONS"]["tcp_user_timeout"] == 30_000
+    assert database["OPTIONS"]["keepalives"] == 1
+
+
+def test_timeouts_in_the_postgres_url_win_over_the_defaults(
+    load_settings: SettingsLoader,
+) -> None:
+    url = "postgres://jm:pw@db.example/jmirror?connect_timeout=3&tcp_user_timeout=5000"
+    options = load_settings({"DATABASE_URL": url})["DATABASES"]["default"]["OPTIONS"]
+    assert (options["connect_timeout"], options["tcp_user_timeout"]) == (3, 5000)
+    assert options["keepalives_idle"] == 30
 
 
 def test_a_sqlite_url_names_the_database_file(
