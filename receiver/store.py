@@ -490,8 +490,9 @@ def _release_written_pages(file: _OpenFile) -> None:
         os.posix_fadvise(file.fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
-def repair(path: Path) -> RepairedFile:
-    """Cut a nanosecond pcap file we wrote back to its last whole record and describe it.
+def repair(path: Path, *, truncate: bool = True) -> RepairedFile:
+    """Cut a nanosecond pcap file we wrote back to its last whole record and describe it;
+    with ``truncate=False`` only describe it (what a cut would leave), changing nothing.
 
     A record is partial when its header is incomplete, its data is shorter than its
     included length, or its included length exceeds the file's snaplen (garbage).
@@ -501,7 +502,7 @@ def repair(path: Path) -> RepairedFile:
     packets = 0
     first_ns: int | None = None
     last_ns: int | None = None
-    with path.open("r+b") as stream:
+    with path.open("r+b" if truncate else "rb") as stream:
         header = stream.read(_FILE_HEADER_LENGTH)
         if len(header) < _FILE_HEADER_LENGTH:
             raise ValueError(f"{path}: shorter than a pcap file header")
@@ -528,7 +529,7 @@ def repair(path: Path) -> RepairedFile:
             if first_ns is None:
                 first_ns = last_ns
         size = stream.seek(0, os.SEEK_END)
-        if size > good:
+        if size > good and truncate:
             stream.truncate(good)
     return RepairedFile(
         path=path,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
+from django.utils import timezone
 
 from jmirror_web.intercepts.models import (
     CaptureFile,
@@ -24,7 +25,7 @@ from jmirror_web.intercepts.models import (
 )
 from receiver.capture import iter_frames
 from receiver.live import HEALTH_GROUP, Batch, case_group, intercept_group, session_group
-from receiver.management.commands.receive import serve
+from receiver.management.commands.receive import file_path, serve
 from receiver.management.commands.simulate import build_payloads
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
 from receiver.worker import Receiver
@@ -162,6 +163,41 @@ def test_a_file_left_open_by_a_killed_receiver_is_closed_and_recorded_at_start(t
     assert row.packets == 1
     assert row.sha256 == hashlib.sha256(on_disk(row, root).read_bytes()).hexdigest()
     assert (row.session.router, row.session.intercept, row.session.sid) == (router, intercept, 5)
+
+
+def test_finished_files_whose_rows_stayed_open_are_closed_at_start(tmp_path):
+    """A receiver that stopped while the database did not answer closed and hashed its
+    files but could not write their rows: the next start reads them and closes the rows,
+    making one for a file that never had any."""
+    router = make_router(address="127.0.0.1")
+    intercept = make_intercept(make_case(), intercept_id=0x300)
+    root = tmp_path / "sessions"
+    stopped = PcapStore(root)
+    for sid in (5, 6):
+        stopped.write(
+            SessionKey(intercept.liid, "127.0.0.1", 0x300, sid), time.time_ns(), b"E" * 20, 101
+        )
+    finished = {closed.session.sid: closed for closed in stopped.close_all() if closed.session}
+    # The row of sid 5 was written while the file was open, then never closed.
+    session = Session.objects.create(
+        router=router, intercept=intercept, mid=0x300, sid=5, first_seen=timezone.now(),
+        last_seen=timezone.now(),
+    )  # fmt: skip
+    open_row = CaptureFile.objects.create(
+        session=session, path=file_path(root, finished[5].path), packets=0, bytes=24
+    )
+
+    served = Served(root)
+    served.finish()
+
+    open_row.refresh_from_db()
+    assert open_row.closed
+    assert open_row.packets == 1
+    assert open_row.sha256 == finished[5].sha256
+    made = CaptureFile.objects.exclude(pk=open_row.pk).get()
+    assert (made.closed, made.sha256, made.session.sid) == (True, finished[6].sha256, 6)
+    for row in CaptureFile.objects.all():
+        assert row.sha256 == hashlib.sha256(on_disk(row, root).read_bytes()).hexdigest()
 
 
 def test_a_listen_address_without_a_port_is_refused():

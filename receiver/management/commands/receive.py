@@ -44,7 +44,7 @@ from jmirror_web.intercepts.retention import scheduled_purge
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
-from receiver.store import ClosedFile, PcapStore
+from receiver.store import ClosedFile, PcapStore, repair
 from receiver.worker import (
     DEFAULT_RCVBUF,
     STALL_NS,
@@ -391,6 +391,41 @@ def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> None:
         save_file_row(session, root, closed)
 
 
+def close_finished_rows(root: Path) -> int:
+    """Close the rows of finished files (renamed from ``.part`` to ``.pcap``) that are still
+    open or missing: their receiver closed and hashed them at its exit, but the database
+    did not answer in time for the rows. Each file is read again for its SHA-256, packets
+    and time range (nothing in it is changed). Returns how many rows were closed or made."""
+    recorded = set(CaptureFile.objects.filter(closed=True).values_list("path", flat=True))
+    finished = []
+    for path in sorted(root.glob("*/*.pcap")):
+        relative = path.relative_to(root)
+        if file_path(root, relative) in recorded:
+            continue
+        try:
+            described = repair(path, truncate=False)
+        except (OSError, ValueError) as error:
+            logger.error("cannot read %s to close its row: %s", path, error)
+            continue
+        if described.first_ns is None or described.last_ns is None or described.truncated_bytes:
+            logger.error("%s is not a whole capture file: its row is left as it is", path)
+            continue
+        finished.append(
+            ClosedFile(
+                path=relative,
+                session=None,
+                linktype=described.linktype,
+                first_ns=described.first_ns,
+                last_ns=described.last_ns,
+                packets=described.packets,
+                bytes=described.bytes,
+                sha256=described.sha256,
+            )
+        )
+    record_recovered(root, finished)
+    return len(finished)
+
+
 def _no_live(batch: Batch) -> None:
     """No channel layer configured: live summaries go nowhere."""
 
@@ -415,6 +450,9 @@ def serve(
     record_recovered(root, recovered)
     if recovered:
         logger.info("recovered %d files left open by an earlier receiver", len(recovered))
+    rows = close_finished_rows(root)
+    if rows:
+        logger.warning("closed the rows of %d finished files an earlier receiver left open", rows)
     watcher = GateWatcher()
     bookkeeper = Bookkeeper(root)
     bookkeeper.register()
