@@ -18,7 +18,7 @@ after a short round so that the next one costs a batch. Three drains, fastest fi
 - :mod:`receiver._fastpath` (C, built by the install where a compiler is): ``recvmmsg``
   with kernel timestamps, and the pcap append and counts of every datagram whose stream
   Python has bound to it; each other datagram comes back to
-  :meth:`Capture.handle_unbatched`, in order. 1.1 against 2.6 us per 128-byte datagram
+  :meth:`Capture.handle`, in order. 1.1 against 2.6 us per 128-byte datagram
   for the Python drain, 2.6 against 4.3 us per 1,400-byte one, kernel receive included
   (``benchmarks/drain_benchmark.py``).
 - ``recvmmsg`` through ctypes (:mod:`receiver.batch_receive`): up to 64 datagrams per
@@ -63,7 +63,7 @@ UNCLAIMED_LIMIT: Final = 10_000
 # New unclaimed streams remembered per tick: random junk makes a new "stream" of almost
 # every datagram, and every one of them is work for the database thread.
 UNCLAIMED_PER_TICK: Final = 1_000
-# Streams whose gate answer is remembered (see Capture._claim_and_store).
+# Streams whose gate answer is remembered (see Capture._store_classified).
 CLAIM_CACHE_LIMIT: Final = 65_536
 # A bug hit by every datagram would otherwise log at the packet rate.
 INTERNAL_ERROR_LOG_EVERY: Final = 10_000
@@ -379,18 +379,6 @@ class Capture:
         # them (Receiver._native_drainer) must go.
         self._epoch = 0
 
-    def handle(self, payload: bytes, source: str, time_ns: int) -> None:
-        """One datagram from ``source`` received at ``time_ns``. Never raises."""
-        counters = self.counters
-        counters.datagrams += 1
-        counters.bytes += len(payload)
-        try:
-            self._claim_and_store(payload, source, time_ns)
-        except DecodeError:
-            counters.malformed += 1
-        except Exception:
-            self._internal_error(source)
-
     def handle_batch(
         self,
         payloads: Sequence[bytes | memoryview],
@@ -467,12 +455,13 @@ class Capture:
                     if type(kept) is not bytes:  # a view into the receive buffer
                         recent[index] = (time_ns, bytes(kept))
 
-    def handle_unbatched(
+    def handle(
         self, payload: bytes, source: str, time_ns: int
     ) -> tuple[SessionDelta, int, int, int] | None:
-        """:meth:`handle`, for the datagrams the C path hands back; when the packet was
-        stored, its session delta, the span of receive times its gate answer holds for
-        and its link type, so that the C path can take the stream's next datagrams."""
+        """One datagram from ``source`` received at ``time_ns``. Never raises. When the
+        packet was stored: its session delta, the span of receive times its gate answer
+        holds for and its link type, with which the C path takes the stream's next
+        datagrams (Receiver._native_drainer)."""
         counters = self.counters
         counters.datagrams += 1
         counters.bytes += len(payload)
@@ -500,10 +489,6 @@ class Capture:
                 source,
                 counters.internal_error,
             )
-
-    def _claim_and_store(self, payload: bytes, source: str, time_ns: int) -> None:
-        mid, sid, inner = classify_datagram(payload)
-        self._store_classified(payload, (source, mid, sid), inner, time_ns)
 
     def _store_classified(
         self, payload: bytes | memoryview, key: StreamKey, inner: str, time_ns: int
@@ -758,7 +743,7 @@ class Receiver(Capture):
     def _native_drainer(self, sock: socket.socket, counters: SocketCounters) -> Callable[[], None]:
         """The drain through receiver._fastpath: C receives each batch and stores the
         datagrams of streams bound to it; every other datagram comes back here, one at a
-        time and in order, through :meth:`handle_unbatched`, and binds its stream when it
+        time and in order, through :meth:`Capture.handle`, and binds its stream when it
         was stored. Bindings hold session deltas and open files, so they are cleared when
         a tick hands the deltas on, a file opens or closes, or the gate changes."""
         store = self.store
@@ -772,7 +757,7 @@ class Receiver(Capture):
             timestamps=_enable_timestamps(sock),
         )
         self._natives.append(native)
-        handle_unbatched = self.handle_unbatched
+        handle = self.handle
         listener = self.counters
         addresses: dict[bytes | int, str] = {}
         # What the bindings were made under: gate, tick epoch, store generation.
@@ -818,7 +803,7 @@ class Receiver(Capture):
                         index += 1
                         continue
                     source = addresses.get(key) or remember_source(addresses, key)
-                    found = handle_unbatched(payload, source, time_ns)
+                    found = handle(payload, source, time_ns)
                     if found is not None:
                         if not current():
                             rebase()
