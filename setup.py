@@ -15,7 +15,14 @@ if sys.platform.startswith("linux"):
         Extension(
             "receiver._fastpath",
             sources=["receiver/_fastpath.c"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            extra_compile_args=[
+                "-O2",
+                "-std=gnu11",
+                "-Wall",
+                "-Wextra",
+                "-Wno-missing-field-initializers",
+                "-Wno-cast-function-type",
+            ],
             optional=True,
         )
     )
