@@ -99,6 +99,22 @@ class RepairedFile:
     sha256: str
     truncated_bytes: int
 
+    def closed(self, path: Path) -> ClosedFile:
+        """The file as closed under ``path`` (relative to the store's root), its session
+        known only from the path; only for a file with a whole record."""
+        if self.first_ns is None or self.last_ns is None:
+            raise ValueError(f"{self.path} holds no whole record")
+        return ClosedFile(
+            path=path,
+            session=None,
+            linktype=self.linktype,
+            first_ns=self.first_ns,
+            last_ns=self.last_ns,
+            packets=self.packets,
+            bytes=self.bytes,
+            sha256=self.sha256,
+        )
+
 
 def session_directory_name(key: SessionKey) -> str:
     """The directory name of a session: ``<liid>_<router>_mid-<hex>_sid-<hex>``.
@@ -350,18 +366,7 @@ class PcapStore:
                 part.rename(final)
             finally:
                 os.close(lock)
-            recovered.append(
-                ClosedFile(
-                    path=final.relative_to(root),
-                    session=None,
-                    linktype=repaired.linktype,
-                    first_ns=repaired.first_ns,
-                    last_ns=repaired.last_ns,
-                    packets=repaired.packets,
-                    bytes=repaired.bytes,
-                    sha256=repaired.sha256,
-                )
-            )
+            recovered.append(repaired.closed(final.relative_to(root)))
         return recovered
 
     def _rotate(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile | None:

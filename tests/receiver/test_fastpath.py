@@ -19,16 +19,14 @@ from hypothesis import strategies as st
 
 from receiver import worker
 from receiver.capture import iter_frames
-from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.gate import Gate, RouterRule
 from receiver.store import PcapStore, SessionKey
 from receiver.traffic import (
     ipv4_udp,
-    ipv6_tcp_flow_label,
     jmirror_datagram,
-    ppp_ipv4_udp,
-    ppp_lcp,
 )
 from receiver.worker import Capture, Receiver, SessionDelta, Snapshot
+from tests.receiver.test_handle_batch import INNER, _rule
 
 pytestmark = pytest.mark.skipif(
     worker.FastReceiver is None, reason="receiver._fastpath is not built (see setup.py)"
@@ -40,32 +38,11 @@ ROUTERS = [RouterRule(1, "127.0.0.1"), RouterRule(2, "127.0.0.2")]
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]  # the last is no registered router
 
 
-def _rule(pk: int, mirror_id: int, window: tuple[int, int], *, keep: bool = True) -> InterceptRule:
-    return InterceptRule(
-        intercept_id_pk=pk,
-        liid=f"LIID{pk}",
-        case_id=pk,
-        case_reference=f"CASE-{pk}",
-        mirror_id=mirror_id,
-        sid=None,
-        router_ids=frozenset(),
-        window=window,
-        active=True,
-        keep_content=keep,
-    )
-
-
 # Mirror id 1: stored; 2: metadata only; 4: its warrant ended long ago; 3: nobody's.
 RULES = [
     _rule(1, 1, FOREVER),
     _rule(2, 2, FOREVER, keep=False),
     _rule(4, 4, (0, 1_000_000_000)),
-]
-INNER = [
-    bytes(ipv4_udp()),
-    bytes(ipv6_tcp_flow_label()),
-    bytes(ppp_ipv4_udp()),
-    bytes(ppp_lcp()),  # PPP but not IPv4: Python's path, in the same file as C's PPP
 ]
 
 

@@ -410,18 +410,7 @@ def close_finished_rows(root: Path) -> int:
         if described.first_ns is None or described.last_ns is None or described.truncated_bytes:
             logger.error("%s is not a whole capture file: its row is left as it is", path)
             continue
-        finished.append(
-            ClosedFile(
-                path=relative,
-                session=None,
-                linktype=described.linktype,
-                first_ns=described.first_ns,
-                last_ns=described.last_ns,
-                packets=described.packets,
-                bytes=described.bytes,
-                sha256=described.sha256,
-            )
-        )
+        finished.append(described.closed(relative))
     record_recovered(root, finished)
     return len(finished)
 
