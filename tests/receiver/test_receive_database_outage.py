@@ -32,17 +32,14 @@ import psycopg
 import pytest
 
 from tests.receiver.test_receive_faults import (
-    PPP_SID,
-    RAW_SID,
     RECORDS,
     ReceiverProcess,
     Site,
     SteadyStream,
+    assert_all_stored_and_counted,
     assert_rows_close_every_file,
     from_router,
-    of_session,
     stop_process,
-    two_session_packets,
     two_sessions,
     wait_until,
 )
@@ -290,10 +287,7 @@ def test_an_unreachable_postgresql_loses_no_packet_and_the_counters_catch_up(
     status, _ = receiver.terminate()
     assert status == 0, receiver.log()
 
-    raw, ppp = two_session_packets(site)
-    assert raw == of_session(sent[:total], RAW_SID)
-    assert ppp == of_session(sent[:total], PPP_SID)
-    assert site.session_counts() == {RAW_SID: (len(raw), len(raw)), PPP_SID: (len(ppp), len(ppp))}
+    assert_all_stored_and_counted(site, sent[:total])
     assert site.value("SELECT datagrams FROM intercepts_receiverprocess") == total
     assert_rows_close_every_file(site)
     print(

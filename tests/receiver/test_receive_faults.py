@@ -444,6 +444,15 @@ def two_session_packets(site: Site, pattern: str = "*.pcap") -> tuple[list[bytes
     return raw.get(LINKTYPE_RAW, []), ppp.get(LINKTYPE_PPP_HDLC, [])
 
 
+def assert_all_stored_and_counted(site: Site, sent: Sequence[bytes]) -> None:
+    """Every packet of ``sent`` is on disk in its session's file, byte for byte and in
+    order, and both session rows count exactly what was stored."""
+    raw, ppp = two_session_packets(site)
+    assert raw == of_session(sent, RAW_SID)
+    assert ppp == of_session(sent, PPP_SID)
+    assert site.session_counts() == {RAW_SID: (len(raw), len(raw)), PPP_SID: (len(ppp), len(ppp))}
+
+
 def assert_in_order_prefix(stored: list[bytes], sent: list[bytes], *, at_least: int) -> None:
     """Stored is what was sent, byte for byte and in order, with nothing missing from
     the start; at least ``at_least`` of it."""
@@ -776,10 +785,7 @@ def test_redis_killed_mid_stream_loses_no_packet_and_live_summaries_resume(
     time.sleep(SETTLE)
     status, _ = receiver.terminate()
     assert status == 0, receiver.log()
-    raw, ppp = two_session_packets(site)
-    assert raw == of_session(sent[:total], RAW_SID)
-    assert ppp == of_session(sent[:total], PPP_SID)
-    assert site.session_counts() == {RAW_SID: (len(raw), len(raw)), PPP_SID: (len(ppp), len(ppp))}
+    assert_all_stored_and_counted(site, sent[:total])
     assert site.value("SELECT datagrams FROM intercepts_receiverprocess") == total
     assert site.value("SELECT kernel_drops FROM intercepts_listener") == 0
     assert "live summaries not delivered" in receiver.log()
@@ -821,10 +827,7 @@ def test_a_locked_database_loses_no_packet_and_the_counters_catch_up(
     wait_until(all_counted, 10, "the counters kept through the lock written")
     status, _ = receiver.terminate()
     assert status == 0, receiver.log()
-    raw, ppp = two_session_packets(site)
-    assert raw == of_session(sent[:total], RAW_SID)
-    assert ppp == of_session(sent[:total], PPP_SID)
-    assert site.session_counts() == {RAW_SID: (len(raw), len(raw)), PPP_SID: (len(ppp), len(ppp))}
+    assert_all_stored_and_counted(site, sent[:total])
     assert_rows_close_every_file(site)
 
 
