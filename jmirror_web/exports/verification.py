@@ -18,6 +18,8 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from jmirror_web.audit.log import record
 from jmirror_web.exports.models import Export
@@ -136,6 +138,148 @@ class HashedUpload(UploadedFile):
     def __init__(self, name: str, size: int, sha256: str) -> None:
         super().__init__(file=None, name=name, size=size)
         self.sha256 = sha256
+
+    def close(self) -> None:
+        # Nothing was kept to close. Django closes every file of a form it gives up on
+        # (too many files): File.close would call close() on None.
+        pass
+
+
+ONE_FILE: Final = "Send one file at a time."
+MALFORMED: Final = "The upload is not a well-formed form (multipart/form-data)."
+# The key under the ASGI scope's "extensions" where the server (bounded_requests) hands
+# the view an upload it hashed while receiving it: only a server sets a scope.
+HASHED_UPLOAD_EXTENSION: Final = "jmirror.hashed_upload"
+# The verify form's fields besides the file (CSRF token, SHA-256): a few, and short.
+FORM_FIELDS_MAX: Final = 16
+FORM_FIELD_BYTES_MAX: Final = 4096
+
+
+class StreamedVerifyUpload:
+    """The verify form hashed as its multipart body is fed in, piece by piece: the file
+    part's bytes go into SHA-256 and are dropped, so the memory used is the same for
+    1 KB and 4 GB; the form's other fields (the CSRF token, a SHA-256) are kept, each at
+    most :data:`FORM_FIELD_BYTES_MAX` bytes, :data:`FORM_FIELDS_MAX` of them.
+
+    Used by the server (:mod:`jmirror_web.bounded_requests`) on a signed-in user's
+    upload, which so never reaches Django whole; :meth:`outcome` is what the view gets."""
+
+    def __init__(self, boundary: bytes, file_limit: int) -> None:
+        self.file_limit = file_limit
+        self.fields: list[tuple[str, str]] = []
+        self.error: str | None = None
+        self.too_large = False
+        self.file: dict[str, Any] | None = None
+        self._files = 0
+        self._digest: Any = None
+        self._size = 0
+        self._header_field = b""
+        self._disposition = b""
+        self._value = bytearray()
+        self._field_name: str | None = None
+        self._ended = False
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field_data,
+                "on_header_value": self._header_value_data,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._parser.write(data)
+        except MultipartParseError:
+            self._fail(MALFORMED)
+
+    def finish(self) -> None:
+        if self.error is None and not self._ended:
+            self._fail(MALFORMED)
+
+    def outcome(self) -> dict[str, Any]:
+        """What the view needs: the file's name, size and SHA-256, or the error."""
+        if self.error is not None:
+            return {"error": self.error}
+        return {"file": self.file}
+
+    def _fail(self, error: str) -> None:
+        self.error = error
+        self._digest = None
+
+    def _part_begin(self) -> None:
+        self._header_field = b""
+        self._disposition = b""
+        self._value = bytearray()
+        self._field_name = None
+        self._digest = None
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        if self._header_field.strip().lower() == b"content-disposition":
+            self._disposition += data[start:end]
+
+    def _header_end(self) -> None:
+        self._header_field = b""
+
+    def _headers_finished(self) -> None:
+        if self.error is not None:
+            return
+        _, options = parse_options_header(self._disposition)
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in options:
+            self._files += 1
+            if self._files > 1:
+                self._fail(ONE_FILE)
+                return
+            self._digest = hashlib.sha256()
+            self._size = 0
+            self.file = {
+                "field": name,
+                "name": options[b"filename"].decode("utf-8", "replace")[:255],
+            }
+            return
+        if len(self.fields) >= FORM_FIELDS_MAX:
+            self._fail(MALFORMED)
+            return
+        self._field_name = name
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        if self._digest is not None:
+            self._size += end - start
+            if self._size > self.file_limit:
+                self.too_large = True
+                self._fail(f"The file is larger than {self.file_limit // (1024 * 1024)} MB.")
+                return
+            self._digest.update(data[start:end])
+        elif self._field_name is not None:
+            self._value += data[start:end]
+            if len(self._value) > FORM_FIELD_BYTES_MAX:
+                self._fail(MALFORMED)
+
+    def _end(self) -> None:
+        self._ended = True
+
+    def _part_end(self) -> None:
+        if self.error is not None:
+            return
+        if self._digest is not None and self.file is not None:
+            self.file.update(size=self._size, sha256=self._digest.hexdigest())
+            self._digest = None
+        elif self._field_name is not None:
+            self.fields.append((self._field_name, self._value.decode("utf-8", "replace")))
+            self._field_name = None
 
 
 class UploadTooLarge(Exception):

@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
@@ -28,6 +29,9 @@ from jmirror_web.exports.forms import ExportForm, InterceptExportForm, VerifyFor
 from jmirror_web.exports.models import Export
 from jmirror_web.exports.service import ExportRefused
 from jmirror_web.exports.verification import (
+    HASHED_UPLOAD_EXTENSION,
+    MALFORMED,
+    ONE_FILE,
     HashedUpload,
     HashingUploadHandler,
     find,
@@ -190,14 +194,40 @@ def case_exports(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def verify_page(request: HttpRequest) -> HttpResponse:
     """Which export (or stored file) a file or a SHA-256 is. The file is hashed from the
-    upload's chunks and not kept (:class:`HashingUploadHandler`); under WSGI they are
-    read as they arrive, under ASGI Django has already spooled the body to a temporary
-    file of its own (``ASGIHandler.read_body``), which it deletes after the request."""
+    upload's chunks and not kept. Under ``manage.py serve`` the server has hashed it while
+    it arrived and hands over only the form's small fields and the file's name, size and
+    hash (:data:`HASHED_UPLOAD_EXTENSION`); elsewhere :class:`HashingUploadHandler` hashes
+    the chunks Django reads (under WSGI as they arrive; under ASGI from the temporary
+    file Django spooled the body to, ``ASGIHandler.read_body``)."""
     limit = settings.JMIRROR_VERIFY_MAX_MB * 1024 * 1024
     handler = HashingUploadHandler(request, limit)
     if request.method == "POST":
         request.upload_handlers = [handler]
+        try:
+            files = request.FILES
+        except TooManyFilesSent:
+            return _verify_refused(request, ONE_FILE)
+        except (TooManyFieldsSent, RequestDataTooBig):
+            return _verify_refused(request, MALFORMED)
+        streamed = getattr(request, "scope", {}).get("extensions", {})
+        hashed = streamed.get(HASHED_UPLOAD_EXTENSION) if isinstance(streamed, dict) else None
+        if hashed is not None and hashed.get("error"):
+            return _verify_refused(request, hashed["error"])
+        sent = sum(len(parts) for _, parts in files.lists())
+        if sent + (1 if hashed is not None and hashed.get("file") else 0) > 1:
+            return _verify_refused(request, ONE_FILE)
+        if hashed is not None and hashed.get("file"):
+            found = hashed["file"]
+            files["file"] = HashedUpload(found["name"], found["size"], found["sha256"])
     return _verify(request, handler)
+
+
+def _verify_refused(request: HttpRequest, error: str) -> HttpResponse:
+    form = VerifyForm(data={})
+    form.full_clean()
+    form.errors.clear()  # only this error: the form's own ("choose a file") does not apply
+    form.add_error(None, error)
+    return render(request, "exports/verify.html", {"form": form}, status=400)
 
 
 @csrf_protect
