@@ -42,12 +42,19 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from receiver.batch_receive import BatchReceiver, remember_source
-from receiver.gate import Claim, Gate
+from receiver.gate import (
+    DROP_REASONS,
+    NO_INTERCEPT,
+    OUTSIDE_WINDOW,
+    UNKNOWN_ROUTER,
+    Claim,
+    Gate,
+)
 from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
 
@@ -63,6 +70,13 @@ UNCLAIMED_LIMIT: Final = 10_000
 # New unclaimed streams remembered per tick: random junk makes a new "stream" of almost
 # every datagram, and every one of them is work for the database thread.
 UNCLAIMED_PER_TICK: Final = 1_000
+# Distinct unclaimed streams of one source kept apart in each table (per tick, since
+# start, waiting for the database, database rows); its further streams are counted in
+# the source's aggregate row, so junk with random mids from one source cannot crowd out
+# the streams of others (issue 13). A real router sends a few streams per subscriber.
+UNCLAIMED_STREAMS_PER_SOURCE: Final = 64
+# The aggregate row's mid: outside the 32 bits a jmirror mid has, so no stream has it.
+AGGREGATE_MID: Final = 2**32
 # Streams whose gate answer is remembered (see Capture._store_classified).
 CLAIM_CACHE_LIMIT: Final = 65_536
 # A bug hit by every datagram would otherwise log at the packet rate.
@@ -90,6 +104,8 @@ STALL_LOG_EVERY_NS: Final = 10_000_000_000
 PACE_SECONDS: Final = 0.00025
 
 _LAST_NS: Final = 2**63 - 1
+# The C path's codes of the drop reasons (receiver/_fastpath.c).
+_REASON_CODES: Final = {reason: code for code, reason in enumerate(DROP_REASONS, 1)}
 
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
@@ -163,6 +179,40 @@ class SessionDelta:
         self.recent.extend(later.recent)
 
 
+def aggregate_key(source: str) -> StreamKey:
+    """The key of ``source``'s aggregate row: its streams past the per-source limit."""
+    return (source, AGGREGATE_MID, 0)
+
+
+def admit_unclaimed(
+    table: Mapping[StreamKey, object],
+    per_source: dict[str, int],
+    key: StreamKey,
+    limit: int,
+) -> StreamKey | None:
+    """The key under which a datagram of unclaimed stream ``key`` is counted in ``table``
+    (at most ``limit`` rows): its own row if it has one, or if its source has fewer than
+    UNCLAIMED_STREAMS_PER_SOURCE rows and the table is below nine tenths of ``limit``;
+    else the source's aggregate row. The last tenth is kept for aggregate rows and for
+    the first stream of a source not seen yet, so a new router's stream is listed however
+    much junk came before. None when not even that fits (the caller counts it as
+    overflow). Counts a new row of the source in ``per_source``; the caller adds the row."""
+    if key in table:
+        return key
+    source, mid, _ = key
+    if mid != AGGREGATE_MID:
+        streams = per_source.get(source, 0)
+        if (streams < UNCLAIMED_STREAMS_PER_SOURCE and len(table) < limit - limit // 10) or (
+            streams == 0 and len(table) < limit
+        ):
+            per_source[source] = streams + 1
+            return key
+        key = aggregate_key(source)
+        if key in table:
+            return key
+    return key if len(table) < limit else None
+
+
 @dataclass(slots=True)
 class Unclaimed:
     """A (router, mid, sid) whose packets were dropped, for LI administrators to map."""
@@ -192,7 +242,10 @@ class ListenerCounters:
     # never stored, since tshark could not show it.
     unstorable: int = 0
     internal_error: int = 0
+    # Datagrams of unclaimed streams not listed anywhere (every table full), and those
+    # counted in a source's aggregate row rather than their stream's own.
     unclaimed_overflow: int = 0
+    unclaimed_aggregated: int = 0
     # Receive rounds longer than STALL_NS, and the longest round so far (live capture).
     stalls: int = 0
     longest_round_ns: int = 0
@@ -206,6 +259,7 @@ class ListenerCounters:
             unstorable=self.unstorable,
             internal_error=self.internal_error,
             unclaimed_overflow=self.unclaimed_overflow,
+            unclaimed_aggregated=self.unclaimed_aggregated,
             stalls=self.stalls,
             longest_round_ns=self.longest_round_ns,
             drops=Counter(self.drops),
@@ -370,6 +424,14 @@ class Capture:
         self._claims: dict[StreamKey, tuple[int, int, Claim | str]] = {}
         self._claims_gate: Gate | None = None
         self._unclaimed_since_tick: dict[StreamKey, Unclaimed] = {}
+        # Rows per source in _unclaimed_since_tick and in unclaimed (admit_unclaimed).
+        self._unclaimed_sources: dict[str, int] = {}
+        self._unclaimed_total_sources: dict[str, int] = {}
+        # When a full unclaimed table was last logged, and the counts then.
+        self._unclaimed_logged: tuple[float, int, int] = (0.0, 0, 0)
+        # The gate's answer for the last datagram _store_classified dropped, for the C
+        # path to take the stream's (or source's) next ones (Receiver._native_drainer).
+        self.last_drop: tuple[str, int, int] | None = None
         self._tick_ns = int(tick_interval * 1e9)
         self._on_tick = tuple(on_tick)
         self._unclaimed_limit = unclaimed_limit
@@ -513,6 +575,7 @@ class Capture:
         if isinstance(claim, str):
             self.counters.drops[claim] += 1
             self._unclaimed(key, claim, time_ns)
+            self.last_drop = (claim, low, high)
             return None, low, high
         router, intercept = claim
         delta = self._sessions.get(key)
@@ -551,11 +614,52 @@ class Capture:
             entry.count += 1
             entry.last_ns = time_ns
             entry.reason = reason
-        elif len(self._unclaimed_since_tick) < UNCLAIMED_PER_TICK:
-            self._unclaimed_since_tick[key] = Unclaimed(reason, 1, time_ns, time_ns)
         else:
-            # Bounded: random junk from many sources must not grow memory without limit.
-            self.counters.unclaimed_overflow += 1
+            self._unclaimed_count(key, reason, 1, time_ns, time_ns)
+
+    def _unclaimed_count(
+        self, key: StreamKey, reason: str, count: int, first_ns: int, last_ns: int
+    ) -> None:
+        """Count ``count`` datagrams of unclaimed stream ``key`` (or of a source's
+        aggregate) in this tick's table: bounded, per source too (admit_unclaimed), so
+        junk can neither grow memory nor crowd out the streams of other sources."""
+        table = self._unclaimed_since_tick
+        counters = self.counters
+        admitted = admit_unclaimed(table, self._unclaimed_sources, key, UNCLAIMED_PER_TICK)
+        if admitted is None:
+            counters.unclaimed_overflow += count
+            return
+        if admitted[1] == AGGREGATE_MID:
+            counters.unclaimed_aggregated += count
+        entry = table.get(admitted)
+        if entry is None:
+            table[admitted] = Unclaimed(reason, count, first_ns, last_ns)
+        else:
+            entry.count += count
+            entry.last_ns = last_ns
+            entry.reason = reason
+
+    def _log_unclaimed_limits(self) -> None:
+        """Say (at most once a minute) that unclaimed streams were aggregated or not
+        listed since the last time: never silently."""
+        counters = self.counters
+        logged_at, aggregated, overflow = self._unclaimed_logged
+        if (counters.unclaimed_aggregated, counters.unclaimed_overflow) == (aggregated, overflow):
+            return
+        now = time.monotonic()
+        if logged_at and now - logged_at < 60:
+            return
+        self._unclaimed_logged = (now, counters.unclaimed_aggregated, counters.unclaimed_overflow)
+        logger.warning(
+            "unclaimed streams: %d more datagrams counted in a source's aggregate row (a "
+            "source sent more than %d distinct streams) and %d more not listed at all (the "
+            "unclaimed table is full) since the last report; totals %d and %d",
+            counters.unclaimed_aggregated - aggregated,
+            UNCLAIMED_STREAMS_PER_SOURCE,
+            counters.unclaimed_overflow - overflow,
+            counters.unclaimed_aggregated,
+            counters.unclaimed_overflow,
+        )
 
     def socket_counters(self) -> list[SocketCounters]:
         """Per-socket counters; none for a capture fed from a file."""
@@ -575,12 +679,20 @@ class Capture:
             logger.exception("store maintenance failed; capture goes on")
         self._epoch += 1
         unclaimed, self._unclaimed_since_tick = self._unclaimed_since_tick, {}
+        self._unclaimed_sources = {}
+        total = self.unclaimed
         for key, entry in unclaimed.items():
-            known = self.unclaimed.get(key)
+            admitted = admit_unclaimed(
+                total, self._unclaimed_total_sources, key, self._unclaimed_limit
+            )
+            if admitted is None:
+                continue  # the hooks have it; this table is for callers without one
+            known = total.get(admitted)
             if known is not None:
                 known.merge(entry)
-            elif len(self.unclaimed) < self._unclaimed_limit:
-                self.unclaimed[key] = entry.copy()
+            else:
+                total[admitted] = entry.copy()
+        self._log_unclaimed_limits()
         if not self._on_tick:
             self._sessions.clear()
             return
@@ -647,6 +759,8 @@ class Receiver(Capture):
         #: Whether the sockets are drained by receiver._fastpath (C) rather than Python.
         self.native = native and FastReceiver is not None
         self._natives: list[FastReceiver] = []
+        # Source addresses by the C path's raw keys (remember_source: bounded).
+        self._native_sources: dict[bytes | int, str] = {}
         self.sockets: list[socket.socket] = []
         self._socket_counters: list[SocketCounters] = []
         self._addresses: list[tuple[str, int]] = []
@@ -759,7 +873,7 @@ class Receiver(Capture):
         self._natives.append(native)
         handle = self.handle
         listener = self.counters
-        addresses: dict[bytes | int, str] = {}
+        addresses = self._native_sources
         # What the bindings were made under: gate, tick epoch, store generation.
         bound: list[object] = [None, -1, -1]
 
@@ -769,9 +883,14 @@ class Receiver(Capture):
             )
 
         def rebase() -> None:
-            bound[:] = [self.gate, self._epoch, store.generation]
+            gate = self.gate
+            new_gate = bound[0] is not gate
+            bound[:] = [gate, self._epoch, store.generation]
             try:
                 native.clear()
+                if new_gate:
+                    # From now on C drops what this gate drops (receiver/_fastpath.c).
+                    native.set_gate(gate.mirror_ids, UNCLAIMED_STREAMS_PER_SOURCE)
             except Exception:  # handing the live sample on failed (no memory): counted
                 self._internal_error("the C receive path")
 
@@ -797,14 +916,28 @@ class Receiver(Capture):
                         self._internal_error("the C receive path")
                     if index >= count:
                         break
+                    if native.pending:
+                        # What C dropped comes first: the unclaimed streams stay in order.
+                        self._take_dropped(native)
                     try:
                         payload, key, time_ns = native.datagram(index)
                     except ValueError:  # truncated: dropped and counted by C
                         index += 1
                         continue
                     source = addresses.get(key) or remember_source(addresses, key)
+                    self.last_drop = None
                     found = handle(payload, source, time_ns)
-                    if found is not None:
+                    verdict = self.last_drop
+                    if verdict is not None:
+                        # Dropped as unclaimed: C drops the source's or stream's next ones.
+                        if not current():
+                            rebase()
+                        reason, low, high = verdict
+                        try:
+                            native.refuse(index, _REASON_CODES[reason], low, min(high, _LAST_NS))
+                        except Exception:  # a bug: the stream stays in Python
+                            self._internal_error(source)
+                    elif found is not None:
                         if not current():
                             rebase()
                         delta, low, high, linktype = found
@@ -829,13 +962,56 @@ class Receiver(Capture):
         self, now_ns: int, *, final: bool = False, closed: list[ClosedFile] | None = None
     ) -> None:
         # The C path keeps each bound stream's latest datagrams to itself: they join their
-        # session deltas before the snapshot takes them.
+        # session deltas before the snapshot takes them; and what it dropped joins the
+        # counters and the unclaimed streams.
         for native in self._natives:
             try:
                 native.clear()
             except Exception:
                 self._internal_error("the C receive path")
+            if native.pending:
+                self._take_dropped(native)
+        if not final:
+            # Every packet this snapshot counts as stored is handed to the kernel first,
+            # so the counters in the database never run ahead of the files: after a
+            # kill -9 they can only lag, and the next start raises them to what the files
+            # hold (receiver.reconcile). At most one write per open file and tick.
+            try:
+                self.store.flush()
+            except Exception:
+                logger.exception("store flush failed; capture goes on")
         super().tick(now_ns, final=final, closed=closed)
+
+    def _take_dropped(self, native: FastReceiver) -> None:
+        """Count what C dropped since the last call as :meth:`Capture.handle` would have."""
+        try:
+            malformed, unknown, no_intercept, outside, streams = native.take_dropped()
+        except Exception:  # no memory: kept in C for the next call
+            self._internal_error("the C receive path")
+            return
+        counters = self.counters
+        counters.malformed += malformed
+        drops = counters.drops
+        for reason, dropped in (
+            (UNKNOWN_ROUTER, unknown),
+            (NO_INTERCEPT, no_intercept),
+            (OUTSIDE_WINDOW, outside),
+        ):
+            if dropped:
+                drops[reason] += dropped
+        addresses = self._native_sources
+        table = self._unclaimed_since_tick
+        for key, mid, sid, aggregate, code, count, first_ns, last_ns in streams:
+            source = addresses.get(key) or remember_source(addresses, key)
+            stream = aggregate_key(source) if aggregate else (source, mid, sid)
+            reason = DROP_REASONS[code - 1]
+            entry = table.get(stream)
+            if entry is not None:
+                entry.count += count
+                entry.last_ns = last_ns
+                entry.reason = reason
+            else:
+                self._unclaimed_count(stream, reason, count, first_ns, last_ns)
 
     def socket_counters(self) -> list[SocketCounters]:
         for sock, counters in zip(self.sockets, self._socket_counters, strict=True):

@@ -44,6 +44,7 @@ from jmirror_web.intercepts.retention import scheduled_purge
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
+from receiver.reconcile import reconcile_sessions
 from receiver.store import ClosedFile, PcapStore, repair
 from receiver.worker import (
     DEFAULT_RCVBUF,
@@ -360,14 +361,16 @@ def save_file_row(session: Session, root: Path, closed: ClosedFile) -> None:
     )
 
 
-def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> None:
+def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> set[int]:
     """Close the rows of files a killed receiver left open, creating missing rows (and
-    their session) from the directory name."""
+    their session) from the directory name. Returns the ids of the sessions concerned."""
+    sessions: set[int] = set()
     for closed in recovered:
         path = file_path(root, closed.path)
         row = CaptureFile.objects.filter(path=path).select_related("session").first()
         if row is not None:
             save_file_row(row.session, root, closed)
+            sessions.add(row.session_id)
             continue
         match = _DIRECTORY.match(closed.path.parent.name)
         router = None
@@ -389,13 +392,16 @@ def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> None:
             },
         )
         save_file_row(session, root, closed)
+        sessions.add(session.pk)
+    return sessions
 
 
-def close_finished_rows(root: Path) -> int:
+def close_finished_rows(root: Path, sessions: set[int] | None = None) -> int:
     """Close the rows of finished files (renamed from ``.part`` to ``.pcap``) that are still
     open or missing: their receiver closed and hashed them at its exit, but the database
     did not answer in time for the rows. Each file is read again for its SHA-256, packets
-    and time range (nothing in it is changed). Returns how many rows were closed or made."""
+    and time range (nothing in it is changed). Returns how many rows were closed or made;
+    the ids of their sessions are added to ``sessions``."""
     recorded = set(CaptureFile.objects.filter(closed=True).values_list("path", flat=True))
     finished = []
     for path in sorted(root.glob("*/*.pcap")):
@@ -411,7 +417,9 @@ def close_finished_rows(root: Path) -> int:
             logger.error("%s is not a whole capture file: its row is left as it is", path)
             continue
         finished.append(described.closed(relative))
-    record_recovered(root, finished)
+    touched = record_recovered(root, finished)
+    if sessions is not None:
+        sessions |= touched
     return len(finished)
 
 
@@ -436,12 +444,14 @@ def serve(
     Prometheus endpoint on that address serves the latest counters."""
     root.mkdir(parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
-    record_recovered(root, recovered)
+    repaired = record_recovered(root, recovered)
     if recovered:
         logger.info("recovered %d files left open by an earlier receiver", len(recovered))
-    rows = close_finished_rows(root)
+    rows = close_finished_rows(root, repaired)
     if rows:
         logger.warning("closed the rows of %d finished files an earlier receiver left open", rows)
+    # The counters of the crashed receiver's last second died with it; its files did not.
+    reconcile_sessions(repaired)
     watcher = GateWatcher()
     bookkeeper = Bookkeeper(root)
     bookkeeper.register()
