@@ -4,7 +4,6 @@ import os
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
@@ -13,6 +12,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
 django_asgi_application = get_asgi_application()
 
 from jmirror_web.body_limit import RequestBodyLimit  # noqa: E402
+from jmirror_web.live.origin import SiteOriginValidator  # noqa: E402
 from jmirror_web.live.routing import websocket_urlpatterns  # noqa: E402  (needs the models)
 
 application = ProtocolTypeRouter(
@@ -20,11 +20,10 @@ application = ProtocolTypeRouter(
         # Django spools a whole request body to disk before any view can refuse it: an
         # oversized one is refused here first.
         "http": RequestBodyLimit(django_asgi_application),
-        # The canonical order: the Origin is checked before anything else runs (a page of
-        # another site must not ride the user's cookie), then the session and user are
-        # resolved for the consumer.
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # The Origin must be this site's, scheme, host and port (a page of another site or
+        # of another port of this host must not ride the user's cookie), checked before
+        # the consumer runs; inside the auth middleware only so that a refusal is audited
+        # with the user whose cookie came with it (jmirror_web.live.origin).
+        "websocket": AuthMiddlewareStack(SiteOriginValidator(URLRouter(websocket_urlpatterns))),
     }
 )

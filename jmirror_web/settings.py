@@ -347,6 +347,13 @@ JMIRROR_RETENTION_DAYS = env_int("JMIRROR_RETENTION_DAYS", 365, minimum=0, maxim
 # The largest file the verify page accepts to hash (an export or a capture file), MiB.
 JMIRROR_VERIFY_MAX_MB = env_int("JMIRROR_VERIFY_MAX_MB", 4096, minimum=1, maximum=1024 * 1024)
 
+# A refused request for a case object is audited once per user (or visitor address),
+# object and page in this many seconds; the repeats are counted into the next event
+# (jmirror_web.audit.refusals).
+JMIRROR_REFUSAL_AUDIT_SECONDS = env_int(
+    "JMIRROR_REFUSAL_AUDIT_SECONDS", 600, minimum=1, maximum=24 * 3600
+)
+
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
 # `manage.py serve` (what ./run starts) runs the receiver inside the web process, so the

@@ -63,3 +63,12 @@ def _no_sign_in_throttling(settings: Any) -> None:
     without a request, as Client.login() makes them, and the lockout tests count failures
     themselves (tests/jmirror_web/security/ turns it back on)."""
     settings.AXES_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_refusal_tallies() -> None:
+    """The refusal audit's rate limit keeps its tallies in the process; each test starts
+    without them (user ids and the test client's address repeat between tests)."""
+    from jmirror_web.audit.refusals import limiter
+
+    limiter.clear()

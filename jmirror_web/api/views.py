@@ -8,12 +8,13 @@ are audited by the model hooks of :mod:`jmirror_web.audit.log`.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import models
 from django.db.models import ProtectedError, Q, QuerySet
+from django.http import Http404
 from rest_framework import permissions, status, views, viewsets
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
@@ -21,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jmirror_web.api import serializers
+from jmirror_web.audit import refusals
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import Case, Intercept, Router, Session
 
@@ -74,7 +76,33 @@ def _id_filter(request: Request, name: str) -> int | None:
     return int(raw)
 
 
-class RecordViewSet(viewsets.ModelViewSet[_M]):
+class RefusalsAudited(viewsets.GenericViewSet[_M]):
+    """Audits the refusals of one case object (its 404, or a write or sign-in refused
+    on it) as ``access.refused``, rate-limited (:mod:`jmirror_web.audit.refusals`).
+    Lists are not refusals: they hold what the user may read."""
+
+    audited_model: type[models.Model] | None = None
+
+    def get_object(self) -> _M:
+        try:
+            return super().get_object()
+        except Http404:
+            if self.audited_model is not None:
+                object_id = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, "")
+                refusals.audit_not_found(self.request._request, self.audited_model, object_id)
+            raise
+
+    def permission_denied(
+        self, request: Request, message: str | None = None, code: str | None = None
+    ) -> NoReturn:
+        object_id = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)
+        if self.audited_model is not None and object_id is not None:
+            reason = "not signed in" if not request.user.is_authenticated else "permission denied"
+            refusals.audit_refusal(request._request, self.audited_model, object_id, reason)
+        super().permission_denied(request, message, code)
+
+
+class RecordViewSet(RefusalsAudited[_M], viewsets.ModelViewSet[_M]):
     permission_classes = [permissions.IsAuthenticated, RecordPermission]
     read_action: Action | None = None
 
@@ -92,6 +120,7 @@ class RecordViewSet(viewsets.ModelViewSet[_M]):
 
 class CaseViewSet(RecordViewSet[Case]):
     serializer_class = serializers.CaseSerializer
+    audited_model = Case
 
     def get_queryset(self) -> QuerySet[Case]:
         return cases_for(self.request.user, Action.VIEW_RECORD).prefetch_related("analysts")
@@ -99,6 +128,7 @@ class CaseViewSet(RecordViewSet[Case]):
 
 class InterceptViewSet(RecordViewSet[Intercept]):
     serializer_class = serializers.InterceptSerializer
+    audited_model = Intercept
 
     def get_queryset(self) -> QuerySet[Intercept]:
         intercepts = (
@@ -118,11 +148,12 @@ class RouterViewSet(RecordViewSet[Router]):
     queryset = Router.objects.all()
 
 
-class SessionViewSet(viewsets.ReadOnlyModelViewSet[Session]):
+class SessionViewSet(RefusalsAudited[Session], viewsets.ReadOnlyModelViewSet[Session]):
     """Sessions the receiver recorded, for users who may see their case's metadata.
     Sessions no intercept claimed belong to no case: only record managers see them."""
 
     serializer_class = serializers.SessionSerializer
+    audited_model = Session
 
     def get_queryset(self) -> QuerySet[Session]:
         user = self.request.user

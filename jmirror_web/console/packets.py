@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -39,6 +38,7 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET
 
 from jmirror_web.audit.log import record
+from jmirror_web.audit.refusals import audit_refusal, refusals_audited
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import CaptureFile, Session
 from receiver.capture import CaptureError, iter_frames
@@ -47,6 +47,7 @@ from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PART_SUFFIX
 if TYPE_CHECKING:
     from scapy.packet import Packet
 
+PACKET_REFUSED: Final = "packet view refused"
 MAX_SHOWN_BYTES: Final = 64 * 1024
 MAX_LAYERS: Final = 64  # layers in the tree, nested ones (options, records) included
 MAX_FIELDS: Final = 1000
@@ -393,7 +394,17 @@ def utc_ns(time_ns: int) -> tuple[str, str]:
 
 
 def _refuse(request: HttpRequest, session: Session | None, details: dict[str, Any]) -> NoReturn:
-    record("packet view refused", session, request=request, details=details)
+    # Rate-limited per user, session and page: a script walking packet numbers or times
+    # is one event per window (see jmirror_web.audit.refusals).
+    audit_refusal(
+        request,
+        Session,
+        details["session"],
+        "no content right",
+        action=PACKET_REFUSED,
+        obj=session,
+        details=details,
+    )
     raise Http404
 
 
@@ -414,7 +425,7 @@ def _session_for_content(request: HttpRequest, session_id: int, refusal: dict[st
     return session
 
 
-@login_required
+@refusals_audited(Session, "session_id", not_found=False)
 @require_GET
 def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpResponse:
     """Packet ``number`` (from 1, in time order) of session ``session_id``."""
@@ -478,7 +489,7 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
     return render(request, "console/packet.html", context)
 
 
-@login_required
+@refusals_audited(Session, "session_id", not_found=False)
 @require_GET
 def packet_jump(request: HttpRequest, session_id: int) -> HttpResponse:
     """The session page's "open packet number" form, and the live list's links by receive

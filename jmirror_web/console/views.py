@@ -22,7 +22,6 @@ from pathlib import PurePosixPath
 from typing import Final, Literal
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q, QuerySet, Sum
@@ -34,6 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
+from jmirror_web.audit.refusals import refusals_audited
 from jmirror_web.exports.forms import ExportForm
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import (
@@ -366,7 +366,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@refusals_audited(Case, "case_id")
 def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
     """One case: its intercepts with their totals, and its sessions (newest traffic
     first, paginated), which the ``case`` stream keeps counting live."""
@@ -423,7 +423,7 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
     )
 
 
-@login_required
+@refusals_audited(Session, "session_id")
 def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     """One session: its totals and files, and the live packet list and rate chart fed by
     the ``session`` stream (the server leaves out the packets' info strings for users

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
 from jmirror_web.exports import service
 from jmirror_web.exports.engine import ExportFormat
@@ -34,11 +35,14 @@ class _AuditedView(APIView):
     def permission_denied(
         self, request: Request, message: str | None = None, code: str | None = None
     ) -> NoReturn:
-        service.audit_refusal(
+        object_type, object_id = refusals.object_in(self.kwargs)
+        refusals.audit_refusal(
             request._request,
-            None,
+            object_type,
+            object_id,
             "not signed in" if not request.user.is_authenticated else "permission denied",
-            {"path": request.path, "what": self.what, **self.kwargs},
+            action=service.REFUSED,
+            details={"what": self.what, **self.kwargs},
         )
         super().permission_denied(request, message, code)
 
@@ -66,8 +70,14 @@ class SessionPcapView(_AuditedView):
             or session.intercept is None
             or not may(request.user, Action.DOWNLOAD, session.intercept.case)
         ):
-            service.audit_refusal(
-                http_request, session, "no download right", {"session": session_id}
+            refusals.audit_refusal(
+                http_request,
+                Session,
+                session_id,
+                "no download right",
+                action=service.REFUSED,
+                obj=session,
+                details={"session": session_id},
             )
             raise NotFound()
         query = request.query_params.copy()
@@ -97,8 +107,14 @@ class ExportManifestView(_AuditedView):
     def get(self, request: Request, export_id: int) -> Response:
         export = Export.objects.select_related("case", "intercept").filter(pk=export_id).first()
         if export is None or not may_see_export(request.user, export.case, export.requester_id):
-            service.audit_refusal(
-                request._request, export, "manifest not visible", {"export": export_id}
+            refusals.audit_refusal(
+                request._request,
+                Export,
+                export_id,
+                "manifest not visible",
+                action=service.REFUSED,
+                obj=export,
+                details={"export": export_id},
             )
             raise NotFound()
         record("export.manifest", export, request=request._request)

@@ -383,6 +383,8 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
 
 # Recording -----------------------------------------------------------------------------
 
+REFUSED: Final = "export.refused"
+
 
 def audit_refusal(
     request: HttpRequest,
@@ -390,8 +392,9 @@ def audit_refusal(
     reason: str,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record a refused export or manifest request, whatever refused it."""
-    record("export.refused", obj, request=request, details={"reason": reason, **(details or {})})
+    """Record an export refused for its parameters, by a user entitled to the object
+    (refusals of the object itself go through :mod:`jmirror_web.audit.refusals`)."""
+    record(REFUSED, obj, request=request, details={"reason": reason, **(details or {})})
 
 
 def start(prepared: PreparedExport, request: HttpRequest) -> ExportStream:

@@ -23,6 +23,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
 from jmirror_web.exports import service
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm, VerifyForm
@@ -39,7 +40,7 @@ from jmirror_web.exports.verification import (
     visible_exports,
 )
 from jmirror_web.intercepts.access import Action, cases_for, may, may_see_export
-from jmirror_web.intercepts.models import Intercept, Session
+from jmirror_web.intercepts.models import Case, Intercept, Session
 
 EXPORTS_LISTED: Final = 100
 
@@ -54,8 +55,14 @@ def signed_in_or_audited(what: str) -> Callable[[View], View]:
         @functools.wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
-                service.audit_refusal(
-                    request, None, "not signed in", {"path": request.path, "what": what, **kwargs}
+                object_type, object_id = refusals.object_in(kwargs)
+                refusals.audit_refusal(
+                    request,
+                    object_type,
+                    object_id,
+                    "not signed in",
+                    action=service.REFUSED,
+                    details={"what": what, **kwargs},
                 )
                 return redirect_to_login(request.get_full_path())
             return view(request, *args, **kwargs)
@@ -66,7 +73,12 @@ def signed_in_or_audited(what: str) -> Callable[[View], View]:
 
 
 def _refuse(request: HttpRequest, obj: Any, reason: str, details: dict[str, Any]) -> NoReturn:
-    service.audit_refusal(request, obj, reason, details)
+    # Rate-limited per user, object and page (jmirror_web.audit.refusals); ``details``
+    # names the object asked for, which may not exist.
+    object_type, object_id = refusals.object_in(details)
+    refusals.audit_refusal(
+        request, object_type, object_id, reason, action=service.REFUSED, obj=obj, details=details
+    )
     raise Http404
 
 
@@ -174,6 +186,7 @@ def manifest_json(request: HttpRequest, export_id: int) -> HttpResponse:
 
 
 @signed_in_or_audited("export list")
+@refusals.refusals_audited(Case, "case_id")
 @require_GET
 def case_exports(request: HttpRequest, case_id: int) -> HttpResponse:
     """The latest exports of a case the user may see manifests of."""

@@ -124,10 +124,14 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.accept()
         user = self.scope.get("user")
         session_key = getattr(self.scope.get("session"), "session_key", None)
+        self._address = rights.client_address(self.scope)
         if user is None or not user.is_authenticated or not user.is_active or not session_key:
+            # Audited per address (rate-limited): a visitor trying the live feed.
+            await database_sync_to_async(rights.refuse_connection)(
+                None, self._address, "not_signed_in"
+            )
             await self._close(CLOSE_UNAUTHENTICATED)
             return
-        self._address = rights.client_address(self.scope)
         if not await database_sync_to_async(rights.admit)(session_key, user.pk, self._address):
             await self._close(CLOSE_UNAUTHENTICATED)
             return

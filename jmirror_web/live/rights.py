@@ -27,6 +27,7 @@ from django.db import models
 from django.utils.crypto import constant_time_compare
 
 from jmirror_web.audit.log import acting_as, record
+from jmirror_web.audit.refusals import audit_refusal_by
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import Case, Intercept, Session
 from jmirror_web.live.buffer import MAX_DASHBOARD_CASES
@@ -181,10 +182,11 @@ def subscribe(
     if user is None:
         return False, None
     grant, obj = decide(user, key)
+    if grant is None:
+        _audit_refused(user, address, key, "forbidden", obj)
+        return True, grant
     with acting_as(user, address):
-        if grant is None:
-            record(REFUSED, obj, details=_details(key, reason="forbidden"))
-        elif key[0] == Stream.DASHBOARD:
+        if key[0] == Stream.DASHBOARD:
             record(SUBSCRIBED, details=_details(key, cases=len(grant.case_ids)))
         else:
             record(SUBSCRIBED, obj, details=_details(key, content=grant.content))
@@ -199,9 +201,49 @@ def refuse(
     reason: str,
 ) -> None:
     """Audit a subscription refused before its rights were looked at (too many)."""
-    user = signed_in_user(session_key, user_pk)
-    with acting_as(user, address):
-        record(REFUSED, details=_details(key, reason=reason))
+    _audit_refused(signed_in_user(session_key, user_pk), address, key, reason, None)
+
+
+_STREAM_OBJECTS: Final = {
+    Stream.SESSION: Session,
+    Stream.INTERCEPT: Intercept,
+    Stream.CASE: Case,
+}
+
+
+def _audit_refused(
+    user: Any, address: str | None, key: SubscriptionKey, reason: str, obj: models.Model | None
+) -> None:
+    """A refused subscription, rate-limited per user and stream like the pages' refusals
+    (:mod:`jmirror_web.audit.refusals`): a script subscribing to id after id is bounded."""
+    stream, object_id = key
+    model = _STREAM_OBJECTS.get(stream)
+    audit_refusal_by(
+        user,
+        address,
+        model if model is not None else "",
+        object_id if object_id is not None else "",
+        reason,
+        where=f"live.{stream.value}",
+        action=REFUSED,
+        obj=obj,
+        details=_details(key),
+    )
+
+
+def refuse_connection(user: Any, address: str | None, reason: str, **details: Any) -> None:
+    """Audit a websocket handshake refused for its origin or for want of a sign-in,
+    rate-limited per user (or address) and reason."""
+    audit_refusal_by(
+        user,
+        address,
+        "",
+        "",
+        reason,
+        where=f"live.connect.{reason}",
+        action=CONNECT_REFUSED,
+        details=details,
+    )
 
 
 def recheck(

@@ -388,14 +388,24 @@ def test_everyone_without_the_content_right_gets_404_audited_and_nothing_read(
         "unassigned superuser": make_user(is_superuser=True, is_staff=True),
     }.items():
         client.force_login(user)
+        before = AuditEvent.objects.filter(action="packet view refused").count()
         for value in (str(T0), "not a time"):
             response = at(client, session, value)
             assert response.status_code == 404, who
             assert b"AT-LIID" not in response.content, who
-            event = AuditEvent.objects.filter(action="packet view refused").latest("id")
-            assert event.actor == user, who
-            assert event.object_id == str(session.pk)
-            assert event.details == {"session": session.pk, "at": value}
+        # The second try at the same session within the window is counted, not written
+        # (jmirror_web.audit.refusals).
+        assert AuditEvent.objects.filter(action="packet view refused").count() == before + 1
+        event = AuditEvent.objects.filter(action="packet view refused").latest("id")
+        assert event.actor == user, who
+        assert event.object_id == str(session.pk)
+        assert event.details == {
+            "session": session.pk,
+            "at": str(T0),
+            "path": reverse("console:packet_jump", args=[session.pk]),
+            "reason": "no content right",
+            "where": "console:packet_jump",
+        }
     assert opened == []
     assert not AuditEvent.objects.filter(action="packet looked up").exists()
 
@@ -405,4 +415,11 @@ def test_a_missing_session_looks_the_same_and_is_audited(client: Client, analyst
     assert response.status_code == 404
     event = AuditEvent.objects.get(action="packet view refused")
     assert event.actor == analyst
-    assert event.details == {"session": 999999, "at": str(T0)}
+    assert event.details == {
+        "session": 999999,
+        "at": str(T0),
+        "path": reverse("console:packet_jump", args=[999999]),
+        "reason": "no content right",
+        "where": "console:packet_jump",
+    }
+    assert (event.object_type, event.object_id) == ("intercepts.Session", "999999")

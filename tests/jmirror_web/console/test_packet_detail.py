@@ -338,7 +338,13 @@ def test_everyone_else_gets_404_and_the_refusal_is_audited(
         event = AuditEvent.objects.filter(action="packet view refused").latest("id")
         assert event.actor == user, who
         assert event.object_id == str(session.pk)
-        assert event.details == {"session": session.pk, "number": 1}
+        assert event.details == {
+            "session": session.pk,
+            "number": 1,
+            "path": url(session, 1),
+            "reason": "no content right",
+            "where": "console:packet",
+        }
     assert not AuditEvent.objects.filter(action="packet viewed").exists()
 
 
@@ -356,7 +362,14 @@ def test_a_missing_session_looks_the_same_and_is_audited(client: Client, analyst
     assert response.status_code == 404
     event = AuditEvent.objects.get(action="packet view refused")
     assert event.actor == analyst
-    assert event.details == {"session": 999999, "number": 1}
+    assert event.details == {
+        "session": 999999,
+        "number": 1,
+        "path": reverse("console:packet", args=[999999, 1]),
+        "reason": "no content right",
+        "where": "console:packet",
+    }
+    assert (event.object_type, event.object_id) == ("intercepts.Session", "999999")
 
 
 @pytest.mark.skipif(

@@ -115,6 +115,8 @@ def test_a_session_that_does_not_exist_is_a_404_and_audited(api: APIClient) -> N
     assert events("export.refused")[-1].details == {
         "reason": "no download right",
         "session": 999999,
+        "path": "/api/sessions/999999/pcap",
+        "where": "api:session_pcap",
     }
 
 

@@ -28,6 +28,8 @@ from receiver.live import (
 from receiver.packet_summary import PacketRow
 
 ORIGIN = b"http://localhost"
+HOST = b"localhost"
+"""The Host a browser on ``ORIGIN`` sends: the origin check compares the two."""
 LIVE_PATH = "/ws/live/"
 
 
@@ -51,8 +53,12 @@ def sign_in(user: User) -> tuple[Client, str]:
     return client, client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-def communicator(cookie: str | None, origin: bytes | None = ORIGIN) -> WebsocketCommunicator:
+def communicator(
+    cookie: str | None, origin: bytes | None = ORIGIN, host: bytes | None = HOST
+) -> WebsocketCommunicator:
     headers = []
+    if host is not None:
+        headers.append((b"host", host))
     if origin is not None:
         headers.append((b"origin", origin))
     if cookie is not None:

@@ -197,9 +197,20 @@ async def test_subscriptions_and_refusals_are_audited(world: World):
             analyst.pk,
             "intercepts.Case",
             str(world.other_case.pk),
-            {"stream": "case", "id": world.other_case.pk, "reason": "forbidden"},
+            {
+                "stream": "case",
+                "id": world.other_case.pk,
+                "reason": "forbidden",
+                "where": "live.case",
+            },
         ),
-        (analyst.pk, "", "", {"stream": "intercept", "id": 10**9, "reason": "forbidden"}),
+        # A missing object is named by the id asked for.
+        (
+            analyst.pk,
+            "intercepts.Intercept",
+            str(10**9),
+            {"stream": "intercept", "id": 10**9, "reason": "forbidden", "where": "live.intercept"},
+        ),
     ]
 
 
