@@ -2,8 +2,10 @@
 
 Every event carries the SHA-256 of the event before it and its own hash over both, so
 removing, inserting or altering a row breaks the chain at that row
-(:func:`verify_chain`). On PostgreSQL a trigger also rejects UPDATE and DELETE on the
-table (migration 0002); on SQLite only the application keeps it append-only.
+(:func:`verify_chain`). Triggers also reject UPDATE and DELETE on the table (migrations
+0002 and 0003). Someone who can drop the triggers can still rewrite the whole chain or
+cut its newest events off; signed checkpoints (:class:`AuditCheckpoint`,
+:mod:`jmirror_web.audit.checkpoints`) are what shows that.
 """
 
 from __future__ import annotations
@@ -162,3 +164,43 @@ def verify_chain(events: Iterator[AuditEvent] | None = None) -> ChainBreak | Non
             return ChainBreak(event.pk, "its content does not match its hash")
         previous = event.hash
     return None
+
+
+class AuditCheckpointQuerySet(models.QuerySet["AuditCheckpoint"]):
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("audit checkpoints are append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit checkpoints are append-only")
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement that the chain's event ``sequence`` had hash ``head_hash`` at
+    ``created_at``: a chain recomputed after an edit, or cut short, disagrees with it.
+    Signed with the Ed25519 key of :mod:`jmirror_web.audit.checkpoints`, which lives
+    outside the database."""
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField()
+    sequence = models.BigIntegerField(db_index=True)  # the id of the newest event covered
+    head_hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=16)
+    signature = models.CharField(max_length=88)  # base64 of the 64-byte signature
+
+    objects = AuditCheckpointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return (
+            f"checkpoint #{self.pk} at event #{self.sequence} ({self.created_at:%Y-%m-%d %H:%M:%S})"
+        )
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("audit checkpoints are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit checkpoints are append-only")

@@ -21,6 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jmirror_web.audit.checkpoints import start_periodic_checkpoints
 from receiver.live import LoopSender
 from receiver.management.commands.receive import serve as serve_receiver
 from receiver.worker import Receiver, parse_listen
@@ -147,6 +148,7 @@ class Command(BaseCommand):
         host = f"[{bind}]" if ":" in bind else bind
         self.stdout.write(f"serving http://{host}:{options['port']}/ (Ctrl-C stops it)")
         self.stdout.flush()
+        start_periodic_checkpoints()  # every JMIRROR_AUDIT_CHECKPOINT_MINUTES
         endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
         try:
             # Daphne's Server, but a streamed response waits for a slow client rather
