@@ -10,9 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     JMIRROR_DATA_DIR=/data
 
-# /data is made here so that a new named volume mounted on it is owned by jmirror.
+# /data is made here so that a new named volume mounted on it is owned by jmirror, and
+# is jmirror's alone (0700: the web and receiver containers both run as jmirror, so they
+# share it; an older volume is tightened when either starts).
 RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home jmirror \
-    && mkdir /data \
+    && mkdir --mode=0700 /data \
     && chown jmirror:jmirror /data
 
 WORKDIR /app

@@ -65,7 +65,10 @@ def _what_files_hold(session_id: int) -> tuple[int, int, datetime | None, dateti
 
 
 def _counters(session_id: int) -> dict[str, Any] | None:
-    return Session.objects.filter(pk=session_id).values(*_COUNTERS).first()
+    counters: dict[str, Any] | None = (
+        Session.objects.filter(pk=session_id).values(*_COUNTERS).first()
+    )
+    return counters
 
 
 def reconcile_sessions(session_ids: Iterable[int]) -> int:

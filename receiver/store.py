@@ -53,6 +53,9 @@ LINKTYPE_FOR_KIND: Final[dict[str, int]] = {
 SNAPLEN: Final = 262144
 PCAP_NANOSECOND_MAGIC: Final = 0xA1B23C4D
 PART_SUFFIX: Final = ".part"
+# Session folders and pcaps are their owner's alone (jmirror_web.file_modes says why).
+DIRECTORY_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
 
 _FILE_HEADER = struct.Struct("<IHHiIII")  # magic, version 2.4, thiszone, sigfigs, snaplen, link
 _RECORD_HEADER = struct.Struct("<IIII")  # seconds, nanoseconds, included length, original length
@@ -384,7 +387,13 @@ class PcapStore:
 
     def _open(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
         directory = self.root / session_directory_name(session)
-        directory.mkdir(parents=True, exist_ok=True)
+        # The owner's alone, whatever the umask: the name carries the LIID. (An existing
+        # directory keeps its mode: the start-up check, file_modes, fixes old ones.)
+        try:
+            directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+        except FileNotFoundError:
+            self.root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+            directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
         header = _FILE_HEADER.pack(PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, SNAPLEN, linktype)
         while True:
             self._sequence[session] += 1
@@ -394,7 +403,7 @@ class PcapStore:
                 continue
             try:
                 # O_EXCL: a restarted receiver's sequence numbers start again at 1.
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
             except FileExistsError:
                 continue
             break

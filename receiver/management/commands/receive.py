@@ -31,6 +31,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest, Least
 
+from jmirror_web.file_modes import secure_installation
 from jmirror_web.intercepts.models import (
     CaptureFile,
     Intercept,
@@ -45,6 +46,7 @@ from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
 from receiver.reconcile import reconcile_sessions
+from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import ClosedFile, PcapStore, repair
 from receiver.worker import (
     DEFAULT_RCVBUF,
@@ -442,7 +444,7 @@ def serve(
     calling thread, the database work in a second one and the live summaries (sent with
     ``live``, by default through the channel layer) in a third; with ``metrics``, a
     Prometheus endpoint on that address serves the latest counters."""
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=STORE_DIRECTORY_MODE, parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
     repaired = record_recovered(root, recovered)
     if recovered:
@@ -603,6 +605,8 @@ class Command(BaseCommand):
                     "Python headers and reinstall (scripts/install-venv) to build it."
                 )
 
+        # An installation made before the data directory was kept private is made so now.
+        secure_installation()
         # Django, the apps and their modules are loaded and live as long as the process:
         # out of the collector's sight, a full collection no longer walks them, which
         # otherwise held up the receive loop (it measured ~6% of the receiver's CPU at

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jmirror_web.audit.checkpoints import start_periodic_checkpoints
+from jmirror_web.file_modes import secure_installation
 from receiver.live import LoopSender
 from receiver.management.commands.receive import serve as serve_receiver
 from receiver.worker import Receiver, parse_listen
@@ -130,6 +131,8 @@ class Command(BaseCommand):
 
         if not 1 <= options["port"] <= 65535:
             raise CommandError("--port must be between 1 and 65535")
+        # An installation made before the data directory was kept private is made so now.
+        secure_installation()
         try:
             listen = (
                 [parse_listen(text) for text in options["listen"]]
