@@ -350,6 +350,16 @@ JMIRROR_ALERT_SILENCE_MINUTES = env_int(
 # (each case can say otherwise; legal hold keeps them all). 36500 is the model's maximum.
 JMIRROR_RETENTION_DAYS = env_int("JMIRROR_RETENTION_DAYS", 365, minimum=0, maximum=36500)
 
+# The Ed25519 key that signs the audit log's checkpoints (jmirror_web.audit.checkpoints),
+# made with mode 0600 on first use. Outside the database on purpose: whoever can rewrite
+# the database must not be able to sign a checkpoint of the rewritten log.
+JMIRROR_AUDIT_KEY_FILE = env_path("JMIRROR_AUDIT_KEY_FILE", DATA_DIR / "audit_signing_key")
+# `manage.py serve` signs a checkpoint this often when the log has grown; 0: never (a
+# timer running `manage.py audit checkpoint` does it instead).
+JMIRROR_AUDIT_CHECKPOINT_MINUTES = env_int(
+    "JMIRROR_AUDIT_CHECKPOINT_MINUTES", 60, minimum=0, maximum=7 * 24 * 60
+)
+
 # The largest file the verify page accepts to hash (an export or a capture file), MiB.
 JMIRROR_VERIFY_MAX_MB = env_int("JMIRROR_VERIFY_MAX_MB", 4096, minimum=1, maximum=1024 * 1024)
 
