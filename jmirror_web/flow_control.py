@@ -21,6 +21,7 @@ from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 
 from jmirror_web.bounded_requests import BoundedHTTPFactory
+from jmirror_web.exports.verification import HASHED_UPLOAD_EXTENSION as HASHED
 
 logger = logging.getLogger("jmirror_web.flow_control")
 
@@ -83,6 +84,27 @@ class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hin
         if type(factory) is HTTPFactory:
             factory = BoundedHTTPFactory(factory.server)
         self._http_factory = factory
+
+    @property
+    def ws_factory(self) -> Any:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: Any) -> None:
+        # Autobahn drops the TCP connection of a client that breaks a rule (by default
+        # for servers); a frame or message over the size limit is closed with 1009
+        # (message too big) instead, so the client learns why. Daphne's run() sets its
+        # other options after this.
+        factory.setProtocolOptions(failByDrop=False)
+        self._ws_factory = factory
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        # A verify upload the request hashed while receiving it: the view reads the hash
+        # from the scope, which only the server writes (jmirror_web.bounded_requests).
+        hashed = getattr(protocol, "hashed_upload", None)
+        if hashed is not None:
+            scope = {**scope, "extensions": {**scope.get("extensions", {}), HASHED: hashed}}
+        return super().create_application(protocol, scope)
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         streaming = (

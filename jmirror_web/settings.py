@@ -363,6 +363,32 @@ JMIRROR_AUDIT_CHECKPOINT_MINUTES = env_int(
 # The largest file the verify page accepts to hash (an export or a capture file), MiB.
 JMIRROR_VERIFY_MAX_MB = env_int("JMIRROR_VERIFY_MAX_MB", 4096, minimum=1, maximum=1024 * 1024)
 
+# A refused request for a case object is audited once per user (or visitor address),
+# object and page in this many seconds; the repeats are counted into the next event
+# (jmirror_web.audit.refusals).
+JMIRROR_REFUSAL_AUDIT_SECONDS = env_int(
+    "JMIRROR_REFUSAL_AUDIT_SECONDS", 600, minimum=1, maximum=24 * 3600
+)
+
+# Request bodies under `manage.py serve` (jmirror_web.bounded_requests), decided from a
+# request's head before its body is read: a client that is not signed in may send this
+# many bytes (the sign-in forms take under 1 KiB); a signed-in one
+# DATA_UPLOAD_MAX_MEMORY_SIZE, or on the verify page JMIRROR_VERIFY_MAX_MB.
+JMIRROR_ANONYMOUS_BODY_MAX_BYTES = env_int(
+    "JMIRROR_ANONYMOUS_BODY_MAX_BYTES", 8192, minimum=1024, maximum=1024 * 1024
+)
+# A body that arrives slower than this, over any 10 s, is cut (408) and logged...
+JMIRROR_BODY_MIN_BYTES_PER_SECOND = env_int(
+    "JMIRROR_BODY_MIN_BYTES_PER_SECOND", 1024, minimum=0, maximum=1024 * 1024 * 1024
+)
+# ... and so is one that takes longer than this in all, or for a verify upload the second.
+JMIRROR_BODY_TIMEOUT_SECONDS = env_int(
+    "JMIRROR_BODY_TIMEOUT_SECONDS", 60, minimum=1, maximum=24 * 3600
+)
+JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS = env_int(
+    "JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS", 3600, minimum=1, maximum=7 * 24 * 3600
+)
+
 REDIS_URL = env_str("REDIS_URL", "").strip()
 CHANNEL_LAYERS = _channel_layers(REDIS_URL)
 # `manage.py serve` (what ./run starts) runs the receiver inside the web process, so the
