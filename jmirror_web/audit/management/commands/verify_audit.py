@@ -92,7 +92,8 @@ class Command(BaseCommand):
             newest = checkpoints[-1]
             count = len({each.identity() for each in checkpoints})
             summary += (
-                f"; {count} checkpoints agree, the newest at event #{newest.sequence} "
+                f"; {count} checkpoint{' agrees' if count == 1 else 's agree'}, the newest at "
+                f"event #{newest.sequence} "
                 f"({newest.time})"
             )
         else:
