@@ -1,11 +1,17 @@
-"""A cap on request bodies, before Django reads them.
+"""A cap on request bodies, before Django reads them, for any ASGI server.
 
 Under ASGI, Django copies the whole request body into a temporary file
 (``ASGIHandler.read_body``) before any view runs, whatever its size: the verify page's
 ``JMIRROR_VERIFY_MAX_MB`` and ``DATA_UPLOAD_MAX_MEMORY_SIZE`` are checked only after
-that. :class:`RequestBodyLimit` refuses a body larger than the largest the product
-accepts anywhere with 413: from its ``Content-Length`` before the application is called,
-or, for a body without one (chunked), as soon as the bytes received pass the cap.
+that. :class:`RequestBodyLimit` refuses a body over the request's cap with 413: from its
+``Content-Length`` before the application is called, or, for a body without one
+(chunked), as soon as the bytes received pass the cap. The cap is the route's and the
+client's (:mod:`jmirror_web.body_policy`: a few KiB for a client that is not signed in).
+
+Under ``manage.py serve`` the server has already held the body to the same cap while it
+arrived (:mod:`jmirror_web.bounded_requests`) and says so in the scope
+(:data:`DECIDED_EXTENSION`), so the credential is not looked up twice. Elsewhere (another
+ASGI server) this is the only cap, and comes after the server has received the body.
 """
 
 from __future__ import annotations
@@ -13,7 +19,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-from django.conf import settings
+from channels.db import database_sync_to_async
+
+from jmirror_web.body_policy import (
+    MULTIPART_ENVELOPE,
+    Who,
+    head_of,
+    largest_body,
+    limit_for,
+    needs_lookup,
+    who_asks,
+)
+
+__all__ = ["MULTIPART_ENVELOPE", "RequestBodyLimit", "largest_body"]
 
 # As Django's ASGIHandler (django-stubs) types them.
 Scope = dict[str, Any]
@@ -22,16 +40,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Room for what a multipart upload carries besides the file: its boundaries, the part
-# headers (file name, type), the SHA-256 field and the CSRF token.
-MULTIPART_ENVELOPE: Final = 64 * 1024
-
-
-def largest_body() -> int:
-    """The largest request body the product accepts, in bytes: the verify page's upload,
-    or any other request, which ``DATA_UPLOAD_MAX_MEMORY_SIZE`` bounds."""
-    verify = settings.JMIRROR_VERIFY_MAX_MB * 1024 * 1024 + MULTIPART_ENVELOPE
-    return max(verify, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+# Set by the server (jmirror_web.flow_control) to the cap it held the body to.
+DECIDED_EXTENSION: Final = "jmirror.body_limit"
 
 
 def declared_length(scope: Scope) -> int | None:
@@ -44,6 +54,18 @@ def declared_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+async def body_limit(scope: Scope, declared: int | None) -> int:
+    """The request's cap: the one the server decided, or decided here from the head."""
+    decided = scope.get("extensions", {}).get(DECIDED_EXTENSION)
+    if isinstance(decided, int):
+        return decided
+    head = head_of(scope.get("headers", []), scope.get("method", ""), scope.get("path", ""))
+    who = Who.ANONYMOUS
+    if needs_lookup(head, declared):
+        who = await database_sync_to_async(who_asks)(head)
+    return limit_for(head, who).limit
 
 
 async def refuse(send: Send, limit: int) -> None:
@@ -63,7 +85,7 @@ async def refuse(send: Send, limit: int) -> None:
 
 
 class RequestBodyLimit:
-    """ASGI middleware for HTTP: 413 for a request body over :func:`largest_body`."""
+    """ASGI middleware for HTTP: 413 for a request body over the request's cap."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,8 +94,8 @@ class RequestBodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = largest_body()
         declared = declared_length(scope)
+        limit = await body_limit(scope, declared)
         if declared is not None and declared > limit:
             await refuse(send, limit)
             return

@@ -20,6 +20,7 @@ from typing import Any, Final
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 
+from jmirror_web.body_limit import DECIDED_EXTENSION as DECIDED
 from jmirror_web.bounded_requests import BoundedHTTPFactory
 from jmirror_web.exports.verification import HASHED_UPLOAD_EXTENSION as HASHED
 
@@ -101,10 +102,15 @@ class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hin
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         # A verify upload the request hashed while receiving it: the view reads the hash
         # from the scope, which only the server writes (jmirror_web.bounded_requests).
+        extensions = dict(scope.get("extensions", {}))
         hashed = getattr(protocol, "hashed_upload", None)
         if hashed is not None:
-            scope = {**scope, "extensions": {**scope.get("extensions", {}), HASHED: hashed}}
-        return super().create_application(protocol, scope)
+            extensions[HASHED] = hashed
+        # The cap the request held its body to: the ASGI cap need not look it up again.
+        decided = getattr(protocol, "body_limit", None)
+        if decided is not None:
+            extensions[DECIDED] = decided.limit
+        return super().create_application(protocol, {**scope, "extensions": extensions})
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         streaming = (

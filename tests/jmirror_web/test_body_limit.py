@@ -1,6 +1,7 @@
-"""Request bodies over the largest the product accepts are refused through the real ASGI
-application (jmirror_web.body_limit) before Django spools them: by their Content-Length
-before anything is read, or, without one, as soon as the bytes received pass the cap."""
+"""Request bodies over the request's cap (by route and by who asks) are refused through
+the real ASGI application (jmirror_web.body_limit) before Django spools them: by their
+Content-Length before anything is read, or, without one, as soon as the bytes received
+pass the cap."""
 
 from __future__ import annotations
 
@@ -107,7 +108,13 @@ def test_the_cap_is_the_verify_limit_with_room_for_the_envelope_or_the_form_limi
 async def test_an_over_limit_content_length_is_refused_before_any_body_is_read(
     cookie: str,
 ) -> None:
-    communicator = post(cookie, [(b"content-length", str(10 * 2**30).encode())])
+    communicator = post(
+        cookie,
+        [
+            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+            (b"content-length", str(10 * 2**30).encode()),
+        ],
+    )
     # Not a byte of the body is sent: the answer comes from the declared length alone.
     assert await response(communicator) == (413, REFUSAL)
     await communicator.wait(timeout=5)
@@ -141,4 +148,27 @@ async def test_a_verify_upload_under_the_limit_is_hashed(cookie: str) -> None:
     status, content = await response(communicator)
     assert status == 200
     assert hashlib.sha256(data).hexdigest() in content.decode()
+    await communicator.wait(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("signed_in", "content_type", "limit"),
+    [
+        # Not signed in (no cookie, or one of no live session): a few KiB, on any route.
+        (False, "multipart/form-data; boundary=b", 8192),
+        # Signed in, but not a form the verify page hashes: Django's limit.
+        (True, "application/octet-stream", 100_000),
+    ],
+)
+async def test_the_cap_depends_on_who_asks_and_what(
+    cookie: str, signed_in: bool, content_type: str, limit: int
+) -> None:
+    sent = cookie if signed_in else "sessionid=nosuchsession; csrftoken=" + CSRF
+    communicator = post(
+        sent,
+        [(b"content-type", content_type.encode()), (b"content-length", str(limit + 1).encode())],
+    )
+    status, content = await response(communicator)
+    assert status == 413
+    assert f"larger than {limit} bytes".encode() in content
     await communicator.wait(timeout=5)
