@@ -3,7 +3,13 @@
  * search in benchmarks/lossless_search.py (which compiles it with gcc at run time).
  *
  *   jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)
- *                  [--host 127.0.0.1] [--batch B]
+ *                  [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]
+ *
+ * --bind sends from that local IPv4 address (on loopback any 127.0.0.x), so one machine
+ * plays several routers. --random varies each datagram, for the junk benchmark
+ * (benchmarks/junk_benchmark.py): "mid" puts a random 32-bit mirror id (and session id)
+ * in front of the given datagram, "all" replaces every byte with random ones (same
+ * length); xorshift64, seeded from the clock.
  *
  * --rate 0 sends as fast as it can. Pacing: datagram i is due at start + i / rate; the
  * sender busy-waits on CLOCK_MONOTONIC until the first datagram of a batch is due and
@@ -78,6 +84,7 @@ int main(int argc, char **argv) {
     long port = -1, batch = 0;
     unsigned long long count = 0;
     double rate = -1;
+    const char *bind_to = NULL, *random_mode = "none";
 
     for (int i = 1; i < argc; i++) {
         const char *option = argv[i];
@@ -90,9 +97,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(option, "--file")) size = read_file(value, payload, sizeof payload);
         else if (!strcmp(option, "--host")) host = value;
         else if (!strcmp(option, "--batch")) batch = strtol(value, NULL, 10);
+        else if (!strcmp(option, "--bind")) bind_to = value;
+        else if (!strcmp(option, "--random")) random_mode = value;
         else usage();
     }
+    int randomise = !strcmp(random_mode, "mid") ? 1 : !strcmp(random_mode, "all") ? 2 : 0;
     if (port <= 0 || port > 65535 || count == 0 || rate < 0 || size == 0) usage();
+    if (!randomise && strcmp(random_mode, "none")) usage();
+    if (randomise == 1 && size < 8) usage();
     if (batch <= 0) {
         /* About 20 us of schedule per batch; flat out, the largest batch. */
         batch = rate > 0 ? (long)(rate * 20e-6) : MAX_BATCH;
@@ -106,20 +118,38 @@ int main(int argc, char **argv) {
         return 2;
     }
     int sock = socket(AF_INET, SOCK_DGRAM, 0);
-    if (sock < 0 || connect(sock, (struct sockaddr *)&address, sizeof address) < 0) {
+    if (sock < 0) {
         perror("jmirror_sender: socket");
+        return 1;
+    }
+    if (bind_to != NULL) {
+        struct sockaddr_in local = {.sin_family = AF_INET};
+        if (inet_pton(AF_INET, bind_to, &local.sin_addr) != 1 ||
+            bind(sock, (struct sockaddr *)&local, sizeof local) < 0) {
+            fprintf(stderr, "jmirror_sender: cannot send from %s\n", bind_to);
+            return 2;
+        }
+    }
+    if (connect(sock, (struct sockaddr *)&address, sizeof address) < 0) {
+        perror("jmirror_sender: connect");
         return 1;
     }
     int sndbuf = 4 << 20;
     setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 
-    struct iovec iov = {.iov_base = payload, .iov_len = size};
+    /* One buffer per message of a batch when each datagram differs. */
+    static unsigned char varied[MAX_BATCH][MAX_DATAGRAM];
+    struct iovec iovs[MAX_BATCH];
     struct mmsghdr messages[MAX_BATCH];
     memset(messages, 0, sizeof messages);
     for (int i = 0; i < MAX_BATCH; i++) {
-        messages[i].msg_hdr.msg_iov = &iov;
+        if (randomise) memcpy(varied[i], payload, size);
+        iovs[i].iov_base = randomise ? varied[i] : payload;
+        iovs[i].iov_len = size;
+        messages[i].msg_hdr.msg_iov = &iovs[i];
         messages[i].msg_hdr.msg_iovlen = 1;
     }
+    uint64_t state = now_ns() | 1;
 
     const double interval_ns = rate > 0 ? 1e9 / rate : 0;
     unsigned long long sent = 0, errors = 0;
@@ -129,12 +159,29 @@ int main(int argc, char **argv) {
         if (interval_ns > 0) {
             uint64_t due = start + (uint64_t)((double)sent * interval_ns);
             uint64_t now = now_ns();
+            /* Far from due (a slow stream): sleep most of the way, so that a second
+             * sender pinned to the same CPU (benchmarks/junk_benchmark.py) gets it. */
+            if (due > now + 200000) {
+                struct timespec pause = {0, (long)(due - now - 100000)};
+                nanosleep(&pause, NULL);
+                now = now_ns();
+            }
             while (now < due) now = now_ns();
             if (now - due > max_lag) max_lag = now - due;
         }
         unsigned long long left = count - sent;
         unsigned int want = left < (unsigned long long)batch ? (unsigned int)left
                                                              : (unsigned int)batch;
+        for (unsigned int m = 0; randomise && m < want; m++) {
+            size_t bytes = randomise == 1 ? 8 : size;
+            for (size_t k = 0; k < bytes; k += 8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                size_t n = bytes - k < 8 ? bytes - k : 8;
+                memcpy(varied[m] + k, &state, n);
+            }
+        }
         int done = sendmmsg(sock, messages, want, 0);
         if (done < 0) {
             /* A pending ICMP error (ECONNREFUSED) or a full queue: that datagram was not

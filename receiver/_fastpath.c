@@ -23,8 +23,30 @@
  *   bind(i, ...)     after Python stored datagram i: its stream's session delta, open
  *                    file and the span of receive times over which the gate's answer
  *                    holds. Later datagrams of that stream then stay in C.
- *   clear()          forget every binding: Python calls it whenever a file rotates or
- *                    closes, the gate changes, or a tick hands the session deltas on.
+ *   clear()          forget every binding and verdict: Python calls it whenever a file
+ *                    rotates or closes, the gate changes, or a tick hands the session
+ *                    deltas on.
+ *   set_gate(ids, n) the gate's claimed intercept ids (mid & 0x3FFFFFFF): from then on C
+ *                    also decides datagrams that will be dropped (below).
+ *   refuse(i, ...)   after Python dropped datagram i as unclaimed: the reason and the
+ *                    span it holds for. Its source's verdict (unknown router, or router)
+ *                    is remembered, and for a claimed intercept id the stream's too.
+ *   take_dropped()   what C dropped since the last call: counts per reason, and the
+ *                    unclaimed streams with their counts, in order of first datagram.
+ *
+ * Dropped datagrams (issue 13: junk from anyone who can send UDP must cost no more than
+ * a stored packet, or it crowds the claimed streams out of the socket buffer). Once
+ * set_gate was called, C drops without Python: a datagram classify_datagram would refuse
+ * (malformed: jmirror_valid mirrors receiver.jmirror.decode_datagram's checks); one from
+ * a source Python found unregistered (unknown_router, whatever the mid); one from a
+ * registered router whose intercept id the gate does not know (no_intercept); one of a
+ * stream Python refused, inside the span of that answer. Their unclaimed streams are
+ * counted in a bounded table (PENDING_LIMIT), at most `n` streams per source between two
+ * take_dropped() calls and the rest in the source's aggregate, as
+ * receiver.worker.admit_unclaimed would do with them anyway; a full table hands the
+ * datagram to Python, which takes the table first. Python takes it before it handles
+ * any datagram itself and at every tick, so the unclaimed streams reach it in the order
+ * they came, and its results are those of handling each datagram (property test).
  *
  * What C takes (anything else goes to Python, in order, so the files are the same):
  * a bound stream (source address, mirror id, session id) inside its span; an inner
@@ -56,6 +78,22 @@
 #define RECENT 16
 #define MAX_BATCH 1024
 #define NS 1000000000LL
+/* Sources with a verdict, and unclaimed streams counted between two take_dropped()
+ * calls: bounded, so junk from many sources cannot grow them; a full source table is
+ * forgotten (verdicts are relearned through Python), a full pending table sends the
+ * datagram to Python. */
+#define SOURCE_SIZE 2048
+#define SOURCE_LIMIT 1024
+#define PENDING_LIMIT 1024
+#define PENDING_SLOTS 2048
+#define MAX_CLAIMED_IDS (1 << 20)
+#define INTERCEPT_ID_MASK 0x3FFFFFFFu
+/* Drop reasons, as receiver.gate names them; 0 in an Entry is a stored binding. */
+#define UNKNOWN_ROUTER 1
+#define NO_INTERCEPT 2
+#define OUTSIDE_WINDOW 3
+#define VERDICT_UNKNOWN 1
+#define VERDICT_ROUTER 2
 
 typedef struct {
     PyObject *file;   /* the store's _OpenFile (borrowed from the entry) */
@@ -74,6 +112,7 @@ typedef struct {
     uint32_t mid;
     uint32_t sid;
     long long low, high; /* the gate's answer holds for receive times in [low, high) */
+    int drop;            /* 0: stored (delta, files); else the reason it is dropped */
     PyObject *delta;     /* SessionDelta */
     PyObject *files[2];  /* the open file per link type: [0] raw IP, [1] PPP */
     /* This store() call's accumulation, written back at its end. */
@@ -90,6 +129,27 @@ typedef struct {
     unsigned recent_capacity[RECENT];
     unsigned char *recent_data[RECENT];
 } Entry;
+
+/* A source's verdict: unregistered (everything it sends is unknown_router) or a
+ * registered router; and how many of its streams are pending individually. */
+typedef struct {
+    int used;
+    int key_length;
+    unsigned char source[20];
+    int verdict;
+    int window_streams;
+} Source;
+
+/* An unclaimed stream counted in C since the last take_dropped(); `aggregate` is the
+ * source's row for its streams past the per-source limit (mid and sid unused). */
+typedef struct {
+    int key_length;
+    unsigned char source[20];
+    uint32_t mid, sid;
+    int aggregate;
+    int reason;
+    long long count, first_ns, last_ns;
+} Pending;
 
 typedef struct {
     PyObject_HEAD
@@ -123,6 +183,17 @@ typedef struct {
     /* Where the last failed store() stopped: datagrams before it were stored. */
     int failed_at;
     int initialised;
+    /* Dropped datagrams (set_gate, refuse, take_dropped). */
+    int deciding;
+    uint32_t *claimed_ids; /* sorted */
+    int claimed_count;
+    int streams_per_source;
+    Source *sources;
+    int source_entries;
+    Pending *pending;
+    int pending_count;
+    int *pending_slots; /* index into pending, -1 when empty */
+    long long malformed, dropped[4];
 } FastReceiver;
 
 #define CONTROL_SPACE CMSG_SPACE(sizeof(struct timespec))
@@ -217,6 +288,182 @@ static inline int find_entry(FastReceiver *self, const unsigned char *key, int l
     return -1;
 }
 
+/* ---- dropped datagrams ---------------------------------------------------------------- */
+
+/* Whether receiver.jmirror._decode_ipv4 accepts the IPv4 packet at d + off filling the
+ * rest of d (length L). */
+static int ipv4_valid(const unsigned char *d, unsigned L, unsigned off) {
+    if (off > L || L - off < 20) return 0;
+    unsigned length = L - off;
+    unsigned version_ihl = d[off];
+    unsigned header_length = (version_ihl & 15) * 4;
+    if ((version_ihl >> 4) != 4 || header_length < 20) return 0;
+    if (be16(d + off + 2) != length) return 0;
+    return header_length <= length;
+}
+
+/* The same for receiver.jmirror._decode_ipv6, extension headers included. */
+static int ipv6_valid(const unsigned char *d, unsigned L, unsigned off) {
+    if (off > L || L - off < 40) return 0;
+    if ((d[off] >> 4) != 6) return 0;
+    if (be16(d + off + 4) + 40u != L - off) return 0;
+    unsigned proto = d[off + 6];
+    size_t position = (size_t)off + 40;
+    /* Each header moves on by at least 8 bytes: bounded by the packet. */
+    while (ipv6_header_chain(proto)) {
+        if (position + 8 > L) return 0;
+        unsigned next = d[position];
+        if (proto == 44) {
+            position += 8;
+        } else if (proto == 51) {
+            position += ((size_t)d[position + 1] + 2) * 4;
+        } else {
+            position += ((size_t)d[position + 1] + 1) * 8;
+        }
+        proto = next;
+    }
+    return position <= L;
+}
+
+/* Whether receiver.jmirror.decode_datagram accepts the datagram (else it is malformed). */
+static int jmirror_valid(const unsigned char *p, unsigned n) {
+    if (n <= 8) return 0; /* too short, or nothing after the header */
+    const unsigned char *d = p + 8;
+    unsigned L = n - 8;
+    unsigned version = d[0] >> 4;
+    if (version == 4) return ipv4_valid(d, L, 0);
+    if (version == 6) return ipv6_valid(d, L, 0);
+    if (d[0] == 0xFF && L >= 2 && d[1] == 0x03) {
+        unsigned protocol, offset;
+        if (L >= 3 && (d[2] & 1)) {
+            protocol = d[2]; /* compressed protocol field */
+            offset = 3;
+        } else {
+            if (L < 4) return 0;
+            protocol = be16(d + 2);
+            offset = 4;
+        }
+        if (protocol == 0x0021) return ipv4_valid(d, L, offset);
+        if (protocol == 0x0057) return ipv6_valid(d, L, offset);
+        return 1;
+    }
+    return 1; /* neither IP nor PPP: decodes as "unknown" */
+}
+
+static int is_claimed_id(FastReceiver *self, uint32_t id) {
+    int low = 0, high = self->claimed_count;
+    while (low < high) {
+        int middle = low + (high - low) / 2;
+        if (self->claimed_ids[middle] < id) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    return low < self->claimed_count && self->claimed_ids[low] == id;
+}
+
+static Source *find_source(FastReceiver *self, const unsigned char *key, int length, int add) {
+    if (self->sources == NULL) return NULL;
+    if (add && self->source_entries >= SOURCE_LIMIT) {
+        memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
+        self->source_entries = 0;
+    }
+    unsigned index = hash_key(key, length, 0, 0) & (SOURCE_SIZE - 1);
+    for (int probe = 0; probe < SOURCE_SIZE; probe++) {
+        Source *s = &self->sources[index];
+        if (!s->used) {
+            if (!add) return NULL;
+            memset(s, 0, sizeof *s);
+            s->used = 1;
+            s->key_length = length;
+            memcpy(s->source, key, (size_t)length);
+            self->source_entries++;
+            return s;
+        }
+        if (s->key_length == length && memcmp(s->source, key, (size_t)length) == 0) return s;
+        index = (index + 1) & (SOURCE_SIZE - 1);
+    }
+    return NULL;
+}
+
+/* Count a dropped datagram of stream (key, mid, sid) in the pending table: 0 when the
+ * table is full (Python takes the datagram, after taking the table). */
+static int count_unclaimed(FastReceiver *self, Source *s, const unsigned char *key, int length,
+                           uint32_t mid, uint32_t sid, int reason, long long time_ns) {
+    int aggregate = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint32_t hmid = aggregate ? 0xFFFFFFFFu : mid, hsid = aggregate ? 0xFFFFFFFFu : sid;
+        unsigned slot = hash_key(key, length, hmid, hsid) & (PENDING_SLOTS - 1);
+        for (int probe = 0; probe < PENDING_SLOTS; probe++) {
+            int at = self->pending_slots[slot];
+            if (at < 0) break;
+            Pending *q = &self->pending[at];
+            if (q->aggregate == aggregate && q->key_length == length &&
+                (aggregate || (q->mid == mid && q->sid == sid)) &&
+                memcmp(q->source, key, (size_t)length) == 0) {
+                q->count++;
+                q->last_ns = time_ns;
+                q->reason = reason;
+                return 1;
+            }
+            slot = (slot + 1) & (PENDING_SLOTS - 1);
+        }
+        /* A new stream: past the source's limit it goes to the aggregate. */
+        if (!aggregate && s->window_streams >= self->streams_per_source) {
+            aggregate = 1;
+            continue;
+        }
+        if (self->pending_count >= PENDING_LIMIT) return 0;
+        Pending *q = &self->pending[self->pending_count];
+        q->key_length = length;
+        memcpy(q->source, key, (size_t)length);
+        q->mid = aggregate ? 0 : mid;
+        q->sid = aggregate ? 0 : sid;
+        q->aggregate = aggregate;
+        q->reason = reason;
+        q->count = 1;
+        q->first_ns = q->last_ns = time_ns;
+        self->pending_slots[slot] = self->pending_count++;
+        if (!aggregate) s->window_streams++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Drop datagram i in C when the answer is known (see the header): 1 when counted, 0
+ * when Python must decide. `index` is its stream's entry, or -1. */
+static int decide_drop(FastReceiver *self, int i, const unsigned char *p, unsigned n, int index) {
+    if (!fast_linktype(p, n) && !jmirror_valid(p, n)) {
+        self->malformed++;
+        self->fast++;
+        self->fast_bytes += n;
+        return 1;
+    }
+    int key_length;
+    const unsigned char *key = source_key(self, i, &key_length);
+    Source *s = find_source(self, key, key_length, 0);
+    if (s == NULL) return 0;
+    uint32_t mid = be32(p), sid = be32(p + 4);
+    long long time_ns = self->times[i];
+    int reason;
+    if (s->verdict == VERDICT_UNKNOWN) {
+        reason = UNKNOWN_ROUTER;
+    } else if (!is_claimed_id(self, mid & INTERCEPT_ID_MASK)) {
+        reason = NO_INTERCEPT;
+    } else {
+        if (index < 0) return 0;
+        Entry *e = &self->table[index];
+        if (!e->drop || time_ns < e->low || time_ns >= e->high) return 0;
+        reason = e->drop;
+    }
+    if (!count_unclaimed(self, s, key, key_length, mid, sid, reason, time_ns)) return 0;
+    self->dropped[reason]++;
+    self->fast++;
+    self->fast_bytes += n;
+    return 1;
+}
+
 /* Keeps the first error of a sequence of C API calls that must all be attempted: the
  * pending exception is set aside while the next call runs and restored at the end. */
 typedef struct {
@@ -263,6 +510,7 @@ static int clear_table(FastReceiver *self, int flush) {
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
         e->used = 0;
+        e->drop = 0;
     }
     self->entries = 0;
     self->last_hit = -1;
@@ -435,6 +683,10 @@ static void FastReceiver_dealloc(FastReceiver *self) {
     PyMem_Free(self->table);
     PyMem_Free(self->touched);
     PyMem_Free(self->call_files);
+    PyMem_Free(self->claimed_ids);
+    PyMem_Free(self->sources);
+    PyMem_Free(self->pending);
+    PyMem_Free(self->pending_slots);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -483,14 +735,19 @@ static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwarg
     self->table = PyMem_Calloc(TABLE_SIZE, sizeof(Entry));
     self->touched = PyMem_Calloc((size_t)batch, sizeof(int));
     self->call_files = PyMem_Calloc((size_t)batch * 2, sizeof(CallFile));
+    self->sources = PyMem_Calloc(SOURCE_SIZE, sizeof(Source));
+    self->pending = PyMem_Calloc(PENDING_LIMIT, sizeof(Pending));
+    self->pending_slots = PyMem_Calloc(PENDING_SLOTS, sizeof(int));
     if (!self->data || !self->names || !self->control || !self->iovecs || !self->messages ||
-        !self->lengths || !self->times || !self->table || !self->touched || !self->call_files) {
+        !self->lengths || !self->times || !self->table || !self->touched || !self->call_files ||
+        !self->sources || !self->pending || !self->pending_slots) {
         /* Left half built, the object stays unusable (every method checks initialised);
          * dealloc frees what was allocated. */
         PyErr_NoMemory();
         return -1;
     }
     for (int i = 0; i < TABLE_SIZE; i++) self->table[i].call_file[0] = self->table[i].call_file[1] = -1;
+    for (int i = 0; i < PENDING_SLOTS; i++) self->pending_slots[i] = -1;
     for (int i = 0; i < batch; i++) {
         self->iovecs[i].iov_base = self->data + (size_t)i * max_datagram;
         self->iovecs[i].iov_len = (size_t)max_datagram;
@@ -588,11 +845,16 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
         unsigned n = self->lengths[i];
         if (n > (unsigned)self->max_datagram) continue; /* truncated: dropped, counted */
         const unsigned char *p = self->data + (size_t)i * self->max_datagram;
-        if (n < 8 || self->entries == 0) break;
-        int key_length;
-        const unsigned char *key = source_key(self, i, &key_length);
-        int index = find_entry(self, key, key_length, be32(p), be32(p + 4));
-        if (index < 0) break;
+        int index = -1;
+        if (n >= 8 && self->entries) {
+            int key_length;
+            const unsigned char *key = source_key(self, i, &key_length);
+            index = find_entry(self, key, key_length, be32(p), be32(p + 4));
+        }
+        if (index < 0 || self->table[index].drop) {
+            if (self->deciding && decide_drop(self, i, p, n, index)) continue;
+            break;
+        }
         Entry *e = &self->table[index];
         long long time_ns = self->times[i];
         if (time_ns < e->low || time_ns >= e->high) break;
@@ -744,6 +1006,7 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
         self->entries++;
     }
     Entry *e = &self->table[index];
+    e->drop = 0;
     if (e->delta != delta) {
         /* Another session delta: whatever was bound for the old one is stale, and its
          * latest datagrams are the old delta's. */
@@ -762,8 +1025,164 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
 }
 
 static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->sources) {
+        /* The verdicts were the gate's answers: relearned through Python. */
+        memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
+        self->source_entries = 0;
+    }
     if (self->table && clear_table(self, 1) < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *FastReceiver_set_gate(FastReceiver *self, PyObject *args) {
+    PyObject *ids;
+    int streams_per_source;
+    if (!self->initialised) return not_initialised();
+    if (!PyArg_ParseTuple(args, "Oi", &ids, &streams_per_source)) return NULL;
+    if (streams_per_source < 1) {
+        PyErr_SetString(PyExc_ValueError, "streams_per_source must be positive");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(ids, "the claimed intercept ids must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    if (count > MAX_CLAIMED_IDS) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "too many claimed intercept ids");
+        return NULL;
+    }
+    uint32_t *sorted = PyMem_Calloc((size_t)count + 1, sizeof(uint32_t));
+    if (sorted == NULL) {
+        Py_DECREF(sequence);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        unsigned long value = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(sequence, k));
+        if ((value == (unsigned long)-1 && PyErr_Occurred()) || value > INTERCEPT_ID_MASK) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "an intercept id is 30 bits at most");
+            Py_DECREF(sequence);
+            PyMem_Free(sorted);
+            return NULL;
+        }
+        /* Insertion sort: a gate has a handful of intercept ids, and it runs per change. */
+        Py_ssize_t at = k;
+        while (at > 0 && sorted[at - 1] > (uint32_t)value) {
+            sorted[at] = sorted[at - 1];
+            at--;
+        }
+        sorted[at] = (uint32_t)value;
+    }
+    Py_DECREF(sequence);
+    PyMem_Free(self->claimed_ids);
+    self->claimed_ids = sorted;
+    self->claimed_count = (int)count;
+    self->streams_per_source = streams_per_source;
+    memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
+    self->source_entries = 0;
+    self->deciding = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastReceiver_refuse(FastReceiver *self, PyObject *args) {
+    int i, reason;
+    long long low, high;
+    if (!self->initialised) return not_initialised();
+    if (!PyArg_ParseTuple(args, "iiLL", &i, &reason, &low, &high)) return NULL;
+    if (i < 0 || i >= self->count || is_truncated(self, i) || self->lengths[i] < 8) {
+        PyErr_SetString(PyExc_IndexError, "no such datagram in the last batch");
+        return NULL;
+    }
+    if (reason < UNKNOWN_ROUTER || reason > OUTSIDE_WINDOW) {
+        PyErr_SetString(PyExc_ValueError, "reason must be 1, 2 or 3");
+        return NULL;
+    }
+    if (self->touched_count) {
+        PyErr_SetString(PyExc_RuntimeError, "refuse during store");
+        return NULL;
+    }
+    const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+    uint32_t mid = be32(p), sid = be32(p + 4);
+    int key_length;
+    const unsigned char *key = source_key(self, i, &key_length);
+    Source *s = find_source(self, key, key_length, 1);
+    if (s == NULL) Py_RETURN_NONE; /* cannot happen: the table was just made room in */
+    s->verdict = reason == UNKNOWN_ROUTER ? VERDICT_UNKNOWN : VERDICT_ROUTER;
+    if (reason == UNKNOWN_ROUTER || !is_claimed_id(self, mid & INTERCEPT_ID_MASK))
+        Py_RETURN_NONE; /* the source's verdict and the claimed ids say it all */
+    int index = find_entry(self, key, key_length, mid, sid);
+    if (index < 0) {
+        if (self->entries >= TABLE_LIMIT && clear_table(self, 1) < 0) return NULL;
+        unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
+        while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
+        index = (int)slot;
+        Entry *e = &self->table[index];
+        e->used = 1;
+        e->key_length = key_length;
+        memcpy(e->source, key, (size_t)key_length);
+        e->mid = mid;
+        e->sid = sid;
+        e->touched = 0;
+        e->call_file[0] = e->call_file[1] = -1;
+        e->packets = e->bytes = e->last_ns = 0;
+        e->recent_count = e->recent_next = 0;
+        self->entries++;
+    } else {
+        /* Stored until now: what C kept of it goes to its delta, then the binding goes. */
+        Entry *e = &self->table[index];
+        if (flush_recent(e) < 0) return NULL;
+        Py_CLEAR(e->delta);
+        Py_CLEAR(e->files[0]);
+        Py_CLEAR(e->files[1]);
+    }
+    Entry *e = &self->table[index];
+    e->drop = reason;
+    e->low = low;
+    e->high = high;
+    self->last_hit = index;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastReceiver_take_dropped(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
+    if (!self->initialised) return not_initialised();
+    PyObject *streams = PyList_New(self->pending_count);
+    if (streams == NULL) return NULL;
+    for (int k = 0; k < self->pending_count; k++) {
+        Pending *q = &self->pending[k];
+        PyObject *source;
+        if (q->key_length == 4) {
+            uint32_t address;
+            memcpy(&address, q->source, 4);
+            source = PyLong_FromUnsignedLong(address);
+        } else {
+            source = PyBytes_FromStringAndSize((const char *)q->source, 20);
+        }
+        PyObject *item = source == NULL ? NULL
+                                        : Py_BuildValue("(NkkiiLLL)", source, (unsigned long)q->mid,
+                                                        (unsigned long)q->sid, q->aggregate,
+                                                        q->reason, q->count, q->first_ns,
+                                                        q->last_ns);
+        if (item == NULL) {
+            Py_DECREF(streams);
+            return NULL; /* kept for the next call */
+        }
+        PyList_SET_ITEM(streams, k, item);
+    }
+    PyObject *result = Py_BuildValue("(LLLLN)", self->malformed, self->dropped[UNKNOWN_ROUTER],
+                                     self->dropped[NO_INTERCEPT], self->dropped[OUTSIDE_WINDOW],
+                                     streams);
+    if (result == NULL) return NULL;
+    self->malformed = 0;
+    memset(self->dropped, 0, sizeof self->dropped);
+    self->pending_count = 0;
+    for (int k = 0; k < PENDING_SLOTS; k++) self->pending_slots[k] = -1;
+    for (int k = 0; k < SOURCE_SIZE; k++) self->sources[k].window_streams = 0;
+    return result;
+}
+
+static PyObject *FastReceiver_get_pending(FastReceiver *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromLong(self->pending_count + (self->malformed || self->dropped[1] ||
+                                                  self->dropped[2] || self->dropped[3]));
 }
 
 static PyObject *FastReceiver_take_counts(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
@@ -795,7 +1214,15 @@ static PyMethodDef FastReceiver_methods[] = {
      "(payload bytes, raw source key, receive time ns) of datagram i."},
     {"bind", (PyCFunction)FastReceiver_bind, METH_VARARGS,
      "bind(i, linktype, low, high, delta, file): store datagram i's stream in C."},
-    {"clear", (PyCFunction)FastReceiver_clear, METH_NOARGS, "Forget every bound stream."},
+    {"clear", (PyCFunction)FastReceiver_clear, METH_NOARGS,
+     "Forget every bound stream and every verdict."},
+    {"set_gate", (PyCFunction)FastReceiver_set_gate, METH_VARARGS,
+     "set_gate(claimed intercept ids, streams per source): C decides dropped datagrams."},
+    {"refuse", (PyCFunction)FastReceiver_refuse, METH_VARARGS,
+     "refuse(i, reason 1-3, low, high): Python dropped datagram i as unclaimed."},
+    {"take_dropped", (PyCFunction)FastReceiver_take_dropped, METH_NOARGS,
+     "(malformed, unknown_router, no_intercept, outside_window, [(source key, mid, sid, "
+     "aggregate, reason, count, first ns, last ns)]) since the last call."},
     {"take_counts", (PyCFunction)FastReceiver_take_counts, METH_NOARGS,
      "(received, received bytes, stored in C, their bytes) since the last call."},
     {NULL, NULL, 0, NULL},
@@ -807,6 +1234,8 @@ static PyGetSetDef FastReceiver_getset[] = {
     {"failed_at", (getter)FastReceiver_get_failed_at, NULL,
      "After store() raised: the first datagram it did not store.", NULL},
     {"streams", (getter)FastReceiver_get_streams, NULL, "Streams bound now.", NULL},
+    {"pending", (getter)FastReceiver_get_pending, NULL,
+     "Nonzero when take_dropped() has something to hand over.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -850,7 +1279,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
     }
     if (PyModule_AddIntConstant(module, "TABLE_LIMIT", TABLE_LIMIT) < 0 ||
-        PyModule_AddIntConstant(module, "RECENT", RECENT) < 0) {
+        PyModule_AddIntConstant(module, "RECENT", RECENT) < 0 ||
+        PyModule_AddIntConstant(module, "PENDING_LIMIT", PENDING_LIMIT) < 0) {
         Py_DECREF(module);
         return NULL;
     }

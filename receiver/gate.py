@@ -119,6 +119,12 @@ class Gate:
     def __repr__(self) -> str:
         return f"<Gate: {len(self.routers)} routers, {len(self.intercepts)} intercepts>"
 
+    @property
+    def mirror_ids(self) -> tuple[int, ...]:
+        """The intercept ids some rule claims: a registered router's datagram with any
+        other (``mid & INTERCEPT_ID_MASK``) is no_intercept, whatever its sid and time."""
+        return tuple(self._by_mirror_id)
+
     def claim(self, router_address: str, mid: int, sid: int, time_ns: int) -> Claim | DropReason:
         """The claim on a packet from ``router_address`` with jmirror header ``mid`` (raw
         32 bits) and ``sid``, received at ``time_ns`` (nanoseconds since the epoch), or

@@ -105,7 +105,7 @@ PACE_SECONDS: Final = 0.00025
 
 _LAST_NS: Final = 2**63 - 1
 # The C path's codes of the drop reasons (receiver/_fastpath.c).
-_REASON_CODES: Final = {reason: code for code, reason in enumerate(DROP_REASONS, 1)}
+_REASON_CODES: Final[dict[str, int]] = {reason: code for code, reason in enumerate(DROP_REASONS, 1)}
 
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
@@ -925,10 +925,10 @@ class Receiver(Capture):
                         index += 1
                         continue
                     source = addresses.get(key) or remember_source(addresses, key)
-                    self.last_drop = None
                     found = handle(payload, source, time_ns)
                     verdict = self.last_drop
                     if verdict is not None:
+                        self.last_drop = None
                         # Dropped as unclaimed: C drops the source's or stream's next ones.
                         if not current():
                             rebase()

@@ -1,9 +1,12 @@
 """receiver._fastpath (the receive loop's C part) against Capture.handle (the definition),
 through real loopback sockets: any traffic, cut into any rounds with ticks between them,
-gives the same counters, session deltas, unclaimed streams and stored files."""
+gives the same counters, session deltas, unclaimed streams and stored files; and so do
+the datagrams C drops itself (malformed, unknown router, unclaimed intercept id, refused
+stream), with the unclaimed streams' per-source limits and aggregate rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import tempfile
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,8 +24,10 @@ from hypothesis import strategies as st
 from receiver import worker
 from receiver.capture import iter_frames
 from receiver.gate import Gate, RouterRule
+from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import PcapStore, SessionKey
 from receiver.traffic import (
+    every_mirrored_kind,
     ipv4_udp,
     jmirror_datagram,
 )
@@ -38,23 +44,44 @@ ROUTERS = [RouterRule(1, "127.0.0.1"), RouterRule(2, "127.0.0.2")]
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]  # the last is no registered router
 
 
-# Mirror id 1: stored; 2: metadata only; 4: its warrant ended long ago; 3: nobody's.
+# Mirror id 1: stored; 2: metadata only; 4: its warrant ended long ago; 3: nobody's; 5:
+# only its session 7 (sid 8 is no_intercept, a refused stream of a claimed id).
 RULES = [
     _rule(1, 1, FOREVER),
     _rule(2, 2, FOREVER, keep=False),
     _rule(4, 4, (0, 1_000_000_000)),
+    dataclasses.replace(_rule(5, 5, FOREVER), sid=7),
 ]
+# Every inner kind the decoder knows (IPv6 extension headers, fragments, PPP with a
+# compressed protocol...), as bytes: cut or with a byte changed, they are the edge cases
+# of C's malformed check.
+MIRRORED = [bytes(each.packet) for each in every_mirrored_kind()]
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    inner = bytearray(draw(st.sampled_from(MIRRORED)))
+    if draw(st.booleans()):
+        del inner[draw(st.integers(0, len(inner))) :]
+    if inner and draw(st.booleans()):
+        inner[draw(st.integers(0, len(inner) - 1))] = draw(st.integers(0, 255))
+    return bytes(inner)
 
 
 @st.composite
 def datagram(draw: st.DrawFn) -> tuple[bytes, str]:
     source = draw(st.sampled_from(SOURCES))
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 12))
     if kind == 9:  # junk, or a valid datagram cut short
         return draw(st.binary(max_size=60)), source
-    inner = INNER[kind % len(INNER)]
-    mid = draw(st.sampled_from([1, 1, 1, 1, 2, 3, 4]))
+    if kind == 10:  # a random mid, as junk decodes: a new unclaimed stream each
+        mid = draw(st.integers(0, 2**32 - 1))
+        return jmirror_datagram(INNER[0], mid=mid, sid=draw(st.integers(0, 3))), source
+    mid = draw(st.sampled_from([1, 1, 1, 1, 2, 3, 4, 5, 5]))
     sid = draw(st.sampled_from([7, 7, 8]))
+    if kind == 11:  # a damaged inner packet: malformed or not, as the decoder says
+        return jmirror_datagram(draw(damaged()), mid=mid, sid=sid), source
+    inner = INNER[kind % len(INNER)]
     return jmirror_datagram(inner, mid=mid, sid=sid), source
 
 
@@ -121,7 +148,16 @@ def _unclaimed(snapshots: list[Snapshot]) -> list[dict[Any, Any]]:
 
 def _counters(capture: Capture) -> tuple[Any, ...]:
     c = capture.counters
-    return (c.datagrams, c.bytes, c.malformed, c.unstorable, c.internal_error, dict(c.drops))
+    return (
+        c.datagrams,
+        c.bytes,
+        c.malformed,
+        c.unstorable,
+        c.internal_error,
+        dict(c.drops),
+        c.unclaimed_overflow,
+        c.unclaimed_aggregated,
+    )
 
 
 def _through_c(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any, ...]:
@@ -190,7 +226,13 @@ def _through_python(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple
 )
 @given(rounds())
 def test_the_c_path_gives_what_handling_each_datagram_gives(traffic):
-    with tempfile.TemporaryDirectory() as native, tempfile.TemporaryDirectory() as python:
+    # Small unclaimed limits, so that the per-source aggregate, the room kept for new
+    # sources and the overflow are reached within a few rounds.
+    with (
+        mock.patch.multiple(worker, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        tempfile.TemporaryDirectory() as native,
+        tempfile.TemporaryDirectory() as python,
+    ):
         assert _through_c(traffic, Path(native)) == _through_python(traffic, Path(python))
 
 
@@ -422,3 +464,157 @@ def test_a_stream_from_an_ipv6_router_is_stored_by_c_too():
         assert {file.session.router for file in closed if file.session} == {"::1"}
         stored = _files(Path(directory))["LIID1_--1_mid-00000001_sid-00000009"]
         assert [packet for file in stored for packet in file] == [p[8:] for p in payloads]
+
+
+def test_dropped_datagrams_are_decided_in_c_after_the_first_of_each_source():
+    """The comparison above is not vacuous for drops: Python decides the first datagram
+    of an unregistered source, of a registered router's unclaimed intercept id and of a
+    refused stream; C drops the rest, counts them and lists their streams as Python
+    would have."""
+    junk = [
+        ("127.0.0.3", jmirror_datagram(INNER[0], mid=9, sid=1)),  # unknown router
+        ("127.0.0.3", jmirror_datagram(INNER[0], mid=1, sid=7)),
+        ("127.0.0.2", jmirror_datagram(INNER[0], mid=3, sid=1)),  # no intercept
+        ("127.0.0.2", jmirror_datagram(INNER[0], mid=5, sid=8)),  # refused stream
+        ("127.0.0.2", b"\x00\x00\x00\x01\x00\x00\x00\x07\x45"),  # malformed
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        snapshots: list[Snapshot] = []
+        receiver = Receiver(
+            [("127.0.0.1", 0)],
+            Gate(ROUTERS, RULES),
+            _store(Path(directory)),
+            on_tick=[snapshots.append],
+        )
+        handled: list[bytes] = []
+        handle = receiver.handle
+
+        def counting_handle(payload: bytes, source: str, time_ns: int) -> Any:
+            handled.append(payload)
+            return handle(payload, source, time_ns)
+
+        receiver.handle = counting_handle  # type: ignore[method-assign]
+        sock = receiver.sockets[0]
+        sock.setblocking(False)
+        drain = receiver._drainer(sock)
+        with senders() as by_source:
+            for _ in range(20):
+                for source, payload in junk:
+                    by_source[source].sendto(payload, receiver.addresses[0])
+        for _ in range(4):
+            drain()
+        receiver.tick(time.time_ns())
+        receiver.finish(time.time_ns())
+        receiver.close_sockets()
+    # The first of each source (and of the refused stream) went to Python, not the rest.
+    assert len(handled) <= 4
+    counters = receiver.counters
+    assert counters.datagrams == 100
+    assert counters.malformed == 20
+    assert dict(counters.drops) == {"unknown_router": 40, "no_intercept": 40}
+    assert {key: (each.reason, each.count) for key, each in snapshots[0].unclaimed.items()} == {
+        ("127.0.0.3", 9, 1): ("unknown_router", 20),
+        ("127.0.0.3", 1, 7): ("unknown_router", 20),
+        ("127.0.0.2", 3, 1): ("no_intercept", 20),
+        ("127.0.0.2", 5, 8): ("no_intercept", 20),
+    }
+
+
+def _valid_by_c(payloads: list[bytes]) -> list[int]:
+    """The datagrams C's malformed check (jmirror_valid) lets through: C passes over the
+    ones it finds malformed and stops at the others."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as source,
+    ):
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        source.connect(sink.getsockname())
+        fast = _fast_receiver(sink, batch=64)
+        fast.set_gate([], 1)
+        for payload in payloads:
+            source.send(payload)
+        assert fast.receive() == len(payloads)
+        valid = []
+        index = fast.store(0)
+        while index < len(payloads):
+            valid.append(index)
+            index = fast.store(index + 1)
+        assert fast.take_dropped()[0] == len(payloads) - len(valid)
+    return valid
+
+
+def _valid_by_the_decoder(payloads: list[bytes]) -> list[int]:
+    valid = []
+    for index, payload in enumerate(payloads):
+        try:
+            classify_datagram(payload)
+        except DecodeError:
+            continue
+        valid.append(index)
+    return valid
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(damaged(), st.binary(max_size=80)), min_size=1, max_size=8))
+def test_c_calls_malformed_exactly_what_the_decoder_refuses(inners):
+    payloads = [jmirror_datagram(inner, mid=3, sid=1) for inner in inners]
+    payloads += [inner for inner in inners if len(inner) < 12]  # too short for a header
+    assert _valid_by_c(payloads) == _valid_by_the_decoder(payloads)
+
+
+def _ipv6(next_header: int, after: bytes) -> bytes:
+    header = bytes([0x60, 0, 0, 0]) + len(after).to_bytes(2, "big") + bytes([next_header, 64])
+    return header + bytes(32) + after
+
+
+# The edges of the decoder's checks that random damage seldom reaches.
+EDGE_INNERS = [
+    b"",  # nothing after the header
+    b"\x4f\x00\x00\x1c" + bytes(24),  # IPv4 header length 60 in a 28-byte packet
+    b"\x45\x00\x00\x14" + bytes(16),  # IPv4 header alone: valid
+    b"\x46\x00\x00\x14" + bytes(16),  # header length 24 > 20
+    b"\x44\x00\x00\x14" + bytes(16),  # header length 16
+    _ipv6(0, bytes([59, 0]) + bytes(6)),  # hop-by-hop filling the packet exactly: valid
+    _ipv6(0, bytes([59, 1]) + bytes(6)),  # a 16-byte extension header in 8 bytes
+    _ipv6(0, bytes([44, 0]) + bytes(6) + bytes([59, 0]) + bytes(6)),  # then a fragment
+    _ipv6(51, bytes([59, 0]) + bytes(6)),  # authentication: (0 + 2) * 4 = 8 bytes
+    _ipv6(51, bytes([59, 1]) + bytes(6)),  # 12 bytes in 8
+    _ipv6(51, bytes([59, 2]) + bytes(14)),  # (2 + 2) * 4 = 16 bytes, exactly: valid
+    _ipv6(60, bytes(4)),  # an extension header cut short
+    _ipv6(17, b""),  # IPv6 header alone: valid
+    b"\xff\x03",  # PPP without protocol
+    b"\xff\x03\x00",  # PPP with half a protocol
+    b"\xff\x03\x21" + b"\x45\x00\x00\x14" + bytes(16),  # compressed IPv4: valid
+    b"\xff\x03\x00\x21" + b"\x45\x00\x00\x15" + bytes(16),  # IPv4 length off by one
+    b"\xff\x03\x00\x57" + _ipv6(59, b"") + b"x",  # IPv6 in PPP with a byte too many
+    b"\xff\x03\xc0\x21\x01",  # LCP: not IP, valid
+    b"\xff\x04",  # not PPP framing: an unknown inner, valid
+]
+
+
+def test_c_calls_malformed_what_the_decoder_refuses_at_the_edges():
+    payloads = [jmirror_datagram(inner, mid=3, sid=1) for inner in EDGE_INNERS]
+    payloads += [b"", b"\x00" * 7, b"\x00" * 8]
+    valid = _valid_by_the_decoder(payloads)
+    assert 0 < len(valid) < len(payloads)
+    assert _valid_by_c(payloads) == valid
+
+
+def test_c_drop_tables_refuse_bad_input(receiving):
+    sink, source = receiving
+    fast = _fast_receiver(sink)
+    source.send(jmirror_datagram(INNER[0], mid=3, sid=1))
+    assert fast.receive() == 1
+    with pytest.raises(ValueError, match="positive"):
+        fast.set_gate([1], 0)
+    with pytest.raises(ValueError, match="30 bits"):
+        fast.set_gate([2**30], 1)
+    with pytest.raises(TypeError):
+        fast.set_gate(None, 1)
+    fast.set_gate([1, 5], 1)
+    with pytest.raises(IndexError):
+        fast.refuse(1, 1, 0, 1)
+    with pytest.raises(ValueError, match="reason"):
+        fast.refuse(0, 4, 0, 1)
+    assert fast.take_dropped() == (0, 0, 0, 0, [])
