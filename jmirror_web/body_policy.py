@@ -35,6 +35,8 @@ from django.urls import reverse
 MULTIPART_ENVELOPE: Final = 64 * 1024
 API_PREFIX: Final = "/api/"
 _TOKEN = re.compile(r"^Token\s+(\S{1,128})\s*$")
+# A body must bring JMIRROR_BODY_MIN_BYTES_PER_SECOND over each window this long.
+RATE_WINDOW_SECONDS: Final = 10.0
 
 
 class Who(Enum):
@@ -169,3 +171,29 @@ def head_of(headers: Any, method: str, path: str) -> Head:
         cookie=found.get(b"cookie", ""),
         authorization=found.get(b"authorization", ""),
     )
+
+
+class BodyWatch:
+    """Whether a body is too slow: under ``floor`` bytes per second over a window of
+    :data:`RATE_WINDOW_SECONDS`, or longer than ``total`` seconds in all."""
+
+    def __init__(self, started: float, floor: int, total: float) -> None:
+        self.started = started
+        self.floor = floor
+        self.total = total
+        self.window_started = started
+        self.window_bytes = 0
+
+    def progress(self, count: int) -> None:
+        self.window_bytes += count
+
+    def verdict(self, now: float) -> str | None:
+        if now - self.started > self.total:
+            return f"it took longer than {self.total:.0f} s"
+        if now - self.window_started >= RATE_WINDOW_SECONDS:
+            rate = self.window_bytes / (now - self.window_started)
+            if rate < self.floor:
+                return f"it arrived at {rate:.0f} bytes/s, under {self.floor}"
+            self.window_started = now
+            self.window_bytes = 0
+        return None

@@ -26,8 +26,8 @@ by who asks) and holds the body to it while it arrives:
   in (:class:`jmirror_web.exports.verification.StreamedVerifyUpload`); the application
   receives the form's small fields and, in the ASGI scope's extensions, the file's name,
   size and SHA-256 (``jmirror.hashed_upload``, set by :mod:`jmirror_web.flow_control`).
-- Slow bodies are cut with 408 and logged: one that receives less than
-  ``JMIRROR_BODY_MIN_BYTES_PER_SECOND`` in any :data:`RATE_WINDOW_SECONDS`, or takes
+- Slow bodies are cut with 408 and logged (:class:`jmirror_web.body_policy.BodyWatch`):
+  one that receives less than ``JMIRROR_BODY_MIN_BYTES_PER_SECOND`` over any 10 s, or takes
   longer than ``JMIRROR_BODY_TIMEOUT_SECONDS`` in all (a verify upload
   ``JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS``). A request's head that takes longer than
   ``JMIRROR_BODY_TIMEOUT_SECONDS`` after its request line is cut the same way.
@@ -58,7 +58,15 @@ from django.conf import settings
 from python_multipart.multipart import parse_options_header
 from twisted.web import http
 
-from jmirror_web.body_policy import BodyLimit, Head, Who, limit_for, needs_lookup, who_asks
+from jmirror_web.body_policy import (
+    BodyLimit,
+    BodyWatch,
+    Head,
+    Who,
+    limit_for,
+    needs_lookup,
+    who_asks,
+)
 from jmirror_web.exports.verification import StreamedVerifyUpload
 
 logger = logging.getLogger("jmirror_web.bounded_requests")
@@ -70,7 +78,6 @@ HELD_MAX: Final = 256 * 1024
 LOOKUP_TIMEOUT_SECONDS: Final = 10.0
 LINGER_SECONDS: Final = 1.0
 LINGER_BYTES: Final = 1024 * 1024
-RATE_WINDOW_SECONDS: Final = 10.0
 WATCH_INTERVAL_SECONDS: Final = 0.5
 FILE_MB: Final = 1024 * 1024
 
@@ -107,32 +114,6 @@ def answer_and_close(channel: Any, status: bytes, text: str) -> None:
             channel.abort_call = _reactor().callLater(LINGER_SECONDS, channel.abort)
             return
     channel.loseConnection()
-
-
-class BodyWatch:
-    """Whether a body is too slow: under ``floor`` bytes per second over a window of
-    :data:`RATE_WINDOW_SECONDS`, or longer than ``total`` seconds in all."""
-
-    def __init__(self, started: float, floor: int, total: float) -> None:
-        self.started = started
-        self.floor = floor
-        self.total = total
-        self.window_started = started
-        self.window_bytes = 0
-
-    def progress(self, count: int) -> None:
-        self.window_bytes += count
-
-    def verdict(self, now: float) -> str | None:
-        if now - self.started > self.total:
-            return f"it took longer than {self.total:.0f} s"
-        if now - self.window_started >= RATE_WINDOW_SECONDS:
-            rate = self.window_bytes / (now - self.window_started)
-            if rate < self.floor:
-                return f"it arrived at {rate:.0f} bytes/s, under {self.floor}"
-            self.window_started = now
-            self.window_bytes = 0
-        return None
 
 
 class BoundedWebRequest(WebRequest):  # type: ignore[misc]  # daphne has no type hints
