@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -137,7 +137,7 @@ def _read_key_file(path: Path) -> Ed25519PrivateKey:
         if len(data) > KEY_FILE_MAX_BYTES:
             raise ValueError
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(
@@ -159,7 +159,7 @@ def load_public_key(data: bytes, name: str) -> Ed25519PublicKey:
     """A public key as ``manage.py audit public-key`` prints it (PEM)."""
     try:
         key = serialization.load_pem_public_key(data[:KEY_FILE_MAX_BYTES])
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{name} is not an Ed25519 public key in PEM")
