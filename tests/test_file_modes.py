@@ -22,6 +22,7 @@ import pytest
 
 from jmirror_web.file_modes import tighten
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
+from tests.receiver.test_receive_command import free_tcp_port
 from tests.receiver.test_receive_faults import (  # noqa: F401 (fixtures used by name)
     LIID,
     MID,
@@ -144,9 +145,18 @@ def test_a_fresh_installation_and_what_the_receiver_stores_are_the_owners_alone(
     assert "file modes:" not in receiver.log()  # nothing was too open: nothing to say
 
 
+def start_command(command: str) -> tuple[str, ...]:
+    """``receive``, or ``serve`` with its embedded receiver (the ./run default)."""
+    if command == "receive":
+        return ("receive", "--listen", f"{ROUTER}:0")
+    return ("serve", "--port", str(free_tcp_port()), "--listen", f"{ROUTER}:0")
+
+
+@pytest.mark.parametrize("command", ["receive", "serve"])
 def test_an_existing_installation_is_tightened_at_start_with_one_log_line(
     migrated: Path,  # noqa: F811
     scratch: Path,
+    command: str,
 ) -> None:
     site = Site(scratch)
     shutil.copyfile(migrated, site.database)
@@ -166,7 +176,7 @@ def test_an_existing_installation_is_tightened_at_start_with_one_log_line(
     for path in (static, static / "site.css", outside):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
-    receiver = Process(site, "receive", "--listen", f"{ROUTER}:0")
+    receiver = Process(site, *start_command(command))
     try:
         receiver.receiving_port()
     finally:
@@ -187,7 +197,7 @@ def test_an_existing_installation_is_tightened_at_start_with_one_log_line(
     )
 
     # Fixed once: the next start has nothing to say.
-    again = Process(site, "receive", "--listen", f"{ROUTER}:0")
+    again = Process(site, *start_command(command))
     try:
         again.receiving_port()
     finally:
