@@ -205,19 +205,25 @@ def test_an_existing_installation_is_tightened_at_start_with_one_log_line(
     assert "file modes:" not in again.log()
 
 
-def test_the_walk_is_bounded_and_says_when_it_stopped(tmp_path: Path) -> None:
+def test_the_walk_is_bounded_goes_directories_first_and_says_when_it_stopped(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "data"
-    root.mkdir(mode=0o755)
-    for number in range(10):
-        (root / f"file-{number}").write_bytes(b"")
-        (root / f"file-{number}").chmod(0o644)
-    root.chmod(0o755)
+    folders = [root / "sessions" / f"LIID-{number}" for number in range(3)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        for number in range(10):
+            (folder / f"{number}.pcap").write_bytes(b"")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
-    partial = tighten(root, limit=4)
+    partial = tighten(root, limit=7)
 
-    assert (partial.complete, partial.checked, partial.fixed) == (False, 4, 4)
+    assert (partial.complete, partial.checked, partial.fixed) == (False, 7, 7)
+    # Breadth first: every session folder was reached before the pcaps inside them.
+    assert [mode_of(folder) for folder in folders] == [0o700] * 3
     rest = tighten(root)
-    assert (rest.complete, rest.fixed) == (True, 7)
+    assert (rest.complete, rest.fixed) == (True, 30 - 2)
     assert too_open(modes_under(root)) == {}
 
 
