@@ -39,7 +39,9 @@ class AuditEvent(models.Model):
     created_at = models.DateTimeField(db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
+        # Never touched when the user is deleted: actor_id is hashed into the chain, and
+        # the table refuses UPDATE (SET_NULL made deleting a user fail, or break the chain).
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         related_name="+",

@@ -171,3 +171,16 @@ def test_an_event_recorded_while_serving_a_request_names_the_signed_in_user():
         "ana",
         "192.0.2.44",
     )
+
+
+def test_deleting_a_user_keeps_their_events_and_the_chain_whole():
+    user = make_user(Role.ANALYST, username="leaver")
+    event = record("test.one", actor=user)
+    user_id = user.pk
+
+    user.delete()
+
+    kept = AuditEvent.objects.get(pk=event.pk)
+    assert (kept.actor_id, kept.actor_name) == (user_id, "leaver")
+    assert AuditEvent.objects.order_by("-id").first().action == "user.delete"
+    assert verify_chain() is None
