@@ -246,6 +246,10 @@ def test_the_repeats_are_counted_into_the_next_window_event(
     }
     # For the auditor: the case asked for is named (the refused user saw a bare 404).
     assert events[0].object_repr.startswith("SECRET-CASE-REF")
+    assert client.get(f"/cases/{MISSING}/").status_code == 404
+    missing = AuditEvent.objects.filter(action="access.refused").latest("id")
+    assert (missing.object_id, missing.object_repr) == (str(MISSING), "")
+    assert missing.details["reason"] == "no such object"
 
 
 @pytest.mark.django_db(transaction=True)

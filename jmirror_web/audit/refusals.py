@@ -149,12 +149,14 @@ def audit_refusal_by(
     where: str,
     action: str = ACCESS_REFUSED,
     obj: models.Model | None = None,
+    lookup: Callable[[], models.Model | None] | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent | None:
     """Record a refusal of object ``object_id`` of ``model`` (asked for by ``actor``
     from ``address``, at ``where``), unless the limit leaves it out; the event written,
-    or None. ``obj`` is the object when it exists: its name goes in the event (which only
-    auditors read), never into what the refused user is shown."""
+    or None. ``obj`` is the object when it exists (or ``lookup`` finds it, asked only
+    for an event written; none found makes the reason "no such object"): its name goes
+    in the event, which only auditors read, never into what the refused user is shown."""
     user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     # A visitor is known by address only: all of its refusals share that one budget.
     who: Hashable = ("user", user.pk) if user is not None else ("address", address or "")
@@ -165,6 +167,11 @@ def audit_refusal_by(
     )
     if admitted is None:
         return None
+    if lookup is not None:
+        # Only for the refusals written: the repeats a script sends cost no query.
+        obj = lookup()
+        if obj is None:
+            reason = "no such object"
     written: dict[str, Any] = {**(details or {}), "reason": reason, "where": where}
     if admitted.suppressed:
         written["suppressed"] = admitted.suppressed
@@ -189,6 +196,7 @@ def audit_refusal(
     *,
     action: str = ACCESS_REFUSED,
     obj: models.Model | None = None,
+    lookup: Callable[[], models.Model | None] | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent | None:
     """:func:`audit_refusal_by` for a request: its user, address, and path; the probe is
@@ -205,6 +213,7 @@ def audit_refusal(
         where=where,
         action=action,
         obj=obj,
+        lookup=lookup,
         details={"path": request.path[:200], **(details or {})},
     )
 
@@ -249,12 +258,16 @@ def audit_not_found(
 ) -> AuditEvent | None:
     """Audit the 404 of a case object's page or endpoint, which is the same for a missing
     object and one the user may not see; the event (for auditors only) tells them apart."""
-    try:
-        obj = model._default_manager.filter(pk=object_id).first()
-    except (ValueError, TypeError, ValidationError):
-        obj = None  # an id that is not one (an API path takes any text)
-    reason = "no such object" if obj is None else "not visible to this user"
-    return audit_refusal(request, model, object_id, reason, obj=obj, details=details)
+
+    def lookup() -> models.Model | None:
+        try:
+            return model._default_manager.filter(pk=object_id).first()
+        except (ValueError, TypeError, ValidationError):
+            return None  # an id that is not one (an API path takes any text)
+
+    return audit_refusal(
+        request, model, object_id, "not visible to this user", lookup=lookup, details=details
+    )
 
 
 URL_OBJECTS: Final = {
