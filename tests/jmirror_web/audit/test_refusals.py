@@ -5,7 +5,11 @@ silently."""
 
 from __future__ import annotations
 
+import pytest
+
 from jmirror_web.audit.refusals import Admitted, RefusalLimiter
+from jmirror_web.environment import ConfigurationError
+from tests.conftest import SettingsLoader
 
 WINDOW = 60.0
 ANA = ("user", 1)
@@ -63,3 +67,19 @@ def test_the_map_stays_bounded() -> None:
         limiter.admit(("address", f"192.0.2.{n % 250}"), probe(n), WINDOW, now=float(n))
     assert len(limiter._probes) <= 100
     assert len(limiter._actors) <= 100
+
+
+def test_the_window_setting_is_read_and_bounded(load_settings: SettingsLoader) -> None:
+    assert load_settings({})["JMIRROR_REFUSAL_AUDIT_SECONDS"] == 600
+    assert (
+        load_settings({"JMIRROR_REFUSAL_AUDIT_SECONDS": "60"})["JMIRROR_REFUSAL_AUDIT_SECONDS"]
+        == 60
+    )
+    for bad, message in (
+        ("0", "JMIRROR_REFUSAL_AUDIT_SECONDS=0 is below the minimum 1"),
+        ("86401", "JMIRROR_REFUSAL_AUDIT_SECONDS=86401 is above the maximum 86400"),
+        ("soon", "JMIRROR_REFUSAL_AUDIT_SECONDS='soon' is not an integer"),
+    ):
+        with pytest.raises(ConfigurationError) as raised:
+            load_settings({"JMIRROR_REFUSAL_AUDIT_SECONDS": bad})
+        assert str(raised.value) == message
