@@ -49,6 +49,16 @@ class SnapshotCollector(Collector):
         dropped.add_metric(["unstorable"], listener.unstorable)
         dropped.add_metric(["internal_error"], listener.internal_error)
         yield dropped
+        # The unclaimed-stream tables' caps (receiver.worker.admit_unclaimed): datagrams
+        # counted in a source's aggregate row, and those not listed at all.
+        unclaimed = CounterMetricFamily(
+            "jmirror_unclaimed_capped_datagrams",
+            "Unclaimed datagrams past a cap of the unclaimed-stream table, by outcome",
+            labels=["outcome"],
+        )
+        unclaimed.add_metric(["aggregated"], listener.unclaimed_aggregated)
+        unclaimed.add_metric(["not_listed"], listener.unclaimed_overflow)
+        yield unclaimed
         errors = CounterMetricFamily(
             "jmirror_store_errors", "Packets that could not be stored, by errno", labels=["errno"]
         )

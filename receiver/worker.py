@@ -42,7 +42,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -185,7 +185,7 @@ def aggregate_key(source: str) -> StreamKey:
 
 
 def admit_unclaimed(
-    table: Mapping[StreamKey, object],
+    table: Collection[StreamKey],
     per_source: dict[str, int],
     key: StreamKey,
     limit: int,

@@ -24,7 +24,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from jmirror_web.intercepts.access import Action, may
-from jmirror_web.intercepts.models import Listener, ReceiverProcess
+from jmirror_web.intercepts.models import (
+    AGGREGATE_MID,
+    Listener,
+    ReceiverProcess,
+    UnclaimedStream,
+)
 
 # A receiver writes its row at least once a second; one silent for longer than this is
 # stuck or gone without saying so (killed, host down, database unreachable).
@@ -132,6 +137,11 @@ def health_page(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     rows = receiver_rows(now)
     current = [row for row in rows if row.state != "stopped"]
+    # Imported here: the receive command pulls in the receiver, which pages need not.
+    from receiver.management.commands.receive import UNCLAIMED_ROWS_LIMIT
+    from receiver.worker import UNCLAIMED_STREAMS_PER_SOURCE
+
+    unclaimed_rows = UnclaimedStream.objects.count()
     drop_columns, drops = _counter_table(rows, "drops", KNOWN_DROP_REASONS)
     error_columns, store_errors = _counter_table(rows, "store_errors")
     context = {
@@ -148,6 +158,13 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "error_columns": error_columns,
         "store_errors": store_errors,
         "stale_after": int(STALE_AFTER.total_seconds()),
+        # The unclaimed-stream table's caps: when reached, say so (never silently).
+        "unclaimed_rows": unclaimed_rows,
+        "unclaimed_rows_limit": UNCLAIMED_ROWS_LIMIT,
+        "unclaimed_rows_full": unclaimed_rows >= UNCLAIMED_ROWS_LIMIT * 9 // 10,
+        "unclaimed_aggregated_sources": UnclaimedStream.objects.filter(mid=AGGREGATE_MID).count(),
+        "unclaimed_streams_per_source": UNCLAIMED_STREAMS_PER_SOURCE,
+        "unclaimed_overflow": sum(row.process.unclaimed_overflow for row in current),
         "low_disk_percent": int(LOW_DISK_FRACTION * 100),
     }
     return render(request, "console/health.html", context)

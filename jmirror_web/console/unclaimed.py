@@ -34,6 +34,7 @@ from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import Case, Intercept, Router, UnclaimedStream
 from receiver.gate import Gate
 from receiver.gate_loader import load_gate
+from receiver.worker import UNCLAIMED_STREAMS_PER_SOURCE
 
 PER_PAGE: Final = 50
 # Model fields the console form has under the same name; other model errors (window,
@@ -110,7 +111,12 @@ def _render(
         rows.append(
             StreamRow(stream, _router_of(stream, routers), _claimed_by(gate, stream, now_ns), form)
         )
-    context = {"page": page, "rows": rows, "failed_stream": failed_stream}
+    context = {
+        "page": page,
+        "rows": rows,
+        "failed_stream": failed_stream,
+        "streams_per_source": UNCLAIMED_STREAMS_PER_SOURCE,
+    }
     return render(request, "console/unclaimed.html", context, status=status)
 
 
@@ -166,6 +172,9 @@ def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
     form = InterceptFromStreamForm(request.POST, user=request.user, prefix=_prefix(stream))
     router = _router_of(stream)
     if not form.is_valid():
+        return _render(request, page_number, form, stream, status=400)
+    if stream.is_aggregate:
+        form.add_error(None, "This row counts many streams of one source: none to map.")
         return _render(request, page_number, form, stream, status=400)
     if router is None:
         form.add_error(

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 MAX_INTERCEPT_ID: Final = 2**30 - 1
 MAX_SESSION_ID: Final = 2**32 - 1
 MAX_MID: Final = 2**32 - 1
+# An UnclaimedStream row that aggregates a source's other streams (receiver.worker).
+AGGREGATE_MID: Final = MAX_MID + 1
 
 _country_code = RegexValidator(
     re.compile(r"^[A-Z]{2}$"), "Use the two capital letters of an ISO 3166-1 country code."
@@ -437,7 +439,16 @@ class UnclaimedStream(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.is_aggregate:
+            return f"{self.source} other streams ({self.reason})"
         return f"{self.source} mid {self.mid:#x} sid {self.sid:#x} ({self.reason})"
+
+    @property
+    def is_aggregate(self) -> bool:
+        """Whether this row counts the source's streams past the per-source limit
+        (receiver.worker.admit_unclaimed) rather than one stream: its mid is
+        AGGREGATE_MID, one past the largest a jmirror header holds."""
+        return self.mid == AGGREGATE_MID
 
     @property
     def mirror_id(self) -> int:

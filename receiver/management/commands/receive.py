@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -28,7 +28,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Value
+from django.db.models import Count, F, Value
 from django.db.models.functions import Greatest, Least
 
 from jmirror_web.file_modes import secure_installation
@@ -49,8 +49,10 @@ from receiver.reconcile import reconcile_sessions
 from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import ClosedFile, PcapStore, repair
 from receiver.worker import (
+    AGGREGATE_MID,
     DEFAULT_RCVBUF,
     STALL_NS,
+    UNCLAIMED_STREAMS_PER_SOURCE,
     ListenerCounters,
     Receiver,
     SessionDelta,
@@ -58,6 +60,8 @@ from receiver.worker import (
     SocketCounters,
     StreamKey,
     Unclaimed,
+    admit_unclaimed,
+    aggregate_key,
     parse_listen,
 )
 
@@ -73,8 +77,13 @@ PURGE_FIRST_DELAY: Final = 60.0
 PURGE_INTERVAL: Final = 3600.0
 PURGE_TIME_BUDGET: Final = 1.0
 # Rows of unclaimed streams kept in the database: junk from many sources must not grow
-# the table without bound (the receiver counts what did not fit).
+# the table without bound. A source past UNCLAIMED_STREAMS_PER_SOURCE rows gets one
+# aggregate row for the rest, and the last tenth is kept for aggregate rows and new
+# sources (receiver.worker.admit_unclaimed); what still does not fit is counted as
+# overflow and logged.
 UNCLAIMED_ROWS_LIMIT: Final = 10_000
+# A full unclaimed table is logged at most this often.
+UNCLAIMED_LOG_INTERVAL: Final = 60.0
 # Unclaimed streams waiting for the database, and written per write. Random junk decodes
 # as jmirror with random mids: tens of thousands of one-packet "streams" a second, which
 # written one by one would keep this thread (and its share of the GIL) busy for seconds
@@ -86,6 +95,29 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DIRECTORY = re.compile(
     r"^(?P<liid>.+)_(?P<router>[^_]+)_mid-(?P<mid>[0-9a-f]{8})_sid-(?P<sid>[0-9a-f]{8})$"
 )
+
+
+class _UnclaimedRows:
+    """What admit_unclaimed needs of the database's unclaimed table: whether a key has a
+    row (of those probed, or made in this write) and how many rows there are."""
+
+    def __init__(self, existing: set[StreamKey], count: int) -> None:
+        self.existing = existing
+        self._made: set[StreamKey] = set()
+        self._count = count
+
+    def add(self, key: StreamKey, row: UnclaimedStream) -> UnclaimedStream:
+        self._made.add(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.existing or key in self._made
+
+    def __len__(self) -> int:
+        return self._count + len(self._made)
+
+    def __iter__(self) -> Iterator[StreamKey]:
+        return iter(self.existing | self._made)
 
 
 def moment(time_ns: int) -> datetime:
@@ -126,6 +158,11 @@ class Bookkeeper:
         self.started = moment(started_ns if started_ns is not None else time.time_ns())
         self._unclaimed_rows: int | None = None
         self.unclaimed_rows_dropped = 0
+        # Pending streams per source (admit_unclaimed), and datagrams this thread counted
+        # in an aggregate row rather than their stream's own.
+        self._pending_sources: dict[str, int] = {}
+        self.unclaimed_rows_aggregated = 0
+        self._unclaimed_logged: tuple[float, int, int] = (0.0, 0, 0)
 
     def absorb(self, snapshot: Snapshot) -> None:
         for key, delta in snapshot.sessions.items():
@@ -135,13 +172,19 @@ class Bookkeeper:
             else:
                 pending.merge(delta)
         for key, entry in snapshot.unclaimed.items():
-            waiting = self.unclaimed.get(key)
+            admitted = admit_unclaimed(
+                self.unclaimed, self._pending_sources, key, UNCLAIMED_PENDING_LIMIT
+            )
+            if admitted is None:
+                self.unclaimed_rows_dropped += entry.count
+                continue
+            if admitted != key:
+                self.unclaimed_rows_aggregated += entry.count
+            waiting = self.unclaimed.get(admitted)
             if waiting is not None:
                 waiting.merge(entry)
-            elif len(self.unclaimed) < UNCLAIMED_PENDING_LIMIT:
-                self.unclaimed[key] = entry.copy()
             else:
-                self.unclaimed_rows_dropped += entry.count
+                self.unclaimed[admitted] = entry.copy()
         self.closed += snapshot.closed_files
         # Totals and open files: the latest snapshot says all there is to say.
         self.open = snapshot.open_files
@@ -263,33 +306,60 @@ class Bookkeeper:
 
     def _write_unclaimed(self) -> None:
         """The busiest pending unclaimed streams, at most UNCLAIMED_PER_WRITE, in a few
-        queries; at shutdown what is left is counted as overflow (the 5 s budget)."""
+        queries; at shutdown what is left is counted as overflow (the 5 s budget). A new
+        row is admitted as admit_unclaimed says: past its source's limit, or with the
+        table near full, the datagrams go to the source's aggregate row."""
         if not self.unclaimed:
             return
         batch = sorted(self.unclaimed.items(), key=lambda item: -item[1].count)
         batch = batch[:UNCLAIMED_PER_WRITE]
+        sources = {key[0] for key, _ in batch}
         with transaction.atomic():
             if self._unclaimed_rows is None:
                 self._unclaimed_rows = UnclaimedStream.objects.count()
-            existing = {
-                (row.source, row.mid, row.sid)
-                for row in UnclaimedStream.objects.filter(
-                    source__in={key[0] for key, _ in batch},
-                    mid__in={key[1] for key, _ in batch},
-                    sid__in={key[2] for key, _ in batch},
-                ).only("source", "mid", "sid")
-            }
+            probe = [key for key, _ in batch] + [aggregate_key(source) for source in sources]
+            rows = _UnclaimedRows(
+                {
+                    (row.source, row.mid, row.sid)
+                    for row in UnclaimedStream.objects.filter(
+                        source__in=sources,
+                        mid__in={key[1] for key in probe},
+                        sid__in={key[2] for key in probe},
+                    ).only("source", "mid", "sid")
+                },
+                self._unclaimed_rows,
+            )
+            per_source = dict(
+                UnclaimedStream.objects.filter(source__in=sources)
+                .exclude(mid=AGGREGATE_MID)
+                .values("source")
+                .annotate(rows=Count("pk"))
+                .values_list("source", "rows")
+            )
             routers = dict(Router.objects.values_list("address", "pk"))
-            fresh: list[UnclaimedStream] = []
-            for (source, mid, sid), entry in batch:
-                if (source, mid, sid) in existing:
+            fresh: dict[StreamKey, UnclaimedStream] = {}
+            for key, entry in batch:
+                admitted = admit_unclaimed(rows, per_source, key, UNCLAIMED_ROWS_LIMIT)
+                if admitted is None:
+                    self.unclaimed_rows_dropped += entry.count
+                    continue
+                if admitted != key:
+                    self.unclaimed_rows_aggregated += entry.count
+                source, mid, sid = admitted
+                if admitted in fresh:
+                    row = fresh[admitted]
+                    row.packets += entry.count
+                    row.last_seen = max(row.last_seen, moment(entry.last_ns))
+                    row.reason = entry.reason
+                elif admitted in rows.existing:
                     UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
                         packets=F("packets") + entry.count,
                         last_seen=Greatest("last_seen", Value(moment(entry.last_ns))),
                         reason=entry.reason,
                     )
-                elif self._unclaimed_rows + len(fresh) < UNCLAIMED_ROWS_LIMIT:
-                    fresh.append(
+                else:
+                    fresh[admitted] = rows.add(
+                        admitted,
                         UnclaimedStream(
                             source=source,
                             router_id=routers.get(source)
@@ -300,18 +370,45 @@ class Bookkeeper:
                             packets=entry.count,
                             first_seen=moment(entry.first_ns),
                             last_seen=moment(entry.last_ns),
-                        )
+                        ),
                     )
-                else:
-                    self.unclaimed_rows_dropped += entry.count
             # A row another receiver made meanwhile wins; this one's count is lost (rare).
-            UnclaimedStream.objects.bulk_create(fresh, ignore_conflicts=True)
+            UnclaimedStream.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             self._unclaimed_rows += len(fresh)
         for key, _ in batch:
             del self.unclaimed[key]
+            if key[1] != AGGREGATE_MID:
+                left = self._pending_sources.get(key[0], 1) - 1
+                if left > 0:
+                    self._pending_sources[key[0]] = left
+                else:
+                    self._pending_sources.pop(key[0], None)
         if self.stopped:
             self.unclaimed_rows_dropped += sum(each.count for each in self.unclaimed.values())
             self.unclaimed.clear()
+            self._pending_sources.clear()
+        self._log_unclaimed_limits()
+
+    def _log_unclaimed_limits(self) -> None:
+        """Say when unclaimed streams went to an aggregate row or were not listed at all
+        (at most once per UNCLAIMED_LOG_INTERVAL): never silently."""
+        logged_at, aggregated, dropped = self._unclaimed_logged
+        counts = (self.unclaimed_rows_aggregated, self.unclaimed_rows_dropped)
+        if counts == (aggregated, dropped):
+            return
+        now = time.monotonic()
+        if logged_at and now - logged_at < UNCLAIMED_LOG_INTERVAL:
+            return
+        self._unclaimed_logged = (now, *counts)
+        logger.warning(
+            "unclaimed-stream table (%d rows at most, %d per source): %d more datagrams "
+            "counted in a source's aggregate row and %d more not listed (table full) since "
+            "the last report",
+            UNCLAIMED_ROWS_LIMIT,
+            UNCLAIMED_STREAMS_PER_SOURCE,
+            counts[0] - aggregated,
+            counts[1] - dropped,
+        )
 
     def _write_process(self) -> None:
         listener = self.listener
