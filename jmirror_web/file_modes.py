@@ -101,14 +101,15 @@ def tighten(
 
 def _tighten_one(path: str, result: Tightened, *, directory: bool = False) -> bool:
     """Tighten one directory or regular file; True when it is one (and still there)."""
-    result.checked += 1
     try:
         found = os.lstat(path)
     except FileNotFoundError:
         return False
     except OSError:
+        result.checked += 1
         result.failed += 1
         return False
+    result.checked += 1
     wanted = stat.S_ISDIR if directory else stat.S_ISREG
     if not wanted(found.st_mode):
         return False
