@@ -107,8 +107,7 @@ def admit(session_key: str | None, user_pk: Any, address: str | None) -> bool:
         return False
     step = _two_factor_step(user, data)
     if step is not None:
-        with acting_as(user, address):
-            record(CONNECT_REFUSED, details={"reason": f"two_factor_{step.value}"})
+        refuse_connection(user, address, f"two_factor_{step.value}")
         return False
     return True
 

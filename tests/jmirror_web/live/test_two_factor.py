@@ -71,7 +71,11 @@ async def test_a_session_not_signed_in_with_the_code_is_refused_and_audited():
     await refused(cookie)
 
     assert await sync_to_async(refusals)() == [
-        {"actor": "ana", "reason": "two_factor_sign_in_again"}
+        {
+            "actor": "ana",
+            "reason": "two_factor_sign_in_again",
+            "where": "live.connect.two_factor_sign_in_again",
+        }
     ]
 
 
@@ -105,7 +109,9 @@ async def test_required_two_factor_refuses_a_user_in_scope_without_a_device(sett
     async with live(analyst_cookie) as socket:
         assert await request(socket, action="ping") == {"type": "pong"}
 
-    assert await sync_to_async(refusals)() == [{"actor": "ana", "reason": "two_factor_enrol"}]
+    assert await sync_to_async(refusals)() == [
+        {"actor": "ana", "reason": "two_factor_enrol", "where": "live.connect.two_factor_enrol"}
+    ]
 
 
 async def test_a_device_set_up_elsewhere_closes_an_open_unverified_connection(
