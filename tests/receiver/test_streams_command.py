@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from jmirror_web.intercepts.models import UnclaimedStream
+from jmirror_web.intercepts.models import AGGREGATE_MID, UnclaimedStream
 from tests.factories import make_capture_file, make_router, make_session
 
 pytestmark = pytest.mark.django_db
@@ -100,3 +100,10 @@ def test_the_limit_keeps_the_latest():
 def test_a_limit_out_of_range_is_refused(limit):
     with pytest.raises(CommandError, match="--limit must be between 1 and 1000000"):
         streams("--limit", limit)
+
+
+def test_a_source_aggregate_row_is_listed_as_other_streams():
+    unclaimed(mid=AGGREGATE_MID, sid=0, packets=90_000)
+
+    [stream] = json.loads(streams("--json"))["unclaimed"]
+    assert (stream["mid"], stream["sid"], stream["packets"]) == ("other", "other", 90_000)

@@ -109,8 +109,9 @@ def unclaimed_entries(limit: int) -> list[UnclaimedEntry]:
             status="unclaimed",
             source=stream.source,
             router=stream.router.name if stream.router else None,
-            mid=f"{stream.mid:#010x}",
-            sid=f"{stream.sid:#010x}",
+            # A source's streams past its limit, counted together (receiver.worker).
+            mid="other" if stream.is_aggregate else f"{stream.mid:#010x}",
+            sid="other" if stream.is_aggregate else f"{stream.sid:#010x}",
             reason=stream.reason,
             packets=stream.packets,
             first_seen=_time(stream.first_seen) or "",
