@@ -19,12 +19,13 @@ that the cache API cannot do atomically, and writing the audit log must not depe
 cache server being up. A web tier of several processes therefore has one limit per
 process, which only multiplies the bound. A tally pushed out of the map by
 :data:`MAX_PROBES` newer ones is not lost: its count goes to its user's
-``suppressed_other``.
+``suppressed_other`` (and a user pushed out with counts unreported is logged).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +41,8 @@ from django.http import Http404, HttpRequest, HttpResponseBase
 
 from jmirror_web.audit.log import client_address
 from jmirror_web.audit.models import AuditEvent, append_event
+
+logger = logging.getLogger(__name__)
 
 ACCESS_REFUSED: Final = "access.refused"
 """The action of a refused page or API request for a case object. Downloads, packets
@@ -125,7 +128,15 @@ class RefusalLimiter:
             if evicted.suppressed and actor in self._actors:
                 self._actors[actor].unreported += evicted.suppressed
         while len(self._actors) > self._max:
-            self._actors.popitem(last=False)
+            actor, evicted_actor = self._actors.popitem(last=False)
+            if evicted_actor.unreported:
+                # Over 10,000 users and addresses refused at once: said in the log rather
+                # than dropped without a word.
+                logger.warning(
+                    "refusal audit: %d refusals by %s not written (tally map full)",
+                    evicted_actor.unreported,
+                    actor,
+                )
 
 
 limiter = RefusalLimiter()

@@ -69,6 +69,18 @@ def test_the_map_stays_bounded() -> None:
     assert len(limiter._actors) <= 100
 
 
+def test_a_user_pushed_out_with_unreported_refusals_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = RefusalLimiter(max_probes=2, budget=1)
+    limiter.admit(ANA, probe(1), WINDOW, now=0.0)
+    limiter.admit(ANA, probe(2), WINDOW, now=0.0)  # over the budget: unreported
+    with caplog.at_level("WARNING", logger="jmirror_web.audit.refusals"):
+        limiter.admit(("user", 2), probe(1), WINDOW, now=0.0)
+        limiter.admit(("user", 3), probe(1), WINDOW, now=0.0)
+    assert "1 refusals by ('user', 1) not written (tally map full)" in caplog.text
+
+
 def test_the_window_setting_is_read_and_bounded(load_settings: SettingsLoader) -> None:
     assert load_settings({})["JMIRROR_REFUSAL_AUDIT_SECONDS"] == 600
     assert (
