@@ -171,8 +171,9 @@ def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
     page_number = _page_number(request.POST.get("page"))
     form = InterceptFromStreamForm(request.POST, user=request.user, prefix=_prefix(stream))
     router = _router_of(stream)
-    if not form.is_valid():
-        return _render(request, page_number, form, stream, status=400)
+    # The row of a stream that cannot be mapped shows no form, only its non-field
+    # errors: those reasons come first, or the 400 would show no reason at all.
+    valid = form.is_valid()
     if stream.is_aggregate:
         form.add_error(None, "This row counts many streams of one source: none to map.")
         return _render(request, page_number, form, stream, status=400)
@@ -182,6 +183,8 @@ def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
             f"No router is registered with address {stream.source.removeprefix('::ffff:')}: "
             "register it first; the receiver drops everything an unknown router sends.",
         )
+        return _render(request, page_number, form, stream, status=400)
+    if not valid:
         return _render(request, page_number, form, stream, status=400)
 
     case: Case = form.cleaned_data["case"]

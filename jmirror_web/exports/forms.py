@@ -1,15 +1,20 @@
 """The export parameters, validated once for the pages and the API alike.
 
 Times are ISO 8601; a time without an offset is UTC (what the pages say next to the
-inputs, and what the API documents). Filters are lists separated by commas or spaces,
-each at most :data:`MAX_FILTER_ITEMS` long, so that a request cannot make the engine
-compare every packet against thousands of criteria.
+inputs, and what the API documents), and it must lie between :data:`EARLIEST_MOMENT`
+and :data:`LATEST_MOMENT` once in UTC, so that no later arithmetic on it (nanoseconds
+for the engine, a warrant's bounds) can overflow. Filters are lists separated by commas
+or spaces, each at most :data:`MAX_FILTER_ITEMS` long, so that a request cannot make the
+engine compare every packet against thousands of criteria. No parameter may hold a
+control character (a NUL included), and an address may not carry an IPv6 zone id:
+whatever is accepted here ends up in audit events, manifests and pcapng comments.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -21,6 +26,11 @@ from jmirror_web.exports.service import ExportParameters
 
 MAX_FILTER_ITEMS: Final = 16
 MAX_FILTER_CHARS: Final = 1000
+MAX_MOMENT_CHARS: Final = 40
+# The receiver's clock is nanoseconds since 1970 in a signed 64-bit integer (to 2262):
+# no packet can be stored outside this range, and no window needs to reach further.
+EARLIEST_MOMENT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_MOMENT: Final = datetime(2200, 1, 1, tzinfo=UTC)
 PROTOCOL_NUMBERS: Final = {
     "icmp": 1,
     "igmp": 2,
@@ -36,23 +46,56 @@ _SEPARATORS = re.compile(r"[\s,]+")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
+def refuse_control_characters(text: str, what: str) -> None:
+    """Refuse a parameter holding a control or invisible formatting character (a NUL, a
+    line break, a right-to-left override...): no value typed into a field needs one, and
+    they would be written as they are into the audit log and the exports' comments."""
+    for character in text:
+        if unicodedata.category(character) in ("Cc", "Cf", "Cs"):
+            raise ValidationError(
+                f"{what.capitalize()} may not contain control characters "
+                f"(found U+{ord(character):04X}).",
+                code="control_character",
+            )
+
+
 def parse_moment(text: str) -> datetime:
-    """An ISO 8601 time as an aware UTC datetime; no offset means UTC."""
+    """An ISO 8601 time as an aware UTC datetime; no offset means UTC. Refused unless
+    it lies between :data:`EARLIEST_MOMENT` and :data:`LATEST_MOMENT`."""
+    refuse_control_characters(text, "a time")
+    invalid = ValidationError(
+        "Enter a time as ISO 8601, such as 2026-12-01T10:00:00Z (UTC when no offset is given).",
+        code="invalid",
+    )
+    # fromisoformat takes any character between date and time; the pages and the API
+    # document T or a space, and only ASCII.
+    if not text.isascii():
+        raise invalid
+    out_of_range = ValidationError(
+        f"A time must lie between {EARLIEST_MOMENT:%Y-%m-%d} and {LATEST_MOMENT:%Y-%m-%d} UTC.",
+        code="out_of_range",
+    )
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValidationError(
-            "Enter a time as ISO 8601, such as 2026-12-01T10:00:00Z (UTC when no offset is given).",
-            code="invalid",
-        ) from None
+        raise invalid from None
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        # Year 1 with a positive offset (or 9999 with a negative one) lies outside what
+        # a datetime can hold once in UTC.
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise out_of_range from None
+    if not EARLIEST_MOMENT <= moment <= LATEST_MOMENT:
+        raise out_of_range
+    return moment
 
 
 def _items(text: str, what: str) -> list[str]:
     if len(text) > MAX_FILTER_CHARS:
         raise ValidationError(f"At most {MAX_FILTER_CHARS} characters of {what}.")
+    refuse_control_characters(text, what)
     items = [item for item in _SEPARATORS.split(text.strip()) if item]
     if len(items) > MAX_FILTER_ITEMS:
         raise ValidationError(f"At most {MAX_FILTER_ITEMS} {what}.")
@@ -68,14 +111,14 @@ class MomentField(forms.Field):
         text = str(value or "").strip()
         if not text:
             return None
-        if len(text) > 40:
-            raise ValidationError("A time is at most 40 characters.")
+        if len(text) > MAX_MOMENT_CHARS:
+            raise ValidationError(f"A time is at most {MAX_MOMENT_CHARS} characters.")
         return parse_moment(text)
 
     def prepare_value(self, value: Any) -> Any:
         # A form shown again keeps what was typed, as a datetime-local input can show it
         # (UTC, no offset, milliseconds at most); what it cannot parse is left as typed.
-        if isinstance(value, str) and value.strip() and len(value) <= 40:
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_MOMENT_CHARS:
             try:
                 value = parse_moment(value)
             except ValidationError:
@@ -116,6 +159,12 @@ class ExportForm(forms.Form):
     def clean_addresses(self) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         found = set()
         for item in _items(self.cleaned_data["addresses"], "addresses"):
+            if "%" in item:
+                # Packets carry no zone: a zone id could only be copied, unbounded, into
+                # the manifest and the pcapng comment.
+                raise ValidationError(
+                    f"{item[:50]!r}: an address filter takes no IPv6 zone id (the part from %)."
+                )
             try:
                 found.add(ipaddress.ip_address(item))
             except ValueError:
