@@ -6,9 +6,11 @@ and an oversized websocket message 1009."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -26,8 +28,8 @@ GIB = 1024 * MIB
 ANONYMOUS_CAP = 8192  # JMIRROR_ANONYMOUS_BODY_MAX_BYTES's default
 SIGNED_IN_CAP = 2_621_440  # DATA_UPLOAD_MAX_MEMORY_SIZE
 BODY_TIMEOUT = 3  # JMIRROR_BODY_TIMEOUT_SECONDS, short for the test
-# The signed-in verify upload: 1 GiB as the issue asks; JMIRROR_VERIFY_UPLOAD_BYTES lowers
-# it on a slow machine (benchmarks/verify_upload.py measures any size).
+# The signed-in verify upload: 1 GiB as the issue asks (about 4 s on loopback here);
+# JMIRROR_VERIFY_UPLOAD_BYTES sets another size (whole MiB).
 UPLOAD = int(os.environ.get("JMIRROR_VERIFY_UPLOAD_BYTES", GIB))
 CSRF = "c" * 32  # an unmasked token, as the cookie carries it
 BOUNDARY = b"jmirrorboundary"
@@ -156,6 +158,7 @@ def test_a_gigabyte_declared_by_an_anonymous_client_is_refused_at_its_head(
         answer = first + _read_until_closed(client, 5)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert f"larger than {ANONYMOUS_CAP} bytes".encode() in answer
+    print(f"anonymous 1 GiB to {path}: 413 after {answered:.3f} s, RSS +{memory.growth} B")
     assert answered < 1.0
     assert memory.growth < 20 * MIB, memory.growth
     assert files_under(product.temp, Path(product.env["JMIRROR_DATA_DIR"])) == disk
@@ -163,22 +166,28 @@ def test_a_gigabyte_declared_by_an_anonymous_client_is_refused_at_its_head(
 
 def test_a_chunked_anonymous_body_is_cut_off_past_the_anonymous_cap(product: Served) -> None:
     disk = files_under(product.temp)
-    piece = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    sent = 0
+    first = b""
     with PeakRSS(product) as memory, _connect(product) as client:
         client.sendall(head("/healthz", "Transfer-Encoding: chunked\r\n"))
         sent_head = time.monotonic()
-        sent = 0
-        try:
-            while sent < GIB:  # a gigabyte at most: the server must answer long before
-                client.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-                sent += len(piece)
-        except OSError:
-            pass
-        answer = _read_until_closed(client)
+        client.setblocking(False)
+        # A gigabyte at most, sent while the server reads; its answer ends the sending.
+        while sent < GIB and not first and time.monotonic() - sent_head < 10:
+            readable, writable, _ = select.select([client], [client], [], 1.0)
+            if readable:
+                first = client.recv(65536)
+            elif writable:
+                with contextlib.suppress(BlockingIOError):
+                    sent += client.send(piece)
         answered = time.monotonic() - sent_head
+        client.setblocking(True)
+        answer = first + _read_until_closed(client, 5)
+    print(f"anonymous chunked: {sent} B sent, 413 after {answered:.3f} s, RSS +{memory.growth} B")
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert sent < 64 * MIB
-    assert answered < 2.0
+    assert answered < 1.0
     assert memory.growth < 20 * MIB, memory.growth
     assert files_under(product.temp) == disk
 
