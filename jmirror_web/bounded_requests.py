@@ -29,8 +29,9 @@ by who asks) and holds the body to it while it arrives:
 - Slow bodies are cut with 408 and logged (:class:`jmirror_web.body_policy.BodyWatch`):
   one that receives less than ``JMIRROR_BODY_MIN_BYTES_PER_SECOND`` over any 10 s, or takes
   longer than ``JMIRROR_BODY_TIMEOUT_SECONDS`` in all (a verify upload
-  ``JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS``). A request's head that takes longer than
-  ``JMIRROR_BODY_TIMEOUT_SECONDS`` after its request line is cut the same way.
+  ``JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS``). A request line, and then the rest of a
+  request's head, that takes longer than ``JMIRROR_BODY_TIMEOUT_SECONDS`` is cut the
+  same way.
 - A request line longer than Twisted's line limit (16 KiB) is answered 414, a longer
   header line 431, instead of Twisted's silently dropped connection
   (:class:`BoundedHTTPChannel`).
@@ -359,6 +360,45 @@ class BoundedHTTPChannel(http.HTTPChannel):
     closing = False
     dropped = 0
     abort_call: Any = None
+    line_call: Any = None
+
+    def connectionMade(self) -> None:
+        channel: Any = super()
+        channel.connectionMade()
+        self.wait_for_request_line()
+
+    def requestDone(self, request: Any) -> None:
+        channel: Any = super()
+        channel.requestDone(request)
+        self.wait_for_request_line()  # the next request's, on a kept-alive connection
+
+    def wait_for_request_line(self) -> None:
+        # Twisted's idle timeout restarts with every byte: a request line sent a byte at
+        # a time would hold the connection for hours. Once the line is in, the request
+        # watches its own head and body (BoundedWebRequest).
+        if self.line_call is None or not self.line_call.active():
+            self.line_call = _reactor().callLater(
+                settings.JMIRROR_BODY_TIMEOUT_SECONDS, self.request_line_too_slow
+            )
+
+    def request_line_too_slow(self) -> None:
+        self.line_call = None
+        transport: Any = self.transport
+        wrapper = getattr(transport, "protocol", None)
+        upgraded = wrapper is not None and getattr(wrapper, "_channel", None) is not self
+        if self.requests or self.closing or transport is None or upgraded:
+            return  # a request is under way (or the connection is now a websocket's)
+        if not self._buffer:
+            # Not a byte of a next request: an idle connection, closed without a word.
+            self.loseConnection()
+            return
+        logger.warning("cut a connection from %s: no request line in time", transport.getPeer())
+        answer_and_close(
+            self,
+            b"408 Request Timeout",
+            f"The request was too slow: no request line in "
+            f"{settings.JMIRROR_BODY_TIMEOUT_SECONDS} s. It was dropped.\n",
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -387,9 +427,10 @@ class BoundedHTTPChannel(http.HTTPChannel):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self.abort_call is not None and self.abort_call.active():
-            self.abort_call.cancel()
-        self.abort_call = None
+        for call in (self.abort_call, self.line_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.abort_call = self.line_call = None
         channel: Any = super()
         channel.connectionLost(reason)
 

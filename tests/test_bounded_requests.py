@@ -356,14 +356,37 @@ def test_a_stalled_body_is_cut_within_the_body_timeout(product: Served) -> None:
     assert "its body was too slow" in product.wait_for_line("too slow", 5)
 
 
-def test_a_stalled_head_is_cut_within_the_body_timeout(product: Served) -> None:
+@pytest.mark.parametrize(
+    ("stalled", "answer"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"HTTP/1.1 408 "),
+        (b"GET /heal", b"HTTP/1.1 408 "),
+        (b"", b""),  # nothing asked: closed without an answer
+    ],
+)
+def test_a_stalled_head_is_cut_within_the_body_timeout(
+    product: Served, stalled: bytes, answer: bytes
+) -> None:
     with _connect(product) as client:
-        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        client.sendall(stalled)
         started = time.monotonic()
-        answer = _read_until_closed(client, BODY_TIMEOUT + 10)
+        received = _read_until_closed(client, BODY_TIMEOUT + 10)
         took = time.monotonic() - started
-    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert received.startswith(answer), received[:200]
+    assert bool(received) == bool(answer)
     assert took < BODY_TIMEOUT + 2
+
+
+def test_a_websocket_outlives_the_head_timeout(product: Served) -> None:
+    with connect(
+        f"ws://127.0.0.1:{product.http_port}/ws/live/",
+        origin=product.base,  # type: ignore[arg-type]
+        additional_headers={"Cookie": f"sessionid={product.session}"},
+        open_timeout=10,
+    ) as websocket:
+        time.sleep(BODY_TIMEOUT + 1.5)
+        websocket.send('{"action": "subscribe", "stream": "dashboard"}')
+        assert "subscribed" in str(websocket.recv(timeout=10))
 
 
 def test_a_request_line_over_the_line_limit_gets_414(product: Served) -> None:
