@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import unicodedata
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -23,6 +22,7 @@ from django.core.exceptions import ValidationError
 
 from jmirror_web.exports.engine import ExportFormat, PacketFilter
 from jmirror_web.exports.service import ExportParameters
+from jmirror_web.plain_text import refuse_control_characters
 
 MAX_FILTER_ITEMS: Final = 16
 MAX_FILTER_CHARS: Final = 1000
@@ -44,19 +44,6 @@ PROTOCOL_NUMBERS: Final = {
 }
 _SEPARATORS = re.compile(r"[\s,]+")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def refuse_control_characters(text: str, what: str) -> None:
-    """Refuse a parameter holding a control or invisible formatting character (a NUL, a
-    line break, a right-to-left override...): no value typed into a field needs one, and
-    they would be written as they are into the audit log and the exports' comments."""
-    for character in text:
-        if unicodedata.category(character) in ("Cc", "Cf", "Cs"):
-            raise ValidationError(
-                f"{what.capitalize()} may not contain control characters "
-                f"(found U+{ord(character):04X}).",
-                code="control_character",
-            )
 
 
 def parse_moment(text: str) -> datetime:

@@ -20,6 +20,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
+from jmirror_web.plain_text import control_character_errors
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
@@ -94,8 +96,13 @@ class Case(models.Model):
         return self.reference
 
     def clean(self) -> None:
+        errors = control_character_errors(
+            self, ("reference", "title", "agency", "legal_basis"), ("notes",)
+        )
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
-            raise ValidationError({"valid_until": "The warrant must end after it starts."})
+            errors["valid_until"] = "The warrant must end after it starts."
+        if errors:
+            raise ValidationError(errors)
 
     def is_in_force(self, at: datetime) -> bool:
         return self.status == Case.Status.ACTIVE and self.valid_from <= at < self.valid_until
@@ -147,6 +154,11 @@ class Router(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.address})"
+
+    def clean(self) -> None:
+        errors = control_character_errors(self, ("name",))
+        if errors:
+            raise ValidationError(errors)
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,7 @@ class Intercept(models.Model):
         )
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors = control_character_errors(self, (), ("target_description",))
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             errors["valid_until"] = "The intercept must end after it starts."
         case = self.case if self.case_id else None

@@ -490,3 +490,45 @@ def test_many_file_parts_on_the_verify_page(world: World, parts: int) -> None:
     # Helper "bodies" made more than one file part a 400 (a10cdd7); eleven gave a 500.
     assert response.status_code == 400
     assert 'class="error' in response.content.decode()
+
+
+# Record text that ends up in manifests and pcapng comments ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value"),
+    [
+        ("agency", "Police\nRequester: someone else"),
+        ("reference", "C-1\x1b[2J"),
+        ("title", "\u202e"),
+    ],
+)
+def test_a_case_refuses_control_characters_in_its_one_line_fields(
+    world: World, field_name: str, value: str
+) -> None:
+    url = reverse("api:case-detail", args=[world.stored.case.pk])
+    response = world.client("li_admin").patch(
+        url, {field_name: value}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()) == [field_name]
+    assert "control characters" in response.json()[field_name][0]
+
+
+def test_notes_keep_their_line_breaks_but_no_other_control_character(world: World) -> None:
+    url = reverse("api:case-detail", args=[world.stored.case.pk])
+    client = world.client("li_admin")
+    kept = client.patch(url, {"notes": "line one\nline two\tend"}, content_type="application/json")
+    assert kept.status_code == 200, kept.content
+    refused = client.patch(url, {"notes": "bell\x07"}, content_type="application/json")
+    assert refused.status_code == 400
+    assert list(refused.json()) == ["notes"]
+
+
+def test_a_router_name_refuses_control_characters(world: World) -> None:
+    url = reverse("api:router-detail", args=[world.stored.router.pk])
+    response = world.client("li_admin").patch(
+        url, {"name": "mx\x1b1"}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()) == ["name"]
