@@ -390,7 +390,8 @@ class BoundedHTTPChannel(http.HTTPChannel):
             return  # a request is under way (or the connection is now a websocket's)
         if not self._buffer:
             # Not a byte of a next request: an idle connection, closed without a word.
-            self.loseConnection()
+            channel: Any = self
+            channel.loseConnection()
             return
         logger.warning("cut a connection from %s: no request line in time", transport.getPeer())
         answer_and_close(
