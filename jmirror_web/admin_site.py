@@ -8,15 +8,36 @@ alone opens nothing.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect
+from django.utils.text import smart_split
 
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.security.two_factor import SignInForm
+
+# The admin's search makes one OR of LIKEs per word and field: thousands of words made a
+# query SQLite refuses (a 500), and a slow one on PostgreSQL.
+MAX_SEARCH_CHARS: Final = 200
+MAX_SEARCH_WORDS: Final = 10
+_View = TypeVar("_View", bound=Callable[..., HttpResponseBase])
+
+
+def search_refusal(text: str | None) -> str | None:
+    """Why an admin search cannot be run, or None when it can."""
+    if text is None:
+        return None
+    if len(text) > MAX_SEARCH_CHARS:
+        return f"A search is at most {MAX_SEARCH_CHARS} characters; it was not run."
+    if sum(1 for _ in smart_split(text)) > MAX_SEARCH_WORDS:
+        return f"A search is at most {MAX_SEARCH_WORDS} words; it was not run."
+    return None
 
 
 def may_use_admin(user: Any) -> bool:
@@ -68,3 +89,19 @@ class JMirrorAdminSite(admin.AdminSite):
 
     def has_permission(self, request: HttpRequest) -> bool:
         return may_use_admin(request.user)
+
+    def admin_view(self, view: _View, cacheable: bool = False) -> _View:
+        """Every admin page, with the search bounded (:func:`search_refusal`): one
+        refused is shown again without it, saying why."""
+
+        @functools.wraps(view)
+        def bounded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            refusal = search_refusal(request.GET.get(SEARCH_VAR))
+            if refusal is None:
+                return view(request, *args, **kwargs)
+            messages.error(request, refusal)
+            query = request.GET.copy()
+            query.pop(SEARCH_VAR)
+            return HttpResponseRedirect(request.path + (f"?{query.urlencode()}" if query else ""))
+
+        return cast(_View, super().admin_view(bounded, cacheable))

@@ -76,6 +76,7 @@ EDGE_VALUES: tuple[str, ...] = (
     "\ufeff1",
     "\uff11\uff12",  # fullwidth digits, which int() reads
     "x" * HUGE,
+    "a " * 3000,  # words: the admin's search made a query SQLite refused
     "é" * (HUGE // 2),
     "[]",
     '{"a": 1}',
@@ -476,6 +477,21 @@ def test_admin_changelists(world: World, model: str, data: st.DataObject) -> Non
     names = _changelist_parameters(client, reverse(endpoint.url_name))
     sent = data.draw(parameters(names), label="parameters")
     fuzz(world, endpoint, sent, [])
+
+
+@pytest.mark.parametrize("model", ["intercepts_case", "audit_auditevent", "auth_user"])
+def test_an_admin_search_of_thousands_of_words_is_refused_with_a_message(
+    world: World, model: str
+) -> None:
+    url = reverse(f"admin:{model}_changelist")
+    client = world.client("superuser")
+    response = client.get(url, {"q": "a " * 3000, "o": "1"}, follow=True)
+    assert response.redirect_chain == [(f"{url}?o=1", 302)]
+    assert "A search is at most 200 characters; it was not run." in response.content.decode()
+    response = client.get(url, {"q": "a " * 11}, follow=True)
+    assert response.redirect_chain == [(url, 302)]
+    assert "A search is at most 10 words; it was not run." in response.content.decode()
+    assert client.get(url, {"q": " ".join(["a"] * 10)}).status_code == 200
 
 
 # File parts on the verify page ---------------------------------------------------------
