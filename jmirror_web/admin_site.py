@@ -16,7 +16,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect, QueryDict
 from django.utils.text import smart_split
 
 from jmirror_web.intercepts.access import Action, may
@@ -38,6 +38,26 @@ def search_refusal(text: str | None) -> str | None:
     if sum(1 for _ in smart_split(text)) > MAX_SEARCH_WORDS:
         return f"A search is at most {MAX_SEARCH_WORDS} words; it was not run."
     return None
+
+
+# Django's date hierarchy adds a day, a month or a year to the date it is given: from
+# 9999 that overflows (a 500), as does a year too long for a C long.
+_DATE_PARTS: Final = {"__year": (1, 9998), "__month": (1, 12), "__day": (1, 31)}
+
+
+def date_refusals(query: QueryDict) -> list[str]:
+    """The date-hierarchy parameters (``<field>__year``, ``__month``, ``__day``) of
+    ``query`` to drop: all three of a field one of which is not a small whole number in
+    range."""
+    fields = set()
+    for name, values in query.lists():
+        for suffix, (low, high) in _DATE_PARTS.items():
+            if name.endswith(suffix) and not all(
+                value.isascii() and value.isdigit() and low <= int(value[:5]) <= high
+                for value in values
+            ):
+                fields.add(name.removesuffix(suffix))
+    return [field + suffix for field in sorted(fields) for suffix in _DATE_PARTS]
 
 
 def may_use_admin(user: Any) -> bool:
@@ -91,17 +111,28 @@ class JMirrorAdminSite(admin.AdminSite):
         return may_use_admin(request.user)
 
     def admin_view(self, view: _View, cacheable: bool = False) -> _View:
-        """Every admin page, with the search bounded (:func:`search_refusal`): one
-        refused is shown again without it, saying why."""
+        """Every admin page, with its search and date-hierarchy parameters bounded
+        (:func:`search_refusal`, :func:`date_refusals`): a page asked with one refused
+        is shown again without it, saying why."""
 
         @functools.wraps(view)
         def bounded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            refusal = search_refusal(request.GET.get(SEARCH_VAR))
-            if refusal is None:
-                return view(request, *args, **kwargs)
-            messages.error(request, refusal)
             query = request.GET.copy()
-            query.pop(SEARCH_VAR)
+            refusal = search_refusal(query.get(SEARCH_VAR))
+            if refusal is not None:
+                messages.error(request, refusal)
+                query.pop(SEARCH_VAR)
+            dates = date_refusals(query)
+            if dates:
+                messages.error(
+                    request,
+                    f"Out of range, so not applied: {', '.join(dates)[:200]} (a year "
+                    f"from 1 to 9998, a month from 1 to 12, a day from 1 to 31).",
+                )
+                for name in dates:
+                    query.pop(name, None)
+            if refusal is None and not dates:
+                return view(request, *args, **kwargs)
             return HttpResponseRedirect(request.path + (f"?{query.urlencode()}" if query else ""))
 
         return cast(_View, super().admin_view(bounded, cacheable))

@@ -66,6 +66,9 @@ EDGE_VALUES: tuple[str, ...] = (
     "-1",
     "0",
     "9" * 19,
+    "9998",
+    "9999",
+    "10000",
     "9" * 20,
     "1" * 5000,
     "1e309",
@@ -492,6 +495,33 @@ def test_an_admin_search_of_thousands_of_words_is_refused_with_a_message(
     assert response.redirect_chain == [(url, 302)]
     assert "A search is at most 10 words; it was not run." in response.content.decode()
     assert client.get(url, {"q": " ".join(["a"] * 10)}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        {"valid_from__year": "9999"},
+        {"valid_from__year": "9999", "valid_from__month": "12"},
+        {"valid_from__year": "9999", "valid_from__month": "12", "valid_from__day": "31"},
+        {"valid_from__year": "9" * 20},
+        {"valid_from__year": "2026", "valid_from__month": "13"},
+        {"valid_from__year": "-1"},
+    ],
+)
+def test_an_admin_date_hierarchy_out_of_range_is_refused_with_a_message(
+    world: World, dates: dict[str, str]
+) -> None:
+    url = reverse("admin:intercepts_case_changelist")
+    response = world.client("superuser").get(url, {**dates, "o": "1"}, follow=True)
+    assert response.redirect_chain == [(f"{url}?o=1", 302)]
+    assert "Out of range, so not applied: valid_from__" in response.content.decode()
+
+
+def test_an_admin_date_hierarchy_in_range_is_applied(world: World) -> None:
+    url = reverse("admin:intercepts_case_changelist")
+    client = world.client("superuser")
+    dates = {"valid_from__year": "9998", "valid_from__month": "12", "valid_from__day": "31"}
+    assert client.get(url, dates).status_code == 200
 
 
 # File parts on the verify page ---------------------------------------------------------
