@@ -338,6 +338,7 @@ class Bookkeeper:
             )
             routers = dict(Router.objects.values_list("address", "pk"))
             fresh: dict[StreamKey, UnclaimedStream] = {}
+            updates: dict[StreamKey, Unclaimed] = {}
             for key, entry in batch:
                 admitted = admit_unclaimed(rows, per_source, key, UNCLAIMED_ROWS_LIMIT)
                 if admitted is None:
@@ -352,11 +353,14 @@ class Bookkeeper:
                     row.last_seen = max(row.last_seen, moment(entry.last_ns))
                     row.reason = entry.reason
                 elif admitted in rows.existing:
-                    UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
-                        packets=F("packets") + entry.count,
-                        last_seen=Greatest("last_seen", Value(moment(entry.last_ns))),
-                        reason=entry.reason,
-                    )
+                    # One UPDATE per row, however many streams an aggregate row takes.
+                    update = updates.get(admitted)
+                    if update is None:
+                        updates[admitted] = entry.copy()
+                    else:
+                        update.count += entry.count
+                        update.last_ns = max(update.last_ns, entry.last_ns)
+                        update.reason = entry.reason
                 else:
                     fresh[admitted] = rows.add(
                         admitted,
@@ -372,6 +376,12 @@ class Bookkeeper:
                             last_seen=moment(entry.last_ns),
                         ),
                     )
+            for (source, mid, sid), update in updates.items():
+                UnclaimedStream.objects.filter(source=source, mid=mid, sid=sid).update(
+                    packets=F("packets") + update.count,
+                    last_seen=Greatest("last_seen", Value(moment(update.last_ns))),
+                    reason=update.reason,
+                )
             # A row another receiver made meanwhile wins; this one's count is lost (rare).
             UnclaimedStream.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             self._unclaimed_rows += len(fresh)
