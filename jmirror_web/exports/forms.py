@@ -22,15 +22,12 @@ from django.core.exceptions import ValidationError
 
 from jmirror_web.exports.engine import ExportFormat, PacketFilter
 from jmirror_web.exports.service import ExportParameters
+from jmirror_web.intercepts.models import EARLIEST_MOMENT, LATEST_MOMENT
 from jmirror_web.plain_text import refuse_control_characters
 
 MAX_FILTER_ITEMS: Final = 16
 MAX_FILTER_CHARS: Final = 1000
 MAX_MOMENT_CHARS: Final = 40
-# The receiver's clock is nanoseconds since 1970 in a signed 64-bit integer (to 2262):
-# no packet can be stored outside this range, and no window needs to reach further.
-EARLIEST_MOMENT: Final = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST_MOMENT: Final = datetime(2200, 1, 1, tzinfo=UTC)
 PROTOCOL_NUMBERS: Final = {
     "icmp": 1,
     "igmp": 2,

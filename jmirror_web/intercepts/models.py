@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 MAX_INTERCEPT_ID: Final = 2**30 - 1
 MAX_SESSION_ID: Final = 2**32 - 1
 MAX_MID: Final = 2**32 - 1
+# Every time a record or a request may give: the receiver's clock is nanoseconds since
+# 1970 in a signed 64-bit integer (to 2262), and nothing outside this range needs
+# arithmetic (nanoseconds, a day or a year added) that could overflow.
+EARLIEST_MOMENT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_MOMENT: Final = datetime(2200, 1, 1, tzinfo=UTC)
 # An UnclaimedStream row that aggregates a source's other streams (receiver.worker).
 AGGREGATE_MID: Final = MAX_MID + 1
 
@@ -46,6 +51,22 @@ def default_retention_days() -> int:
     """A new case's retention: ``JMIRROR_RETENTION_DAYS`` (365 unless configured)."""
     days: int = settings.JMIRROR_RETENTION_DAYS
     return days
+
+
+def window_range_errors(record: Any) -> dict[str, str]:
+    """An error for ``valid_from`` / ``valid_until`` outside the times the product
+    handles (:data:`EARLIEST_MOMENT` to :data:`LATEST_MOMENT`)."""
+    errors = {}
+    for name in ("valid_from", "valid_until"):
+        value = getattr(record, name, None)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # as Django reads a naive time (USE_TZ, UTC)
+        if isinstance(value, datetime) and not EARLIEST_MOMENT <= value <= LATEST_MOMENT:
+            errors[name] = (
+                f"A time must lie between {EARLIEST_MOMENT:%Y-%m-%d} and "
+                f"{LATEST_MOMENT:%Y-%m-%d} UTC."
+            )
+    return errors
 
 
 class Case(models.Model):
@@ -99,6 +120,9 @@ class Case(models.Model):
         errors = control_character_errors(
             self, ("reference", "title", "agency", "legal_basis"), ("notes",)
         )
+        errors |= window_range_errors(self)
+        if errors:
+            raise ValidationError(errors)
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             errors["valid_until"] = "The warrant must end after it starts."
         if errors:
@@ -245,6 +269,9 @@ class Intercept(models.Model):
 
     def clean(self) -> None:
         errors = control_character_errors(self, (), ("target_description",))
+        errors |= window_range_errors(self)
+        if errors:
+            raise ValidationError(errors)
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             errors["valid_until"] = "The intercept must end after it starts."
         case = self.case if self.case_id else None

@@ -571,6 +571,27 @@ def test_notes_keep_their_line_breaks_but_no_other_control_character(world: Worl
     assert list(refused.json()) == ["notes"]
 
 
+@pytest.mark.parametrize(
+    ("url_name", "field_name", "value"),
+    [
+        ("api:case-detail", "valid_until", "9999-12-31T23:59:59Z"),
+        ("api:case-detail", "valid_from", "1969-12-31T23:59:59Z"),
+        ("api:intercept-detail", "valid_until", "2200-01-01T00:00:01Z"),
+    ],
+)
+def test_a_warrant_window_outside_the_times_handled_is_refused(
+    world: World, url_name: str, field_name: str, value: str
+) -> None:
+    record = world.stored.case if url_name == "api:case-detail" else world.stored.intercept
+    response = world.client("li_admin").patch(
+        reverse(url_name, args=[record.pk]), {field_name: value}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        field_name: ["A time must lie between 1970-01-01 and 2200-01-01 UTC."]
+    }
+
+
 def test_a_router_name_refuses_control_characters(world: World) -> None:
     url = reverse("api:router-detail", args=[world.stored.router.pk])
     response = world.client("li_admin").patch(
