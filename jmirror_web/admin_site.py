@@ -9,12 +9,13 @@ alone opens nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.views.main import SEARCH_VAR
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect, QueryDict
 from django.utils.text import smart_split
@@ -58,6 +59,25 @@ def date_refusals(query: QueryDict) -> list[str]:
             ):
                 fields.add(name.removesuffix(suffix))
     return [field + suffix for field in sorted(fields) for suffix in _DATE_PARTS]
+
+
+class SafeAutocompleteSelect(AutocompleteSelect):
+    """Django's autocomplete widget looks the submitted value up again to show the form
+    once more: a value that is not an id of the related model (text, an id past 64
+    bits) made that query fail, a 500 instead of the form with its error."""
+
+    def optgroups(self, name: str, value: Sequence[str], attr: Any = None) -> Any:
+        return super().optgroups(name, [each for each in value if self._is_id(each)], attr)
+
+    def _is_id(self, value: Any) -> bool:
+        target = self.field.remote_field.model._meta.get_field(
+            getattr(self.field.remote_field, "field_name", None) or "pk"
+        )
+        try:
+            parsed = target.to_python(value)
+        except ValidationError:
+            return False
+        return not isinstance(parsed, int) or abs(parsed) < 2**63
 
 
 def may_use_admin(user: Any) -> bool:

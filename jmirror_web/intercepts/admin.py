@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from jmirror_web.admin_site import SafeAutocompleteSelect
 from jmirror_web.intercepts import provisioning
 from jmirror_web.intercepts.access import Action, Role, cases_for, may
 from jmirror_web.intercepts.models import (
@@ -239,6 +240,15 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
             .filter(case__in=cases_for(request.user, Action.VIEW_RECORD))
             .prefetch_related("routers")
         )
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> ModelChoiceField[Any] | None:
+        if db_field.name in self.autocomplete_fields and "widget" not in kwargs:
+            kwargs["widget"] = SafeAutocompleteSelect(
+                db_field, self.admin_site, using=kwargs.get("using")
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="mirror id", ordering="intercept_id")
     def mirror_id(self, intercept: Intercept) -> str:

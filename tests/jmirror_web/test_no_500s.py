@@ -482,6 +482,59 @@ def test_admin_changelists(world: World, model: str, data: st.DataObject) -> Non
     fuzz(world, endpoint, sent, [])
 
 
+_FIELD = re.compile(r'<(?:input|select|textarea)[^>]*\sname="([^"]+)"')
+_form_names: dict[str, tuple[str, ...]] = {}
+
+
+def _form_parameters(client: Client, url: str) -> tuple[str, ...]:
+    """The names of an admin form's fields, read from the form itself."""
+    if url not in _form_names:
+        page = client.get(url)
+        assert page.status_code == 200
+        names = set(_FIELD.findall(page.content.decode())) - {"csrfmiddlewaretoken"}
+        _form_names[url] = tuple(sorted(names))
+    return _form_names[url]
+
+
+ADMIN_FORMS = [
+    ("intercepts_case", "add"),
+    ("intercepts_case", "change"),
+    ("intercepts_intercept", "add"),
+    ("intercepts_intercept", "change"),
+    ("intercepts_router", "add"),
+    ("intercepts_router", "change"),
+    ("auth_user", "add"),
+]
+
+
+@pytest.mark.parametrize(("model", "page"), ADMIN_FORMS)
+@FUZZ
+@given(data=st.data())
+def test_admin_forms(world: World, model: str, page: str, data: st.DataObject) -> None:
+    records = {
+        "intercepts_case": world.stored.case,
+        "intercepts_intercept": world.stored.intercept,
+        "intercepts_router": world.stored.router,
+    }
+    path = [records[model].pk] if page == "change" else []
+    endpoint = Endpoint(f"admin:{model}_{page}", "POST", who="superuser")
+    client = world.client("superuser")
+    names = _form_parameters(client, reverse(endpoint.url_name, args=path))
+    sent = data.draw(parameters(names), label="fields")
+    fuzz(world, endpoint, sent, path)
+
+
+@pytest.mark.parametrize("case", [":", "9" * 25, "-1"])
+def test_an_intercept_form_with_a_case_that_is_no_id_comes_back_with_its_error(
+    world: World, case: str
+) -> None:
+    response = world.client("superuser").post(
+        reverse("admin:intercepts_intercept_add"), {"case": case, "liid": "NZ-1"}
+    )
+    assert response.status_code == 200  # the admin shows a form with errors as a 200
+    assert "Select a valid choice" in response.content.decode()
+
+
 @pytest.mark.parametrize("model", ["intercepts_case", "audit_auditevent", "auth_user"])
 def test_an_admin_search_of_thousands_of_words_is_refused_with_a_message(
     world: World, model: str
