@@ -269,7 +269,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("home", "GET", ("page",)),
     Endpoint("healthz", "GET", ("format",), who="anonymous"),
     Endpoint("console:login", "GET", ("next",), who="anonymous"),
-    Endpoint("console:login", "POST", ("username", "password", "otp_token", "next"), "anonymous"),
+    Endpoint("console:login", "POST", ("username", "password", "code", "next"), "anonymous"),
+    Endpoint("admin:login", "GET", ("next",), who="anonymous"),
+    Endpoint("admin:login", "POST", ("username", "password", "code", "next"), "anonymous"),
     Endpoint("console:logout", "POST", ("next",)),
     Endpoint("console:two_factor", "GET", ("next",)),
     Endpoint("console:two_factor", "POST", ("password", "code", "next")),
@@ -325,7 +327,8 @@ def _url_names(patterns: list[URLPattern | URLResolver], prefix: str = "") -> se
 
 def test_every_url_is_fuzzed() -> None:
     """A URL added to the product without an entry here fails this test."""
-    assert _url_names(get_resolver().url_patterns) == {e.url_name for e in ENDPOINTS}
+    fuzzed = {e.url_name for e in ENDPOINTS if not e.url_name.startswith("admin:")}
+    assert _url_names(get_resolver().url_patterns) == fuzzed
 
 
 # Sending and judging ------------------------------------------------------------------
