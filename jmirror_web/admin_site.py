@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any, Final, TypeVar, cast
 
 from django.contrib import admin, messages
@@ -18,6 +19,7 @@ from django.contrib.admin.views.main import SEARCH_VAR
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect, QueryDict
+from django.utils.dateparse import parse_datetime
 from django.utils.text import smart_split
 
 from jmirror_web.intercepts.access import Action, may
@@ -47,9 +49,9 @@ _DATE_PARTS: Final = {"__year": (1, 9998), "__month": (1, 12), "__day": (1, 31)}
 
 
 def date_refusals(query: QueryDict) -> list[str]:
-    """The date-hierarchy parameters (``<field>__year``, ``__month``, ``__day``) of
-    ``query`` to drop: all three of a field one of which is not a small whole number in
-    range."""
+    """The parameters of ``query`` to drop: all three date-hierarchy parameters
+    (``<field>__year``, ``__month``, ``__day``) of a field one of which is not a small
+    whole number in range, and any time that overflows in UTC (date filters)."""
     fields = set()
     for name, values in query.lists():
         for suffix, (low, high) in _DATE_PARTS.items():
@@ -58,7 +60,28 @@ def date_refusals(query: QueryDict) -> list[str]:
                 for value in values
             ):
                 fields.add(name.removesuffix(suffix))
-    return [field + suffix for field in sorted(fields) for suffix in _DATE_PARTS]
+    hierarchy = [field + suffix for field in sorted(fields) for suffix in _DATE_PARTS]
+    return hierarchy + [
+        name
+        for name, values in query.lists()
+        if name not in hierarchy and any(_overflows(value) for value in values)
+    ]
+
+
+def _overflows(value: str) -> bool:
+    """Whether ``value`` is a time (as a date filter reads it) that cannot be put in UTC,
+    such as 0001-01-01T00:00:00+14:00: the query would fail with OverflowError."""
+    try:
+        moment = parse_datetime(value[:64])
+    except ValueError:
+        return False
+    if moment is None or moment.tzinfo is None:
+        return False  # read in UTC as it is
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
 
 
 class SafeAutocompleteSelect(AutocompleteSelect):
@@ -147,7 +170,8 @@ class JMirrorAdminSite(admin.AdminSite):
                 messages.error(
                     request,
                     f"Out of range, so not applied: {', '.join(dates)[:200]} (a year "
-                    f"from 1 to 9998, a month from 1 to 12, a day from 1 to 31).",
+                    f"from 1 to 9998, a month from 1 to 12, a day from 1 to 31, a time "
+                    f"that exists in UTC).",
                 )
                 for name in dates:
                     query.pop(name, None)

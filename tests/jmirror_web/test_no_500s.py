@@ -109,8 +109,11 @@ values: st.SearchStrategy[str | list[str]] = st.one_of(
 
 
 def parameters(names: tuple[str, ...]) -> st.SearchStrategy[dict[str, str | list[str]]]:
-    """Any subset of ``names`` with any values, and sometimes a name nobody expects."""
-    return st.fixed_dictionaries({}, optional=dict.fromkeys((*names, "unexpected"), values))
+    """A few of ``names`` (sometimes a name nobody expects) with any values: few at a
+    time, so that one refused parameter does not hide what another would do."""
+    return st.lists(st.sampled_from((*names, "unexpected")), max_size=3, unique=True).flatmap(
+        lambda chosen: st.fixed_dictionaries(dict.fromkeys(chosen, values))
+    )
 
 
 # The world ----------------------------------------------------------------------------
@@ -571,6 +574,19 @@ def test_an_admin_date_hierarchy_out_of_range_is_refused_with_a_message(
     response = world.client("superuser").get(url, {**dates, "o": "1"}, follow=True)
     assert response.redirect_chain == [(f"{url}?o=1", 302)]
     assert "Out of range, so not applied: valid_from__" in response.content.decode()
+
+
+@pytest.mark.filterwarnings("ignore:DateTimeField .* received a naive datetime:RuntimeWarning")
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_an_admin_date_filter_that_overflows_in_utc_is_refused_with_a_message(
+    world: World, moment: str
+) -> None:
+    url = reverse("admin:axes_accessfailurelog_changelist")
+    client = world.client("superuser")
+    response = client.get(url, {"attempt_time__gte": moment, "o": "1"}, follow=True)
+    assert response.redirect_chain == [(f"{url}?o=1", 302)]
+    assert "Out of range, so not applied: attempt_time__gte" in response.content.decode()
+    assert client.get(url, {"attempt_time__gte": "0001-01-01T00:00:00"}).status_code == 200
 
 
 def test_an_admin_date_hierarchy_in_range_is_applied(world: World) -> None:
