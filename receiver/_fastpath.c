@@ -62,6 +62,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -1034,10 +1035,17 @@ static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *Py_UNUSED(igno
     Py_RETURN_NONE;
 }
 
+static int compare_ids(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
 static PyObject *FastReceiver_set_gate(FastReceiver *self, PyObject *args) {
     PyObject *ids;
     int streams_per_source;
     if (!self->initialised) return not_initialised();
+    /* Until this call succeeds, C decides nothing: ids of an older gate would be wrong. */
+    self->deciding = 0;
     if (!PyArg_ParseTuple(args, "Oi", &ids, &streams_per_source)) return NULL;
     if (streams_per_source < 1) {
         PyErr_SetString(PyExc_ValueError, "streams_per_source must be positive");
@@ -1065,15 +1073,10 @@ static PyObject *FastReceiver_set_gate(FastReceiver *self, PyObject *args) {
             PyMem_Free(sorted);
             return NULL;
         }
-        /* Insertion sort: a gate has a handful of intercept ids, and it runs per change. */
-        Py_ssize_t at = k;
-        while (at > 0 && sorted[at - 1] > (uint32_t)value) {
-            sorted[at] = sorted[at - 1];
-            at--;
-        }
-        sorted[at] = (uint32_t)value;
+        sorted[k] = (uint32_t)value;
     }
     Py_DECREF(sequence);
+    qsort(sorted, (size_t)count, sizeof(uint32_t), compare_ids);
     PyMem_Free(self->claimed_ids);
     self->claimed_ids = sorted;
     self->claimed_count = (int)count;

@@ -612,9 +612,22 @@ def test_c_drop_tables_refuse_bad_input(receiving):
         fast.set_gate([2**30], 1)
     with pytest.raises(TypeError):
         fast.set_gate(None, 1)
-    fast.set_gate([1, 5], 1)
+    fast.set_gate([5, 1], 1)
     with pytest.raises(IndexError):
         fast.refuse(1, 1, 0, 1)
     with pytest.raises(ValueError, match="reason"):
         fast.refuse(0, 4, 0, 1)
+    fast.refuse(0, 1, 0, 2**62)  # its source is no router: C drops the rest
+    assert fast.store(0) == 1
+    assert fast.take_dropped() == (
+        0,
+        1,
+        0,
+        0,
+        [(fast.datagram(0)[1], 3, 1, 0, 1, 1, *[fast.datagram(0)[2]] * 2)],
+    )
+    # A gate C could not take leaves C deciding nothing, rather than by the old gate.
+    with pytest.raises(ValueError, match="30 bits"):
+        fast.set_gate([2**30], 1)
+    assert fast.store(0) == 0
     assert fast.take_dropped() == (0, 0, 0, 0, [])
