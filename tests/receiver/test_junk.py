@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import AGGREGATE_MID, ReceiverProcess, UnclaimedStream
 from receiver import worker
 from receiver.management.commands import receive
+from receiver.metrics import SnapshotCollector
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from tests.factories import make_case, make_intercept, make_router, make_user
 from tests.receiver.test_receive_command import Served, wait_for
@@ -190,3 +192,26 @@ def test_a_new_source_gets_a_row_in_the_reserve():
         5,
         5,
     )
+
+
+def test_the_metrics_count_unclaimed_datagrams_past_a_cap():
+    listener = worker.ListenerCounters(unclaimed_overflow=3, unclaimed_aggregated=7)
+    collector = SnapshotCollector()
+    collector.offer(
+        worker.Snapshot(
+            time_ns=1,
+            previous_ns=0,
+            sessions={},
+            closed_files=[],
+            open_files=[],
+            listener=listener,
+            sockets=[],
+            unclaimed={},
+            store_errors=Counter(),
+        )
+    )
+    [family] = [m for m in collector.collect() if m.name == "jmirror_unclaimed_capped_datagrams"]
+    assert {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")} == {
+        "aggregated": 7,
+        "not_listed": 3,
+    }
