@@ -54,7 +54,7 @@ def _send(sock: socket.socket, port: int, datagrams: list[bytes]) -> None:
         time.sleep(0.004)
 
 
-def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkeypatch):
+def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkeypatch, caplog):
     # The table filled at 10,000 rows after about 68k datagrams, one write of 200
     # rows a second; a lower cap reaches the same state in a test's time.
     monkeypatch.setattr(receive, "UNCLAIMED_ROWS_LIMIT", 400)
@@ -106,6 +106,10 @@ def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkey
     listed = UnclaimedStream.objects.aggregate(total=Sum("packets"))["total"]
     assert listed + process.unclaimed_overflow == dropped
     assert process.datagrams > JUNK * 9 // 10  # the junk did arrive
+    # And the caps reached were said, by the capture and by the database writer.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("counted in a source's aggregate row" in m for m in warnings)
+    assert any(m.startswith("unclaimed-stream table") for m in warnings)
 
 
 def test_the_health_page_says_when_sources_were_aggregated(client: Client):
