@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -108,6 +109,25 @@ def _lock_chain() -> None:
     # the database's single write lock from the start of the transaction.
 
 
+# What neither database can store as text: PostgreSQL refuses NUL in text and in jsonb
+# (as \u0000), and no UTF-8 column takes a lone surrogate. Refusals record what a client
+# asked for (a path, an id) verbatim, so such characters reach the log from outside.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` (text, or JSON made of dicts, lists and scalars) with every character a
+    database cannot store replaced by U+FFFD, so that recording what a client sent never
+    fails: the event still says that something odd was there."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(str(key)): storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
+
 def append_event(
     *,
     action: str,
@@ -133,13 +153,13 @@ def append_event(
         event = AuditEvent(
             created_at=timezone.now(),
             actor=user,
-            actor_name=actor_name,
+            actor_name=storable(actor_name),
             source_address=source_address,
-            action=action,
-            object_type=object_type[:100],
-            object_id=object_id[:64],
-            object_repr=object_repr[:200],
-            details=json.loads(json.dumps(details or {}, default=str)),
+            action=storable(action),
+            object_type=storable(object_type[:100]),
+            object_id=storable(object_id[:64]),
+            object_repr=storable(object_repr[:200]),
+            details=storable(json.loads(json.dumps(details or {}, default=str))),
             previous_hash=last or GENESIS_HASH,
         )
         event.hash = event.compute_hash()

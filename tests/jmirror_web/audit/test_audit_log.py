@@ -184,3 +184,16 @@ def test_deleting_a_user_keeps_their_events_and_the_chain_whole():
     assert (kept.actor_id, kept.actor_name) == (user_id, "leaver")
     assert AuditEvent.objects.order_by("-id").first().action == "user.delete"
     assert verify_chain() is None
+
+
+def test_text_no_database_can_store_is_recorded_as_replacement_characters():
+    # A refusal records the id and path a client sent: NUL (which PostgreSQL refuses in
+    # text and jsonb) and lone surrogates (which no UTF-8 column takes) must not make it
+    # fail, and must not vanish without a trace.
+    event = record(
+        "test.odd",
+        details={"path": "/api/cases/\x00\x91/", "k\x00": ["\ud800", 7, None]},
+    )
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.details == {"path": "/api/cases/\ufffd\x91/", "k\ufffd": ["\ufffd", 7, None]}
+    assert verify_chain() is None
