@@ -182,6 +182,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "jmirror_web.plain_text.RefuseNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "jmirror_web.security.sessions.IdleSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
