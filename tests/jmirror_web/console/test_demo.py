@@ -28,3 +28,18 @@ def test_demo_records_make_the_gate_claim_simulated_traffic_and_can_be_made_twic
     assert Case.objects.filter(reference="DEMO-1").count() == 1
     assert CaseAssignment.objects.filter(user=admin, case__reference="DEMO-1").count() == 1
     assert "kept case DEMO-1" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("listen", "target"),
+    [
+        ([("127.0.0.1", 30030)], "127.0.0.1:30030"),
+        ([("0.0.0.0", 4000), ("::", 4001)], "127.0.0.1:4000"),  # noqa: S104
+        ([("::", 4001)], "[::1]:4001"),
+    ],
+)
+def test_demo_says_to_send_the_traffic_where_the_receiver_listens(settings, listen, target):
+    settings.JMIRROR_LISTEN = listen
+    out = io.StringIO()
+    call_command("demo", stdout=out)
+    assert f"simulate --to {target} " in out.getvalue()

@@ -11,12 +11,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
 from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
+from receiver.worker import format_address
 
 DEMO_CASE = "DEMO-1"
 DEMO_LIID = "DEMO-LIID-1"
@@ -56,5 +58,14 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{'created' if made else 'kept'} case {DEMO_CASE}: router {router.address}, "
             f"intercept {DEMO_LIID} for mirror id {DEMO_MIRROR_ID:#x}. Now run: "
-            ".venv/bin/python manage.py simulate --to 127.0.0.1:30030 --rate 20 --duration 120"
+            f".venv/bin/python manage.py simulate --to {receiver_address()} "
+            "--rate 20 --duration 120"
         )
+
+
+def receiver_address() -> str:
+    """Where the receiver listens (JMIRROR_LISTEN's first address), as simulate's --to
+    takes it: a wildcard address is reached through loopback."""
+    host, port = settings.JMIRROR_LISTEN[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  # not a bind
+    return format_address(host, port)
