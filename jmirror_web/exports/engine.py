@@ -107,6 +107,9 @@ class SessionSource:
     name: str
     description: str
     files: Sequence[SourceFile]
+    # The session's own limit inside the request's window (a case export keeps each
+    # intercept to its warrant): only packets inside both are exported.
+    window: Window | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ class _Input:
     linktype: int
     order: int  # tie-breaker for equal times: session order in the request, then file order
     session: int  # index in the request's sessions
+    window: Window  # the request's window narrowed to the session's own
 
 
 @dataclass(frozen=True)
@@ -281,10 +285,10 @@ def _plan(request: ExportRequest) -> list[_SessionPlan]:
             f"A zip export holds pcap or pcapng files, not {request.member_format}: "
             "choose pcap or pcapng for its members."
         )
-    window = request.window
     plans: list[_SessionPlan] = []
     order = 0
     for session in request.sessions:
+        window = _narrowed(request.window, session.window)
         selected: list[tuple[int, str, SourceFile, int]] = []
         for source in session.files:
             if not _may_meet(source, window):
@@ -298,7 +302,7 @@ def _plan(request: ExportRequest) -> list[_SessionPlan]:
         linktypes = sorted({item[3] for item in selected})
         inputs = []
         for _first, _name, source, linktype in selected:
-            inputs.append(_Input(source, linktype, order, len(plans)))
+            inputs.append(_Input(source, linktype, order, len(plans), window))
             order += 1
         plans.append(_SessionPlan(session, inputs, linktypes))
     if request.format == ExportFormat.PCAP:
@@ -317,6 +321,15 @@ def _plan(request: ExportRequest) -> list[_SessionPlan]:
                     "choose pcapng for the zip's members."
                 )
     return plans
+
+
+def _narrowed(window: Window, inner: Window | None) -> Window:
+    """The part of ``window`` inside ``inner`` (possibly empty: start at or after end)."""
+    if inner is None:
+        return window
+    starts = [each for each in (window.start_ns, inner.start_ns) if each is not None]
+    ends = [each for each in (window.end_ns, inner.end_ns) if each is not None]
+    return Window(max(starts) if starts else None, min(ends) if ends else None)
 
 
 def _may_meet(source: SourceFile, window: Window) -> bool:
@@ -389,6 +402,7 @@ class _Cursor:
         "careful",
         "done",
         "end",
+        "end_ns",
         "growing",
         "head",
         "input",
@@ -402,13 +416,15 @@ class _Cursor:
         "stream",
     )
 
-    def __init__(self, item: _Input, window: Window, match: _Match | None, interface: int) -> None:
+    def __init__(self, item: _Input, match: _Match | None, interface: int) -> None:
+        window = item.window
         self.input = item
         self.name = item.source.path.name
         self.linktype = item.linktype
         self.interface = interface  # pcapng interface id
         self.match = match
         self.start_ns = -1 if window.start_ns is None else window.start_ns
+        self.end_ns = _NEVER if window.end_ns is None else window.end_ns
         self.stream: FileIO | None = None
         self.growing = False
         # Read into again and again (never resized, so views of runs handed out stay
@@ -567,7 +583,6 @@ _Run = tuple[_Cursor, int, int, int, int, int]
 
 def _runs(
     inputs: Iterable[_Input],
-    window: Window,
     match: _Match | None,
     interfaces: dict[tuple[int, int], int] | None = None,
 ) -> Iterator[_Run]:
@@ -578,13 +593,13 @@ def _runs(
 
     A file is opened only when the merge reaches its ``first_ns`` (a lower bound of its
     times), so files that do not overlap are read one after the other, each in one run
-    per buffer, and at most the overlapping files are open at once."""
-    end_ns = _NEVER if window.end_ns is None else window.end_ns
+    per buffer, and at most the overlapping files are open at once. Each file is read
+    inside its own session's window (``_Input.window``)."""
     heap: list[tuple[int, int, _Cursor]] = []
     for item in inputs:
         key = -1 if item.source.first_ns is None else item.source.first_ns
         interface = interfaces[item.session, item.linktype] if interfaces else 0
-        heap.append((key, item.order, _Cursor(item, window, match, interface)))
+        heap.append((key, item.order, _Cursor(item, match, interface)))
     cursors = [cursor for _key, _order, cursor in heap]
     heapq.heapify(heap)
     try:
@@ -593,7 +608,7 @@ def _runs(
             if cursor.stream is None:
                 cursor.open()
                 cursor.scan(-1)  # stops on the first record in the window, if any
-                if cursor.done or cursor.head is None or cursor.head >= end_ns:
+                if cursor.done or cursor.head is None or cursor.head >= cursor.end_ns:
                     cursor.close()
                 else:
                     heapq.heappush(heap, (cursor.head, order, cursor))
@@ -602,9 +617,9 @@ def _runs(
                 next_time, next_order, _next = heap[0]
                 # Equal times go to the earlier file, then the other's turn.
                 limit = next_time + 1 if order < next_order else next_time
-                limit = min(limit, end_ns)
+                limit = min(limit, cursor.end_ns)
             else:
-                limit = end_ns
+                limit = cursor.end_ns
             while True:
                 start, end, count, first, last = cursor.scan(limit)
                 if count:
@@ -613,7 +628,7 @@ def _runs(
                     cursor.close()
                     break
                 if cursor.head is not None:
-                    if cursor.head >= end_ns:
+                    if cursor.head >= cursor.end_ns:
                         cursor.close()
                     else:
                         heapq.heappush(heap, (cursor.head, order, cursor))
@@ -631,14 +646,14 @@ def _count(digest: ExportDigest, count: int, first: int, last: int) -> None:
 
 
 def _pcap_pieces(
-    plans: Sequence[_SessionPlan], window: Window, digest: ExportDigest, match: _Match | None = None
+    plans: Sequence[_SessionPlan], digest: ExportDigest, match: _Match | None = None
 ) -> Iterator[_Piece]:
     """A pcap file: its header, then the stored records as they are (bulk copies)."""
     inputs = [item for plan in plans for item in plan.inputs]
     linktypes = {item.linktype for item in inputs}
     linktype = linktypes.pop() if linktypes else _fallback_linktype(plans)
     yield _PCAP_HEADER.pack(_PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype)
-    for cursor, start, end, count, first, last in _runs(inputs, window, match):
+    for cursor, start, end, count, first, last in _runs(inputs, match):
         _count(digest, count, first, last)
         yield memoryview(cursor.buffer)[start:end]
 
@@ -655,7 +670,6 @@ def _fallback_linktype(plans: Sequence[_SessionPlan]) -> int:
 def _pcapng_pieces(
     plans: Sequence[_SessionPlan],
     comment: str,
-    window: Window,
     digest: ExportDigest,
     match: _Match | None = None,
 ) -> Iterator[_Piece]:
@@ -673,7 +687,7 @@ def _pcapng_pieces(
     pack_head = _EPB_HEAD.pack
     tails = _EPB_TAILS
     nanoseconds = _NS
-    for cursor, start, end, count, first, last in _runs(inputs, window, match, interfaces):
+    for cursor, start, end, count, first, last in _runs(inputs, match, interfaces):
         _count(digest, count, first, last)
         interface = cursor.interface
         view = memoryview(cursor.buffer)
@@ -733,8 +747,8 @@ def _content_pieces(
 ) -> Iterator[_Piece]:
     match = _matcher(request.packet_filter)
     if form == ExportFormat.PCAP:
-        return _pcap_pieces(plans, request.window, digest, match)
-    return _pcapng_pieces(plans, request.comment, request.window, digest, match)
+        return _pcap_pieces(plans, digest, match)
+    return _pcapng_pieces(plans, request.comment, digest, match)
 
 
 class _Hasher:

@@ -44,6 +44,7 @@ class Export(models.Model):
     class Kind(models.TextChoices):
         SESSION = "session", "one session"
         INTERCEPT = "intercept", "all sessions of an intercept"
+        CASE = "case", "all sessions of a case"
 
     requester = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -60,8 +61,11 @@ class Export(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.STREAMING)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="exports")
-    intercept = models.ForeignKey(Intercept, on_delete=models.PROTECT, related_name="exports")
-    # Null for an intercept export, which covers several sessions (see ``sources``).
+    # Null for a case export, which covers several intercepts (see ``sources``).
+    intercept = models.ForeignKey(
+        Intercept, on_delete=models.PROTECT, related_name="exports", null=True, blank=True
+    )
+    # Null for an intercept or case export, which covers several sessions (see ``sources``).
     session = models.ForeignKey(
         Session, on_delete=models.PROTECT, related_name="exports", null=True, blank=True
     )
@@ -95,6 +99,19 @@ class Export(models.Model):
     def session_ids(self) -> list[int]:
         return [int(source["session"]) for source in self.sources]
 
+    def intercepts(self) -> list[dict[str, Any]]:
+        """The intercepts of the sources, in order of first appearance. Sources recorded
+        before case exports name no intercept: theirs is the export's own."""
+        found: dict[int, dict[str, Any]] = {}
+        for source in self.sources:
+            if "intercept" in source:
+                found.setdefault(
+                    int(source["intercept"]), {"id": source["intercept"], "liid": source["liid"]}
+                )
+        if not found and self.intercept is not None:
+            return [{"id": self.intercept_id, "liid": self.intercept.liid}]
+        return list(found.values())
+
     def manifest(self) -> dict[str, Any]:
         """The export's chain-of-custody manifest, JSON-ready. ``schema`` names its
         version: fields are only ever added under the same name."""
@@ -113,10 +130,17 @@ class Export(models.Model):
                 "valid_from": _iso(self.case.valid_from),
                 "valid_until": _iso(self.case.valid_until),
             },
-            "intercept": {"id": self.intercept_id, "liid": self.intercept.liid},
+            "intercept": (
+                {"id": self.intercept_id, "liid": self.intercept.liid}
+                if self.intercept is not None
+                else None
+            ),
+            # Every intercept the export drew from (one but for a case export).
+            "intercepts": self.intercepts(),
             "sessions": [
                 {
                     "id": source["session"],
+                    "liid": source.get("liid", self.intercept.liid if self.intercept else None),
                     "router": source["router"],
                     "router_address": source["router_address"],
                     "mid": source["mid"],

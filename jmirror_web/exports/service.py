@@ -3,7 +3,8 @@ the Export record kept while the bytes stream out.
 
 The views and the API do the same four things through here:
 
-1. :func:`prepare_session_export` / :func:`prepare_intercept_export` turn records and
+1. :func:`prepare_session_export` / :func:`prepare_intercept_export` /
+   :func:`prepare_case_export` turn records and
    validated parameters into an engine request, or raise :class:`ExportRefused` with one
    sentence for the user (a window outside the warrant, purged files...). File paths
    come only from CaptureFile rows under ``settings.DATA_DIR``, never from a request.
@@ -49,7 +50,7 @@ from jmirror_web.exports.engine import (
     Window,
 )
 from jmirror_web.exports.models import Export
-from jmirror_web.intercepts.models import CaptureFile, Intercept, Session
+from jmirror_web.intercepts.models import CaptureFile, Case, Intercept, Session
 from receiver.store import PART_SUFFIX
 
 CONTENT_TYPES: Final = {
@@ -101,7 +102,8 @@ class PreparedExport:
     """An export checked and ready to stream; nothing is recorded yet."""
 
     kind: Export.Kind
-    intercept: Intercept
+    case: Case
+    intercept: Intercept | None  # None for a case export
     session: Session | None
     parameters: ExportParameters
     sessions: list[tuple[Session, list[CaptureFile]]]
@@ -135,11 +137,20 @@ def warrant_window(intercept: Intercept) -> tuple[datetime, datetime]:
     return max(case.valid_from, intercept.valid_from), min(case.valid_until, intercept.valid_until)
 
 
-def _check_window(parameters: ExportParameters, intercept: Intercept) -> tuple[datetime, datetime]:
-    """The window to export: the asked one, which must lie inside the warrant, with an
-    unbounded side taken from the warrant. Exports never reach outside the warrant, even
-    when a record was changed after the packets were stored."""
-    allowed_from, allowed_until = warrant_window(intercept)
+def _check_window(
+    parameters: ExportParameters, intercept: Intercept | None, case: Case | None = None
+) -> tuple[datetime, datetime]:
+    """The window to export: the asked one, which must lie inside the warrant (the
+    intercept's, or the case's for a case export), with an unbounded side taken from the
+    warrant. Exports never reach outside the warrant, even when a record was changed
+    after the packets were stored."""
+    if intercept is not None:
+        allowed_from, allowed_until = warrant_window(intercept)
+        warrant = f"case {intercept.case.reference}, intercept {intercept.liid}"
+    else:
+        assert case is not None
+        allowed_from, allowed_until = case.valid_from, case.valid_until
+        warrant = f"case {case.reference}"
     start, end = parameters.start, parameters.end
     if start is not None and end is not None and start >= end:
         raise ExportRefused("The window's start must be before its end.", "end")
@@ -147,8 +158,7 @@ def _check_window(parameters: ExportParameters, intercept: Intercept) -> tuple[d
         end is not None and not allowed_from < end <= allowed_until
     ):
         raise ExportRefused(
-            f"The window must lie inside the warrant: case {intercept.case.reference}, "
-            f"intercept {intercept.liid}, allows {_shown(allowed_from)} to "
+            f"The window must lie inside the warrant: {warrant}, allows {_shown(allowed_from)} to "
             f"{_shown(allowed_until)} UTC.",
             "start" if start is not None and not allowed_from <= start < allowed_until else "end",
         )
@@ -220,9 +230,20 @@ def _session_name(session: Session) -> str:
     return f"{_safe(session.router.name)}_mid-{session.mid:08x}_sid-{session.sid:08x}"
 
 
-def _session_source(session: Session, files: list[CaptureFile]) -> SessionSource:
+def _session_source(
+    session: Session,
+    files: list[CaptureFile],
+    window: Window | None = None,
+    *,
+    with_liid: bool = False,
+) -> SessionSource:
+    # A case export's interfaces come from several intercepts: their names start with
+    # the LIID (for one intercept the file name already says it).
+    name = _session_name(session)
+    if with_liid and session.intercept is not None:
+        name = f"{_safe(session.intercept.liid)}_{name}"
     return SessionSource(
-        name=_session_name(session),
+        name=name,
         description=(
             f"{session.intercept.liid if session.intercept else ''} router "
             f"{session.router.name} ({session.router.address}) mid {session.mid:#x} "
@@ -232,12 +253,15 @@ def _session_source(session: Session, files: list[CaptureFile]) -> SessionSource
             SourceFile(file_path(each), 0, *_ns_bounds(each))
             for each in files  # linktype 0: the engine reads it from the file's header
         ],
+        window=window,
     )
 
 
 def _source_record(session: Session, files: list[CaptureFile]) -> dict[str, Any]:
     return {
         "session": session.pk,
+        "intercept": session.intercept_id,
+        "liid": session.intercept.liid if session.intercept else None,
         "router": session.router.name,
         "router_address": session.router.address,
         "mid": f"{session.mid:#x}",
@@ -297,6 +321,7 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
     _check_engine(engine_request)
     return PreparedExport(
         kind=Export.Kind.SESSION,
+        case=intercept.case,
         intercept=intercept,
         session=session,
         parameters=parameters,
@@ -310,34 +335,110 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
 def prepare_intercept_export(intercept: Intercept, parameters: ExportParameters) -> PreparedExport:
     """Every session of an intercept with traffic in the window: one pcapng (an interface
     per session) or a zip of per-session files."""
+    _check_many_format(parameters, "An intercept")
+    start, end = _check_window(parameters, intercept)
+    return _prepare_sessions(
+        Export.Kind.INTERCEPT,
+        intercept.case,
+        intercept,
+        parameters,
+        [(intercept, _sessions_in(intercept, start, end))],
+        (start, end),
+        stem=f"{_safe(intercept.liid)}_all-sessions",
+        nothing=f"Intercept {intercept.liid}",
+    )
+
+
+def prepare_case_export(case: Case, parameters: ExportParameters) -> PreparedExport:
+    """Every session of every intercept of a case with traffic in the window, each
+    intercept kept to its own warrant inside the case's: one pcapng (an interface per
+    session) or a zip of per-session files."""
+    _check_many_format(parameters, "A case")
+    start, end = _check_window(parameters, None, case)
+    groups = []
+    for intercept in case.intercepts.select_related("case").order_by("pk"):
+        inside = _inside_warrant(intercept, start, end)
+        if inside is not None:
+            groups.append((intercept, _sessions_in(intercept, *inside)))
+    return _prepare_sessions(
+        Export.Kind.CASE,
+        case,
+        None,
+        parameters,
+        groups,
+        (start, end),
+        stem=f"{_safe(case.reference)}_case",
+        nothing=f"Case {case.reference}",
+    )
+
+
+def _check_many_format(parameters: ExportParameters, what: str) -> None:
     if parameters.format not in (ExportFormat.PCAPNG, ExportFormat.ZIP):
         raise ExportRefused(
-            "An intercept is exported as one pcapng file or a zip of per-session files.", "format"
+            f"{what} is exported as one pcapng file or a zip of per-session files.", "format"
         )
-    start, end = _check_window(parameters, intercept)
-    sessions = list(
+
+
+def _inside_warrant(
+    intercept: Intercept, start: datetime, end: datetime
+) -> tuple[datetime, datetime] | None:
+    """The part of ``[start, end)`` inside the intercept's warrant, None when none is."""
+    allowed_from, allowed_until = warrant_window(intercept)
+    inside = max(start, allowed_from), min(end, allowed_until)
+    return inside if inside[0] < inside[1] else None
+
+
+def _sessions_in(intercept: Intercept, start: datetime, end: datetime) -> list[Session]:
+    return list(
         intercept.sessions.filter(first_seen__lt=end, last_seen__gte=start)
-        .select_related("router")
+        .select_related("router", "intercept")
         .order_by("first_seen", "pk")
     )
-    files_of = _files_in(sessions, start, end)
-    chosen = [(session, files_of[session.pk]) for session in sessions if files_of[session.pk]]
+
+
+def _prepare_sessions(
+    kind: Export.Kind,
+    case: Case,
+    intercept: Intercept | None,
+    parameters: ExportParameters,
+    groups: list[tuple[Intercept, list[Session]]],
+    window: tuple[datetime, datetime],
+    *,
+    stem: str,
+    nothing: str,
+) -> PreparedExport:
+    """Several sessions, grouped by intercept, as one pcapng or a zip: each group is read
+    only inside its intercept's warrant within ``window`` (for an intercept export that is
+    ``window`` itself, already checked against it)."""
+    start, end = window
+    chosen: list[tuple[Session, list[CaptureFile], Window]] = []
+    for each_intercept, sessions in groups:
+        inside = _inside_warrant(each_intercept, start, end)
+        if inside is None or not sessions:
+            continue
+        files_of = _files_in(sessions, *inside)
+        limit = Window(to_ns(inside[0]), to_ns(inside[1]))
+        chosen += [(session, files_of[session.pk], limit) for session in sessions]
+    chosen = [each for each in chosen if each[1]]
     if not chosen:
         raise ExportRefused(
-            f"Intercept {intercept.liid} has no stored traffic between {_shown(start)} and "
-            f"{_shown(end)} UTC.",
+            f"{nothing} has no stored traffic between {_shown(start)} and {_shown(end)} UTC.",
             "start",
         )
-    first_seen = min(session.first_seen for session, _ in chosen)
-    last_seen = max(session.last_seen for session, _ in chosen)
+    # Interfaces (or zip members) in order of first traffic, whichever intercept.
+    chosen.sort(key=lambda each: (each[0].first_seen, each[0].pk))
+    first_seen = min(session.first_seen for session, _, _ in chosen)
+    last_seen = max(session.last_seen for session, _, _ in chosen)
     extension = "zip" if parameters.format == ExportFormat.ZIP else "pcapng"
     name = (
-        f"{_safe(intercept.liid)}_all-sessions_"
-        f"{_stamp(parameters.start or first_seen)}-{_stamp(parameters.end or last_seen)}"
-        f".{extension}"
+        f"{stem}_{_stamp(parameters.start or first_seen)}-"
+        f"{_stamp(parameters.end or last_seen)}.{extension}"
     )
     engine_request = ExportRequest(
-        sessions=[_session_source(session, files) for session, files in chosen],
+        sessions=[
+            _session_source(session, files, limit, with_liid=kind == Export.Kind.CASE)
+            for session, files, limit in chosen
+        ],
         format=parameters.format,
         window=Window(to_ns(start), to_ns(end)),
         packet_filter=parameters.packet_filter,
@@ -345,30 +446,41 @@ def prepare_intercept_export(intercept: Intercept, parameters: ExportParameters)
     )
     _check_engine(engine_request)
     return PreparedExport(
-        kind=Export.Kind.INTERCEPT,
+        kind=kind,
+        case=case,
         intercept=intercept,
         session=None,
         parameters=parameters,
-        sessions=chosen,
+        sessions=[(session, files) for session, files, _ in chosen],
         file_name=name,
         engine_request=engine_request,
-        sources=[_source_record(session, files) for session, files in chosen],
+        sources=[_source_record(session, files) for session, files, _ in chosen],
     )
 
 
 def section_comment(export: Export, prepared: PreparedExport) -> str:
     """The pcapng section comment: who exported what, from which warrant, when."""
-    intercept = prepared.intercept
+    case = prepared.case
     parameters = prepared.parameters
+    liids = list(
+        dict.fromkeys(
+            session.intercept.liid for session, _ in prepared.sessions if session.intercept
+        )
+    )
     lines = [
         f"jmirror-web evidence export {export.pk}",
-        f"LIID: {intercept.liid}",
-        f"Case: {intercept.case.reference}"
-        + (f" ({intercept.case.agency})" if intercept.case.agency else ""),
+        f"LIID: {', '.join(liids)}",
+        f"Case: {case.reference}" + (f" ({case.agency})" if case.agency else ""),
     ]
     for session, _ in prepared.sessions:
+        # A case export holds several intercepts: each session names its own.
+        liid = (
+            f"LIID {session.intercept.liid} "
+            if prepared.kind == Export.Kind.CASE and session.intercept
+            else ""
+        )
         lines.append(
-            f"Session: router {session.router.name} ({session.router.address}) "
+            f"Session: {liid}router {session.router.name} ({session.router.address}) "
             f"mid {session.mid:#x} sid {session.sid:#x}"
         )
     lines += [
@@ -388,7 +500,7 @@ REFUSED: Final = "export.refused"
 
 def audit_refusal(
     request: HttpRequest,
-    obj: Session | Intercept | Export | None,
+    obj: Session | Intercept | Case | Export | None,
     reason: str,
     details: dict[str, Any] | None = None,
 ) -> None:
@@ -406,7 +518,7 @@ def start(prepared: PreparedExport, request: HttpRequest) -> ExportStream:
         requester_name=user.get_username(),
         source_address=client_address(request),
         kind=prepared.kind,
-        case=prepared.intercept.case,
+        case=prepared.case,
         intercept=prepared.intercept,
         session=prepared.session,
         format=parameters.format,
