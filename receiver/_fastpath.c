@@ -41,10 +41,10 @@
  * a source Python found unregistered (unknown_router, whatever the mid); one from a
  * registered router whose intercept id the gate does not know (no_intercept); one of a
  * stream Python refused, inside the span of that answer. Their unclaimed streams are
- * counted in a bounded table (PENDING_LIMIT), at most `n` streams per source between two
- * take_dropped() calls and the rest in the source's aggregate, as
- * receiver.worker.admit_unclaimed would do with them anyway; a full table hands the
- * datagram to Python, which takes the table first. Python takes it before it handles
+ * counted in a bounded table (PENDING_LIMIT), one row per stream (never the source's
+ * aggregate: only receiver.worker.admit_unclaimed knows which streams its tables list
+ * apart already, and it admits C's rows as it would each datagram); a full table hands
+ * the datagram to Python, which takes the table first. Python takes it before it handles
  * any datagram itself and at every tick, so the unclaimed streams reach it in the order
  * they came, and its results are those of handling each datagram (property test).
  *
@@ -132,17 +132,16 @@ typedef struct {
 } Entry;
 
 /* A source's verdict: unregistered (everything it sends is unknown_router) or a
- * registered router; and how many of its streams are pending individually. */
+ * registered router. */
 typedef struct {
     int used;
     int key_length;
     unsigned char source[20];
     int verdict;
-    int window_streams;
 } Source;
 
-/* An unclaimed stream counted in C since the last take_dropped(); `aggregate` is the
- * source's row for its streams past the per-source limit (mid and sid unused). */
+/* An unclaimed stream counted in C since the last take_dropped(); `aggregate` is always 0
+ * (kept in take_dropped()'s tuples: see count_unclaimed). */
 typedef struct {
     int key_length;
     unsigned char source[20];
@@ -389,47 +388,40 @@ static Source *find_source(FastReceiver *self, const unsigned char *key, int len
 }
 
 /* Count a dropped datagram of stream (key, mid, sid) in the pending table: 0 when the
- * table is full (Python takes the datagram, after taking the table). */
-static int count_unclaimed(FastReceiver *self, Source *s, const unsigned char *key, int length,
+ * table is full (Python takes the datagram, after taking the table). Each stream has its
+ * own row: C does not fold a source's streams past the per-source limit into its
+ * aggregate, since it cannot know which of them Python's unclaimed table already lists
+ * apart (the source's first stream, decided by Python; those of an earlier
+ * take_dropped()): receiver.worker.admit_unclaimed decides that, row by row, in order. */
+static int count_unclaimed(FastReceiver *self, const unsigned char *key, int length,
                            uint32_t mid, uint32_t sid, int reason, long long time_ns) {
-    int aggregate = 0;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        uint32_t hmid = aggregate ? 0xFFFFFFFFu : mid, hsid = aggregate ? 0xFFFFFFFFu : sid;
-        unsigned slot = hash_key(key, length, hmid, hsid) & (PENDING_SLOTS - 1);
-        for (int probe = 0; probe < PENDING_SLOTS; probe++) {
-            int at = self->pending_slots[slot];
-            if (at < 0) break;
-            Pending *q = &self->pending[at];
-            if (q->aggregate == aggregate && q->key_length == length &&
-                (aggregate || (q->mid == mid && q->sid == sid)) &&
-                memcmp(q->source, key, (size_t)length) == 0) {
-                q->count++;
-                q->last_ns = time_ns;
-                q->reason = reason;
-                return 1;
-            }
-            slot = (slot + 1) & (PENDING_SLOTS - 1);
+    unsigned slot = hash_key(key, length, mid, sid) & (PENDING_SLOTS - 1);
+    /* At most PENDING_LIMIT of the PENDING_SLOTS slots are used: an empty one is found. */
+    for (int probe = 0; probe < PENDING_SLOTS; probe++) {
+        int at = self->pending_slots[slot];
+        if (at < 0) break;
+        Pending *q = &self->pending[at];
+        if (q->key_length == length && q->mid == mid && q->sid == sid &&
+            memcmp(q->source, key, (size_t)length) == 0) {
+            q->count++;
+            q->last_ns = time_ns;
+            q->reason = reason;
+            return 1;
         }
-        /* A new stream: past the source's limit it goes to the aggregate. */
-        if (!aggregate && s->window_streams >= self->streams_per_source) {
-            aggregate = 1;
-            continue;
-        }
-        if (self->pending_count >= PENDING_LIMIT) return 0;
-        Pending *q = &self->pending[self->pending_count];
-        q->key_length = length;
-        memcpy(q->source, key, (size_t)length);
-        q->mid = aggregate ? 0 : mid;
-        q->sid = aggregate ? 0 : sid;
-        q->aggregate = aggregate;
-        q->reason = reason;
-        q->count = 1;
-        q->first_ns = q->last_ns = time_ns;
-        self->pending_slots[slot] = self->pending_count++;
-        if (!aggregate) s->window_streams++;
-        return 1;
+        slot = (slot + 1) & (PENDING_SLOTS - 1);
     }
-    return 0;
+    if (self->pending_count >= PENDING_LIMIT) return 0;
+    Pending *q = &self->pending[self->pending_count];
+    q->key_length = length;
+    memcpy(q->source, key, (size_t)length);
+    q->mid = mid;
+    q->sid = sid;
+    q->aggregate = 0;
+    q->reason = reason;
+    q->count = 1;
+    q->first_ns = q->last_ns = time_ns;
+    self->pending_slots[slot] = self->pending_count++;
+    return 1;
 }
 
 /* Drop datagram i in C when the answer is known (see the header): 1 when counted, 0
@@ -458,7 +450,7 @@ static int decide_drop(FastReceiver *self, int i, const unsigned char *p, unsign
         if (!e->drop || time_ns < e->low || time_ns >= e->high) return 0;
         reason = e->drop;
     }
-    if (!count_unclaimed(self, s, key, key_length, mid, sid, reason, time_ns)) return 0;
+    if (!count_unclaimed(self, key, key_length, mid, sid, reason, time_ns)) return 0;
     self->dropped[reason]++;
     self->fast++;
     self->fast_bytes += n;
@@ -1179,7 +1171,6 @@ static PyObject *FastReceiver_take_dropped(FastReceiver *self, PyObject *Py_UNUS
     memset(self->dropped, 0, sizeof self->dropped);
     self->pending_count = 0;
     for (int k = 0; k < PENDING_SLOTS; k++) self->pending_slots[k] = -1;
-    for (int k = 0; k < SOURCE_SIZE; k++) self->sources[k].window_streams = 0;
     return result;
 }
 

@@ -889,11 +889,15 @@ class Receiver(Capture):
             bound[:] = [gate, self._epoch, store.generation]
             try:
                 native.clear()
-                if new_gate:
-                    # From now on C drops what this gate drops (receiver/_fastpath.c).
-                    native.set_gate(gate.mirror_ids, UNCLAIMED_STREAMS_PER_SOURCE)
             except Exception:  # handing the live sample on failed (no memory): counted
                 self._internal_error("the C receive path")
+            if new_gate:
+                # From now on C drops what this gate drops (receiver/_fastpath.c); also
+                # when clear() failed, or C would go on dropping by the old gate's ids.
+                try:
+                    native.set_gate(gate.mirror_ids, UNCLAIMED_STREAMS_PER_SOURCE)
+                except Exception:  # no memory: C decides nothing until the next gate
+                    self._internal_error("the C receive path")
 
         def drain_native() -> None:
             for _ in range(_DRAIN_LIMIT // BATCH):

@@ -236,6 +236,76 @@ def test_the_c_path_gives_what_handling_each_datagram_gives(traffic):
         assert _through_c(traffic, Path(native)) == _through_python(traffic, Path(python))
 
 
+def test_a_stream_python_lists_apart_is_not_folded_into_the_aggregate_by_c():
+    """Found by the property test above: an unregistered source's first stream is decided
+    by Python (its own row); its next streams are counted by C, and once they reach the
+    per-source limit C must not put the first stream's later datagrams in the source's
+    aggregate row, since Python's table lists that stream apart already."""
+    traffic = [
+        [
+            (jmirror_datagram(INNER[0], mid=mid, sid=sid), "127.0.0.3")
+            for mid, sid in [(1, 7), (1, 8), (2, 7), (3, 7), (1, 7)]
+        ]
+    ]
+    with (
+        mock.patch.multiple(worker, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        tempfile.TemporaryDirectory() as native,
+        tempfile.TemporaryDirectory() as python,
+    ):
+        through_c = _through_c(traffic, Path(native))
+        assert through_c == _through_python(traffic, Path(python))
+    assert through_c[2][0] == {
+        ("127.0.0.3", 1, 7): ("unknown_router", 2),
+        ("127.0.0.3", 1, 8): ("unknown_router", 1),
+        ("127.0.0.3", 2, 7): ("unknown_router", 1),
+        ("127.0.0.3", worker.AGGREGATE_MID, 0): ("unknown_router", 1),
+    }
+
+
+def test_a_new_gate_reaches_c_even_when_clearing_the_old_bindings_failed():
+    """clear() can fail (handing the live sample on: no memory) after forgetting every
+    binding and verdict; the new gate's intercept ids must still reach C, or C drops a
+    stream the new gate claims as no_intercept by the old gate's ids."""
+    failures = [0]
+
+    class FailingClear:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._native = real(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._native, name)
+
+        def clear(self) -> None:
+            self._native.clear()
+            if failures[0]:
+                failures[0] -= 1
+                raise MemoryError
+
+    real = worker.FastReceiver
+    claimed = jmirror_datagram(INNER[0], mid=3, sid=1)
+    with (
+        mock.patch.object(worker, "FastReceiver", FailingClear),
+        tempfile.TemporaryDirectory() as directory,
+        senders() as by_source,
+    ):
+        receiver = Receiver([("127.0.0.1", 0)], Gate(ROUTERS, RULES), _store(Path(directory)))
+        sock = receiver.sockets[0]
+        sock.setblocking(False)
+        drain = receiver._drainer(sock)
+        by_source["127.0.0.2"].sendto(claimed, receiver.addresses[0])
+        drain()  # nobody's mirror id 3: no_intercept
+        receiver.gate = Gate(ROUTERS, [*RULES, _rule(6, 3, FOREVER)])
+        failures[0] = 1
+        for payload in [jmirror_datagram(INNER[0], mid=9, sid=1), claimed, claimed]:
+            by_source["127.0.0.2"].sendto(payload, receiver.addresses[0])
+        drain()  # mid 9: no_intercept, decided by Python; mid 3 now claimed: stored
+        receiver.finish(time.time_ns())
+        receiver.close_sockets()
+    assert failures[0] == 0
+    assert receiver.counters.internal_error == 1
+    assert dict(receiver.counters.drops) == {"no_intercept": 2}
+
+
 def test_a_busy_stream_is_stored_by_c_and_its_live_packets_are_the_latest():
     """The comparison above is not vacuous: C does store a bound stream, rotating and
     flushing through Python, and the live view gets the latest packets as bytes."""
