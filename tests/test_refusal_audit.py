@@ -63,6 +63,7 @@ EXPECTED = {
     "console:packet_jump",
     "exports:session",
     "exports:intercept",
+    "exports:case",
     "exports:case_exports",
     "exports:manifest",
     "exports:manifest_json",
@@ -71,6 +72,7 @@ EXPECTED = {
     "api:intercept-detail",
     "api:session-detail",
     "api:session_pcap",
+    "api:case_pcap",
     "api:export",
 }
 _PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")

@@ -15,5 +15,6 @@ router.register("sessions", views.SessionViewSet, basename="session")
 urlpatterns = [
     *router.urls,
     path("sessions/<int:session_id>/pcap", exports.SessionPcapView.as_view(), name="session_pcap"),
+    path("cases/<int:case_id>/pcap", exports.CasePcapView.as_view(), name="case_pcap"),
     path("exports/<int:export_id>", exports.ExportManifestView.as_view(), name="export"),
 ]

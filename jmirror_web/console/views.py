@@ -34,7 +34,8 @@ from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
 from jmirror_web.audit.refusals import refusals_audited
-from jmirror_web.exports.forms import ExportForm
+from jmirror_web.exports.forms import ExportForm, InterceptExportForm
+from jmirror_web.exports.service import CaseContents, with_export_contents
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import (
     CaptureFile,
@@ -374,8 +375,13 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
         _with_traffic(cases_for(request.user, Action.VIEW_METADATA)), pk=case_id
     )
     now = timezone.now()
+    downloads = may(request.user, Action.DOWNLOAD, case)
+    intercept_rows = case.intercepts.all()
+    if downloads:
+        # What the case export holds, counted in the same query (no file read).
+        intercept_rows = with_export_contents(intercept_rows)
     intercepts = list(
-        case.intercepts.annotate(
+        intercept_rows.annotate(
             session_count=Count("sessions"),
             packet_total=Coalesce(Sum("sessions__packets"), 0),
             byte_total=Coalesce(Sum("sessions__bytes"), 0),
@@ -413,7 +419,10 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
         {
             "case": case,
             "window": warrant_window(case, now),
-            "downloads": may(request.user, Action.DOWNLOAD, case),
+            "downloads": downloads,
+            # The case export's form, and what it holds (CaptureFile rows: no file read).
+            "export_form": InterceptExportForm() if downloads else None,
+            "contents": CaseContents.of(intercepts) if downloads else None,
             "intercepts": intercepts,
             "page": page,
             "rows": rows,

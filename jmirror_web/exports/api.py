@@ -1,4 +1,5 @@
-"""The export API: ``GET /api/sessions/<id>/pcap`` and ``GET /api/exports/<id>``.
+"""The export API: ``GET /api/sessions/<id>/pcap``, ``GET /api/cases/<id>/pcap`` and
+``GET /api/exports/<id>``.
 
 The same rules as the pages (:mod:`jmirror_web.exports.views`), answered the API's way:
 400 with the errors in JSON for parameters that cannot be served, 404 for a session the
@@ -21,11 +22,11 @@ from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
 from jmirror_web.exports import service
 from jmirror_web.exports.engine import ExportFormat
-from jmirror_web.exports.forms import ExportForm
+from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.models import Export
 from jmirror_web.exports.service import ExportRefused
 from jmirror_web.intercepts.access import Action, may, may_see_export
-from jmirror_web.intercepts.models import Session
+from jmirror_web.intercepts.models import Case, Session
 
 
 class _AuditedView(APIView):
@@ -94,6 +95,45 @@ class SessionPcapView(_AuditedView):
             prepared = service.prepare_session_export(session, parameters)
         except ExportRefused as error:
             service.audit_refusal(http_request, session, str(error), parameters.audit_details())
+            raise ValidationError({error.field or "detail": [str(error)]}) from None
+        return service.streaming_response(service.start(prepared, http_request), http_request)
+
+
+class CasePcapView(_AuditedView):
+    """Every session of every intercept of a case, each intercept kept to its own
+    warrant: the session endpoint's parameters, ``format`` pcapng (one file, an interface
+    per session; the default) or zip (with ``member_format`` pcapng or pcap)."""
+
+    what = "case export"
+
+    def get(self, request: Request, case_id: int) -> HttpResponseBase:
+        http_request = request._request
+        case = Case.objects.filter(pk=case_id).first()
+        if case is None or not may(request.user, Action.DOWNLOAD, case):
+            refusals.audit_refusal(
+                http_request,
+                Case,
+                case_id,
+                "no download right",
+                action=service.REFUSED,
+                obj=case,
+                details={"case": case_id},
+            )
+            raise NotFound()
+        query = request.query_params.copy()
+        query.setdefault("format", ExportFormat.PCAPNG)
+        form = InterceptExportForm(query)
+        if not form.is_valid():
+            errors = form.errors.get_json_data()
+            service.audit_refusal(http_request, case, "invalid parameters", {"errors": errors})
+            raise ValidationError(
+                {field: [error["message"] for error in each] for field, each in errors.items()}
+            )
+        parameters = form.parameters()
+        try:
+            prepared = service.prepare_case_export(case, parameters)
+        except ExportRefused as error:
+            service.audit_refusal(http_request, case, str(error), parameters.audit_details())
             raise ValidationError({error.field or "detail": [str(error)]}) from None
         return service.streaming_response(service.start(prepared, http_request), http_request)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,8 @@ from typing import Any, Final
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import F, Q
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
@@ -456,6 +457,61 @@ def _prepare_sessions(
         engine_request=engine_request,
         sources=[_source_record(session, files) for session, files, _ in chosen],
     )
+
+
+@dataclass(frozen=True)
+class CaseContents:
+    """What a case export of the whole case window would hold, from the CaptureFile rows
+    alone (no file is read): files count whole, so packets and bytes are an upper bound
+    once a window or a filter narrows the export."""
+
+    intercepts: int
+    sessions: int
+    files: int
+    packets: int
+    bytes: int
+
+    @classmethod
+    def of(cls, intercepts: Iterable[Intercept]) -> CaseContents:
+        """From intercepts annotated by :func:`with_export_contents`."""
+        rows = [each for each in intercepts if getattr(each, "export_files", 0)]
+        return cls(
+            intercepts=len(rows),
+            sessions=sum(getattr(each, "export_sessions", 0) for each in rows),
+            files=sum(getattr(each, "export_files", 0) for each in rows),
+            packets=sum(getattr(each, "export_packets", 0) for each in rows),
+            bytes=sum(getattr(each, "export_bytes", 0) for each in rows),
+        )
+
+
+def with_export_contents(intercepts: QuerySet[Intercept]) -> QuerySet[Intercept]:
+    """Each intercept with the stored, unpurged files that meet its warrant inside its
+    case's: ``export_sessions``, ``export_files``, ``export_packets``, ``export_bytes``.
+    Subqueries in the intercepts' own query (the case page counts its queries)."""
+    files = CaptureFile.objects.filter(
+        Q(first_packet__isnull=True)
+        | Q(first_packet__lt=Least(OuterRef("valid_until"), OuterRef("case__valid_until"))),
+        Q(last_packet__isnull=True)
+        | Q(last_packet__gte=Greatest(OuterRef("valid_from"), OuterRef("case__valid_from"))),
+        session__intercept=OuterRef("pk"),
+        purged_at__isnull=True,
+    ).order_by()
+
+    def total(aggregate: Any) -> Coalesce:
+        found = files.values("session__intercept").annotate(total=aggregate).values("total")
+        return Coalesce(Subquery(found[:1]), 0)
+
+    return intercepts.annotate(
+        export_sessions=total(Count("session", distinct=True)),
+        export_files=total(Count("pk")),
+        export_packets=total(Sum("packets")),
+        export_bytes=total(Sum("bytes")),
+    )
+
+
+def case_contents(case: Case) -> CaseContents:
+    """What the whole case would export (one query)."""
+    return CaseContents.of(with_export_contents(case.intercepts.all()))
 
 
 def section_comment(export: Export, prepared: PreparedExport) -> str:

@@ -11,6 +11,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
         name="verify_session_files",
     ),
     path("intercepts/<int:intercept_id>/export/", views.intercept_export, name="intercept"),
+    path("cases/<int:case_id>/export/", views.case_export, name="case"),
     path("cases/<int:case_id>/exports/", views.case_exports, name="case_exports"),
     path("exports/<int:export_id>/", views.manifest_page, name="manifest"),
     path("exports/<int:export_id>/manifest.json", views.manifest_json, name="manifest_json"),

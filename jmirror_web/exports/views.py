@@ -1,4 +1,4 @@
-"""Evidence leaving the system through the pages: session and intercept downloads, export
+"""Evidence leaving the system through the pages: session, intercept and case downloads, export
 manifests, the case's export list, the verify page and stored-file re-verification.
 
 A download needs the download right on the case (an assignment:
@@ -152,6 +152,33 @@ def intercept_export(request: HttpRequest, intercept_id: int) -> HttpResponseBas
         return render(
             request, "exports/intercept_export.html", {**context, "form": form}, status=400
         )
+    return service.streaming_response(service.start(prepared, request), request)
+
+
+@signed_in_or_audited("case export")
+@require_GET
+def case_export(request: HttpRequest, case_id: int) -> HttpResponseBase:
+    """Every session of every intercept of a case in a window: one pcapng or a zip."""
+    case = Case.objects.filter(pk=case_id).first()
+    if case is None or not may(request.user, Action.DOWNLOAD, case):
+        _refuse(request, case, "no download right", {"case": case_id})
+    assert case is not None
+    form = InterceptExportForm(request.GET if _has_parameters(request) else None)
+    context = {"case": case, "contents": service.case_contents(case)}
+    if not form.is_bound:
+        return render(request, "exports/case_export.html", {**context, "form": form})
+    if not form.is_valid():
+        service.audit_refusal(
+            request, case, "invalid parameters", {"errors": form.errors.get_json_data()}
+        )
+        return render(request, "exports/case_export.html", {**context, "form": form}, status=400)
+    parameters = form.parameters()
+    try:
+        prepared = service.prepare_case_export(case, parameters)
+    except ExportRefused as error:
+        service.audit_refusal(request, case, str(error), parameters.audit_details())
+        form.add_error(error.field, str(error))
+        return render(request, "exports/case_export.html", {**context, "form": form}, status=400)
     return service.streaming_response(service.start(prepared, request), request)
 
 

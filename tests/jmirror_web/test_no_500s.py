@@ -293,6 +293,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("console:map_unclaimed", "POST", (*STREAM_FORM, "page"), "li_admin", _stream),
     Endpoint("exports:session", "GET", EXPORT_PARAMETERS, args=_session),
     Endpoint("exports:intercept", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_intercept),
+    Endpoint("exports:case", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_case),
     Endpoint("exports:case_exports", "GET", args=_case),
     Endpoint("exports:manifest", "GET", args=_export),
     Endpoint("exports:manifest_json", "GET", args=_export),
@@ -314,6 +315,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("api:session-list", "GET", (*LIST_PARAMETERS, "intercept", "case"), api=True),
     Endpoint("api:session-detail", "GET", ("format",), args=_session, api=True),
     Endpoint("api:session_pcap", "GET", EXPORT_PARAMETERS, args=_session, api=True),
+    Endpoint("api:case_pcap", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_case, api=True),
     Endpoint("api:export", "GET", args=_export, api=True),
 )
 # Path segments the URL patterns take as text (DRF's detail routes): fuzzed too.

@@ -74,6 +74,7 @@ def store(
     frames: Iterable[Frame],
     *,
     rotate_seconds: float = 3600,
+    linktype: int = LINKTYPE_RAW,
 ) -> list[CaptureFile]:
     """Write ``frames`` with PcapStore and record their CaptureFile rows, newest first
     (only the ordering by time may put them right)."""
@@ -81,7 +82,7 @@ def store(
     pcap_store = PcapStore(data_dir / "sessions", rotate_seconds=rotate_seconds)
     key = SessionKey(session.intercept.liid, session.router.address, session.mid, session.sid)
     for time_ns, data in frames:
-        pcap_store.write(key, time_ns, data, LINKTYPE_RAW)
+        pcap_store.write(key, time_ns, data, linktype)
     rows = []
     for closed in reversed(pcap_store.close_all()):
         rows.append(
