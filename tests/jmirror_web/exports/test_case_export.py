@@ -392,3 +392,16 @@ def test_the_case_page_says_what_the_export_holds_only_with_the_right(
     form = client.get(reverse("exports:case", args=[evidence.case.pk]))
     assert form.status_code == 200
     assert "<strong>3</strong> sessions" in " ".join(form.content.decode().split())
+
+
+def test_the_manifest_page_names_every_intercept_of_a_case_export(
+    client: Client, evidence: Evidence, analyst: User
+) -> None:
+    client.force_login(analyst)
+    body(export(client, evidence.case, format="pcapng"))
+    record = Export.objects.get()
+    page = client.get(reverse("exports:manifest", args=[record.pk])).content.decode()
+    row = page.split("<th>Case / LIID</th><td>", 1)[1].split("</td>", 1)[0]
+    assert row.startswith("CASE-EXPORT / ")
+    for stored in (evidence.bare, evidence.second):
+        assert stored.intercept.liid in row
