@@ -23,9 +23,10 @@
  *   bind(i, ...)     after Python stored datagram i: its stream's session delta, open
  *                    file and the span of receive times over which the gate's answer
  *                    holds. Later datagrams of that stream then stay in C.
- *   clear()          forget every binding and verdict: Python calls it whenever a file
+ *   clear(complete)  forget every binding and verdict: Python calls it whenever a file
  *                    rotates or closes, the gate changes, or a tick hands the session
- *                    deltas on.
+ *                    deltas on; `complete` when its unclaimed table for this tick is
+ *                    empty and fed by no other receiver (C may aggregate then).
  *   set_gate(ids, n) the gate's claimed intercept ids (mid & 0x3FFFFFFF): from then on C
  *                    also decides datagrams that will be dropped (below).
  *   refuse(i, ...)   after Python dropped datagram i as unclaimed: the reason and the
@@ -41,10 +42,10 @@
  * a source Python found unregistered (unknown_router, whatever the mid); one from a
  * registered router whose intercept id the gate does not know (no_intercept); one of a
  * stream Python refused, inside the span of that answer. Their unclaimed streams are
- * counted in a bounded table (PENDING_LIMIT), one row per stream (never the source's
- * aggregate: only receiver.worker.admit_unclaimed knows which streams its tables list
- * apart already, and it admits C's rows as it would each datagram); a full table hands
- * the datagram to Python, which takes the table first. Python takes it before it handles
+ * counted in a bounded table (PENDING_LIMIT), a row per stream, and once a source has `n`
+ * streams apart this tick its others in the source's aggregate, as
+ * receiver.worker.admit_unclaimed would do with them (count_unclaimed says when C can be
+ * sure of that); a full table hands the datagram to Python, which takes it first. Python takes it before it handles
  * any datagram itself and at every tick, so the unclaimed streams reach it in the order
  * they came, and its results are those of handling each datagram (property test).
  *
@@ -88,6 +89,8 @@
 #define PENDING_LIMIT 1024
 #define PENDING_SLOTS 2048
 #define MAX_CLAIMED_IDS (1 << 20)
+/* A source's streams remembered as handed to Python apart (see count_unclaimed). */
+#define KNOWN_MAX 64
 #define INTERCEPT_ID_MASK 0x3FFFFFFFu
 /* Drop reasons, as receiver.gate names them; 0 in an Entry is a stored binding. */
 #define UNKNOWN_ROUTER 1
@@ -132,16 +135,20 @@ typedef struct {
 } Entry;
 
 /* A source's verdict: unregistered (everything it sends is unknown_router) or a
- * registered router. */
+ * registered router; and its streams handed to Python apart since the sources were last
+ * reset (a superset of those Python's unclaimed table lists apart, when `complete`):
+ * `tainted` when there were more than KNOWN_MAX. */
 typedef struct {
     int used;
     int key_length;
     unsigned char source[20];
     int verdict;
+    int known_count, tainted;
+    uint32_t known[KNOWN_MAX][2];
 } Source;
 
-/* An unclaimed stream counted in C since the last take_dropped(); `aggregate` is always 0
- * (kept in take_dropped()'s tuples: see count_unclaimed). */
+/* An unclaimed stream counted in C since the last take_dropped(); `aggregate` is the
+ * source's row for its streams past the per-source limit (mid and sid unused). */
 typedef struct {
     int key_length;
     unsigned char source[20];
@@ -190,6 +197,9 @@ typedef struct {
     int streams_per_source;
     Source *sources;
     int source_entries;
+    /* Whether Python's unclaimed table was empty when the sources were last reset (clear's
+     * argument), so that each source's `known` holds every stream it lists apart. */
+    int complete;
     Pending *pending;
     int pending_count;
     int *pending_slots; /* index into pending, -1 when empty */
@@ -363,12 +373,34 @@ static int is_claimed_id(FastReceiver *self, uint32_t id) {
     return low < self->claimed_count && self->claimed_ids[low] == id;
 }
 
+/* Forget every source's verdict and streams; `complete` as that field says. */
+static void reset_sources(FastReceiver *self, int complete) {
+    memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
+    self->source_entries = 0;
+    self->complete = complete;
+}
+
+static int is_known(const Source *s, uint32_t mid, uint32_t sid) {
+    for (int k = 0; k < s->known_count; k++)
+        if (s->known[k][0] == mid && s->known[k][1] == sid) return 1;
+    return 0;
+}
+
+/* Stream (mid, sid) of source s goes to Python apart (a row of its own, or decided there). */
+static void remember_stream(Source *s, uint32_t mid, uint32_t sid) {
+    if (is_known(s, mid, sid)) return;
+    if (s->known_count < KNOWN_MAX) {
+        s->known[s->known_count][0] = mid;
+        s->known[s->known_count][1] = sid;
+        s->known_count++;
+    } else {
+        s->tainted = 1;
+    }
+}
+
 static Source *find_source(FastReceiver *self, const unsigned char *key, int length, int add) {
     if (self->sources == NULL) return NULL;
-    if (add && self->source_entries >= SOURCE_LIMIT) {
-        memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
-        self->source_entries = 0;
-    }
+    if (add && self->source_entries >= SOURCE_LIMIT) reset_sources(self, 0);
     unsigned index = hash_key(key, length, 0, 0) & (SOURCE_SIZE - 1);
     for (int probe = 0; probe < SOURCE_SIZE; probe++) {
         Source *s = &self->sources[index];
@@ -388,40 +420,55 @@ static Source *find_source(FastReceiver *self, const unsigned char *key, int len
 }
 
 /* Count a dropped datagram of stream (key, mid, sid) in the pending table: 0 when the
- * table is full (Python takes the datagram, after taking the table). Each stream has its
- * own row: C does not fold a source's streams past the per-source limit into its
- * aggregate, since it cannot know which of them Python's unclaimed table already lists
- * apart (the source's first stream, decided by Python; those of an earlier
- * take_dropped()): receiver.worker.admit_unclaimed decides that, row by row, in order. */
-static int count_unclaimed(FastReceiver *self, const unsigned char *key, int length,
+ * table is full (Python takes the datagram, after taking the table). A new stream goes to
+ * the source's aggregate row only when receiver.worker.admit_unclaimed would surely put
+ * it there: the source has `streams_per_source` streams listed apart this tick (it never
+ * has fewer while Python's table is below nine tenths of its limit; above, a new stream
+ * is aggregated or not listed there anyway) and this is none of them. That needs every
+ * stream the source handed to Python apart this tick (here, or decided by Python: see
+ * refuse) in `known`: else the stream has a row of its own, which Python admits. */
+static int count_unclaimed(FastReceiver *self, Source *s, const unsigned char *key, int length,
                            uint32_t mid, uint32_t sid, int reason, long long time_ns) {
-    unsigned slot = hash_key(key, length, mid, sid) & (PENDING_SLOTS - 1);
-    /* At most PENDING_LIMIT of the PENDING_SLOTS slots are used: an empty one is found. */
-    for (int probe = 0; probe < PENDING_SLOTS; probe++) {
-        int at = self->pending_slots[slot];
-        if (at < 0) break;
-        Pending *q = &self->pending[at];
-        if (q->key_length == length && q->mid == mid && q->sid == sid &&
-            memcmp(q->source, key, (size_t)length) == 0) {
-            q->count++;
-            q->last_ns = time_ns;
-            q->reason = reason;
-            return 1;
+    int aggregate = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint32_t hmid = aggregate ? 0xFFFFFFFFu : mid, hsid = aggregate ? 0xFFFFFFFFu : sid;
+        unsigned slot = hash_key(key, length, hmid, hsid) & (PENDING_SLOTS - 1);
+        /* At most PENDING_LIMIT of the PENDING_SLOTS slots are used: an empty one is found. */
+        for (int probe = 0; probe < PENDING_SLOTS; probe++) {
+            int at = self->pending_slots[slot];
+            if (at < 0) break;
+            Pending *q = &self->pending[at];
+            if (q->aggregate == aggregate && q->key_length == length &&
+                (aggregate || (q->mid == mid && q->sid == sid)) &&
+                memcmp(q->source, key, (size_t)length) == 0) {
+                q->count++;
+                q->last_ns = time_ns;
+                q->reason = reason;
+                return 1;
+            }
+            slot = (slot + 1) & (PENDING_SLOTS - 1);
         }
-        slot = (slot + 1) & (PENDING_SLOTS - 1);
+        if (!aggregate && self->complete && !s->tainted &&
+            self->streams_per_source <= KNOWN_MAX &&
+            s->known_count >= self->streams_per_source && !is_known(s, mid, sid)) {
+            aggregate = 1;
+            continue;
+        }
+        if (self->pending_count >= PENDING_LIMIT) return 0;
+        Pending *q = &self->pending[self->pending_count];
+        q->key_length = length;
+        memcpy(q->source, key, (size_t)length);
+        q->mid = aggregate ? 0 : mid;
+        q->sid = aggregate ? 0 : sid;
+        q->aggregate = aggregate;
+        q->reason = reason;
+        q->count = 1;
+        q->first_ns = q->last_ns = time_ns;
+        self->pending_slots[slot] = self->pending_count++;
+        if (!aggregate) remember_stream(s, mid, sid);
+        return 1;
     }
-    if (self->pending_count >= PENDING_LIMIT) return 0;
-    Pending *q = &self->pending[self->pending_count];
-    q->key_length = length;
-    memcpy(q->source, key, (size_t)length);
-    q->mid = mid;
-    q->sid = sid;
-    q->aggregate = 0;
-    q->reason = reason;
-    q->count = 1;
-    q->first_ns = q->last_ns = time_ns;
-    self->pending_slots[slot] = self->pending_count++;
-    return 1;
+    return 0;
 }
 
 /* Drop datagram i in C when the answer is known (see the header): 1 when counted, 0
@@ -450,7 +497,7 @@ static int decide_drop(FastReceiver *self, int i, const unsigned char *p, unsign
         if (!e->drop || time_ns < e->low || time_ns >= e->high) return 0;
         reason = e->drop;
     }
-    if (!count_unclaimed(self, key, key_length, mid, sid, reason, time_ns)) return 0;
+    if (!count_unclaimed(self, s, key, key_length, mid, sid, reason, time_ns)) return 0;
     self->dropped[reason]++;
     self->fast++;
     self->fast_bytes += n;
@@ -1017,12 +1064,11 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->sources) {
-        /* The verdicts were the gate's answers: relearned through Python. */
-        memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
-        self->source_entries = 0;
-    }
+static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *args) {
+    int complete = 0;
+    if (!PyArg_ParseTuple(args, "|p", &complete)) return NULL;
+    /* The verdicts were the gate's answers: relearned through Python. */
+    if (self->sources) reset_sources(self, complete);
     if (self->table && clear_table(self, 1) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -1073,8 +1119,8 @@ static PyObject *FastReceiver_set_gate(FastReceiver *self, PyObject *args) {
     self->claimed_ids = sorted;
     self->claimed_count = (int)count;
     self->streams_per_source = streams_per_source;
-    memset(self->sources, 0, SOURCE_SIZE * sizeof(Source));
-    self->source_entries = 0;
+    /* Nothing remembered since the last reset: what it was complete for, it still is. */
+    reset_sources(self, self->complete && self->source_entries == 0);
     self->deciding = 1;
     Py_RETURN_NONE;
 }
@@ -1103,6 +1149,7 @@ static PyObject *FastReceiver_refuse(FastReceiver *self, PyObject *args) {
     Source *s = find_source(self, key, key_length, 1);
     if (s == NULL) Py_RETURN_NONE; /* cannot happen: the table was just made room in */
     s->verdict = reason == UNKNOWN_ROUTER ? VERDICT_UNKNOWN : VERDICT_ROUTER;
+    remember_stream(s, mid, sid); /* Python counted it, apart or not */
     if (reason == UNKNOWN_ROUTER || !is_claimed_id(self, mid & INTERCEPT_ID_MASK))
         Py_RETURN_NONE; /* the source's verdict and the claimed ids say it all */
     int index = find_entry(self, key, key_length, mid, sid);
@@ -1208,8 +1255,9 @@ static PyMethodDef FastReceiver_methods[] = {
      "(payload bytes, raw source key, receive time ns) of datagram i."},
     {"bind", (PyCFunction)FastReceiver_bind, METH_VARARGS,
      "bind(i, linktype, low, high, delta, file): store datagram i's stream in C."},
-    {"clear", (PyCFunction)FastReceiver_clear, METH_NOARGS,
-     "Forget every bound stream and every verdict."},
+    {"clear", (PyCFunction)FastReceiver_clear, METH_VARARGS,
+     "clear(complete=False): forget every bound stream and every verdict; complete when "
+     "Python's unclaimed table for this tick is empty and only this receiver feeds it."},
     {"set_gate", (PyCFunction)FastReceiver_set_gate, METH_VARARGS,
      "set_gate(claimed intercept ids, streams per source): C decides dropped datagrams."},
     {"refuse", (PyCFunction)FastReceiver_refuse, METH_VARARGS,

@@ -888,7 +888,10 @@ class Receiver(Capture):
             new_gate = bound[0] is not gate
             bound[:] = [gate, self._epoch, store.generation]
             try:
-                native.clear()
+                # C may fold a source's unclaimed streams into its aggregate row only
+                # knowing every stream this tick's table lists apart: from empty, and
+                # with no other socket's receiver adding to it.
+                native.clear(len(self._natives) == 1 and not self._unclaimed_since_tick)
             except Exception:  # handing the live sample on failed (no memory): counted
                 self._internal_error("the C receive path")
             if new_gate:
@@ -1010,7 +1013,8 @@ class Receiver(Capture):
             source = addresses.get(key) or remember_source(addresses, key)
             stream = aggregate_key(source) if aggregate else (source, mid, sid)
             reason = DROP_REASONS[code - 1]
-            entry = table.get(stream)
+            # An aggregate row counts as aggregated, as each of its datagrams would.
+            entry = None if aggregate else table.get(stream)
             if entry is not None:
                 entry.count += count
                 entry.last_ns = last_ns

@@ -239,12 +239,22 @@ def test_the_c_path_gives_what_handling_each_datagram_gives(traffic):
 def test_a_stream_python_lists_apart_is_not_folded_into_the_aggregate_by_c():
     """Found by the property test above: an unregistered source's first stream is decided
     by Python (its own row); its next streams are counted by C, and once they reach the
-    per-source limit C must not put the first stream's later datagrams in the source's
-    aggregate row, since Python's table lists that stream apart already."""
+    per-source limit C puts its new streams in the source's aggregate row, but not the
+    first stream's later datagrams, since Python's table lists that stream apart."""
+    # Then a datagram Python decides (C hands its aggregate row over), and another stream
+    # for the aggregate: counted as aggregated too, though the row is there already.
     traffic = [
         [
-            (jmirror_datagram(INNER[0], mid=mid, sid=sid), "127.0.0.3")
-            for mid, sid in [(1, 7), (1, 8), (2, 7), (3, 7), (1, 7)]
+            (jmirror_datagram(INNER[0], mid=mid, sid=sid), source)
+            for source, mid, sid in [
+                ("127.0.0.3", 1, 7),
+                ("127.0.0.3", 1, 8),
+                ("127.0.0.3", 2, 7),
+                ("127.0.0.3", 3, 7),
+                ("127.0.0.3", 1, 7),
+                ("127.0.0.1", 9, 7),
+                ("127.0.0.3", 4, 7),
+            ]
         ]
     ]
     with (
@@ -258,8 +268,10 @@ def test_a_stream_python_lists_apart_is_not_folded_into_the_aggregate_by_c():
         ("127.0.0.3", 1, 7): ("unknown_router", 2),
         ("127.0.0.3", 1, 8): ("unknown_router", 1),
         ("127.0.0.3", 2, 7): ("unknown_router", 1),
-        ("127.0.0.3", worker.AGGREGATE_MID, 0): ("unknown_router", 1),
+        ("127.0.0.3", worker.AGGREGATE_MID, 0): ("unknown_router", 2),
+        ("127.0.0.1", 9, 7): ("no_intercept", 1),
     }
+    assert through_c[0][7] == 2  # unclaimed_aggregated
 
 
 def test_a_new_gate_reaches_c_even_when_clearing_the_old_bindings_failed():
@@ -275,8 +287,8 @@ def test_a_new_gate_reaches_c_even_when_clearing_the_old_bindings_failed():
         def __getattr__(self, name: str) -> Any:
             return getattr(self._native, name)
 
-        def clear(self) -> None:
-            self._native.clear()
+        def clear(self, *args: bool) -> None:
+            self._native.clear(*args)
             if failures[0]:
                 failures[0] -= 1
                 raise MemoryError
