@@ -160,3 +160,13 @@ def test_the_case_page_takes_as_many_queries_for_100_sessions_as_for_10(
     assert few == many
     with django_assert_max_num_queries(12):
         client.get(reverse("console:case", args=[case.pk]))
+
+
+def test_the_heading_line_names_the_agency_only_when_the_case_has_one(client: Client):
+    analyst = make_user(Role.ANALYST)
+    with_agency = make_case(title="Warrant A", agency="Agency A")
+    without = make_case(title="Warrant B", agency="")
+    assign(analyst, with_agency)
+    assign(analyst, without)
+    assert "Warrant A · Agency A · " in page(client, analyst, with_agency).content.decode()  # type: ignore[attr-defined]
+    assert "Warrant B · <span" in page(client, analyst, without).content.decode()  # type: ignore[attr-defined]
