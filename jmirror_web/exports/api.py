@@ -9,7 +9,8 @@ refusal audited as ``export.refused``.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from django.http import HttpResponseBase
 from rest_framework import permissions
@@ -24,9 +25,11 @@ from jmirror_web.exports import service
 from jmirror_web.exports.engine import ExportFormat
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.models import Export
-from jmirror_web.exports.service import ExportRefused
+from jmirror_web.exports.service import ExportParameters, ExportRefused, PreparedExport
 from jmirror_web.intercepts.access import Action, may, may_see_export
 from jmirror_web.intercepts.models import Case, Session
+
+_Subject = TypeVar("_Subject", Session, Case)
 
 
 class _AuditedView(APIView):
@@ -81,22 +84,7 @@ class SessionPcapView(_AuditedView):
                 details={"session": session_id},
             )
             raise NotFound()
-        query = request.query_params.copy()
-        query.setdefault("format", ExportFormat.PCAPNG)
-        form = ExportForm(query)
-        if not form.is_valid():
-            errors = form.errors.get_json_data()
-            service.audit_refusal(http_request, session, "invalid parameters", {"errors": errors})
-            raise ValidationError(
-                {field: [error["message"] for error in each] for field, each in errors.items()}
-            )
-        parameters = form.parameters()
-        try:
-            prepared = service.prepare_session_export(session, parameters)
-        except ExportRefused as error:
-            service.audit_refusal(http_request, session, str(error), parameters.audit_details())
-            raise ValidationError({error.field or "detail": [str(error)]}) from None
-        return service.streaming_response(service.start(prepared, http_request), http_request)
+        return _export(request, session, ExportForm, service.prepare_session_export)
 
 
 class CasePcapView(_AuditedView):
@@ -120,22 +108,35 @@ class CasePcapView(_AuditedView):
                 details={"case": case_id},
             )
             raise NotFound()
-        query = request.query_params.copy()
-        query.setdefault("format", ExportFormat.PCAPNG)
-        form = InterceptExportForm(query)
-        if not form.is_valid():
-            errors = form.errors.get_json_data()
-            service.audit_refusal(http_request, case, "invalid parameters", {"errors": errors})
-            raise ValidationError(
-                {field: [error["message"] for error in each] for field, each in errors.items()}
-            )
-        parameters = form.parameters()
-        try:
-            prepared = service.prepare_case_export(case, parameters)
-        except ExportRefused as error:
-            service.audit_refusal(http_request, case, str(error), parameters.audit_details())
-            raise ValidationError({error.field or "detail": [str(error)]}) from None
-        return service.streaming_response(service.start(prepared, http_request), http_request)
+        return _export(request, case, InterceptExportForm, service.prepare_case_export)
+
+
+def _export(
+    request: Request,
+    subject: _Subject,
+    form_class: type[ExportForm],
+    prepare: Callable[[_Subject, ExportParameters], PreparedExport],
+) -> HttpResponseBase:
+    """The download of ``subject``, which the user may download: its parameters read
+    (pcapng unless ``format`` says otherwise), checked and prepared, or a 400 naming what
+    cannot be served; either way audited."""
+    http_request = request._request
+    query = request.query_params.copy()
+    query.setdefault("format", ExportFormat.PCAPNG)
+    form = form_class(query)
+    if not form.is_valid():
+        errors = form.errors.get_json_data()
+        service.audit_refusal(http_request, subject, "invalid parameters", {"errors": errors})
+        raise ValidationError(
+            {field: [error["message"] for error in each] for field, each in errors.items()}
+        )
+    parameters = form.parameters()
+    try:
+        prepared = prepare(subject, parameters)
+    except ExportRefused as error:
+        service.audit_refusal(http_request, subject, str(error), parameters.audit_details())
+        raise ValidationError({error.field or "detail": [str(error)]}) from None
+    return service.streaming_response(service.start(prepared, http_request), http_request)
 
 
 class ExportManifestView(_AuditedView):
