@@ -342,6 +342,12 @@ if JMIRROR_METRICS_LISTEN:
     except ValueError as error:
         raise ConfigurationError(f"JMIRROR_METRICS_LISTEN: {error}") from None
 
+# At most this many pcap files open at once in a receiver; past it, the least recently
+# written file is closed (its session goes on in a new file). 0 (the default): the
+# open-file limit (raised to the hard limit at start) minus a reserve of a quarter of it,
+# at most 256, for sockets, the database and the web server.
+JMIRROR_MAX_OPEN_FILES = env_int("JMIRROR_MAX_OPEN_FILES", 0, minimum=0, maximum=10_000_000)
+
 # The dashboard warns about an intercept in force that has received nothing for this long.
 JMIRROR_ALERT_SILENCE_MINUTES = env_int(
     "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60

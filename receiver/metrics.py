@@ -68,6 +68,11 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "jmirror_open_files", "Pcap files being written", value=len(snapshot.open_files)
         )
+        yield CounterMetricFamily(
+            "jmirror_open_file_bound_closes",
+            "Pcap files closed early because the open-file bound was reached",
+            value=snapshot.bound_closes,
+        )
         # A receive round that takes long lets the socket buffer fill: the first thing to
         # look at when kernel drops appear (the receiver also logs each, with its GC share).
         yield CounterMetricFamily(

@@ -23,7 +23,14 @@ start, truncates any partial last record (:func:`repair`), and closes them.
 Write errors (disk full, permissions) never raise out of ``write`` or ``flush_due``: the
 packets concerned are dropped, counted in :attr:`PcapStore.store_errors` by errno name,
 the file is cut back to its last whole record, and the next packet tries again, so
-storing resumes once space is free.
+storing resumes once space is free. A file that cannot be opened (no descriptor left,
+EMFILE/ENFILE, or any other OSError) is counted the same way, logged, and its packet is
+reported as not stored (:meth:`PcapStore.write` returns False).
+
+Open files are bounded: with ``max_open_files``, opening a file past the bound first
+closes the least recently written open file as a rotation would (hashed, renamed, handed
+to :meth:`PcapStore.take_closed`); that session's next packet opens a new file. How often
+the bound bit is :attr:`PcapStore.bound_closes`.
 """
 
 from __future__ import annotations
@@ -32,14 +39,21 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+# Warnings about open failures and the open-file bound: at most one per this many seconds.
+LOG_INTERVAL: Final = 10.0
 
 LINKTYPE_PPP_HDLC: Final = 50
 LINKTYPE_RAW: Final = 101
@@ -215,9 +229,17 @@ class PcapStore:
         rotate_seconds: float = 3600,
         flush_interval: float = 1.0,
         buffer_bytes: int = 1 << 16,
+        max_open_files: int | None = None,
     ) -> None:
         self.root = root
         self.store_errors: Counter[str] = Counter()
+        #: At most this many files open at once (None: no bound).
+        self.max_open_files = None if max_open_files is None else max(1, max_open_files)
+        #: Files closed early because the bound was reached.
+        self.bound_closes = 0
+        # (next time a warning may go out, bound closes / open failures not yet logged)
+        self._bound_log: tuple[float, int] = (0.0, 0)
+        self._failure_log: tuple[float, int] = (0.0, 0)
         self._rotate_bytes = rotate_bytes
         self._rotate_ns = int(rotate_seconds * _NS)
         self._flush_interval = flush_interval
@@ -254,16 +276,18 @@ class PcapStore:
 
     def write(
         self, session: SessionKey, time_ns: int, data: bytes | memoryview, linktype: int
-    ) -> None:
+    ) -> bool:
         """Store one packet received at ``time_ns`` (ns since the epoch, UTC). Never raises
-        OSError: a packet that cannot be stored is counted in ``store_errors``."""
+        OSError: a packet that cannot be stored is counted in ``store_errors``. False when
+        no file could be opened for it (the packet is not stored); True when it is in the
+        file's buffer (a later write error is counted in ``store_errors`` too)."""
         file = self._last
         if file is None or file.session is not session or file.linktype != linktype:
             file = self._files.get((session, linktype))
         if file is None or file.size >= self._rotate_bytes or time_ns >= file.deadline_ns:
             file = self._rotate(session, time_ns, linktype)
             if file is None:
-                return
+                return False
         self._last = file
         length = len(data)
         if length > SNAPLEN:  # cannot come off UDP; keeps every record readable anyway
@@ -277,6 +301,7 @@ class PcapStore:
         file.last_ns = time_ns
         if len(buffer) >= self._buffer_bytes:
             self._flush(file)
+        return True
 
     def flush_due(self, now_monotonic: float) -> None:
         """Hand every buffer to the kernel if ``flush_interval`` has passed since the last
@@ -377,13 +402,58 @@ class PcapStore:
         old = self._files.pop((session, linktype), None)
         if old is not None:
             self._finish(old)
+        bound = self.max_open_files
+        if bound is not None and len(self._files) >= bound:
+            self._close_least_recent(len(self._files) - bound + 1)
         try:
             file = self._open(session, time_ns, linktype)
         except OSError as error:
             self._count(error, 1)
+            self._log_open_failure(session, error)
             return None
         self._files[(session, linktype)] = file
         return file
+
+    def _close_least_recent(self, count: int) -> None:
+        """Close the ``count`` least recently written open files, as rotation would."""
+        files = self._files
+        if count == 1:
+            keys = [min(files, key=lambda key: files[key].last_ns)]
+        else:
+            keys = sorted(files, key=lambda key: files[key].last_ns)[:count]
+        for key in keys:
+            self._finish(self._files.pop(key))
+        self.bound_closes += len(keys)
+        now = time.monotonic()
+        next_log, unlogged = self._bound_log
+        unlogged += len(keys)
+        if now >= next_log:
+            logger.warning(
+                "open-file bound of %d reached: closed %d least recently written files "
+                "early (%d in all); their sessions go on in new files",
+                self.max_open_files,
+                unlogged,
+                self.bound_closes,
+            )
+            self._bound_log = (now + LOG_INTERVAL, 0)
+        else:
+            self._bound_log = (next_log, unlogged)
+
+    def _log_open_failure(self, session: SessionKey, error: OSError) -> None:
+        now = time.monotonic()
+        next_log, unlogged = self._failure_log
+        unlogged += 1
+        if now >= next_log:
+            logger.error(
+                "cannot open a pcap file for %s: %s; %d packets not stored (%d open files)",
+                session_directory_name(session),
+                error,
+                unlogged,
+                len(self._files),
+            )
+            self._failure_log = (now + LOG_INTERVAL, 0)
+        else:
+            self._failure_log = (next_log, unlogged)
 
     def _open(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
         directory = self.root / session_directory_name(session)

@@ -323,6 +323,8 @@ class Snapshot:
     unclaimed: dict[StreamKey, Unclaimed]
     store_errors: Counter[str]
     final: bool = False
+    # Files closed early because the store's open-file bound was reached.
+    bound_closes: int = 0
 
 
 TickHook = Callable[[Snapshot], None]
@@ -494,10 +496,11 @@ class Capture:
                         if linktype is None:
                             counters.unstorable += 1
                             continue
-                        write(delta.store_key, time_ns, payload[8:], linktype)
-                        delta.stored += 1
-                        # A view at worst: made bytes before returning, in the finally below.
-                        delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
+                        # Counted as stored only once written (no file: a store error).
+                        if write(delta.store_key, time_ns, payload[8:], linktype):
+                            delta.stored += 1
+                            # A view at worst: made bytes before returning, in the finally.
+                            delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
                         continue
                     current_source, current_mid, current_sid = source, mid, sid
                     delta, low, high = store_classified(payload, (source, mid, sid), inner, time_ns)
@@ -602,8 +605,7 @@ class Capture:
         linktype = LINKTYPE_FOR_KIND.get(inner)
         if linktype is None:
             self.counters.unstorable += 1
-        else:
-            self.store.write(delta.store_key, time_ns, payload[8:], linktype)
+        elif self.store.write(delta.store_key, time_ns, payload[8:], linktype):
             delta.stored += 1
             # A view from handle_batch is made bytes before that returns.
             delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
@@ -709,6 +711,7 @@ class Capture:
             unclaimed=unclaimed,
             store_errors=Counter(store.store_errors),
             final=final,
+            bound_closes=store.bound_closes,
         )
         self._previous_tick_ns = now_ns
         for hook in self._on_tick:

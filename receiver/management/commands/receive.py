@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import re
+import resource
 import signal
 import socket
 import threading
@@ -532,6 +533,42 @@ def close_finished_rows(root: Path, sessions: set[int] | None = None) -> int:
     return len(finished)
 
 
+# Descriptors kept back from the pcap files when JMIRROR_MAX_OPEN_FILES is 0 (derived):
+# sockets, the database, the web server's connections, log and library files. A quarter
+# of the open-file limit, at most this many.
+OPEN_FILE_RESERVE: Final = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit (RLIMIT_NOFILE) to the hard limit, log the limit,
+    and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as error:  # e.g. an unlimited hard limit
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
+    if soft == resource.RLIM_INFINITY:
+        logger.info("open-file limit: unlimited")
+    elif soft != before:
+        logger.info("open-file limit: %d (raised from %d)", soft, before)
+    else:
+        logger.info("open-file limit: %d", soft)
+    return soft
+
+
+def max_open_files(configured: int, limit: int) -> int:
+    """The bound on open pcap files: ``configured`` unless 0, else the open-file limit
+    minus a reserve for everything else."""
+    if configured > 0:
+        return configured
+    if limit == resource.RLIM_INFINITY or limit > 1 << 20:
+        limit = 1 << 20
+    return max(16, limit - min(OPEN_FILE_RESERVE, limit // 4))
+
+
 def _no_live(batch: Batch) -> None:
     """No channel layer configured: live summaries go nowhere."""
 
@@ -551,6 +588,9 @@ def serve(
     calling thread, the database work in a second one and the live summaries (sent with
     ``live``, by default through the channel layer) in a third; with ``metrics``, a
     Prometheus endpoint on that address serves the latest counters."""
+    limit = raise_open_file_limit()
+    bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
+    logger.info("at most %d pcap files open at once", bound)
     root.mkdir(mode=STORE_DIRECTORY_MODE, parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
     repaired = record_recovered(root, recovered)
@@ -584,7 +624,12 @@ def serve(
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
     try:
         receiver = Receiver(
-            listen, watcher.gate, PcapStore(root), rcvbuf=rcvbuf, on_tick=hooks, stop_event=stop
+            listen,
+            watcher.gate,
+            PcapStore(root, max_open_files=bound),
+            rcvbuf=rcvbuf,
+            on_tick=hooks,
+            stop_event=stop,
         )
     except OSError:
         if metrics_server is not None:
@@ -736,5 +781,6 @@ class Command(BaseCommand):
             f"stopped: {counters.datagrams} datagrams, {counters.malformed} malformed, "
             f"drops {dict(counters.drops)}, {len(receiver.final_closed)} files closed, "
             f"longest receive round {counters.longest_round_ns / 1e6:.1f} ms "
-            f"({counters.stalls} over {STALL_NS // 1_000_000} ms)"
+            f"({counters.stalls} over {STALL_NS // 1_000_000} ms), "
+            f"{receiver.store.bound_closes} closed early by the open-file bound"
         )
