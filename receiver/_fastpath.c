@@ -1000,51 +1000,66 @@ static PyObject *FastReceiver_datagram(FastReceiver *self, PyObject *arg) {
     return Py_BuildValue("(NNL)", view, source, self->times[i]);
 }
 
+/* The datagram `i` of the last receive() that Python has just decided (bind, refuse):
+ * its bytes, or NULL with an exception set when there is no such whole jmirror datagram
+ * or a store() is under way (`during` says which call). */
+static const unsigned char *decided_datagram(FastReceiver *self, int i, const char *during) {
+    if (i < 0 || i >= self->count || is_truncated(self, i) || self->lengths[i] < 8) {
+        PyErr_SetString(PyExc_IndexError, "no such datagram in the last batch");
+        return NULL;
+    }
+    if (self->touched_count) {
+        PyErr_SetString(PyExc_RuntimeError, during);
+        return NULL;
+    }
+    return self->data + (size_t)i * self->max_datagram;
+}
+
+/* The table entry of a stream (source, mid, sid): the one it has, or a fresh one (the
+ * table cleared first when full; the slot's ring buffers kept for reuse). -1 with an
+ * exception set when clearing a full table failed. */
+static int stream_entry(
+    FastReceiver *self, const unsigned char *key, int key_length, uint32_t mid, uint32_t sid) {
+    int index = find_entry(self, key, key_length, mid, sid);
+    if (index >= 0) return index;
+    if (self->entries >= TABLE_LIMIT && clear_table(self, 1) < 0) return -1;
+    unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
+    while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
+    Entry *e = &self->table[slot];
+    unsigned char *data[RECENT];
+    unsigned capacity[RECENT];
+    memcpy(data, e->recent_data, sizeof data);
+    memcpy(capacity, e->recent_capacity, sizeof capacity);
+    memset(e, 0, sizeof *e);
+    memcpy(e->recent_data, data, sizeof data);
+    memcpy(e->recent_capacity, capacity, sizeof capacity);
+    e->used = 1;
+    e->key_length = key_length;
+    memcpy(e->source, key, (size_t)key_length);
+    e->mid = mid;
+    e->sid = sid;
+    e->call_file[0] = e->call_file[1] = -1;
+    self->entries++;
+    return (int)slot;
+}
+
 static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     int i, linktype;
     long long low, high;
     PyObject *delta, *file;
     if (!self->initialised) return not_initialised();
     if (!PyArg_ParseTuple(args, "iiLLOO", &i, &linktype, &low, &high, &delta, &file)) return NULL;
-    if (i < 0 || i >= self->count || is_truncated(self, i) || self->lengths[i] < 8) {
-        PyErr_SetString(PyExc_IndexError, "no such datagram in the last batch");
-        return NULL;
-    }
     if (linktype != LINKTYPE_RAW && linktype != LINKTYPE_PPP_HDLC) {
         PyErr_SetString(PyExc_ValueError, "linktype must be 101 (raw IP) or 50 (PPP)");
         return NULL;
     }
-    if (self->touched_count) {
-        PyErr_SetString(PyExc_RuntimeError, "bind during store");
-        return NULL;
-    }
-    const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+    const unsigned char *p = decided_datagram(self, i, "bind during store");
+    if (p == NULL) return NULL;
     uint32_t mid = be32(p), sid = be32(p + 4);
     int key_length;
     const unsigned char *key = source_key(self, i, &key_length);
-    int index = find_entry(self, key, key_length, mid, sid);
-    if (index < 0) {
-        if (self->entries >= TABLE_LIMIT && clear_table(self, 1) < 0) return NULL;
-        unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
-        while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
-        index = (int)slot;
-        Entry *e = &self->table[index];
-        /* A fresh entry, but the slot's ring buffers are kept for reuse. */
-        unsigned char *data[RECENT];
-        unsigned capacity[RECENT];
-        memcpy(data, e->recent_data, sizeof data);
-        memcpy(capacity, e->recent_capacity, sizeof capacity);
-        memset(e, 0, sizeof *e);
-        memcpy(e->recent_data, data, sizeof data);
-        memcpy(e->recent_capacity, capacity, sizeof capacity);
-        e->used = 1;
-        e->key_length = key_length;
-        memcpy(e->source, key, (size_t)key_length);
-        e->mid = mid;
-        e->sid = sid;
-        e->call_file[0] = e->call_file[1] = -1;
-        self->entries++;
-    }
+    int index = stream_entry(self, key, key_length, mid, sid);
+    if (index < 0) return NULL;
     Entry *e = &self->table[index];
     e->drop = 0;
     if (e->delta != delta) {
@@ -1130,19 +1145,12 @@ static PyObject *FastReceiver_refuse(FastReceiver *self, PyObject *args) {
     long long low, high;
     if (!self->initialised) return not_initialised();
     if (!PyArg_ParseTuple(args, "iiLL", &i, &reason, &low, &high)) return NULL;
-    if (i < 0 || i >= self->count || is_truncated(self, i) || self->lengths[i] < 8) {
-        PyErr_SetString(PyExc_IndexError, "no such datagram in the last batch");
-        return NULL;
-    }
     if (reason < UNKNOWN_ROUTER || reason > OUTSIDE_WINDOW) {
         PyErr_SetString(PyExc_ValueError, "reason must be 1, 2 or 3");
         return NULL;
     }
-    if (self->touched_count) {
-        PyErr_SetString(PyExc_RuntimeError, "refuse during store");
-        return NULL;
-    }
-    const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+    const unsigned char *p = decided_datagram(self, i, "refuse during store");
+    if (p == NULL) return NULL;
     uint32_t mid = be32(p), sid = be32(p + 4);
     int key_length;
     const unsigned char *key = source_key(self, i, &key_length);
@@ -1152,32 +1160,15 @@ static PyObject *FastReceiver_refuse(FastReceiver *self, PyObject *args) {
     remember_stream(s, mid, sid); /* Python counted it, apart or not */
     if (reason == UNKNOWN_ROUTER || !is_claimed_id(self, mid & INTERCEPT_ID_MASK))
         Py_RETURN_NONE; /* the source's verdict and the claimed ids say it all */
-    int index = find_entry(self, key, key_length, mid, sid);
-    if (index < 0) {
-        if (self->entries >= TABLE_LIMIT && clear_table(self, 1) < 0) return NULL;
-        unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
-        while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
-        index = (int)slot;
-        Entry *e = &self->table[index];
-        e->used = 1;
-        e->key_length = key_length;
-        memcpy(e->source, key, (size_t)key_length);
-        e->mid = mid;
-        e->sid = sid;
-        e->touched = 0;
-        e->call_file[0] = e->call_file[1] = -1;
-        e->packets = e->bytes = e->last_ns = 0;
-        e->recent_count = e->recent_next = 0;
-        self->entries++;
-    } else {
-        /* Stored until now: what C kept of it goes to its delta, then the binding goes. */
-        Entry *e = &self->table[index];
-        if (flush_recent(e) < 0) return NULL;
-        Py_CLEAR(e->delta);
-        Py_CLEAR(e->files[0]);
-        Py_CLEAR(e->files[1]);
-    }
+    int index = stream_entry(self, key, key_length, mid, sid);
+    if (index < 0) return NULL;
+    /* If it was stored until now, what C kept of it goes to its delta, then the binding
+     * goes (nothing to do for a fresh entry). */
     Entry *e = &self->table[index];
+    if (flush_recent(e) < 0) return NULL;
+    Py_CLEAR(e->delta);
+    Py_CLEAR(e->files[0]);
+    Py_CLEAR(e->files[1]);
     e->drop = reason;
     e->low = low;
     e->high = high;
