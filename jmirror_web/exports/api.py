@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from django.http import HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
 from rest_framework import permissions
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
@@ -56,6 +56,22 @@ class _AuditedView(APIView):
         return super().perform_content_negotiation(request, force=True)
 
 
+def _refuse(
+    request: HttpRequest,
+    model: type[Session | Case | Export],
+    object_id: int,
+    reason: str,
+    obj: Session | Case | Export | None,
+    key: str,
+) -> NoReturn:
+    """A download or manifest the user may not have: audited as a refused export, and
+    answered 404, as for one that does not exist."""
+    refusals.audit_refusal(
+        request, model, object_id, reason, action=service.REFUSED, obj=obj, details={key: object_id}
+    )
+    raise NotFound()
+
+
 class SessionPcapView(_AuditedView):
     """One session as pcap or pcapng: ``start``, ``end`` (ISO 8601, UTC when no offset),
     ``format`` (pcapng unless given), ``addresses``, ``ports``, ``protocols``."""
@@ -63,7 +79,6 @@ class SessionPcapView(_AuditedView):
     what = "session export"
 
     def get(self, request: Request, session_id: int) -> HttpResponseBase:
-        http_request = request._request
         session = (
             Session.objects.select_related("router", "intercept__case")
             .filter(pk=session_id)
@@ -74,16 +89,7 @@ class SessionPcapView(_AuditedView):
             or session.intercept is None
             or not may(request.user, Action.DOWNLOAD, session.intercept.case)
         ):
-            refusals.audit_refusal(
-                http_request,
-                Session,
-                session_id,
-                "no download right",
-                action=service.REFUSED,
-                obj=session,
-                details={"session": session_id},
-            )
-            raise NotFound()
+            _refuse(request._request, Session, session_id, "no download right", session, "session")
         return _export(request, session, ExportForm, service.prepare_session_export)
 
 
@@ -95,19 +101,9 @@ class CasePcapView(_AuditedView):
     what = "case export"
 
     def get(self, request: Request, case_id: int) -> HttpResponseBase:
-        http_request = request._request
         case = Case.objects.filter(pk=case_id).first()
         if case is None or not may(request.user, Action.DOWNLOAD, case):
-            refusals.audit_refusal(
-                http_request,
-                Case,
-                case_id,
-                "no download right",
-                action=service.REFUSED,
-                obj=case,
-                details={"case": case_id},
-            )
-            raise NotFound()
+            _refuse(request._request, Case, case_id, "no download right", case, "case")
         return _export(request, case, InterceptExportForm, service.prepare_case_export)
 
 
@@ -148,15 +144,6 @@ class ExportManifestView(_AuditedView):
     def get(self, request: Request, export_id: int) -> Response:
         export = Export.objects.select_related("case", "intercept").filter(pk=export_id).first()
         if export is None or not may_see_export(request.user, export.case, export.requester_id):
-            refusals.audit_refusal(
-                request._request,
-                Export,
-                export_id,
-                "manifest not visible",
-                action=service.REFUSED,
-                obj=export,
-                details={"export": export_id},
-            )
-            raise NotFound()
+            _refuse(request._request, Export, export_id, "manifest not visible", export, "export")
         record("export.manifest", export, request=request._request)
         return Response(export.manifest())
