@@ -99,6 +99,8 @@ _MEMINFO = struct.Struct("9I")
 # at 160k datagrams/s a 64 MiB socket buffer holds about 0.4 s of 128-byte datagrams.
 STALL_NS: Final = 100_000_000
 STALL_LOG_EVERY_NS: Final = 10_000_000_000
+# A session counts as active (health page, metrics) this long after its last datagram.
+ACTIVE_SECONDS: Final = 60
 
 # The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
 # about 40 datagrams gather meanwhile.
@@ -325,6 +327,11 @@ class Snapshot:
     final: bool = False
     # Files closed early because the store's open-file bound was reached.
     bound_closes: int = 0
+    # Sessions with a datagram in the last ACTIVE_SECONDS (receive time).
+    active_sessions: int = 0
+    # The longest receive round since the previous snapshot (ListenerCounters keeps the
+    # longest since start).
+    round_ns: int = 0
 
 
 TickHook = Callable[[Snapshot], None]
