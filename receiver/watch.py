@@ -1,0 +1,38 @@
+"""What some browser is watching live, as the receive loop needs to know it.
+
+The live view shows a sample of each watched session's latest packets. Keeping and
+decoding that sample for every session costs the receiver per session and tick, which at
+thousands of concurrent sessions starved the receive loop (issue 15); so the capture keeps
+samples only for sessions a browser watches, directly or through their intercept or case.
+Standard library only: the receive loop imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWatch:
+    """The sessions, intercepts and cases some live page subscribes to now. Sessions are
+    named as the capture knows them: (router id, mid, sid)."""
+
+    streams: frozenset[tuple[int, int, int]] = field(default_factory=frozenset)
+    intercepts: frozenset[int] = field(default_factory=frozenset)
+    cases: frozenset[int] = field(default_factory=frozenset)
+
+    def covers(self, router_id: int, mid: int, sid: int, intercept_pk: int, case_pk: int) -> bool:
+        """Whether a session of this router, mid and sid, claimed for this intercept and
+        case, is watched."""
+        return (
+            case_pk in self.cases
+            or intercept_pk in self.intercepts
+            or (router_id, mid, sid) in self.streams
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.streams or self.intercepts or self.cases)
+
+
+NOBODY = LiveWatch()
+"""Nothing is watched: no samples are kept."""
