@@ -4,12 +4,19 @@
  *
  *   jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)
  *                  [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]
+ *                  [--sessions N]
  *
  * --bind sends from that local IPv4 address (on loopback any 127.0.0.x), so one machine
  * plays several routers. --random varies each datagram, for the junk benchmark
  * (benchmarks/junk_benchmark.py): "mid" puts a random 32-bit mirror id (and session id)
  * in front of the given datagram, "all" replaces every byte with random ones (same
  * length); xorshift64, seeded from the clock.
+ *
+ * --sessions N (default 1) spreads the datagrams evenly over N mirror ids, for the
+ * concurrent-sessions benchmark (benchmarks/sessions_benchmark.py): datagram i carries
+ * mirror id (bytes 0..3 of the jmirror header, big endian, the V bits included) = the
+ * given datagram's + (i % N), so N sessions get equal shares, evenly interleaved, at the
+ * same pacing. Not with --random (which replaces the mirror id itself).
  *
  * --rate 0 sends as fast as it can. Pacing: datagram i is due at start + i / rate; the
  * sender busy-waits on CLOCK_MONOTONIC until the first datagram of a batch is due and
@@ -20,7 +27,7 @@
  * achieved rate it prints shows the shortfall.
  *
  * Prints one line on stdout, key=value pairs:
- *   sent=N bytes=SIZE seconds=T rate=R asked=R0 batch=B errors=E max_lag_us=L
+ *   sent=N bytes=SIZE seconds=T rate=R asked=R0 batch=B errors=E max_lag_us=L sessions=S
  * Exit status 0 when every datagram was handed to the kernel, 1 otherwise, 2 on usage.
  */
 #define _GNU_SOURCE
@@ -73,7 +80,8 @@ static size_t read_file(const char *path, unsigned char *out, size_t room) {
 static void usage(void) {
     fprintf(stderr,
             "usage: jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)"
-            " [--host 127.0.0.1] [--batch B]\n");
+            " [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]"
+            " [--sessions N]\n");
     exit(2);
 }
 
@@ -82,7 +90,7 @@ int main(int argc, char **argv) {
     size_t size = 0;
     const char *host = "127.0.0.1";
     long port = -1, batch = 0;
-    unsigned long long count = 0;
+    unsigned long long count = 0, sessions = 1;
     double rate = -1;
     const char *bind_to = NULL, *random_mode = "none";
 
@@ -99,12 +107,22 @@ int main(int argc, char **argv) {
         else if (!strcmp(option, "--batch")) batch = strtol(value, NULL, 10);
         else if (!strcmp(option, "--bind")) bind_to = value;
         else if (!strcmp(option, "--random")) random_mode = value;
+        else if (!strcmp(option, "--sessions")) {
+            char *end = NULL;
+            sessions = strtoull(value, &end, 10);
+            if (end == value || *end != '\0' || value[0] == '-') usage();
+        }
         else usage();
     }
     int randomise = !strcmp(random_mode, "mid") ? 1 : !strcmp(random_mode, "all") ? 2 : 0;
     if (port <= 0 || port > 65535 || count == 0 || rate < 0 || size == 0) usage();
     if (!randomise && strcmp(random_mode, "none")) usage();
     if (randomise == 1 && size < 8) usage();
+    /* The mirror id is a 32-bit field: more sessions than ids would repeat ids. */
+    if (sessions == 0 || sessions > 0xFFFFFFFFull || (sessions > 1 && (randomise || size < 4)))
+        usage();
+    const uint32_t first_mid = (uint32_t)payload[0] << 24 | (uint32_t)payload[1] << 16 |
+                               (uint32_t)payload[2] << 8 | (uint32_t)payload[3];
     if (batch <= 0) {
         /* About 20 us of schedule per batch; flat out, the largest batch. */
         batch = rate > 0 ? (long)(rate * 20e-6) : MAX_BATCH;
@@ -138,13 +156,14 @@ int main(int argc, char **argv) {
     setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 
     /* One buffer per message of a batch when each datagram differs. */
+    const int differ = randomise || sessions > 1;
     static unsigned char varied[MAX_BATCH][MAX_DATAGRAM];
     struct iovec iovs[MAX_BATCH];
     struct mmsghdr messages[MAX_BATCH];
     memset(messages, 0, sizeof messages);
     for (int i = 0; i < MAX_BATCH; i++) {
-        if (randomise) memcpy(varied[i], payload, size);
-        iovs[i].iov_base = randomise ? varied[i] : payload;
+        if (differ) memcpy(varied[i], payload, size);
+        iovs[i].iov_base = differ ? varied[i] : payload;
         iovs[i].iov_len = size;
         messages[i].msg_hdr.msg_iov = &iovs[i];
         messages[i].msg_hdr.msg_iovlen = 1;
@@ -182,6 +201,15 @@ int main(int argc, char **argv) {
                 memcpy(varied[m] + k, &state, n);
             }
         }
+        /* Message m of the batch is datagram sent + m: its session's mirror id. A batch
+         * sent only in part is rebuilt from the first unsent datagram next time round. */
+        for (unsigned int m = 0; sessions > 1 && m < want; m++) {
+            uint32_t mid = first_mid + (uint32_t)((sent + m) % sessions);
+            varied[m][0] = (unsigned char)(mid >> 24);
+            varied[m][1] = (unsigned char)(mid >> 16);
+            varied[m][2] = (unsigned char)(mid >> 8);
+            varied[m][3] = (unsigned char)mid;
+        }
         int done = sendmmsg(sock, messages, want, 0);
         if (done < 0) {
             /* A pending ICMP error (ECONNREFUSED) or a full queue: that datagram was not
@@ -197,9 +225,9 @@ int main(int argc, char **argv) {
     }
     const double seconds = (double)(now_ns() - start) / 1e9;
     printf("sent=%llu bytes=%zu seconds=%.6f rate=%.0f asked=%.0f batch=%ld errors=%llu "
-           "max_lag_us=%.1f\n",
+           "max_lag_us=%.1f sessions=%llu\n",
            sent, size, seconds, seconds > 0 ? (double)sent / seconds : 0.0, rate, batch,
-           errors, (double)max_lag / 1e3);
+           errors, (double)max_lag / 1e3, sessions);
     close(sock);
     return sent == count ? 0 : 1;
 }
