@@ -9,6 +9,23 @@ whole gets one :class:`HealthSummary` (no case data in it) sent to :data:`HEALTH
 Summaries carry what arrived in the interval, not totals: several receivers may serve one
 session (SO_REUSEPORT), and a page adds their intervals to the totals it loaded.
 
+Only what some browser watches is summarised (issue 15): the publisher's :attr:`watch`
+(:class:`~receiver.watch.LiveWatch`, kept in step with the live pages' registry by the
+bookkeeping thread) names the sessions, intercepts and cases that live pages subscribe
+to. A session it does not cover costs the live thread a membership test per snapshot and
+nothing more: it is neither copied, summarised nor decoded. When a dashboard is open, the
+counts of the sessions not covered are summed per case instead, into one
+:class:`CaseCounts` per case and round (no rows, no per-session work).
+
+The cost of a round is bounded whatever the number of watched sessions: at most
+:data:`LIVE_SESSIONS_PER_ROUND` session summaries, :data:`LIVE_ROWS_PER_ROUND` decoded
+packet rows in all and :data:`LIVE_CASES_PER_ROUND` case counts. A session left out of a
+round keeps its counts for a later one (oldest waiting first, so every watched session
+gets its turn, and its summary's interval then spans the rounds it waited): pages add up
+intervals, and nothing is lost, only late. Rows past the bound are left out (they are a
+sample of recent packets anyway). Both are counted in the health summary
+(``live_deferred``, ``live_rows_dropped``).
+
 Best effort: :meth:`LivePublisher.offer` never blocks the capture (a full queue drops the
 snapshot, counted), and while the channel layer fails, summaries are dropped (counted)
 and sending is retried with a growing pause, so live updates resume once it is back.
@@ -17,15 +34,17 @@ and sending is retried with a growing pause, so live updates resume once it is b
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, TypedDict
 
 from receiver.jmirror import decode_datagram
 from receiver.packet_summary import PacketRow, packet_row
+from receiver.watch import NOBODY, LiveWatch
 from receiver.worker import SessionDelta, Snapshot, StreamKey
 
 logger = logging.getLogger(__name__)
@@ -34,8 +53,19 @@ SESSION_MESSAGE: Final = "live.session"
 """Message type of :class:`SessionSummary`; Channels calls a consumer's ``live_session``."""
 HEALTH_MESSAGE: Final = "live.health"
 """Message type of :class:`HealthSummary`; Channels calls a consumer's ``live_health``."""
+CASE_MESSAGE: Final = "live.case"
+"""Message type of :class:`CaseCounts`; the consumer's dashboards count it."""
 HEALTH_GROUP: Final = "live.health"
 PUBLISH_INTERVAL: Final = 0.25
+# What one round may cost at most, however many sessions are watched: summaries built,
+# packet rows decoded (the dearest part), case counts sent. A summary is sent to up to
+# three groups, so a round is at most 3 * 500 + 500 + 1 group messages.
+LIVE_SESSIONS_PER_ROUND: Final = 500
+LIVE_ROWS_PER_ROUND: Final = 256
+LIVE_CASES_PER_ROUND: Final = 500
+# Sessions (and cases) whose counts wait for a round, at most: past it a new one's counts
+# are dropped, counted. Far above what the rounds drain (500 every 0.25 s).
+PENDING_LIMIT: Final = 20_000
 # How long one batch of sends may take before the layer counts as failing.
 SEND_TIMEOUT: Final = 2.0
 _RETRY_PAUSES: Final = (1.0, 2.0, 5.0, 10.0)
@@ -81,6 +111,21 @@ class SessionSummary(TypedDict):
     recent: list[PacketRow]
 
 
+class CaseCounts(TypedDict):
+    """What the sessions of one case that no live page covers received during one
+    interval, for the dashboards (sent to the case's group; counts only, no rows)."""
+
+    type: Literal["live.case"]
+    time_ns: int
+    interval_ns: int
+    case_id: int
+    packets: int
+    bytes: int
+    stored: int
+    packets_per_second: float
+    bytes_per_second: float
+
+
 class ListenerHealth(TypedDict):
     address: str
     datagrams: int
@@ -111,16 +156,29 @@ class HealthSummary(TypedDict):
     listeners: list[ListenerHealth]
     # Summaries this publisher could not deliver (layer down or too slow) since start.
     live_dropped: int
+    # Since start: session summaries put off to a later round by the per-round bound
+    # (their counts were sent later), and packet rows left out by the row bound.
+    live_deferred: int
+    live_rows_dropped: int
 
 
-LiveMessage = SessionSummary | HealthSummary
+LiveMessage = SessionSummary | CaseCounts | HealthSummary
 Batch = list[tuple[str, LiveMessage]]
 
 
 def session_summary(
-    key: StreamKey, delta: SessionDelta, *, time_ns: int, interval_ns: int, session_id: int | None
+    key: StreamKey,
+    delta: SessionDelta,
+    *,
+    time_ns: int,
+    interval_ns: int,
+    session_id: int | None,
+    recent: Sequence[tuple[int, bytes]] | None = None,
 ) -> SessionSummary:
+    """``delta`` as a summary, with ``recent`` (default: all of ``delta.recent``) decoded
+    into its rows."""
     _address, mid, sid = key
+    sample = delta.recent if recent is None else recent
     seconds = max(interval_ns, 1) / 1e9
     return SessionSummary(
         type=SESSION_MESSAGE,
@@ -140,12 +198,55 @@ def session_summary(
         bytes_per_second=round(delta.bytes / seconds, 1),
         first_ns=delta.first_ns,
         last_ns=delta.last_ns,
-        recent=[packet_row(when, decode_datagram(payload)) for when, payload in delta.recent],
+        recent=[packet_row(when, decode_datagram(payload)) for when, payload in sample],
     )
 
 
+def case_counts(
+    case_id: int, packets: int, bytes_: int, stored: int, *, time_ns: int, interval_ns: int
+) -> CaseCounts:
+    seconds = max(interval_ns, 1) / 1e9
+    return CaseCounts(
+        type=CASE_MESSAGE,
+        time_ns=time_ns,
+        interval_ns=interval_ns,
+        case_id=case_id,
+        packets=packets,
+        bytes=bytes_,
+        stored=stored,
+        packets_per_second=round(packets / seconds, 1),
+        bytes_per_second=round(bytes_ / seconds, 1),
+    )
+
+
+def share_rows(total: int, wants: Sequence[int]) -> list[int]:
+    """How many of ``total`` rows each of the sessions wanting ``wants`` rows gets: an
+    equal share each, what a session does not need shared again among the others; when
+    there are fewer rows than sessions, the first ones (waiting longest) get one each."""
+    given = [0] * len(wants)
+    needy = [index for index, want in enumerate(wants) if want > 0]
+    while total > 0 and needy:
+        each = max(total // len(needy), 1)
+        still: list[int] = []
+        for index in needy:
+            give = min(each, wants[index] - given[index], total)
+            given[index] += give
+            total -= give
+            if given[index] < wants[index]:
+                still.append(index)
+        needy = still
+    return given
+
+
 def health_summary(
-    snapshot: Snapshot, *, interval_ns: int, previous: Snapshot | None, receiver: str, dropped: int
+    snapshot: Snapshot,
+    *,
+    interval_ns: int,
+    previous: Snapshot | None,
+    receiver: str,
+    dropped: int,
+    deferred: int = 0,
+    rows_dropped: int = 0,
 ) -> HealthSummary:
     listener = snapshot.listener
     seconds = max(interval_ns, 1) / 1e9
@@ -166,7 +267,7 @@ def health_summary(
         drops=dict(listener.drops),
         store_errors=dict(snapshot.store_errors),
         open_files=len(snapshot.open_files),
-        active_sessions=len(snapshot.sessions),
+        active_sessions=snapshot.active_sessions,
         listeners=[
             ListenerHealth(
                 address=each.address,
@@ -178,6 +279,8 @@ def health_summary(
             for each in snapshot.sockets
         ],
         live_dropped=dropped,
+        live_deferred=deferred,
+        live_rows_dropped=rows_dropped,
     )
 
 
@@ -225,12 +328,41 @@ class LoopSender:
         await asyncio.gather(*(self.layer.group_send(g, dict(m)) for g, m in batch))
 
 
+class _Waiting:
+    """A watched session's counts not sent yet, since ``since_ns``."""
+
+    __slots__ = ("delta", "since_ns")
+
+    def __init__(self, delta: SessionDelta, since_ns: int) -> None:
+        self.delta = delta
+        self.since_ns = since_ns
+
+
+class _CaseWaiting:
+    """A case's counts of sessions no page covers, not sent yet, since ``since_ns``."""
+
+    __slots__ = ("bytes", "packets", "since_ns", "stored")
+
+    def __init__(self, since_ns: int) -> None:
+        self.packets = 0
+        self.bytes = 0
+        self.stored = 0
+        self.since_ns = since_ns
+
+    def add(self, packets: int, bytes_: int, stored: int) -> None:
+        self.packets += packets
+        self.bytes += bytes_
+        self.stored += stored
+
+
 class LivePublisher:
     """Turns the capture's snapshots into summaries and sends them, in its own thread.
 
     ``session_ids`` maps (router id, mid, sid) to Session primary keys as the database
     bookkeeping learns them; a session not yet in it is summarised to its intercept and
-    case groups only.
+    case groups only. :attr:`watch` says what live pages subscribe to (assigned from
+    another thread: it is read once per snapshot and per round); a summary goes only to
+    the groups of it that some page watches.
     """
 
     def __init__(
@@ -240,17 +372,30 @@ class LivePublisher:
         session_ids: Mapping[tuple[int, int, int], int],
         receiver: str,
         interval: float = PUBLISH_INTERVAL,
+        watch: LiveWatch = NOBODY,
+        sessions_per_round: int = LIVE_SESSIONS_PER_ROUND,
+        rows_per_round: int = LIVE_ROWS_PER_ROUND,
+        cases_per_round: int = LIVE_CASES_PER_ROUND,
     ) -> None:
         self._send = send
         self._session_ids = session_ids
         self._receiver = receiver
         self._interval = interval
+        self.watch = watch
+        self._sessions_per_round = sessions_per_round
+        self._rows_per_round = rows_per_round
+        self._cases_per_round = cases_per_round
         self._queue: queue.Queue[Snapshot] = queue.Queue(maxsize=_QUEUE_SIZE)
         self.dropped = 0
+        self.deferred = 0
+        self.rows_dropped = 0
         self.sent_batches = 0
         self._failures = 0
         self._retry_at = 0.0
-        self._pending: dict[StreamKey, SessionDelta] = {}
+        # Insertion-ordered: a session left out of a round keeps its place ahead of those
+        # that arrived after it, so the oldest waiting go first.
+        self._pending: dict[StreamKey, _Waiting] = {}
+        self._cases: dict[int, _CaseWaiting] = {}
         self._previous: Snapshot | None = None
         self._published_ns = time.time_ns()
 
@@ -277,48 +422,137 @@ class LivePublisher:
                 next_publish = now + self._interval
                 self._publish(snapshot)
             if snapshot.final:
+                # What the bounds left for a later round has none: counted, not lost unseen.
+                self.dropped += len(self._pending) + len(self._cases)
                 return
 
     def _absorb(self, snapshot: Snapshot) -> None:
+        watch = self.watch
+        if not watch and not watch.dashboard:
+            return  # nobody watches: not even a membership test per session
+        since = self._published_ns
+        pending = self._pending
         for key, delta in snapshot.sessions.items():
-            pending = self._pending.get(key)
-            if pending is None:
-                self._pending[key] = delta.copy()
-            else:
-                pending.merge(delta)
+            _address, mid, sid = key
+            if watch.covers(delta.router_id, mid, sid, delta.intercept_pk, delta.case_pk):
+                waiting = pending.get(key)
+                if waiting is not None:
+                    waiting.delta.merge(delta)
+                elif len(pending) < PENDING_LIMIT:
+                    # Copied: the snapshot's deltas are shared with the other tick hooks.
+                    pending[key] = _Waiting(delta.copy(), since)
+                else:
+                    self.dropped += 1
+            elif watch.dashboard:
+                self._count_case(delta.case_pk, delta.packets, delta.bytes, delta.stored, since)
+
+    def _count_case(self, case_pk: int, packets: int, bytes_: int, stored: int, since: int) -> None:
+        counts = self._cases.get(case_pk)
+        if counts is None:
+            if len(self._cases) >= PENDING_LIMIT:
+                self.dropped += 1
+                return
+            counts = self._cases[case_pk] = _CaseWaiting(since)
+        counts.add(packets, bytes_, stored)
 
     def batch(self, snapshot: Snapshot) -> Batch:
-        """The messages for everything absorbed since the last batch (and clears it)."""
-        interval_ns = max(snapshot.time_ns - self._published_ns, 1)
-        batch: Batch = []
-        for key, delta in self._pending.items():
-            session_id = self._session_ids.get((delta.router_id, key[1], key[2]))
-            summary = session_summary(
-                key, delta, time_ns=snapshot.time_ns, interval_ns=interval_ns, session_id=session_id
-            )
-            if session_id is not None:
-                batch.append((session_group(session_id), summary))
-            batch.append((intercept_group(delta.intercept_pk), summary))
-            batch.append((case_group(delta.case_pk), summary))
+        """The messages for what was absorbed since the last batch, within the per-round
+        bounds; what the bounds leave out waits for the next batch."""
+        time_ns = snapshot.time_ns
+        watch = self.watch
+        batch = self._session_messages(time_ns, watch)
+        batch += self._case_messages(time_ns, watch)
         health = health_summary(
             snapshot,
-            interval_ns=interval_ns,
+            interval_ns=max(time_ns - self._published_ns, 1),
             previous=self._previous,
             receiver=self._receiver,
             dropped=self.dropped,
+            deferred=self.deferred,
+            rows_dropped=self.rows_dropped,
         )
-        health["active_sessions"] = len(self._pending)
         batch.append((HEALTH_GROUP, health))
-        self._pending = {}
         self._previous = snapshot
-        self._published_ns = snapshot.time_ns
+        self._published_ns = time_ns
+        return batch
+
+    def _session_messages(self, time_ns: int, watch: LiveWatch) -> Batch:
+        taken: list[tuple[StreamKey, _Waiting]] = []
+        unwatched: list[tuple[StreamKey, _Waiting]] = []
+        for key, waiting in self._pending.items():
+            if len(taken) >= self._sessions_per_round:
+                break
+            delta = waiting.delta
+            if watch.covers(delta.router_id, key[1], key[2], delta.intercept_pk, delta.case_pk):
+                taken.append((key, waiting))
+            else:
+                unwatched.append((key, waiting))
+        for key, _waiting in taken:
+            del self._pending[key]
+        for key, waiting in unwatched:
+            # No page watches it any more: its counts still reach the dashboards.
+            del self._pending[key]
+            delta = waiting.delta
+            if watch.dashboard:
+                self._count_case(
+                    delta.case_pk, delta.packets, delta.bytes, delta.stored, waiting.since_ns
+                )
+        self.deferred += len(self._pending)
+        shares = share_rows(self._rows_per_round, [len(w.delta.recent) for _, w in taken])
+        batch: Batch = []
+        for (key, waiting), rows in zip(taken, shares, strict=True):
+            delta = waiting.delta
+            self.rows_dropped += len(delta.recent) - rows
+            recent = list(delta.recent)[len(delta.recent) - rows :]
+            stream = (delta.router_id, key[1], key[2])
+            session_id = self._session_ids.get(stream)
+            summary = session_summary(
+                key,
+                delta,
+                time_ns=time_ns,
+                interval_ns=max(time_ns - waiting.since_ns, 1),
+                session_id=session_id,
+                recent=recent,
+            )
+            # Only to the groups some page listens to: a message to an empty group still
+            # costs the layer a round trip.
+            if session_id is not None and stream in watch.streams:
+                batch.append((session_group(session_id), summary))
+            if delta.intercept_pk in watch.intercepts:
+                batch.append((intercept_group(delta.intercept_pk), summary))
+            if delta.case_pk in watch.cases or watch.dashboard:
+                batch.append((case_group(delta.case_pk), summary))
+        return batch
+
+    def _case_messages(self, time_ns: int, watch: LiveWatch) -> Batch:
+        if not watch.dashboard:
+            self._cases.clear()  # no dashboard open: nobody would add these counts up
+            return []
+        batch: Batch = []
+        for case_pk in list(itertools.islice(self._cases, self._cases_per_round)):
+            counts = self._cases.pop(case_pk)
+            message = case_counts(
+                case_pk,
+                counts.packets,
+                counts.bytes,
+                counts.stored,
+                time_ns=time_ns,
+                interval_ns=max(time_ns - counts.since_ns, 1),
+            )
+            batch.append((case_group(case_pk), message))
         return batch
 
     def _publish(self, snapshot: Snapshot) -> None:
-        batch = self.batch(snapshot)
         if time.monotonic() < self._retry_at:
-            self.dropped += len(batch)
+            # The layer failed a moment ago: what waits is dropped, counted, without
+            # decoding rows nobody will receive.
+            self.dropped += len(self._pending) + len(self._cases) + 1
+            self._pending.clear()
+            self._cases.clear()
+            self._previous = snapshot
+            self._published_ns = snapshot.time_ns
             return
+        batch = self.batch(snapshot)
         try:
             self._send(batch)
         except Exception as error:  # whatever the layer raises: capture must not care

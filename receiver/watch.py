@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, slots=True)
 class LiveWatch:
     """The sessions, intercepts and cases some live page subscribes to now. Sessions are
-    named as the capture knows them: (router id, mid, sid)."""
+    named as the capture knows them: (router id, mid, sid).
+
+    ``dashboard`` says that some dashboard is open: it shows per-case counts, which the
+    live thread sums for every case without building a summary per session or keeping
+    any packet sample, so it is not part of :meth:`covers` nor of truth."""
 
     streams: frozenset[tuple[int, int, int]] = field(default_factory=frozenset)
     intercepts: frozenset[int] = field(default_factory=frozenset)
     cases: frozenset[int] = field(default_factory=frozenset)
+    dashboard: bool = False
 
     def covers(self, router_id: int, mid: int, sid: int, intercept_pk: int, case_pk: int) -> bool:
         """Whether a session of this router, mid and sid, claimed for this intercept and
@@ -31,6 +36,7 @@ class LiveWatch:
         )
 
     def __bool__(self) -> bool:
+        """Whether any session may be covered (samples may be wanted at all)."""
         return bool(self.streams or self.intercepts or self.cases)
 
 

@@ -12,12 +12,19 @@ from receiver import live
 from receiver.live import HEALTH_GROUP, Batch, LivePublisher, case_group, intercept_group
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
+from receiver.watch import LiveWatch
 from receiver.worker import RECENT_PACKETS, ListenerCounters, SessionDelta, Snapshot
 
 NOW = 1_800_000_000 * 10**9
+# The session of snapshot() watched every way a page can: its session, intercept and case.
+EVERY_WAY = LiveWatch(
+    streams=frozenset({(1, 0x300, 9)}), intercepts=frozenset({7}), cases=frozenset({3})
+)
 
 
-def snapshot(time_ns: int, packets: int, *, final: bool = False) -> Snapshot:
+def snapshot(
+    time_ns: int, packets: int, *, final: bool = False, active_sessions: int = 0
+) -> Snapshot:
     delta = SessionDelta(1, 7, 3, "LIID7", time_ns, SessionKey("LIID7", "192.0.2.1", 0x300, 9))
     packet = jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=9)
     for index in range(packets):
@@ -36,14 +43,18 @@ def snapshot(time_ns: int, packets: int, *, final: bool = False) -> Snapshot:
         unclaimed={},
         store_errors=Counter(),
         final=final,
+        active_sessions=active_sessions,
     )
 
 
 def test_a_batch_summarises_each_session_to_its_groups_and_health_without_case_data():
-    publisher = LivePublisher(lambda batch: None, session_ids={(1, 0x300, 9): 55}, receiver="h:1")
+    publisher = LivePublisher(
+        lambda batch: None, session_ids={(1, 0x300, 9): 55}, receiver="h:1", watch=EVERY_WAY
+    )
     publisher.offer(snapshot(NOW, 40))
     publisher._absorb(publisher._queue.get_nowait())
-    batch = publisher.batch(snapshot(NOW, 0))
+    # The loop counts the sessions active in the last seconds; the health summary says it.
+    batch = publisher.batch(snapshot(NOW, 0, active_sessions=1))
 
     groups = [group for group, _ in batch]
     assert groups == [live.session_group(55), intercept_group(7), case_group(3), HEALTH_GROUP]
@@ -60,7 +71,7 @@ def test_a_batch_summarises_each_session_to_its_groups_and_health_without_case_d
 
 
 def test_a_session_without_a_row_yet_goes_to_its_intercept_and_case_only():
-    publisher = LivePublisher(lambda batch: None, session_ids={}, receiver="h:1")
+    publisher = LivePublisher(lambda batch: None, session_ids={}, receiver="h:1", watch=EVERY_WAY)
     publisher._absorb(snapshot(NOW, 1))
     groups = [group for group, _ in publisher.batch(snapshot(NOW, 0))]
     assert groups == [intercept_group(7), case_group(3), HEALTH_GROUP]
@@ -80,7 +91,9 @@ def run_publisher(publisher: LivePublisher, snapshots: list[Snapshot], pause: fl
 
 def test_summaries_are_paced_whatever_the_tick_rate():
     batches: list[Batch] = []
-    publisher = LivePublisher(batches.append, session_ids={}, receiver="h:1", interval=0.25)
+    publisher = LivePublisher(
+        batches.append, session_ids={}, receiver="h:1", interval=0.25, watch=EVERY_WAY
+    )
     ticks = [snapshot(NOW + i * 20_000_000, 5) for i in range(50)]  # every 20 ms for 1 s
     run_publisher(publisher, [*ticks, snapshot(NOW + 10**9, 0, final=True)], 0.02)
 
@@ -100,7 +113,7 @@ def test_a_failing_layer_drops_summaries_counted_and_delivery_resumes(monkeypatc
             raise ConnectionError("redis is down")
         delivered.append(batch)
 
-    publisher = LivePublisher(send, session_ids={}, receiver="h:1", interval=0.05)
+    publisher = LivePublisher(send, session_ids={}, receiver="h:1", interval=0.05, watch=EVERY_WAY)
     stop = threading.Event()
     thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
     thread.start()
