@@ -60,6 +60,8 @@ _HEALTH_NUMBERS: Final = (
     "open_files",
     "active_sessions",
     "live_dropped",
+    "live_deferred",
+    "live_rows_dropped",
 )
 _LISTENER_FIELDS: Final = ("address", "datagrams", "bytes", "kernel_drops", "rcvbuf")
 

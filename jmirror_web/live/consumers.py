@@ -14,6 +14,13 @@ views do. What lives here is the connection's state and its two background tasks
 - the re-check reloads the user from the session and re-decides every subscription each
   :attr:`LiveConsumer.recheck_interval`, so that a user signed out, deactivated or
   unassigned stops receiving within a minute.
+
+The receivers summarise only what some page watches (issue 15): the connection's granted
+subscriptions are written to the watch registry (:mod:`.watching`) whenever they change,
+refreshed every :attr:`LiveConsumer.watch_interval` by a third task so that they outlive
+the connection by at most the registry's lifetime if this process dies, and deleted when
+the connection ends. A registry write that fails is logged and left to the next refresh:
+it decides what the receivers send, never what this connection may receive.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, ClassVar
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from jmirror_web.live import rights
+from jmirror_web.live import rights, watching
 from jmirror_web.live.buffer import SeenMessages, UpdateBuffer, summary_identity
 from jmirror_web.live.protocol import (
     CLOSE_BAD_MESSAGES,
@@ -52,6 +59,7 @@ from jmirror_web.live.protocol import (
 )
 from jmirror_web.live.rights import Grant
 from receiver.live import (
+    CASE_MESSAGE,
     HEALTH_GROUP,
     HEALTH_MESSAGE,
     SESSION_MESSAGE,
@@ -86,6 +94,9 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     flush_interval: ClassVar[float] = 0.1
     # Updates sent and not yet acknowledged by the page before sending pauses.
     max_unacked: ClassVar[int] = 4
+    # Seconds between two refreshes of this connection's watches (watching.LIFETIME is
+    # three of them, so a missed refresh does not make the receivers stop). Tests lower it.
+    watch_interval: ClassVar[float] = watching.REFRESH_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,6 +118,9 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._sent_seq = 0
         self._acked_seq = 0
         self._last_flush = 0.0
+        # The registry is written by one task at a time, and only once something was.
+        self._watch_lock = asyncio.Lock()
+        self._watch_written = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # The background tasks end with the connection however it ends (also when the
@@ -115,6 +129,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await super().__call__(scope, receive, send)
         finally:
             await self._stop_tasks()
+            await self._forget_watches()
 
     # Connection ---------------------------------------------------------------------
 
@@ -139,6 +154,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._tasks = [
             asyncio.create_task(self._guarded(self._flush_loop)),
             asyncio.create_task(self._guarded(self._recheck_loop)),
+            asyncio.create_task(self._guarded(self._watch_loop)),
         ]
 
     async def disconnect(self, code: int) -> None:
@@ -146,6 +162,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._grants.clear()
         await self._stop_tasks()
         await self._sync_groups()
+        await self._forget_watches()
 
     def _open(self) -> bool:
         # A method, not the attribute: mypy would otherwise keep a value it narrowed
@@ -219,6 +236,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         elif isinstance(request, Unsubscribe) and self._grants.pop(request.key, None) is not None:
             self._buffer.discard(request.key)
             await self._sync_groups()
+            await self._sync_watches()
 
     async def _subscribe(self, key: SubscriptionKey) -> None:
         self._subscribe_requests += 1
@@ -256,6 +274,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self._grants[key] = grant
         await self._sync_groups()
+        await self._sync_watches()
         await self._send_json({"type": "subscribed", "stream": stream.value, "id": object_id})
 
     async def _sync_groups(self) -> None:
@@ -273,6 +292,32 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.channel_layer.group_discard(group, self.channel_name)
                 self._groups.discard(group)
 
+    async def _sync_watches(self) -> None:
+        """Make the registry's rows of this connection those of its subscriptions, with
+        their expiry pushed ahead."""
+        async with self._watch_lock:
+            keys = list(self._grants) if self._open() else []
+            if not keys and not self._watch_written:
+                return
+            try:
+                await database_sync_to_async(watching.keep)(self.channel_name, keys)
+            except Exception:
+                # Not a right: the subscription stands, the next refresh tries again.
+                logger.exception("live watches of a connection not written")
+                return
+            self._watch_written = bool(keys)
+
+    async def _forget_watches(self) -> None:
+        async with self._watch_lock:
+            if not self._watch_written:
+                return
+            try:
+                await database_sync_to_async(watching.forget)(self.channel_name)
+            except Exception:
+                logger.exception("live watches of an ended connection not deleted; they lapse")
+                return
+            self._watch_written = False
+
     # Channel-layer messages (receiver.live) -----------------------------------------
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -281,6 +326,8 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         # session, and must not queue behind the database thread.
         if message.get("type") == SESSION_MESSAGE:
             await self.live_session(message)
+        elif message.get("type") == CASE_MESSAGE:
+            await self.live_case(message)
         elif message.get("type") == HEALTH_MESSAGE:
             await self.live_health(message)
         else:
@@ -316,6 +363,21 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 or stream == Stream.CASE
             ):
                 self._buffer.add_session(key, summary)
+
+    async def live_case(self, message: dict[str, Any]) -> None:
+        """Per-case counts of the sessions no page covers (receiver.live.CaseCounts): the
+        dashboards' share; session summaries of the covered ones count as before."""
+        if not self._grants:
+            return
+        try:
+            case_id = int(message["case_id"])
+            for key, grant in self._grants.items():
+                if key[0] == Stream.DASHBOARD and case_id in grant.case_ids:
+                    self._buffer.add_case_counts(key, case_id, message)
+        except (KeyError, TypeError, ValueError) as error:
+            logger.warning("live case counts not understood (%s: %s)", type(error).__name__, error)
+            return
+        self._wake.set()
 
     async def live_health(self, message: dict[str, Any]) -> None:
         key: SubscriptionKey = (Stream.HEALTH, None)
@@ -360,6 +422,11 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 {"type": "updates", "seq": self._sent_seq, "items": items, "dropped": dropped}
             )
 
+    async def _watch_loop(self) -> None:
+        while self._open():
+            await asyncio.sleep(self.watch_interval)
+            await self._sync_watches()
+
     async def _recheck_loop(self) -> None:
         while self._open():
             await asyncio.sleep(self.recheck_interval)
@@ -391,3 +458,5 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         for stream, object_id in revoked:
             await self._send_json({"type": "revoked", "stream": stream.value, "id": object_id})
         await self._sync_groups()
+        if revoked:
+            await self._sync_watches()
