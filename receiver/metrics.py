@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -20,12 +21,30 @@ from receiver.gate import DROP_REASONS
 from receiver.worker import Snapshot
 
 
-class SnapshotCollector(Collector):
-    """Metrics from the latest snapshot handed to :meth:`offer` (a tick hook)."""
+class BookkeepingBacklog(NamedTuple):
+    """How far the database's counters trail the capture: session counters waiting for a
+    write, and the age in seconds of the oldest snapshot not yet written."""
 
-    def __init__(self, live_dropped: Callable[[], int] = lambda: 0) -> None:
+    rows: int
+    lag_seconds: float
+
+
+def _no_backlog() -> BookkeepingBacklog:
+    return BookkeepingBacklog(0, 0.0)
+
+
+class SnapshotCollector(Collector):
+    """Metrics from the latest snapshot handed to :meth:`offer` (a tick hook), and from
+    the callables given for what the snapshot does not hold (read at each scrape)."""
+
+    def __init__(
+        self,
+        live_dropped: Callable[[], int] = lambda: 0,
+        backlog: Callable[[], BookkeepingBacklog] = _no_backlog,
+    ) -> None:
         self._latest: Snapshot | None = None
         self._live_dropped = live_dropped
+        self._backlog = backlog
 
     def offer(self, snapshot: Snapshot) -> None:
         # One reference assignment: atomic, and the snapshot is never changed after.
@@ -86,9 +105,25 @@ class SnapshotCollector(Collector):
             value=listener.longest_round_ns / 1e9,
         )
         yield GaugeMetricFamily(
+            "jmirror_receive_round_seconds",
+            "Longest receive loop round between the latest two snapshots",
+            value=snapshot.round_ns / 1e9,
+        )
+        yield GaugeMetricFamily(
             "jmirror_active_sessions",
-            "Sessions that received packets in the last tick",
-            value=len(snapshot.sessions),
+            "Sessions that received a datagram lately (receiver.worker.Snapshot)",
+            value=snapshot.active_sessions,
+        )
+        backlog = self._backlog()
+        yield GaugeMetricFamily(
+            "jmirror_bookkeeping_backlog",
+            "Session counters waiting to be written to the database",
+            value=backlog.rows,
+        )
+        yield GaugeMetricFamily(
+            "jmirror_bookkeeping_lag_seconds",
+            "Age of the oldest counters not yet written to the database",
+            value=backlog.lag_seconds,
         )
         socket_datagrams = CounterMetricFamily(
             "jmirror_listener_datagrams", "Datagrams received per socket", labels=["listener"]

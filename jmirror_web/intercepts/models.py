@@ -10,14 +10,15 @@ for that gate to be unambiguous: no two intercepts can claim the same packet.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
-from django.db import models
+from django.db import NotSupportedError, connections, models
 from django.db.models import Q
 
 from jmirror_web.plain_text import control_character_errors
@@ -330,6 +331,156 @@ def find_conflict(scope: InterceptScope, exclude_pk: int | None = None) -> Inter
     return None
 
 
+# Bind parameters per statement on SQLite when the library cannot tell its own limit
+# (SQLITE_LIMIT_VARIABLE_NUMBER: 999 before 3.32, 32,766 since), and at most this many on
+# any database: a statement of a few thousand rows is already past the point where more
+# rows per statement save time, and a smaller one keeps each lock short.
+_SQLITE_DEFAULT_PARAMS: Final = 999
+_MAX_PARAMS: Final = 9_000
+
+
+def _params_per_statement(alias: str) -> int:
+    connection = connections[alias]
+    if connection.vendor != "sqlite":
+        return _MAX_PARAMS
+    connection.ensure_connection()
+    getlimit = getattr(connection.connection, "getlimit", None)  # Python 3.11+
+    if getlimit is None:
+        return _SQLITE_DEFAULT_PARAMS
+    import sqlite3
+
+    return int(min(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_PARAMS))
+
+
+def _upsert_support(alias: str) -> None:
+    """INSERT ... ON CONFLICT (columns) DO UPDATE ... RETURNING: PostgreSQL, SQLite 3.35+."""
+    features = connections[alias].features
+    if not (
+        features.supports_update_conflicts_with_target and features.can_return_rows_from_bulk_insert
+    ):
+        raise NotSupportedError(
+            "the receiver's counters need INSERT ... ON CONFLICT ... RETURNING "
+            "(PostgreSQL, or SQLite 3.35 or later)"
+        )
+
+
+def _column_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field) or field.column is None:
+        raise TypeError(f"{model._meta.label}.{name} is not a column")
+    return field
+
+
+def _placeholder(field: models.Field[Any, Any], alias: str) -> str:
+    # PostgreSQL types the columns of a VALUES list from its literals: a NULL or a quoted
+    # string would come out as text; SQLite has no such typing (and a CAST to a date
+    # type there would turn the text into a number).
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        return f"CAST(%s AS {field.db_type(connection)})"
+    return "%s"
+
+
+class SessionCounts(NamedTuple):
+    """Counters a receiver adds to one session's row (see SessionManager.add_counts)."""
+
+    router_id: int
+    mid: int
+    sid: int
+    intercept_id: int | None
+    first_seen: datetime
+    last_seen: datetime
+    packets: int
+    bytes: int
+    stored_packets: int
+
+
+SessionIdentity = tuple[int, int, int]  # router id, mid, sid
+
+
+class SessionManager(models.Manager["Session"]):
+    def add_counts(self, rows: Sequence[SessionCounts]) -> dict[SessionIdentity, int]:
+        """Add ``rows`` to their sessions' counters, making the rows that do not exist,
+        in a few statements (one per chunk of rows: INSERT ... ON CONFLICT DO UPDATE);
+        returns the primary key of every session written. The extent only ever grows (an
+        import of an older capture must not move a session's extent inwards) and the
+        latest claim wins the intercept. Rows for the same session are added together."""
+        merged: dict[SessionIdentity, SessionCounts] = {}
+        for row in rows:
+            identity = (row.router_id, row.mid, row.sid)
+            known = merged.get(identity)
+            if known is not None:
+                # One row per session per statement: PostgreSQL refuses to update a row
+                # twice in one INSERT ... ON CONFLICT.
+                row = row._replace(
+                    first_seen=min(known.first_seen, row.first_seen),
+                    last_seen=max(known.last_seen, row.last_seen),
+                    packets=known.packets + row.packets,
+                    bytes=known.bytes + row.bytes,
+                    stored_packets=known.stored_packets + row.stored_packets,
+                )
+            merged[identity] = row
+        if not merged:
+            return {}
+        alias = self.db
+        _upsert_support(alias)
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        meta = self.model._meta
+        table = quote(meta.db_table)
+        fields = [_column_field(self.model, name) for name in SessionCounts._fields]
+        column = {
+            name: quote(str(field.column))
+            for name, field in zip(SessionCounts._fields, fields, strict=True)
+        }
+
+        def added(name: str) -> str:
+            return f"{column[name]} = {table}.{column[name]} + excluded.{column[name]}"
+
+        def extent(name: str, outward: str) -> str:
+            # CASE rather than LEAST/MIN: the same text on both databases.
+            mine, theirs = f"{table}.{column[name]}", f"excluded.{column[name]}"
+            return (
+                f"{column[name]} = CASE WHEN {theirs} {outward} {mine} THEN {theirs} "
+                f"ELSE {mine} END"
+            )
+
+        row_sql = "(" + ", ".join(_placeholder(field, alias) for field in fields) + ")"
+        # Names from the model through quote_name; every value is a parameter.
+        head = f"INSERT INTO {table} ({', '.join(column.values())}) VALUES "  # noqa: S608
+        tail = (
+            f" ON CONFLICT ({column['router_id']}, {column['mid']}, {column['sid']}) DO UPDATE SET "
+            + ", ".join(
+                [
+                    f"{column['intercept_id']} = excluded.{column['intercept_id']}",
+                    extent("first_seen", "<"),
+                    extent("last_seen", ">"),
+                    added("packets"),
+                    added("bytes"),
+                    added("stored_packets"),
+                ]
+            )
+            + f" RETURNING {quote(meta.pk.column)}, {column['router_id']}, {column['mid']}, "
+            f"{column['sid']}"
+        )
+        chunk = max(1, _params_per_statement(alias) // len(fields))
+        values = list(merged.values())
+        ids: dict[SessionIdentity, int] = {}
+        with connection.cursor() as cursor:
+            for start in range(0, len(values), chunk):
+                part = values[start : start + chunk]
+                params: list[Any] = []
+                for row in part:
+                    params.extend(
+                        field.get_db_prep_save(value, connection)
+                        for field, value in zip(fields, row, strict=True)
+                    )
+                cursor.execute(head + ", ".join([row_sql] * len(part)) + tail, params)
+                for pk, router_id, mid, sid in cursor.fetchall():
+                    ids[(router_id, mid, sid)] = pk
+        return ids
+
+
 class Session(models.Model):
     """What one router sends for one (mid, sid): filled by the receiver.
 
@@ -348,6 +499,8 @@ class Session(models.Model):
     bytes = models.PositiveBigIntegerField(default=0)
     stored_packets = models.PositiveBigIntegerField(default=0)
 
+    objects = SessionManager()
+
     class Meta:
         ordering = ["-last_seen"]
         constraints = [
@@ -356,6 +509,81 @@ class Session(models.Model):
 
     def __str__(self) -> str:
         return f"{self.router.name} mid {self.mid:#x} sid {self.sid:#x}"
+
+
+class FileCounts(NamedTuple):
+    """What a receiver knows of one of its pcap files (see CaptureFileManager.record)."""
+
+    path: str
+    session_id: int
+    first_packet: datetime
+    last_packet: datetime
+    packets: int
+    bytes: int
+    sha256: str
+    closed: bool
+
+
+class CaptureFileManager(models.Manager["CaptureFile"]):
+    def record(self, rows: Sequence[FileCounts]) -> None:
+        """Write the rows of files being written and of files just closed, by path, in a
+        few statements (INSERT ... ON CONFLICT (path) DO UPDATE). A closed row is final:
+        a row of a file still open never reopens it."""
+        by_path: dict[str, FileCounts] = {}
+        for row in rows:
+            known = by_path.get(row.path)
+            if known is None or row.closed or not known.closed:
+                by_path[row.path] = row
+        if not by_path:
+            return
+        alias = self.db
+        _upsert_support(alias)
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        meta = self.model._meta
+        table = quote(meta.db_table)
+        given = {name: _column_field(self.model, name) for name in FileCounts._fields}
+        # Every other column gets its default (created_at: now): a new row is complete.
+        now = datetime.now(UTC)
+        others: list[tuple[models.Field[Any, Any], Any]] = []
+        for field in meta.concrete_fields:
+            if field.primary_key or field in given.values():
+                continue
+            if getattr(field, "auto_now_add", False) or getattr(field, "auto_now", False):
+                others.append((field, now))
+            elif field.has_default() or (field.empty_strings_allowed and not field.null):
+                # Django's own default for a field without one: "" for text.
+                others.append((field, field.get_default()))
+            elif field.null:
+                others.append((field, None))
+            else:
+                raise NotSupportedError(f"{meta.label}.{field.name} has no value to insert")
+        fields = list(given.values()) + [field for field, _ in others]
+        fixed = [field.get_db_prep_save(value, connection) for field, value in others]
+        column = {field.name: quote(str(field.column)) for field in fields}
+        updated = ("session", "first_packet", "last_packet", "packets", "bytes", "sha256", "closed")
+        row_sql = "(" + ", ".join(_placeholder(field, alias) for field in fields) + ")"
+        # Names from the model through quote_name; every value is a parameter.
+        names = ", ".join(column[field.name] for field in fields)
+        head = f"INSERT INTO {table} ({names}) VALUES "  # noqa: S608
+        tail = (
+            f" ON CONFLICT ({column['path']}) DO UPDATE SET "
+            + ", ".join(f"{column[name]} = excluded.{column[name]}" for name in updated)
+            + f" WHERE NOT {table}.{column['closed']} OR excluded.{column['closed']}"
+        )
+        chunk = max(1, _params_per_statement(alias) // len(fields))
+        values = list(by_path.values())
+        with connection.cursor() as cursor:
+            for start in range(0, len(values), chunk):
+                part = values[start : start + chunk]
+                params: list[Any] = []
+                for row in part:
+                    params.extend(
+                        field.get_db_prep_save(value, connection)
+                        for field, value in zip(given.values(), row, strict=True)
+                    )
+                    params.extend(fixed)
+                cursor.execute(head + ", ".join([row_sql] * len(part)) + tail, params)
 
 
 class CaptureFile(models.Model):
@@ -380,6 +608,8 @@ class CaptureFile(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     verify_ok = models.BooleanField(null=True, blank=True)
     verify_detail = models.CharField(max_length=300, blank=True)
+
+    objects = CaptureFileManager()
 
     class Meta:
         ordering = ["session", "first_packet", "pk"]
@@ -417,6 +647,16 @@ class ReceiverProcess(models.Model):
     # errno name (ENOSPC...) -> packets that could not be stored.
     store_errors = models.JSONField(default=dict)
     open_files = models.PositiveIntegerField(default=0)
+    # Load (issue 15): sessions with traffic lately, the longest receive round since the
+    # previous report and since start (a long round is what overflows the socket buffer),
+    # files the open-file bound closed early, and how far the database's counters trail
+    # the traffic (session counters waiting for a write, age of the oldest of them).
+    active_sessions = models.PositiveIntegerField(default=0)
+    round_ms = models.FloatField(default=0.0)
+    longest_round_ms = models.FloatField(default=0.0)
+    bound_closes = models.PositiveBigIntegerField(default=0)
+    bookkeeping_backlog = models.PositiveIntegerField(default=0)
+    bookkeeping_lag_seconds = models.FloatField(default=0.0)
 
     class Meta:
         ordering = ["-started_at", "-pk"]

@@ -30,22 +30,24 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, F, Value
-from django.db.models.functions import Greatest, Least
+from django.db.models.functions import Greatest
 
 from jmirror_web.file_modes import secure_installation
 from jmirror_web.intercepts.models import (
     CaptureFile,
+    FileCounts,
     Intercept,
     Listener,
     ReceiverProcess,
     Router,
     Session,
+    SessionCounts,
     UnclaimedStream,
 )
 from jmirror_web.intercepts.retention import scheduled_purge
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
-from receiver.metrics import SnapshotCollector, serve_metrics
+from receiver.metrics import BookkeepingBacklog, SnapshotCollector, serve_metrics
 from receiver.reconcile import reconcile_sessions
 from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import ClosedFile, PcapStore, repair
@@ -56,7 +58,6 @@ from receiver.worker import (
     UNCLAIMED_STREAMS_PER_SOURCE,
     ListenerCounters,
     Receiver,
-    SessionDelta,
     Snapshot,
     SocketCounters,
     StreamKey,
@@ -71,6 +72,11 @@ logger = logging.getLogger("receiver.receive")
 # Counters and file rows reach the database at least this often; the gate fingerprint is
 # polled at the same pace, so a change to the records takes effect within about 2 s.
 WRITE_INTERVAL: Final = 1.0
+# At shutdown the last counters and file rows are waited for this long at most (a write of
+# 10,000 sessions takes well under a second on a healthy database; systemd's default stop
+# timeout is 90 s), and a wait past SHUTDOWN_WRITE_NOTICE is logged.
+SHUTDOWN_WRITE_NOTICE: Final = 5.0
+SHUTDOWN_WRITE_BOUND: Final = 30.0
 # Retention: expired capture files are purged this long after the start, then every
 # PURGE_INTERVAL; a run stops after PURGE_TIME_BUDGET so that the writes and gate reloads
 # keep their pace, and a backlog goes on at the next write.
@@ -135,6 +141,13 @@ def file_path(root: Path, relative: Path) -> str:
         return str(path)
 
 
+# A session's counters waiting for the database, merged from every snapshot since the
+# last write: a list (indexed by the names below) rather than a SessionDelta copy, so
+# absorbing a snapshot costs one small list or a few additions per session.
+_ROUTER, _INTERCEPT, _FIRST, _LAST, _PACKETS, _BYTES, _STORED, _ADDRESS = range(8)
+Pending = list[Any]
+
+
 class Bookkeeper:
     """Collects the receiver's snapshots and writes them to the database in batches.
 
@@ -142,11 +155,16 @@ class Bookkeeper:
     the next attempt: counters are deltas, so nothing is counted twice or lost.
     ``session_ids`` maps (router id, mid, sid) to Session primary keys once written, for
     the live summaries (read from another thread: entries are only ever added).
+
+    A write costs a few statements whatever the number of sessions: every session
+    counter in one INSERT ... ON CONFLICT per chunk of rows (Session.objects.add_counts),
+    and the rows of files being written only when their packets changed since the last
+    write, with the files just closed, in one more (CaptureFile.objects.record).
     """
 
     def __init__(self, root: Path, *, started_ns: int | None = None) -> None:
         self.root = root
-        self.sessions: dict[StreamKey, SessionDelta] = {}
+        self.sessions: dict[StreamKey, Pending] = {}
         self.unclaimed: dict[StreamKey, Unclaimed] = {}
         self.closed: list[ClosedFile] = []
         self.open: list[ClosedFile] = []
@@ -164,14 +182,58 @@ class Bookkeeper:
         self._pending_sources: dict[str, int] = {}
         self.unclaimed_rows_aggregated = 0
         self._unclaimed_logged: tuple[float, int, int] = (0.0, 0, 0)
+        # Packets of each open file as last written (by its path relative to root): a
+        # file whose count did not move is not written again.
+        self._open_written: dict[Path, int] = {}
+        # Registered router address -> router id, learnt from the session counters, for
+        # the session of a file (ClosedFile.session names its router by address).
+        self._router_ids: dict[str, int] = {}
+        # Backlog: when the oldest snapshot not yet written was taken (ns since the epoch;
+        # None when everything is written), and what the last write carried.
+        self._oldest_unwritten_ns: int | None = None
+        self.last_write_rows = 0
+        self.last_write_lag = 0.0
+        self.active_sessions = 0
+        self.round_ns = 0
+        self.bound_closes = 0
+
+    def backlog(self) -> BookkeepingBacklog:
+        """Session counters waiting for the database and the age in seconds of the oldest
+        unwritten snapshot (read from other threads: plain reads of two attributes)."""
+        oldest = self._oldest_unwritten_ns
+        lag = 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
+        return BookkeepingBacklog(len(self.sessions), lag)
 
     def absorb(self, snapshot: Snapshot) -> None:
+        # Runs beside the receive loop (sharing its interpreter lock): one merge per
+        # session and nothing else per session here; the rows are built by write().
+        pending = self.sessions
         for key, delta in snapshot.sessions.items():
-            pending = self.sessions.get(key)
-            if pending is None:
-                self.sessions[key] = delta.copy()
+            row = pending.get(key)
+            if row is None:
+                pending[key] = [
+                    delta.router_id,
+                    delta.intercept_pk,
+                    delta.first_ns,
+                    delta.last_ns,
+                    delta.packets,
+                    delta.bytes,
+                    delta.stored,
+                    delta.store_key.router,
+                ]
             else:
-                pending.merge(delta)
+                # The claim may have moved to another intercept (records edited): the
+                # latest wins, as in SessionDelta.merge.
+                row[_INTERCEPT] = delta.intercept_pk
+                if delta.first_ns < row[_FIRST]:
+                    row[_FIRST] = delta.first_ns
+                if delta.last_ns > row[_LAST]:
+                    row[_LAST] = delta.last_ns
+                row[_PACKETS] += delta.packets
+                row[_BYTES] += delta.bytes
+                row[_STORED] += delta.stored
+        if self._oldest_unwritten_ns is None and (snapshot.sessions or snapshot.closed_files):
+            self._oldest_unwritten_ns = snapshot.time_ns
         for key, entry in snapshot.unclaimed.items():
             admitted = admit_unclaimed(
                 self.unclaimed, self._pending_sources, key, UNCLAIMED_PENDING_LIMIT
@@ -193,6 +255,10 @@ class Bookkeeper:
         self.sockets = snapshot.sockets
         self.store_errors = dict(snapshot.store_errors)
         self.stopped = snapshot.final
+        self.active_sessions = snapshot.active_sessions
+        # The longest round since the last write, of every snapshot absorbed since.
+        self.round_ns = max(self.round_ns, snapshot.round_ns)
+        self.bound_closes = snapshot.bound_closes
 
     def write(self) -> bool:
         """Write what is pending; False (logged) when the database refused, with what was
@@ -200,13 +266,17 @@ class Bookkeeper:
         a bounded batch of unclaimed streams, then this receiver's totals, so that junk
         traffic never holds the counters of real sessions back."""
         written = True
+        carried = len(self.sessions)
         try:
             with transaction.atomic():
                 self._write_sessions()
-                self._write_open_files()
-                self._write_files()
+                open_written = self._write_files()
             self.sessions.clear()
             self.closed.clear()
+            self._open_written = open_written
+            oldest, self._oldest_unwritten_ns = self._oldest_unwritten_ns, None
+            self.last_write_rows = carried
+            self.last_write_lag = 0.0 if oldest is None else (time.time_ns() - oldest) / 1e9
             self._write_unclaimed()
             with transaction.atomic():
                 self._write_process()
@@ -233,77 +303,83 @@ class Bookkeeper:
         )
 
     def _write_sessions(self) -> None:
-        for (_address, mid, sid), delta in self.sessions.items():
-            updated = Session.objects.filter(router_id=delta.router_id, mid=mid, sid=sid).update(
-                intercept_id=delta.intercept_pk,
-                # An import of an older capture must not move a session's extent inwards.
-                first_seen=Least("first_seen", Value(moment(delta.first_ns))),
-                last_seen=Greatest("last_seen", Value(moment(delta.last_ns))),
-                packets=F("packets") + delta.packets,
-                bytes=F("bytes") + delta.bytes,
-                stored_packets=F("stored_packets") + delta.stored,
+        rows = []
+        router_ids = self._router_ids
+        for (_source, mid, sid), row in self.sessions.items():
+            rows.append(
+                SessionCounts(
+                    row[_ROUTER],
+                    mid,
+                    sid,
+                    row[_INTERCEPT],
+                    moment(row[_FIRST]),
+                    moment(row[_LAST]),
+                    row[_PACKETS],
+                    row[_BYTES],
+                    row[_STORED],
+                )
             )
-            if not updated:
-                Session.objects.create(
-                    router_id=delta.router_id,
-                    intercept_id=delta.intercept_pk,
-                    mid=mid,
-                    sid=sid,
-                    first_seen=moment(delta.first_ns),
-                    last_seen=moment(delta.last_ns),
-                    packets=delta.packets,
-                    bytes=delta.bytes,
-                    stored_packets=delta.stored,
-                )
-            if (delta.router_id, mid, sid) not in self.session_ids:
-                session_id = (
-                    Session.objects.filter(router_id=delta.router_id, mid=mid, sid=sid)
-                    .values_list("pk", flat=True)
-                    .first()
-                )
-                if session_id is not None:
-                    self.session_ids[(delta.router_id, mid, sid)] = session_id
+            router_ids[row[_ADDRESS]] = row[_ROUTER]
+        # Entries are only added (the live thread reads the map meanwhile).
+        self.session_ids.update(Session.objects.add_counts(rows))
 
-    def _session_for(self, closed: ClosedFile) -> Session | None:
-        if closed.session is None:
+    def _session_for(self, closed: ClosedFile) -> int | None:
+        """The Session primary key of a file's session: known from this run's counters,
+        else asked of the database (a file of a session written by an earlier run)."""
+        key = closed.session
+        if key is None:
             return None
-        return Session.objects.filter(
-            router__address=closed.session.router,
-            mid=closed.session.mid,
-            sid=closed.session.sid,
-        ).first()
+        router_id = self._router_ids.get(key.router)
+        if router_id is not None:
+            session_id = self.session_ids.get((router_id, key.mid, key.sid))
+            if session_id is not None:
+                return session_id
+        found: int | None = (
+            Session.objects.filter(router__address=key.router, mid=key.mid, sid=key.sid)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        return found
 
-    def _write_open_files(self) -> None:
-        """Rows for files still being written (closed=False), so a session's files show
-        before they rotate; the row is completed on close (same path)."""
-        for each in self.open:
-            path = file_path(self.root, each.path)
-            updated = CaptureFile.objects.filter(path=path, closed=False).update(
-                last_packet=moment(each.last_ns), packets=each.packets, bytes=each.bytes
-            )
-            if updated or CaptureFile.objects.filter(path=path).exists():
-                continue
-            session = self._session_for(each)
-            if session is not None:
-                CaptureFile.objects.create(
-                    session=session,
-                    path=path,
-                    first_packet=moment(each.first_ns),
-                    last_packet=moment(each.last_ns),
-                    packets=each.packets,
-                    bytes=each.bytes,
-                    closed=False,
-                )
-
-    def _write_files(self) -> None:
+    def _write_files(self) -> dict[Path, int]:
+        """The rows of files just closed, and of files still being written (closed=False,
+        so a session's files show before they rotate; completed on close, same path)
+        whose packets moved since the last write, in one batch. Returns the packets of
+        each open file as now written, for the next write to compare with."""
+        rows: list[FileCounts] = []
         for closed in self.closed:
             if closed.session is None:
                 continue  # recovered files are written at start by record_recovered()
-            session = self._session_for(closed)
-            if session is None:
+            session_id = self._session_for(closed)
+            if session_id is None:
                 logger.error("closed %s but its session has no row", closed.path)
                 continue
-            save_file_row(session, self.root, closed)
+            rows.append(self._file_counts(closed, session_id, closed=True))
+        before = self._open_written
+        written: dict[Path, int] = {}
+        for each in self.open:
+            if before.get(each.path) == each.packets:
+                written[each.path] = each.packets
+                continue
+            session_id = self._session_for(each)
+            if session_id is None:
+                continue
+            rows.append(self._file_counts(each, session_id, closed=False))
+            written[each.path] = each.packets
+        CaptureFile.objects.record(rows)
+        return written
+
+    def _file_counts(self, file: ClosedFile, session_id: int, *, closed: bool) -> FileCounts:
+        return FileCounts(
+            path=file_path(self.root, file.path),
+            session_id=session_id,
+            first_packet=moment(file.first_ns),
+            last_packet=moment(file.last_ns),
+            packets=file.packets,
+            bytes=file.bytes,
+            sha256=file.sha256 if closed else "",
+            closed=closed,
+        )
 
     def _write_unclaimed(self) -> None:
         """The busiest pending unclaimed streams, at most UNCLAIMED_PER_WRITE, in a few
@@ -438,11 +514,18 @@ class Bookkeeper:
             "drops": dict(listener.drops),
             "store_errors": self.store_errors,
             "open_files": len(self.open),
+            "active_sessions": self.active_sessions,
+            "round_ms": self.round_ns / 1e6,
+            "longest_round_ms": listener.longest_round_ns / 1e6,
+            "bound_closes": self.bound_closes,
+            "bookkeeping_backlog": self.last_write_rows,
+            "bookkeeping_lag_seconds": self.last_write_lag,
         }
         if self.process is None:
             self.register()
         assert self.process is not None
         ReceiverProcess.objects.filter(pk=self.process.pk).update(**fields)
+        self.round_ns = 0
         for each in self.sockets:
             Listener.objects.update_or_create(
                 receiver=self.process,
@@ -618,7 +701,7 @@ def serve(
     hooks: list[Callable[[Snapshot], None]] = [snapshots.put, publisher.offer]
     metrics_server = None
     if metrics is not None:
-        collector = SnapshotCollector(lambda: publisher.dropped)
+        collector = SnapshotCollector(lambda: publisher.dropped, bookkeeper.backlog)
         metrics_server, _ = serve_metrics(*metrics, collector)
         hooks.append(collector.offer)
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
@@ -645,26 +728,41 @@ def serve(
         try:
             while not final:
                 try:
-                    snapshot = snapshots.get(timeout=0.2)
-                    bookkeeper.absorb(snapshot)
-                    final = snapshot.final
+                    waiting: Snapshot | None = snapshots.get(timeout=0.2)
                 except queue.Empty:
-                    pass
+                    waiting = None
+                # Everything that queued up during a write is merged before the next one:
+                # a write carries all of it, however long the previous write took.
+                while waiting is not None and not final:
+                    bookkeeper.absorb(waiting)
+                    final = waiting.final
+                    try:
+                        waiting = snapshots.get_nowait()
+                    except queue.Empty:
+                        waiting = None
                 if time.monotonic() < next_write and not final:
                     continue
-                next_write = time.monotonic() + WRITE_INTERVAL
+                started = time.monotonic()
                 if not final:
                     receiver.gate = watcher.refresh()
                 bookkeeper.write()
+                # A slow database gets a write every WRITE_INTERVAL, or after a pause as
+                # long as the write took: this thread never holds the interpreter lock
+                # (which the receive loop needs) more than about half the time, and the
+                # counts merged meanwhile go in the next write whatever their number.
+                next_write = started + max(WRITE_INTERVAL, 2 * (time.monotonic() - started))
                 if not final and time.monotonic() >= next_purge:
                     # Never raises: a failed purge is logged and tried again later.
                     done = scheduled_purge(datetime.now(UTC), time_budget=PURGE_TIME_BUDGET)
                     next_purge = time.monotonic() + (PURGE_INTERVAL if done else 0.0)
-            # Last chance at shutdown: one retry, well within the 5 s SIGTERM budget.
-            if not bookkeeper.write():
-                time.sleep(0.5)
-                if not bookkeeper.write():
+            # Last chance at shutdown: two retries, well within SHUTDOWN_WRITE_BOUND.
+            for pause in (0.5, 2.0, None):
+                if bookkeeper.write():
+                    break
+                if pause is None:
                     logger.error("shutdown: counters and file rows could not be written")
+                else:
+                    time.sleep(pause)
         finally:
             connection.close()
 
@@ -685,7 +783,18 @@ def serve(
         receiver.run()
     finally:
         stop.set()
-        writer.join(timeout=4)
+        # The final snapshot is queued by now (Receiver.run hands it to the hooks before it
+        # returns): wait for its write, saying so when it takes long.
+        writer.join(timeout=SHUTDOWN_WRITE_NOTICE)
+        if writer.is_alive():
+            logger.warning(
+                "shutdown: still writing the last counters after %.0f s (%d session counters "
+                "waiting); waiting up to %.0f s",
+                SHUTDOWN_WRITE_NOTICE,
+                bookkeeper.backlog().rows,
+                SHUTDOWN_WRITE_BOUND,
+            )
+            writer.join(timeout=SHUTDOWN_WRITE_BOUND - SHUTDOWN_WRITE_NOTICE)
         if writer.is_alive():
             logger.error("shutdown: the database writer did not finish; last counters not written")
         live_thread.join(timeout=1)
