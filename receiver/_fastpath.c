@@ -20,13 +20,22 @@
  *                    take and returns its index (the count when done), after writing the
  *                    counts back to the Python objects, so Python sees them whole.
  *   datagram(i)      (payload bytes, raw source key, receive time) for Python's path.
- *   bind(i, ...)     after Python stored datagram i: its stream's session delta, open
+ *   bind(i, ..., watched)
+ *                    after Python stored datagram i: its stream's session delta, open
  *                    file and the span of receive times over which the gate's answer
- *                    holds. Later datagrams of that stream then stay in C.
- *   clear(complete)  forget every binding and verdict: Python calls it whenever a file
- *                    rotates or closes, the gate changes, or a tick hands the session
- *                    deltas on; `complete` when its unclaimed table for this tick is
- *                    empty and fed by no other receiver (C may aggregate then).
+ *                    holds. Later datagrams of that stream then stay in C, until the
+ *                    file closes (C sees its descriptor gone and hands the datagram back),
+ *                    the span ends or the gate changes. The latest datagrams are kept for
+ *                    the live view only when `watched`.
+ *   hand_over(map, complete)
+ *                    at a tick: each bound stream's latest datagrams go to its delta, and
+ *                    the deltas the snapshot takes are replaced by their successors; the
+ *                    bindings stay, so the cost of a tick does not grow into a rebinding
+ *                    of every session through Python (issue 15).
+ *   clear(complete)  forget every binding and verdict: Python calls it when the gate or
+ *                    what browsers watch changes, or idle sessions are let go; `complete`
+ *                    when its unclaimed table for this tick is empty and fed by no other
+ *                    receiver (C may aggregate then).
  *   set_gate(ids, n) the gate's claimed intercept ids (mid & 0x3FFFFFFF): from then on C
  *                    also decides datagrams that will be dropped (below).
  *   refuse(i, ...)   after Python dropped datagram i as unclaimed: the reason and the
@@ -72,9 +81,13 @@
 #define LINKTYPE_RAW 101
 #define RECORD_HEADER 16
 /* Streams bound at once. Bounded so junk cannot grow it; a full table is cleared and
- * streams rebind through Python on their next datagram. */
-#define TABLE_SIZE 2048
-#define TABLE_LIMIT 1024
+ * streams rebind through Python on their next datagram. Sized for the concurrent sessions
+ * of a busy mediation host (issue 15: 10,000 at 100,000 datagrams/s): a table smaller
+ * than the sessions in flight is cleared over and over and every datagram goes through
+ * Python. Three quarters full at most, for short probe runs; an entry is about 150
+ * bytes, the recent-packet rings are allocated only for watched streams. */
+#define TABLE_SIZE 32768
+#define TABLE_LIMIT 24576
 /* The most recent stored packets per session kept for the live view, as
  * receiver.worker.RECENT_PACKETS. */
 #define RECENT 16
@@ -123,16 +136,26 @@ typedef struct {
     int touched;
     int call_file[2]; /* index into the call's CallFile array, -1 until first use */
     long long packets, bytes, last_ns;
-    /* The stream's latest stored datagrams, copied here rather than made Python objects
-     * per datagram (that measured a third of the receiver's time at small batches, most
-     * of it the garbage collector's); handed to the delta's `recent` only by flush_recent:
-     * at clear, on a new delta, and before Python stores one of the stream's datagrams. */
-    int recent_count, recent_next;
-    long long recent_time[RECENT];
-    unsigned recent_length[RECENT];
-    unsigned recent_capacity[RECENT];
-    unsigned char *recent_data[RECENT];
+    /* Whether a browser watches the session (bind's argument): only then are its latest
+     * datagrams kept for the live view (issue 15: a sample of every session cost the
+     * receiver per session and tick). */
+    int watched;
+    /* The ring of those datagrams; allocated on first use and kept with the slot. */
+    struct Recent *recent;
 } Entry;
+
+/* A stream's latest stored datagrams, copied here rather than made Python objects per
+ * datagram (that measured a third of the receiver's time at small batches, most of it
+ * the garbage collector's); handed to the delta's `recent` only by flush_recent: at
+ * clear and hand_over, on a new delta, and before Python stores one of the stream's
+ * datagrams. */
+typedef struct Recent {
+    int count, next;
+    long long time[RECENT];
+    unsigned length[RECENT];
+    unsigned capacity[RECENT];
+    unsigned char *data[RECENT];
+} Recent;
 
 /* A source's verdict: unregistered (everything it sends is unknown_router) or a
  * registered router; and its streams handed to Python apart since the sources were last
@@ -210,7 +233,7 @@ typedef struct {
 #define NAME_SPACE ((int)sizeof(struct sockaddr_in6))
 
 static PyObject *s_size, *s_packets, *s_last_ns, *s_bytes, *s_stored, *s_recent,
-    *s_buffer, *s_deadline_ns, *s_extend;
+    *s_buffer, *s_deadline_ns, *s_extend, *s_fd;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -528,12 +551,14 @@ static int restore_error(FirstError *first) {
 static int flush_recent(Entry *e);
 
 static void free_recent(Entry *e) {
-    for (int k = 0; k < RECENT; k++) {
-        PyMem_Free(e->recent_data[k]);
-        e->recent_data[k] = NULL;
-        e->recent_capacity[k] = 0;
-    }
-    e->recent_count = e->recent_next = 0;
+    if (e->recent == NULL) return;
+    for (int k = 0; k < RECENT; k++) PyMem_Free(e->recent->data[k]);
+    PyMem_Free(e->recent);
+    e->recent = NULL;
+}
+
+static inline void forget_recent(Entry *e) {
+    if (e->recent != NULL) e->recent->count = e->recent->next = 0;
 }
 
 /* Forget every binding, handing each stream's latest datagrams to its delta first. -1
@@ -545,7 +570,7 @@ static int clear_table(FastReceiver *self, int flush) {
         if (!e->used) continue;
         if (flush && flush_recent(e) < 0) remember_error(&first);
         /* The ring's buffers stay for the next stream bound to this slot. */
-        e->recent_count = e->recent_next = 0;
+        forget_recent(e);
         Py_CLEAR(e->delta);
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
@@ -597,7 +622,11 @@ static long long get_long(PyObject *obj, PyObject *name, int *failed) {
 }
 
 /* The CallFile of an entry's file for this call, loading the file's state on first use
- * (two entries may share a file: they then share its CallFile). -1 on error. */
+ * (two entries may share a file: they then share its CallFile). -1 on error; -2 when the
+ * store has closed the file since it was bound (its descriptor is -1): the datagram goes
+ * to Python, which opens the session's next file and binds it. Bindings outlive file
+ * changes elsewhere this way, rather than every stream rebinding whenever any file opens
+ * or closes (issue 15). */
 static int call_file_of(FastReceiver *self, Entry *e, int slot) {
     if (e->call_file[slot] >= 0) return e->call_file[slot];
     PyObject *file = e->files[slot];
@@ -606,6 +635,9 @@ static int call_file_of(FastReceiver *self, Entry *e, int slot) {
     }
     CallFile *c = &self->call_files[self->call_file_count];
     int failed = 0;
+    long long fd = get_long(file, s_fd, &failed);
+    if (failed) return -1;
+    if (fd < 0) return -2;
     c->size = get_long(file, s_size, &failed);
     c->deadline_ns = get_long(file, s_deadline_ns, &failed);
     if (failed) return -1;
@@ -627,21 +659,21 @@ static int call_file_of(FastReceiver *self, Entry *e, int slot) {
  * oldest first. In order: store() calls this before Python stores one of the stream's
  * datagrams, so whatever the deque holds came before. */
 static int flush_recent(Entry *e) {
-    if (e->recent_count == 0 || e->delta == NULL) return 0;
+    Recent *r = e->recent;
+    if (r == NULL || r->count == 0 || e->delta == NULL) return 0;
     int status = 0;
     PyObject *recent = PyObject_GetAttr(e->delta, s_recent);
     PyObject *items = recent == NULL ? NULL : PyList_New(0);
     if (items == NULL) status = -1;
-    int start = e->recent_count < RECENT ? 0 : e->recent_next;
-    for (int k = 0; status == 0 && k < e->recent_count; k++) {
+    int start = r->count < RECENT ? 0 : r->next;
+    for (int k = 0; status == 0 && k < r->count; k++) {
         int slot = (start + k) % RECENT;
-        PyObject *item = Py_BuildValue("(Ly#)", e->recent_time[slot],
-                                       (const char *)e->recent_data[slot],
-                                       (Py_ssize_t)e->recent_length[slot]);
+        PyObject *item = Py_BuildValue("(Ly#)", r->time[slot], (const char *)r->data[slot],
+                                       (Py_ssize_t)r->length[slot]);
         if (item == NULL || PyList_Append(items, item) < 0) status = -1;
         Py_XDECREF(item);
     }
-    e->recent_count = e->recent_next = 0;
+    r->count = r->next = 0;
     if (status == 0) {
         PyObject *done = PyObject_CallMethodOneArg(recent, s_extend, items);
         if (done == NULL) status = -1;
@@ -654,21 +686,26 @@ static int flush_recent(Entry *e) {
 
 /* Copy datagram i into the stream's ring of latest datagrams. -1 when out of memory. */
 static inline int keep_recent(FastReceiver *self, Entry *e, int i) {
-    int slot = e->recent_next;
+    Recent *r = e->recent;
+    if (r == NULL) {
+        r = e->recent = PyMem_Calloc(1, sizeof(Recent));
+        if (r == NULL) return -1;
+    }
+    int slot = r->next;
     unsigned n = self->lengths[i];
-    if (e->recent_capacity[slot] < n) {
+    if (r->capacity[slot] < n) {
         /* Room for any datagram of this size class, so a stream reallocates rarely. */
         unsigned capacity = n < 2048 ? 2048 : n;
-        unsigned char *grown = PyMem_Realloc(e->recent_data[slot], capacity);
+        unsigned char *grown = PyMem_Realloc(r->data[slot], capacity);
         if (grown == NULL) return -1;
-        e->recent_data[slot] = grown;
-        e->recent_capacity[slot] = capacity;
+        r->data[slot] = grown;
+        r->capacity[slot] = capacity;
     }
-    memcpy(e->recent_data[slot], self->data + (size_t)i * self->max_datagram, n);
-    e->recent_length[slot] = n;
-    e->recent_time[slot] = self->times[i];
-    e->recent_next = (slot + 1) % RECENT;
-    if (e->recent_count < RECENT) e->recent_count++;
+    memcpy(r->data[slot], self->data + (size_t)i * self->max_datagram, n);
+    r->length[slot] = n;
+    r->time[slot] = self->times[i];
+    r->next = (slot + 1) % RECENT;
+    if (r->count < RECENT) r->count++;
     return 0;
 }
 
@@ -823,12 +860,13 @@ static PyObject *FastReceiver_receive(FastReceiver *self, PyObject *Py_UNUSED(ig
     }
     int got;
     int error = 0;
-    self->count = 0; /* the buffers are the kernel's until recvmmsg returns */
-    Py_BEGIN_ALLOW_THREADS
+    self->count = 0;
+    /* The interpreter lock is kept: the call never blocks (MSG_DONTWAIT), and releasing it
+     * once per batch let the bookkeeping and live threads take it for up to a switch
+     * interval (5 ms) each time, the loop waiting while the socket buffer overflowed
+     * (issue 15's profile: three threads each busy a third of the time). */
     got = recvmmsg(self->fd, self->messages, (unsigned)batch, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (got < 0) error = errno;
-    Py_END_ALLOW_THREADS
-    self->count = 0;
     if (got < 0) {
         if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR) return PyLong_FromLong(0);
         errno = error;
@@ -903,6 +941,7 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
         int slot = slot_of(linktype);
         if (e->files[slot] == NULL) break;
         int c_index = call_file_of(self, e, slot);
+        if (c_index == -2) break; /* closed by the store: Python opens the next one */
         if (c_index < 0) {
             failed = 1;
             break;
@@ -940,7 +979,7 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
         e->packets++;
         e->bytes += n;
         e->last_ns = time_ns;
-        if (keep_recent(self, e, i) < 0) {
+        if (e->watched && keep_recent(self, e, i) < 0) {
             /* The record is in the buffer and counted: only the live sample misses it. */
             PyErr_Clear();
         }
@@ -1026,13 +1065,9 @@ static int stream_entry(
     unsigned slot = hash_key(key, key_length, mid, sid) & (TABLE_SIZE - 1);
     while (self->table[slot].used) slot = (slot + 1) & (TABLE_SIZE - 1);
     Entry *e = &self->table[slot];
-    unsigned char *data[RECENT];
-    unsigned capacity[RECENT];
-    memcpy(data, e->recent_data, sizeof data);
-    memcpy(capacity, e->recent_capacity, sizeof capacity);
+    Recent *recent = e->recent;
     memset(e, 0, sizeof *e);
-    memcpy(e->recent_data, data, sizeof data);
-    memcpy(e->recent_capacity, capacity, sizeof capacity);
+    e->recent = recent;
     e->used = 1;
     e->key_length = key_length;
     memcpy(e->source, key, (size_t)key_length);
@@ -1044,11 +1079,12 @@ static int stream_entry(
 }
 
 static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
-    int i, linktype;
+    int i, linktype, watched = 1;
     long long low, high;
     PyObject *delta, *file;
     if (!self->initialised) return not_initialised();
-    if (!PyArg_ParseTuple(args, "iiLLOO", &i, &linktype, &low, &high, &delta, &file)) return NULL;
+    if (!PyArg_ParseTuple(args, "iiLLOO|p", &i, &linktype, &low, &high, &delta, &file, &watched))
+        return NULL;
     if (linktype != LINKTYPE_RAW && linktype != LINKTYPE_PPP_HDLC) {
         PyErr_SetString(PyExc_ValueError, "linktype must be 101 (raw IP) or 50 (PPP)");
         return NULL;
@@ -1073,6 +1109,8 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     }
     e->low = low;
     e->high = high;
+    e->watched = watched;
+    if (!watched) forget_recent(e);
     Py_INCREF(file);
     Py_XSETREF(e->files[slot_of(linktype)], file);
     self->last_hit = index;
@@ -1085,6 +1123,39 @@ static PyObject *FastReceiver_clear(FastReceiver *self, PyObject *args) {
     /* The verdicts were the gate's answers: relearned through Python. */
     if (self->sources) reset_sources(self, complete);
     if (self->table && clear_table(self, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastReceiver_hand_over(FastReceiver *self, PyObject *args) {
+    PyObject *replacements;
+    int complete = 0;
+    if (!self->initialised) return not_initialised();
+    if (!PyArg_ParseTuple(args, "O!|p", &PyDict_Type, &replacements, &complete)) return NULL;
+    if (self->touched_count) {
+        PyErr_SetString(PyExc_RuntimeError, "hand_over during store");
+        return NULL;
+    }
+    /* As clear(): the verdicts were this tick's; relearned through Python. */
+    reset_sources(self, complete);
+    FirstError first = {NULL, NULL, NULL};
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        Entry *e = &self->table[i];
+        if (!e->used || e->delta == NULL) continue;
+        /* The latest datagrams belong to the delta being handed on. */
+        if (flush_recent(e) < 0) remember_error(&first);
+        PyObject *fresh = PyDict_GetItemWithError(replacements, e->delta); /* borrowed */
+        if (fresh != NULL) {
+            Py_INCREF(fresh);
+            Py_SETREF(e->delta, fresh);
+        } else if (PyErr_Occurred()) {
+            /* Cannot tell its successor: unbound, the stream rebinds through Python. */
+            remember_error(&first);
+            Py_CLEAR(e->delta);
+            Py_CLEAR(e->files[0]);
+            Py_CLEAR(e->files[1]);
+        }
+    }
+    if (restore_error(&first) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1249,6 +1320,10 @@ static PyMethodDef FastReceiver_methods[] = {
     {"clear", (PyCFunction)FastReceiver_clear, METH_VARARGS,
      "clear(complete=False): forget every bound stream and every verdict; complete when "
      "Python's unclaimed table for this tick is empty and only this receiver feeds it."},
+    {"hand_over", (PyCFunction)FastReceiver_hand_over, METH_VARARGS,
+     "hand_over(replacements, complete=False): at a tick, every bound stream's latest "
+     "datagrams go to its delta, each delta that is a key of replacements is replaced by "
+     "its value, and the verdicts are forgotten (as clear); the bindings stay."},
     {"set_gate", (PyCFunction)FastReceiver_set_gate, METH_VARARGS,
      "set_gate(claimed intercept ids, streams per source): C decides dropped datagrams."},
     {"refuse", (PyCFunction)FastReceiver_refuse, METH_VARARGS,
@@ -1302,6 +1377,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_buffer, "buffer");
     INTERN(s_deadline_ns, "deadline_ns");
     INTERN(s_extend, "extend");
+    INTERN(s_fd, "fd");
 #undef INTERN
     PyObject *module = PyModule_Create(&fastpath_module);
     if (module == NULL) return NULL;

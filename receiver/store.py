@@ -537,6 +537,9 @@ class PcapStore:
         if file.fd < 0:  # given up by _flush
             return
         os.close(file.fd)
+        # Closed for good: the C path sees this and hands the stream's next datagram to
+        # Python, which opens the session's next file (receiver._fastpath call_file_of).
+        file.fd = -1
         if file.committed_packets == 0:
             file.part_path.unlink(missing_ok=True)
             return

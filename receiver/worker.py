@@ -58,6 +58,7 @@ from receiver.gate import (
 )
 from receiver.jmirror import DecodeError, classify_datagram
 from receiver.store import LINKTYPE_FOR_KIND, ClosedFile, PcapStore, SessionKey
+from receiver.watch import LiveWatch
 
 try:
     from receiver._fastpath import FastReceiver
@@ -99,8 +100,14 @@ _MEMINFO = struct.Struct("9I")
 # at 160k datagrams/s a 64 MiB socket buffer holds about 0.4 s of 128-byte datagrams.
 STALL_NS: Final = 100_000_000
 STALL_LOG_EVERY_NS: Final = 10_000_000_000
-# A session counts as active (health page, metrics) this long after its last datagram.
+# A session counts as active (health page, metrics) this long after its last datagram;
+# then its delta is let go, at the first tick after each PRUNE_SECONDS.
 ACTIVE_SECONDS: Final = 60
+PRUNE_SECONDS: Final = 10
+# At most this share of the loop's time goes to ticks: with thousands of open files a
+# tick (flush every buffer, hand every session on) takes milliseconds, and the next one
+# then waits longer than tick_interval, so the cost per datagram stays bounded.
+TICK_SHARE: Final = 0.1
 
 # The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
 # about 40 datagrams gather meanwhile.
@@ -114,7 +121,13 @@ StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
 
 
 class SessionDelta:
-    """What one claimed session received since the last snapshot."""
+    """What one claimed session received since the last snapshot.
+
+    The capture keeps one per session while the session is active: the C path is bound to
+    it, and at each tick the ones with traffic are handed on in the snapshot and replaced
+    by their :meth:`successor` (receiver._fastpath hand_over), so a tick costs a little per
+    session that had traffic and never a rebinding of every session through Python.
+    """
 
     __slots__ = (
         "bytes",
@@ -128,6 +141,7 @@ class SessionDelta:
         "router_id",
         "store_key",
         "stored",
+        "watched",
     )
 
     def __init__(
@@ -138,6 +152,7 @@ class SessionDelta:
         liid: str,
         time_ns: int,
         store_key: SessionKey,
+        watched: bool = True,
     ) -> None:
         self.router_id = router_id
         # Built once per session and tick rather than once per stored packet.
@@ -151,8 +166,23 @@ class SessionDelta:
         self.first_ns = time_ns
         self.last_ns = time_ns
         # Stored packets only (nothing of an intercept without content goes to the live
-        # view), as received: they are decoded for display off the capture thread.
+        # view), as received: they are decoded for display off the capture thread. Kept
+        # only while a browser watches the session (receiver.watch).
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_PACKETS)
+        self.watched = watched
+
+    def successor(self) -> SessionDelta:
+        """An empty delta continuing this session after a tick. Its first and last times
+        are this one's last packet's: a lower bound for what comes next."""
+        return SessionDelta(
+            self.router_id,
+            self.intercept_pk,
+            self.case_pk,
+            self.liid,
+            self.last_ns,
+            self.store_key,
+            self.watched,
+        )
 
     def copy(self) -> SessionDelta:
         """An independent copy: a snapshot's deltas are shared by every tick hook, and
@@ -164,6 +194,7 @@ class SessionDelta:
             self.liid,
             self.first_ns,
             self.store_key,
+            self.watched,
         )
         twin.merge(self)
         return twin
@@ -430,7 +461,17 @@ class Capture:
         self.warnings: list[str] = []
         # Every file closed by the last shutdown, for callers without a hook.
         self.final_closed: list[ClosedFile] = []
+        #: What browsers watch live (assigned from another thread, like :attr:`gate`):
+        #: only those sessions' latest packets are kept. None: every session's.
+        self.watch: LiveWatch | None = None
+        # The watch the sessions' `watched` flags were set by.
+        self._watch_applied: LiveWatch | None = None
+        # One delta per active session (see SessionDelta), until it is idle for
+        # ACTIVE_SECONDS: then it is let go at a tick.
         self._sessions: dict[StreamKey, SessionDelta] = {}
+        self._next_prune_ns = 0
+        # The longest receive round since the last tick (Receiver._receive).
+        self._round_ns = 0
         self._claims: dict[StreamKey, tuple[int, int, Claim | str]] = {}
         self._claims_gate: Gate | None = None
         self._unclaimed_since_tick: dict[StreamKey, Unclaimed] = {}
@@ -447,9 +488,9 @@ class Capture:
         self._unclaimed_limit = unclaimed_limit
         # Receive time of the start: wall clock live, the first packet's time offline.
         self._previous_tick_ns = time.time_ns() if start_ns is None else start_ns
-        # Counts ticks: each hands the session deltas on, so the C path's bindings to
-        # them (Receiver._native_drainer) must go.
-        self._epoch = 0
+        # Bumped when the C path's bindings must all go (Receiver._native_drainer): what
+        # browsers watch changed (bindings say whether to keep a sample), or a failure.
+        self._bindings_epoch = 0
 
     def handle_batch(
         self,
@@ -506,8 +547,9 @@ class Capture:
                         # Counted as stored only once written (no file: a store error).
                         if write(delta.store_key, time_ns, payload[8:], linktype):
                             delta.stored += 1
-                            # A view at worst: made bytes before returning, in the finally.
-                            delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
+                            if delta.watched:
+                                # A view at worst: made bytes before returning (finally).
+                                delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
                         continue
                     current_source, current_mid, current_sid = source, mid, sid
                     delta, low, high = store_classified(payload, (source, mid, sid), inner, time_ns)
@@ -591,6 +633,7 @@ class Capture:
         router, intercept = claim
         delta = self._sessions.get(key)
         if delta is None or delta.intercept_pk != intercept.intercept_id_pk:
+            watch = self.watch
             fresh = SessionDelta(
                 router.router_id,
                 intercept.intercept_id_pk,
@@ -599,6 +642,10 @@ class Capture:
                 time_ns,
                 # The registered address, also when a dual-stack socket maps it.
                 SessionKey(intercept.liid, router.address, mid, sid),
+                watch is None
+                or watch.covers(
+                    router.router_id, mid, sid, intercept.intercept_id_pk, intercept.case_id
+                ),
             )
             if delta is not None:  # the records changed hands mid-tick: keep the counts
                 fresh.packets, fresh.bytes, fresh.stored = delta.packets, delta.bytes, delta.stored
@@ -614,8 +661,9 @@ class Capture:
             self.counters.unstorable += 1
         elif self.store.write(delta.store_key, time_ns, payload[8:], linktype):
             delta.stored += 1
-            # A view from handle_batch is made bytes before that returns.
-            delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
+            if delta.watched:
+                # A view from handle_batch is made bytes before that returns.
+                delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
         return delta, low, high
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
@@ -687,7 +735,7 @@ class Capture:
                 store.close_expired(now_ns)
         except Exception:
             logger.exception("store maintenance failed; capture goes on")
-        self._epoch += 1
+        handed, successors = self._take_sessions(now_ns, final)
         unclaimed, self._unclaimed_since_tick = self._unclaimed_since_tick, {}
         self._unclaimed_sources = {}
         total = self.unclaimed
@@ -703,14 +751,14 @@ class Capture:
             else:
                 total[admitted] = entry.copy()
         self._log_unclaimed_limits()
+        self._hand_over(successors)
+        round_ns, self._round_ns = self._round_ns, 0
         if not self._on_tick:
-            self._sessions.clear()
             return
-        sessions, self._sessions = self._sessions, {}
         snapshot = Snapshot(
             time_ns=now_ns,
             previous_ns=self._previous_tick_ns,
-            sessions=sessions,
+            sessions=handed,
             closed_files=store.take_closed() if closed is None else closed,
             open_files=store.open_files(),
             listener=self.counters.copy(),
@@ -719,6 +767,8 @@ class Capture:
             store_errors=Counter(store.store_errors),
             final=final,
             bound_closes=store.bound_closes,
+            active_sessions=len(self._sessions),
+            round_ns=round_ns,
         )
         self._previous_tick_ns = now_ns
         for hook in self._on_tick:
@@ -726,6 +776,44 @@ class Capture:
                 hook(snapshot)
             except Exception:
                 logger.exception("tick hook %r failed; capture goes on", hook)
+
+    def _take_sessions(
+        self, now_ns: int, final: bool
+    ) -> tuple[dict[StreamKey, SessionDelta], dict[SessionDelta, SessionDelta | None]]:
+        """The deltas of sessions that had traffic since the last tick, each replaced by
+        its successor; and the replacements (None: a session idle for ACTIVE_SECONDS, let
+        go) for the C path. A little work per session that had traffic, and once every
+        PRUNE_SECONDS a pass over the idle ones."""
+        sessions = self._sessions
+        watch = self.watch
+        if watch is not self._watch_applied:
+            # What browsers watch changed (rare: a page opened or closed): the sessions
+            # say anew whether to keep a sample, and the C path rebinds with that.
+            self._watch_applied = watch
+            for (_, mid, sid), delta in sessions.items():
+                delta.watched = watch is None or watch.covers(
+                    delta.router_id, mid, sid, delta.intercept_pk, delta.case_pk
+                )
+            self._bindings_epoch += 1
+        handed: dict[StreamKey, SessionDelta] = {}
+        successors: dict[SessionDelta, SessionDelta | None] = {}
+        for key, delta in sessions.items():
+            if delta.packets:
+                handed[key] = delta
+                # Same keys, new values: safe while iterating.
+                successors[delta] = sessions[key] = delta.successor()
+        if final:
+            sessions.clear()
+        elif now_ns >= self._next_prune_ns:
+            self._next_prune_ns = now_ns + PRUNE_SECONDS * 1_000_000_000
+            idle_before = now_ns - ACTIVE_SECONDS * 1_000_000_000
+            for key in [key for key, delta in sessions.items() if delta.last_ns < idle_before]:
+                successors[sessions.pop(key)] = None
+        return handed, successors
+
+    def _hand_over(self, successors: dict[SessionDelta, SessionDelta | None]) -> None:
+        """Where the capture's sessions are bound elsewhere (the C path), bind them to
+        their successors."""
 
     def finish(self, now_ns: int) -> list[ClosedFile]:
         """Close and hash every file and hand the final snapshot to the hooks."""
@@ -869,8 +957,10 @@ class Receiver(Capture):
         """The drain through receiver._fastpath: C receives each batch and stores the
         datagrams of streams bound to it; every other datagram comes back here, one at a
         time and in order, through :meth:`Capture.handle`, and binds its stream when it
-        was stored. Bindings hold session deltas and open files, so they are cleared when
-        a tick hands the deltas on, a file opens or closes, or the gate changes."""
+        was stored. Bindings hold session deltas and open files; they outlive ticks (the
+        deltas are replaced in place: :meth:`_hand_over`) and files opening or closing
+        (C hands a closed file's stream back), and are cleared when the gate or what
+        browsers watch changes."""
         store = self.store
         native = FastReceiver(
             sock.fileno(),
@@ -885,18 +975,16 @@ class Receiver(Capture):
         handle = self.handle
         listener = self.counters
         addresses = self._native_sources
-        # What the bindings were made under: gate, tick epoch, store generation.
-        bound: list[object] = [None, -1, -1]
+        # What the bindings were made under: gate, bindings epoch.
+        bound: list[object] = [None, -1]
 
         def current() -> bool:
-            return (
-                bound[0] is self.gate and bound[1] == self._epoch and bound[2] == store.generation
-            )
+            return bound[0] is self.gate and bound[1] == self._bindings_epoch
 
         def rebase() -> None:
             gate = self.gate
             new_gate = bound[0] is not gate
-            bound[:] = [gate, self._epoch, store.generation]
+            bound[:] = [gate, self._bindings_epoch]
             try:
                 # C may fold a source's unclaimed streams into its aggregate row only
                 # knowing every stream this tick's table lists apart: from empty, and
@@ -964,7 +1052,15 @@ class Receiver(Capture):
                             try:
                                 # A span open to the end of time ends at 2**63, one past
                                 # C's largest time; no receive time reaches either.
-                                native.bind(index, linktype, low, min(high, _LAST_NS), delta, file)
+                                native.bind(
+                                    index,
+                                    linktype,
+                                    low,
+                                    min(high, _LAST_NS),
+                                    delta,
+                                    file,
+                                    delta.watched,
+                                )
                             except Exception:  # no memory: the stream stays in Python
                                 self._internal_error(source)
                     index += 1
@@ -979,14 +1075,8 @@ class Receiver(Capture):
     def tick(
         self, now_ns: int, *, final: bool = False, closed: list[ClosedFile] | None = None
     ) -> None:
-        # The C path keeps each bound stream's latest datagrams to itself: they join their
-        # session deltas before the snapshot takes them; and what it dropped joins the
-        # counters and the unclaimed streams.
+        # What the C path dropped joins the counters and this tick's unclaimed streams.
         for native in self._natives:
-            try:
-                native.clear()
-            except Exception:
-                self._internal_error("the C receive path")
             if native.pending:
                 self._take_dropped(native)
         if not final:
@@ -999,6 +1089,25 @@ class Receiver(Capture):
             except Exception:
                 logger.exception("store flush failed; capture goes on")
         super().tick(now_ns, final=final, closed=closed)
+
+    def _hand_over(self, successors: dict[SessionDelta, SessionDelta | None]) -> None:
+        # C hands each bound stream's latest datagrams to the delta the snapshot takes,
+        # then binds the stream to its successor (None: let go). It forgets the sources'
+        # verdicts too, as this tick's unclaimed table is new (see rebase): complete when
+        # only this socket's receiver feeds it.
+        complete = len(self._natives) == 1
+        for native in self._natives:
+            try:
+                native.hand_over(successors, complete)
+            except Exception:
+                # No memory: bindings to deltas already handed on would count into them,
+                # so every binding goes and the streams rebind through Python.
+                self._internal_error("the C receive path")
+                self._bindings_epoch += 1
+                try:
+                    native.clear()
+                except Exception:
+                    self._internal_error("the C receive path")
 
     def _take_dropped(self, native: FastReceiver) -> None:
         """Count what C dropped since the last call as :meth:`Capture.handle` would have."""
@@ -1082,11 +1191,17 @@ class Receiver(Capture):
                     time.sleep(PACE_SECONDS)
                 now = time.time_ns()
                 if now >= next_tick:
-                    next_tick = now + self._tick_ns
+                    tick_start = monotonic_ns()
                     self.tick(now)
+                    # A tick's work grows with the open files and active sessions: spaced
+                    # out so that it stays within TICK_SHARE of the loop's time.
+                    spent = monotonic_ns() - tick_start
+                    next_tick = now + max(self._tick_ns, int(spent / TICK_SHARE))
                 # A round is normally a millisecond or two; a long one means the kernel
                 # buffer filled meanwhile, so say what held it up.
                 took = monotonic_ns() - round_start
+                if took > self._round_ns:
+                    self._round_ns = took
                 if took > counters.longest_round_ns:
                     counters.longest_round_ns = took
                 if took > STALL_NS:

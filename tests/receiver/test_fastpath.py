@@ -504,6 +504,7 @@ def test_a_file_without_a_bytearray_buffer_is_an_error_not_a_crash(receiving):
     assert fast.receive() == 2
 
     class NotAFile:
+        fd = 3
         size = 0
         deadline_ns = 2**62
         buffer = b"immutable"
