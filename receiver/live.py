@@ -498,30 +498,40 @@ class LivePublisher:
                     delta.case_pk, delta.packets, delta.bytes, delta.stored, waiting.since_ns
                 )
         self.deferred += len(self._pending)
-        shares = share_rows(self._rows_per_round, [len(w.delta.recent) for _, w in taken])
-        batch: Batch = []
-        for (key, waiting), rows in zip(taken, shares, strict=True):
+        addressed: list[tuple[StreamKey, _Waiting, int | None, list[str]]] = []
+        for key, waiting in taken:
             delta = waiting.delta
-            self.rows_dropped += len(delta.recent) - rows
-            recent = list(delta.recent)[len(delta.recent) - rows :]
             stream = (delta.router_id, key[1], key[2])
             session_id = self._session_ids.get(stream)
+            # Only to the groups some page listens to: a message to an empty group still
+            # costs the layer a round trip.
+            groups = []
+            if session_id is not None and stream in watch.streams:
+                groups.append(session_group(session_id))
+            if delta.intercept_pk in watch.intercepts:
+                groups.append(intercept_group(delta.intercept_pk))
+            if delta.case_pk in watch.cases or watch.dashboard:
+                groups.append(case_group(delta.case_pk))
+            if groups:
+                addressed.append((key, waiting, session_id, groups))
+            else:
+                # Watched by its session page only, and its row's id not known here yet:
+                # that page reads its totals from the records again.
+                self.dropped += 1
+        shares = share_rows(self._rows_per_round, [len(w.delta.recent) for _, w, _, _ in addressed])
+        batch: Batch = []
+        for (key, waiting, session_id, groups), rows in zip(addressed, shares, strict=True):
+            delta = waiting.delta
+            self.rows_dropped += len(delta.recent) - rows
             summary = session_summary(
                 key,
                 delta,
                 time_ns=time_ns,
                 interval_ns=max(time_ns - waiting.since_ns, 1),
                 session_id=session_id,
-                recent=recent,
+                recent=list(delta.recent)[len(delta.recent) - rows :],
             )
-            # Only to the groups some page listens to: a message to an empty group still
-            # costs the layer a round trip.
-            if session_id is not None and stream in watch.streams:
-                batch.append((session_group(session_id), summary))
-            if delta.intercept_pk in watch.intercepts:
-                batch.append((intercept_group(delta.intercept_pk), summary))
-            if delta.case_pk in watch.cases or watch.dashboard:
-                batch.append((case_group(delta.case_pk), summary))
+            batch += [(group, summary) for group in groups]
         return batch
 
     def _case_messages(self, time_ns: int, watch: LiveWatch) -> Batch:

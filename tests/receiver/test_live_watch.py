@@ -318,3 +318,12 @@ def test_beyond_the_pending_limit_new_sessions_are_dropped_counted(
     made._absorb(snapshot(NOW, range(1, 16)))
     assert made.dropped == 5
     assert len(summaries(made.batch(snapshot(NOW, [])))) == 10
+
+
+def test_a_session_watched_before_its_row_is_known_here_is_not_decoded(decoded: list[int]):
+    # Its page watches it by Session id; this receiver has not learnt that id yet.
+    made = publisher(LiveWatch(streams=frozenset({(ROUTER, 0x300, 7)})))
+    [batch] = rounds(made, [snapshot(NOW, [7])])
+    assert [group for group, _ in batch] == [HEALTH_GROUP]
+    assert decoded == []
+    assert made.dropped == 1
