@@ -637,7 +637,9 @@ static int call_file_of(FastReceiver *self, Entry *e, int slot) {
     int failed = 0;
     long long fd = get_long(file, s_fd, &failed);
     if (failed) return -1;
-    if (fd < 0) return -2;
+    /* -1 is receiver.store's CLOSED_FD; -2, a file whose open is deferred, takes records
+     * into its buffer like any other. */
+    if (fd == -1) return -2;
     c->size = get_long(file, s_size, &failed);
     c->deadline_ns = get_long(file, s_deadline_ns, &failed);
     if (failed) return -1;
@@ -1144,7 +1146,13 @@ static PyObject *FastReceiver_hand_over(FastReceiver *self, PyObject *args) {
         /* The latest datagrams belong to the delta being handed on. */
         if (flush_recent(e) < 0) remember_error(&first);
         PyObject *fresh = PyDict_GetItemWithError(replacements, e->delta); /* borrowed */
-        if (fresh != NULL) {
+        if (fresh == Py_None) {
+            /* An idle session let go: unbound (the slot stays taken until the next full
+             * clear); its next datagram binds its new delta through Python. */
+            Py_CLEAR(e->delta);
+            Py_CLEAR(e->files[0]);
+            Py_CLEAR(e->files[1]);
+        } else if (fresh != NULL) {
             Py_INCREF(fresh);
             Py_SETREF(e->delta, fresh);
         } else if (PyErr_Occurred()) {
@@ -1323,7 +1331,8 @@ static PyMethodDef FastReceiver_methods[] = {
     {"hand_over", (PyCFunction)FastReceiver_hand_over, METH_VARARGS,
      "hand_over(replacements, complete=False): at a tick, every bound stream's latest "
      "datagrams go to its delta, each delta that is a key of replacements is replaced by "
-     "its value, and the verdicts are forgotten (as clear); the bindings stay."},
+     "its value (None: the stream is unbound), and the verdicts are forgotten (as "
+     "clear); the other bindings stay."},
     {"set_gate", (PyCFunction)FastReceiver_set_gate, METH_VARARGS,
      "set_gate(claimed intercept ids, streams per source): C decides dropped datagrams."},
     {"refuse", (PyCFunction)FastReceiver_refuse, METH_VARARGS,

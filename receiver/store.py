@@ -28,9 +28,19 @@ EMFILE/ENFILE, or any other OSError) is counted the same way, logged, and its pa
 reported as not stored (:meth:`PcapStore.write` returns False).
 
 Open files are bounded: with ``max_open_files``, opening a file past the bound first
-closes the least recently written open file as a rotation would (hashed, renamed, handed
-to :meth:`PcapStore.take_closed`); that session's next packet opens a new file. How often
-the bound bit is :attr:`PcapStore.bound_closes`.
+closes the least recently written open files as a rotation would (hashed, renamed, handed
+to :meth:`PcapStore.take_closed`; a sixteenth of the bound at a time, so choosing them
+costs a sort per many opens, not a pass over every open file per open); those sessions'
+next packets open new files. How often the bound bit is :attr:`PcapStore.bound_closes`.
+
+Deferred opens: creating a session's directory and file costs the kernel about 0.2 ms
+on the reference VM, so thousands of sessions starting at once (a receiver restarted under
+load, issue 15: 10,000 sessions at 100,000 datagrams/s) would hold the receive loop for
+seconds while the socket buffer overflows. With :attr:`PcapStore.open_budget_ns` set (the
+receive loop sets it each round), opens past that budget are deferred: the file's packets
+go to its memory buffer at once, and :meth:`PcapStore.open_pending` creates the file later,
+within the time the loop gives it, before any of its data is written. A deferred open that
+then fails counts the packets in its buffer in ``store_errors``, as a failed write does.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import os
 import re
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +64,13 @@ logger = logging.getLogger(__name__)
 
 # Warnings about open failures and the open-file bound: at most one per this many seconds.
 LOG_INTERVAL: Final = 10.0
+# The descriptor of a file whose open is deferred (see the module's docstring), and of a
+# file closed for good (the C path checks it).
+PENDING_FD: Final = -2
+CLOSED_FD: Final = -1
+# A deferred file is opened at once when its buffer holds this much: bounds the memory
+# the deferral takes to this per open file.
+PENDING_BUFFER_MAX: Final = 1 << 20
 
 LINKTYPE_PPP_HDLC: Final = 50
 LINKTYPE_RAW: Final = 101
@@ -184,6 +201,7 @@ class _OpenFile:
         "committed_size",
         "deadline_ns",
         "fd",
+        "final_relative",
         "first_ns",
         "last_ns",
         "linktype",
@@ -199,6 +217,9 @@ class _OpenFile:
     ) -> None:
         self.fd = fd
         self.part_path = part_path
+        # The path relative to the root once closed (what its database row keeps); set
+        # when the file is created.
+        self.final_relative: Path | None = None
         self.session = session
         self.linktype = linktype
         self.first_ns = first_ns
@@ -255,9 +276,13 @@ class PcapStore:
         # The file of the previous write: a busy session's packets come one after another,
         # and an identity test is cheaper than hashing its key. Reset when a file closes.
         self._last: _OpenFile | None = None
-        #: Bumped whenever a file opens, closes or is given up: the receiver's C path
-        #: (receiver._fastpath) holds open files and lets them go when this changes.
+        #: Bumped whenever a file opens, closes or is given up.
         self.generation = 0
+        #: Time left for opening files now, in ns (None: no limit, every open at once);
+        #: past it, opens are deferred to :meth:`open_pending`. The receive loop sets it
+        #: each round.
+        self.open_budget_ns: int | None = None
+        self._pending: deque[_OpenFile] = deque()
 
     @property
     def rotate_bytes(self) -> int:
@@ -312,9 +337,26 @@ class PcapStore:
         self.flush()
 
     def flush(self) -> None:
-        """Hand every buffer to the kernel now."""
+        """Hand every buffer to the kernel now (a deferred file's once it is opened)."""
         for file in list(self._files.values()):
             self._flush(file)
+
+    @property
+    def pending_opens(self) -> int:
+        """Files whose open is deferred (see the module's docstring), at most."""
+        return len(self._pending)
+
+    def open_pending(self, budget_ns: int | None = None) -> None:
+        """Open deferred files, oldest first, for about ``budget_ns`` (None: all)."""
+        pending = self._pending
+        deadline = None if budget_ns is None else time.perf_counter_ns() + budget_ns
+        while pending:
+            file = pending.popleft()
+            if file.fd != PENDING_FD:
+                continue  # opened (or given up) meanwhile
+            self._create_deferred(file)
+            if deadline is not None and time.perf_counter_ns() >= deadline:
+                return
 
     def take_closed(self) -> list[ClosedFile]:
         """Files closed since the last call (by rotation or by :meth:`close`)."""
@@ -351,9 +393,7 @@ class PcapStore:
         written yet are left out: they vanish if closed empty."""
         return [
             ClosedFile(
-                path=file.part_path.with_name(
-                    file.part_path.name.removesuffix(PART_SUFFIX)
-                ).relative_to(self.root),
+                path=file.final_relative or Path(),
                 session=file.session,
                 linktype=file.linktype,
                 first_ns=file.first_ns,
@@ -404,13 +444,23 @@ class PcapStore:
             self._finish(old)
         bound = self.max_open_files
         if bound is not None and len(self._files) >= bound:
-            self._close_least_recent(len(self._files) - bound + 1)
-        try:
-            file = self._open(session, time_ns, linktype)
-        except OSError as error:
-            self._count(error, 1)
-            self._log_open_failure(session, error)
-            return None
+            # A sixteenth of the bound at once: one sort per many opens.
+            self._close_least_recent(max(len(self._files) - bound + 1, bound // 16))
+        file = self._new_file(session, time_ns, linktype)
+        budget = self.open_budget_ns
+        if budget is not None and budget <= 0:
+            self._pending.append(file)
+        else:
+            started = time.perf_counter_ns()
+            try:
+                self._create(file)
+            except OSError as error:
+                self._count(error, 1)
+                self._log_open_failure(session, error)
+                return None
+            finally:
+                if budget is not None:
+                    self.open_budget_ns = budget - (time.perf_counter_ns() - started)
         self._files[(session, linktype)] = file
         return file
 
@@ -455,7 +505,19 @@ class PcapStore:
         else:
             self._failure_log = (next_log, unlogged)
 
-    def _open(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
+    def _new_file(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
+        """A file of ``session`` starting at ``time_ns``, not yet on disk (:meth:`_create`).
+        Its header counts as written: it is the first thing written once created."""
+        header = _FILE_HEADER.pack(PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, SNAPLEN, linktype)
+        file = _OpenFile(PENDING_FD, self.root, session, linktype, time_ns)
+        file.sha.update(header)
+        file.size = file.committed_size = len(header)
+        file.deadline_ns = time_ns + self._rotate_ns
+        return file
+
+    def _create(self, file: _OpenFile) -> None:
+        """Create ``file``'s directory and ``.part`` file and write its header."""
+        session = file.session
         directory = self.root / session_directory_name(session)
         # The owner's alone, whatever the umask: the name carries the LIID. (An existing
         # directory keeps its mode: the start-up check, file_modes, fixes old ones.)
@@ -464,10 +526,10 @@ class PcapStore:
         except FileNotFoundError:
             self.root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
             directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
-        header = _FILE_HEADER.pack(PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, SNAPLEN, linktype)
+        header = _FILE_HEADER.pack(PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, SNAPLEN, file.linktype)
         while True:
             self._sequence[session] += 1
-            stem = _file_stem(time_ns, self._sequence[session])
+            stem = _file_stem(file.first_ns, self._sequence[session])
             part = directory / f"{stem}.pcap{PART_SUFFIX}"
             if (directory / f"{stem}.pcap").exists():
                 continue
@@ -488,16 +550,39 @@ class PcapStore:
             os.close(fd)
             part.unlink(missing_ok=True)
             raise
-        file = _OpenFile(fd, part, session, linktype, time_ns)
-        file.sha.update(header)
-        file.size = file.committed_size = len(header)
-        file.deadline_ns = time_ns + self._rotate_ns
-        return file
+        file.part_path = part
+        file.final_relative = Path(directory.name, f"{stem}.pcap")
+        file.fd = fd
+
+    def _create_deferred(self, file: _OpenFile) -> bool:
+        """Create a deferred file; when that fails, its buffered packets are counted as
+        not stored and the file is given up (the session's next packet tries again)."""
+        try:
+            self._create(file)
+        except OSError as error:
+            self._count(error, file.packets)
+            self._log_open_failure(file.session, error)
+            key = (file.session, file.linktype)
+            if self._files.get(key) is file:
+                del self._files[key]
+            self.generation += 1
+            if self._last is file:
+                self._last = None
+            file.fd = CLOSED_FD
+            file.buffer.clear()
+            return False
+        return True
 
     def _flush(self, file: _OpenFile) -> bool:
         buffer = file.buffer
         if not buffer:
             return True
+        if file.fd == PENDING_FD:
+            # Kept until the file is opened, unless it grew past its share of memory.
+            if len(buffer) < PENDING_BUFFER_MAX:
+                return True
+            if not self._create_deferred(file):
+                return False
         try:
             done = os.write(file.fd, buffer)
             while done < len(buffer):  # rare: a signal or a nearly full disk; copies are fine
@@ -518,7 +603,7 @@ class PcapStore:
                 if self._last is file:
                     self._last = None
                 os.close(file.fd)
-                file.fd = -1
+                file.fd = CLOSED_FD
             return False
         file.sha.update(buffer)
         buffer.clear()
@@ -533,13 +618,15 @@ class PcapStore:
         self.generation += 1
         if self._last is file:
             self._last = None
+        if file.fd == PENDING_FD and not self._create_deferred(file):
+            return
         self._flush(file)
         if file.fd < 0:  # given up by _flush
             return
         os.close(file.fd)
         # Closed for good: the C path sees this and hands the stream's next datagram to
         # Python, which opens the session's next file (receiver._fastpath call_file_of).
-        file.fd = -1
+        file.fd = CLOSED_FD
         if file.committed_packets == 0:
             file.part_path.unlink(missing_ok=True)
             return

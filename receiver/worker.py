@@ -109,6 +109,11 @@ PRUNE_SECONDS: Final = 10
 # then waits longer than tick_interval, so the cost per datagram stays bounded.
 TICK_SHARE: Final = 0.1
 
+# Time per receive round for opening new sessions' files at once; past it they are
+# deferred (receiver.store: thousands of sessions starting together would otherwise hold
+# the loop for seconds, 0.2 ms each).
+OPEN_BUDGET_NS: Final = 1_000_000
+
 # The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
 # about 40 datagrams gather meanwhile.
 PACE_SECONDS: Final = 0.00025
@@ -1175,6 +1180,8 @@ class Receiver(Capture):
         counters = self.counters
         monotonic_ns = time.monotonic_ns
         last_stall_log = 0
+        store = self.store
+        store.open_budget_ns = OPEN_BUDGET_NS
         with GarbageCollectorPauses() as collector:
             while not stop.is_set():
                 ready, _, _ = select.select(self.sockets, [], [], timeout)
@@ -1183,6 +1190,14 @@ class Receiver(Capture):
                 before = counters.datagrams
                 for sock in ready:
                     ready_drains[sock]()
+                if store.pending_opens:
+                    # Files of sessions that started while opens were over budget: as
+                    # much time again as the drain took (at least OPEN_BUDGET_NS), so a
+                    # burst of new sessions slows the loop down by half at most.
+                    store.open_pending(
+                        max(OPEN_BUDGET_NS, monotonic_ns() - round_start) if ready else None
+                    )
+                store.open_budget_ns = OPEN_BUDGET_NS
                 if 0 < counters.datagrams - before < BATCH // 2:
                     # A short round: the loop is ahead of the traffic. Waiting a moment
                     # lets datagrams gather, so that the next system calls, wake-up and

@@ -77,7 +77,7 @@ def test_a_file_that_cannot_be_opened_is_a_store_error_and_write_says_not_stored
     def no_descriptor(*args: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(store, "_open", no_descriptor)
+    monkeypatch.setattr(store, "_create", no_descriptor)
     caplog.set_level(logging.ERROR, logger="receiver.store")
     assert store.write(session(1), T0, ipv4(), LINKTYPE_RAW) is False
     assert store.write(session(1), T0 + 1, ipv4(), LINKTYPE_RAW) is False
@@ -93,7 +93,7 @@ def test_a_datagram_whose_file_cannot_be_opened_is_not_counted_as_stored(
     snapshots: list[Snapshot] = []
     store = PcapStore(tmp_path)
     capture = Capture(Gate([ROUTER_RULE], [rule(0x300)]), store, on_tick=[snapshots.append])
-    real_open = store._open
+    real_open = store._create
     failing = {"on": True}
 
     def sometimes(*args):  # type: ignore[no-untyped-def]
@@ -101,7 +101,7 @@ def test_a_datagram_whose_file_cannot_be_opened_is_not_counted_as_stored(
             raise OSError(errno.ENFILE, "Too many open files in system")
         return real_open(*args)
 
-    monkeypatch.setattr(store, "_open", sometimes)
+    monkeypatch.setattr(store, "_create", sometimes)
     datagram = jmirror_datagram(bytes(ipv4_udp()), mid=0x300, sid=7)
     if batch:
         capture.handle_batch([datagram] * 3, ["127.0.0.1"] * 3, [NOW, NOW + 1, NOW + 2])
