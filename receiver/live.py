@@ -329,13 +329,24 @@ class LoopSender:
 
 
 class _Waiting:
-    """A watched session's counts not sent yet, since ``since_ns``."""
+    """A watched session's counts not sent yet, since ``since_ns``.
 
-    __slots__ = ("delta", "since_ns")
+    The snapshot's delta is shared with the other tick hooks, which only read it: it is
+    kept as it is, and copied only when a later one must be merged into it (a session
+    sent every round, as most are, is never copied)."""
+
+    __slots__ = ("delta", "owned", "since_ns")
 
     def __init__(self, delta: SessionDelta, since_ns: int) -> None:
         self.delta = delta
+        self.owned = False
         self.since_ns = since_ns
+
+    def merge(self, later: SessionDelta) -> None:
+        if not self.owned:
+            self.delta = self.delta.copy()
+            self.owned = True
+        self.delta.merge(later)
 
 
 class _CaseWaiting:
@@ -437,10 +448,9 @@ class LivePublisher:
             if watch.covers(delta.router_id, mid, sid, delta.intercept_pk, delta.case_pk):
                 waiting = pending.get(key)
                 if waiting is not None:
-                    waiting.delta.merge(delta)
+                    waiting.merge(delta)
                 elif len(pending) < PENDING_LIMIT:
-                    # Copied: the snapshot's deltas are shared with the other tick hooks.
-                    pending[key] = _Waiting(delta.copy(), since)
+                    pending[key] = _Waiting(delta, since)
                 else:
                     self.dropped += 1
             elif watch.dashboard:

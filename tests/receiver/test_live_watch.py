@@ -327,3 +327,13 @@ def test_a_session_watched_before_its_row_is_known_here_is_not_decoded(decoded: 
     assert [group for group, _ in batch] == [HEALTH_GROUP]
     assert decoded == []
     assert made.dropped == 1
+
+
+def test_merging_never_changes_a_snapshots_delta_the_other_hooks_share():
+    made = publisher(LiveWatch(cases=frozenset({10, 11})))
+    first, second = snapshot(NOW, [1, 2]), snapshot(NOW + ROUND, [1, 2])
+    made._absorb(first)
+    made._absorb(second)
+    assert [each.packets for each in first.sessions.values()] == [3, 3]
+    assert [each.packets for each in second.sessions.values()] == [3, 3]
+    assert {m["packets"] for m in summaries(made.batch(second)).values()} == {6}
