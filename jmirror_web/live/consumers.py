@@ -118,9 +118,11 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._sent_seq = 0
         self._acked_seq = 0
         self._last_flush = 0.0
-        # The registry is written by one task at a time, and only once something was.
+        # The registry is written by one task at a time, and only once something was;
+        # the rows last written, so that an unchanged set is only refreshed.
         self._watch_lock = asyncio.Lock()
         self._watch_written = False
+        self._watch_rows: set[tuple[str, int]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # The background tasks end with the connection however it ends (also when the
@@ -297,15 +299,23 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         their expiry pushed ahead."""
         async with self._watch_lock:
             keys = list(self._grants) if self._open() else []
-            if not keys and not self._watch_written:
+            rows = watching.watched(keys)
+            if not rows and not self._watch_written:
                 return
             try:
+                if rows and rows == self._watch_rows:
+                    refreshed = await database_sync_to_async(watching.refresh)(self.channel_name)
+                    if refreshed == len(rows):
+                        return
+                    # Some were deleted meanwhile (pruned after an outage): written again.
                 await database_sync_to_async(watching.keep)(self.channel_name, keys)
             except Exception:
                 # Not a right: the subscription stands, the next refresh tries again.
                 logger.exception("live watches of a connection not written")
+                self._watch_rows = set()
                 return
-            self._watch_written = bool(keys)
+            self._watch_rows = rows
+            self._watch_written = bool(rows)
 
     async def _forget_watches(self) -> None:
         async with self._watch_lock:
@@ -317,6 +327,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 logger.exception("live watches of an ended connection not deleted; they lapse")
                 return
             self._watch_written = False
+            self._watch_rows = set()
 
     # Channel-layer messages (receiver.live) -----------------------------------------
 

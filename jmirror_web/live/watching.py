@@ -87,6 +87,15 @@ def keep(channel: str, keys: Iterable[SubscriptionKey], *, now: datetime | None 
         )
 
 
+def refresh(channel: str, *, now: datetime | None = None) -> int:
+    """Push the expiry of ``channel``'s rows :data:`LIFETIME` ahead of ``now``, in one
+    UPDATE (the heartbeat of a connection whose subscriptions did not change); the number
+    of rows refreshed, which the caller compares with what it wrote."""
+    return LiveWatchRow.objects.filter(channel=channel).update(
+        expires_at=(now or timezone.now()) + LIFETIME
+    )
+
+
 def forget(channel: str) -> None:
     """Delete ``channel``'s rows: the connection ended."""
     LiveWatchRow.objects.filter(channel=channel).delete()

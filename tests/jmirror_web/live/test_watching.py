@@ -303,6 +303,23 @@ async def test_the_watches_are_refreshed_while_the_connection_lives(
 
 
 @transactional
+async def test_watches_deleted_under_a_live_connection_are_written_again(
+    world: World, empty_channel_layer: None, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(LiveConsumer, "watch_interval", 0.1)
+    async with live(world.cookies["analyst"]) as socket:
+        await subscribe(socket, "case", world.case.pk)
+        await subscribe(socket, "dashboard")
+        # As a receiver's prune does to rows that lapsed while this process was stalled.
+        await sync_to_async(LiveWatchRow.objects.filter(kind="case").delete)()
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if len(await watched()) == 2:
+                break
+        assert await watched() == {("case", world.case.pk), ("dashboard", 0)}
+
+
+@transactional
 async def test_two_connections_watching_one_case_keep_it_watched_until_both_end(
     world: World, empty_channel_layer: None
 ):
