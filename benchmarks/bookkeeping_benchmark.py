@@ -1,0 +1,178 @@
+"""Benchmark: one Bookkeeper write of many session counters and open files (issue 15).
+
+    .venv/bin/python benchmarks/bookkeeping_benchmark.py [--sessions 10000] [--database sqlite]
+    .venv/bin/python benchmarks/bookkeeping_benchmark.py --database postgres://postgres@127.0.0.1:5432
+
+A fresh database (a SQLite file in a temporary directory, or a database of its own made on
+the given PostgreSQL server and dropped at the end) is migrated and given one router,
+case and intercept. A :class:`Bookkeeper` then absorbs snapshots of ``--sessions``
+session deltas with as many open files (one per session), and each write is timed:
+
+- ``first``: every session and file row new;
+- ``all changed``: every session and file has more packets;
+- ``tenth changed``: a tenth of them has (the others had no traffic since the last write);
+- ``absorb``: absorbing one snapshot of all sessions (the bookkeeping thread's share of
+  the interpreter while the receive loop runs).
+
+Times are wall clock, the best of ``--rounds``. Run it in a checkout of an earlier commit
+(same command) for the figures before. No test asserts these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--database", default="sqlite", help="sqlite, or a PostgreSQL server URL (no database)"
+    )
+    arguments = parser.parse_args()
+    if not 1 <= arguments.sessions <= 1_000_000 or not 1 <= arguments.rounds <= 100:
+        parser.error("--sessions 1..1000000, --rounds 1..100")
+    directory = Path(tempfile.mkdtemp(prefix="bookkeeping-benchmark-"))
+    os.environ["JMIRROR_DATA_DIR"] = str(directory)
+    server = None
+    name = f"bookkeeping_benchmark_{uuid.uuid4().hex[:8]}"
+    if arguments.database == "sqlite":
+        os.environ["DATABASE_URL"] = f"sqlite:///{directory / 'db.sqlite3'}"
+    else:
+        import psycopg
+
+        server = arguments.database.rstrip("/")
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        os.environ["DATABASE_URL"] = f"{server}/{name}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
+    try:
+        run(arguments.sessions, arguments.rounds, directory)
+    finally:
+        if server is not None:
+            from django.db import connections
+
+            connections.close_all()
+            import psycopg
+
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
+                db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run(sessions: int, rounds: int, directory: Path) -> None:
+    import django
+
+    django.setup()
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.db import connection
+    from django.utils import timezone
+
+    call_command("migrate", verbosity=0)
+    from jmirror_web.intercepts.models import Case, Intercept, Router, Session
+    from receiver.management.commands.receive import Bookkeeper
+    from receiver.store import ClosedFile, SessionKey
+    from receiver.worker import ListenerCounters, SessionDelta, Snapshot
+
+    now = timezone.now()
+    router = Router.objects.create(name="r1", address="192.0.2.1")
+    case = Case.objects.create(
+        reference="BENCH-1",
+        title="Benchmark",
+        agency="Benchmark",
+        valid_from=now - timedelta(days=1),
+        valid_until=now + timedelta(days=1),
+    )
+    intercept = Intercept.objects.create(
+        case=case,
+        liid="BENCH",
+        intercept_id=1,
+        valid_from=case.valid_from,
+        valid_until=case.valid_until,
+    )
+    root = directory / "sessions"
+    root.mkdir()
+    keeper = Bookkeeper(root)
+    keeper.register()
+    start_ns = time.time_ns()
+
+    def snapshot(step: int, share: int) -> Snapshot:
+        time_ns = start_ns + step * 1_000_000_000
+        deltas = {}
+        files = []
+        for number in range(sessions):
+            mid, sid = 1, number
+            store_key = SessionKey("BENCH", router.address, mid, sid)
+            delta = SessionDelta(router.pk, intercept.pk, case.pk, "BENCH", time_ns, store_key)
+            if number % share == 0:
+                delta.packets, delta.bytes, delta.stored = 10, 2000, 10
+                deltas[(router.address, mid, sid)] = delta
+            files.append(
+                ClosedFile(
+                    Path(f"BENCH_{number:08x}") / "a.pcap.part",
+                    store_key,
+                    1,
+                    start_ns,
+                    time_ns,
+                    10 * (step // share + 1) if number % share else 10 * (step + 1),
+                    2000 * (step + 1),
+                    "",
+                )
+            )
+        return Snapshot(
+            time_ns=time_ns,
+            previous_ns=time_ns - 1_000_000_000,
+            sessions=deltas,
+            closed_files=[],
+            open_files=files,
+            listener=ListenerCounters(),
+            sockets=[],
+            unclaimed={},
+            store_errors=Counter(),
+        )
+
+    print(
+        f"{connection.vendor} {connection.Database.__name__} "
+        f"({getattr(connection.Database, 'sqlite_version', '')}), {sessions} sessions and "
+        f"open files; best of {rounds}"
+    )
+    step = 0
+
+    def timed_write(share: int) -> tuple[float, float]:
+        nonlocal step
+        made = snapshot(step, share)
+        step += 1
+        began = time.perf_counter()
+        keeper.absorb(made)
+        absorbed = time.perf_counter() - began
+        began = time.perf_counter()
+        if not keeper.write():
+            raise SystemExit("the write failed")
+        return absorbed, time.perf_counter() - began
+
+    absorb, first = timed_write(1)
+    print(f"  first (all rows new):   {first * 1000:8.1f} ms")
+    changed = min(timed_write(1)[1] for _ in range(rounds))
+    print(f"  all changed:            {changed * 1000:8.1f} ms")
+    tenth = min(timed_write(10)[1] for _ in range(rounds))
+    print(f"  tenth changed:          {tenth * 1000:8.1f} ms")
+    absorb = min(timed_write(1)[0] for _ in range(rounds))
+    print(f"  absorb (all sessions):  {absorb * 1000:8.1f} ms")
+    total = Session.objects.count()
+    assert total == sessions, total
+
+
+if __name__ == "__main__":
+    main()
