@@ -41,6 +41,9 @@ LOW_DISK_FRACTION: Final = 0.10
 # The drop reasons the receiver's gate knows (receiver.gate.DROP_REASONS), always shown
 # so that a zero is visible as a zero; other keys a receiver reports are added after them.
 KNOWN_DROP_REASONS: Final = ("unknown_router", "no_intercept", "outside_window")
+# The database's counters trailing the traffic by this much is shown as a problem (the
+# receiver writes them about once a second when the database keeps up).
+LAG_ALERT_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,10 @@ def health_page(request: HttpRequest) -> HttpResponse:
     current = [row for row in rows if row.state != "stopped"]
     # Imported here: the receive command pulls in the receiver, which pages need not.
     from receiver.management.commands.receive import UNCLAIMED_ROWS_LIMIT
-    from receiver.worker import UNCLAIMED_STREAMS_PER_SOURCE
+    from receiver.worker import STALL_NS, UNCLAIMED_STREAMS_PER_SOURCE
 
     unclaimed_rows = UnclaimedStream.objects.count()
+    lag = max((row.process.bookkeeping_lag_seconds for row in current), default=0.0)
     drop_columns, drops = _counter_table(rows, "drops", KNOWN_DROP_REASONS)
     error_columns, store_errors = _counter_table(rows, "store_errors")
     context = {
@@ -153,6 +157,15 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "datagrams": sum(row.process.datagrams for row in current),
         "bytes": sum(row.process.bytes for row in current),
         "open_files": sum(row.process.open_files for row in current),
+        # Load (issue 15): as the running receivers last wrote it.
+        "active_sessions": sum(row.process.active_sessions for row in current),
+        "bound_closes": sum(row.process.bound_closes for row in current),
+        "round_ms": max((row.process.round_ms for row in current), default=0.0),
+        "bookkeeping_backlog": sum(row.process.bookkeeping_backlog for row in current),
+        "bookkeeping_lag_seconds": lag,
+        "bookkeeping_lagging": lag >= LAG_ALERT_SECONDS,
+        "lag_alert_seconds": LAG_ALERT_SECONDS,
+        "stall_ms": STALL_NS / 1e6,
         "drop_columns": drop_columns,
         "drops": drops,
         "error_columns": error_columns,

@@ -730,6 +730,7 @@ def serve(
         next_write = time.monotonic() + WRITE_INTERVAL
         next_purge = time.monotonic() + PURGE_FIRST_DELAY
         final = False
+        written = False
         try:
             while not final:
                 try:
@@ -750,7 +751,7 @@ def serve(
                 started = time.monotonic()
                 if not final:
                     receiver.gate = watcher.refresh()
-                bookkeeper.write()
+                written = bookkeeper.write()
                 # A slow database gets a write every WRITE_INTERVAL, or after a pause as
                 # long as the write took: this thread never holds the interpreter lock
                 # (which the receive loop needs) more than about half the time, and the
@@ -760,14 +761,14 @@ def serve(
                     # Never raises: a failed purge is logged and tried again later.
                     done = scheduled_purge(datetime.now(UTC), time_budget=PURGE_TIME_BUDGET)
                     next_purge = time.monotonic() + (PURGE_INTERVAL if done else 0.0)
-            # Last chance at shutdown: two retries, well within SHUTDOWN_WRITE_BOUND.
-            for pause in (0.5, 2.0, None):
-                if bookkeeper.write():
+            # The final write failed: two retries, well within SHUTDOWN_WRITE_BOUND.
+            for pause in (0.5, 2.0):
+                if written:
                     break
-                if pause is None:
-                    logger.error("shutdown: counters and file rows could not be written")
-                else:
-                    time.sleep(pause)
+                time.sleep(pause)
+                written = bookkeeper.write()
+            if not written:
+                logger.error("shutdown: counters and file rows could not be written")
         finally:
             connection.close()
 
