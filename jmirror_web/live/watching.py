@@ -41,6 +41,9 @@ REFRESH_SECONDS: Final = 30.0
 LIFETIME: Final = timedelta(seconds=90)
 # How often a receiver deletes lapsed rows (any receiver may: the delete is idempotent).
 PRUNE_SECONDS: Final = 60.0
+# How often a receiver reads the registry at most: a page that subscribes gets summaries
+# within this (plus a round), and it is two small indexed queries.
+LOAD_SECONDS: Final = 0.5
 MAX_CHANNEL_LENGTH: Final = 200
 # A connection holds at most MAX_SUBSCRIPTIONS subscriptions; its rows are bounded alike.
 MAX_WATCHES_PER_CONNECTION: Final = MAX_SUBSCRIPTIONS
@@ -127,16 +130,23 @@ def prune(now: datetime | None = None) -> int:
 
 
 class WatchLoader:
-    """The receiver's view of the registry: :meth:`refresh` (about once a second, from
-    the bookkeeping thread) reloads it; while the database does not answer, the last
-    watch is kept, logged once per outage."""
+    """The receiver's view of the registry: :meth:`refresh` reloads it at most every
+    ``interval`` seconds (so the bookkeeping thread may call it on every turn of its
+    loop); while the database does not answer, the last watch is kept, logged once per
+    outage."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = LOAD_SECONDS) -> None:
         self.watch: LiveWatch = NOBODY
+        self._interval = interval
+        self._next_load = 0.0
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._failing = False
 
     def refresh(self) -> LiveWatch:
+        now = time.monotonic()
+        if now < self._next_load:
+            return self.watch
+        self._next_load = now + self._interval
         try:
             self.watch = load_watch()
             if time.monotonic() >= self._next_prune:

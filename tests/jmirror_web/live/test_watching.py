@@ -119,7 +119,7 @@ def test_the_loader_keeps_the_last_watch_while_the_database_fails(
 ):
     case = make_case()
     keep("specific.a!1", [(Stream.CASE, case.pk)])
-    loader = WatchLoader()
+    loader = WatchLoader(interval=0)
     assert loader.watch == NOBODY
     assert loader.refresh() == LiveWatch(cases=frozenset({case.pk}))
 
@@ -139,12 +139,22 @@ def test_the_loader_keeps_the_last_watch_while_the_database_fails(
 @pytest.mark.django_db
 def test_the_loader_prunes_lapsed_rows_when_due():
     keep("specific.dead!1", [(Stream.CASE, 1)], now=timezone.now() - 2 * LIFETIME)
-    loader = WatchLoader()
+    loader = WatchLoader(interval=0)
     loader.refresh()
     assert LiveWatchRow.objects.exists()  # not due yet
     loader._next_prune = 0.0
     loader.refresh()
     assert not LiveWatchRow.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_loader_reads_the_registry_at_most_every_interval(django_assert_num_queries: Any):
+    loader = WatchLoader(interval=3600)
+    with django_assert_num_queries(2):
+        loader.refresh()
+    keep("specific.a!1", [(Stream.CASE, 1)])
+    with django_assert_num_queries(0):
+        assert loader.refresh() == NOBODY  # the thread may call it on every turn
 
 
 # The consumer writes the registry -------------------------------------------------------
