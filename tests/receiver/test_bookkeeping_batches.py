@@ -242,7 +242,8 @@ def test_rows_for_one_session_under_two_source_forms_are_added_together():
     assert (session.packets, session.stored_packets, session.last_seen) == (5, 5, later.last_seen)
 
 
-@pytest.mark.django_db
+# Transactional: a failed write closes the connection (as it must after a real failure).
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_write_keeps_the_counters_for_the_next(tmp_path, monkeypatch):
     router = make_router(address=ROUTER)
     intercept = make_intercept(make_case(), intercept_id=MID, routers=[router])
