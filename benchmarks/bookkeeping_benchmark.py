@@ -12,7 +12,9 @@ session deltas with as many open files (one per session), and each write is time
 - ``all changed``: every session and file has more packets;
 - ``tenth changed``: a tenth of them has (the others had no traffic since the last write);
 - ``absorb``: absorbing one snapshot of all sessions (the bookkeeping thread's share of
-  the interpreter while the receive loop runs).
+  the interpreter while the receive loop runs);
+- ``final``: the shutdown write: every session has counts and every file is closed
+  (hashed), as in the final snapshot.
 
 Times are wall clock, the best of ``--rounds``. Run it in a checkout of an earlier commit
 (same command) for the figures before. No test asserts these figures.
@@ -27,6 +29,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,6 +173,25 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
     print(f"  tenth changed:          {tenth * 1000:8.1f} ms")
     absorb = min(timed_write(1)[0] for _ in range(rounds))
     print(f"  absorb (all sessions):  {absorb * 1000:8.1f} ms")
+    last = snapshot(step, 1)
+    closed = [
+        ClosedFile(
+            each.path.with_suffix(""),
+            each.session,
+            1,
+            each.first_ns,
+            each.last_ns,
+            each.packets,
+            each.bytes,
+            "ab" * 32,
+        )
+        for each in last.open_files
+    ]
+    keeper.absorb(replace(last, closed_files=closed, open_files=[], final=True))
+    began = time.perf_counter()
+    if not keeper.write():
+        raise SystemExit("the final write failed")
+    print(f"  final (all closed):     {(time.perf_counter() - began) * 1000:8.1f} ms")
     total = Session.objects.count()
     assert total == sessions, total
 
