@@ -67,9 +67,10 @@ What each column of the table means:
   "could not be written") at shutdown.
 - ``CPU s``: the receiver's CPU time (user + system, every thread) from the start of
   sending to SIGTERM.
-- ``other load``: the share of the receiver's CPU that other processes took from the
-  start of sending to SIGTERM (before each run the script waits up to ``--quiet-wait``
-  seconds for idle CPUs): a lossy run with a high value measured the neighbours too, and
+- ``other load``: the time the receiver's CPU spent on other processes, as a share of
+  the wall time from the start of sending to SIGTERM (before each run the script waits
+  up to ``--quiet-wait`` seconds for idle CPUs). Some of it may be time the receiver did
+  not want (it was idle); a lossy run with a high value measured the neighbours too, and
   is run again (``--noisy-retries``, 1). On a shared machine ``--nice -10`` (root) puts
   the sender and the receiver each in a session of its own at that niceness (with
   autogroup scheduling niceness only ranks processes within a session).
@@ -405,15 +406,10 @@ class PcapCounter:
         self.files: dict[tuple[int, int], _Counted] = {}
 
     def count(self) -> dict[str, int]:
-        """Records per session directory name, as the files are now."""
-        for _attempt in range(3):
-            try:
-                return self._count()
-            except FileNotFoundError:
-                continue  # a file renamed while listed: list again
-        return self._count()
-
-    def _count(self) -> dict[str, int]:
+        """Records per session directory name, as the files are now. While the receiver
+        runs, a file renamed (``.part`` to ``.pcap`` on close) between the listing and its
+        reading is left out of this count and found under its new name by the next one;
+        once the receiver has stopped, the count is exact."""
         seen: set[tuple[int, int]] = set()
         if self.root.is_dir():
             for directory in os.scandir(self.root):
@@ -422,14 +418,17 @@ class PcapCounter:
                 for entry in os.scandir(directory.path):
                     if not entry.name.endswith((".pcap", ".pcap.part")):
                         continue
-                    status = entry.stat(follow_symlinks=False)
-                    key = (status.st_dev, status.st_ino)
+                    try:
+                        status = entry.stat(follow_symlinks=False)
+                        key = (status.st_dev, status.st_ino)
+                        counted = self.files.get(key)
+                        if counted is None or status.st_size < counted.offset:
+                            counted = self.files[key] = _Counted(directory.name)
+                        if status.st_size > counted.offset:
+                            self._read(entry.path, counted, status.st_size)
+                    except FileNotFoundError:
+                        continue  # renamed since the listing: counted next time
                     seen.add(key)
-                    counted = self.files.get(key)
-                    if counted is None or status.st_size < counted.offset:
-                        counted = self.files[key] = _Counted(directory.name)
-                    if status.st_size > counted.offset:
-                        self._read(entry.path, counted, status.st_size)
         for gone in set(self.files) - seen:
             del self.files[gone]
         totals: dict[str, int] = {}
@@ -498,7 +497,7 @@ class Run:
     closed_early: int | None = None
     counters_not_written: bool = False
     receiver_cpu_seconds: float | None = None
-    # Share of the receiver's CPU that other processes took while it ran (shared machine).
+    # Share of the receiver CPU's wall time that other processes used (shared machine).
     other_load: float | None = None
     receiver_exit: int | None = None
     polls: list[tuple[float, int, int, int]] = field(default_factory=list)
@@ -1107,6 +1106,8 @@ def main() -> None:
                             if noisy:
                                 run.notes.append(f"{noisy} noisy lossy runs before this one")
                             runs.append(run)
+                            if args.json is not None:  # after every run: a long run is kept
+                                write_json(args.json, header, trees, runs)
                             log("  " + " | ".join(row_text(run, args.catch_up_limit)))
         summary = table(runs, args.catch_up_limit)
         print(header)
@@ -1114,19 +1115,17 @@ def main() -> None:
             print(f"tree {tree.name}: {tree.description}")
         print()
         print(summary)
-        if args.json is not None:
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "settings": header,
-                        "trees": {tree.name: tree.description for tree in trees},
-                        "runs": [{**asdict(run), "consistent": run.consistent} for run in runs],
-                    },
-                    indent=2,
-                )
-            )
     finally:
         cleanup.run()
+
+
+def write_json(path: Path, header: str, trees: list[Tree], runs: list[Run]) -> None:
+    document = {
+        "settings": header,
+        "trees": {tree.name: tree.description for tree in trees},
+        "runs": [{**asdict(run), "consistent": run.consistent} for run in runs],
+    }
+    path.write_text(json.dumps(document, indent=2))
 
 
 def attempt_run(
