@@ -95,6 +95,7 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
         reference="BENCH-1",
         title="Benchmark",
         agency="Benchmark",
+        status=Case.Status.ACTIVE,
         valid_from=now - timedelta(days=1),
         valid_until=now + timedelta(days=1),
     )
