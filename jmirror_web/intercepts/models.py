@@ -733,7 +733,9 @@ class ReceiverProcess(models.Model):
     # Load (issue 15): sessions with traffic lately, the longest receive round since the
     # previous report and since start (a long round is what overflows the socket buffer),
     # files the open-file bound closed early, and how far the database's counters trail
-    # the traffic (session counters waiting for a write, age of the oldest of them).
+    # the traffic, as of the last write: the session counters that were waiting for it,
+    # and how old the oldest of them was when written (about the write interval when the
+    # database keeps up; the metrics give the backlog as it stands).
     active_sessions = models.PositiveIntegerField(default=0)
     round_ms = models.FloatField(default=0.0)
     longest_round_ms = models.FloatField(default=0.0)
