@@ -500,6 +500,8 @@ class Run:
     # Share of the receiver CPU's wall time that other processes used (shared machine).
     other_load: float | None = None
     receiver_exit: int | None = None
+    # The code that ran: a retry after a failure takes a new snapshot of the working tree.
+    code: str = ""
     polls: list[tuple[float, int, int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -1111,8 +1113,9 @@ def main() -> None:
                             log("  " + " | ".join(row_text(run, args.catch_up_limit)))
         summary = table(runs, args.catch_up_limit)
         print(header)
-        for tree in trees:
-            print(f"tree {tree.name}: {tree.description}")
+        # Each tree's code; the working tree's more than once if a retry took a new snapshot.
+        for name, code in dict.fromkeys((run.tree, run.code) for run in runs):
+            print(f"tree {name}: {code}")
         print()
         print(summary)
     finally:
@@ -1143,6 +1146,7 @@ def attempt_run(
     failures: list[str] = []
     for attempt in range(retries + 1):
         run = new_run()
+        run.code = tree.description
         try:
             one_run(run, tree, options, binary, payload, cleanup)
         except Exception as error:  # in the table; the rest goes on
