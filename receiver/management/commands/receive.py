@@ -189,8 +189,8 @@ class Bookkeeper:
         # the session of a file (ClosedFile.session names its router by address).
         self._router_ids: dict[str, int] = {}
         self._row_prefix: str | None = None
-        # Backlog: when the oldest snapshot not yet written was taken (ns since the epoch;
-        # None when everything is written), and what the last write carried.
+        # Backlog: when the oldest snapshot not yet written was absorbed (ns since the
+        # epoch; None when everything is written), and what the last write carried.
         self._oldest_unwritten_ns: int | None = None
         self.last_write_rows = 0
         self.last_write_lag = 0.0
@@ -234,7 +234,10 @@ class Bookkeeper:
                 row[_BYTES] += delta.bytes
                 row[_STORED] += delta.stored
         if self._oldest_unwritten_ns is None and (snapshot.sessions or snapshot.closed_files):
-            self._oldest_unwritten_ns = snapshot.time_ns
+            # When it was taken in, not snapshot.time_ns: an import's snapshots carry the
+            # capture's times. serve() takes every queued snapshot before each write, so
+            # at most one write's time passes between a snapshot and its taking.
+            self._oldest_unwritten_ns = time.time_ns()
         for key, entry in snapshot.unclaimed.items():
             admitted = admit_unclaimed(
                 self.unclaimed, self._pending_sources, key, UNCLAIMED_PENDING_LIMIT
