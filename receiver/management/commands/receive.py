@@ -310,6 +310,8 @@ class Bookkeeper:
         rows = []
         router_ids = self._router_ids
         for (_source, mid, sid), row in self.sessions.items():
+            if not row[_PACKETS]:
+                continue  # handed on without traffic: nothing to add
             rows.append(
                 SessionCounts(
                     row[_ROUTER],
