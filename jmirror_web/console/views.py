@@ -34,6 +34,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
 from jmirror_web.audit.refusals import refusals_audited
+from jmirror_web.console.health import LAG_ALERT_SECONDS
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
 from jmirror_web.intercepts.access import Action, cases_for, may
@@ -204,6 +205,18 @@ def _receiver_alerts(now: datetime, health_url: str | None) -> list[Alert]:
                 Alert(
                     "bad",
                     f"Receiver {name} could not store packets ({errors})",
+                    health_url,
+                )
+            )
+        if receiver.bookkeeping_lag_seconds >= LAG_ALERT_SECONDS:
+            # The capture goes on; the database's counts (and the live pages' session
+            # links) trail it: the database does not keep up with the traffic.
+            alerts.append(
+                Alert(
+                    "warn",
+                    f"Receiver {name}: the database's counters trailed the traffic by "
+                    f"{receiver.bookkeeping_lag_seconds:.0f} s at its last write "
+                    f"({intcomma(receiver.bookkeeping_backlog)} session counters)",
                     health_url,
                 )
             )

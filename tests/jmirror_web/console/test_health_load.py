@@ -73,3 +73,27 @@ def test_a_receiver_that_keeps_up_shows_no_lag_alert(client: Client) -> None:
     assert 'class="num error" data-field="bookkeeping_lag_seconds"' not in text
     assert 'class="num error" data-field="round_ms"' not in text
     assert "closed early by the open-file bound" not in text
+
+
+def test_counters_trailing_the_traffic_alert_on_the_dashboard(client: Client) -> None:
+    now = timezone.now()
+    common = {"started_at": now, "reported_at": now}
+    ReceiverProcess.objects.create(
+        hostname="slow-db",
+        pid=1,
+        bookkeeping_lag_seconds=12.4,
+        bookkeeping_backlog=10_000,
+        **common,
+    )
+    ReceiverProcess.objects.create(
+        hostname="keeps-up", pid=2, bookkeeping_lag_seconds=1.1, bookkeeping_backlog=300, **common
+    )
+    client.force_login(make_user(Role.SYSADMIN))
+    response = client.get(reverse("home"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert (
+        "Receiver slow-db:1: the database&#x27;s counters trailed the traffic by 12 s at its "
+        "last write (10,000 session counters)" in page
+    )
+    assert "keeps-up" not in page
