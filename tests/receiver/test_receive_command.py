@@ -23,6 +23,8 @@ from jmirror_web.intercepts.models import (
     Session,
     UnclaimedStream,
 )
+from jmirror_web.live.protocol import Stream, SubscriptionKey
+from jmirror_web.live.watching import keep
 from receiver.capture import iter_frames
 from receiver.live import HEALTH_GROUP, Batch, case_group, intercept_group, session_group
 from receiver.management.commands.receive import file_path, serve
@@ -266,9 +268,22 @@ def test_unclaimed_streams_and_listener_counters_reach_the_database(tmp_path):
     assert not list((tmp_path / "sessions").rglob("*.pcap*"))
 
 
+def watch_too(page: list[SubscriptionKey], key: SubscriptionKey) -> bool:
+    """Registers a page's watch while the receiver runs: the in-memory SQLite of the
+    tests locks a table that the receiver's thread is reading, so retried."""
+    try:
+        keep("specific.page!1", [*page, key])
+    except OperationalError:
+        return False
+    return True
+
+
 def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_path):
     make_router(address="127.0.0.1")
     intercept = make_intercept(make_case(), intercept_id=0x300)
+    # A live page watches the intercept and the case (summaries only go to what is watched).
+    page = [(Stream.INTERCEPT, intercept.pk), (Stream.CASE, intercept.case.pk)]
+    keep("specific.page!1", page)
     served = Served(tmp_path / "sessions")
     try:
         call_command(
@@ -277,12 +292,24 @@ def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_p
         )  # fmt: skip
         wait_for(lambda: Session.objects.filter(packets=40).exists())
         session = Session.objects.get()
-        # Once the row exists, the session's own group is served too.
-        call_command(
-            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "10", "--rate", "0",
-            "--mid", "0x300",
-        )  # fmt: skip
-        wait_for(lambda: any(g == session_group(session.pk) for b in served.batches for g, _ in b))
+        # Once the row exists and a page watches it, the session's own group is served too
+        # (from the receiver's next look at the registry, within a second or two).
+        wait_for(lambda: watch_too(page, (Stream.SESSION, session.pk)))
+        sent = 40
+
+        def session_served() -> bool:
+            nonlocal sent
+            if any(g == session_group(session.pk) for b in served.batches for g, _ in b):
+                return True
+            call_command(
+                "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "10", "--rate", "0",
+                "--mid", "0x300",
+            )  # fmt: skip
+            sent += 10
+            time.sleep(0.5)
+            return False
+
+        wait_for(session_served)
     finally:
         served.finish()
 
@@ -292,7 +319,7 @@ def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_p
         by_group.setdefault(group, []).append(message)
     case_messages = by_group[case_group(intercept.case.pk)]
     assert by_group[intercept_group(intercept.pk)] == case_messages
-    assert sum(m["packets"] for m in case_messages) == 50
+    assert sum(m["packets"] for m in case_messages) == sent
     assert by_group[session_group(session.pk)][-1]["session_id"] == session.pk
     assert all(m["type"] == "live.session" and m["liid"] == intercept.liid for m in case_messages)
     recent = [row for m in case_messages for row in m["recent"]]
@@ -300,7 +327,7 @@ def test_live_summaries_go_to_the_session_intercept_case_and_health_groups(tmp_p
     assert all(row["length"] > 0 and row["protocol"] for row in recent)
     assert [row["time_ns"] for row in recent] == sorted(row["time_ns"] for row in recent)
     health = by_group[HEALTH_GROUP]
-    assert health[-1]["datagrams"] == 50
+    assert health[-1]["datagrams"] == sent
     # No case data on the health group.
     assert all("liid" not in m and "recent" not in m for m in health)
     # Summaries are few: at most one per 250 ms per session, whatever the packet rate.

@@ -141,6 +141,16 @@ class Site:
         rows = self.rows(sql, *params)
         return rows[0][0] if rows else None
 
+    def watch_case(self) -> None:
+        """As a live page on the case would: the receiver summarises only what is watched
+        (jmirror_web.live.watching); this row lapses in the year 2999."""
+        with contextlib.closing(sqlite3.connect(self.database, timeout=10)) as db, db:
+            db.execute(
+                "INSERT INTO live_livewatchrow (channel, kind, object_id, expires_at) "
+                "VALUES ('specific.page!1', 'case', ?, '2999-01-01 00:00:00')",
+                (self.case_pk(),),
+            )
+
     def case_pk(self) -> int:
         pk: int = self.value("SELECT id FROM intercepts_case WHERE reference = 'CASE-FAULTS'")
         return pk
@@ -750,6 +760,7 @@ class LiveSubscriber(threading.Thread):
 def test_redis_killed_mid_stream_loses_no_packet_and_live_summaries_resume(
     site: Site, start_receiver: Callable[..., ReceiverProcess], redis_server: RedisServer
 ) -> None:
+    site.watch_case()
     receiver = start_receiver(REDIS_URL=redis_server.url)
     subscriber = LiveSubscriber(redis_server.url, [HEALTH_GROUP, case_group(site.case_pk())])
     subscriber.start()

@@ -45,6 +45,7 @@ from jmirror_web.intercepts.models import (
     UnclaimedStream,
 )
 from jmirror_web.intercepts.retention import scheduled_purge
+from jmirror_web.live.watching import WatchLoader
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import BookkeepingBacklog, SnapshotCollector, serve_metrics
@@ -695,6 +696,7 @@ def serve(
     # The counters of the crashed receiver's last second died with it; its files did not.
     reconcile_sessions(repaired)
     watcher = GateWatcher()
+    watches = WatchLoader()
     bookkeeper = Bookkeeper(root)
     bookkeeper.register()
     snapshots: queue.Queue[Snapshot] = queue.Queue()
@@ -728,6 +730,8 @@ def serve(
         if metrics_server is not None:
             metrics_server.shutdown()
         raise
+    # What live pages watch, before the first datagram (then twice a second, below).
+    receiver.watch = publisher.watch = watches.refresh()
     for warning in receiver.warnings:
         logger.warning("%s", warning)
 
@@ -751,6 +755,10 @@ def serve(
                         waiting = snapshots.get_nowait()
                     except queue.Empty:
                         waiting = None
+                if not final:
+                    # Paced inside (twice a second): a page's summaries start soon after
+                    # it subscribes, however slow the writes are.
+                    receiver.watch = publisher.watch = watches.refresh()
                 if time.monotonic() < next_write and not final:
                     continue
                 started = time.monotonic()
