@@ -160,7 +160,7 @@ FIRST_MID: Final = 0x300  # the mirror id build_datagram puts in the datagram
 RCVBUF: Final = 64 * 2**20
 POLL_INTERVAL: Final = 0.25
 # Database, files and socket all still and equal this long: the receiver has caught up
-# (longer than the store's one-second flush interval).
+# (longer than the store's one-second flush interval). --still-for changes it.
 STILL_FOR: Final = 2.0
 CATCH_UP_GOAL: Final = 5.0
 STOP_TIMEOUT: Final = 60.0
@@ -524,6 +524,7 @@ class Options:
     postgres_url: str
     catch_up_limit: float
     quiet_wait: float
+    still_for: float
     work: Path
 
 
@@ -732,7 +733,7 @@ def poll(
 ) -> tuple[list[tuple[float, int, int, int]], int | None]:
     """From the end of sending: (seconds, db packets, db stored, file records) every
     0.25 s, until all three and the socket's queue have been still and equal for
-    STILL_FOR seconds, or the limit. Also the socket's kernel drops, last seen."""
+    ``--still-for`` seconds, or the limit. Also the socket's kernel drops, last seen."""
     counter = PcapCounter(data_dir / "sessions")
     start = time.monotonic()
     polls: list[tuple[float, int, int, int]] = []
@@ -763,7 +764,7 @@ def poll(
         elif still_since is None:
             still_since = now
         previous = current
-        if still_since is not None and now - still_since >= STILL_FOR:
+        if still_since is not None and now - still_since >= options.still_for:
             break
         if now >= options.catch_up_limit or process.poll() is not None:
             break
@@ -837,6 +838,13 @@ def conclude(
     run.catch_up_seconds = next(
         (seconds for seconds, _, stored, _ in run.polls if stored == run.file_packets), None
     )
+    if run.polls and run.file_packets > run.polls[-1][3]:
+        # Received, but in no file (nor counted) while polling went on: held in memory
+        # until shutdown flushed it. A crash then would have lost it.
+        run.notes.append(
+            f"{run.file_packets - run.polls[-1][3]:,} reached the files only at shutdown "
+            f"(polled {run.polls[-1][0]:.1f} s)"
+        )
     problems = problem_lines(errors)
     if problems:
         log("    receiver stderr: " + "\n    ".join(problems[-8:]))
@@ -1001,6 +1009,12 @@ def main() -> None:
         "--catch-up-limit", type=float, default=20.0, help="seconds of polling after sending"
     )
     parser.add_argument(
+        "--still-for",
+        type=float,
+        default=STILL_FOR,
+        help="end polling once database, files and socket were still and equal this long",
+    )
+    parser.add_argument(
         "--start-retries",
         type=int,
         default=3,
@@ -1054,6 +1068,7 @@ def main() -> None:
             postgres_url=args.postgres_url,
             catch_up_limit=args.catch_up_limit,
             quiet_wait=args.quiet_wait,
+            still_for=args.still_for,
             work=work,
         )
         if args.rmem_max:
