@@ -812,7 +812,12 @@ class Capture:
         elif now_ns >= self._next_prune_ns:
             self._next_prune_ns = now_ns + PRUNE_SECONDS * 1_000_000_000
             idle_before = now_ns - ACTIVE_SECONDS * 1_000_000_000
-            for key in [key for key, delta in sessions.items() if delta.last_ns < idle_before]:
+            # Not one handed on just now: C would stay bound to its (let go) successor.
+            for key in [
+                key
+                for key, delta in sessions.items()
+                if delta.last_ns < idle_before and key not in handed
+            ]:
                 successors[sessions.pop(key)] = None
         return handed, successors
 

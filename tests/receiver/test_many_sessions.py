@@ -279,3 +279,19 @@ def test_capture_without_a_receiver_keeps_its_sessions_apart_between_ticks(
     assert [
         {mid: delta.packets for (_, mid, _), delta in each.sessions.items()} for each in snapshots
     ] == [{1: 3}, {2: 1}, {}]
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_a_session_handed_on_is_not_let_go_in_the_same_tick(tmp_path: Path, native: bool) -> None:
+    """A tick long after a session's packets (an import's capture times, a stalled loop)
+    hands its delta on; letting the successor go in the same tick would leave the C path
+    bound to a delta nobody hands on, and its next packets uncounted."""
+    with _receiver(PcapStore(tmp_path), 1, native=native) as receiver:
+        _send_and_drain(receiver, [_datagram(1, n) for n in range(3)])
+        later = time.time_ns() + (ACTIVE_SECONDS + 1) * 1_000_000_000
+        receiver.tick(later)
+        _send_and_drain(receiver, [_datagram(1, n) for n in range(3, 8)])
+        receiver.tick(later + 1)
+        receiver.finish(later + 2)
+        snapshots: list[Snapshot] = receiver.snapshots  # type: ignore[attr-defined]
+    assert sum(delta.stored for each in snapshots for delta in each.sessions.values()) == 8
