@@ -147,11 +147,10 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
             store_errors=Counter(),
         )
 
-    print(
-        f"{connection.vendor} {connection.Database.__name__} "
-        f"({getattr(connection.Database, 'sqlite_version', '')}), {sessions} sessions and "
-        f"open files; best of {rounds}"
-    )
+    import sqlite3
+
+    version = sqlite3.sqlite_version if connection.vendor == "sqlite" else connection.pg_version  # type: ignore[attr-defined]
+    print(f"{connection.vendor} {version}, {sessions} sessions and open files; best of {rounds}")
     step = 0
 
     def timed_write(share: int) -> tuple[float, float]:
