@@ -88,14 +88,22 @@ the editable install because manage.py's directory comes first on ``sys.path``):
     git worktree add /work/anchor 44ee9ac
     (cd /work/anchor && /work/main/.venv/bin/python setup.py --quiet build_ext --inplace)
     .venv/bin/python benchmarks/sessions_benchmark.py --tree /work/anchor --tree working
+    git worktree remove --force /work/anchor    # afterwards (the built files are ignored)
+
+(``--tree`` alone replaces the default: name ``working`` too to measure both.)
 
 The single-session lossless rate (the issue's "not lower than before, same run") is
 ``benchmarks/lossless_search.py``, run for each tree back to back, each tree's own copy
 running its own code in place::
 
-    .venv/bin/python benchmarks/lossless_search.py --tools receive --sizes 200
+    .venv/bin/python benchmarks/lossless_search.py --tools receive --sizes 200 \\
+        --rmem-max 67108864 --nice -10
     .venv/bin/python /work/anchor/benchmarks/lossless_search.py --live-tree \\
-        --tools receive --sizes 200
+        --tools receive --sizes 200 --rmem-max 67108864 --nice -10
+
+(the anchor has no .venv of its own, so its copy runs with this one's Python, its own
+tree first on the path). On two CPUs both may come out as "≥ sender max": the sender
+shares its CPU with the kernel's loopback work; compare their CPU us/pkt then.
 
 and a point check at one rate, both trees in one run, is this script with
 ``--sessions 1 --rate 400000 --open-files 20000 --databases sqlite``.
@@ -1047,6 +1055,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.count <= 100_000_000 or not 0 <= args.rate <= 10_000_000:
         parser.error("--count from 1 to 100,000,000; --rate from 0 (flat out) to 10,000,000")
+    if not 36 <= args.size <= 65507:
+        parser.error("--size from 36 (the smallest jmirror datagram with IPv4/UDP) to 65507")
     if not 1 <= args.repeat <= 100 or not 1 <= args.catch_up_limit <= 600:
         parser.error("--repeat from 1 to 100; --catch-up-limit from 1 to 600 s")
     if args.count < 1_200_000:
