@@ -534,6 +534,8 @@ class Options:
     quiet_wait: float
     still_for: float
     work: Path
+    # The hard open-file limit (0: the soft one, --open-files).
+    hard_open_files: int = 0
 
 
 def child_environment(tree: Tree, data_dir: Path, database: Database, redis: str) -> dict[str, str]:
@@ -565,15 +567,15 @@ def manage(tree: Tree, environment: dict[str, str], *command: str) -> str:
     return done.stdout
 
 
-def receiver_preexec(cpu: int | None, open_files: int) -> Callable[[], None]:
+def receiver_preexec(cpu: int | None, open_files: int, hard: int = 0) -> Callable[[], None]:
     """For preexec_fn (the script starts no threads, so this is fork-safe): the
-    receiver's CPU and niceness (--nice) and its open-file limit, soft and hard, as a
-    service manager sets it."""
+    receiver's CPU and niceness (--nice) and its open-file limit, soft and hard (the soft
+    one when ``hard`` is 0), as a service manager sets it."""
     place = pinned(cpu)
 
     def setup() -> None:
         place()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, max(hard, open_files)))
 
     return setup
 
@@ -690,7 +692,9 @@ def measure(
                 env=environment,
                 cwd=tree.code,
                 preexec_fn=receiver_preexec(
-                    options.cpus[1] if options.cpus else None, run.open_files
+                    options.cpus[1] if options.cpus else None,
+                    run.open_files,
+                    options.hard_open_files,
                 ),
             )
         )
@@ -996,6 +1000,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=integers, default="20,200,2000,10000")
     parser.add_argument("--databases", type=database_kinds, default="sqlite,postgres")
     parser.add_argument("--open-files", type=integers, default="20000,1024")
+    parser.add_argument(
+        "--hard-open-files",
+        type=int,
+        default=0,
+        help="hard open-file limit (0: the same as --open-files); systemd's default for "
+        "services is soft 1024, hard 524288, and the receiver raises the soft limit to it",
+    )
     parser.add_argument("--count", type=int, default=1_200_000, help="datagrams per run")
     parser.add_argument("--rate", type=float, default=100_000, help="datagrams per second")
     parser.add_argument("--size", type=int, default=200, help="UDP payload bytes")
@@ -1080,6 +1091,7 @@ def main() -> None:
             quiet_wait=args.quiet_wait,
             still_for=args.still_for,
             work=work,
+            hard_open_files=args.hard_open_files,
         )
         if args.rmem_max:
             try:
