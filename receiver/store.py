@@ -571,6 +571,9 @@ class PcapStore:
             file.fd = CLOSED_FD
             file.buffer.clear()
             return False
+        # What waited in memory goes to the kernel now, spread over the opens, rather
+        # than all files' at the next tick.
+        self._flush(file)
         return True
 
     def _flush(self, file: _OpenFile) -> bool:

@@ -113,6 +113,8 @@ TICK_SHARE: Final = 0.1
 # deferred (receiver.store: thousands of sessions starting together would otherwise hold
 # the loop for seconds, 0.2 ms each).
 OPEN_BUDGET_NS: Final = 1_000_000
+# Time for deferred opens after a round that emptied the sockets.
+OPEN_SLACK_NS: Final = 4_000_000
 
 # The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
 # about 40 datagrams gather meanwhile.
@@ -802,6 +804,11 @@ class Capture:
             self._bindings_epoch += 1
         handed: dict[StreamKey, SessionDelta] = {}
         successors: dict[SessionDelta, SessionDelta | None] = {}
+        if self.store.pending_opens and not final:
+            # Some sessions' packets wait in memory for their files (a burst of new
+            # sessions): counted once the files exist and the packets are written, so the
+            # counters never run ahead of the files; the deltas go on adding up meanwhile.
+            return handed, successors
         for key, delta in sessions.items():
             if delta.packets:
                 handed[key] = delta
@@ -1195,20 +1202,24 @@ class Receiver(Capture):
                 before = counters.datagrams
                 for sock in ready:
                     ready_drains[sock]()
+                drained = counters.datagrams - before
                 if store.pending_opens:
-                    # Files of sessions that started while opens were over budget: as
-                    # much time again as the drain took (at least OPEN_BUDGET_NS), so a
-                    # burst of new sessions slows the loop down by half at most.
+                    # Files of sessions that started while opens were over budget. While
+                    # the sockets had more than a round's worth waiting, draining them
+                    # comes first (a file costs a few hundred datagrams' time, and the
+                    # socket buffer holds about a second); the slack of a round that
+                    # emptied them goes to the files (the pause below included).
+                    behind = drained >= _DRAIN_LIMIT * len(ready)
                     store.open_pending(
-                        max(OPEN_BUDGET_NS, monotonic_ns() - round_start) if ready else None
+                        (OPEN_BUDGET_NS // 2 if behind else OPEN_SLACK_NS) if ready else None
                     )
-                store.open_budget_ns = OPEN_BUDGET_NS
-                if 0 < counters.datagrams - before < BATCH // 2:
+                elif 0 < drained < BATCH // 2:
                     # A short round: the loop is ahead of the traffic. Waiting a moment
                     # lets datagrams gather, so that the next system calls, wake-up and
                     # round cost a batch, not a few datagrams, each (the socket buffer
                     # holds far more than this pause brings).
                     time.sleep(PACE_SECONDS)
+                store.open_budget_ns = OPEN_BUDGET_NS
                 now = time.time_ns()
                 if now >= next_tick:
                     tick_start = monotonic_ns()

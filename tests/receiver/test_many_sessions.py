@@ -295,3 +295,26 @@ def test_a_session_handed_on_is_not_let_go_in_the_same_tick(tmp_path: Path, nati
         receiver.finish(later + 2)
         snapshots: list[Snapshot] = receiver.snapshots  # type: ignore[attr-defined]
     assert sum(delta.stored for each in snapshots for delta in each.sessions.values()) == 8
+
+
+def test_counts_wait_while_their_files_wait_to_be_opened(tmp_path: Path) -> None:
+    """Packets of a deferred file are in memory only: counted (handed on) once the file
+    exists and they are written, never before (the counters never run ahead of files)."""
+    snapshots: list[Snapshot] = []
+    store = PcapStore(tmp_path)
+    capture = Capture(_gate(3), store, on_tick=[snapshots.append], start_ns=0)
+    store.open_budget_ns = 0
+    for number in range(4):
+        for mid in (1, 2, 3):
+            capture.handle(_datagram(mid, number), ROUTER, 1_000 + number)
+    capture.tick(10_000)
+    assert snapshots[-1].sessions == {}
+    assert not list(tmp_path.rglob("*.part"))
+    store.open_pending(None)
+    capture.tick(20_000)
+    assert {mid: delta.stored for (_, mid, _), delta in snapshots[-1].sessions.items()} == {
+        1: 4,
+        2: 4,
+        3: 4,
+    }
+    assert sorted(file.packets for file in snapshots[-1].open_files) == [4, 4, 4]
