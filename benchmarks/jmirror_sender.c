@@ -4,7 +4,7 @@
  *
  *   jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)
  *                  [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]
- *                  [--sessions N]
+ *                  [--sessions N] [--ramp SECONDS]
  *
  * --bind sends from that local IPv4 address (on loopback any 127.0.0.x), so one machine
  * plays several routers. --random varies each datagram, for the junk benchmark
@@ -17,6 +17,10 @@
  * mirror id (bytes 0..3 of the jmirror header, big endian, the V bits included) = the
  * given datagram's + (i % N), so N sessions get equal shares, evenly interleaved, at the
  * same pacing. Not with --random (which replaces the mirror id itself).
+ *
+ * --ramp S (with --sessions and a rate) starts the sessions over the first S seconds of
+ * the schedule instead of all at once: datagram i rotates over the first
+ * min(N, 1 + N * (i / rate) / S) mirror ids, as subscribers log in one after another.
  *
  * --rate 0 sends as fast as it can. Pacing: datagram i is due at start + i / rate; the
  * sender busy-waits on CLOCK_MONOTONIC until the first datagram of a batch is due and
@@ -81,7 +85,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)"
             " [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]"
-            " [--sessions N]\n");
+            " [--sessions N] [--ramp SECONDS]\n");
     exit(2);
 }
 
@@ -91,6 +95,7 @@ int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     long port = -1, batch = 0;
     unsigned long long count = 0, sessions = 1;
+    double ramp = 0;
     double rate = -1;
     const char *bind_to = NULL, *random_mode = "none";
 
@@ -107,6 +112,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(option, "--batch")) batch = strtol(value, NULL, 10);
         else if (!strcmp(option, "--bind")) bind_to = value;
         else if (!strcmp(option, "--random")) random_mode = value;
+        else if (!strcmp(option, "--ramp")) ramp = strtod(value, NULL);
         else if (!strcmp(option, "--sessions")) {
             char *end = NULL;
             sessions = strtoull(value, &end, 10);
@@ -121,6 +127,7 @@ int main(int argc, char **argv) {
     /* The mirror id is a 32-bit field: more sessions than ids would repeat ids. */
     if (sessions == 0 || sessions > 0xFFFFFFFFull || (sessions > 1 && (randomise || size < 4)))
         usage();
+    if (ramp < 0 || (ramp > 0 && (sessions < 2 || rate <= 0))) usage();
     const uint32_t first_mid = (uint32_t)payload[0] << 24 | (uint32_t)payload[1] << 16 |
                                (uint32_t)payload[2] << 8 | (uint32_t)payload[3];
     if (batch <= 0) {
@@ -204,7 +211,12 @@ int main(int argc, char **argv) {
         /* Message m of the batch is datagram sent + m: its session's mirror id. A batch
          * sent only in part is rebuilt from the first unsent datagram next time round. */
         for (unsigned int m = 0; sessions > 1 && m < want; m++) {
-            uint32_t mid = first_mid + (uint32_t)((sent + m) % sessions);
+            unsigned long long rotation = sessions;
+            if (ramp > 0) {
+                double started = 1.0 + (double)sessions * ((double)(sent + m) / rate) / ramp;
+                if (started < (double)sessions) rotation = (unsigned long long)started;
+            }
+            uint32_t mid = first_mid + (uint32_t)((sent + m) % rotation);
             varied[m][0] = (unsigned char)(mid >> 24);
             varied[m][1] = (unsigned char)(mid >> 16);
             varied[m][2] = (unsigned char)(mid >> 8);

@@ -536,6 +536,8 @@ class Options:
     work: Path
     # The hard open-file limit (0: the soft one, --open-files).
     hard_open_files: int = 0
+    # Seconds over which the sessions start (0: all with the first datagrams).
+    ramp: float = 0.0
 
 
 def child_environment(tree: Tree, data_dir: Path, database: Database, redis: str) -> dict[str, str]:
@@ -594,6 +596,8 @@ def send(binary: Path, options: Options, port: int, payload: Path, sessions: int
         "--sessions",
         str(sessions),
     ]
+    if options.ramp > 0 and sessions > 1:
+        command += ["--ramp", str(options.ramp)]
     cpu = options.cpus[0] if options.cpus else None
     expected = options.count / options.rate if options.rate else options.count / 100_000
     done = subprocess.run(
@@ -1007,6 +1011,13 @@ def main() -> None:
         help="hard open-file limit (0: the same as --open-files); systemd's default for "
         "services is soft 1024, hard 524288, and the receiver raises the soft limit to it",
     )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="start the sessions over this many seconds of the schedule rather than all "
+        "with the first datagrams (subscribers logging in one after another)",
+    )
     parser.add_argument("--count", type=int, default=1_200_000, help="datagrams per run")
     parser.add_argument("--rate", type=float, default=100_000, help="datagrams per second")
     parser.add_argument("--size", type=int, default=200, help="UDP payload bytes")
@@ -1092,6 +1103,7 @@ def main() -> None:
             still_for=args.still_for,
             work=work,
             hard_open_files=args.hard_open_files,
+            ramp=args.ramp,
         )
         if args.rmem_max:
             try:
