@@ -346,6 +346,12 @@ class PcapStore:
         """Files whose open is deferred (see the module's docstring), at most."""
         return len(self._pending)
 
+    def pending_sessions(self) -> frozenset[SessionKey]:
+        """The sessions with a file whose open is deferred."""
+        if not self._pending:
+            return frozenset()
+        return frozenset(file.session for file in self._pending if file.fd == PENDING_FD)
+
     def open_pending(self, budget_ns: int | None = None) -> None:
         """Open deferred files, oldest first, for about ``budget_ns`` (None: all)."""
         pending = self._pending

@@ -804,13 +804,12 @@ class Capture:
             self._bindings_epoch += 1
         handed: dict[StreamKey, SessionDelta] = {}
         successors: dict[SessionDelta, SessionDelta | None] = {}
-        if self.store.pending_opens and not final:
-            # Some sessions' packets wait in memory for their files (a burst of new
-            # sessions): counted once the files exist and the packets are written, so the
-            # counters never run ahead of the files; the deltas go on adding up meanwhile.
-            return handed, successors
+        # Sessions whose packets wait in memory for their files (a burst of new
+        # sessions): counted once the files exist and the packets are written, so the
+        # counters never run ahead of the files; their deltas go on adding up meanwhile.
+        waiting = self.store.pending_sessions() if not final else frozenset()
         for key, delta in sessions.items():
-            if delta.packets:
+            if delta.packets and delta.store_key not in waiting:
                 handed[key] = delta
                 # Same keys, new values: safe while iterating.
                 successors[delta] = sessions[key] = delta.successor()
