@@ -113,8 +113,11 @@ TICK_SHARE: Final = 0.1
 # deferred (receiver.store: thousands of sessions starting together would otherwise hold
 # the loop for seconds, 0.2 ms each).
 OPEN_BUDGET_NS: Final = 1_000_000
-# Time for deferred opens after a round that emptied the sockets.
+# Time for deferred opens after a round that emptied the sockets, and after one that
+# found nothing to receive (never unbounded: a burst of thousands of sessions would hold
+# the loop for seconds when the traffic resumes).
 OPEN_SLACK_NS: Final = 4_000_000
+OPEN_IDLE_NS: Final = 10_000_000
 
 # The pause after a short receive round (see Receiver._receive): at 150,000 datagrams/s
 # about 40 datagrams gather meanwhile.
@@ -1195,7 +1198,11 @@ class Receiver(Capture):
         store.open_budget_ns = OPEN_BUDGET_NS
         with GarbageCollectorPauses() as collector:
             while not stop.is_set():
-                ready, _, _ = select.select(self.sockets, [], [], timeout)
+                # With files waiting to be opened, no waiting for datagrams: a quiet
+                # moment goes to the files.
+                ready, _, _ = select.select(
+                    self.sockets, [], [], 0 if store.pending_opens else timeout
+                )
                 round_start = monotonic_ns()
                 gc_before = collector.total_ns
                 before = counters.datagrams
@@ -1210,7 +1217,9 @@ class Receiver(Capture):
                     # emptied them goes to the files (the pause below included).
                     behind = drained >= _DRAIN_LIMIT * len(ready)
                     store.open_pending(
-                        (OPEN_BUDGET_NS // 2 if behind else OPEN_SLACK_NS) if ready else None
+                        (OPEN_BUDGET_NS // 2 if behind else OPEN_SLACK_NS)
+                        if ready
+                        else OPEN_IDLE_NS
                     )
                 elif 0 < drained < BATCH // 2:
                     # A short round: the loop is ahead of the traffic. Waiting a moment
