@@ -23,17 +23,16 @@ Times are wall clock, the best of ``--rounds``. Run it in a checkout of an earli
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.throwaway_database import throwaway_database  # noqa: E402
 
 
 def main() -> None:
@@ -46,31 +45,8 @@ def main() -> None:
     arguments = parser.parse_args()
     if not 1 <= arguments.sessions <= 1_000_000 or not 1 <= arguments.rounds <= 100:
         parser.error("--sessions 1..1000000, --rounds 1..100")
-    directory = Path(tempfile.mkdtemp(prefix="bookkeeping-benchmark-"))
-    os.environ["JMIRROR_DATA_DIR"] = str(directory)
-    server = None
-    name = f"bookkeeping_benchmark_{uuid.uuid4().hex[:8]}"
-    if arguments.database == "sqlite":
-        os.environ["DATABASE_URL"] = f"sqlite:///{directory / 'db.sqlite3'}"
-    else:
-        import psycopg
-
-        server = arguments.database.rstrip("/")
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-            db.execute(f'CREATE DATABASE "{name}"')
-        os.environ["DATABASE_URL"] = f"{server}/{name}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
-    try:
+    with throwaway_database(arguments.database, "bookkeeping-benchmark") as directory:
         run(arguments.sessions, arguments.rounds, directory)
-    finally:
-        if server is not None:
-            from django.db import connections
-
-            connections.close_all()
-            import psycopg
-
-            with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-                db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(sessions: int, rounds: int, directory: Path) -> None:

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.throwaway_database import throwaway_database  # noqa: E402
 
 MID = 0x300
 
@@ -49,31 +48,8 @@ def main() -> None:
     arguments = parser.parse_args()
     if not 1 <= arguments.sessions <= 100_000:
         parser.error("--sessions 1..100000")
-    directory = Path(tempfile.mkdtemp(prefix="shutdown-benchmark-"))
-    os.environ["JMIRROR_DATA_DIR"] = str(directory)
-    server = None
-    name = f"shutdown_benchmark_{uuid.uuid4().hex[:8]}"
-    if arguments.database == "sqlite":
-        os.environ["DATABASE_URL"] = f"sqlite:///{directory / 'db.sqlite3'}"
-    else:
-        import psycopg
-
-        server = arguments.database.rstrip("/")
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-            db.execute(f'CREATE DATABASE "{name}"')
-        os.environ["DATABASE_URL"] = f"{server}/{name}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
-    try:
+    with throwaway_database(arguments.database, "shutdown-benchmark") as directory:
         run(arguments.sessions, directory)
-    finally:
-        if server is not None:
-            from django.db import connections
-
-            connections.close_all()
-            import psycopg
-
-            with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-                db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(sessions: int, directory: Path) -> None:
