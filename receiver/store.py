@@ -673,21 +673,18 @@ class PcapStore:
         if file.committed_packets == 0:
             file.part_path.unlink(missing_ok=True)
             return
-        final = file.part_path.with_name(file.part_path.name.removesuffix(PART_SUFFIX))
+        # Set by _create, as every file that gets here was.
+        final = file.final_relative or Path()
         try:
-            relative = file.final_relative
-            if relative is not None and self._root_descriptor is not None:
-                # Relative to the root's descriptor: see _root_fd.
-                root = self._root_descriptor
-                os.rename(f"{relative}{PART_SUFFIX}", relative, src_dir_fd=root, dst_dir_fd=root)
-            else:
-                file.part_path.rename(final)
+            # Relative to the root's descriptor: see _root_fd.
+            root = self._root_fd()
+            os.rename(f"{final}{PART_SUFFIX}", final, src_dir_fd=root, dst_dir_fd=root)
         except OSError as error:
             self._count(error, 0)  # stays .part; recover() closes it on the next start
             return
         self._closed.append(
             ClosedFile(
-                path=final.relative_to(self.root),
+                path=final,
                 session=file.session,
                 linktype=file.linktype,
                 first_ns=file.first_ns,
