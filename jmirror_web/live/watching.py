@@ -148,7 +148,11 @@ class WatchLoader:
             return self.watch
         self._next_load = now + self._interval
         try:
-            self.watch = load_watch()
+            watch = load_watch()
+            # The same object while nothing changed: the receive loop rebinds every
+            # session when handed a watch that is not the one it applied.
+            if watch != self.watch:
+                self.watch = watch
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_SECONDS
                 prune()

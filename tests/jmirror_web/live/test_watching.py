@@ -157,6 +157,20 @@ def test_the_loader_reads_the_registry_at_most_every_interval(django_assert_num_
         assert loader.refresh() == NOBODY  # the thread may call it on every turn
 
 
+@pytest.mark.django_db
+def test_the_loader_hands_the_same_watch_while_the_registry_is_unchanged():
+    """The receive loop takes a watch that is not the one it applied for a change (and
+    rebinds every session for it): an unchanged registry must not look like one."""
+    keep("specific.a!1", [(Stream.CASE, 1)])
+    loader = WatchLoader(interval=0)
+    first = loader.refresh()
+    assert loader.refresh() is first
+    keep("specific.a!1", [(Stream.CASE, 2)])
+    changed = loader.refresh()
+    assert changed is not first
+    assert changed.cases == frozenset({2})
+
+
 # The consumer writes the registry -------------------------------------------------------
 
 
