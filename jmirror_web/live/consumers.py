@@ -3,7 +3,8 @@ streams a page subscribed to, after checking the user's rights.
 
 Thin on purpose: parsing is :mod:`.protocol`, coalescing :mod:`.buffer`, and every
 rights decision :mod:`.rights`, which asks :mod:`jmirror_web.intercepts.access` like the
-views do. What lives here is the connection's state and its two background tasks:
+views do. The messages it relays are :mod:`receiver.live_contract`'s. What lives here is
+the connection's state and its two background tasks:
 
 - the flusher sends the coalesced items as one ``updates`` message at most every
   :attr:`LiveConsumer.flush_interval`, and only while fewer than
@@ -30,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -58,11 +59,14 @@ from jmirror_web.live.protocol import (
     parse,
 )
 from jmirror_web.live.rights import Grant
-from receiver.live import (
+from receiver.live_contract import (
     CASE_MESSAGE,
     HEALTH_GROUP,
     HEALTH_MESSAGE,
     SESSION_MESSAGE,
+    CaseCounts,
+    HealthSummary,
+    SessionSummary,
     case_group,
     intercept_group,
     session_group,
@@ -329,22 +333,24 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self._watch_written = False
             self._watch_rows = set()
 
-    # Channel-layer messages (receiver.live) -----------------------------------------
+    # Channel-layer messages (receiver.live_contract) --------------------------------
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels hops to a thread before every handler to close stale database
         # connections; summaries are handled in memory, arrive several times a second per
         # session, and must not queue behind the database thread.
+        # The type names the contract's message; nothing checks its fields on the way, so
+        # the handlers and the buffer still read them defensively.
         if message.get("type") == SESSION_MESSAGE:
-            await self.live_session(message)
+            await self.live_session(cast(SessionSummary, message))
         elif message.get("type") == CASE_MESSAGE:
-            await self.live_case(message)
+            await self.live_case(cast(CaseCounts, message))
         elif message.get("type") == HEALTH_MESSAGE:
-            await self.live_health(message)
+            await self.live_health(cast(HealthSummary, message))
         else:
             await super().dispatch(message)
 
-    async def live_session(self, message: dict[str, Any]) -> None:
+    async def live_session(self, message: SessionSummary) -> None:
         if not self._grants:
             return
         try:
@@ -354,7 +360,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self._wake.set()
 
-    def _absorb_session(self, summary: dict[str, Any]) -> None:
+    def _absorb_session(self, summary: SessionSummary) -> None:
         # The receiver sends each summary to its session, intercept and case groups: a
         # connection in several of them gets copies, and the first one is routed to every
         # subscription it belongs to.
@@ -375,9 +381,9 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             ):
                 self._buffer.add_session(key, summary)
 
-    async def live_case(self, message: dict[str, Any]) -> None:
-        """Per-case counts of the sessions no page covers (receiver.live.CaseCounts): the
-        dashboards' share; session summaries of the covered ones count as before."""
+    async def live_case(self, message: CaseCounts) -> None:
+        """Per-case counts of the sessions no page covers: the dashboards' share; session
+        summaries of the covered ones count as before."""
         if not self._grants:
             return
         try:
@@ -390,7 +396,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self._wake.set()
 
-    async def live_health(self, message: dict[str, Any]) -> None:
+    async def live_health(self, message: HealthSummary) -> None:
         key: SubscriptionKey = (Stream.HEALTH, None)
         if key in self._grants:
             self._buffer.add_health(key, message)
