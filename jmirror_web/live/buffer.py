@@ -2,7 +2,7 @@
 
 The receiver's summaries are not forwarded one by one: :class:`UpdateBuffer` coalesces
 them per subscription, and the consumer takes everything at most 10 times a second (and
-only while the browser keeps up, see the consumer's flow control).
+only while the browser keeps up: :mod:`.flow`).
 
 Bounded by construction, whatever the packet rate and however long the browser does not
 read: the buffer's size does not depend on how many summaries arrive, only on

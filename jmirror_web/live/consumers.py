@@ -1,10 +1,11 @@
 """The live websocket (docs/live-protocol.md): relays the receiver's summaries to the
 streams a page subscribed to, after checking the user's rights.
 
-Thin on purpose: parsing is :mod:`.protocol`, coalescing :mod:`.buffer`, and every
-rights decision :mod:`.rights`, which asks :mod:`jmirror_web.intercepts.access` like the
-views do. The messages it relays are :mod:`receiver.live_contract`'s. What lives here is
-the connection's state and its two background tasks:
+Thin on purpose: parsing is :mod:`.protocol`, coalescing :mod:`.buffer`, when to send
+and how often the page may ask :mod:`.flow`, and every rights decision :mod:`.rights`,
+which asks :mod:`jmirror_web.intercepts.access` like the views do. The messages it relays
+are :mod:`receiver.live_contract`'s. What lives here is the connection's state and its
+two background tasks:
 
 - the flusher sends the coalesced items as one ``updates`` message at most every
   :attr:`LiveConsumer.flush_interval`, and only while fewer than
@@ -38,6 +39,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from jmirror_web.live import rights, watching
 from jmirror_web.live.buffer import SeenMessages, UpdateBuffer, summary_identity
+from jmirror_web.live.flow import SendWindow, TokenBucket
 from jmirror_web.live.protocol import (
     CLOSE_BAD_MESSAGES,
     CLOSE_INTERNAL_ERROR,
@@ -117,11 +119,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._closed = False
         self._bad_messages = 0
         self._subscribe_requests = 0
-        self._tokens = float(MESSAGE_BURST)
-        self._tokens_at = time.monotonic()
-        self._sent_seq = 0
-        self._acked_seq = 0
-        self._last_flush = 0.0
+        self._bucket = TokenBucket(
+            burst=MESSAGE_BURST, rate=MESSAGES_PER_SECOND, now=time.monotonic()
+        )
+        self._window = SendWindow(size=self.max_unacked, interval=self.flush_interval)
         # The registry is written by one task at a time, and only once something was;
         # the rows last written, so that an unchanged set is only refreshed.
         self._watch_lock = asyncio.Lock()
@@ -212,14 +213,8 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self._bad_message(error)
 
     def _take_token(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(
-            float(MESSAGE_BURST), self._tokens + (now - self._tokens_at) * MESSAGES_PER_SECOND
-        )
-        self._tokens_at = now
-        if self._tokens < 1:
+        if not self._bucket.take(time.monotonic()):
             raise BadMessage(ErrorCode.TOO_MANY, "too many messages; slow down")
-        self._tokens -= 1
 
     async def _bad_message(self, error: BadMessage) -> None:
         self._bad_messages += 1
@@ -231,11 +226,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if isinstance(request, Ping):
             await self._send_json({"type": "pong"})
         elif isinstance(request, Ack):
-            if not self._acked_seq < request.seq <= self._sent_seq:
+            if not self._window.ack(request.seq):
                 raise BadMessage(
                     ErrorCode.BAD_REQUEST, "ack must name a seq sent and not yet acknowledged"
                 )
-            self._acked_seq = request.seq
             self._wake.set()
         elif isinstance(request, Subscribe):
             await self._subscribe(request.key)
@@ -423,20 +417,20 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         while self._open():
             await self._wake.wait()
             self._wake.clear()
-            if not self._buffer or self._sent_seq - self._acked_seq >= self.max_unacked:
+            if not self._buffer or self._window.full():
                 continue  # new items or an ack set the event again
-            delay = self._last_flush + self.flush_interval - loop.time()
+            delay = self._window.delay(loop.time())
             if delay > 0:
                 await asyncio.sleep(delay)
             if not self._open():
                 return
             items, dropped = self._buffer.take(self._content)
-            self._last_flush = loop.time()
+            self._window.flushed(loop.time())
             if not items and not dropped:
                 continue
-            self._sent_seq += 1
+            seq = self._window.next_seq()
             await self._send_json(
-                {"type": "updates", "seq": self._sent_seq, "items": items, "dropped": dropped}
+                {"type": "updates", "seq": seq, "items": items, "dropped": dropped}
             )
 
     async def _watch_loop(self) -> None:
