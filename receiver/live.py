@@ -1,5 +1,5 @@
-"""Live summaries: the one message contract between the receiver and the websocket
-consumers, and the thread that publishes them (standard library only, no Django).
+"""Live summaries: the thread that publishes them to the websocket consumers, in the
+messages of :mod:`receiver.live_contract` (standard library only, no Django).
 
 The receiver never sends a message per packet (DESIGN.md section 3). Every
 :data:`PUBLISH_INTERVAL` at most, each session that received packets gets one
@@ -40,22 +40,29 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol, TypedDict
+from typing import Any, Final, Protocol
 
 from receiver.jmirror import decode_datagram
-from receiver.packet_summary import PacketRow, packet_row
+from receiver.live_contract import (
+    CASE_MESSAGE,
+    HEALTH_GROUP,
+    HEALTH_MESSAGE,
+    SESSION_MESSAGE,
+    CaseCounts,
+    HealthSummary,
+    ListenerHealth,
+    LiveMessage,
+    SessionSummary,
+    case_group,
+    intercept_group,
+    session_group,
+)
+from receiver.packet_summary import packet_row
 from receiver.watch import NOBODY, LiveWatch
 from receiver.worker import SessionDelta, Snapshot, StreamKey
 
 logger = logging.getLogger(__name__)
 
-SESSION_MESSAGE: Final = "live.session"
-"""Message type of :class:`SessionSummary`; Channels calls a consumer's ``live_session``."""
-HEALTH_MESSAGE: Final = "live.health"
-"""Message type of :class:`HealthSummary`; Channels calls a consumer's ``live_health``."""
-CASE_MESSAGE: Final = "live.case"
-"""Message type of :class:`CaseCounts`; the consumer's dashboards count it."""
-HEALTH_GROUP: Final = "live.health"
 PUBLISH_INTERVAL: Final = 0.25
 # What one round may cost at most, however many sessions are watched: summaries built,
 # packet rows decoded (the dearest part), case counts sent. A summary is sent to up to
@@ -71,98 +78,6 @@ SEND_TIMEOUT: Final = 2.0
 _RETRY_PAUSES: Final = (1.0, 2.0, 5.0, 10.0)
 _QUEUE_SIZE: Final = 64
 
-
-def session_group(session_id: int) -> str:
-    return f"live.session.{session_id}"
-
-
-def intercept_group(intercept_id: int) -> str:
-    return f"live.intercept.{intercept_id}"
-
-
-def case_group(case_id: int) -> str:
-    return f"live.case.{case_id}"
-
-
-class SessionSummary(TypedDict):
-    """What one session received during one interval (``time_ns - interval_ns`` to
-    ``time_ns``), sent to its session, intercept and case groups."""
-
-    type: Literal["live.session"]
-    time_ns: int
-    interval_ns: int
-    # None until the session's row exists (the first second of a new session): the
-    # stream is then known by router, mid and sid only.
-    session_id: int | None
-    router_id: int
-    mid: int
-    sid: int
-    intercept_id: int
-    case_id: int
-    liid: str
-    packets: int
-    bytes: int
-    stored: int
-    packets_per_second: float
-    bytes_per_second: float
-    first_ns: int
-    last_ns: int
-    # The most recent stored packets of the interval, oldest first (a sample at high rates).
-    recent: list[PacketRow]
-
-
-class CaseCounts(TypedDict):
-    """What the sessions of one case that no live page covers received during one
-    interval, for the dashboards (sent to the case's group; counts only, no rows)."""
-
-    type: Literal["live.case"]
-    time_ns: int
-    interval_ns: int
-    case_id: int
-    packets: int
-    bytes: int
-    stored: int
-    packets_per_second: float
-    bytes_per_second: float
-
-
-class ListenerHealth(TypedDict):
-    address: str
-    datagrams: int
-    bytes: int
-    kernel_drops: int | None
-    rcvbuf: int
-
-
-class HealthSummary(TypedDict):
-    """The receiver's health for the system administrators: totals since it started and
-    rates over the interval. Counts only: no case, session or address in it."""
-
-    type: Literal["live.health"]
-    time_ns: int
-    interval_ns: int
-    receiver: str  # hostname:pid
-    datagrams: int
-    bytes: int
-    datagrams_per_second: float
-    bytes_per_second: float
-    malformed: int
-    unstorable: int
-    internal_errors: int
-    drops: dict[str, int]
-    store_errors: dict[str, int]
-    open_files: int
-    active_sessions: int
-    listeners: list[ListenerHealth]
-    # Summaries this publisher could not deliver (layer down or too slow) since start.
-    live_dropped: int
-    # Since start: session summaries put off to a later round by the per-round bound
-    # (their counts were sent later), and packet rows left out by the row bound.
-    live_deferred: int
-    live_rows_dropped: int
-
-
-LiveMessage = SessionSummary | CaseCounts | HealthSummary
 Batch = list[tuple[str, LiveMessage]]
 
 

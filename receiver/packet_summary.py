@@ -7,10 +7,11 @@ state (so TCP sequence numbers are the raw ones), and only the first DNS questio
 
 The mirrored packet is the subscriber's traffic, so every byte of it is
 attacker-controlled and ends up in a browser: every summary is built from bounds-checked
-reads, never raises, and its info is printable ASCII of at most :data:`INFO_LIMIT`
-characters. Text taken from the packet (DNS names, PAP peer ids, HTTP request lines)
-has its other bytes escaped as ``\\xNN``. Wireshark's arrow between ports is not ASCII,
-so ports read ``sport > dport`` as in Wireshark before 2.0.
+reads, never raises, and its info is printable ASCII of at most
+:data:`~receiver.live_contract.INFO_LIMIT` characters. Text taken from the packet (DNS
+names, PAP peer ids, HTTP request lines) has its other bytes escaped as ``\\xNN``.
+Wireshark's arrow between ports is not ASCII, so ports read ``sport > dport`` as in
+Wireshark before 2.0.
 
 The live view asks for a few rows per session every 250 ms, not for every packet, so
 this favours clarity over speed.
@@ -21,12 +22,10 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Callable, Mapping
-from typing import Final, TypedDict
+from typing import Final
 
 from receiver.jmirror import JMirrorPacket
-
-INFO_LIMIT: Final = 120
-"""Longest info string a row carries."""
+from receiver.live_contract import INFO_LIMIT, PacketRow
 
 _PEER_TEXT_LIMIT: Final = 40
 """Longest rendering of one piece of packet text (peer id, message) inside the info."""
@@ -37,20 +36,6 @@ _DNS_NAME_STEPS: Final = 128
 _DNS_NAME_MAX_BYTES: Final = 255
 # An HTTP request or status line longer than this is not worth a summary.
 _HTTP_LINE_SEARCH: Final = 2048
-
-
-class PacketRow(TypedDict):
-    """One line of the live packet list."""
-
-    time_ns: int
-    src: str | None
-    dst: str | None
-    sport: int | None
-    dport: int | None
-    protocol: str
-    length: int
-    inner: str
-    info: str
 
 
 class _Malformed(Exception):

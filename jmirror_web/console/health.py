@@ -72,8 +72,8 @@ class ReceiverRow:
 
     @property
     def name(self) -> str:
-        """``hostname:pid``, as :class:`receiver.live.HealthSummary` names the receiver,
-        so the live rates can find their row."""
+        """``hostname:pid``, as :class:`receiver.live_contract.HealthSummary` names the
+        receiver, so the live rates can find their row."""
         return f"{self.process.hostname}:{self.process.pid}"
 
     @property

@@ -2,7 +2,7 @@
 
 The receiver's summaries are not forwarded one by one: :class:`UpdateBuffer` coalesces
 them per subscription, and the consumer takes everything at most 10 times a second (and
-only while the browser keeps up, see the consumer's flow control).
+only while the browser keeps up: :mod:`.flow`).
 
 Bounded by construction, whatever the packet rate and however long the browser does not
 read: the buffer's size does not depend on how many summaries arrive, only on
@@ -16,8 +16,8 @@ read: the buffer's size does not depend on how many summaries arrive, only on
   (:data:`MAX_DASHBOARD_CASES`);
 - per health subscription: the latest summary of at most :data:`MAX_RECEIVERS` receivers;
 - every string and list copied in is cut to a fixed length (:func:`_text`), and only the
-  contract's known fields are copied, so an unexpected field from the receiver neither
-  grows the buffer nor reaches the browser.
+  known fields of the contract (:mod:`receiver.live_contract`) are copied, so an
+  unexpected field from the receiver neither grows the buffer nor reaches the browser.
 
 A summary that would need more (a session beyond the cap, a row pushed out) is counted in
 ``dropped`` and left out; counters are summed, never queued.
@@ -38,7 +38,8 @@ MAX_DASHBOARD_CASES: Final = 1000
 MAX_RECEIVERS: Final = 32
 # Health summaries' dict and list fields (drop reasons, errno names, listeners).
 _MAX_HEALTH_ENTRIES: Final = 64
-# Longer than any field of the contract legitimately is (info is at most 120 characters).
+# Longer than any text field of the contract legitimately is (info is at most
+# receiver.live_contract.INFO_LIMIT characters).
 _MAX_TEXT: Final = 200
 # Identities of recently seen summaries, for telling apart copies of one summary.
 SEEN_LIMIT: Final = 4096

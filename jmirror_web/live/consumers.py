@@ -1,9 +1,11 @@
 """The live websocket (docs/live-protocol.md): relays the receiver's summaries to the
 streams a page subscribed to, after checking the user's rights.
 
-Thin on purpose: parsing is :mod:`.protocol`, coalescing :mod:`.buffer`, and every
-rights decision :mod:`.rights`, which asks :mod:`jmirror_web.intercepts.access` like the
-views do. What lives here is the connection's state and its two background tasks:
+Thin on purpose: parsing is :mod:`.protocol`, coalescing :mod:`.buffer`, when to send
+and how often the page may ask :mod:`.flow`, and every rights decision :mod:`.rights`,
+which asks :mod:`jmirror_web.intercepts.access` like the views do. The messages it relays
+are :mod:`receiver.live_contract`'s. What lives here is the connection's state and its
+two background tasks:
 
 - the flusher sends the coalesced items as one ``updates`` message at most every
   :attr:`LiveConsumer.flush_interval`, and only while fewer than
@@ -30,13 +32,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from jmirror_web.live import rights, watching
 from jmirror_web.live.buffer import SeenMessages, UpdateBuffer, summary_identity
+from jmirror_web.live.flow import SendWindow, TokenBucket
 from jmirror_web.live.protocol import (
     CLOSE_BAD_MESSAGES,
     CLOSE_INTERNAL_ERROR,
@@ -58,11 +61,14 @@ from jmirror_web.live.protocol import (
     parse,
 )
 from jmirror_web.live.rights import Grant
-from receiver.live import (
+from receiver.live_contract import (
     CASE_MESSAGE,
     HEALTH_GROUP,
     HEALTH_MESSAGE,
     SESSION_MESSAGE,
+    CaseCounts,
+    HealthSummary,
+    SessionSummary,
     case_group,
     intercept_group,
     session_group,
@@ -113,11 +119,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self._closed = False
         self._bad_messages = 0
         self._subscribe_requests = 0
-        self._tokens = float(MESSAGE_BURST)
-        self._tokens_at = time.monotonic()
-        self._sent_seq = 0
-        self._acked_seq = 0
-        self._last_flush = 0.0
+        self._bucket = TokenBucket(
+            burst=MESSAGE_BURST, rate=MESSAGES_PER_SECOND, now=time.monotonic()
+        )
+        self._window = SendWindow(size=self.max_unacked, interval=self.flush_interval)
         # The registry is written by one task at a time, and only once something was;
         # the rows last written, so that an unchanged set is only refreshed.
         self._watch_lock = asyncio.Lock()
@@ -208,14 +213,8 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self._bad_message(error)
 
     def _take_token(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(
-            float(MESSAGE_BURST), self._tokens + (now - self._tokens_at) * MESSAGES_PER_SECOND
-        )
-        self._tokens_at = now
-        if self._tokens < 1:
+        if not self._bucket.take(time.monotonic()):
             raise BadMessage(ErrorCode.TOO_MANY, "too many messages; slow down")
-        self._tokens -= 1
 
     async def _bad_message(self, error: BadMessage) -> None:
         self._bad_messages += 1
@@ -227,11 +226,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if isinstance(request, Ping):
             await self._send_json({"type": "pong"})
         elif isinstance(request, Ack):
-            if not self._acked_seq < request.seq <= self._sent_seq:
+            if not self._window.ack(request.seq):
                 raise BadMessage(
                     ErrorCode.BAD_REQUEST, "ack must name a seq sent and not yet acknowledged"
                 )
-            self._acked_seq = request.seq
             self._wake.set()
         elif isinstance(request, Subscribe):
             await self._subscribe(request.key)
@@ -329,22 +327,24 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self._watch_written = False
             self._watch_rows = set()
 
-    # Channel-layer messages (receiver.live) -----------------------------------------
+    # Channel-layer messages (receiver.live_contract) --------------------------------
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels hops to a thread before every handler to close stale database
         # connections; summaries are handled in memory, arrive several times a second per
         # session, and must not queue behind the database thread.
+        # The type names the contract's message; nothing checks its fields on the way, so
+        # the handlers and the buffer still read them defensively.
         if message.get("type") == SESSION_MESSAGE:
-            await self.live_session(message)
+            await self.live_session(cast(SessionSummary, message))
         elif message.get("type") == CASE_MESSAGE:
-            await self.live_case(message)
+            await self.live_case(cast(CaseCounts, message))
         elif message.get("type") == HEALTH_MESSAGE:
-            await self.live_health(message)
+            await self.live_health(cast(HealthSummary, message))
         else:
             await super().dispatch(message)
 
-    async def live_session(self, message: dict[str, Any]) -> None:
+    async def live_session(self, message: SessionSummary) -> None:
         if not self._grants:
             return
         try:
@@ -354,7 +354,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self._wake.set()
 
-    def _absorb_session(self, summary: dict[str, Any]) -> None:
+    def _absorb_session(self, summary: SessionSummary) -> None:
         # The receiver sends each summary to its session, intercept and case groups: a
         # connection in several of them gets copies, and the first one is routed to every
         # subscription it belongs to.
@@ -375,9 +375,9 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             ):
                 self._buffer.add_session(key, summary)
 
-    async def live_case(self, message: dict[str, Any]) -> None:
-        """Per-case counts of the sessions no page covers (receiver.live.CaseCounts): the
-        dashboards' share; session summaries of the covered ones count as before."""
+    async def live_case(self, message: CaseCounts) -> None:
+        """Per-case counts of the sessions no page covers: the dashboards' share; session
+        summaries of the covered ones count as before."""
         if not self._grants:
             return
         try:
@@ -390,7 +390,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self._wake.set()
 
-    async def live_health(self, message: dict[str, Any]) -> None:
+    async def live_health(self, message: HealthSummary) -> None:
         key: SubscriptionKey = (Stream.HEALTH, None)
         if key in self._grants:
             self._buffer.add_health(key, message)
@@ -417,20 +417,20 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         while self._open():
             await self._wake.wait()
             self._wake.clear()
-            if not self._buffer or self._sent_seq - self._acked_seq >= self.max_unacked:
+            if not self._buffer or self._window.full():
                 continue  # new items or an ack set the event again
-            delay = self._last_flush + self.flush_interval - loop.time()
+            delay = self._window.delay(loop.time())
             if delay > 0:
                 await asyncio.sleep(delay)
             if not self._open():
                 return
             items, dropped = self._buffer.take(self._content)
-            self._last_flush = loop.time()
+            self._window.flushed(loop.time())
             if not items and not dropped:
                 continue
-            self._sent_seq += 1
+            seq = self._window.next_seq()
             await self._send_json(
-                {"type": "updates", "seq": self._sent_seq, "items": items, "dropped": dropped}
+                {"type": "updates", "seq": seq, "items": items, "dropped": dropped}
             )
 
     async def _watch_loop(self) -> None:

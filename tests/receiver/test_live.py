@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from receiver import live
-from receiver.live import HEALTH_GROUP, Batch, LivePublisher, case_group, intercept_group
+from receiver.live import Batch, LivePublisher
+from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import LiveWatch
@@ -57,7 +58,7 @@ def test_a_batch_summarises_each_session_to_its_groups_and_health_without_case_d
     batch = publisher.batch(snapshot(NOW, 0, active_sessions=1))
 
     groups = [group for group, _ in batch]
-    assert groups == [live.session_group(55), intercept_group(7), case_group(3), HEALTH_GROUP]
+    assert groups == [session_group(55), intercept_group(7), case_group(3), HEALTH_GROUP]
     summary = batch[0][1]
     assert summary["type"] == "live.session"
     assert (summary["packets"], summary["session_id"], summary["liid"]) == (40, 55, "LIID7")
@@ -142,10 +143,10 @@ def test_offer_never_blocks_when_the_publisher_is_stuck():
     assert publisher.dropped == (1000 - live._QUEUE_SIZE) * 2
 
 
-@pytest.mark.parametrize("factory", [live.session_group, intercept_group, case_group])
+@pytest.mark.parametrize("factory", [session_group, intercept_group, case_group])
 def test_group_names_are_valid_channels_group_names(factory):
     from channels.layers import BaseChannelLayer
 
     # Raises TypeError for a name Channels would refuse.
     assert BaseChannelLayer().require_valid_group_name(factory(2**63)) is True
-    assert BaseChannelLayer().require_valid_group_name(live.HEALTH_GROUP) is True
+    assert BaseChannelLayer().require_valid_group_name(HEALTH_GROUP) is True

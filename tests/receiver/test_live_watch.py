@@ -11,16 +11,13 @@ import pytest
 from receiver import live
 from receiver.jmirror import decode_datagram
 from receiver.live import (
-    HEALTH_GROUP,
     LIVE_ROWS_PER_ROUND,
     LIVE_SESSIONS_PER_ROUND,
     Batch,
     LivePublisher,
-    case_group,
-    intercept_group,
-    session_group,
     share_rows,
 )
+from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import NOBODY, LiveWatch

@@ -35,7 +35,8 @@ from scapy.packet import Packet
 
 from receiver import traffic
 from receiver.jmirror import DecodeError, InnerKind, JMirrorPacket, decode_datagram
-from receiver.packet_summary import INFO_LIMIT, PacketRow, packet_row
+from receiver.live_contract import INFO_LIMIT, PacketRow
+from receiver.packet_summary import packet_row
 
 TSHARK = shutil.which("tshark")
 T0 = 1_795_000_000_123_456_789

@@ -48,7 +48,7 @@ from scapy.packet import Raw
 from receiver.capture import CaptureError, iter_frames
 from receiver.gate import DROP_REASONS, Gate, InterceptRule, RouterRule
 from receiver.jmirror import INTERCEPT_ID_MASK, DecodeError, JMirrorPacket, decode_datagram
-from receiver.live import HEALTH_GROUP, case_group
+from receiver.live_contract import HEALTH_GROUP, case_group
 from receiver.store import (
     LINKTYPE_FOR_KIND,
     LINKTYPE_PPP_HDLC,

@@ -17,15 +17,15 @@ from django.test import Client
 from jmirror_web.asgi import application
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import Session
-from receiver.live import (
+from receiver.live_contract import (
     HEALTH_GROUP,
     HealthSummary,
+    PacketRow,
     SessionSummary,
     case_group,
     intercept_group,
     session_group,
 )
-from receiver.packet_summary import PacketRow
 
 ORIGIN = b"http://localhost"
 HOST = b"localhost"

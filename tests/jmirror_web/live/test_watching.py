@@ -23,7 +23,8 @@ from jmirror_web.live.consumers import LiveConsumer
 from jmirror_web.live.models import LiveWatchRow
 from jmirror_web.live.protocol import MAX_SUBSCRIPTIONS, Stream
 from jmirror_web.live.watching import LIFETIME, WatchLoader, forget, keep, load_watch, prune
-from receiver.live import case_counts, case_group
+from receiver.live import case_counts
+from receiver.live_contract import case_group
 from receiver.watch import NOBODY, LiveWatch
 from tests.factories import assign, make_case, make_intercept, make_session, make_user
 from tests.jmirror_web.live.helpers import (
