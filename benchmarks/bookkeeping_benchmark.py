@@ -1,4 +1,4 @@
-"""Benchmark: one Bookkeeper write of many session counters and open files (issue 15).
+"""Benchmark: one Bookkeeper write of many session counters and open files.
 
     .venv/bin/python benchmarks/bookkeeping_benchmark.py [--sessions 10000] [--database sqlite]
     .venv/bin/python benchmarks/bookkeeping_benchmark.py --database postgres://postgres@127.0.0.1:5432

@@ -23,9 +23,9 @@ the end with the chunks thrown away (what the web view does, minus the socket):
 
 For each: wall-clock and CPU seconds, MB/s of output and of source bytes, and memory
 growth (VmRSS after minus before, and the peak VmHWM, reset through
-/proc/self/clear_refs where the kernel allows it, minus the RSS before). The issue's
+/proc/self/clear_refs where the kernel allows it, minus the RSS before). The
 goal: at least 300 MB/s for a case of 200 sessions and 2 GB, under 100 MB of growth.
-The figures go in issue notes; no test asserts them.
+It prints the figures; no test asserts them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ PPP sessions with LCP, and UDP noise that is not jmirror), then times, in one ru
 - ``tshark -r FILE -d udp.port==30030,jmirror -T fields`` (mid, sid, inner addresses);
 - ``decode_datagram`` on each kind of payload in the capture, and on the whole mix.
 
-Timings are wall-clock, best of ``--repeat`` runs. The figures go in issue notes; no test
+Timings are wall-clock, best of ``--repeat`` runs. It prints the figures; no test
 asserts them.
 """
 

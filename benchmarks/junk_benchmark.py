@@ -1,4 +1,4 @@
-"""Benchmark: does junk traffic make ``manage.py receive`` lose a claimed stream (issue 13)?
+"""Benchmark: does junk traffic make ``manage.py receive`` lose a claimed stream?
 
     .venv/bin/python benchmarks/junk_benchmark.py [--rates 50000,100000,150000,200000]
         [--seconds 5] [--repeats 3] [--code /tmp/junk-before] [--json]

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/lossless_search.py [--sizes 128,1400] [--count 1000000]
         [--tools receive,tcpdump] [--rmem-max 33554432] [--nice -10] [--json]
 
-What it measures (issue 4). A C sender in another process (``jmirror_sender.c``,
+What it measures. A C sender in another process (``jmirror_sender.c``,
 compiled with gcc into a temporary directory at run time) offers a fixed rate of one
 valid jmirror datagram on loopback: ``--count`` datagrams (at least 1,000,000 for the
 figures; fewer only for quick checks) of exactly each ``--sizes`` UDP payload bytes,

@@ -1,5 +1,5 @@
 """Benchmark: server time and queries of the console pages with 100 cases and 10,000
-sessions (issue 5: under 200 ms, a bounded number of queries).
+sessions (the goal: under 200 ms, a bounded number of queries).
 
     .venv/bin/python benchmarks/page_speed.py [--repeat 20] [--postgres URL | --no-postgres]
 
@@ -12,8 +12,8 @@ administrator (every case) and as an analyst assigned to 10 cases; each figure i
 best of ``--repeat`` requests, with the number of queries one request made. Wall time is
 what a user waits for; this process's CPU time says how much of it is the page's own work
 when the host is busy with other jobs (with SQLite it includes the queries; with
-PostgreSQL the server's share is not in it). The figures
-go in issue notes; the tests assert the query counts, not the times.
+PostgreSQL the server's share is not in it). It prints
+the figures; the tests assert the query counts, not the times.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@
 One receiver (gate claiming the sender's stream, pcap store in a temporary directory)
 runs in this process; a plain sendto loop in a child process offers ``--count``
 datagrams of ``--size`` bytes at ``--rate`` per second (0: as fast as it can). Prints
-how many arrived, the loss, and the receiver's CPU microseconds per packet. A first
-version: the lossless-rate search and the comparison with ``tcpdump -w`` that issue 4
-asks for are still to come.
+how many arrived, the loss, and the receiver's CPU microseconds per packet. The
+lossless-rate search and the comparison with ``tcpdump -w`` are
+``benchmarks/lossless_search.py``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Benchmark: many concurrent sessions on one host (issue 15), ``manage.py receive`` as is.
+"""Benchmark: many concurrent sessions on one host, ``manage.py receive`` as is.
 
     .venv/bin/python benchmarks/sessions_benchmark.py [--sessions 20,200,2000,10000]
         [--databases sqlite,postgres] [--open-files 20000,1024] [--count 1200000]
         [--rate 100000] [--size 200] [--repeat 1] [--tree working] [--tree /work/anchor]
         [--json results.json]
 
-Method (the issue's). A C sender (``jmirror_sender.c --sessions N``, compiled with gcc
+Method. A C sender (``jmirror_sender.c --sessions N``, compiled with gcc
 into a temporary directory) offers ``--count`` valid jmirror datagrams of ``--size`` UDP
 payload bytes at ``--rate`` per second on loopback, spread evenly over N mirror ids:
 datagram i carries mirror id 0x300 + (i % N). Each mirror id is claimed by its own
@@ -92,7 +92,7 @@ the editable install because manage.py's directory comes first on ``sys.path``):
 
 (``--tree`` alone replaces the default: name ``working`` too to measure both.)
 
-The single-session lossless rate (the issue's "not lower than before, same run") is
+The single-session lossless rate (which must not fall: compare in the same run) is
 ``benchmarks/lossless_search.py``, run for each tree back to back, each tree's own copy
 running its own code in place::
 
@@ -1082,7 +1082,7 @@ def main() -> None:
     if not 1 <= args.repeat <= 100 or not 1 <= args.catch_up_limit <= 600:
         parser.error("--repeat from 1 to 100; --catch-up-limit from 1 to 600 s")
     if args.count < 1_200_000:
-        log(f"note: --count {args.count:,} is below the issue's 1,200,000")
+        log(f"note: --count {args.count:,} is below the default 1,200,000 (a quick check)")
 
     NICE[0] = args.nice
     cleanup = Cleanup()

@@ -70,7 +70,7 @@ from jmirror_web.body_policy import (
 )
 from jmirror_web.exports.verification import StreamedVerifyUpload
 
-logger = logging.getLogger("jmirror_web.bounded_requests")
+logger = logging.getLogger(__name__)
 
 REFUSAL: Final = "The request body is larger than {limit} bytes, the most this server accepts.\n"
 # Body bytes that came with the head while the credential is looked up (a transport reads

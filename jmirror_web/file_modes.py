@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-logger = logging.getLogger("jmirror_web.file_modes")
+logger = logging.getLogger(__name__)
 
 PRIVATE_UMASK: Final = 0o077
 DIRECTORY_MODE: Final = 0o700

@@ -24,7 +24,7 @@ from jmirror_web.body_limit import DECIDED_EXTENSION as DECIDED
 from jmirror_web.bounded_requests import BoundedHTTPFactory
 from jmirror_web.exports.verification import HASHED_UPLOAD_EXTENSION as HASHED
 
-logger = logging.getLogger("jmirror_web.flow_control")
+logger = logging.getLogger(__name__)
 
 # How often a paused response looks whether its connection is gone, in case Twisted's
 # stopProducing never reaches the producer (it should, through the channel).

@@ -294,7 +294,8 @@ def _channel_layers(url: str) -> dict[str, Any]:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     _url_scheme("REDIS_URL", url, ("redis", "rediss", "unix"))
     # The pub/sub layer: group_send measured ~0.2 ms against ~1.0 ms for the core layer,
-    # and no per-channel capacity that silently drops messages (DESIGN.md section 3).
+    # and no per-channel capacity that silently drops messages (docs/architecture.md,
+    # Measured constraints).
     return {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",

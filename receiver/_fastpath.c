@@ -1,7 +1,7 @@
 /*
  * receiver._fastpath: the receive loop's per-datagram work for the common case, in C.
  *
- * Why C: issue 4 asks the receiver to keep up with tcpdump. In Python the loop measured
+ * Why C: the receiver must keep up with tcpdump on the same stream. In Python the loop measured
  * about 3.0 us per 128-byte datagram (recvmmsg through ctypes, classify, gate cache,
  * counters, pcap record append), of which the kernel's own receive is about 1.2 us; the
  * rest is interpreter work per datagram. This module does that rest in C for datagrams
@@ -31,7 +31,7 @@
  *                    at a tick: each bound stream's latest datagrams go to its delta, and
  *                    the deltas the snapshot takes are replaced by their successors; the
  *                    bindings stay, so the cost of a tick does not grow into a rebinding
- *                    of every session through Python (issue 15).
+ *                    of every session through Python.
  *   clear(complete)  forget every binding and verdict: Python calls it when the gate or
  *                    what browsers watch changes, or idle sessions are let go; `complete`
  *                    when its unclaimed table for this tick is empty and fed by no other
@@ -44,7 +44,7 @@
  *   take_dropped()   what C dropped since the last call: counts per reason, and the
  *                    unclaimed streams with their counts, in order of first datagram.
  *
- * Dropped datagrams (issue 13: junk from anyone who can send UDP must cost no more than
+ * Dropped datagrams (junk from anyone who can send UDP must cost no more than
  * a stored packet, or it crowds the claimed streams out of the socket buffer). Once
  * set_gate was called, C drops without Python: a datagram classify_datagram would refuse
  * (malformed: jmirror_valid mirrors receiver.jmirror.decode_datagram's checks); one from
@@ -82,7 +82,7 @@
 #define RECORD_HEADER 16
 /* Streams bound at once. Bounded so junk cannot grow it; a full table is cleared and
  * streams rebind through Python on their next datagram. Sized for the concurrent sessions
- * of a busy mediation host (issue 15: 10,000 at 100,000 datagrams/s): a table smaller
+ * of a busy mediation host (10,000 at 100,000 datagrams/s): a table smaller
  * than the sessions in flight is cleared over and over and every datagram goes through
  * Python. Three quarters full at most, for short probe runs; an entry is about 150
  * bytes, the recent-packet rings are allocated only for watched streams. */
@@ -137,7 +137,7 @@ typedef struct {
     int call_file[2]; /* index into the call's CallFile array, -1 until first use */
     long long packets, bytes, last_ns;
     /* Whether a browser watches the session (bind's argument): only then are its latest
-     * datagrams kept for the live view (issue 15: a sample of every session cost the
+     * datagrams kept for the live view (a sample of every session cost the
      * receiver per session and tick). */
     int watched;
     /* The ring of those datagrams; allocated on first use and kept with the slot. */
@@ -626,7 +626,7 @@ static long long get_long(PyObject *obj, PyObject *name, int *failed) {
  * store has closed the file since it was bound (its descriptor is -1): the datagram goes
  * to Python, which opens the session's next file and binds it. Bindings outlive file
  * changes elsewhere this way, rather than every stream rebinding whenever any file opens
- * or closes (issue 15). */
+ * or closes. */
 static int call_file_of(FastReceiver *self, Entry *e, int slot) {
     if (e->call_file[slot] >= 0) return e->call_file[slot];
     PyObject *file = e->files[slot];
@@ -866,7 +866,7 @@ static PyObject *FastReceiver_receive(FastReceiver *self, PyObject *Py_UNUSED(ig
     /* The interpreter lock is kept: the call never blocks (MSG_DONTWAIT), and releasing it
      * once per batch let the bookkeeping and live threads take it for up to a switch
      * interval (5 ms) each time, the loop waiting while the socket buffer overflowed
-     * (issue 15's profile: three threads each busy a third of the time). */
+     * (profiled: three threads each busy a third of the time). */
     got = recvmmsg(self->fd, self->messages, (unsigned)batch, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (got < 0) error = errno;
     if (got < 0) {

@@ -17,7 +17,7 @@ from django.db.models import Count, Max
 from jmirror_web.intercepts.models import Case, Intercept, Router
 from receiver.gate import Gate, InterceptRule, RouterRule
 
-logger = logging.getLogger("receiver.receive")
+logger = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -1,7 +1,7 @@
 """Live summaries: the thread that publishes them to the websocket consumers, in the
 messages of :mod:`receiver.live_contract` (standard library only, no Django).
 
-The receiver never sends a message per packet (DESIGN.md section 3). Every
+The receiver never sends a message per packet (docs/architecture.md, Measured constraints). Every
 :data:`PUBLISH_INTERVAL` at most, each session that received packets gets one
 :class:`SessionSummary` (counts and rates for the interval, and a sample of its most recent
 stored packets), sent to the groups of its session, intercept and case; the receiver as a
@@ -9,7 +9,7 @@ whole gets one :class:`HealthSummary` (no case data in it) sent to :data:`HEALTH
 Summaries carry what arrived in the interval, not totals: several receivers may serve one
 session (SO_REUSEPORT), and a page adds their intervals to the totals it loaded.
 
-Only what some browser watches is summarised (issue 15): the publisher's :attr:`watch`
+Only what some browser watches is summarised: the publisher's :attr:`watch`
 (:class:`~receiver.watch.LiveWatch`, kept in step with the live pages' registry by the
 bookkeeping thread) names the sessions, intercepts and cases that live pages subscribe
 to. A session it does not cover costs the live thread a membership test per snapshot and

@@ -30,7 +30,7 @@ from django.db.models.functions import Greatest, Least
 from jmirror_web.audit.log import record
 from jmirror_web.intercepts.models import CaptureFile, Session
 
-logger = logging.getLogger("receiver.receive")
+logger = logging.getLogger(__name__)
 
 #: The audit action of one session's correction, and who the event names.
 RECONCILED: Final = "session counts reconciled"

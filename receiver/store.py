@@ -35,7 +35,7 @@ next packets open new files. How often the bound bit is :attr:`PcapStore.bound_c
 
 Deferred opens: creating a session's directory and file costs the kernel about 0.2 ms
 on the reference VM, so thousands of sessions starting at once (a receiver restarted under
-load, issue 15: 10,000 sessions at 100,000 datagrams/s) would hold the receive loop for
+load: 10,000 sessions at 100,000 datagrams/s) would hold the receive loop for
 seconds while the socket buffer overflows. With :attr:`PcapStore.open_budget_ns` set (the
 receive loop sets it each round), opens past that budget are deferred: the file's packets
 go to its memory buffer at once, and :meth:`PcapStore.open_pending` creates the file later,

@@ -2,7 +2,7 @@
 
 The live view shows a sample of each watched session's latest packets. Keeping and
 decoding that sample for every session costs the receiver per session and tick, which at
-thousands of concurrent sessions starved the receive loop (issue 15); so the capture keeps
+thousands of concurrent sessions starved the receive loop; so the capture keeps
 samples only for sessions a browser watches, directly or through their intercept or case.
 Standard library only: the receive loop imports it.
 """

@@ -10,15 +10,16 @@ database in another thread. The loop itself never waits on anything but its sock
 the snapshots; :class:`Receiver` adds the sockets. ``manage.py import_pcap`` feeds a
 ``Capture`` from a capture file, so offline and live packets meet the same gate.
 
-Hot path, chosen by measurement (DESIGN.md section 3): non-blocking sockets drained
-until empty and ``select`` only when all are (a plain loop ran about 270k datagrams/s on
-the reference machine against 47k for asyncio's datagram endpoint), with a 250 us pause
-after a short round so that the next one costs a batch. Three drains, fastest first:
+Hot path, chosen by measurement (docs/architecture.md, Measured constraints):
+non-blocking sockets drained until empty and ``select`` only when all are (a plain loop
+ran about 270k datagrams/s on the reference machine against 47k for asyncio's datagram
+endpoint), with a 250 us pause after a short round so that the next one costs a batch.
+Three drains, fastest first:
 
 - :mod:`receiver._fastpath` (C, built by the install where a compiler is): ``recvmmsg``
   with kernel timestamps, and the pcap append and counts of every datagram whose stream
   Python has bound to it, and the drop of every datagram whose answer Python gave for its
-  source or stream before (junk costs no more than a stored packet: issue 13); each other
+  source or stream before (junk costs no more than a stored packet); each other
   datagram comes back to :meth:`Capture.handle`, in order. 1.1 against 2.6 us per 128-byte datagram
   for the Python drain, 2.6 against 4.3 us per 1,400-byte one, kernel receive included
   (``benchmarks/drain_benchmark.py``).
@@ -75,7 +76,7 @@ UNCLAIMED_PER_TICK: Final = 1_000
 # Distinct unclaimed streams of one source kept apart in each table (per tick, since
 # start, waiting for the database, database rows); its further streams are counted in
 # the source's aggregate row, so junk with random mids from one source cannot crowd out
-# the streams of others (issue 13). A real router sends a few streams per subscriber.
+# the streams of others. A real router sends a few streams per subscriber.
 UNCLAIMED_STREAMS_PER_SOURCE: Final = 64
 # The aggregate row's mid: outside the 32 bits a jmirror mid has, so no stream has it.
 AGGREGATE_MID: Final = 2**32
@@ -90,7 +91,8 @@ _DRAIN_LIMIT: Final = 256
 # Datagrams per recvmmsg call: 64 measured as fast as 256 with a sixteenth of the memory.
 BATCH: Final = 64
 # The most recent packets of each session kept per tick for the live packet list: the
-# browser shows a sample at high rates, never one update per packet (DESIGN.md 3).
+# browser shows a sample at high rates, never one update per packet
+# (docs/architecture.md, Measured constraints).
 RECENT_PACKETS: Final = 16
 # Linux's SO_MEMINFO (not in Python's socket module): nine u32 counters, the last being
 # the datagrams the kernel dropped because the receive buffer was full.

@@ -28,7 +28,7 @@ GIB = 1024 * MIB
 ANONYMOUS_CAP = 8192  # JMIRROR_ANONYMOUS_BODY_MAX_BYTES's default
 SIGNED_IN_CAP = 2_621_440  # DATA_UPLOAD_MAX_MEMORY_SIZE
 BODY_TIMEOUT = 3  # JMIRROR_BODY_TIMEOUT_SECONDS, short for the test
-# The signed-in verify upload: 1 GiB as the issue asks (about 4 s on loopback here);
+# The signed-in verify upload: 1 GiB (about 4 s on loopback here);
 # JMIRROR_VERIFY_UPLOAD_BYTES sets another size (whole MiB).
 UPLOAD = int(os.environ.get("JMIRROR_VERIFY_UPLOAD_BYTES", GIB))
 CSRF = "c" * 32  # an unmasked token, as the cookie carries it

@@ -1,4 +1,4 @@
-"""Issue 13 item 3: the data directory, the database and the pcaps are the owner's alone.
+"""The data directory, the database and the pcaps are the owner's alone.
 
 The manage.py processes run with the umask a shell usually gives (022), so what is
 checked is what jmirror-web does, not what the test runner's umask would have done.

@@ -39,7 +39,7 @@ from django.utils import timezone
 from jmirror_web.audit.models import AuditCheckpoint, AuditEvent
 from jmirror_web.intercepts.records_file import utc_iso
 
-logger = logging.getLogger("jmirror_web.audit")
+logger = logging.getLogger(__name__)
 
 # What is signed starts with this, so that a signature made by this key for anything
 # else can never pass as a checkpoint.

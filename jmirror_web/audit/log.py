@@ -37,8 +37,9 @@ _context: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar(
 
 
 def client_address(request: HttpRequest) -> str | None:
-    """The peer address of the request. X-Forwarded-For is not trusted here: a
-    reverse proxy that sets it must be configured to, in a later deployment issue."""
+    """The peer address of the request, as the server gives it; X-Forwarded-For is never
+    read. Behind a reverse proxy (``JMIRROR_BEHIND_PROXY``), ``manage.py serve`` gives
+    the client's address from X-Real-IP instead of the proxy's."""
     address: str | None = request.META.get("REMOTE_ADDR") or None
     return address
 

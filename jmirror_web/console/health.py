@@ -157,7 +157,7 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "datagrams": sum(row.process.datagrams for row in current),
         "bytes": sum(row.process.bytes for row in current),
         "open_files": sum(row.process.open_files for row in current),
-        # Load (issue 15): as the running receivers last wrote it.
+        # Load: as the running receivers last wrote it.
         "active_sessions": sum(row.process.active_sessions for row in current),
         "bound_closes": sum(row.process.bound_closes for row in current),
         "round_ms": max((row.process.round_ms for row in current), default=0.0),

@@ -13,10 +13,10 @@ The live packet list knows a packet by its receive time only, so :func:`packet_j
 takes ``at=<ns since the epoch>``: :func:`number_at` reads the files whose recorded span
 holds that time, in numbering order, and stops at the first packet received exactly then.
 
-Scapy decodes the packet: far too slow for the receive path (DESIGN.md section 3), fine
-for one packet on request, but its work is bounded here (a packet beyond
-:data:`MAX_SHOWN_BYTES` is cut, the tree is capped) and any exception it raises becomes
-"could not decode" with the hex dump still shown.
+Scapy decodes the packet: far too slow for the receive path (docs/architecture.md,
+Measured constraints), fine for one packet on request, but its work is bounded here (a
+packet beyond :data:`MAX_SHOWN_BYTES` is cut, the tree is capped) and any exception it
+raises becomes "could not decode" with the hex dump still shown.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evidence exports: how packets leave the system (issue 6).
+"""Evidence exports: how packets leave the system.
 
 :mod:`.engine` turns stored capture files into one pcap, pcapng or zip stream, with the
 SHA-256, size and packet count computed while streaming (no Django). The rest of the

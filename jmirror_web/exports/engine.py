@@ -12,9 +12,6 @@ all wanted, is found by walking record lengths alone and copied as one run per r
 files whose times do not overlap are read one after the other; pcapng blocks are joined
 once per run; and SHA-256 runs on a worker thread (hashlib releases the GIL), one chunk
 behind, so hashing overlaps reading and building.
-
-INTERFACE FIXED FOR ISSUE 6 (shared by two implementers): keep the names and signatures
-below; add private helpers freely.
 """
 
 from __future__ import annotations

@@ -730,7 +730,7 @@ class ReceiverProcess(models.Model):
     # errno name (ENOSPC...) -> packets that could not be stored.
     store_errors = models.JSONField(default=dict)
     open_files = models.PositiveIntegerField(default=0)
-    # Load (issue 15): sessions with traffic lately, the longest receive round since the
+    # Load: sessions with traffic lately, the longest receive round since the
     # previous report and since start (a long round is what overflows the socket buffer),
     # files the open-file bound closed early, and how far the database's counters trail
     # the traffic, as of the last write: the session counters that were waiting for it,

@@ -47,7 +47,7 @@ from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import CaptureFile, Case
 
-logger = logging.getLogger("jmirror_web.retention")
+logger = logging.getLogger(__name__)
 
 # Who the audit log names when no one else is given (the receiver's periodic run).
 RETENTION_ACTOR: Final = "system:retention"

@@ -10,14 +10,14 @@ two background tasks:
 - the flusher sends the coalesced items as one ``updates`` message at most every
   :attr:`LiveConsumer.flush_interval`, and only while fewer than
   :attr:`LiveConsumer.max_unacked` of them wait for the page's ``ack``. Daphne buffers
-  whatever a consumer sends to a client that does not read, without limit (DESIGN.md
-  section 3); the acks are the only way to learn that the page keeps up, so a frozen tab
+  whatever a consumer sends to a client that does not read, without limit (docs/architecture.md,
+  Measured constraints); the acks are the only way to learn that the page keeps up, so a frozen tab
   costs the server at most that many messages plus the bounded buffer;
 - the re-check reloads the user from the session and re-decides every subscription each
   :attr:`LiveConsumer.recheck_interval`, so that a user signed out, deactivated or
   unassigned stops receiving within a minute.
 
-The receivers summarise only what some page watches (issue 15): the connection's granted
+The receivers summarise only what some page watches: the connection's granted
 subscriptions are written to the watch registry (:mod:`.watching`) whenever they change,
 refreshed every :attr:`LiveConsumer.watch_interval` by a third task so that they outlive
 the connection by at most the registry's lifetime if this process dies, and deleted when
@@ -93,8 +93,8 @@ def groups_of(key: SubscriptionKey, grant: Grant) -> set[str]:
 
 
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
-    # Seconds between two re-checks of the user's rights; the issue asks for feeds to stop
-    # within 60 s of a lost right. Tests lower it.
+    # Seconds between two re-checks of the user's rights: a feed stops within 60 s of a
+    # lost right. Tests lower it.
     recheck_interval: ClassVar[float] = 30.0
     # At most 10 updates a second per connection, whatever the packet rate.
     flush_interval: ClassVar[float] = 0.1

@@ -1,4 +1,4 @@
-"""What live pages watch: written by the live consumers, read by the receivers (issue 15).
+"""What live pages watch: written by the live consumers, read by the receivers.
 
 The receiver builds live summaries only for what some page watches. A connection's
 subscriptions are kept in :class:`~jmirror_web.live.models.LiveWatchRow` rows:

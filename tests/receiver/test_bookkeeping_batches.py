@@ -1,4 +1,4 @@
-"""Issue 15: the receiver's counters reach the database in batches, equal what was
+"""The receiver's counters reach the database in batches, equal what was
 received and stored, and the last of them are written at shutdown.
 
 Runs on the test database (SQLite, or PostgreSQL with DATABASE_URL): the batched

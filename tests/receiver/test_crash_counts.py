@@ -1,4 +1,4 @@
-"""Issue 13 item 8, with real processes: after ``kill -9`` mid-stream and a restart, each
+"""With real processes: after ``kill -9`` mid-stream and a restart, each
 session's counters say what its files hold.
 
 Uses the fault tests' world (tests/receiver/test_receive_faults.py): a ``manage.py

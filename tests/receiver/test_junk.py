@@ -1,4 +1,4 @@
-"""Junk traffic must not make the receiver lose evidence (issue 13): after 100k junk
+"""Junk traffic must not make the receiver lose evidence: after 100k junk
 datagrams, from an unregistered source and from a registered router with random mids, a
 genuine new unclaimed stream is listed; every junk datagram is counted somewhere (a
 stream's row, its source's aggregate row, or the overflow count), never silently lost.
@@ -55,7 +55,7 @@ def _send(sock: socket.socket, port: int, datagrams: list[bytes]) -> None:
 
 
 def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkeypatch, caplog):
-    # The issue's table filled at 10,000 rows after about 68k datagrams, one write of 200
+    # The 10,000-row table filled after about 68k junk datagrams, at one write of 200
     # rows a second; a lower cap reaches the same state in a test's time.
     monkeypatch.setattr(receive, "UNCLAIMED_ROWS_LIMIT", 400)
     make_router(address="127.0.0.1")

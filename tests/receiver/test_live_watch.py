@@ -1,4 +1,4 @@
-"""Live summaries only for what pages watch, bounded per round (issue 15), without Django:
+"""Live summaries only for what pages watch, bounded per round, without Django:
 the publisher is fed snapshots of many sessions and its batches are inspected."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15: thousands of concurrent sessions through one receive loop.
+"""Thousands of concurrent sessions through one receive loop.
 
 Behaviour, not timing (benchmarks/sessions_benchmark.py measures the rates): with more
 sessions than the store may keep files open, every datagram is stored and counted once;

@@ -1,4 +1,4 @@
-"""Issue 15, first part: open pcap files are bounded, and a packet whose file cannot be
+"""Open pcap files are bounded, and a packet whose file cannot be
 opened is counted as a store error, never as stored."""
 
 from __future__ import annotations

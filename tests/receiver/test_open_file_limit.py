@@ -1,4 +1,4 @@
-"""Issue 15, first part, with a real process: a ``manage.py receive`` whose open-file
+"""With a real process: a ``manage.py receive`` whose open-file
 limit is far below the number of sessions it receives stores every datagram, counts
 exactly what it stored, and says that its open-file bound bit.
 

@@ -1,4 +1,4 @@
-"""Issue 4's fault acceptance on PostgreSQL: the database unreachable for a while.
+"""What a running receiver must survive, on PostgreSQL: the database unreachable for a while.
 
 The SQLite variant in ``test_receive_faults.py`` holds the database's write lock; this
 one cuts the network between a running receiver and a real PostgreSQL. The test makes a

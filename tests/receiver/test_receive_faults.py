@@ -1,4 +1,4 @@
-"""Issue 4's fault acceptance, with real processes: what a running receiver must survive.
+"""With real processes: what a running receiver must survive.
 
 Every test runs ``manage.py receive --listen 127.0.0.1:0`` as a process of its own, with
 its own data directory and its own SQLite database file (migrated once for the module,
@@ -71,7 +71,7 @@ LIID: Final = "LIID-FAULTS-300"
 RAW_SID: Final = 0x11  # the session whose packets are raw IPv4
 PPP_SID: Final = 0x12  # the session whose packets come in PPP (HDLC framing)
 START_TIMEOUT: Final = 30.0
-SIGTERM_BUDGET: Final = 5.0  # issue 4: flush, close, hash and exit 0 within 5 s
+SIGTERM_BUDGET: Final = 5.0  # flush, close, hash and exit 0 within 5 s
 # Store.flush_interval is 1 s and the loop ticks every 250 ms: anything received this long
 # ago is in the kernel's hands, and the bookkeeping has written its counters.
 SETTLE: Final = 1.6
@@ -1048,7 +1048,7 @@ def test_junk_from_many_unclaimed_streams_does_not_hold_up_the_database_counters
     receiver = start_receiver()
     sent = send_all(receiver.port, from_router(junk), rate=8000)
 
-    # Counters reach the database at least once a second (issue 4): allow a few.
+    # Counters reach the database at least once a second: allow a few.
     wait_until(
         lambda: site.value("SELECT datagrams FROM intercepts_receiverprocess") == sent,
         5,

@@ -21,7 +21,7 @@ def test_counters_behind_the_files_are_raised_to_them_logged_and_audited(caplog)
     make_capture_file(session, packets=40_000, bytes=24 + 40_000 * (16 + 92))
     make_capture_file(session, packets=9_858, bytes=24 + 9_858 * (16 + 92), last_packet=later)
 
-    with caplog.at_level(logging.WARNING, logger="receiver.receive"):
+    with caplog.at_level(logging.WARNING, logger="receiver.reconcile"):
         assert reconcile_sessions([session.pk]) == 1
 
     session.refresh_from_db()

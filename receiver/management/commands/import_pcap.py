@@ -64,7 +64,7 @@ from receiver.management.commands.receive import Bookkeeper, file_path
 from receiver.store import ClosedFile, PcapStore
 from receiver.worker import Capture, Snapshot, StreamKey
 
-logger = logging.getLogger("receiver.import_pcap")
+logger = logging.getLogger(__name__)
 
 STARTED: Final = "capture.import_started"
 IMPORTED: Final = "capture.import"

@@ -474,7 +474,7 @@ def test_the_periodic_writer_logs_a_bad_key_and_goes_on(
     stop = threading.Event()
     writer = threading.Thread(target=run_periodic_checkpoints, args=(stop, 0.02, 0.0))
 
-    with caplog.at_level(logging.INFO, logger="jmirror_web.audit"):
+    with caplog.at_level(logging.INFO, logger="jmirror_web.audit.checkpoints"):
         writer.start()
         deadline = time.monotonic() + 10
         while "not an unencrypted Ed25519" not in caplog.text and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Issue 15 on the health page: each receiver's load (active sessions, receive round,
+"""The health page shows each receiver's load (active sessions, receive round,
 files closed early by the open-file bound) and how far the database's counters trail."""
 
 from __future__ import annotations

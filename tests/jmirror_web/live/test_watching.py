@@ -1,4 +1,4 @@
-"""The registry of what live pages watch (issue 15): written by the live consumer as
+"""The registry of what live pages watch: written by the live consumer as
 subscriptions are granted and end, read by the receivers as a LiveWatch."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from receiver.live import LoopSender
 from receiver.management.commands.receive import serve as serve_receiver
 from receiver.worker import Receiver, parse_listen
 
-logger = logging.getLogger("jmirror_web.serve")
+logger = logging.getLogger(__name__)
 
 # Daphne's default is 1 MiB; the live consumer accepts messages of 4 KiB at most, so a
 # bigger frame is refused by the server before any of it is buffered.
