@@ -802,11 +802,13 @@ class CaptureBuilder:
             if not datagram.frames_left:
                 self.expected.append(_expected(datagram, number, time))
 
-    def write(self, path: Path) -> None:
-        """Write the frames as a pcap (microsecond timestamps, Ethernet link type)."""
+    def write(self, path: Path, *, snaplen: int = 65535) -> None:
+        """Write the frames as a pcap (microsecond timestamps, Ethernet link type), with
+        ``snaplen`` in its file header (routers' captures are not all made with the
+        default)."""
         if self._pending:
             raise ValueError(f"{len(self._pending)} registered frames were never appended")
-        wrpcap(str(path), self.frames)
+        wrpcap(str(path), self.frames, snaplen=snaplen)
 
     def _take_ip_id(self) -> int:
         # Distinct outer IP ids so that no two fragmented datagrams can be confused.

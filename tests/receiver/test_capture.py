@@ -29,9 +29,8 @@ from receiver.capture import (
     iter_frames,
     iter_udp_datagrams,
 )
+from tests.receiver.router_captures import Capture, capture_params, present_real_captures
 
-REPO = Path(__file__).resolve().parents[2]
-CAPTURES = REPO.parent / "shared" / "captures"
 TSHARK = shutil.which("tshark")
 
 ROUTER = "192.0.2.1"
@@ -1356,19 +1355,25 @@ def _assert_agrees_with_tshark(path: Path) -> None:
     assert len(datagrams) + frames_counted(skipped) == len(frames)
 
 
-CAPTURE_NAMES = ["jmirror_ip.pcap", "jmirror_ipv6_l2tp.pcap", "jmirror_l2tp.pcap"]
-
-
 @pytest.mark.tshark
 @pytest.mark.captures
 @needs_tshark
-@pytest.mark.parametrize("name", CAPTURE_NAMES)
-def test_the_real_router_captures_read_as_tshark_reads_them(name: str):
-    path = CAPTURES / name
-    if not path.exists():
-        pytest.skip(f"real capture {path} is not present (expected in ../shared/captures)")
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_the_router_captures_read_as_tshark_reads_them(router_capture: Capture):
+    _assert_agrees_with_tshark(router_capture.path)
 
-    _assert_agrees_with_tshark(path)
+
+@pytest.mark.captures
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_the_router_captures_are_microsecond_ethernet_pcaps_with_their_snap_length(
+    router_capture: Capture,
+):
+    with router_capture.path.open("rb") as stream:
+        header = struct.unpack("<IHHiIII", stream.read(24))
+
+    magic, major, minor, _, _, snaplen, linktype = header
+    assert (magic, major, minor, linktype) == (0xA1B2C3D4, 2, 4, 1)
+    assert snaplen == router_capture.of.snaplen
 
 
 EDITCAP = shutil.which("editcap")
@@ -1377,17 +1382,20 @@ EDITCAP = shutil.which("editcap")
 @pytest.mark.tshark
 @pytest.mark.skipif(EDITCAP is None, reason="editcap (from Wireshark) is not installed")
 @pytest.mark.parametrize("file_format", ["pcapng", "nsecpcap"])
-def test_a_capture_rewritten_by_editcap_reads_the_same(tmp_path: Path, file_format: str):
+def test_a_capture_rewritten_by_editcap_reads_the_same(
+    tmp_path: Path, file_format: str, built_router_captures: dict[str, Capture]
+):
     assert EDITCAP is not None
-    sources = [CAPTURES / name for name in CAPTURE_NAMES if (CAPTURES / name).exists()]
     generated = tmp_path / "generated.pcap"
     generated.write_bytes(pcap(VALID_CAPTURE_FRAMES))
-    for source in [generated, *sources]:
-        converted = tmp_path / f"{source.stem}.{file_format}"
+    routers = [*built_router_captures.values(), *present_real_captures()]
+    sources = {"generated": generated} | {f"{c.origin}-{c.path.stem}": c.path for c in routers}
+    for label, source in sources.items():
+        converted = tmp_path / f"{label}.{file_format}"
         subprocess.run([EDITCAP, "-F", file_format, str(source), str(converted)], check=True)
 
         with source.open("rb") as original, converted.open("rb") as rewritten:
-            assert list(iter_frames(rewritten)) == list(iter_frames(original)), source.name
+            assert list(iter_frames(rewritten)) == list(iter_frames(original)), label
 
 
 @pytest.mark.tshark

@@ -25,22 +25,17 @@ import pytest
 
 from receiver import traffic
 from receiver.traffic import ExpectedDecode
+from tests.receiver.router_captures import Capture, capture_params
 
 pytestmark = pytest.mark.tshark
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CAPTURES = REPO_ROOT.parent / "shared" / "captures"
 
 RECORD_KEYS = [
     *("frame", "time", "router", "port", "mid", "intercept_id", "version", "sid"),
     *("inner", "ppp_protocol", "src", "dst", "proto", "sport", "dport", "length"),
 ]
 JMIRROR_PORTS = (30030, 6502, 5000, 54301)
-REAL_CAPTURES = [
-    pytest.param("jmirror_ip.pcap", 6502, id="ip"),
-    pytest.param("jmirror_l2tp.pcap", 5000, id="l2tp"),
-    pytest.param("jmirror_ipv6_l2tp.pcap", 54301, id="ipv6_l2tp"),
-]
 
 # Kinds whose first mirrored bytes tshark 4.0's jmirror dissector does not recognise.
 TSHARK_BLIND_KINDS = frozenset(
@@ -70,13 +65,6 @@ def tshark() -> str:
     path = shutil.which("tshark")
     if path is None:
         pytest.skip("tshark is not installed")
-    return path
-
-
-def real_capture(name: str) -> Path:
-    path = CAPTURES / name
-    if not path.exists():
-        pytest.skip(f"real capture {path} is not here (the shared captures are not mounted)")
     return path
 
 
@@ -287,40 +275,31 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCapture:
 
 
 @pytest.mark.captures
-@pytest.mark.parametrize(("name", "port"), REAL_CAPTURES)
-def test_decode_agrees_with_tshark_on_every_frame_of_the_real_captures(
-    tshark: str, name: str, port: int
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_decode_agrees_with_tshark_on_every_frame_of_the_router_captures(
+    tshark: str, router_capture: Capture
 ):
-    capture = real_capture(name)
-    reference = tshark_view(tshark, capture, (port,))
+    reference = tshark_view(tshark, router_capture.path, (router_capture.port,))
 
-    records = decode(capture)
+    records = decode(router_capture.path)
 
     assert [record["frame"] for record in records] == sorted(reference)
     assert disagreements(records, reference) == []
 
 
 @pytest.mark.captures
-@pytest.mark.parametrize(
-    ("name", "port", "frames"),
-    [
-        ("jmirror_ip.pcap", 6502, 38),
-        ("jmirror_l2tp.pcap", 5000, 6),
-        ("jmirror_ipv6_l2tp.pcap", 54301, 100),
-    ],
-)
-def test_decode_finds_every_real_router_packet_without_being_told_the_port(
-    name: str, port: int, frames: int
-):
-    records = decode(real_capture(name))
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_decode_finds_every_router_packet_without_being_told_the_port(router_capture: Capture):
+    records = decode(router_capture.path)
 
-    assert [record["frame"] for record in records] == list(range(1, frames + 1))
-    assert {record["port"] for record in records} == {port}
+    assert [record["frame"] for record in records] == list(range(1, router_capture.frames + 1))
+    assert {record["port"] for record in records} == {router_capture.port}
 
 
 @pytest.mark.captures
-def test_two_routers_sending_the_same_mid_and_sid_stay_apart():
-    records = decode(real_capture("jmirror_ipv6_l2tp.pcap"))
+@pytest.mark.parametrize("router_capture", capture_params("jmirror_ipv6_l2tp.pcap"), indirect=True)
+def test_two_routers_sending_the_same_mid_and_sid_stay_apart(router_capture: Capture):
+    records = decode(router_capture.path)
 
     streams = {(record["router"], record["mid"], record["sid"]) for record in records}
 
@@ -389,8 +368,9 @@ def test_with_port_only_packets_to_those_ports_appear(
 
 
 @pytest.mark.captures
-def test_with_another_port_a_real_capture_decodes_to_nothing():
-    assert decode(real_capture("jmirror_ip.pcap"), (5000,)) == ()
+@pytest.mark.parametrize("router_capture", capture_params("jmirror_ip.pcap"), indirect=True)
+def test_with_another_port_a_router_capture_decodes_to_nothing(router_capture: Capture):
+    assert decode(router_capture.path, (5000,)) == ()
 
 
 def test_the_generators_record_agrees_with_tshark_wherever_tshark_decodes(

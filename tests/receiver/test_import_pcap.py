@@ -48,11 +48,11 @@ from receiver.traffic import (
     ppp_lcp,
 )
 from tests.factories import make_case, make_intercept, make_router
+from tests.receiver.router_captures import Capture, capture_params
 
 pytestmark = pytest.mark.django_db
 
 REPO = Path(__file__).resolve().parents[2]
-CAPTURES = Path("/work/shared/captures")
 PORT = 30030
 S = 1_000_000_000
 T0 = 1_795_000_000 * S  # 2026-11-18T11:06:40Z
@@ -456,26 +456,18 @@ def test_the_command_line_gives_one_line_and_exit_status_2(tmp_path):
     )
 
 
-REAL = [
-    # file, port, mirror id, routers sending it
-    ("jmirror_ip.pcap", 6502, 0x2, ["67.70.219.162"]),
-    ("jmirror_ipv6_l2tp.pcap", 54301, 0x8000, ["64.230.56.119", "64.230.45.123"]),
-    ("jmirror_l2tp.pcap", 5000, 0x3039, ["10.15.6.50"]),
-]
-
-
-@pytest.mark.parametrize(("name", "port", "mid", "addresses"), REAL)
-def test_real_captures_store_what_decode_finds(root, name, port, mid, addresses):
-    path = CAPTURES / name
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
-    routers = [make_router(address=address, port=port) for address in addresses]
+@pytest.mark.captures
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_router_captures_store_what_decode_finds(root, router_capture: Capture):
+    path, port, mid = router_capture.path, router_capture.port, router_capture.mid
+    routers = [make_router(address=address, port=port) for address in router_capture.routers]
     case = make_case(
         valid_from=datetime(2009, 1, 1, tzinfo=UTC), valid_until=datetime(2013, 1, 1, tzinfo=UTC)
     )
     make_intercept(case, intercept_id=mid, routers=routers)
     with path.open("rb") as stream:
         decoded = list(decode_capture(stream, [port], Counter()))
+    assert len(decoded) == router_capture.frames
     expected: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
     for _, time_ns, router, _, packet in decoded:
         assert packet.intercept_id == mid

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -23,9 +22,7 @@ from scapy.utils import rdpcap
 
 from receiver import traffic
 from receiver.scapy_jmirror import JMirror, bind_jmirror_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CAPTURES = REPO_ROOT.parent / "shared" / "captures"
+from tests.receiver.router_captures import Capture, capture_params
 
 # UDP payloads of the first frame of each real capture, as tshark prints udp.payload.
 REAL_IPV4_ICMP = bytes.fromhex(
@@ -186,52 +183,33 @@ def test_binding_a_port_outside_1_to_65535_is_refused(port: object):
         bind_jmirror_port(port)  # type: ignore[arg-type]
 
 
-REAL_CAPTURES = [
-    pytest.param("jmirror_ip.pcap", 6502, {("67.70.219.162", 0x2, 0x10F447)}, id="ip"),
-    pytest.param("jmirror_l2tp.pcap", 5000, {("10.15.6.50", 0x3039, 0x1E240)}, id="l2tp"),
-    pytest.param(
-        "jmirror_ipv6_l2tp.pcap",
-        54301,
-        {("64.230.45.123", 0x8000, 0x1), ("64.230.56.119", 0x8000, 0x1)},
-        id="ipv6_l2tp",
-    ),
-]
-
-
-def real_capture(name: str) -> Path:
-    path = CAPTURES / name
-    if not path.exists():
-        pytest.skip(f"real capture {path} is not here (the shared captures are not mounted)")
-    return path
-
-
 @pytest.mark.captures
-@pytest.mark.parametrize(("name", "port", "streams"), REAL_CAPTURES)
-def test_every_frame_of_the_real_captures_dissects_as_jmirror_once_its_port_is_bound(
-    name: str, port: int, streams: set[tuple[str, int, int]]
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_every_frame_of_the_router_captures_dissects_as_jmirror_once_its_port_is_bound(
+    router_capture: Capture,
 ):
-    bind_jmirror_port(port)
+    bind_jmirror_port(router_capture.port)
 
-    frames = rdpcap(str(real_capture(name)))
+    frames = rdpcap(str(router_capture.path))
 
+    assert len(frames) == router_capture.frames
     assert all(JMirror in frame for frame in frames)
-    assert {(frame[IP].src, frame[JMirror].mid, frame[JMirror].sid) for frame in frames} == streams
+    assert {
+        (frame[IP].src, frame[JMirror].mid, frame[JMirror].sid) for frame in frames
+    } == router_capture.streams
     assert all(frame[JMirror].payload.__class__ in (IP, IPv6, HDLC) for frame in frames), (
-        "every real mirrored packet is IPv4, IPv6 or PPP"
+        "every mirrored packet of a router capture is IPv4, IPv6 or PPP"
     )
 
 
 @pytest.mark.captures
 @pytest.mark.tshark
-@pytest.mark.parametrize(
-    ("name", "port"),
-    [("jmirror_ip.pcap", 6502), ("jmirror_l2tp.pcap", 5000), ("jmirror_ipv6_l2tp.pcap", 54301)],
-)
-def test_the_real_captures_dissect_with_the_mid_and_sid_tshark_shows(name: str, port: int):
+@pytest.mark.parametrize("router_capture", capture_params(), indirect=True)
+def test_the_router_captures_dissect_with_the_mid_and_sid_tshark_shows(router_capture: Capture):
     tshark = shutil.which("tshark")
     if tshark is None:
         pytest.skip("tshark is not installed")
-    path = real_capture(name)
+    path, port = router_capture.path, router_capture.port
     bind_jmirror_port(port)
     fields = ["-e", "frame.number", "-e", "jmirror.mid", "-e", "jmirror.sid"]
     lines = subprocess.run(
