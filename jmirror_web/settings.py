@@ -46,6 +46,9 @@ except OSError as error:
     raise ConfigurationError(
         f"JMIRROR_DATA_DIR={str(DATA_DIR)!r} cannot be created: {error.strerror}"
     ) from None
+# The receiver's pcaps, one folder per session (receiver.store); CaptureFile rows name
+# their files relative to it (CaptureFile.on_disk).
+SESSIONS_DIR = DATA_DIR / "sessions"
 
 
 def _generated_secret_key(key_file: Path) -> str:
