@@ -10,8 +10,6 @@ stops the start with a :class:`~jmirror_web.environment.ConfigurationError`.
 from __future__ import annotations
 
 import ipaddress
-import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from jmirror_web.environment import (
     env_path,
     env_secret,
     env_str,
+    parse_listen,
 )
-from jmirror_web.file_modes import DIRECTORY_MODE, restrict_umask
-from receiver.worker import parse_listen
+from jmirror_web.file_modes import restrict_umask
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -39,50 +37,19 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # owner's alone. The database holds API tokens, session keys and password hashes, and the
 # session folders' names carry LIIDs (jmirror_web.file_modes).
 restrict_umask()
+# Named here, made at start (jmirror_web.data_directory, from JMirrorConfig.ready): reading
+# the settings creates nothing.
 DATA_DIR = env_path("JMIRROR_DATA_DIR", BASE_DIR / "data")
-try:
-    DATA_DIR.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
-except OSError as error:
-    raise ConfigurationError(
-        f"JMIRROR_DATA_DIR={str(DATA_DIR)!r} cannot be created: {error.strerror}"
-    ) from None
+# The receiver's pcaps, one folder per session (receiver.store); CaptureFile rows name
+# their files relative to it (CaptureFile.on_disk).
+SESSIONS_DIR = DATA_DIR / "sessions"
 
-
-def _generated_secret_key(key_file: Path) -> str:
-    """The embedded default: one random key per data directory, made on first start, so
-    sessions survive restarts without the operator having to invent a secret."""
-    try:
-        if not key_file.exists():
-            # Written aside and linked into place: two processes starting at once (web and
-            # migrate) agree on one key, and none reads a half-written file.
-            draft = key_file.with_name(f".{key_file.name}.{os.getpid()}")
-            descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-                out.write(secrets.token_urlsafe(50))
-            try:
-                os.link(draft, key_file)
-            except FileExistsError:
-                pass
-            finally:
-                draft.unlink()
-        key = key_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise ConfigurationError(
-            f"the generated secret key {str(key_file)!r} cannot be used: {reason}; "
-            "make JMIRROR_DATA_DIR writable or set DJANGO_SECRET_KEY_FILE"
-        ) from None
-    if len(key) < 32:
-        raise ConfigurationError(
-            f"the generated secret key {str(key_file)!r} holds {len(key)} characters; "
-            "delete the file to have a new one made"
-        )
-    return key
-
-
-SECRET_KEY = env_secret("DJANGO_SECRET_KEY", min_length=32) or _generated_secret_key(
-    DATA_DIR / "secret_key"
-)
+_GIVEN_SECRET_KEY = env_secret("DJANGO_SECRET_KEY", min_length=32)
+# Without a key in the environment, the embedded default generates one into this file on
+# first start and keeps it there; SECRET_KEY is filled from it at start, before any app
+# can use it.
+GENERATED_SECRET_KEY_FILE = None if _GIVEN_SECRET_KEY else DATA_DIR / "secret_key"
+SECRET_KEY = _GIVEN_SECRET_KEY or ""
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
@@ -154,6 +121,8 @@ CSRF_COOKIE_SAMESITE = "Strict"
 
 INSTALLED_APPS = [
     "daphne",
+    # First after Daphne: its ready() makes the data directory and the secret key.
+    "jmirror_web.apps.JMirrorConfig",
     "jmirror_web.apps.JMirrorAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",

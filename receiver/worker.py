@@ -48,6 +48,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from jmirror_web.environment import parse_listen as parse_listen
 from receiver.batch_receive import BatchReceiver, remember_source
 from receiver.gate import (
     DROP_REASONS,
@@ -382,21 +383,6 @@ TickHook = Callable[[Snapshot], None]
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 as ``[::1]:30030``) as a (host, port) pair; ValueError if not."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:30030")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{text!r}: port {port} is out of range")
-    return host, port
 
 
 def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str | None]:

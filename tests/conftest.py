@@ -1,9 +1,10 @@
 """Test-wide set-up: a throw-away data directory, then Django.
 
 pytest-django loads the settings before any conftest is imported when pyproject.toml
-names the settings module, and the settings create the data directory and its secret key
-as they load. So the settings module is named here instead, after JMIRROR_DATA_DIR points
-at a temporary directory: a test run never reads or writes a developer's data. The manage.py
+names the settings module, and Django's set-up then makes the data directory and its
+secret key (jmirror_web.data_directory). So the settings module is named here instead,
+after JMIRROR_DATA_DIR points at a temporary directory: a test run never reads or writes
+a developer's data. The manage.py
 subprocesses that tests start inherit the same directory.
 """
 

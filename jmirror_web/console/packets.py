@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from django.conf import settings
 from django.contrib import messages
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
@@ -40,9 +39,9 @@ from django.views.decorators.http import require_GET
 from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import audit_refusal, refusals_audited
 from jmirror_web.intercepts.access import Action, may
-from jmirror_web.intercepts.models import CaptureFile, Session
+from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from receiver.capture import CaptureError, iter_frames
-from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PART_SUFFIX
+from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW
 
 if TYPE_CHECKING:
     from scapy.packet import Packet
@@ -127,18 +126,6 @@ def locate(session: Session, number: int) -> tuple[CaptureFile, int, int] | None
             return each, number - before, total
         before += each.packets
     return None  # unreachable: number <= total
-
-
-def file_on_disk(capture: CaptureFile) -> Path:
-    """Where a CaptureFile row's file is: its path is relative to the data directory
-    (absolute when the receiver wrote outside it), and a file still being written has
-    the ``.part`` suffix until it closes."""
-    path = Path(settings.DATA_DIR) / capture.path
-    if not capture.closed and not path.exists():
-        part = path.with_name(path.name + PART_SUFFIX)
-        if part.exists():
-            return part
-    return path
 
 
 def read_packet(path: Path, index: int) -> tuple[int, int, bytes]:
@@ -227,7 +214,9 @@ def number_at(session: Session, time_ns: int) -> int:
                 purged = True
             else:
                 try:
-                    index = _index_at(file_on_disk(each), time_ns, each.packets)
+                    index = _index_at(each.on_disk(), time_ns, each.packets)
+                except OutsideSessionsDirectory as error:
+                    raise NoPacketAt(f"{missing} {error}") from None
                 except (OSError, CaptureError):
                     unreadable = True
                 else:
@@ -456,7 +445,11 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
             raise PacketUnavailable(
                 "The capture file holding this packet was purged under the case's retention period."
             )
-        time_ns, linktype, data = read_packet(file_on_disk(capture), index)
+        try:
+            path = capture.on_disk()
+        except OutsideSessionsDirectory as error:
+            raise PacketUnavailable(str(error)) from None
+        time_ns, linktype, data = read_packet(path, index)
     except PacketUnavailable as error:
         details["outcome"] = "unavailable"
         record("packet viewed", session, request=request, details=details)

@@ -7,7 +7,7 @@ The views and the API do the same four things through here:
    :func:`prepare_case_export` turn records and
    validated parameters into an engine request, or raise :class:`ExportRefused` with one
    sentence for the user (a window outside the warrant, purged files...). File paths
-   come only from CaptureFile rows under ``settings.DATA_DIR``, never from a request.
+   come only from CaptureFile rows under ``settings.SESSIONS_DIR``, never from a request.
 2. :func:`start` creates the Export row (state ``streaming``) and audits ``export.start``.
 3. :func:`streaming_response` hands the bytes to Django: an async iterator under ASGI,
    where a sync one would be read whole into memory first (Django's
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Greatest, Least
@@ -51,8 +50,13 @@ from jmirror_web.exports.engine import (
     Window,
 )
 from jmirror_web.exports.models import Export
-from jmirror_web.intercepts.models import CaptureFile, Case, Intercept, Session
-from receiver.store import PART_SUFFIX
+from jmirror_web.intercepts.models import (
+    CaptureFile,
+    Case,
+    Intercept,
+    OutsideSessionsDirectory,
+    Session,
+)
 
 CONTENT_TYPES: Final = {
     ExportFormat.PCAP: "application/vnd.tcpdump.pcap",
@@ -170,20 +174,12 @@ def _check_window(
 
 
 def file_path(capture: CaptureFile) -> Path:
-    """The file of a CaptureFile row, which must lie under the data directory (the
-    receiver writes there; a row naming anything else is refused rather than read). A
-    file still being written has the ``.part`` suffix until it closes."""
-    root = Path(settings.DATA_DIR).resolve()
-    path = (root / capture.path).resolve()
-    if not path.is_relative_to(root) or path == root:
-        raise ExportRefused(
-            f"Capture file {capture.pk} is recorded outside the data directory; it is not exported."
-        )
-    if not capture.closed and not path.exists():
-        part = path.with_name(path.name + PART_SUFFIX)
-        if part.exists():
-            return part
-    return path
+    """The file of a CaptureFile row (:meth:`CaptureFile.on_disk`); refused when the row
+    names a place outside the sessions directory."""
+    try:
+        return capture.on_disk()
+    except OutsideSessionsDirectory as error:
+        raise ExportRefused(str(error)) from None
 
 
 def _files_in(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
@@ -23,9 +23,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from jmirror_web.audit.log import record
 from jmirror_web.exports.models import Export
-from jmirror_web.exports.service import ExportRefused, file_path
 from jmirror_web.intercepts.access import Action, cases_for, may
-from jmirror_web.intercepts.models import CaptureFile
+from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory
 
 READ_BYTES: Final = 1024 * 1024
 
@@ -37,11 +36,10 @@ class FileCheck:
     detail: str
 
 
-def sha256_of(path: Any) -> str:
+def sha256_of(stream: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(READ_BYTES):
-            digest.update(chunk)
+    while chunk := stream.read(READ_BYTES):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -55,10 +53,11 @@ def verify_capture_file(
     if not capture.closed or not capture.sha256:
         return FileCheck(capture, None, "still being written: no recorded SHA-256 yet")
     try:
-        found = sha256_of(file_path(capture))
+        with capture.open_for_reading() as stream:
+            found = sha256_of(stream)
     except FileNotFoundError:
         ok, detail = False, "the file is missing from disk"
-    except ExportRefused as error:
+    except OutsideSessionsDirectory as error:
         ok, detail = False, str(error)
     except OSError as error:
         ok, detail = False, f"the file cannot be read ({error.strerror})"

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,6 +23,7 @@ from django.db import NotSupportedError, connections, models, transaction
 from django.db.models import Q
 
 from jmirror_web.plain_text import control_character_errors
+from receiver.store import PART_SUFFIX
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -669,8 +671,20 @@ class CaptureFileManager(models.Manager["CaptureFile"]):
         _insert(self.model, alias, list(given.values()), list(by_path.values()), others, conflict)
 
 
+# A CaptureFile row's path: this word, then the file's place under settings.SESSIONS_DIR
+# as the receiver's store names it ("sessions/<session directory>/<file>.pcap").
+SESSIONS_PREFIX: Final = "sessions"
+
+
+class OutsideSessionsDirectory(Exception):
+    """A capture file's path is not under the sessions directory: such a file is never
+    read, served or deleted, whatever its row says."""
+
+
 class CaptureFile(models.Model):
-    """One pcap file of a session, relative to the data directory."""
+    """One pcap file of a session. Its ``path`` is :data:`SESSIONS_PREFIX` and the file's
+    place under ``settings.SESSIONS_DIR`` (or the file's absolute path under it);
+    :meth:`on_disk` and :meth:`stored_path` are the only translations between the two."""
 
     session = models.ForeignKey(Session, on_delete=models.PROTECT, related_name="files")
     path = models.CharField(max_length=500, unique=True)
@@ -707,6 +721,57 @@ class CaptureFile(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+    def on_disk(self) -> Path:
+        """Where this row's file is. Only a file under ``settings.SESSIONS_DIR`` is ever
+        given: a path that leaves it (absolute elsewhere, with ``..``, through a symbolic
+        link) or that is relative but does not start with :data:`SESSIONS_PREFIX` raises
+        :class:`OutsideSessionsDirectory` (rows are written by the receiver; anything
+        else in one is not ours to read or delete). A file still being written has the
+        ``.part`` suffix until it closes: that name is given while only it exists."""
+        refused = OutsideSessionsDirectory(
+            f"Capture file {self.pk} is recorded outside the sessions directory; "
+            "it is not read, exported or deleted."
+        )
+        stored = PurePosixPath(self.path)
+        root = Path(settings.SESSIONS_DIR)
+        if ".." in stored.parts:
+            raise refused
+        if stored.is_absolute():
+            path = Path(stored)  # held to the sessions directory below
+        elif len(stored.parts) >= 2 and stored.parts[0] == SESSIONS_PREFIX:
+            path = root.joinpath(*stored.parts[1:])
+        else:
+            raise refused
+        if not self.closed and not path.exists():
+            part = path.with_name(path.name + PART_SUFFIX)
+            if part.exists():
+                path = part
+        resolved, within = path.resolve(), root.resolve()
+        if resolved == within or not resolved.is_relative_to(within):
+            raise refused
+        return path
+
+    def open_for_reading(self) -> BinaryIO:
+        """This row's file opened for reading, from the start (see :meth:`on_disk`)."""
+        return self.on_disk().open("rb")
+
+    @staticmethod
+    def stored_path(path: Path) -> str:
+        """The ``path`` of the row of a file that the receiver's store wrote, from where
+        the store says it is: relative to the sessions directory, or absolute under it.
+        Raises :class:`OutsideSessionsDirectory` for any other place."""
+        if path.is_absolute():
+            try:
+                path = path.relative_to(settings.SESSIONS_DIR)
+            except ValueError:
+                raise OutsideSessionsDirectory(
+                    f"{str(path)!r} is not under the sessions directory "
+                    f"{str(settings.SESSIONS_DIR)!r}"
+                ) from None
+        if not path.parts or ".." in path.parts:
+            raise OutsideSessionsDirectory(f"{str(path)!r} does not name a file of the store")
+        return str(PurePosixPath(SESSIONS_PREFIX, *path.parts))
 
 
 class ReceiverProcess(models.Model):

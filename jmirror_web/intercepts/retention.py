@@ -40,12 +40,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.intercepts.models import CaptureFile, Case
+from jmirror_web.intercepts.models import CaptureFile, Case, OutsideSessionsDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +160,6 @@ def is_due(case: Case, now: datetime) -> bool:
     return now > purge_after(case)
 
 
-def on_disk(capture: CaptureFile) -> Path:
-    """Where a row's file is: its path is relative to the data directory, or absolute."""
-    return Path(settings.DATA_DIR) / capture.path
-
-
 def purge(
     now: datetime,
     *,
@@ -239,13 +233,17 @@ def _purge_file(
     dry run, would be)."""
     assert row.session.intercept is not None  # the query went through it
     liid = row.session.intercept.liid
-    path = on_disk(row)
 
     def note(state: FileState, error: str = "") -> None:
         report.files.append(
             FileEntry(row.path, case.reference, liid, row.bytes, row.sha256, state, error)
         )
 
+    try:
+        path = row.on_disk()
+    except OutsideSessionsDirectory as refused:
+        note("failed", str(refused))
+        return False
     if not path.name.endswith(".pcap"):
         # Rows are written by the receiver; anything else in one is not ours to delete.
         note("failed", "not a .pcap file name: refused, nothing recorded")
@@ -318,8 +316,12 @@ def _finish_pending(
         report.files.append(entry)
         if report.dry_run:
             continue
-        path = on_disk(row)
-        error = _unlink(path) if path.name.endswith(".pcap") else "not a .pcap file name"
+        try:
+            path = row.on_disk()
+        except OutsideSessionsDirectory as refused:
+            error = str(refused)
+        else:
+            error = _unlink(path) if path.name.endswith(".pcap") else "not a .pcap file name"
         if error:
             # Audited once per file (not at every hourly retry); logged every time.
             already = AuditEvent.objects.filter(

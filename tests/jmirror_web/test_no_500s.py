@@ -153,6 +153,7 @@ def _user(role: Role | None, **fields: Any) -> User:
 @pytest.fixture
 def world(settings: Any, tmp_path: Path) -> World:
     settings.DATA_DIR = tmp_path
+    settings.SESSIONS_DIR = tmp_path / "sessions"
     stored = stored_session(tmp_path)  # as the export tests build it
     analyst = _user(Role.ANALYST)
     assign(analyst, stored.case)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from jmirror_web.data_directory import prepare
 from jmirror_web.environment import (
     ConfigurationError,
     env_bool,
@@ -241,16 +244,28 @@ def test_an_empty_environment_runs_the_embedded_default(
     assert settings["LOGGING"]["root"]["level"] == "INFO"
 
 
+def started(settings: dict[str, Any]) -> SimpleNamespace:
+    """The settings after what a start does to them (JMirrorConfig.ready)."""
+    namespace = SimpleNamespace(**settings)
+    prepare(namespace)
+    return namespace
+
+
 def test_the_embedded_default_generates_a_private_secret_key_once(
     load_settings: SettingsLoader, tmp_path: Path
 ) -> None:
-    first = load_settings({})
+    loaded = load_settings({})
     key_file = tmp_path / "data" / "secret_key"
+    assert loaded["GENERATED_SECRET_KEY_FILE"] == key_file
+    assert loaded["SECRET_KEY"] == ""
+    assert not key_file.parent.exists()  # the start makes it, not the settings
 
+    first = started(loaded)
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert len(first["SECRET_KEY"]) >= 32
-    assert key_file.read_text() == first["SECRET_KEY"]
-    assert load_settings({})["SECRET_KEY"] == first["SECRET_KEY"]
+    assert len(first.SECRET_KEY) >= 32
+    assert key_file.read_text() == first.SECRET_KEY
+    assert started(load_settings({})).SECRET_KEY == first.SECRET_KEY
     assert sorted(path.name for path in key_file.parent.iterdir()) == ["secret_key"]
 
 
@@ -260,8 +275,9 @@ def test_an_empty_generated_secret_key_file_stops_the_start(
     key_file = tmp_path / "data" / "secret_key"
     key_file.parent.mkdir()
     key_file.write_text("")
+    loaded = load_settings({})
     with pytest.raises(ConfigurationError) as raised:
-        load_settings({})
+        started(loaded)
     assert str(raised.value) == (
         f"the generated secret key {str(key_file)!r} holds 0 characters; "
         "delete the file to have a new one made"
@@ -273,8 +289,9 @@ def test_an_unreadable_generated_secret_key_stops_the_start(
 ) -> None:
     key_file = tmp_path / "data" / "secret_key"
     key_file.mkdir(parents=True)
+    loaded = load_settings({})
     with pytest.raises(ConfigurationError) as raised:
-        load_settings({})
+        started(loaded)
     assert str(raised.value) == (
         f"the generated secret key {str(key_file)!r} cannot be used: Is a directory; "
         "make JMIRROR_DATA_DIR writable or set DJANGO_SECRET_KEY_FILE"
@@ -286,11 +303,33 @@ def test_a_data_dir_that_cannot_be_created_stops_the_start(
 ) -> None:
     in_the_way = tmp_path / "file"
     in_the_way.write_text("")
+    loaded = load_settings({"JMIRROR_DATA_DIR": str(in_the_way)})
     with pytest.raises(ConfigurationError) as raised:
-        load_settings({"JMIRROR_DATA_DIR": str(in_the_way)})
+        started(loaded)
     assert (
         str(raised.value) == f"JMIRROR_DATA_DIR={str(in_the_way)!r} cannot be created: File exists"
     )
+
+
+def test_importing_the_settings_creates_nothing_and_loads_no_receiver(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, jmirror_web.settings; "
+            "print(sorted(name for name in sys.modules if name.startswith('receiver')))",
+        ],
+        cwd=REPO,
+        env={"PATH": os.environ.get("PATH", ""), "JMIRROR_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "[]\n"
+    assert not data_dir.exists()
 
 
 def test_the_secret_key_comes_from_its_file_and_nothing_is_generated(
@@ -298,8 +337,9 @@ def test_the_secret_key_comes_from_its_file_and_nothing_is_generated(
 ) -> None:
     secret = tmp_path / "django_secret_key"
     secret.write_text(LONG_SECRET + "\n")
-    settings = load_settings({"DJANGO_SECRET_KEY_FILE": str(secret)})
-    assert settings["SECRET_KEY"] == LONG_SECRET
+    settings = started(load_settings({"DJANGO_SECRET_KEY_FILE": str(secret)}))
+    assert settings.SECRET_KEY == LONG_SECRET
+    assert settings.GENERATED_SECRET_KEY_FILE is None
     assert not (tmp_path / "data" / "secret_key").exists()
 
 
@@ -495,6 +535,21 @@ def test_manage_py_check_passes_with_nothing_but_a_data_dir(tmp_path: Path) -> N
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == "System check identified no issues (0 silenced).\n"
     assert stat.S_IMODE((data_dir / "secret_key").stat().st_mode) == 0o600
+
+
+def test_the_generated_secret_key_is_made_at_the_first_start_and_kept(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    environ = {"JMIRROR_DATA_DIR": str(data_dir)}
+    show = (
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings; print(settings.SECRET_KEY)",
+    )
+    first = manage(*show, environ=environ)
+    assert (first.returncode, first.stderr) == (0, "")
+    second = manage(*show, environ=environ)
+    assert (data_dir / "secret_key").read_text() + "\n" == first.stdout == second.stdout
 
 
 @pytest.mark.parametrize(

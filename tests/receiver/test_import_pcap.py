@@ -64,7 +64,8 @@ def root(settings, tmp_path: Path) -> Path:
     """The data directory's sessions folder, fresh for each test."""
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
-    return settings.DATA_DIR / "sessions"
+    settings.SESSIONS_DIR = settings.DATA_DIR / "sessions"
+    return settings.SESSIONS_DIR
 
 
 def moment(time_ns: int) -> datetime:

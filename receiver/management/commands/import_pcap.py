@@ -418,7 +418,7 @@ class Command(BaseCommand):
         progress: Progress,
         stop: threading.Event,
     ) -> None:
-        root = Path(settings.DATA_DIR) / "sessions"
+        root = Path(settings.SESSIONS_DIR)
         root.mkdir(parents=True, exist_ok=True)
         # No PcapStore.recover() here: files left open under root may belong to a live
         # receiver running right now; recovering them is that receiver's job at start.

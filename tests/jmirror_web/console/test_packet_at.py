@@ -45,6 +45,7 @@ def row_time(time_ns: int) -> datetime:
 @pytest.fixture
 def data_dir(settings: Any, tmp_path: Path) -> Path:
     settings.DATA_DIR = tmp_path
+    settings.SESSIONS_DIR = tmp_path / "sessions"
     return tmp_path
 
 

@@ -42,6 +42,7 @@ def moment(time_ns: int) -> datetime:
 @pytest.fixture
 def data_dir(settings: Any, tmp_path: Path) -> Path:
     settings.DATA_DIR = tmp_path
+    settings.SESSIONS_DIR = tmp_path / "sessions"
     return tmp_path
 
 

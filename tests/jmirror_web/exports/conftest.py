@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 @pytest.fixture
 def data_dir(settings: Any, tmp_path: Path) -> Path:
     settings.DATA_DIR = tmp_path
+    settings.SESSIONS_DIR = tmp_path / "sessions"
     return tmp_path
 
 

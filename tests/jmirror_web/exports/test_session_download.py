@@ -337,14 +337,14 @@ def test_a_file_missing_from_disk_is_refused_before_anything_is_sent(
     assert events("export.refused")
 
 
-def test_a_capture_file_row_pointing_outside_the_data_directory_is_refused(
+def test_a_capture_file_row_pointing_outside_the_sessions_directory_is_refused(
     client: Client, stored: Stored, analyst: User
 ) -> None:
     escaped = stored.files[0]
     escaped.path = "../../etc/passwd"
     escaped.save()
     client.force_login(analyst)
-    refused(download(client, stored, format="pcap"), "recorded outside the data directory")
+    refused(download(client, stored, format="pcap"), "recorded outside the sessions directory")
 
 
 # Committed rows: closing a response sends request_finished, which closes the database

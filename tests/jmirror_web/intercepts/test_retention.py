@@ -33,6 +33,14 @@ from tests.factories import make_capture_file, make_case, make_intercept, make_s
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def sessions_dir(settings: Any, tmp_path: Path) -> Path:
+    """The tests store their files under tmp_path/sessions; the purge reads no other place."""
+    settings.SESSIONS_DIR = tmp_path / "sessions"
+    return settings.SESSIONS_DIR
+
+
 WARRANT_END = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 DUE = WARRANT_END + timedelta(days=30, seconds=1)
 
@@ -362,8 +370,8 @@ def test_relative_paths_are_under_the_data_directory(tmp_path, settings):
 
 def test_a_row_that_does_not_name_a_pcap_file_is_refused(tmp_path):
     case = ended_case()
-    session, _directory = stored_session(case, tmp_path)
-    target = tmp_path / "precious.txt"
+    session, directory = stored_session(case, tmp_path)
+    target = directory / "precious.txt"
     target.write_text("keep me")
     row = make_capture_file(session, path=str(target))
     report = purge(DUE)

@@ -143,7 +143,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         embedded = None
         if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
-            embedded = EmbeddedReceiver(listen, Path(settings.DATA_DIR) / "sessions", twisted_loop)
+            embedded = EmbeddedReceiver(listen, Path(settings.SESSIONS_DIR), twisted_loop)
             receiver = embedded.start()
             where = ", ".join(f"{host}:{port}" for host, port in receiver.addresses)
             self.stdout.write(f"receiving jmirror on {where} (UDP)")
