@@ -50,9 +50,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import DatabaseError, transaction
 
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.audit.log import acting_as, record
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.intercepts.management.commands.intercepts import shell_actor
 from jmirror_web.intercepts.models import Router
 from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError, iter_frames, iter_udp_datagrams
 from receiver.capture import Frame as CaptureFrame

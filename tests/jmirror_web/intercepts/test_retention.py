@@ -420,7 +420,7 @@ def test_the_command_prints_what_it_purged_and_the_legal_hold_cases(tmp_path):
 
 
 def retention_actor_of_shell() -> str:
-    from jmirror_web.intercepts.management.commands.intercepts import shell_actor
+    from jmirror_web.audit.actors import shell_actor
 
     return shell_actor()
 
