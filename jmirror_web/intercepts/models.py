@@ -10,16 +10,17 @@ for that gate to be unambiguous: no two intercepts can claim the same packet.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Greatest
 
 from jmirror_web.intercepts import bulk_counts
 from jmirror_web.intercepts.bulk_counts import FileCounts as FileCounts
@@ -382,6 +383,26 @@ class CaptureFileManager(models.Manager["CaptureFile"]):
         a row of a file still open never reopens it."""
         bulk_counts.record_files(self.model, self.db, rows)
 
+    def save_closed(self, row: FileCounts) -> None:
+        """Make or complete the row of one closed file, by path (a file a receiver that
+        was stopped short left for the next one to close)."""
+        self.update_or_create(
+            path=row.path,
+            defaults={
+                "session_id": row.session_id,
+                "first_packet": row.first_packet,
+                "last_packet": row.last_packet,
+                "packets": row.packets,
+                "bytes": row.bytes,
+                "sha256": row.sha256,
+                "closed": row.closed,
+            },
+        )
+
+    def closed_paths(self) -> set[str]:
+        """The path of every row of a closed file."""
+        return set(self.filter(closed=True).values_list("path", flat=True))
+
 
 class CaptureFile(models.Model):
     """One pcap file of a session, relative to the data directory."""
@@ -463,6 +484,32 @@ class ReceiverProcess(models.Model):
     def __str__(self) -> str:
         return f"receiver {self.hostname}:{self.pid} started {self.started_at:%Y-%m-%d %H:%M:%S}"
 
+    def report(self, listeners: Sequence[ListenerCounts], **totals: Any) -> None:
+        """Write this run's ``totals`` (fields of this model) and the counters of its
+        sockets, each socket's row made on its first report."""
+        ReceiverProcess.objects.filter(pk=self.pk).update(**totals)
+        for each in listeners:
+            Listener.objects.update_or_create(
+                receiver=self,
+                address=each.address,
+                defaults={
+                    "datagrams": each.datagrams,
+                    "bytes": each.bytes,
+                    "kernel_drops": each.kernel_drops,
+                    "rcvbuf": each.rcvbuf,
+                },
+            )
+
+
+class ListenerCounts(NamedTuple):
+    """What a receiver knows of one of its sockets (see ReceiverProcess.report)."""
+
+    address: str
+    datagrams: int
+    bytes: int
+    kernel_drops: int | None
+    rcvbuf: int
+
 
 class Listener(models.Model):
     """One UDP socket of a receiver process."""
@@ -487,6 +534,45 @@ class Listener(models.Model):
         return self.address
 
 
+UnclaimedKey = tuple[str, int, int]  # source, mid, sid
+
+
+class UnclaimedStreamManager(models.Manager["UnclaimedStream"]):
+    def keys_among(
+        self, sources: Iterable[str], mids: Iterable[int], sids: Iterable[int]
+    ) -> set[UnclaimedKey]:
+        """The (source, mid, sid) of the rows whose source, mid and sid are each among
+        those given (a superset of the streams asked about, in one query)."""
+        return {
+            (row.source, row.mid, row.sid)
+            for row in self.filter(
+                source__in=set(sources), mid__in=set(mids), sid__in=set(sids)
+            ).only("source", "mid", "sid")
+        }
+
+    def streams_per_source(self, sources: Iterable[str]) -> dict[str, int]:
+        """How many rows of single streams (aggregate rows aside) each source has."""
+        return dict(
+            self.filter(source__in=set(sources))
+            .exclude(mid=AGGREGATE_MID)
+            .values("source")
+            .annotate(rows=Count("pk"))
+            .values_list("source", "rows")
+        )
+
+    def add_counts(
+        self, key: UnclaimedKey, *, packets: int, last_seen: datetime, reason: str
+    ) -> None:
+        """Add ``packets`` to an existing row: its last sighting only moves forward, and
+        the latest reason wins."""
+        source, mid, sid = key
+        self.filter(source=source, mid=mid, sid=sid).update(
+            packets=F("packets") + packets,
+            last_seen=Greatest("last_seen", Value(last_seen)),
+            reason=reason,
+        )
+
+
 class UnclaimedStream(models.Model):
     """A (source, mid, sid) whose packets arrived and were dropped, so that an LI
     administrator can map it (register the router, create the intercept). Counts only:
@@ -507,6 +593,8 @@ class UnclaimedStream(models.Model):
     packets = models.PositiveBigIntegerField(default=0)
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
+
+    objects = UnclaimedStreamManager()
 
     class Meta:
         ordering = ["-last_seen"]
