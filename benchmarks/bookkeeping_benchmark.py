@@ -61,7 +61,7 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
 
     call_command("migrate", verbosity=0)
     from jmirror_web.intercepts.models import Case, Intercept, Router, Session
-    from receiver.management.commands.receive import Bookkeeper
+    from receiver.bookkeeping import Bookkeeper
     from receiver.store import ClosedFile, SessionKey
     from receiver.worker import ListenerCounters, SessionDelta, Snapshot
 

@@ -62,7 +62,7 @@ def run(sessions: int, directory: Path) -> None:
 
     call_command("migrate", verbosity=0)
     from jmirror_web.intercepts.models import Case, Intercept, Router, Session
-    from receiver.management.commands import receive
+    from receiver import service
     from receiver.traffic import ipv4_udp, jmirror_datagram
     from receiver.worker import Receiver
 
@@ -87,7 +87,7 @@ def run(sessions: int, directory: Path) -> None:
     recorder = Recorder()
     logging.getLogger("receiver").addHandler(recorder)
     logging.getLogger("receiver").setLevel(logging.INFO)
-    receive.WRITE_INTERVAL = 3600.0  # type: ignore[misc]  # every counter pending at stop
+    service.WRITE_INTERVAL = 3600.0  # type: ignore[misc]  # every counter pending at stop
     stop = threading.Event()
     ready = threading.Event()
     served: list[Receiver] = []
@@ -98,7 +98,7 @@ def run(sessions: int, directory: Path) -> None:
 
     def serve() -> None:
         try:
-            receive.serve(
+            service.serve(
                 [("127.0.0.1", 0)], root=directory / "sessions", stop=stop, ready=on_ready
             )
         finally:

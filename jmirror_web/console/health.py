@@ -140,8 +140,8 @@ def health_page(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     rows = receiver_rows(now)
     current = [row for row in rows if row.state != "stopped"]
-    # Imported here: the receive command pulls in the receiver, which pages need not.
-    from receiver.management.commands.receive import UNCLAIMED_ROWS_LIMIT
+    # Imported here: the bookkeeping pulls in the receiver, which pages need not.
+    from receiver.bookkeeping import UNCLAIMED_ROWS_LIMIT
     from receiver.worker import STALL_NS, UNCLAIMED_STREAMS_PER_SOURCE
 
     unclaimed_rows = UnclaimedStream.objects.count()

@@ -28,10 +28,11 @@ from jmirror_web.intercepts.models import (
     Session,
     SessionCounts,
 )
+from receiver import bookkeeping, service
+from receiver.bookkeeping import Bookkeeper, moment
 from receiver.gate_loader import GateWatcher
-from receiver.management.commands import receive
-from receiver.management.commands.receive import Bookkeeper, moment, serve
 from receiver.metrics import BookkeepingBacklog, SnapshotCollector
+from receiver.service import serve
 from receiver.store import LINKTYPE_RAW, ClosedFile, PcapStore, SessionKey
 from receiver.traffic import jmirror_datagram
 from receiver.worker import Capture, ListenerCounters, Receiver, SessionDelta, Snapshot
@@ -227,7 +228,7 @@ def test_a_write_of_many_sessions_and_files_is_a_few_statements(tmp_path):
 
 
 def file_row_path(root: Path, sid: int) -> str:
-    return receive.file_path(root, open_file(sid, 0, 0, 0).path)
+    return bookkeeping.file_path(root, open_file(sid, 0, 0, 0).path)
 
 
 @pytest.mark.django_db
@@ -318,7 +319,7 @@ def test_shutdown_writes_the_last_counters_of_many_sessions(tmp_path, monkeypatc
     stop every counter of 2,000 sessions is pending, and the database gets all of them."""
     make_router(address="127.0.0.1")
     make_intercept(make_case(), intercept_id=MID)
-    monkeypatch.setattr(receive, "WRITE_INTERVAL", 3600.0)
+    monkeypatch.setattr(service, "WRITE_INTERVAL", 3600.0)
     caplog.set_level(logging.INFO, logger="receiver.receive")
     stop = threading.Event()
     ready = threading.Event()

@@ -20,8 +20,7 @@ from django.urls import reverse
 
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import AGGREGATE_MID, ReceiverProcess, UnclaimedStream
-from receiver import worker
-from receiver.management.commands import receive
+from receiver import bookkeeping, worker
 from receiver.metrics import SnapshotCollector
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from tests.factories import make_case, make_intercept, make_router, make_user
@@ -57,7 +56,7 @@ def _send(sock: socket.socket, port: int, datagrams: list[bytes]) -> None:
 def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkeypatch, caplog):
     # The 10,000-row table filled after about 68k junk datagrams, at one write of 200
     # rows a second; a lower cap reaches the same state in a test's time.
-    monkeypatch.setattr(receive, "UNCLAIMED_ROWS_LIMIT", 400)
+    monkeypatch.setattr(bookkeeping, "UNCLAIMED_ROWS_LIMIT", 400)
     make_router(address="127.0.0.1")
     make_intercept(make_case(), intercept_id=0x300)
     rng = random.Random(13)

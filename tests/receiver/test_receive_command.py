@@ -25,11 +25,12 @@ from jmirror_web.intercepts.models import (
 )
 from jmirror_web.live.protocol import Stream, SubscriptionKey
 from jmirror_web.live.watching import keep
+from receiver.bookkeeping import file_path
 from receiver.capture import iter_frames
 from receiver.live import Batch
 from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
-from receiver.management.commands.receive import file_path, serve
 from receiver.management.commands.simulate import build_payloads
+from receiver.service import serve
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
 from receiver.worker import Receiver
 from tests.factories import make_case, make_intercept, make_router

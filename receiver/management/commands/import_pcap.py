@@ -8,7 +8,7 @@ them to the same :class:`receiver.worker.Capture` the live receiver uses: the sa
 (decided with each frame's **capture time**, so a packet outside its warrant's window is
 dropped and counted as it would have been live), the same per-session pcap store (files
 named and stamped with the capture times, rotated by capture time), and the same
-:class:`~receiver.management.commands.receive.Bookkeeper` writing Session, CaptureFile,
+:class:`~receiver.bookkeeping.Bookkeeper` writing Session, CaptureFile,
 UnclaimedStream and ReceiverProcess rows. Nothing unclaimed reaches the disk.
 
 Chain of custody: the input's SHA-256 is computed before anything is stored; a
@@ -50,17 +50,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import DatabaseError, transaction
 
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.audit.log import acting_as, record
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.intercepts.management.commands.intercepts import shell_actor
 from jmirror_web.intercepts.models import Router
+from receiver.bookkeeping import Bookkeeper, file_path
 from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError, iter_frames, iter_udp_datagrams
 from receiver.capture import Frame as CaptureFrame
 from receiver.gate import DROP_REASONS
 from receiver.gate_loader import GateWatcher
 from receiver.jmirror import WIRESHARK_DEFAULT_PORT
 from receiver.management.commands.decode import udp_port
-from receiver.management.commands.receive import Bookkeeper, file_path
 from receiver.store import ClosedFile, PcapStore
 from receiver.worker import Capture, Snapshot, StreamKey
 

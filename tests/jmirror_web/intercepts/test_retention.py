@@ -27,7 +27,7 @@ from jmirror_web.intercepts.retention import (
     purge,
     scheduled_purge,
 )
-from receiver.management.commands import receive
+from receiver import service
 from receiver.store import SessionKey, session_directory_name
 from tests.factories import make_capture_file, make_case, make_intercept, make_session
 
@@ -428,7 +428,7 @@ def test_the_command_prints_what_it_purged_and_the_legal_hold_cases(tmp_path):
 
 
 def retention_actor_of_shell() -> str:
-    from jmirror_web.intercepts.management.commands.intercepts import shell_actor
+    from jmirror_web.audit.actors import shell_actor
 
     return shell_actor()
 
@@ -515,9 +515,9 @@ def test_the_receiver_purges_periodically_while_it_runs(tmp_path, monkeypatch):
         calls.append(now)
         return real(now, time_budget=time_budget)
 
-    monkeypatch.setattr(receive, "scheduled_purge", counted)
-    monkeypatch.setattr(receive, "PURGE_FIRST_DELAY", 0.0)
-    monkeypatch.setattr(receive, "PURGE_INTERVAL", 0.5)
+    monkeypatch.setattr(service, "scheduled_purge", counted)
+    monkeypatch.setattr(service, "PURGE_FIRST_DELAY", 0.0)
+    monkeypatch.setattr(service, "PURGE_INTERVAL", 0.5)
     now = datetime.now(UTC)
     case = ended_case(valid_until=now - timedelta(days=31), valid_from=now - timedelta(days=90))
     session, directory = stored_session(case, tmp_path)

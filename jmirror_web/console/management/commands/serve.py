@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from jmirror_web.audit.checkpoints import start_periodic_checkpoints
 from jmirror_web.file_modes import secure_installation
 from receiver.live import LoopSender
-from receiver.management.commands.receive import serve as serve_receiver
+from receiver.service import serve as serve_receiver
 from receiver.worker import Receiver, parse_listen
 
 logger = logging.getLogger(__name__)

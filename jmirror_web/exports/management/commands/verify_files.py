@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.exports.verification import verify_capture_file
-from jmirror_web.intercepts.management.commands.intercepts import shell_actor
 from jmirror_web.intercepts.models import CaptureFile, Case
 
 

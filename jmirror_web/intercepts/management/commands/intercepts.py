@@ -4,13 +4,13 @@ described in :mod:`jmirror_web.intercepts.records_file`."""
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.audit.log import acting_as, record
 from jmirror_web.intercepts.records_file import (
     MAX_FILE_BYTES,
@@ -22,16 +22,6 @@ from jmirror_web.intercepts.records_file import (
 
 # argparse's own usage errors exit with 2 as well: every refusal of input does.
 _BAD_INPUT = 2
-
-
-def shell_actor() -> str:
-    """Who runs the command, for the audit log: the operating-system user, marked as
-    such so that it cannot be mistaken for an account of the web application."""
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary container uid
-        name = "unknown"
-    return f"os:{name}"
 
 
 class Command(BaseCommand):

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jmirror_web.intercepts.management.commands.intercepts import shell_actor
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.intercepts.retention import PurgeReport, purge
 
 

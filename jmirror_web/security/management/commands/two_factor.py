@@ -14,8 +14,8 @@ from django_otp.plugins.otp_totp.models import (  # type: ignore[import-untyped,
     TOTPDevice,
 )
 
+from jmirror_web.audit.actors import shell_actor
 from jmirror_web.audit.log import acting_as, record
-from jmirror_web.intercepts.management.commands.intercepts import shell_actor
 
 RESET = "two_factor.reset"
 
