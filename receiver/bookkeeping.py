@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from jmirror_web.intercepts.models import (
@@ -29,6 +28,7 @@ from jmirror_web.intercepts.models import (
     FileCounts,
     Intercept,
     ListenerCounts,
+    OutsideSessionsDirectory,
     ReceiverProcess,
     Router,
     Session,
@@ -49,7 +49,7 @@ from receiver.worker import (
     aggregate_key,
 )
 
-logger = logging.getLogger("receiver.receive")
+logger = logging.getLogger(__name__)
 
 # Rows of unclaimed streams kept in the database: junk from many sources must not grow
 # the table without bound. A source past UNCLAIMED_STREAMS_PER_SOURCE rows gets one
@@ -101,11 +101,13 @@ def moment(time_ns: int) -> datetime:
 
 
 def file_path(root: Path, relative: Path) -> str:
-    """A CaptureFile path: relative to the data directory when the file is under it."""
+    """The CaptureFile path of the store's file ``relative`` to ``root``: as the model
+    names files under the sessions directory (CaptureFile.stored_path), else absolute (a
+    store rooted elsewhere, as tests and benchmarks make; such rows are not read)."""
     path = root / relative
     try:
-        return str(path.relative_to(settings.DATA_DIR))
-    except ValueError:
+        return CaptureFile.stored_path(path)
+    except OutsideSessionsDirectory:
         return str(path)
 
 

@@ -38,7 +38,7 @@ from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import PcapStore
 from receiver.worker import DEFAULT_RCVBUF, Receiver, Snapshot
 
-logger = logging.getLogger("receiver.receive")
+logger = logging.getLogger(__name__)
 
 # Counters and file rows reach the database at least this often; the gate fingerprint is
 # polled at the same pace, so a change to the records takes effect within about 2 s.

@@ -320,7 +320,7 @@ def test_shutdown_writes_the_last_counters_of_many_sessions(tmp_path, monkeypatc
     make_router(address="127.0.0.1")
     make_intercept(make_case(), intercept_id=MID)
     monkeypatch.setattr(service, "WRITE_INTERVAL", 3600.0)
-    caplog.set_level(logging.INFO, logger="receiver.receive")
+    caplog.set_level(logging.INFO, logger="receiver")
     stop = threading.Event()
     ready = threading.Event()
     served: list[Receiver] = []

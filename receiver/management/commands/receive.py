@@ -95,7 +95,7 @@ class Command(BaseCommand):
         try:
             receiver = serve(
                 listen,
-                root=Path(settings.DATA_DIR) / "sessions",
+                root=Path(settings.SESSIONS_DIR),
                 stop=stop,
                 rcvbuf=options["rcvbuf"],
                 ready=ready,
