@@ -37,6 +37,7 @@ from typing import Final
 
 from receiver import pcap
 from receiver.ip import PORT_PROTOCOLS, transport
+from receiver.jmirror import PPPProtocol
 from receiver.pcap import LinkType
 
 CHUNK_BYTES: Final = 1024 * 1024
@@ -233,8 +234,8 @@ _EPB_TAILS: Final = tuple(struct.Struct(f"<{pad}xI").pack for pad in range(4))
 _APPLICATION: Final = "jmirror-web"
 
 # The inner packet, for the filter.
-_PPP_IPV4: Final = 0x0021
-_PPP_IPV6: Final = 0x0057
+_PPP_IPV4: Final = int(PPPProtocol.IPV4)
+_PPP_IPV6: Final = int(PPPProtocol.IPV6)
 
 _MEMBER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _ZIP_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
