@@ -77,6 +77,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+/* receiver.pcap's LinkType.PPP_HDLC and RAW and RECORD_HEADER_LENGTH, exposed as module
+ * constants that a test holds to them. */
 #define LINKTYPE_PPP_HDLC 50
 #define LINKTYPE_RAW 101
 #define RECORD_HEADER 16
@@ -251,7 +253,8 @@ static inline void put_le32(unsigned char *p, uint32_t value) {
 static inline unsigned be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
 
 /* IPv6 extension headers and fragment/authentication: classify_datagram's fast path
- * refuses these next headers (receiver.jmirror._IPV6_HEADER_CHAIN). */
+ * refuses these next headers (receiver.ip.IPV6_HEADER_CHAIN; the module's
+ * IPV6_HEADER_CHAIN is this function's answer, tested equal to it). */
 static inline int ipv6_header_chain(unsigned proto) {
     return proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60 ||
            proto == 135 || proto == 139 || proto == 140;
@@ -1398,7 +1401,33 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     }
     if (PyModule_AddIntConstant(module, "TABLE_LIMIT", TABLE_LIMIT) < 0 ||
         PyModule_AddIntConstant(module, "RECENT", RECENT) < 0 ||
-        PyModule_AddIntConstant(module, "PENDING_LIMIT", PENDING_LIMIT) < 0) {
+        PyModule_AddIntConstant(module, "PENDING_LIMIT", PENDING_LIMIT) < 0 ||
+        PyModule_AddIntConstant(module, "LINKTYPE_RAW", LINKTYPE_RAW) < 0 ||
+        PyModule_AddIntConstant(module, "LINKTYPE_PPP_HDLC", LINKTYPE_PPP_HDLC) < 0 ||
+        PyModule_AddIntConstant(module, "RECORD_HEADER", RECORD_HEADER) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    /* The next headers ipv6_header_chain() takes, as the function itself answers: a test
+     * holds them to receiver.ip.IPV6_HEADER_CHAIN. */
+    PyObject *chain = PyFrozenSet_New(NULL);
+    if (chain == NULL) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    for (unsigned proto = 0; proto < 256; proto++) {
+        if (!ipv6_header_chain(proto)) continue;
+        PyObject *number = PyLong_FromUnsignedLong(proto);
+        if (number == NULL || PySet_Add(chain, number) < 0) {
+            Py_XDECREF(number);
+            Py_DECREF(chain);
+            Py_DECREF(module);
+            return NULL;
+        }
+        Py_DECREF(number);
+    }
+    if (PyModule_AddObject(module, "IPV6_HEADER_CHAIN", chain) < 0) {
+        Py_DECREF(chain);
         Py_DECREF(module);
         return NULL;
     }

@@ -5,6 +5,10 @@ from typing import Any, Final
 TABLE_LIMIT: Final[int]
 RECENT: Final[int]
 PENDING_LIMIT: Final[int]
+LINKTYPE_RAW: Final[int]
+LINKTYPE_PPP_HDLC: Final[int]
+RECORD_HEADER: Final[int]
+IPV6_HEADER_CHAIN: Final[frozenset[int]]
 
 class FastReceiver:
     def __init__(

@@ -26,6 +26,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Final
 
+from receiver import pcap
+from receiver.ip import IPV6_FRAGMENT, IPProtocol, skip_ipv6_extensions
+from receiver.pcap import LinkType
+
 __all__ = [
     "SKIP_REASONS",
     "CaptureError",
@@ -49,17 +53,17 @@ class CaptureError(Exception):
     """
 
 
-# Link-layer header types as they appear in capture files (tcpdump.org/linktypes.html).
-LINKTYPE_NULL: Final = 0  # BSD loopback: 4-byte address family in the writer's byte order
-LINKTYPE_ETHERNET: Final = 1
-LINKTYPE_RAW_DLT12: Final = 12  # DLT_RAW written unmapped by old libpcaps (not OpenBSD)
-LINKTYPE_RAW_DLT14: Final = 14  # DLT_RAW written unmapped on OpenBSD and BSD/OS
-LINKTYPE_RAW: Final = 101
-LINKTYPE_LOOP: Final = 108  # OpenBSD loopback: address family in network byte order
-LINKTYPE_LINUX_SLL: Final = 113
-LINKTYPE_IPV4: Final = 228
-LINKTYPE_IPV6: Final = 229
-LINKTYPE_LINUX_SLL2: Final = 276
+# Plain ints for the per-frame comparisons: an enum member's lookup costs more than them.
+_LINKTYPE_NULL: Final = int(LinkType.NULL)
+_LINKTYPE_ETHERNET: Final = int(LinkType.ETHERNET)
+_LINKTYPE_RAW_DLT12: Final = int(LinkType.RAW_DLT12)
+_LINKTYPE_RAW_DLT14: Final = int(LinkType.RAW_DLT14)
+_LINKTYPE_RAW: Final = int(LinkType.RAW)
+_LINKTYPE_LOOP: Final = int(LinkType.LOOP)
+_LINKTYPE_LINUX_SLL: Final = int(LinkType.LINUX_SLL)
+_LINKTYPE_IPV4: Final = int(LinkType.IPV4)
+_LINKTYPE_IPV6: Final = int(LinkType.IPV6)
+_LINKTYPE_LINUX_SLL2: Final = int(LinkType.LINUX_SLL2)
 
 ETHERTYPE_IPV4: Final = 0x0800
 ETHERTYPE_IPV6: Final = 0x86DD
@@ -73,11 +77,7 @@ _AF_INET: Final = 2
 # AF_INET6 differs between the BSDs (NetBSD/OpenBSD, FreeBSD, macOS) and files keep it.
 _AF_INET6: Final = frozenset({24, 28, 30})
 
-IPPROTO_UDP: Final = 17
-_IPV6_FRAGMENT: Final = 44
-_IPV6_AUTHENTICATION: Final = 51  # its length counts 4-byte units, the others 8-byte units
-# hop-by-hop, routing, destination options, mobility, HIP, shim6
-_IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
+IPPROTO_UDP: Final = int(IPProtocol.UDP)
 
 # Reasons a frame yields no datagram: the keys counted in ``skipped``.
 UNSUPPORTED_LINKTYPE: Final = "unsupported_linktype"
@@ -110,7 +110,7 @@ SKIP_REASONS: Final = (
 not counted again as incomplete."""
 
 # Largest captured frame accepted; libpcap's own bound. Anything larger is corruption.
-MAX_FRAME: Final = 262144
+MAX_FRAME: Final = pcap.SNAPLEN
 # A packet block holds one frame plus its header and options (comments, flags, hashes).
 _MAX_PACKET_BLOCK: Final = MAX_FRAME + 65536
 # Other pcapng blocks (name resolution, decryption secrets...) are skipped without being
@@ -127,24 +127,30 @@ MAX_DATAGRAM: Final = 65535
 # point that sees each packet twice) after its datagram was already complete.
 _RECENTLY_COMPLETED: Final = 64
 
+# A file's first four bytes: byte order and ticks per nanosecond by magic.
 _PCAP_MAGICS: Final = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1000),
-    b"\xa1\xb2\xc3\xd4": (">", 1000),
-    b"\x4d\x3c\xb2\xa1": ("<", 1),
-    b"\xa1\xb2\x3c\x4d": (">", 1),
+    pcap.MICROSECOND_MAGIC.to_bytes(4, "little"): ("<", 1000),
+    pcap.MICROSECOND_MAGIC.to_bytes(4, "big"): (">", 1000),
+    pcap.NANOSECOND_MAGIC.to_bytes(4, "little"): ("<", 1),
+    pcap.NANOSECOND_MAGIC.to_bytes(4, "big"): (">", 1),
 }
-_MODIFIED_PCAP_MAGICS: Final = frozenset({b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34"})
-_PCAPNG_MAGIC: Final = b"\x0a\x0d\x0d\x0a"
-_PCAP_HEADER_LENGTH: Final = 24
+_MODIFIED_PCAP_MAGICS: Final = frozenset(
+    {pcap.MODIFIED_MAGIC.to_bytes(4, "little"), pcap.MODIFIED_MAGIC.to_bytes(4, "big")}
+)
+# The same in either byte order.
+_PCAPNG_MAGIC: Final = pcap.PCAPNG_SECTION_HEADER.to_bytes(4, "big")
+_PCAP_HEADER_LENGTH: Final = pcap.FILE_HEADER_LENGTH
+_BYTE_ORDER_LITTLE: Final = pcap.PCAPNG_BYTE_ORDER_MAGIC.to_bytes(4, "little")
+_BYTE_ORDER_BIG: Final = pcap.PCAPNG_BYTE_ORDER_MAGIC.to_bytes(4, "big")
 
-_BLOCK_SECTION_HEADER: Final = 0x0A0D0D0A
-_BLOCK_INTERFACE: Final = 0x00000001
-_BLOCK_PACKET: Final = 0x00000002  # obsolete, still written by old tools
-_BLOCK_SIMPLE_PACKET: Final = 0x00000003
-_BLOCK_ENHANCED_PACKET: Final = 0x00000006
-_OPTION_END: Final = 0
-_OPTION_IF_TSRESOL: Final = 9
-_OPTION_IF_TSOFFSET: Final = 14
+_BLOCK_SECTION_HEADER: Final = pcap.PCAPNG_SECTION_HEADER
+_BLOCK_INTERFACE: Final = pcap.PCAPNG_INTERFACE
+_BLOCK_PACKET: Final = pcap.PCAPNG_PACKET
+_BLOCK_SIMPLE_PACKET: Final = pcap.PCAPNG_SIMPLE_PACKET
+_BLOCK_ENHANCED_PACKET: Final = pcap.PCAPNG_ENHANCED_PACKET
+_OPTION_END: Final = pcap.OPTION_END
+_OPTION_IF_TSRESOL: Final = pcap.OPTION_IF_TSRESOL
+_OPTION_IF_TSOFFSET: Final = pcap.OPTION_IF_TSOFFSET
 
 _NANOSECONDS: Final = 1_000_000_000
 # Blocks read whole into memory, hence bounded like a frame.
@@ -423,9 +429,9 @@ def _pcapng_frames(stream: BinaryIO, buffer: bytes, section: _Section) -> Iterat
 
 def _new_section(buffer: bytes, position: int, offset: int) -> _Section:
     byte_order_magic = buffer[position + 8 : position + 12]
-    if byte_order_magic == b"\x4d\x3c\x2b\x1a":
+    if byte_order_magic == _BYTE_ORDER_LITTLE:
         return _Section("<")
-    if byte_order_magic == b"\x1a\x2b\x3c\x4d":
+    if byte_order_magic == _BYTE_ORDER_BIG:
         return _Section(">")
     raise CaptureError(
         f"pcapng section header with bad byte-order magic 0x{byte_order_magic.hex()} "
@@ -635,33 +641,33 @@ def _udp_in_frame(
 
 def _network_layer(linktype: int, frame: bytes) -> tuple[int, int] | str:
     """Where the IP header starts, and its version (0 when the link layer does not say)."""
-    if linktype == LINKTYPE_ETHERNET:
+    if linktype == _LINKTYPE_ETHERNET:
         if len(frame) < 14:
             return TRUNCATED
         return _after_ethertype(frame, 12)
-    if linktype in (LINKTYPE_RAW, LINKTYPE_RAW_DLT12, LINKTYPE_RAW_DLT14):
+    if linktype in (_LINKTYPE_RAW, _LINKTYPE_RAW_DLT12, _LINKTYPE_RAW_DLT14):
         # An IP header never starts with a zero byte; a loopback header does (OpenBSD
         # wrote its DLT_LOOP as 12 unmapped).
-        if linktype == LINKTYPE_RAW_DLT12 and frame[:1] == b"\x00":
+        if linktype == _LINKTYPE_RAW_DLT12 and frame[:1] == b"\x00":
             return _after_address_family(frame)
         return 0, 0
-    if linktype == LINKTYPE_IPV4:
+    if linktype == _LINKTYPE_IPV4:
         return 4, 0
-    if linktype == LINKTYPE_IPV6:
+    if linktype == _LINKTYPE_IPV6:
         return 6, 0
-    if linktype == LINKTYPE_LINUX_SLL:
+    if linktype == _LINKTYPE_LINUX_SLL:
         if len(frame) < 16:
             return TRUNCATED
         if _U16.unpack_from(frame, 2)[0] == _ARPHRD_NETLINK:
             return NOT_IP
         return _after_ethertype(frame, 14)
-    if linktype == LINKTYPE_LINUX_SLL2:
+    if linktype == _LINKTYPE_LINUX_SLL2:
         if len(frame) < 20:
             return TRUNCATED
         if _U16.unpack_from(frame, 8)[0] == _ARPHRD_NETLINK:
             return NOT_IP
         return _after_ethertype(frame, 0, 20)
-    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+    if linktype in (_LINKTYPE_NULL, _LINKTYPE_LOOP):
         return _after_address_family(frame)
     return UNSUPPORTED_LINKTYPE
 
@@ -746,21 +752,19 @@ def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
     end = start + payload_length
     if end > len(frame):
         return TRUNCATED
-    located = _ipv6_upper_layer(frame, next_header, start, end)
-    if isinstance(located, str):
-        return located
-    next_header, start = located
-    if next_header == _IPV6_FRAGMENT:
+    next_header, start = skip_ipv6_extensions(frame, next_header, start, end)
+    if start < 0:
+        return BAD_IP_HEADER
+    if next_header == IPV6_FRAGMENT:
         if start + 8 > end:
             return BAD_IP_HEADER
         fragment = _U16.unpack_from(frame, start + 2)[0]
         fragment_next_header = frame[start]
         if fragment & 0xFFF9 == 0:
             # An atomic fragment (RFC 6946): a whole datagram behind a fragment header.
-            located = _ipv6_upper_layer(frame, fragment_next_header, start + 8, end)
-            if isinstance(located, str):
-                return located
-            next_header, start = located
+            next_header, start = skip_ipv6_extensions(frame, fragment_next_header, start + 8, end)
+            if start < 0:
+                return BAD_IP_HEADER
         else:
             outcome = reassembly.add(
                 (addresses, frame[start + 4 : start + 8]),
@@ -775,33 +779,16 @@ def _ipv6_udp(frame: bytes, offset: int, time_ns: int, reassembly: _Reassembly) 
             if isinstance(outcome, str):
                 return outcome
             fragment_next_header, datagram = outcome
-            located = _ipv6_upper_layer(datagram, fragment_next_header, 0, len(datagram))
-            if isinstance(located, str):
-                return located
-            next_header, start = located
-            if next_header == _IPV6_FRAGMENT:
+            next_header, start = skip_ipv6_extensions(
+                datagram, fragment_next_header, 0, len(datagram)
+            )
+            if start < 0 or next_header == IPV6_FRAGMENT:
                 return BAD_IP_HEADER
             frame = datagram
             end = len(datagram)
     if next_header != IPPROTO_UDP:
         return NOT_UDP
     return _udp(addresses, frame, start, end)
-
-
-def _ipv6_upper_layer(data: bytes, next_header: int, start: int, end: int) -> tuple[int, int] | str:
-    """Skip extension headers up to the transport header or a fragment header."""
-    while next_header in _IPV6_EXTENSIONS or next_header == _IPV6_AUTHENTICATION:
-        if start + 2 > end:
-            return BAD_IP_HEADER
-        if next_header == _IPV6_AUTHENTICATION:
-            length = (data[start + 1] + 2) * 4
-        else:
-            length = (data[start + 1] + 1) * 8
-        if start + length > end:
-            return BAD_IP_HEADER
-        next_header = data[start]
-        start += length
-    return next_header, start
 
 
 def _udp(addresses: bytes, data: bytes, start: int, end: int) -> _Found | str:

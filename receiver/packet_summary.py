@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from receiver.ip import IPV6_FRAGMENT, PORT_PROTOCOLS, IPProtocol, ipv6_transport
 from receiver.jmirror import JMirrorPacket
 from receiver.live_contract import INFO_LIMIT, PacketRow
 
@@ -145,14 +146,6 @@ _IP_PROTOCOL_NAMES: Final[Mapping[int, str]] = {
     132: "SCTP",
     136: "UDP-Lite",
 }
-# Protocols whose header starts with source and destination port.
-_OTHER_PORT_PROTOCOLS: Final = frozenset({33, 132, 136})
-
-_IPV6_FRAGMENT: Final = 44
-_IPV6_AUTHENTICATION: Final = 51
-_IPV6_NO_NEXT_HEADER: Final = 59
-# Extension headers laid out as next-header(1), length in 8-byte units beyond the first 8.
-_IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
 
 
 def _ip(data: bytes) -> tuple[str, str]:
@@ -192,31 +185,19 @@ def _ipv6(data: bytes) -> tuple[str, str]:
     if len(data) < end:
         raise _Malformed
     data = data[:end]
-    position = 40
-    # Every extension header is at least 8 bytes, so the walk ends within the packet.
-    while next_header in _IPV6_EXTENSIONS or next_header in (
-        _IPV6_FRAGMENT,
-        _IPV6_AUTHENTICATION,
-    ):
-        following = _u8(data, position)
-        if next_header == _IPV6_FRAGMENT:
-            offset_and_more = _u16(data, position + 2)
-            identification = _u32(data, position + 4)
-            if offset_and_more & 0xFFF8:
-                more = "y" if offset_and_more & 1 else "n"
-                return "IPv6", (
-                    f"IPv6 fragment (off={offset_and_more & 0xFFF8} more={more} "
-                    f"ident=0x{identification:08x} nxt={following})"
-                )
-            position += 8
-        elif next_header == _IPV6_AUTHENTICATION:
-            position += (_u8(data, position + 1) + 2) * 4
-        else:
-            position += (_u8(data, position + 1) + 1) * 8
-        next_header = following
-    if position > len(data):
+    next_header, position = ipv6_transport(data, next_header, 40, end)
+    if position < 0:
         raise _Malformed
-    if next_header == _IPV6_NO_NEXT_HEADER:
+    if next_header == IPV6_FRAGMENT:
+        # A fragment other than the first: its transport header is in the first.
+        offset_and_more = _u16(data, position + 2)
+        identification = _u32(data, position + 4)
+        more = "y" if offset_and_more & 1 else "n"
+        return "IPv6", (
+            f"IPv6 fragment (off={offset_and_more & 0xFFF8} more={more} "
+            f"ident=0x{identification:08x} nxt={data[position]})"
+        )
+    if next_header == IPProtocol.NO_NEXT_HEADER:
         return "IPv6", "IPv6 no next header"
     return _transport(next_header, data[position:], "IPv6", f"hop limit={hop_limit}")
 
@@ -238,7 +219,7 @@ def _transport(proto: int, segment: bytes, ip_name: str, hop_limit: str) -> tupl
             return "ESP", f"ESP (SPI=0x{_u32(segment, 0):08x})"
         if proto == 51:
             return "AH", f"AH (SPI=0x{_u32(segment, 4):08x})"
-        if name is not None and proto in _OTHER_PORT_PROTOCOLS:
+        if name is not None and proto in PORT_PROTOCOLS:
             return name, f"{_u16(segment, 0)} > {_u16(segment, 2)}"
     except _Malformed:
         return name or ip_name, f"{name or ip_name} (malformed)"

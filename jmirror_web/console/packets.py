@@ -41,7 +41,7 @@ from jmirror_web.audit.refusals import audit_refusal, refusals_audited
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from receiver.capture import CaptureError, iter_frames
-from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW
+from receiver.pcap import LinkType
 
 if TYPE_CHECKING:
     from scapy.packet import Packet
@@ -51,9 +51,9 @@ MAX_SHOWN_BYTES: Final = 64 * 1024
 MAX_LAYERS: Final = 64  # layers in the tree, nested ones (options, records) included
 MAX_FIELDS: Final = 1000
 MAX_VALUE_CHARS: Final = 200
-LINKTYPE_NAMES: Final = {
-    LINKTYPE_RAW: "raw IP (101)",
-    LINKTYPE_PPP_HDLC: "PPP in HDLC-like framing (50)",
+LINKTYPE_NAMES: Final[dict[int, str]] = {
+    LinkType.RAW: "raw IP (101)",
+    LinkType.PPP_HDLC: "PPP in HDLC-like framing (50)",
 }
 # A packet number or time (ns since the epoch) in a query: ASCII digits only (str.isdigit
 # also takes superscripts, which int() refuses, and other scripts' digits), at most 19
@@ -249,9 +249,9 @@ def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
     from scapy.layers.ppp import HDLC
     from scapy.packet import Raw
 
-    if linktype == LINKTYPE_PPP_HDLC:
+    if linktype == LinkType.PPP_HDLC:
         return HDLC
-    if linktype == LINKTYPE_RAW and data:
+    if linktype == LinkType.RAW and data:
         version = data[0] >> 4
         if version == 4:
             return IP

@@ -32,6 +32,11 @@ from io import FileIO
 from pathlib import Path
 from typing import Final
 
+from receiver import pcap
+from receiver.ip import PORT_PROTOCOLS, transport
+from receiver.jmirror import PPPProtocol
+from receiver.pcap import LinkType
+
 CHUNK_BYTES: Final = 1024 * 1024
 
 
@@ -69,7 +74,8 @@ class Window:
 class PacketFilter:
     """Keeps a packet when it matches every non-empty criterion. Matching is on the
     mirrored (inner) packet: an address matches source or destination, a port matches
-    the TCP/UDP/SCTP source or destination port, a protocol is an IP protocol number
+    the source or destination port of a protocol that has them (receiver.ip.PORT_PROTOCOLS:
+    TCP, UDP, DCCP, SCTP, UDP-Lite), a protocol is an IP protocol number
     (6 tcp, 17 udp, 1 icmp, 58 icmpv6...). Non-IP packets (PPP control: LCP, IPCP...)
     match only an empty filter. IPv4 inside PPP (HDLC framing) is looked into."""
 
@@ -195,16 +201,13 @@ def read_linktype(path: Path) -> int:
 
 
 # Stored files: what receiver.store writes.
-_PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, version 2.4, thiszone, sigfigs, snaplen, link
-_RECORD = struct.Struct("<IIII")  # seconds, nanoseconds, included length, original length
 _LENGTH_AT_8 = struct.Struct("<8xI")  # a record's included length
-_PCAP_NANOSECOND_MAGIC: Final = 0xA1B23C4D
-_PCAP_HEADER_BYTES: Final = 24
-_SNAPLEN: Final = 262144  # also the largest record accepted: anything larger is garbage
+# pcap.SNAPLEN is also the largest record accepted: anything larger is garbage.
 _NS: Final = 1_000_000_000
 _PART_SUFFIX: Final = ".part"
-_LINKTYPE_RAW: Final = 101
-_LINKTYPE_PPP_HDLC: Final = 50
+# Plain ints for the per-packet comparisons.
+_LINKTYPE_RAW: Final = int(LinkType.RAW)
+_LINKTYPE_PPP_HDLC: Final = int(LinkType.PPP_HDLC)
 # Reads of 3/4 MiB: a run of records (at most one read, plus the part of a record
 # kept from the read before) makes an output piece below CHUNK_BYTES even as pcapng,
 # which the chunks then are without another copy.
@@ -216,10 +219,7 @@ _GATHER_BELOW: Final = 256 * 1024
 _FEW_RECORDS: Final = 4
 
 # pcapng blocks (little-endian).
-_SHB_TYPE: Final = 0x0A0D0D0A
-_IDB_TYPE: Final = 1
-_EPB_TYPE: Final = 6
-_BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
+_EPB_TYPE: Final = pcap.PCAPNG_ENHANCED_PACKET  # a module global: packed per record
 _SHB_BODY = struct.Struct("<IIIHHq")  # type, length, byte-order magic, 1, 0, section length
 _IDB_BODY = struct.Struct("<IIHHI")  # type, length, link type, reserved, snaplen
 _OPTION = struct.Struct("<HH")
@@ -228,21 +228,11 @@ _U32 = struct.Struct("<I")
 _EPB_HEAD = struct.Struct("<IIIIIII")
 # The padding after the packet data and the block's trailing length, in one pack.
 _EPB_TAILS: Final = tuple(struct.Struct(f"<{pad}xI").pack for pad in range(4))
-_OPT_COMMENT: Final = 1
-_OPT_SHB_USERAPPL: Final = 4
-_OPT_IF_NAME: Final = 2
-_OPT_IF_DESCRIPTION: Final = 3
-_OPT_IF_TSRESOL: Final = 9
 _APPLICATION: Final = "jmirror-web"
 
 # The inner packet, for the filter.
-_PPP_IPV4: Final = 0x0021
-_PPP_IPV6: Final = 0x0057
-_PORT_PROTOCOLS: Final = frozenset({6, 17, 132})  # TCP, UDP, SCTP
-_IPV6_FRAGMENT: Final = 44
-_IPV6_AUTHENTICATION: Final = 51  # its length counts 4-byte units, the others 8-byte units
-# hop-by-hop, routing, destination options, mobility, HIP, shim6
-_IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
+_PPP_IPV4: Final = int(PPPProtocol.IPV4)
+_PPP_IPV6: Final = int(PPPProtocol.IPV6)
 
 _MEMBER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _ZIP_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
@@ -378,13 +368,13 @@ def _open_source(path: Path) -> tuple[FileIO, bool]:
 
 def _read_header(stream: FileIO, name: str) -> int:
     try:
-        header = stream.read(_PCAP_HEADER_BYTES)
+        header = stream.read(pcap.FILE_HEADER_LENGTH)
     except OSError as error:
         raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
-    if len(header) < _PCAP_HEADER_BYTES:
+    if len(header) < pcap.FILE_HEADER_LENGTH:
         raise SourceError(f"The stored file {name} is shorter than a pcap file header.")
-    magic, major, _minor, _zone, _sigfigs, _snaplen, linktype = _PCAP_HEADER.unpack(header)
-    if magic != _PCAP_NANOSECOND_MAGIC or major != 2:
+    magic, major, _minor, _zone, _sigfigs, _snaplen, linktype = pcap.FILE_HEADER.unpack(header)
+    if magic != pcap.NANOSECOND_MAGIC or major != 2:
         raise SourceError(
             f"The stored file {name} is not a nanosecond pcap file "
             f"(it starts with 0x{header[:4].hex()})."
@@ -432,7 +422,7 @@ class _Cursor:
         self.end = 0  # bytes of the buffer in use
         self.careful = False  # the buffer has records to look at one by one
         self.pos = 0
-        self.base = _PCAP_HEADER_BYTES  # file offset of buffer[0]
+        self.base = pcap.FILE_HEADER_LENGTH  # file offset of buffer[0]
         self.remaining = 0  # bytes still to read, up to the size when opened
         self.head: int | None = None  # time of the record at pos, when a scan stopped on it
         self.done = False
@@ -440,8 +430,8 @@ class _Cursor:
     def open(self) -> None:
         self.stream, self.growing = _open_source(self.input.source.path)
         _read_header(self.stream, self.name)
-        self.remaining = os.fstat(self.stream.fileno()).st_size - _PCAP_HEADER_BYTES
-        self.buffer = bytearray(_READ_BYTES + 16 + _SNAPLEN)
+        self.remaining = os.fstat(self.stream.fileno()).st_size - pcap.FILE_HEADER_LENGTH
+        self.buffer = bytearray(_READ_BYTES + 16 + pcap.SNAPLEN)
 
     def close(self) -> None:
         self.done = True
@@ -494,12 +484,12 @@ class _Cursor:
         buffer = self.buffer
         pos = self.pos
         available = self.end
-        unpack = _RECORD.unpack_from
+        unpack = pcap.RECORD_HEADER.unpack_from
         match = self.match
         linktype = self.linktype
         start_ns = self.start_ns
         nanoseconds = _NS
-        snaplen = _SNAPLEN
+        snaplen = pcap.SNAPLEN
         start = pos
         count = first = last = 0
         self.head = None
@@ -651,7 +641,7 @@ def _pcap_pieces(
     inputs = [item for plan in plans for item in plan.inputs]
     linktypes = {item.linktype for item in inputs}
     linktype = linktypes.pop() if linktypes else _fallback_linktype(plans)
-    yield _PCAP_HEADER.pack(_PCAP_NANOSECOND_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype)
+    yield pcap.file_header(linktype)
     for cursor, start, end, count, first, last in _runs(inputs, match):
         _count(digest, count, first, last)
         yield memoryview(cursor.buffer)[start:end]
@@ -682,7 +672,7 @@ def _pcapng_pieces(
             interfaces[plan.inputs[0].session, linktype] = len(interfaces)
         inputs += plan.inputs
     yield bytes(head)
-    unpack = _RECORD.unpack_from
+    unpack = pcap.RECORD_HEADER.unpack_from
     pack_head = _EPB_HEAD.pack
     tails = _EPB_TAILS
     nanoseconds = _NS
@@ -751,21 +741,21 @@ def _block(block_type: int, body: bytes) -> bytes:
 def _section_header(comment: str) -> bytes:
     options = b""
     if comment:
-        options += _option(_OPT_COMMENT, comment.encode())
-    options += _option(_OPT_SHB_USERAPPL, _APPLICATION.encode()) + _OPTION.pack(0, 0)
-    body = _SHB_BODY.pack(0, 0, _BYTE_ORDER_MAGIC, 1, 0, -1)[8:] + options
-    return _block(_SHB_TYPE, body)
+        options += _option(pcap.OPTION_COMMENT, comment.encode())
+    options += _option(pcap.OPTION_SHB_USERAPPL, _APPLICATION.encode()) + _OPTION.pack(0, 0)
+    body = _SHB_BODY.pack(0, 0, pcap.PCAPNG_BYTE_ORDER_MAGIC, 1, 0, -1)[8:] + options
+    return _block(pcap.PCAPNG_SECTION_HEADER, body)
 
 
 def _interface_description(linktype: int, name: str, description: str) -> bytes:
     options = b""
     if name:
-        options += _option(_OPT_IF_NAME, name.encode())
+        options += _option(pcap.OPTION_IF_NAME, name.encode())
     if description:
-        options += _option(_OPT_IF_DESCRIPTION, description.encode())
-    options += _option(_OPT_IF_TSRESOL, bytes([9])) + _OPTION.pack(0, 0)
-    body = _IDB_BODY.pack(0, 0, linktype, 0, _SNAPLEN)[8:] + options
-    return _block(_IDB_TYPE, body)
+        options += _option(pcap.OPTION_IF_DESCRIPTION, description.encode())
+    options += _option(pcap.OPTION_IF_TSRESOL, bytes([9])) + _OPTION.pack(0, 0)
+    body = _IDB_BODY.pack(0, 0, linktype, 0, pcap.SNAPLEN)[8:] + options
+    return _block(pcap.PCAPNG_INTERFACE, body)
 
 
 def _content_pieces(
@@ -921,20 +911,34 @@ def _matcher(packet_filter: PacketFilter) -> _Match | None:
     protocols = packet_filter.protocols
 
     def match(buffer: bytearray, start: int, end: int, linktype: int) -> bool:
-        inner = _inner_ip(buffer, start, end, linktype)
-        if inner is None:
+        if linktype == _LINKTYPE_PPP_HDLC:
+            start = _ppp_ip_start(buffer, start, end)
+            if start < 0:
+                return False
+        elif linktype != _LINKTYPE_RAW:
             return False
-        protocol, source, destination, transport = inner
+        found = transport(buffer, start, end)
+        if found is None:
+            return False
+        protocol, position = found
         if protocols and protocol not in protocols:
             return False
-        if addresses and source not in addresses and destination not in addresses:
-            return False
+        if addresses:
+            if buffer[start] >> 4 == 4:
+                source = bytes(buffer[start + 12 : start + 16])
+                destination = bytes(buffer[start + 16 : start + 20])
+            else:
+                source = bytes(buffer[start + 8 : start + 24])
+                destination = bytes(buffer[start + 24 : start + 40])
+            if source not in addresses and destination not in addresses:
+                return False
         if ports:
-            if transport < 0 or transport + 4 > end or protocol not in _PORT_PROTOCOLS:
+            # What receiver.ip.ports reads, inline: this runs per stored packet.
+            if position < 0 or position + 4 > end or protocol not in PORT_PROTOCOLS:
                 return False
             if (
-                buffer[transport] << 8 | buffer[transport + 1] not in ports
-                and buffer[transport + 2] << 8 | buffer[transport + 3] not in ports
+                buffer[position] << 8 | buffer[position + 1] not in ports
+                and buffer[position + 2] << 8 | buffer[position + 3] not in ports
             ):
                 return False
         return True
@@ -942,69 +946,24 @@ def _matcher(packet_filter: PacketFilter) -> _Match | None:
     return match
 
 
-def _inner_ip(
-    buffer: bytearray, start: int, end: int, linktype: int
-) -> tuple[int, bytes, bytes, int] | None:
-    """``(IP protocol, source, destination, offset of the transport header or -1)`` of the
-    IP packet in a stored record, None when there is none (PPP control, garbage).
+def _ppp_ip_start(buffer: bytearray, start: int, end: int) -> int:
+    """Where the IP packet in a stored PPP frame starts, -1 when it carries none (PPP
+    control, garbage).
 
     PPP in HDLC framing may omit its address and control fields and shorten its protocol
-    field to one byte (ACFC, PFC). The transport offset is -1 for a fragment other than
-    the first, which carries no ports."""
-    if linktype == _LINKTYPE_PPP_HDLC:
-        if end - start >= 2 and buffer[start] == 0xFF and buffer[start + 1] == 0x03:
-            start += 2
-        if start >= end:
-            return None
-        protocol = buffer[start]
-        if protocol & 1:
-            start += 1
-        elif start + 2 <= end:
-            protocol = protocol << 8 | buffer[start + 1]
-            start += 2
-        else:
-            return None
-        if protocol not in (_PPP_IPV4, _PPP_IPV6):
-            return None
-    elif linktype != _LINKTYPE_RAW:
-        return None
+    field to one byte (ACFC, PFC)."""
+    if end - start >= 2 and buffer[start] == 0xFF and buffer[start + 1] == 0x03:
+        start += 2
     if start >= end:
-        return None
-    version = buffer[start] >> 4
-    if version == 4:
-        if start + 20 > end:
-            return None
-        header = (buffer[start] & 0x0F) * 4
-        fragment_offset = (buffer[start + 6] & 0x1F) << 8 | buffer[start + 7]
-        transport = start + header if header >= 20 and not fragment_offset else -1
-        return (
-            buffer[start + 9],
-            bytes(buffer[start + 12 : start + 16]),
-            bytes(buffer[start + 16 : start + 20]),
-            transport,
-        )
-    if version == 6:
-        if start + 40 > end:
-            return None
-        next_header = buffer[start + 6]
-        source = bytes(buffer[start + 8 : start + 24])
-        destination = bytes(buffer[start + 24 : start + 40])
-        position = start + 40
-        while next_header in _IPV6_EXTENSIONS or next_header in (
-            _IPV6_FRAGMENT,
-            _IPV6_AUTHENTICATION,
-        ):
-            if position + 8 > end:
-                return next_header, source, destination, -1
-            if next_header == _IPV6_FRAGMENT:
-                if (buffer[position + 2] << 8 | buffer[position + 3]) >> 3:
-                    return buffer[position], source, destination, -1
-                length = 8
-            elif next_header == _IPV6_AUTHENTICATION:
-                length = (buffer[position + 1] + 2) * 4
-            else:
-                length = (buffer[position + 1] + 1) * 8
-            next_header = buffer[position]
-            position += length
-        return next_header, source, destination, position
-    return None
+        return -1
+    protocol = buffer[start]
+    if protocol & 1:
+        start += 1
+    elif start + 2 <= end:
+        protocol = protocol << 8 | buffer[start + 1]
+        start += 2
+    else:
+        return -1
+    if protocol not in (_PPP_IPV4, _PPP_IPV6):
+        return -1
+    return start

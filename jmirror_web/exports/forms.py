@@ -127,7 +127,9 @@ class ExportForm(forms.Form):
     addresses = forms.CharField(
         required=False, max_length=MAX_FILTER_CHARS, help_text="IPv4 or IPv6, source or destination"
     )
-    ports = forms.CharField(required=False, max_length=MAX_FILTER_CHARS, help_text="TCP/UDP/SCTP")
+    ports = forms.CharField(
+        required=False, max_length=MAX_FILTER_CHARS, help_text="TCP, UDP, SCTP, DCCP, UDP-Lite"
+    )
     protocols = forms.CharField(
         required=False,
         max_length=MAX_FILTER_CHARS,

@@ -33,6 +33,7 @@ from jmirror_web.exports.engine import (
     stream_export,
 )
 from receiver.capture import iter_frames
+from receiver.jmirror import decode_datagram
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore, SessionKey
 
 TSHARK = shutil.which("tshark")
@@ -482,6 +483,29 @@ def test_the_filter_matches_addresses_ports_and_protocols_inside_ppp_and_raw_ip(
     assert kept(every) == ["v4 udp", "ppp compressed v4"]
     assert kept(PacketFilter(ports=frozenset({9999}))) == []
     assert len(kept(PacketFilter())) == len(candidates)
+
+
+def test_the_port_filter_matches_every_protocol_whose_ports_the_decoder_shows(tmp_path):
+    protocols = {33: "dccp", 132: "sctp", 136: "udp-lite"}
+    candidates = [
+        (f"{version} {name}", inner(protocol=protocol, ports=(40000, 5060)))
+        for protocol, name in protocols.items()
+        for version, inner in (("v4", ipv4), ("v6", ipv6))
+    ]
+    for _, data in candidates:
+        shown = decode_datagram(struct.pack("!II", 0x300, 0x90) + data)
+        assert (shown.sport, shown.dport) == (40000, 5060)
+    written = [(KEY_A, T0 + i, data, LINKTYPE_RAW) for i, (_, data) in enumerate(candidates)]
+    files = store_files(tmp_path, written)[KEY_A]
+    request = ExportRequest(
+        [session(files)], ExportFormat.PCAPNG, packet_filter=PacketFilter(ports=frozenset({5060}))
+    )
+
+    data, digest, _ = export(request)
+
+    by_bytes = {data: name for name, data in candidates}
+    assert [by_bytes[frame] for _, _, frame in frames(data)] == [name for name, _ in candidates]
+    assert digest.packets == len(candidates)
 
 
 # Zip
