@@ -11,9 +11,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jmirror_web.settings")
 # Django must be set up before anything imports models, so this comes first.
 django_asgi_application = get_asgi_application()
 
-from jmirror_web.body_limit import RequestBodyLimit  # noqa: E402
 from jmirror_web.live.origin import SiteOriginValidator  # noqa: E402
 from jmirror_web.live.routing import websocket_urlpatterns  # noqa: E402  (needs the models)
+from jmirror_web.server.body_limit import RequestBodyLimit  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

@@ -142,6 +142,7 @@ INSTALLED_APPS = [
     "jmirror_web.live",
     "jmirror_web.console",
     "jmirror_web.exports",
+    "jmirror_web.server",
     "receiver",
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -347,7 +348,7 @@ JMIRROR_REFUSAL_AUDIT_SECONDS = env_int(
     "JMIRROR_REFUSAL_AUDIT_SECONDS", 600, minimum=1, maximum=24 * 3600
 )
 
-# Request bodies under `manage.py serve` (jmirror_web.bounded_requests), decided from a
+# Request bodies under `manage.py serve` (jmirror_web.server.bounded_requests), decided from a
 # request's head before its body is read: a client that is not signed in may send this
 # many bytes (the sign-in forms take under 1 KiB); a signed-in one
 # DATA_UPLOAD_MAX_MEMORY_SIZE, or on the verify page JMIRROR_VERIFY_MAX_MB.

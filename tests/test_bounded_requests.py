@@ -1,5 +1,5 @@
 """Request bodies against the served product (``manage.py serve``,
-jmirror_web.bounded_requests): the cap is decided from the head, by route and by who asks;
+jmirror_web.server.bounded_requests): the cap is decided from the head, by route and by who asks;
 a refused body is neither kept in memory nor written to disk; a signed-in user's verify
 upload is hashed as it streams; slow bodies are cut; an over-long request line gets 414
 and an oversized websocket message 1009."""

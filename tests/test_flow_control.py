@@ -1,4 +1,4 @@
-"""Backpressure on streamed responses (jmirror_web.flow_control): a large export to a
+"""Backpressure on streamed responses (jmirror_web.server.flow_control): a large export to a
 client that stops reading waits for it instead of piling up in the web process.
 
 The end-to-end test serves the product (``manage.py serve``) with a stored session of
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from daphne.http_protocol import WebRequest
 
-from jmirror_web import flow_control
-from jmirror_web.flow_control import FlowControlServer, ResponseFlow
+from jmirror_web.server import flow_control
+from jmirror_web.server.flow_control import FlowControlServer, ResponseFlow
 from tests.e2e_helpers import ServedProduct
 
 PACKET = 64_000  # bytes a packet: few packets for many megabytes, quick to store

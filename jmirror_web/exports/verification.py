@@ -160,7 +160,7 @@ class StreamedVerifyUpload:
     1 KB and 4 GB; the form's other fields (the CSRF token, a SHA-256) are kept, each at
     most :data:`FORM_FIELD_BYTES_MAX` bytes, :data:`FORM_FIELDS_MAX` of them.
 
-    Used by the server (:mod:`jmirror_web.bounded_requests`) on a signed-in user's
+    Used by the server (:mod:`jmirror_web.server.bounded_requests`) on a signed-in user's
     upload, which so never reaches Django whole; :meth:`outcome` is what the view gets."""
 
     def __init__(self, boundary: bytes, file_limit: int) -> None:

@@ -1,7 +1,7 @@
 """Behind a reverse proxy, Daphne takes the client's address from the header the proxy
 sets, so that audit events and sign-in lockouts name the client, not the proxy."""
 
-from jmirror_web.console.management.commands.serve import proxy_options
+from jmirror_web.server.management.commands.serve import proxy_options
 
 
 def test_without_a_proxy_no_header_is_trusted() -> None:

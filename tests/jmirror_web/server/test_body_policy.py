@@ -1,4 +1,4 @@
-"""Which body a request may send, from its head (jmirror_web.body_policy): "signed in" is
+"""Which body a request may send, from its head (jmirror_web.server.body_policy): "signed in" is
 looked up in the session store or the token table, never read from a cookie's presence;
 and when a body is too slow (BodyWatch)."""
 
@@ -10,7 +10,8 @@ import pytest
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from jmirror_web.body_policy import (
+from jmirror_web.intercepts.access import Role
+from jmirror_web.server.body_policy import (
     MULTIPART_ENVELOPE,
     RATE_WINDOW_SECONDS,
     BodyWatch,
@@ -20,7 +21,6 @@ from jmirror_web.body_policy import (
     needs_lookup,
     who_asks,
 )
-from jmirror_web.intercepts.access import Role
 from tests.factories import make_user
 
 MIB = 1024 * 1024

@@ -6,10 +6,10 @@ Under ASGI, Django copies the whole request body into a temporary file
 that. :class:`RequestBodyLimit` refuses a body over the request's cap with 413: from its
 ``Content-Length`` before the application is called, or, for a body without one
 (chunked), as soon as the bytes received pass the cap. The cap is the route's and the
-client's (:mod:`jmirror_web.body_policy`: a few KiB for a client that is not signed in).
+client's (:mod:`jmirror_web.server.body_policy`: a few KiB for a client that is not signed in).
 
 Under ``manage.py serve`` the server has already held the body to the same cap while it
-arrived (:mod:`jmirror_web.bounded_requests`) and says so in the scope
+arrived (:mod:`jmirror_web.server.bounded_requests`) and says so in the scope
 (:data:`DECIDED_EXTENSION`), so the credential is not looked up twice. Elsewhere (another
 ASGI server) this is the only cap, and comes after the server has received the body.
 """
@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from channels.db import database_sync_to_async
 
-from jmirror_web.body_policy import (
+from jmirror_web.server.body_policy import (
     MULTIPART_ENVELOPE,
     Who,
     head_of,
@@ -40,7 +40,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Set by the server (jmirror_web.flow_control) to the cap it held the body to.
+# Set by the server (jmirror_web.server.flow_control) to the cap it held the body to.
 DECIDED_EXTENSION: Final = "jmirror.body_limit"
 
 

@@ -20,9 +20,9 @@ from typing import Any, Final
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 
-from jmirror_web.body_limit import DECIDED_EXTENSION as DECIDED
-from jmirror_web.bounded_requests import BoundedHTTPFactory
 from jmirror_web.exports.verification import HASHED_UPLOAD_EXTENSION as HASHED
+from jmirror_web.server.body_limit import DECIDED_EXTENSION as DECIDED
+from jmirror_web.server.bounded_requests import BoundedHTTPFactory
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def release(protocol: WebRequest, flow: ResponseFlow) -> None:
 
 class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hints
     """Daphne's server, with ``send`` of a streamed HTTP response waiting for the client,
-    and request bodies bounded as they arrive (:mod:`jmirror_web.bounded_requests`)."""
+    and request bodies bounded as they arrive (:mod:`jmirror_web.server.bounded_requests`)."""
 
     @property
     def http_factory(self) -> Any:
@@ -101,7 +101,7 @@ class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hin
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         # A verify upload the request hashed while receiving it: the view reads the hash
-        # from the scope, which only the server writes (jmirror_web.bounded_requests).
+        # from the scope, which only the server writes (jmirror_web.server.bounded_requests).
         extensions = dict(scope.get("extensions", {}))
         hashed = getattr(protocol, "hashed_upload", None)
         if hashed is not None:

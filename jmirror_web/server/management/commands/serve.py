@@ -127,7 +127,7 @@ class Command(BaseCommand):
         from daphne.server import twisted_loop
 
         from jmirror_web.asgi import application
-        from jmirror_web.flow_control import FlowControlServer
+        from jmirror_web.server.flow_control import FlowControlServer
 
         if not 1 <= options["port"] <= 65535:
             raise CommandError("--port must be between 1 and 65535")
@@ -155,7 +155,7 @@ class Command(BaseCommand):
         endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
         try:
             # Daphne's Server, but a streamed response waits for a slow client rather
-            # than piling up in this process (jmirror_web.flow_control).
+            # than piling up in this process (jmirror_web.server.flow_control).
             FlowControlServer(
                 application=application,
                 endpoints=[endpoint],

@@ -4,7 +4,7 @@ Twisted, under Daphne, receives a whole request body before the application is c
 (into memory, or past 100 KB into a temporary file), then Daphne queues all of it for
 the application at once, and Django spools it again. So every cap of Django's comes
 after the memory or the disk has taken the body. :class:`BoundedWebRequest` decides the
-body's cap from the request's head alone (:mod:`jmirror_web.body_policy`: by route, and
+body's cap from the request's head alone (:mod:`jmirror_web.server.body_policy`: by route, and
 by who asks) and holds the body to it while it arrives:
 
 - When the head is complete (``gotLength``), the cap is known at once for a request
@@ -25,8 +25,8 @@ by who asks) and holds the body to it while it arrives:
   is not kept at all: its multipart form is parsed and its file hashed while it streams
   in (:class:`jmirror_web.exports.verification.StreamedVerifyUpload`); the application
   receives the form's small fields and, in the ASGI scope's extensions, the file's name,
-  size and SHA-256 (``jmirror.hashed_upload``, set by :mod:`jmirror_web.flow_control`).
-- Slow bodies are cut with 408 and logged (:class:`jmirror_web.body_policy.BodyWatch`):
+  size and SHA-256 (``jmirror.hashed_upload``, set by :mod:`jmirror_web.server.flow_control`).
+- Slow bodies are cut with 408 and logged (:class:`jmirror_web.server.body_policy.BodyWatch`):
   one that receives less than ``JMIRROR_BODY_MIN_BYTES_PER_SECOND`` over any 10 s, or takes
   longer than ``JMIRROR_BODY_TIMEOUT_SECONDS`` in all (a verify upload
   ``JMIRROR_VERIFY_UPLOAD_TIMEOUT_SECONDS``). A request line, and then the rest of a
@@ -59,7 +59,8 @@ from django.conf import settings
 from python_multipart.multipart import parse_options_header
 from twisted.web import http
 
-from jmirror_web.body_policy import (
+from jmirror_web.exports.verification import StreamedVerifyUpload
+from jmirror_web.server.body_policy import (
     BodyLimit,
     BodyWatch,
     Head,
@@ -68,7 +69,6 @@ from jmirror_web.body_policy import (
     needs_lookup,
     who_asks,
 )
-from jmirror_web.exports.verification import StreamedVerifyUpload
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class BoundedWebRequest(WebRequest):  # type: ignore[misc]  # daphne has no type
             upload.finish()
             self.hashed_upload = upload.outcome()
             # The application gets the form's small fields; the file's hash goes in the
-            # scope (jmirror_web.flow_control), where a client cannot write.
+            # scope (jmirror_web.server.flow_control), where a client cannot write.
             form = urlencode(upload.fields).encode()
             self.content = io.BytesIO(form)
             self.content.seek(0, io.SEEK_END)

@@ -1,5 +1,5 @@
 """Request bodies over the request's cap (by route and by who asks) are refused through
-the real ASGI application (jmirror_web.body_limit) before Django spools them: by their
+the real ASGI application (jmirror_web.server.body_limit) before Django spools them: by their
 Content-Length before anything is read, or, without one, as soon as the bytes received
 pass the cap."""
 
@@ -17,8 +17,8 @@ from django.test import Client
 from django.urls import reverse
 
 from jmirror_web.asgi import application
-from jmirror_web.body_limit import MULTIPART_ENVELOPE, largest_body
 from jmirror_web.intercepts.access import Role
+from jmirror_web.server.body_limit import MULTIPART_ENVELOPE, largest_body
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
