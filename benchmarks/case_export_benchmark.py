@@ -130,8 +130,10 @@ def build_case(directory: Path, size: int, sessions: int, intercepts: int, rotat
 
 
 def run(case: Any, export_format: str, source_bytes: int) -> dict[str, float]:
-    from jmirror_web.exports.engine import ExportDigest, ExportFormat, stream_export
+    from jmirror_web.exports.engine import stream_export
+    from jmirror_web.exports.request import ExportFormat
     from jmirror_web.exports.service import ExportParameters, prepare_case_export
+    from jmirror_web.exports.writers import ExportDigest
 
     reset = reset_peak()
     before = memory_kib()

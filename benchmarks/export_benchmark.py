@@ -44,16 +44,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from jmirror_web.exports.engine import (  # noqa: E402
-    ExportDigest,
+from jmirror_web.exports.engine import stream_export  # noqa: E402
+from jmirror_web.exports.request import (  # noqa: E402
     ExportFormat,
     ExportRequest,
     PacketFilter,
     SessionSource,
     SourceFile,
     Window,
-    stream_export,
 )
+from jmirror_web.exports.writers import ExportDigest  # noqa: E402
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey  # noqa: E402
 
 T0 = 1_795_000_000 * 10**9

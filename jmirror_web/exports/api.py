@@ -22,9 +22,9 @@ from rest_framework.views import APIView
 from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
 from jmirror_web.exports import service
-from jmirror_web.exports.engine import ExportFormat
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.models import Export
+from jmirror_web.exports.request import ExportFormat
 from jmirror_web.exports.service import ExportParameters, ExportRefused, PreparedExport
 from jmirror_web.intercepts.access import Action, may, may_see_export
 from jmirror_web.intercepts.models import Case, Session

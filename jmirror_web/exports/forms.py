@@ -20,7 +20,7 @@ from typing import Any, Final
 from django import forms
 from django.core.exceptions import ValidationError
 
-from jmirror_web.exports.engine import ExportFormat, PacketFilter
+from jmirror_web.exports.request import ExportFormat, PacketFilter
 from jmirror_web.exports.service import ExportParameters
 from jmirror_web.intercepts.models import EARLIEST_MOMENT, LATEST_MOMENT
 from jmirror_web.plain_text import refuse_control_characters

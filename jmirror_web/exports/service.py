@@ -39,8 +39,8 @@ from django.utils import timezone
 
 from jmirror_web.audit.log import client_address, record
 from jmirror_web.exports import engine
-from jmirror_web.exports.engine import (
-    ExportDigest,
+from jmirror_web.exports.models import Export
+from jmirror_web.exports.request import (
     ExportError,
     ExportFormat,
     ExportRequest,
@@ -49,7 +49,7 @@ from jmirror_web.exports.engine import (
     SourceFile,
     Window,
 )
-from jmirror_web.exports.models import Export
+from jmirror_web.exports.writers import ExportDigest
 from jmirror_web.intercepts.models import (
     CaptureFile,
     Case,

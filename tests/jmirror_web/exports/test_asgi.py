@@ -19,8 +19,8 @@ from django.urls import reverse
 
 from jmirror_web.asgi import application
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.exports.engine import CHUNK_BYTES
 from jmirror_web.exports.models import Export
+from jmirror_web.exports.request import CHUNK_BYTES
 from jmirror_web.intercepts.access import Role
 from receiver.store import LINKTYPE_RAW
 from tests.factories import assign, make_user

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jmirror_web.exports.engine import (
+from jmirror_web.exports.engine import check, stream_export
+from jmirror_web.exports.reading import read_linktype
+from jmirror_web.exports.request import (
     CHUNK_BYTES,
-    ExportDigest,
     ExportError,
     ExportFormat,
     ExportRequest,
@@ -28,10 +29,8 @@ from jmirror_web.exports.engine import (
     SourceError,
     SourceFile,
     Window,
-    check,
-    read_linktype,
-    stream_export,
 )
+from jmirror_web.exports.writers import ExportDigest
 from receiver.capture import iter_frames
 from receiver.jmirror import decode_datagram
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore, SessionKey

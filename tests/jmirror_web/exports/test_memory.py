@@ -10,8 +10,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from jmirror_web.exports.engine import CHUNK_BYTES
 from jmirror_web.exports.models import Export
+from jmirror_web.exports.request import CHUNK_BYTES
 from jmirror_web.intercepts.access import Role
 from tests.factories import assign, make_user
 from tests.jmirror_web.exports.evidence import stored_session

@@ -14,9 +14,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from jmirror_web.exports.engine import SourceError
 from jmirror_web.exports.forms import MAX_FILTER_ITEMS
 from jmirror_web.exports.models import Export
+from jmirror_web.exports.request import SourceError
 from jmirror_web.intercepts.models import CaptureFile
 from receiver import traffic
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore, SessionKey

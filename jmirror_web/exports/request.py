@@ -1,0 +1,100 @@
+"""What an export asks for: the sessions and their stored files, the format, the window
+and the filter; and the errors that refuse it. No Django: the views' service, the engine
+and the benchmarks share these."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+# The largest chunk the export stream yields.
+CHUNK_BYTES: Final = 1024 * 1024
+
+
+class ExportFormat(StrEnum):
+    PCAP = "pcap"
+    PCAPNG = "pcapng"
+    ZIP = "zip"  # one member per session, each member in ``ExportRequest.member_format``
+
+
+class ExportError(Exception):
+    """The export cannot be made as asked; ``str(error)`` is one sentence for the user
+    (for example: the session mixes link types, which a pcap file cannot hold)."""
+
+
+class SourceError(ExportError):
+    """A stored file is missing, unreadable or corrupt; raised before anything is yielded
+    when detected up front, else mid-stream (the caller records the export as failed)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Receive times in ns since the epoch, UTC; ``start_ns`` inclusive, ``end_ns``
+    exclusive; ``None`` is unbounded on that side."""
+
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+    def contains(self, time_ns: int) -> bool:
+        return (self.start_ns is None or time_ns >= self.start_ns) and (
+            self.end_ns is None or time_ns < self.end_ns
+        )
+
+
+@dataclass(frozen=True)
+class PacketFilter:
+    """Keeps a packet when it matches every non-empty criterion. Matching is on the
+    mirrored (inner) packet: an address matches source or destination, a port matches
+    the source or destination port of a protocol that has them (receiver.ip.PORT_PROTOCOLS:
+    TCP, UDP, DCCP, SCTP, UDP-Lite), a protocol is an IP protocol number
+    (6 tcp, 17 udp, 1 icmp, 58 icmpv6...). Non-IP packets (PPP control: LCP, IPCP...)
+    match only an empty filter. IPv4 inside PPP (HDLC framing) is looked into."""
+
+    addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
+    ports: frozenset[int] = frozenset()
+    protocols: frozenset[int] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.addresses or self.ports or self.protocols)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One stored pcap file (as written by ``receiver.store``), absolute path resolved by
+    the caller from the data directory (never from a request)."""
+
+    path: Path
+    linktype: int  # from the file's header; the caller may pass 0 to let the engine read it
+    first_ns: int | None = None  # from the CaptureFile row, to order and skip files
+    last_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionSource:
+    """One session's files in any order (the engine orders and merges them by time;
+    files of one session may overlap in time when the session has two link types).
+
+    ``name`` becomes the pcapng interface name (``if_name``) and the zip member's stem;
+    ``description`` the interface description (``if_description``)."""
+
+    name: str
+    description: str
+    files: Sequence[SourceFile]
+    # The session's own limit inside the request's window (a case export keeps each
+    # intercept to its warrant): only packets inside both are exported.
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    sessions: Sequence[SessionSource]  # one for a session export, several for an intercept
+    format: ExportFormat
+    window: Window = Window()
+    packet_filter: PacketFilter = PacketFilter()
+    comment: str = ""  # pcapng section header comment (opt_comment); ignored for pcap
+    member_format: ExportFormat = ExportFormat.PCAPNG  # for ZIP only: PCAP or PCAPNG
