@@ -22,8 +22,9 @@ from jmirror_web.exports.filtering import Match
 from jmirror_web.exports.request import CHUNK_BYTES, SessionSource, SourceError, SourceFile, Window
 from receiver import pcap
 
-_LENGTH_AT_8 = struct.Struct("<8xI")  # a record's included length
-# pcap.SNAPLEN is also the largest record accepted: anything larger is garbage.
+# A record's included length; pcap.SNAPLEN is also the largest record accepted: anything
+# larger is garbage.
+_LENGTH_AT_8 = struct.Struct("<8xI")
 NS_PER_SECOND: Final = 1_000_000_000
 _PART_SUFFIX: Final = ".part"
 # Reads of 3/4 MiB: a run of records (at most one read, plus the part of a record
