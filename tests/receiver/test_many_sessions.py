@@ -126,22 +126,29 @@ def test_more_sessions_than_open_files_store_every_datagram_and_count_it_once(
     }
 
 
+def _count_python_path(receiver: Receiver) -> Counter[int]:
+    """Datagrams that reach the Python path from now on, per mirror id (the rest C
+    stores on its own)."""
+    handled = Counter[int]()
+    python_handle = receiver.handle
+
+    def counting(payload: bytes, source: str, time_ns: int) -> object:
+        handled[int.from_bytes(payload[:4])] += 1
+        return python_handle(payload, source, time_ns)
+
+    receiver.handle = counting  # type: ignore[method-assign,assignment]
+    # A drain made after the patch, so that it hands datagrams to the counting one.
+    receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
+    return handled
+
+
 @NO_C
 def test_bindings_outlive_ticks_so_python_sees_each_session_once(tmp_path: Path) -> None:
     """A tick used to clear every binding: each session's next datagram then went through
     Python again, which at thousands of sessions was most of the loop's time."""
     sessions, rounds = 200, 5
     with _receiver(PcapStore(tmp_path), sessions, native=True) as receiver:
-        handled = Counter[int]()
-        python_handle = receiver.handle
-
-        def counting(payload: bytes, source: str, time_ns: int) -> object:
-            handled[int.from_bytes(payload[:4])] += 1
-            return python_handle(payload, source, time_ns)
-
-        receiver.handle = counting  # type: ignore[method-assign,assignment]
-        # A drain made after the patch, so that it hands datagrams to the counting one.
-        receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
+        handled = _count_python_path(receiver)
         for round_ in range(rounds):
             # Several datagrams of each session per round, so most can stay in C.
             _send_and_drain(
@@ -169,15 +176,7 @@ def test_a_watch_read_again_unchanged_keeps_the_bindings(tmp_path: Path) -> None
     again, which at 10,000 sessions was a large share of the loop's time."""
     sessions, rounds = 50, 4
     with _receiver(PcapStore(tmp_path), sessions, native=True) as receiver:
-        handled = Counter[int]()
-        python_handle = receiver.handle
-
-        def counting(payload: bytes, source: str, time_ns: int) -> object:
-            handled[int.from_bytes(payload[:4])] += 1
-            return python_handle(payload, source, time_ns)
-
-        receiver.handle = counting  # type: ignore[method-assign,assignment]
-        receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
+        handled = _count_python_path(receiver)
         receiver.watch = LiveWatch(cases=frozenset({2}))
         receiver.tick(time.time_ns())  # applied before the first datagram
         for round_ in range(rounds):
