@@ -20,18 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from receiver import worker
-from receiver.capture import iter_frames
+from receiver import receive_loop
 from receiver.gate import Gate, RouterRule
+from receiver.pcap_reader import iter_frames
+from receiver.pipeline import ACTIVE_SECONDS, DatagramPipeline, Snapshot
+from receiver.receive_loop import Receiver
 from receiver.store import PENDING_FD, PcapStore, SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import LiveWatch
-from receiver.worker import ACTIVE_SECONDS, Capture, Receiver, Snapshot
 from tests.receiver.test_handle_batch import _rule
 
 ROUTER = "127.0.0.1"
 FOREVER = (0, 2**63)
-NO_C = pytest.mark.skipif(worker.FastReceiver is None, reason="receiver._fastpath is not built")
+NO_C = pytest.mark.skipif(
+    receive_loop.FastReceiver is None, reason="receiver._fastpath is not built"
+)
 NATIVE = [
     pytest.param(True, id="c", marks=NO_C),
     pytest.param(False, id="python"),
@@ -304,7 +307,9 @@ def test_capture_without_a_receiver_keeps_its_sessions_apart_between_ticks(
 ) -> None:
     """The offline path (import_pcap) hands sessions on per tick like the live one."""
     snapshots: list[Snapshot] = []
-    capture = Capture(_gate(2), PcapStore(tmp_path), on_tick=[snapshots.append], start_ns=0)
+    capture = DatagramPipeline(
+        _gate(2), PcapStore(tmp_path), on_tick=[snapshots.append], start_ns=0
+    )
     for number in range(3):
         capture.handle(_datagram(1, number), ROUTER, 1_000 + number)
     capture.tick(10_000)
@@ -337,7 +342,7 @@ def test_counts_wait_while_their_files_wait_to_be_opened(tmp_path: Path) -> None
     exists and they are written, never before (the counters never run ahead of files)."""
     snapshots: list[Snapshot] = []
     store = PcapStore(tmp_path)
-    capture = Capture(_gate(3), store, on_tick=[snapshots.append], start_ns=0)
+    capture = DatagramPipeline(_gate(3), store, on_tick=[snapshots.append], start_ns=0)
     capture.handle(_datagram(3, 0), ROUTER, 500)  # session 3's file opens at once
     store.open_budget_ns = 0
     for number in range(1, 5):
