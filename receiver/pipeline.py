@@ -10,8 +10,8 @@ unclaimed streams, files, totals) to its hooks, which write the database and fee
 live view in other threads.
 
 Two things feed it: the live receive loop (:class:`receiver.receive_loop.Receiver`, which
-adds the sockets and the C drain) and ``manage.py import_pcap`` (a capture file), so
-offline and live packets meet the same gate.
+holds one and adds the sockets and the C drain) and ``manage.py import_pcap`` (a capture
+file), so offline and live packets meet the same gate.
 """
 
 from __future__ import annotations
@@ -276,12 +276,21 @@ class Snapshot:
 
 
 TickHook = Callable[[Snapshot], None]
+# Told at each tick which delta replaces each bound one (None: the session is let go).
+HandOver = Callable[[dict[SessionDelta, SessionDelta | None]], None]
+
+
+def _nobody_bound(successors: dict[SessionDelta, SessionDelta | None]) -> None:
+    """No part outside the pipeline holds its session deltas (a capture file's import)."""
 
 
 class DatagramPipeline:
     """The per-datagram pipeline: decode, gate, count, store; and the periodic snapshots.
 
-    Not thread-safe except as :class:`Receiver` documents: one thread feeds it.
+    Not thread-safe except as :class:`~receiver.receive_loop.Receiver` documents: one
+    thread feeds it. Where another part takes some datagrams itself (the receive loop's C
+    path, bound to session deltas), ``hand_over`` is told of each tick's replacement
+    deltas and ``socket_counters`` gives the sockets' counters for the snapshot.
     """
 
     def __init__(
@@ -293,13 +302,14 @@ class DatagramPipeline:
         on_tick: Sequence[TickHook] = (),
         unclaimed_limit: int = UNCLAIMED_LIMIT,
         start_ns: int | None = None,
+        hand_over: HandOver | None = None,
+        socket_counters: Callable[[], list[SocketCounters]] | None = None,
     ) -> None:
         self.gate = gate
         self.store = store
         self.counters = ListenerCounters()
         # Every unclaimed stream since start (bounded), for callers without a hook.
         self.unclaimed: dict[StreamKey, Unclaimed] = {}
-        self.warnings: list[str] = []
         # Every file closed by the last shutdown, for callers without a hook.
         self.final_closed: list[FileFacts] = []
         #: What browsers watch live (assigned from another thread, like :attr:`gate`):
@@ -324,14 +334,15 @@ class DatagramPipeline:
         # The gate's answer for the last datagram _store_classified dropped, for the C
         # path to take the stream's (or source's) next ones (Receiver._native_drainer).
         self.last_drop: tuple[str, int, int] | None = None
-        self._tick_ns = int(tick_interval * 1e9)
         self._on_tick = tuple(on_tick)
         self._unclaimed_limit = unclaimed_limit
         # Receive time of the start: wall clock live, the first packet's time offline.
         self._previous_tick_ns = time.time_ns() if start_ns is None else start_ns
-        # Bumped when the C path's bindings must all go (Receiver._native_drainer): what
-        # browsers watch changed (bindings say whether to keep a sample), or a failure.
-        self._bindings_epoch = 0
+        #: Bumped when the C path's bindings must all go (Receiver._native_drainer): what
+        #: browsers watch changed (bindings say whether to keep a sample), or a failure.
+        self.bindings_epoch = 0
+        self._hand_over = hand_over if hand_over is not None else _nobody_bound
+        self._socket_counters = socket_counters if socket_counters is not None else list
 
     def handle_batch(
         self,
@@ -401,7 +412,7 @@ class DatagramPipeline:
                     delta = None
                 except Exception:
                     delta = None
-                    self._internal_error(source)
+                    self.internal_error(source)
         finally:
             counters.datagrams += len(payloads)
             counters.bytes += received_bytes
@@ -428,14 +439,14 @@ class DatagramPipeline:
             counters.malformed += 1
             return None
         except Exception:
-            self._internal_error(source)
+            self.internal_error(source)
             return None
         linktype = LINKTYPE_FOR_KIND.get(inner)
         if delta is None or linktype is None:
             return None
         return delta, low, high, linktype
 
-    def _internal_error(self, source: str) -> None:
+    def internal_error(self, source: str) -> None:
         # A bug, not bad input: count it, say so now and then, and keep receiving.
         counters = self.counters
         counters.internal_error += 1
@@ -516,6 +527,38 @@ class DatagramPipeline:
         else:
             self._unclaimed_count(key, reason, 1, time_ns, time_ns)
 
+    def count_dropped_elsewhere(
+        self,
+        stream: StreamKey,
+        reason: str,
+        count: int,
+        first_ns: int,
+        last_ns: int,
+        *,
+        aggregate: bool,
+    ) -> None:
+        """Count ``count`` datagrams of unclaimed ``stream`` that another part (the C
+        path) dropped, as :meth:`handle` would have; ``aggregate``: counted in the
+        source's aggregate row already, so counted as aggregated here too."""
+        entry = None if aggregate else self._unclaimed_since_tick.get(stream)
+        if entry is not None:
+            entry.count += count
+            entry.last_ns = last_ns
+            entry.reason = reason
+        else:
+            self._unclaimed_count(stream, reason, count, first_ns, last_ns)
+
+    @property
+    def unclaimed_since_tick(self) -> bool:
+        """Whether this tick's unclaimed table lists any stream yet."""
+        return bool(self._unclaimed_since_tick)
+
+    def note_round(self, took_ns: int) -> None:
+        """A receive round of the loop took ``took_ns``: the longest per tick is in the
+        snapshot."""
+        if took_ns > self._round_ns:
+            self._round_ns = took_ns
+
     def _unclaimed_count(
         self, key: StreamKey, reason: str, count: int, first_ns: int, last_ns: int
     ) -> None:
@@ -560,10 +603,6 @@ class DatagramPipeline:
             counters.unclaimed_overflow,
         )
 
-    def socket_counters(self) -> list[SocketCounters]:
-        """Per-socket counters; none for a pipeline fed from a file."""
-        return []
-
     def tick(
         self, now_ns: int, *, final: bool = False, closed: list[FileFacts] | None = None
     ) -> None:
@@ -603,7 +642,7 @@ class DatagramPipeline:
             closed_files=store.take_closed() if closed is None else closed,
             open_files=store.open_files(),
             listener=self.counters.copy(),
-            sockets=self.socket_counters(),
+            sockets=self._socket_counters(),
             unclaimed=unclaimed,
             store_errors=Counter(store.store_errors),
             final=final,
@@ -638,7 +677,7 @@ class DatagramPipeline:
                 delta.watched = watch is None or watch.covers(
                     delta.router_id, mid, sid, delta.intercept_pk, delta.case_pk
                 )
-            self._bindings_epoch += 1
+            self.bindings_epoch += 1
         handed: dict[StreamKey, SessionDelta] = {}
         successors: dict[SessionDelta, SessionDelta | None] = {}
         # Sessions whose packets wait in memory for their files (a burst of new
@@ -663,10 +702,6 @@ class DatagramPipeline:
             ]:
                 successors[sessions.pop(key)] = None
         return handed, successors
-
-    def _hand_over(self, successors: dict[SessionDelta, SessionDelta | None]) -> None:
-        """Where the pipeline's sessions are bound elsewhere (the C path), bind them to
-        their successors."""
 
     def finish(self, now_ns: int) -> list[FileFacts]:
         """Close and hash every file and hand the final snapshot to the hooks."""

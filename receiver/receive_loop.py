@@ -8,7 +8,8 @@ write them to the database in another thread. The loop itself never waits on any
 its sockets.
 
 What happens to each datagram (decode -> gate -> counters -> store) is the pipeline's
-(:mod:`receiver.pipeline`); :class:`Receiver` adds the sockets, the drains and the C part.
+(:mod:`receiver.pipeline`); a :class:`Receiver` holds one (:attr:`Receiver.pipeline`) and
+adds the sockets, the drains and the C part.
 
 Hot path, chosen by measurement (docs/architecture.md, Measured constraints):
 non-blocking sockets drained until empty and ``select`` only when all are (a plain loop
@@ -53,12 +54,16 @@ from receiver.pipeline import (
     UNCLAIMED_LIMIT,
     UNCLAIMED_STREAMS_PER_SOURCE,
     DatagramPipeline,
+    ListenerCounters,
     SessionDelta,
     SocketCounters,
+    StreamKey,
     TickHook,
+    Unclaimed,
     aggregate_key,
 )
 from receiver.store import FileFacts, PcapStore
+from receiver.watch import LiveWatch
 
 try:
     from receiver._fastpath import FastReceiver
@@ -187,8 +192,9 @@ def kernel_drops(sock: socket.socket) -> int | None:
     return drops
 
 
-class Receiver(DatagramPipeline):
-    """Receives jmirror datagrams on one or more UDP addresses and stores claimed ones.
+class Receiver:
+    """Receives jmirror datagrams on one or more UDP addresses and feeds them to its
+    :attr:`pipeline`, which stores the claimed ones.
 
     Construct, then :meth:`run` in the thread that should do the capture; :meth:`stop`
     from any thread (or a signal handler) makes :meth:`run` close every file and return.
@@ -211,13 +217,19 @@ class Receiver(DatagramPipeline):
     ) -> None:
         if not listen:
             raise ValueError("a receiver needs at least one address to listen on")
-        super().__init__(
+        #: What happens to each datagram; the drains below only receive.
+        self.pipeline = DatagramPipeline(
             gate,
             store,
             tick_interval=tick_interval,
             on_tick=on_tick,
             unclaimed_limit=unclaimed_limit,
+            hand_over=self._hand_over,
+            socket_counters=self.socket_counters,
         )
+        self.store = store
+        self.warnings: list[str] = []
+        self._tick_ns = int(tick_interval * 1e9)
         # Shared with the caller when given, so one event can stop several threads.
         self._stop = stop_event if stop_event is not None else threading.Event()
         #: Whether the sockets are drained by receiver._fastpath (C) rather than Python.
@@ -247,6 +259,41 @@ class Receiver(DatagramPipeline):
             raise
 
     @property
+    def gate(self) -> Gate:
+        return self.pipeline.gate
+
+    @gate.setter
+    def gate(self, gate: Gate) -> None:
+        self.pipeline.gate = gate
+
+    @property
+    def watch(self) -> LiveWatch | None:
+        """What browsers watch live (:attr:`DatagramPipeline.watch`)."""
+        return self.pipeline.watch
+
+    @watch.setter
+    def watch(self, watch: LiveWatch | None) -> None:
+        self.pipeline.watch = watch
+
+    @property
+    def counters(self) -> ListenerCounters:
+        return self.pipeline.counters
+
+    @property
+    def unclaimed(self) -> dict[StreamKey, Unclaimed]:
+        return self.pipeline.unclaimed
+
+    @property
+    def final_closed(self) -> list[FileFacts]:
+        return self.pipeline.final_closed
+
+    def handle(
+        self, payload: bytes, source: str, time_ns: int
+    ) -> tuple[SessionDelta, int, int, int] | None:
+        """:meth:`DatagramPipeline.handle`: one datagram, as if received."""
+        return self.pipeline.handle(payload, source, time_ns)
+
+    @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) pairs; useful after binding port 0."""
         return list(self._addresses)
@@ -267,7 +314,8 @@ class Receiver(DatagramPipeline):
     def _drainer(self, sock: socket.socket) -> Callable[[], None]:
         """A function that takes what is waiting on ``sock`` (up to a bound, so several
         sockets share the loop fairly) through :meth:`handle`."""
-        handle = self.handle
+        pipeline = self.pipeline
+        handle = pipeline.handle
         time_ns = time.time_ns
         counters = self._socket_counters[self.sockets.index(sock)]
         if self.native:
@@ -277,7 +325,8 @@ class Receiver(DatagramPipeline):
             # host, as tcpdump records it, whatever the loop was doing then.
             batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM, timestamps=True)
             receive = batch.receive_timed
-            handle_batch = self.handle_batch
+            handle_batch = pipeline.handle_batch
+            listener = pipeline.counters
 
             def drain_batches() -> None:
                 for _ in range(_DRAIN_LIMIT // BATCH):
@@ -289,10 +338,10 @@ class Receiver(DatagramPipeline):
                         return
                     if not payloads:
                         return
-                    before = self.counters.bytes
+                    before = listener.bytes
                     handle_batch(payloads, sources, times)
                     counters.datagrams += len(payloads)
-                    counters.bytes += self.counters.bytes - before
+                    counters.bytes += listener.bytes - before
 
             return drain_batches
         buffer = bytearray(_MAX_DATAGRAM)
@@ -337,33 +386,34 @@ class Receiver(DatagramPipeline):
             timestamps=_enable_timestamps(sock),
         )
         self._natives.append(native)
-        handle = self.handle
-        listener = self.counters
+        pipeline = self.pipeline
+        handle = pipeline.handle
+        listener = pipeline.counters
         addresses = self._native_sources
         # What the bindings were made under: gate, bindings epoch.
         bound: list[object] = [None, -1]
 
         def current() -> bool:
-            return bound[0] is self.gate and bound[1] == self._bindings_epoch
+            return bound[0] is pipeline.gate and bound[1] == pipeline.bindings_epoch
 
         def rebase() -> None:
-            gate = self.gate
+            gate = pipeline.gate
             new_gate = bound[0] is not gate
-            bound[:] = [gate, self._bindings_epoch]
+            bound[:] = [gate, pipeline.bindings_epoch]
             try:
                 # C may fold a source's unclaimed streams into its aggregate row only
                 # knowing every stream this tick's table lists apart: from empty, and
                 # with no other socket's receiver adding to it.
-                native.clear(len(self._natives) == 1 and not self._unclaimed_since_tick)
+                native.clear(len(self._natives) == 1 and not pipeline.unclaimed_since_tick)
             except Exception:  # handing the live sample on failed (no memory): counted
-                self._internal_error("the C receive path")
+                self.pipeline.internal_error("the C receive path")
             if new_gate:
                 # From now on C drops what this gate drops (receiver/_fastpath.c); also
                 # when clear() failed, or C would go on dropping by the old gate's ids.
                 try:
                     native.set_gate(gate.mirror_ids, UNCLAIMED_STREAMS_PER_SOURCE)
                 except Exception:  # no memory: C decides nothing until the next gate
-                    self._internal_error("the C receive path")
+                    self.pipeline.internal_error("the C receive path")
 
         def drain_native() -> None:
             for _ in range(_DRAIN_LIMIT // BATCH):
@@ -384,7 +434,7 @@ class Receiver(DatagramPipeline):
                         # A bug or no memory: what C stored stays; Python takes the rest.
                         index = native.failed_at
                         rebase()
-                        self._internal_error("the C receive path")
+                        self.pipeline.internal_error("the C receive path")
                     if index >= count:
                         break
                     if native.pending:
@@ -397,9 +447,9 @@ class Receiver(DatagramPipeline):
                         continue
                     source = addresses.get(key) or remember_source(addresses, key)
                     found = handle(payload, source, time_ns)
-                    verdict = self.last_drop
+                    verdict = pipeline.last_drop
                     if verdict is not None:
-                        self.last_drop = None
+                        pipeline.last_drop = None
                         # Dropped as unclaimed: C drops the source's or stream's next ones.
                         if not current():
                             rebase()
@@ -407,7 +457,7 @@ class Receiver(DatagramPipeline):
                         try:
                             native.refuse(index, _REASON_CODES[reason], low, min(high, _LAST_NS))
                         except Exception:  # a bug: the stream stays in Python
-                            self._internal_error(source)
+                            self.pipeline.internal_error(source)
                     elif found is not None:
                         if not current():
                             rebase()
@@ -427,7 +477,7 @@ class Receiver(DatagramPipeline):
                                     delta.watched,
                                 )
                             except Exception:  # no memory: the stream stays in Python
-                                self._internal_error(source)
+                                self.pipeline.internal_error(source)
                     index += 1
             received, received_bytes, fast, fast_bytes = native.take_counts()
             listener.datagrams += fast
@@ -453,7 +503,14 @@ class Receiver(DatagramPipeline):
                 self.store.flush()
             except Exception:
                 logger.exception("store flush failed; capture goes on")
-        super().tick(now_ns, final=final, closed=closed)
+        self.pipeline.tick(now_ns, final=final, closed=closed)
+
+    def finish(self, now_ns: int) -> list[FileFacts]:
+        """Close and hash every file and hand the final snapshot to the hooks."""
+        for native in self._natives:
+            if native.pending:
+                self._take_dropped(native)
+        return self.pipeline.finish(now_ns)
 
     def _hand_over(self, successors: dict[SessionDelta, SessionDelta | None]) -> None:
         # C hands each bound stream's latest datagrams to the delta the snapshot takes,
@@ -467,12 +524,12 @@ class Receiver(DatagramPipeline):
             except Exception:
                 # No memory: bindings to deltas already handed on would count into them,
                 # so every binding goes and the streams rebind through Python.
-                self._internal_error("the C receive path")
-                self._bindings_epoch += 1
+                self.pipeline.internal_error("the C receive path")
+                self.pipeline.bindings_epoch += 1
                 try:
                     native.clear()
                 except Exception:
-                    self._internal_error("the C receive path")
+                    self.pipeline.internal_error("the C receive path")
 
     def _take_dropped(self, native: FastReceiver) -> None:
         """Count what C dropped since the last call as :meth:`DatagramPipeline.handle` would
@@ -480,9 +537,9 @@ class Receiver(DatagramPipeline):
         try:
             malformed, unknown, no_intercept, outside, streams = native.take_dropped()
         except Exception:  # no memory: kept in C for the next call
-            self._internal_error("the C receive path")
+            self.pipeline.internal_error("the C receive path")
             return
-        counters = self.counters
+        counters = self.pipeline.counters
         counters.malformed += malformed
         drops = counters.drops
         for reason, dropped in (
@@ -493,19 +550,14 @@ class Receiver(DatagramPipeline):
             if dropped:
                 drops[reason] += dropped
         addresses = self._native_sources
-        table = self._unclaimed_since_tick
+        count_dropped = self.pipeline.count_dropped_elsewhere
         for key, mid, sid, aggregate, code, count, first_ns, last_ns in streams:
             source = addresses.get(key) or remember_source(addresses, key)
             stream = aggregate_key(source) if aggregate else (source, mid, sid)
-            reason = DROP_REASONS[code - 1]
             # An aggregate row counts as aggregated, as each of its datagrams would.
-            entry = None if aggregate else table.get(stream)
-            if entry is not None:
-                entry.count += count
-                entry.last_ns = last_ns
-                entry.reason = reason
-            else:
-                self._unclaimed_count(stream, reason, count, first_ns, last_ns)
+            count_dropped(
+                stream, DROP_REASONS[code - 1], count, first_ns, last_ns, aggregate=bool(aggregate)
+            )
 
     def socket_counters(self) -> list[SocketCounters]:
         for sock, counters in zip(self.sockets, self._socket_counters, strict=True):
@@ -538,7 +590,8 @@ class Receiver(DatagramPipeline):
         timeout = self._tick_ns / 1e9 / 2
         next_tick = time.time_ns() + self._tick_ns
         stop = self._stop
-        counters = self.counters
+        counters = self.pipeline.counters
+        note_round = self.pipeline.note_round
         monotonic_ns = time.monotonic_ns
         last_stall_log = 0
         store = self.store
@@ -586,8 +639,7 @@ class Receiver(DatagramPipeline):
                 # A round is normally a millisecond or two; a long one means the kernel
                 # buffer filled meanwhile, so say what held it up.
                 took = monotonic_ns() - round_start
-                if took > self._round_ns:
-                    self._round_ns = took
+                note_round(took)
                 if took > counters.longest_round_ns:
                     counters.longest_round_ns = took
                 if took > STALL_NS:

@@ -573,13 +573,13 @@ def test_dropped_datagrams_are_decided_in_c_after_the_first_of_each_source():
             on_tick=[snapshots.append],
         )
         handled: list[bytes] = []
-        handle = receiver.handle
+        handle = receiver.pipeline.handle
 
         def counting_handle(payload: bytes, source: str, time_ns: int) -> Any:
             handled.append(payload)
             return handle(payload, source, time_ns)
 
-        receiver.handle = counting_handle  # type: ignore[method-assign]
+        receiver.pipeline.handle = counting_handle  # type: ignore[method-assign]
         sock = receiver.sockets[0]
         sock.setblocking(False)
         drain = receiver._drainer(sock)

@@ -136,13 +136,13 @@ def test_bindings_outlive_ticks_so_python_sees_each_session_once(tmp_path: Path)
     sessions, rounds = 200, 5
     with _receiver(PcapStore(tmp_path), sessions, native=True) as receiver:
         handled = Counter[int]()
-        python_handle = receiver.handle
+        python_handle = receiver.pipeline.handle
 
         def counting(payload: bytes, source: str, time_ns: int) -> object:
             handled[int.from_bytes(payload[:4])] += 1
             return python_handle(payload, source, time_ns)
 
-        receiver.handle = counting  # type: ignore[method-assign,assignment]
+        receiver.pipeline.handle = counting  # type: ignore[method-assign,assignment]
         # A drain made after the patch, so that it hands datagrams to the counting one.
         receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
         for round_ in range(rounds):
@@ -173,13 +173,13 @@ def test_a_watch_read_again_unchanged_keeps_the_bindings(tmp_path: Path) -> None
     sessions, rounds = 50, 4
     with _receiver(PcapStore(tmp_path), sessions, native=True) as receiver:
         handled = Counter[int]()
-        python_handle = receiver.handle
+        python_handle = receiver.pipeline.handle
 
         def counting(payload: bytes, source: str, time_ns: int) -> object:
             handled[int.from_bytes(payload[:4])] += 1
             return python_handle(payload, source, time_ns)
 
-        receiver.handle = counting  # type: ignore[method-assign,assignment]
+        receiver.pipeline.handle = counting  # type: ignore[method-assign,assignment]
         receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
         receiver.watch = LiveWatch(cases=frozenset({2}))
         receiver.tick(time.time_ns())  # applied before the first datagram
