@@ -9,7 +9,7 @@ the draining is timed. A receive buffer holds fewer datagrams than ``--datagrams
 one costs its payload plus kernel overhead), so a round fills and drains it several
 times until ``--datagrams`` have been drained, and the times add up. Ways of draining:
 
-- ``recvfrom_into``: what receiver/worker.py does per datagram: ``recvfrom_into(buffer)``,
+- ``recvfrom_into``: what receiver/receive_loop.py does per datagram: ``recvfrom_into(buffer)``,
   ``bytes(view[:size])``, ``source[0]``;
 - ``recvfrom``: ``payload, source = recvfrom(65535)`` and ``source[0]``;
 - ``batch N``: :class:`receiver.batch_receive.BatchReceiver` with ``batch=N``, iterating

@@ -62,8 +62,8 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
     call_command("migrate", verbosity=0)
     from jmirror_web.intercepts.models import Case, Intercept, Router, Session
     from receiver.bookkeeping import Bookkeeper
-    from receiver.store import ClosedFile, SessionKey
-    from receiver.worker import ListenerCounters, SessionDelta, Snapshot
+    from receiver.pipeline import ListenerCounters, SessionDelta, Snapshot
+    from receiver.store import FileFacts, SessionKey
 
     now = timezone.now()
     router = Router.objects.create(name="r1", address="192.0.2.1")
@@ -100,7 +100,7 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
                 delta.packets, delta.bytes, delta.stored = 10, 2000, 10
                 deltas[(router.address, mid, sid)] = delta
             files.append(
-                ClosedFile(
+                FileFacts(
                     Path(f"BENCH_{number:08x}") / "a.pcap.part",
                     store_key,
                     1,
@@ -151,7 +151,7 @@ def run(sessions: int, rounds: int, directory: Path) -> None:
     print(f"  absorb (all sessions):  {absorb * 1000:8.1f} ms")
     last = snapshot(step, 1)
     closed = [
-        ClosedFile(
+        FileFacts(
             each.path.with_suffix(""),
             each.session,
             1,

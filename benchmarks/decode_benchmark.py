@@ -38,8 +38,8 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.layers.ppp import PPP_LCP_Echo  # noqa: E402
 from scapy.packet import Packet  # noqa: E402
 
-from receiver.capture import iter_frames, iter_udp_datagrams  # noqa: E402
 from receiver.jmirror import decode_datagram  # noqa: E402
+from receiver.pcap_reader import iter_frames, iter_udp_datagrams  # noqa: E402
 
 PORT = 30030
 ROUTER = "192.0.2.1"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/drain_benchmark.py [--sizes 128,1400] [--fill 2000] [--rounds 15]
 
-A socket of the real :class:`receiver.worker.Receiver` (gate claiming the stream, pcap
+A socket of the real :class:`receiver.receive_loop.Receiver` (gate claiming the stream, pcap
 store in a temporary directory) is filled by this process with ``--fill`` valid jmirror
 datagrams of one stream, then drained by the receiver's own drain function until empty;
 the thread CPU time of the drain divided by the datagrams is the receiver's cost per
@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from receiver.gate import Gate, InterceptRule, RouterRule  # noqa: E402
+from receiver.receive_loop import Receiver, kernel_drops  # noqa: E402
 from receiver.store import PcapStore  # noqa: E402
 from receiver.traffic import jmirror_datagram  # noqa: E402
-from receiver.worker import Receiver, kernel_drops  # noqa: E402
 
 RULE = InterceptRule(1, "LIID1", 1, "CASE", 5, None, frozenset(), (0, 2**62), True, True)
 

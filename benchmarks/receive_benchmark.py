@@ -27,9 +27,9 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
 from receiver.gate import Gate, InterceptRule, RouterRule  # noqa: E402
+from receiver.receive_loop import Receiver  # noqa: E402
 from receiver.store import PcapStore  # noqa: E402
 from receiver.traffic import jmirror_datagram  # noqa: E402
-from receiver.worker import Receiver  # noqa: E402
 
 SENDER = """
 import socket, sys, time

@@ -63,8 +63,8 @@ def run(sessions: int, directory: Path) -> None:
     call_command("migrate", verbosity=0)
     from jmirror_web.intercepts.models import Case, Intercept, Router, Session
     from receiver import service
+    from receiver.receive_loop import Receiver
     from receiver.traffic import ipv4_udp, jmirror_datagram
-    from receiver.worker import Receiver
 
     now = timezone.now()
     Router.objects.create(name="r1", address="127.0.0.1")

@@ -1,6 +1,6 @@
 """Capture and decoding of Juniper jmirror streams.
 
-The decoding core (:mod:`receiver.jmirror`, :mod:`receiver.capture`) imports no Django,
+The decoding core (:mod:`receiver.jmirror`, :mod:`receiver.pcap_reader`) imports no Django,
 so it can be tested and benchmarked alone; the management commands are the Django shell
 around it.
 """

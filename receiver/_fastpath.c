@@ -7,7 +7,7 @@
  * rest is interpreter work per datagram. This module does that rest in C for datagrams
  * of streams already known to be claimed and stored, and hands everything else back to
  * Python one datagram at a time, so the rules (gate, sessions, rotation, flush, errors)
- * stay written once, in Python (receiver.worker, receiver.store).
+ * stay written once, in Python (receiver.pipeline, receiver.store).
  *
  * One FastReceiver per socket:
  *
@@ -53,7 +53,7 @@
  * stream Python refused, inside the span of that answer. Their unclaimed streams are
  * counted in a bounded table (PENDING_LIMIT), a row per stream, and once a source has `n`
  * streams apart this tick its others in the source's aggregate, as
- * receiver.worker.admit_unclaimed would do with them (count_unclaimed says when C can be
+ * receiver.pipeline.admit_unclaimed would do with them (count_unclaimed says when C can be
  * sure of that); a full table hands the datagram to Python, which takes it first. Python takes it before it handles
  * any datagram itself and at every tick, so the unclaimed streams reach it in the order
  * they came, and its results are those of handling each datagram (property test).
@@ -64,7 +64,7 @@
  * IPv6 without extension headers, IPv4 in HDLC-framed PPP), with a file bound for its
  * link type; a file below its rotation size and age; and room in the file's buffer for
  * the record without reaching the flush threshold. The property test in
- * tests/receiver/test_fastpath.py holds this module to Capture.handle's results.
+ * tests/receiver/test_fastpath.py holds this module to DatagramPipeline.handle's results.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -91,7 +91,7 @@
 #define TABLE_SIZE 32768
 #define TABLE_LIMIT 24576
 /* The most recent stored packets per session kept for the live view, as
- * receiver.worker.RECENT_PACKETS. */
+ * receiver.pipeline.RECENT_PACKETS. */
 #define RECENT 16
 #define MAX_BATCH 1024
 #define NS 1000000000LL
@@ -447,7 +447,7 @@ static Source *find_source(FastReceiver *self, const unsigned char *key, int len
 
 /* Count a dropped datagram of stream (key, mid, sid) in the pending table: 0 when the
  * table is full (Python takes the datagram, after taking the table). A new stream goes to
- * the source's aggregate row only when receiver.worker.admit_unclaimed would surely put
+ * the source's aggregate row only when receiver.pipeline.admit_unclaimed would surely put
  * it there: the source has `streams_per_source` streams listed apart this tick (it never
  * has fewer while Python's table is below nine tenths of its limit; above, a new stream
  * is aggregated or not listed there anyway) and this is none of them. That needs every

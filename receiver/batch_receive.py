@@ -13,7 +13,7 @@ Measured on the reference machine (2 shared, loaded cores, x86_64 VM, loopback;
 drained; best of 30 rounds, thread CPU time, which matched wall time within 5%), in
 microseconds per datagram for 128-byte / 1400-byte payloads:
 
-- ``recvfrom_into`` + ``bytes(view[:n])`` + ``source[0]`` (worker.py today): 2.39 / 2.75
+- ``recvfrom_into`` + ``bytes(view[:n])`` + ``source[0]`` (receive_loop.py today): 2.39 / 2.75
 - ``recvfrom``:                                                          2.16 / 2.47
 - ``BatchReceiver(batch=16)``:                                          1.76 / 2.17
 - ``BatchReceiver(batch=64)``:                                          1.59 / 2.09

@@ -1,6 +1,6 @@
 """The receiver's bookkeeping: its counters and files written to the database.
 
-:class:`Bookkeeper` takes the receive loop's snapshots (:class:`receiver.worker.Snapshot`)
+:class:`Bookkeeper` takes the receive loop's snapshots (:class:`receiver.pipeline.Snapshot`)
 and writes them in batches from a thread of its own (:func:`receiver.service.serve`), so a
 slow or absent database never holds up the receive loop: counters are deltas, kept and
 written once it answers again. The rows themselves are written by the models' managers
@@ -36,8 +36,7 @@ from jmirror_web.intercepts.models import (
     UnclaimedStream,
 )
 from receiver.metrics import BookkeepingBacklog
-from receiver.store import ClosedFile, repair
-from receiver.worker import (
+from receiver.pipeline import (
     AGGREGATE_MID,
     UNCLAIMED_STREAMS_PER_SOURCE,
     ListenerCounters,
@@ -48,13 +47,14 @@ from receiver.worker import (
     admit_unclaimed,
     aggregate_key,
 )
+from receiver.store import FileFacts, repair
 
 logger = logging.getLogger(__name__)
 
 # Rows of unclaimed streams kept in the database: junk from many sources must not grow
 # the table without bound. A source past UNCLAIMED_STREAMS_PER_SOURCE rows gets one
 # aggregate row for the rest, and the last tenth is kept for aggregate rows and new
-# sources (receiver.worker.admit_unclaimed); what still does not fit is counted as
+# sources (receiver.pipeline.admit_unclaimed); what still does not fit is counted as
 # overflow and logged.
 UNCLAIMED_ROWS_LIMIT: Final = 10_000
 # A full unclaimed table is logged at most this often.
@@ -136,8 +136,8 @@ class Bookkeeper:
         self.root = root
         self.sessions: dict[StreamKey, Pending] = {}
         self.unclaimed: dict[StreamKey, Unclaimed] = {}
-        self.closed: list[ClosedFile] = []
-        self.open: list[ClosedFile] = []
+        self.closed: list[FileFacts] = []
+        self.open: list[FileFacts] = []
         self.listener: ListenerCounters | None = None
         self.sockets: list[SocketCounters] = []
         self.store_errors: dict[str, int] = {}
@@ -156,7 +156,7 @@ class Bookkeeper:
         # file whose count did not move is not written again.
         self._open_written: dict[Path, int] = {}
         # Registered router address -> router id, learnt from the session counters, for
-        # the session of a file (ClosedFile.session names its router by address).
+        # the session of a file (FileFacts.session names its router by address).
         self._router_ids: dict[str, int] = {}
         self._row_prefix: str | None = None
         # Backlog: when the oldest snapshot not yet written was absorbed (ns since the
@@ -300,7 +300,7 @@ class Bookkeeper:
         # Entries are only added (the live thread reads the map meanwhile).
         self.session_ids.update(Session.objects.add_counts(rows))
 
-    def _session_for(self, closed: ClosedFile) -> int | None:
+    def _session_for(self, closed: FileFacts) -> int | None:
         """The Session primary key of a file's session: known from this run's counters,
         else asked of the database (a file of a session written by an earlier run)."""
         key = closed.session
@@ -346,7 +346,7 @@ class Bookkeeper:
         CaptureFile.objects.record(rows)
         return written
 
-    def _file_counts(self, file: ClosedFile, session_id: int, *, closed: bool) -> FileCounts:
+    def _file_counts(self, file: FileFacts, session_id: int, *, closed: bool) -> FileCounts:
         if self._row_prefix is None:
             # file_path() of any file under root, by joining text (pathlib per file costs
             # microseconds, thousands of times a write).
@@ -502,7 +502,7 @@ class Bookkeeper:
         self.process.report(sockets, **fields)
 
 
-def closed_file_counts(root: Path, closed: ClosedFile, session_id: int) -> FileCounts:
+def closed_file_counts(root: Path, closed: FileFacts, session_id: int) -> FileCounts:
     """The row of a closed file under ``root``."""
     return FileCounts(
         path=file_path(root, closed.path),
@@ -516,7 +516,7 @@ def closed_file_counts(root: Path, closed: ClosedFile, session_id: int) -> FileC
     )
 
 
-def record_recovered(root: Path, recovered: Sequence[ClosedFile]) -> set[int]:
+def record_recovered(root: Path, recovered: Sequence[FileFacts]) -> set[int]:
     """Close the rows of files a killed receiver left open, creating missing rows (and
     their session) from the directory name. Returns the ids of the sessions concerned."""
     sessions: set[int] = set()

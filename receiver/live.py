@@ -58,8 +58,8 @@ from receiver.live_contract import (
     session_group,
 )
 from receiver.packet_summary import packet_row
+from receiver.pipeline import SessionDelta, Snapshot, StreamKey
 from receiver.watch import NOBODY, LiveWatch
-from receiver.worker import SessionDelta, Snapshot, StreamKey
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from receiver.gate import DROP_REASONS
-from receiver.worker import Snapshot
+from receiver.pipeline import Snapshot
 
 
 class BookkeepingBacklog(NamedTuple):
@@ -68,7 +68,7 @@ class SnapshotCollector(Collector):
         dropped.add_metric(["unstorable"], listener.unstorable)
         dropped.add_metric(["internal_error"], listener.internal_error)
         yield dropped
-        # The unclaimed-stream tables' caps (receiver.worker.admit_unclaimed): datagrams
+        # The unclaimed-stream tables' caps (receiver.pipeline.admit_unclaimed): datagrams
         # counted in a source's aggregate row, and those not listed at all.
         unclaimed = CounterMetricFamily(
             "jmirror_unclaimed_capped_datagrams",
@@ -111,7 +111,7 @@ class SnapshotCollector(Collector):
         )
         yield GaugeMetricFamily(
             "jmirror_active_sessions",
-            "Sessions that received a datagram lately (receiver.worker.Snapshot)",
+            "Sessions that received a datagram lately (receiver.pipeline.Snapshot)",
             value=snapshot.active_sessions,
         )
         backlog = self._backlog()

@@ -1,7 +1,7 @@
 """Decoding of jmirror packets out of capture files (``manage.py decode``); no Django.
 
-The pipeline is three generators: :func:`receiver.capture.iter_frames` reads records,
-:func:`receiver.capture.iter_udp_datagrams` takes them down to (reassembled) UDP
+The pipeline is three generators: :func:`receiver.pcap_reader.iter_frames` reads records,
+:func:`receiver.pcap_reader.iter_udp_datagrams` takes them down to (reassembled) UDP
 datagrams, and :func:`decode_capture` keeps the jmirror ones. :func:`json_line` writes
 one decoded packet in the ``decode`` command's output format.
 """
@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Collection, Iterator
 from typing import BinaryIO, Final
 
-from receiver.capture import iter_frames, iter_udp_datagrams
 from receiver.jmirror import DecodeError, JMirrorPacket, decode_datagram, is_plausible_jmirror
+from receiver.pcap_reader import iter_frames, iter_udp_datagrams
 
 NOT_JMIRROR: Final = "not_jmirror"
 PORT_NOT_SELECTED: Final = "port_not_selected"
@@ -53,7 +53,7 @@ def decode_capture(
     :class:`~receiver.jmirror.DecodeFailure` reason. Without, jmirror is detected on
     any port and everything else is skipped as ``not_jmirror``. Every frame that yields
     no packet is counted in ``skipped``. A damaged file raises
-    :class:`~receiver.capture.CaptureError` after its last complete record.
+    :class:`~receiver.pcap_reader.CaptureError` after its last complete record.
     """
     datagrams = iter_udp_datagrams(iter_frames(stream), skipped)
     if ports:

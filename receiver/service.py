@@ -2,7 +2,7 @@
 wired together (:func:`serve`), for ``manage.py receive`` and the receiver embedded in
 ``manage.py serve``.
 
-The capture itself is :class:`receiver.worker.Receiver` (no Django). Around it, this
+The capture itself is :class:`receiver.receive_loop.Receiver` (no Django). Around it, this
 repairs files a killed receiver left open, builds the gate from the records and reloads it
 when they change, purges expired files, and has the :class:`receiver.bookkeeping.Bookkeeper`
 write the receiver's counters and closed files to the database from a separate thread, so
@@ -33,10 +33,11 @@ from receiver.bookkeeping import Bookkeeper, close_finished_rows, record_recover
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
+from receiver.pipeline import Snapshot
+from receiver.receive_loop import DEFAULT_RCVBUF, Receiver
 from receiver.reconcile import reconcile_sessions
 from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import PcapStore
-from receiver.worker import DEFAULT_RCVBUF, Receiver, Snapshot
 
 logger = logging.getLogger(__name__)
 

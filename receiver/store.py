@@ -116,8 +116,9 @@ class SessionKey(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class ClosedFile:
-    """A finished pcap file: what its CaptureFile row records. ``path`` is relative to root."""
+class FileFacts:
+    """What a pcap file's CaptureFile row records, for a closed file (with its SHA-256) or
+    an open one (:meth:`PcapStore.open_files`, no hash yet). ``path`` is relative to root."""
 
     path: Path
     session: SessionKey | None  # None for files found by recover(): only the path tells
@@ -142,12 +143,12 @@ class RepairedFile:
     sha256: str
     truncated_bytes: int
 
-    def closed(self, path: Path) -> ClosedFile:
+    def closed(self, path: Path) -> FileFacts:
         """The file as closed under ``path`` (relative to the store's root), its session
         known only from the path; only for a file with a whole record."""
         if self.first_ns is None or self.last_ns is None:
             raise ValueError(f"{self.path} holds no whole record")
-        return ClosedFile(
+        return FileFacts(
             path=path,
             session=None,
             linktype=self.linktype,
@@ -280,7 +281,7 @@ class PcapStore:
         # frames and bare IP packets, and a file per switch would make a file per packet.
         self._files: dict[tuple[SessionKey, int], _OpenFile] = {}
         self._sequence: Counter[SessionKey] = Counter()
-        self._closed: list[ClosedFile] = []
+        self._closed: list[FileFacts] = []
         self._next_flush = 0.0
         # The file of the previous write: a busy session's packets come one after another,
         # and an identity test is cheaper than hashing its key. Reset when a file closes.
@@ -374,7 +375,7 @@ class PcapStore:
             if deadline is not None and time.perf_counter_ns() >= deadline:
                 return
 
-    def take_closed(self) -> list[ClosedFile]:
+    def take_closed(self) -> list[FileFacts]:
         """Files closed since the last call (by rotation or by :meth:`close`)."""
         closed, self._closed = self._closed, []
         return closed
@@ -392,7 +393,7 @@ class PcapStore:
             if now_ns >= file.deadline_ns:
                 self._finish(self._files.pop(key))
 
-    def close_all(self) -> list[ClosedFile]:
+    def close_all(self) -> list[FileFacts]:
         """Flush and close every file; return every closed file not yet taken."""
         for key in list(self._files):
             self._finish(self._files.pop(key))
@@ -403,13 +404,13 @@ class PcapStore:
     def open_sessions(self) -> int:
         return len({session for session, _ in self._files})
 
-    def open_files(self) -> list[ClosedFile]:
+    def open_files(self) -> list[FileFacts]:
         """The files being written, as far as they have reached the kernel, so their
         rows can show them before they close. ``path`` is the name the file will have
         once closed (the row keeps it); ``sha256`` is empty until then. Files with nothing
         written yet are left out: they vanish if closed empty."""
         return [
-            ClosedFile(
+            FileFacts(
                 path=file.final_relative or Path(),
                 session=file.session,
                 linktype=file.linktype,
@@ -424,7 +425,7 @@ class PcapStore:
         ]
 
     @staticmethod
-    def recover(root: Path) -> list[ClosedFile]:
+    def recover(root: Path) -> list[FileFacts]:
         """Close files a killed receiver left open under ``root``: truncate each to its last
         whole record, rename it to ``.pcap``, and describe it. Files with no whole record
         are removed; files that are not our pcap format are left alone, and so are files
@@ -692,7 +693,7 @@ class PcapStore:
             self._count(error, 0)  # stays .part; recover() closes it on the next start
             return
         self._closed.append(
-            ClosedFile(
+            FileFacts(
                 path=final,
                 session=file.session,
                 linktype=file.linktype,

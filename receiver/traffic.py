@@ -9,7 +9,7 @@ Three pieces, from the inside out:
 * :func:`jmirror_datagram`, :func:`jmirror_packet` and :func:`jmirror_frame` wrap one in
   the jmirror header, the router's IPv4/UDP and Ethernet (with 802.1Q/QinQ tags), and
   :func:`outer_fragments` cuts a frame the way the network does above the path MTU.
-* :class:`CaptureBuilder` lays frames and non-jmirror UDP noise (:func:`dns_query` and
+* :class:`PcapBuilder` lays frames and non-jmirror UDP noise (:func:`dns_query` and
   friends) out in a capture and records, for every jmirror datagram, the decode expected
   on the frame that completes it.
 
@@ -706,7 +706,7 @@ class _Datagram:
 
 
 @dataclass
-class CaptureBuilder:
+class PcapBuilder:
     """Lays out a capture frame by frame and records the expected decodes.
 
     A jmirror datagram's expected decode lands on the frame that completes it: its last

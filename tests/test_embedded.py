@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
-from receiver.capture import iter_frames
 from receiver.management.commands.simulate import build_payloads
+from receiver.pcap_reader import iter_frames
 from tests.e2e_helpers import ServedProduct
 
 REPO = Path(__file__).resolve().parent.parent

@@ -142,7 +142,8 @@ def health_page(request: HttpRequest) -> HttpResponse:
     current = [row for row in rows if row.state != "stopped"]
     # Imported here: the bookkeeping pulls in the receiver, which pages need not.
     from receiver.bookkeeping import UNCLAIMED_ROWS_LIMIT
-    from receiver.worker import STALL_NS, UNCLAIMED_STREAMS_PER_SOURCE
+    from receiver.pipeline import UNCLAIMED_STREAMS_PER_SOURCE
+    from receiver.receive_loop import STALL_NS
 
     unclaimed_rows = UnclaimedStream.objects.count()
     lag = max((row.process.bookkeeping_lag_seconds for row in current), default=0.0)

@@ -7,7 +7,7 @@ exist. Every view and every refusal of a signed-in user is audited.
 
 Packets are numbered from 1 in time order across the session's capture files (ordered by
 their first packet), using the files' packet counts to find the file, then reading that
-file's records in a stream (``receiver.capture.iter_frames``): no file is loaded whole.
+file's records in a stream (``receiver.pcap_reader.iter_frames``): no file is loaded whole.
 
 The live packet list knows a packet by its receive time only, so :func:`packet_jump` also
 takes ``at=<ns since the epoch>``: :func:`number_at` reads the files whose recorded span
@@ -40,8 +40,8 @@ from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import audit_refusal, refusals_audited
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
-from receiver.capture import CaptureError, iter_frames
 from receiver.pcap import LinkType
+from receiver.pcap_reader import CaptureError, iter_frames
 
 if TYPE_CHECKING:
     from scapy.packet import Packet

@@ -34,7 +34,7 @@ from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import Case, Intercept, Router, UnclaimedStream
 from receiver.gate import Gate
 from receiver.gate_loader import load_gate
-from receiver.worker import UNCLAIMED_STREAMS_PER_SOURCE
+from receiver.pipeline import UNCLAIMED_STREAMS_PER_SOURCE
 
 PER_PAGE: Final = 50
 # Model fields the console form has under the same name; other model errors (window,

@@ -41,7 +41,7 @@ MAX_MID: Final = 2**32 - 1
 # arithmetic (nanoseconds, a day or a year added) that could overflow.
 EARLIEST_MOMENT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_MOMENT: Final = datetime(2200, 1, 1, tzinfo=UTC)
-# An UnclaimedStream row that aggregates a source's other streams (receiver.worker).
+# An UnclaimedStream row that aggregates a source's other streams (receiver.pipeline).
 AGGREGATE_MID: Final = MAX_MID + 1
 
 _country_code = RegexValidator(
@@ -677,7 +677,7 @@ class UnclaimedStream(models.Model):
     @property
     def is_aggregate(self) -> bool:
         """Whether this row counts the source's streams past the per-source limit
-        (receiver.worker.admit_unclaimed) rather than one stream: its mid is
+        (receiver.pipeline.admit_unclaimed) rather than one stream: its mid is
         AGGREGATE_MID, one past the largest a jmirror header holds."""
         return self.mid == AGGREGATE_MID
 

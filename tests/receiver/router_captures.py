@@ -42,7 +42,7 @@ from scapy.layers.ppp import HDLC, PPP, PPP_LCP_Echo
 from scapy.packet import Packet, Raw
 
 from receiver import traffic
-from receiver.traffic import CaptureBuilder, Mirrored
+from receiver.traffic import Mirrored, PcapBuilder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ class RouterCapture:
     routers: tuple[str, ...]
     mediation: str
     real_frames: int
-    build: Callable[[RouterCapture], CaptureBuilder]
+    build: Callable[[RouterCapture], PcapBuilder]
     snaplen: int = 65535
 
     @property
@@ -207,7 +207,7 @@ def _ipv4_tcp_with_df(sport: int, dport: int) -> Mirrored:
     )
 
 
-def _add(builder: CaptureBuilder, capture: RouterCapture, router: str, mirrored: Mirrored) -> None:
+def _add(builder: PcapBuilder, capture: RouterCapture, router: str, mirrored: Mirrored) -> None:
     builder.add_jmirror(
         mirrored,
         router=router,
@@ -218,8 +218,8 @@ def _add(builder: CaptureBuilder, capture: RouterCapture, router: str, mirrored:
     )
 
 
-def _build_ip(capture: RouterCapture) -> CaptureBuilder:
-    builder = CaptureBuilder(start=1_244_052_052.369164, step=0.5)
+def _build_ip(capture: RouterCapture) -> PcapBuilder:
+    builder = PcapBuilder(start=1_244_052_052.369164, step=0.5)
     [router] = capture.routers
     for seq in range(0x744D, 0x744D + 19):
         _add(builder, capture, router, _ping(seq, reply=False))
@@ -227,8 +227,8 @@ def _build_ip(capture: RouterCapture) -> CaptureBuilder:
     return builder
 
 
-def _build_l2tp(capture: RouterCapture) -> CaptureBuilder:
-    builder = CaptureBuilder(start=1_241_050_340.947928, step=10.0)
+def _build_l2tp(capture: RouterCapture) -> PcapBuilder:
+    builder = PcapBuilder(start=1_241_050_340.947928, step=10.0)
     [router] = capture.routers
     for number in range(0x20, 0x23):
         _add(builder, capture, router, _lcp_echo(number, reply=False))
@@ -236,8 +236,8 @@ def _build_l2tp(capture: RouterCapture) -> CaptureBuilder:
     return builder
 
 
-def _build_ipv6_l2tp(capture: RouterCapture) -> CaptureBuilder:
-    builder = CaptureBuilder(start=1_342_640_385.109542, step=1.5)
+def _build_ipv6_l2tp(capture: RouterCapture) -> PcapBuilder:
+    builder = PcapBuilder(start=1_342_640_385.109542, step=1.5)
     busy, quiet = capture.routers
     alert = _ipv6_tcp(443, 52531, "FPA", TLS_ALERT)
     retransmitted = _ipv6_tcp(443, 52533, "FPA", TLS_ALERT[:27])

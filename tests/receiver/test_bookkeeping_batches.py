@@ -32,10 +32,11 @@ from receiver import bookkeeping, service
 from receiver.bookkeeping import Bookkeeper, moment
 from receiver.gate_loader import GateWatcher
 from receiver.metrics import BookkeepingBacklog, SnapshotCollector
+from receiver.pipeline import DatagramPipeline, ListenerCounters, SessionDelta, Snapshot
+from receiver.receive_loop import Receiver
 from receiver.service import serve
-from receiver.store import LINKTYPE_RAW, ClosedFile, PcapStore, SessionKey
+from receiver.store import LINKTYPE_RAW, FileFacts, PcapStore, SessionKey
 from receiver.traffic import jmirror_datagram
-from receiver.worker import Capture, ListenerCounters, Receiver, SessionDelta, Snapshot
 from tests.factories import make_case, make_intercept, make_router, make_session
 from tests.receiver.test_store import ipv4, pcap_records
 
@@ -57,8 +58,8 @@ def snapshot(
     time_ns: int,
     deltas: list[SessionDelta],
     *,
-    open_files: list[ClosedFile] = (),  # type: ignore[assignment]
-    closed: list[ClosedFile] = (),  # type: ignore[assignment]
+    open_files: list[FileFacts] = (),  # type: ignore[assignment]
+    closed: list[FileFacts] = (),  # type: ignore[assignment]
     final: bool = False,
 ) -> Snapshot:
     return Snapshot(
@@ -75,8 +76,8 @@ def snapshot(
     )
 
 
-def open_file(sid: int, first_ns: int, last_ns: int, packets: int) -> ClosedFile:
-    return ClosedFile(
+def open_file(sid: int, first_ns: int, last_ns: int, packets: int) -> FileFacts:
+    return FileFacts(
         Path(f"LIID_{ROUTER}_sid-{sid}") / "1.pcap.part",
         SessionKey("LIID", ROUTER, MID, sid),
         LINKTYPE_RAW,
@@ -213,7 +214,7 @@ def test_a_write_of_many_sessions_and_files_is_a_few_statements(tmp_path):
             t0 + 11 * SECOND,
             [],
             closed=[
-                ClosedFile(closed.path, closed.session, LINKTYPE_RAW, t0, t0 + 2, 4, 400, "ab" * 32)
+                FileFacts(closed.path, closed.session, LINKTYPE_RAW, t0, t0 + 2, 4, 400, "ab" * 32)
             ],
         )
     )
@@ -277,7 +278,7 @@ def test_counters_equal_the_files_after_thousands_of_sessions(tmp_path):
     root = tmp_path / "sessions"
     keeper = Bookkeeper(root)
     keeper.register()
-    capture = Capture(
+    capture = DatagramPipeline(
         GateWatcher().gate, PcapStore(root, max_open_files=256), on_tick=[keeper.absorb]
     )
     sessions = 3_000

@@ -214,7 +214,7 @@ class GeneratedCapture:
 def generated(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCapture:
     """Every inner kind on several ports, two routers with equal (mid, sid), VLAN tags,
     fragmented outer datagrams in and out of order, and UDP noise in between."""
-    builder = traffic.CaptureBuilder()
+    builder = traffic.PcapBuilder()
     rng = random.Random(20261122)
     noise = [
         traffic.dns_query(),
@@ -386,7 +386,7 @@ def test_the_generators_record_agrees_with_tshark_wherever_tshark_decodes(
 
 
 def test_with_port_the_version_bits_stay_apart_from_the_intercept_id(tshark: str, tmp_path: Path):
-    builder = traffic.CaptureBuilder()
+    builder = traffic.PcapBuilder()
     for mid in (0x80000300, 0x40000010, 0xC0000001):
         builder.add_jmirror(traffic.ipv4_tcp(), port=6502, mid=mid, sid=0x90)
     capture = tmp_path / "versions.pcap"

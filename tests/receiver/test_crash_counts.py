@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from receiver.gate import Gate
+from receiver.pipeline import Snapshot
+from receiver.receive_loop import Receiver
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore
 from receiver.traffic import ipv4_udp, jmirror_datagram
-from receiver.worker import Receiver, Snapshot
 from tests.receiver.test_receive_faults import (  # noqa: F401 (fixtures used by name)
     PPP_SID,
     RAW_SID,
@@ -31,8 +32,8 @@ from tests.receiver.test_receive_faults import (  # noqa: F401 (fixtures used by
     start_receiver,
     two_sessions,
 )
-from tests.receiver.test_worker import ROUTER as ROUTER_RULE
-from tests.receiver.test_worker import rule
+from tests.receiver.test_receive_loop import ROUTER as ROUTER_RULE
+from tests.receiver.test_receive_loop import rule
 
 RATE = 5000  # datagrams/s: the last second's counters are thousands of packets
 

@@ -1,4 +1,4 @@
-"""receiver._fastpath (the receive loop's C part) against Capture.handle (the definition),
+"""receiver._fastpath (the receive loop's C part) against DatagramPipeline.handle (the definition),
 through real loopback sockets: any traffic, cut into any rounds with ticks between them,
 gives the same counters, session deltas, unclaimed streams and stored files; and so do
 the datagrams C drops itself (malformed, unknown router, unclaimed intercept id, refused
@@ -21,21 +21,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import worker
-from receiver.capture import iter_frames
+from receiver import pipeline, receive_loop
 from receiver.gate import Gate, RouterRule
 from receiver.jmirror import DecodeError, classify_datagram
+from receiver.pcap_reader import iter_frames
+from receiver.pipeline import DatagramPipeline, SessionDelta, Snapshot
+from receiver.receive_loop import Receiver
 from receiver.store import PcapStore, SessionKey
 from receiver.traffic import (
     every_mirrored_kind,
     ipv4_udp,
     jmirror_datagram,
 )
-from receiver.worker import Capture, Receiver, SessionDelta, Snapshot
 from tests.receiver.test_handle_batch import INNER, _rule
 
 pytestmark = pytest.mark.skipif(
-    worker.FastReceiver is None, reason="receiver._fastpath is not built (see setup.py)"
+    receive_loop.FastReceiver is None, reason="receiver._fastpath is not built (see setup.py)"
 )
 
 # Open to the end of time: the gate's spans then end at 2**63, one past C's largest time.
@@ -146,7 +147,7 @@ def _unclaimed(snapshots: list[Snapshot]) -> list[dict[Any, Any]]:
     ]
 
 
-def _counters(capture: Capture) -> tuple[Any, ...]:
+def _counters(capture: DatagramPipeline) -> tuple[Any, ...]:
     c = capture.counters
     return (
         c.datagrams,
@@ -180,7 +181,7 @@ def _through_c(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any,
             for _ in range(len(batch) // 64 + 2):
                 drain()
             receiver.tick(time.time_ns())
-    drops = worker.kernel_drops(sock)
+    drops = receive_loop.kernel_drops(sock)
     receiver.finish(time.time_ns())
     ended = time.time_ns()
     receiver.close_sockets()
@@ -203,7 +204,7 @@ def _through_c(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any,
 
 def _through_python(traffic: list[list[tuple[bytes, str]]], root: Path) -> tuple[Any, ...]:
     snapshots: list[Snapshot] = []
-    capture = Capture(Gate(ROUTERS, RULES), _store(root), on_tick=[snapshots.append])
+    capture = DatagramPipeline(Gate(ROUTERS, RULES), _store(root), on_tick=[snapshots.append])
     for batch in traffic:
         for payload, source in batch:
             capture.handle(payload, source, time.time_ns())
@@ -229,7 +230,8 @@ def test_the_c_path_gives_what_handling_each_datagram_gives(traffic):
     # Small unclaimed limits, so that the per-source aggregate, the room kept for new
     # sources and the overflow are reached within a few rounds.
     with (
-        mock.patch.multiple(worker, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        mock.patch.multiple(pipeline, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        mock.patch.object(receive_loop, "UNCLAIMED_STREAMS_PER_SOURCE", 3),
         tempfile.TemporaryDirectory() as native,
         tempfile.TemporaryDirectory() as python,
     ):
@@ -258,7 +260,8 @@ def test_a_stream_python_lists_apart_is_not_folded_into_the_aggregate_by_c():
         ]
     ]
     with (
-        mock.patch.multiple(worker, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        mock.patch.multiple(pipeline, UNCLAIMED_STREAMS_PER_SOURCE=3, UNCLAIMED_PER_TICK=12),
+        mock.patch.object(receive_loop, "UNCLAIMED_STREAMS_PER_SOURCE", 3),
         tempfile.TemporaryDirectory() as native,
         tempfile.TemporaryDirectory() as python,
     ):
@@ -268,7 +271,7 @@ def test_a_stream_python_lists_apart_is_not_folded_into_the_aggregate_by_c():
         ("127.0.0.3", 1, 7): ("unknown_router", 2),
         ("127.0.0.3", 1, 8): ("unknown_router", 1),
         ("127.0.0.3", 2, 7): ("unknown_router", 1),
-        ("127.0.0.3", worker.AGGREGATE_MID, 0): ("unknown_router", 2),
+        ("127.0.0.3", pipeline.AGGREGATE_MID, 0): ("unknown_router", 2),
         ("127.0.0.1", 9, 7): ("no_intercept", 1),
     }
     assert through_c[0][7] == 2  # unclaimed_aggregated
@@ -293,10 +296,10 @@ def test_a_new_gate_reaches_c_even_when_clearing_the_old_bindings_failed():
                 failures[0] -= 1
                 raise MemoryError
 
-    real = worker.FastReceiver
+    real = receive_loop.FastReceiver
     claimed = jmirror_datagram(INNER[0], mid=3, sid=1)
     with (
-        mock.patch.object(worker, "FastReceiver", FailingClear),
+        mock.patch.object(receive_loop, "FastReceiver", FailingClear),
         tempfile.TemporaryDirectory() as directory,
         senders() as by_source,
     ):
@@ -367,7 +370,7 @@ def _fast_receiver(sock: socket.socket, **overrides: int) -> Any:
         "buffer_bytes": 1 << 16,
     }
     options.update(overrides)
-    return worker.FastReceiver(sock.fileno(), sock.family, **options)
+    return receive_loop.FastReceiver(sock.fileno(), sock.family, **options)
 
 
 @pytest.fixture
@@ -570,13 +573,13 @@ def test_dropped_datagrams_are_decided_in_c_after_the_first_of_each_source():
             on_tick=[snapshots.append],
         )
         handled: list[bytes] = []
-        handle = receiver.handle
+        handle = receiver.pipeline.handle
 
         def counting_handle(payload: bytes, source: str, time_ns: int) -> Any:
             handled.append(payload)
             return handle(payload, source, time_ns)
 
-        receiver.handle = counting_handle  # type: ignore[method-assign]
+        receiver.pipeline.handle = counting_handle  # type: ignore[method-assign]
         sock = receiver.sockets[0]
         sock.setblocking(False)
         drain = receiver._drainer(sock)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from receiver import worker
+from receiver import receive_loop
 from receiver.gate import Gate
+from receiver.receive_loop import Receiver
 from receiver.store import PcapStore
-from receiver.worker import Receiver
 
 
 @pytest.mark.skipif(
@@ -21,7 +21,7 @@ from receiver.worker import Receiver
     reason="receiver._fastpath is built on Linux with a C compiler only",
 )
 def test_the_c_part_is_built_where_a_compiler_is():
-    assert worker.FastReceiver is not None, (
+    assert receive_loop.FastReceiver is not None, (
         "setup.py did not build receiver._fastpath: reinstall (scripts/install-venv) and "
         "read the compiler's output"
     )
@@ -34,10 +34,10 @@ def test_a_receiver_drains_through_c_unless_asked_not_to_or_it_is_missing(native
             [("127.0.0.1", 0)], Gate([], []), PcapStore(Path(directory)), native=native
         )
         try:
-            assert receiver.native is (native and worker.FastReceiver is not None)
+            assert receiver.native is (native and receive_loop.FastReceiver is not None)
         finally:
             receiver.close_sockets()
-        monkeypatch.setattr(worker, "FastReceiver", None)
+        monkeypatch.setattr(receive_loop, "FastReceiver", None)
         missing = Receiver([("127.0.0.1", 0)], Gate([], []), PcapStore(Path(directory)))
         try:
             assert missing.native is False

@@ -1,6 +1,6 @@
-"""``Capture.handle_batch`` (the receive loop's path) against ``Capture.handle`` (the
-definition): any sequence of datagrams, cut into any batches, gives the same counters,
-session deltas, unclaimed streams and stored files."""
+"""``DatagramPipeline.handle_batch`` (the receive loop's path) against
+``DatagramPipeline.handle`` (the definition): any sequence of datagrams, cut into any
+batches, gives the same counters, session deltas, unclaimed streams and stored files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from receiver.capture import iter_frames
 from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.pcap_reader import iter_frames
+from receiver.pipeline import DatagramPipeline, ListenerCounters, Snapshot
 from receiver.store import PcapStore
 from receiver.traffic import (
     ipv4_udp,
@@ -21,7 +22,6 @@ from receiver.traffic import (
     ppp_ipv4_udp,
     ppp_lcp,
 )
-from receiver.worker import Capture, ListenerCounters, Snapshot
 
 START = 1_700_000_000 * 10**9
 SECOND = 10**9
@@ -100,7 +100,7 @@ def _run(batches: list[list[tuple[bytes, str, int]]], batched: bool) -> Outcome:
         root = Path(directory)
         # Small files: rotation happens inside batches too.
         store = PcapStore(root, rotate_bytes=600, rotate_seconds=2)
-        capture = Capture(
+        capture = DatagramPipeline(
             Gate(ROUTERS, RULES), store, on_tick=[snapshots.append], start_ns=START - SECOND
         )
         for batch in batches:

@@ -28,10 +28,10 @@ from jmirror_web.intercepts.models import (
     Session,
     UnclaimedStream,
 )
-from receiver.capture import iter_frames
 from receiver.management.commands import import_pcap
 from receiver.management.commands.import_pcap import iso_ns
 from receiver.offline import decode_capture
+from receiver.pcap_reader import iter_frames
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW
 from receiver.traffic import (
     OTHER_ROUTER,

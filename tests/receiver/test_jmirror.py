@@ -399,7 +399,7 @@ def test_detection_finds_no_jmirror_in_random_payloads(payload: bytes):
 
 def test_the_decoding_core_imports_no_django():
     code = (
-        "import sys, receiver.jmirror, receiver.capture, receiver.offline; "
+        "import sys, receiver.jmirror, receiver.pcap_reader, receiver.offline; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
     )
     result = subprocess.run(

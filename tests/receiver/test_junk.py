@@ -20,7 +20,7 @@ from django.urls import reverse
 
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import AGGREGATE_MID, ReceiverProcess, UnclaimedStream
-from receiver import bookkeeping, worker
+from receiver import bookkeeping, pipeline
 from receiver.metrics import SnapshotCollector
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from tests.factories import make_case, make_intercept, make_router, make_user
@@ -95,7 +95,7 @@ def test_a_new_stream_after_100k_junk_datagrams_is_listed(tmp_path: Path, monkey
     # The junk sources got their per-source rows and one aggregate row each.
     for source in ("127.0.0.1", "127.0.0.2"):
         rows = UnclaimedStream.objects.filter(source=source)
-        assert rows.exclude(mid=AGGREGATE_MID).count() <= worker.UNCLAIMED_STREAMS_PER_SOURCE
+        assert rows.exclude(mid=AGGREGATE_MID).count() <= pipeline.UNCLAIMED_STREAMS_PER_SOURCE
         assert rows.get(mid=AGGREGATE_MID).is_aggregate
     # Nothing dropped silently: every datagram the receiver took is malformed, or counted
     # in a row, or counted as not listed.
@@ -153,16 +153,16 @@ def test_an_aggregate_row_is_shown_as_such_and_cannot_be_mapped(client: Client):
 
 
 def test_the_aggregate_mid_is_the_receivers():
-    assert AGGREGATE_MID == worker.AGGREGATE_MID
+    assert AGGREGATE_MID == pipeline.AGGREGATE_MID
 
 
 def test_admission_keeps_the_busiest_sources_apart_and_room_for_new_ones(monkeypatch):
-    monkeypatch.setattr(worker, "UNCLAIMED_STREAMS_PER_SOURCE", 3)
-    table: dict[worker.StreamKey, int] = {}
+    monkeypatch.setattr(pipeline, "UNCLAIMED_STREAMS_PER_SOURCE", 3)
+    table: dict[pipeline.StreamKey, int] = {}
     per_source: dict[str, int] = {}
 
-    def admit(key: worker.StreamKey) -> worker.StreamKey | None:
-        admitted = worker.admit_unclaimed(table, per_source, key, 20)
+    def admit(key: pipeline.StreamKey) -> pipeline.StreamKey | None:
+        admitted = pipeline.admit_unclaimed(table, per_source, key, 20)
         if admitted is not None:
             table[admitted] = table.get(admitted, 0) + 1
         return admitted
@@ -170,8 +170,8 @@ def test_admission_keeps_the_busiest_sources_apart_and_room_for_new_ones(monkeyp
     junk = [admit(("10.0.0.1", mid, 0)) for mid in range(10)]
     # Three streams of their own, then the source's aggregate row.
     assert junk[:3] == [("10.0.0.1", 0, 0), ("10.0.0.1", 1, 0), ("10.0.0.1", 2, 0)]
-    assert set(junk[3:]) == {worker.aggregate_key("10.0.0.1")}
-    assert table[worker.aggregate_key("10.0.0.1")] == 7
+    assert set(junk[3:]) == {pipeline.aggregate_key("10.0.0.1")}
+    assert table[pipeline.aggregate_key("10.0.0.1")] == 7
     # Many sources fill nine tenths; then only a source's first stream gets a row of
     # its own, and the aggregate rows take the rest, until the table is full.
     for source in range(5):
@@ -180,8 +180,8 @@ def test_admission_keeps_the_busiest_sources_apart_and_room_for_new_ones(monkeyp
     # 4 rows of the first source and 14 of these fill nine tenths: the last source's
     # third stream went to its aggregate row.
     assert len(table) == 19
-    assert worker.aggregate_key("10.0.1.4") in table
-    assert admit(("10.0.1.0", 99, 0)) == worker.aggregate_key("10.0.1.0")
+    assert pipeline.aggregate_key("10.0.1.4") in table
+    assert admit(("10.0.1.0", 99, 0)) == pipeline.aggregate_key("10.0.1.0")
     assert admit(("10.0.2.1", 1, 0)) is None  # full: the caller counts it as overflow
     assert len(table) == 20
     assert admit(("10.0.0.1", 1, 0)) == ("10.0.0.1", 1, 0)  # a known row still counts
@@ -190,7 +190,7 @@ def test_admission_keeps_the_busiest_sources_apart_and_room_for_new_ones(monkeyp
 def test_a_new_source_gets_a_row_in_the_reserve():
     table = {("10.0.0.1", mid, 0): 1 for mid in range(18)}
     per_source = {"10.0.0.1": 18}
-    assert worker.admit_unclaimed(table, per_source, ("10.0.0.9", 5, 5), 20) == (
+    assert pipeline.admit_unclaimed(table, per_source, ("10.0.0.9", 5, 5), 20) == (
         "10.0.0.9",
         5,
         5,
@@ -198,10 +198,10 @@ def test_a_new_source_gets_a_row_in_the_reserve():
 
 
 def test_the_metrics_count_unclaimed_datagrams_past_a_cap():
-    listener = worker.ListenerCounters(unclaimed_overflow=3, unclaimed_aggregated=7)
+    listener = pipeline.ListenerCounters(unclaimed_overflow=3, unclaimed_aggregated=7)
     collector = SnapshotCollector()
     collector.offer(
-        worker.Snapshot(
+        pipeline.Snapshot(
             time_ns=1,
             previous_ns=0,
             sessions={},

@@ -11,10 +11,10 @@ import pytest
 from receiver import live
 from receiver.live import Batch, LivePublisher
 from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
+from receiver.pipeline import RECENT_PACKETS, ListenerCounters, SessionDelta, Snapshot
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import LiveWatch
-from receiver.worker import RECENT_PACKETS, ListenerCounters, SessionDelta, Snapshot
 
 NOW = 1_800_000_000 * 10**9
 # The session of snapshot() watched every way a page can: its session, intercept and case.

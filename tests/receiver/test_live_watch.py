@@ -18,10 +18,10 @@ from receiver.live import (
     share_rows,
 )
 from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
+from receiver.pipeline import RECENT_PACKETS, ListenerCounters, SessionDelta, Snapshot
 from receiver.store import SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import NOBODY, LiveWatch
-from receiver.worker import RECENT_PACKETS, ListenerCounters, SessionDelta, Snapshot
 
 NOW = 1_800_000_000 * 10**9
 ROUND = 250_000_000

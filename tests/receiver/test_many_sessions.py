@@ -20,18 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from receiver import worker
-from receiver.capture import iter_frames
+from receiver import receive_loop
 from receiver.gate import Gate, RouterRule
+from receiver.pcap_reader import iter_frames
+from receiver.pipeline import ACTIVE_SECONDS, DatagramPipeline, Snapshot
+from receiver.receive_loop import Receiver
 from receiver.store import PENDING_FD, PcapStore, SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
 from receiver.watch import LiveWatch
-from receiver.worker import ACTIVE_SECONDS, Capture, Receiver, Snapshot
 from tests.receiver.test_handle_batch import _rule
 
 ROUTER = "127.0.0.1"
 FOREVER = (0, 2**63)
-NO_C = pytest.mark.skipif(worker.FastReceiver is None, reason="receiver._fastpath is not built")
+NO_C = pytest.mark.skipif(
+    receive_loop.FastReceiver is None, reason="receiver._fastpath is not built"
+)
 NATIVE = [
     pytest.param(True, id="c", marks=NO_C),
     pytest.param(False, id="python"),
@@ -130,13 +133,13 @@ def _count_python_path(receiver: Receiver) -> Counter[int]:
     """Datagrams that reach the Python path from now on, per mirror id (the rest C
     stores on its own)."""
     handled = Counter[int]()
-    python_handle = receiver.handle
+    python_handle = receiver.pipeline.handle
 
     def counting(payload: bytes, source: str, time_ns: int) -> object:
         handled[int.from_bytes(payload[:4])] += 1
         return python_handle(payload, source, time_ns)
 
-    receiver.handle = counting  # type: ignore[method-assign,assignment]
+    receiver.pipeline.handle = counting  # type: ignore[method-assign,assignment]
     # A drain made after the patch, so that it hands datagrams to the counting one.
     receiver.drain = receiver._drainer(receiver.sockets[0])  # type: ignore[attr-defined]
     return handled
@@ -303,7 +306,9 @@ def test_capture_without_a_receiver_keeps_its_sessions_apart_between_ticks(
 ) -> None:
     """The offline path (import_pcap) hands sessions on per tick like the live one."""
     snapshots: list[Snapshot] = []
-    capture = Capture(_gate(2), PcapStore(tmp_path), on_tick=[snapshots.append], start_ns=0)
+    capture = DatagramPipeline(
+        _gate(2), PcapStore(tmp_path), on_tick=[snapshots.append], start_ns=0
+    )
     for number in range(3):
         capture.handle(_datagram(1, number), ROUTER, 1_000 + number)
     capture.tick(10_000)
@@ -336,7 +341,7 @@ def test_counts_wait_while_their_files_wait_to_be_opened(tmp_path: Path) -> None
     exists and they are written, never before (the counters never run ahead of files)."""
     snapshots: list[Snapshot] = []
     store = PcapStore(tmp_path)
-    capture = Capture(_gate(3), store, on_tick=[snapshots.append], start_ns=0)
+    capture = DatagramPipeline(_gate(3), store, on_tick=[snapshots.append], start_ns=0)
     capture.handle(_datagram(3, 0), ROUTER, 500)  # session 3's file opens at once
     store.open_budget_ns = 0
     for number in range(1, 5):

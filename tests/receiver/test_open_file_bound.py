@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from receiver.gate import Gate
+from receiver.pipeline import DatagramPipeline, Snapshot
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
 from receiver.traffic import ipv4_udp, jmirror_datagram
-from receiver.worker import Capture, Snapshot
+from tests.receiver.test_receive_loop import NOW, rule
+from tests.receiver.test_receive_loop import ROUTER as ROUTER_RULE
 from tests.receiver.test_store import ipv4, pcap_records
-from tests.receiver.test_worker import NOW, rule
-from tests.receiver.test_worker import ROUTER as ROUTER_RULE
 
 T0 = 1_700_000_000_000_000_000
 
@@ -92,7 +92,9 @@ def test_a_datagram_whose_file_cannot_be_opened_is_not_counted_as_stored(
 ):
     snapshots: list[Snapshot] = []
     store = PcapStore(tmp_path)
-    capture = Capture(Gate([ROUTER_RULE], [rule(0x300)]), store, on_tick=[snapshots.append])
+    capture = DatagramPipeline(
+        Gate([ROUTER_RULE], [rule(0x300)]), store, on_tick=[snapshots.append]
+    )
     real_open = store._create
     failing = {"on": True}
 

@@ -26,13 +26,13 @@ from jmirror_web.intercepts.models import (
 from jmirror_web.live.protocol import Stream, SubscriptionKey
 from jmirror_web.live.watching import keep
 from receiver.bookkeeping import file_path
-from receiver.capture import iter_frames
 from receiver.live import Batch
 from receiver.live_contract import HEALTH_GROUP, case_group, intercept_group, session_group
 from receiver.management.commands.simulate import build_payloads
+from receiver.pcap_reader import iter_frames
+from receiver.receive_loop import Receiver
 from receiver.service import serve
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
-from receiver.worker import Receiver
 from tests.factories import make_case, make_intercept, make_router
 from tests.receiver.test_store import die
 

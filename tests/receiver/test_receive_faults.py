@@ -45,10 +45,10 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
-from receiver.capture import CaptureError, iter_frames
 from receiver.gate import DROP_REASONS, Gate, InterceptRule, RouterRule
 from receiver.jmirror import INTERCEPT_ID_MASK, DecodeError, JMirrorPacket, decode_datagram
 from receiver.live_contract import HEALTH_GROUP, case_group
+from receiver.pcap_reader import CaptureError, iter_frames
 from receiver.store import (
     LINKTYPE_FOR_KIND,
     LINKTYPE_PPP_HDLC,

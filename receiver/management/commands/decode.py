@@ -10,8 +10,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError
 from receiver.offline import decode_capture, json_line
+from receiver.pcap_reader import FRAGMENTS_INCOMPLETE, CaptureError
 
 # Lines are written in batches: one write per packet would cost more than decoding it.
 _LINES_PER_WRITE = 2048

@@ -2,9 +2,9 @@
 
 A capture taken on a mediation host (tcpdump, dumpcap) while the receiver was down, or on
 another host, holds jmirror datagrams that should end up where live ones do. This command
-reads the file with :mod:`receiver.capture` (pcap or pcapng, every link type it supports,
+reads the file with :mod:`receiver.pcap_reader` (pcap or pcapng, every link type it supports,
 outer IP fragments reassembled), keeps the UDP datagrams to the jmirror ports, and feeds
-them to the same :class:`receiver.worker.Capture` the live receiver uses: the same gate
+them to the same :class:`receiver.pipeline.DatagramPipeline` the live receiver uses: the same gate
 (decided with each frame's **capture time**, so a packet outside its warrant's window is
 dropped and counted as it would have been live), the same per-session pcap store (files
 named and stamped with the capture times, rotated by capture time), and the same
@@ -55,14 +55,14 @@ from jmirror_web.audit.log import acting_as, record
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import Router
 from receiver.bookkeeping import Bookkeeper, file_path
-from receiver.capture import FRAGMENTS_INCOMPLETE, CaptureError, iter_frames, iter_udp_datagrams
-from receiver.capture import Frame as CaptureFrame
 from receiver.gate import DROP_REASONS
 from receiver.gate_loader import GateWatcher
 from receiver.jmirror import WIRESHARK_DEFAULT_PORT
 from receiver.management.commands.decode import udp_port
-from receiver.store import ClosedFile, PcapStore
-from receiver.worker import Capture, Snapshot, StreamKey
+from receiver.pcap_reader import FRAGMENTS_INCOMPLETE, CaptureError, iter_frames, iter_udp_datagrams
+from receiver.pcap_reader import Frame as CaptureFrame
+from receiver.pipeline import DatagramPipeline, Snapshot, StreamKey
+from receiver.store import FileFacts, PcapStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ INTERRUPTED: Final = "interrupted"
 CHANGED: Final = "changed"
 
 DEFAULT_MAX_BYTES: Final = 64 * 2**30
-# Capture time between ticks: file expiry and snapshots follow the capture's clock.
+# DatagramPipeline time between ticks: file expiry and snapshots follow the capture's clock.
 TICK_NS: Final = 250_000_000
 # Wall time between database writes (and gate reloads), and between progress updates.
 WRITE_INTERVAL: Final = 1.0
@@ -200,7 +200,7 @@ class Tally:
 
     sessions: set[StreamKey] = field(default_factory=set)
     stored: int = 0
-    files: list[ClosedFile] = field(default_factory=list)
+    files: list[FileFacts] = field(default_factory=list)
 
     def absorb(self, snapshot: Snapshot) -> None:
         for key, delta in snapshot.sessions.items():
@@ -426,7 +426,9 @@ class Command(BaseCommand):
         bookkeeper.register()
         tally = Tally()
         watcher = GateWatcher()
-        capture = Capture(watcher.gate, PcapStore(root), on_tick=[bookkeeper.absorb, tally.absorb])
+        capture = DatagramPipeline(
+            watcher.gate, PcapStore(root), on_tick=[bookkeeper.absorb, tally.absorb]
+        )
         reader = _HashingReader(stream, size)
         outcome = Outcome()
         began = time.monotonic()
@@ -491,7 +493,7 @@ class Command(BaseCommand):
 
     @staticmethod
     def _feed(
-        capture: Capture,
+        capture: DatagramPipeline,
         reader: _HashingReader,
         ports: list[int],
         outcome: Outcome,
@@ -564,7 +566,7 @@ class Command(BaseCommand):
         identity: dict[str, Any],
         started: AuditEvent,
         outcome: Outcome,
-        capture: Capture,
+        capture: DatagramPipeline,
         tally: Tally,
         root: Path,
     ) -> dict[str, Any]:
@@ -602,7 +604,7 @@ class Command(BaseCommand):
         path: Path,
         identity: dict[str, Any],
         outcome: Outcome,
-        capture: Capture,
+        capture: DatagramPipeline,
         tally: Tally,
         root: Path,
     ) -> None:

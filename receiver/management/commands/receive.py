@@ -18,8 +18,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jmirror_web.file_modes import secure_installation
+from receiver.receive_loop import DEFAULT_RCVBUF, STALL_NS, Receiver, parse_listen
 from receiver.service import serve
-from receiver.worker import DEFAULT_RCVBUF, STALL_NS, Receiver, parse_listen
 
 
 class Command(BaseCommand):

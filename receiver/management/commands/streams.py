@@ -109,7 +109,7 @@ def unclaimed_entries(limit: int) -> list[UnclaimedEntry]:
             status="unclaimed",
             source=stream.source,
             router=stream.router.name if stream.router else None,
-            # A source's streams past its limit, counted together (receiver.worker).
+            # A source's streams past its limit, counted together (receiver.pipeline).
             mid="other" if stream.is_aggregate else f"{stream.mid:#010x}",
             sid="other" if stream.is_aggregate else f"{stream.sid:#010x}",
             reason=stream.reason,

@@ -21,7 +21,7 @@ from receiver import traffic
 from receiver.store import (
     LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
-    ClosedFile,
+    FileFacts,
     PcapStore,
     SessionKey,
 )
@@ -79,7 +79,7 @@ def store_for(data_dir: Path, **options: Any) -> tuple[PcapStore, SessionKey]:
     )
 
 
-def record_files(session: Session, closed: list[ClosedFile]) -> list[CaptureFile]:
+def record_files(session: Session, closed: list[FileFacts]) -> list[CaptureFile]:
     """Rows as the receiver writes them; made newest file first, so that only the
     ordering by first packet numbers them right."""
     rows = [

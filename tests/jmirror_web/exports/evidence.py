@@ -21,7 +21,7 @@ from django.utils import timezone
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import CaptureFile, Case, Intercept, Router, Session
 from receiver import traffic
-from receiver.capture import iter_frames
+from receiver.pcap_reader import iter_frames
 from receiver.store import LINKTYPE_RAW, PcapStore, SessionKey
 from tests.factories import make_case, make_intercept, make_router, make_session
 

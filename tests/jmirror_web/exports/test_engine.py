@@ -31,8 +31,8 @@ from jmirror_web.exports.request import (
     Window,
 )
 from jmirror_web.exports.writers import ExportDigest
-from receiver.capture import iter_frames
 from receiver.jmirror import decode_datagram
+from receiver.pcap_reader import iter_frames
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW, PcapStore, SessionKey
 
 TSHARK = shutil.which("tshark")

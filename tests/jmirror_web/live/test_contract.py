@@ -51,7 +51,8 @@ def test_the_consumer_does_not_load_the_receive_loop(tmp_path: Path) -> None:
 
     assert "jmirror_web.live.consumers" in loaded
     assert "receiver.live_contract" in loaded
-    assert "receiver.worker" not in loaded
+    assert "receiver.receive_loop" not in loaded
+    assert "receiver.pipeline" not in loaded
     assert "receiver.live" not in loaded
 
 

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
-from receiver.worker import format_address
+from receiver.receive_loop import format_address
 
 DEMO_CASE = "DEMO-1"
 DEMO_LIID = "DEMO-LIID-1"

@@ -24,8 +24,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from jmirror_web.audit.checkpoints import start_periodic_checkpoints
 from jmirror_web.file_modes import secure_installation
 from receiver.live import LoopSender
+from receiver.receive_loop import Receiver, parse_listen
 from receiver.service import serve as serve_receiver
-from receiver.worker import Receiver, parse_listen
 
 logger = logging.getLogger(__name__)
 

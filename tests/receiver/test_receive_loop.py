@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from receiver.capture import iter_frames
 from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.pcap_reader import iter_frames
+from receiver.pipeline import Snapshot
+from receiver.receive_loop import Receiver, open_socket, parse_listen
 from receiver.store import PcapStore
 from receiver.traffic import (
     ipv4_udp,
@@ -21,7 +23,6 @@ from receiver.traffic import (
     ppp_ipv4_udp,
     ppp_lcp,
 )
-from receiver.worker import Receiver, Snapshot, open_socket, parse_listen
 
 NOW = time.time_ns()
 HOUR = 3600 * 10**9

@@ -1,4 +1,4 @@
-"""Tests for receiver.capture: pcap/pcapng records, link layers, outer IP/UDP, reassembly.
+"""Tests for receiver.pcap_reader: pcap/pcapng records, link layers, outer IP/UDP, reassembly.
 
 Captures are built here byte by byte, so every field is under the test's control; tshark,
 where installed, checks that the builders and the reader agree with Wireshark.
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.capture import (
+from receiver.pcap_reader import (
     MAX_FRAME,
     MAX_PENDING_DATAGRAMS,
     SKIP_REASONS,
