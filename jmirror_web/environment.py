@@ -152,3 +152,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"{text!r}: port {port} is out of range")
     return host, port
+
+
+def listen_addresses(
+    given: Sequence[str], default: Sequence[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """The receive addresses of a command's ``--listen`` options, else ``default`` (the
+    setting); ValueError naming the first bad one."""
+    return [parse_listen(text) for text in given] if given else list(default)

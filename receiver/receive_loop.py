@@ -47,7 +47,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from jmirror_web.environment import parse_listen as parse_listen
 from receiver.batch_receive import BatchReceiver, remember_source
 from receiver.gate import DROP_REASONS, NO_INTERCEPT, OUTSIDE_WINDOW, UNKNOWN_ROUTER, Gate
 from receiver.pipeline import (

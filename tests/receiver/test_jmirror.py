@@ -398,9 +398,13 @@ def test_detection_finds_no_jmirror_in_random_payloads(payload: bytes):
 
 
 def test_the_decoding_core_imports_no_django():
+    """The sans-I/O core and the receive loop load neither Django nor the web project:
+    the receive loop once loaded jmirror_web for parsing an address."""
     code = (
-        "import sys, receiver.jmirror, receiver.pcap_reader, receiver.offline; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
+        "import sys, receiver.jmirror, receiver.pcap_reader, receiver.offline, "
+        "receiver.pcap, receiver.ip, receiver.gate, receiver.store, receiver.pipeline, "
+        "receiver.receive_loop; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'jmirror_web')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True

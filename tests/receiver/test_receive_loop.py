@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from jmirror_web.environment import parse_listen
 from receiver.gate import Gate, InterceptRule, RouterRule
 from receiver.pcap_reader import iter_frames
 from receiver.pipeline import Snapshot
-from receiver.receive_loop import Receiver, open_socket, parse_listen
+from receiver.receive_loop import Receiver, open_socket
 from receiver.store import PcapStore
 from receiver.traffic import (
     ipv4_udp,

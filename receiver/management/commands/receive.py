@@ -17,8 +17,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jmirror_web.environment import listen_addresses, parse_listen
 from jmirror_web.file_modes import secure_installation
-from receiver.receive_loop import DEFAULT_RCVBUF, STALL_NS, Receiver, parse_listen
+from receiver.receive_loop import DEFAULT_RCVBUF, STALL_NS, Receiver
 from receiver.service import serve
 
 
@@ -51,11 +52,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            listen = (
-                [parse_listen(text) for text in options["listen"]]
-                if options["listen"]
-                else list(settings.JMIRROR_LISTEN)
-            )
+            listen = listen_addresses(options["listen"], settings.JMIRROR_LISTEN)
         except ValueError as error:
             raise CommandError(str(error)) from None
         metrics_text = options["metrics"] or settings.JMIRROR_METRICS_LISTEN

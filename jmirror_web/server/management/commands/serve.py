@@ -22,9 +22,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jmirror_web.audit.checkpoints import start_periodic_checkpoints
+from jmirror_web.environment import listen_addresses
 from jmirror_web.file_modes import secure_installation
 from receiver.live import LoopSender
-from receiver.receive_loop import Receiver, parse_listen
+from receiver.receive_loop import Receiver
 from receiver.service import serve as serve_receiver
 
 logger = logging.getLogger(__name__)
@@ -134,11 +135,7 @@ class Command(BaseCommand):
         # An installation made before the data directory was kept private is made so now.
         secure_installation()
         try:
-            listen = (
-                [parse_listen(text) for text in options["listen"]]
-                if options["listen"]
-                else list(settings.JMIRROR_LISTEN)
-            )
+            listen = listen_addresses(options["listen"], settings.JMIRROR_LISTEN)
         except ValueError as error:
             raise CommandError(str(error)) from None
         embedded = None
