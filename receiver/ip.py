@@ -12,6 +12,7 @@ identity, where enum members would be compared one by one.
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 from typing import Final
 
@@ -172,3 +173,23 @@ def ports(
     if position < 0 or position + 4 > end or protocol not in PORT_PROTOCOLS:
         return None
     return data[position] << 8 | data[position + 1], data[position + 2] << 8 | data[position + 3]
+
+
+HIGHEST_ASSIGNED_IP_PROTOCOL: Final = 146
+
+
+def assigned_ip_protocol(proto: int | None) -> bool:
+    """Whether IANA has assigned ``proto`` (or kept it for experiments, 253 and 254):
+    IPv6 has no header checksum, and this is the next best sign that a header is real."""
+    return proto is not None and (proto <= HIGHEST_ASSIGNED_IP_PROTOCOL or proto in (253, 254))
+
+
+def ipv4_header_checksum_ok(data: bytes | bytearray, offset: int) -> bool:
+    """Whether the IPv4 header at ``offset`` sums to its checksum (the caller has
+    checked that the header, by its own length, is in ``data``)."""
+    header_length = (data[offset] & 15) * 4
+    words: tuple[int, ...] = struct.unpack_from(f"!{header_length // 2}H", data, offset)
+    total = sum(words)
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF

@@ -24,7 +24,14 @@ from enum import IntEnum, StrEnum
 from types import SimpleNamespace
 from typing import Final, Literal
 
-from receiver.ip import IPV6_AUTHENTICATION, IPV6_FRAGMENT, IPV6_HEADER_CHAIN, PORT_PROTOCOLS
+from receiver.ip import (
+    IPV6_AUTHENTICATION,
+    IPV6_FRAGMENT,
+    IPV6_HEADER_CHAIN,
+    PORT_PROTOCOLS,
+    assigned_ip_protocol,
+    ipv4_header_checksum_ok,
+)
 
 WIRESHARK_DEFAULT_PORT: Final = 30030
 INTERCEPT_ID_MASK: Final = 0x3FFFFFFF
@@ -67,8 +74,6 @@ _PPP_IPV4: Final = int(PPPProtocol.IPV4)
 _PPP_IPV6: Final = int(PPPProtocol.IPV6)
 _PPP_DATA_PROTOCOLS: Final = frozenset({PPPProtocol.MPLS_UNICAST, PPPProtocol.MPLS_MULTICAST})
 
-_HIGHEST_ASSIGNED_IP_PROTOCOL: Final = 146
-
 
 class DecodeFailure(StrEnum):
     """Why a datagram is not a decodable jmirror packet (stable, machine-readable)."""
@@ -83,7 +88,15 @@ class DecodeFailure(StrEnum):
     """An inner header field is impossible (IPv4 header length below 20 bytes...)."""
     INCONSISTENT_LENGTH = "inconsistent_length"
     """The inner IP length disagrees with the bytes that follow the header: jmirror has
-    no padding and no trailer, so the datagram was cut or is not jmirror."""
+    no padding and no trailer, so the datagram was cut or is not jmirror (Contrail: the
+    IP packet is longer than its Ethernet frame)."""
+    BAD_TLV = "bad_tlv"
+    """Contrail: a TLV that cannot be (a capture host or flags TLV not 4 bytes long, a
+    known TLV twice, an end marker with a value)."""
+    NO_END_OF_TLVS = "no_end_of_tlvs"
+    """Contrail: the TLVs run to the end of the datagram without the FF 00 end marker."""
+    TRUNCATED_FRAME = "truncated_frame"
+    """Contrail: the mirrored frame ends inside its Ethernet header or VLAN tags."""
 
 
 class DecodeError(ValueError):
@@ -446,21 +459,6 @@ def _ppp_protocol(data: bytes, mid: int, sid: int) -> tuple[int, int]:
     return (data[2] << 8) | data[3], 4
 
 
-def _ipv4_checksum_ok(data: bytes, offset: int) -> bool:
-    header_length = (data[offset] & 15) * 4
-    words: tuple[int, ...] = struct.unpack_from(f"!{header_length // 2}H", data, offset)
-    total = sum(words)
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total == 0xFFFF
-
-
-def _assigned_ip_protocol(proto: int | None) -> bool:
-    """IPv6 has no header checksum; a transport protocol IANA has assigned (or kept for
-    experiments) is the next best sign that the header is real."""
-    return proto is not None and (proto <= _HIGHEST_ASSIGNED_IP_PROTOCOL or proto in (253, 254))
-
-
 def _ppp_control_packet_ok(ppp_protocol: int, data: bytes, offset: int) -> bool:
     """A control packet's own length must cover exactly what follows the PPP header
     (no FCS in jmirror), and its code must be one the protocol defines."""
@@ -474,7 +472,7 @@ def _ppp_control_packet_ok(ppp_protocol: int, data: bytes, offset: int) -> bool:
     return 1 <= code <= _PPP_CONTROL_MAX_CODE[ppp_protocol]
 
 
-def is_plausible_jmirror(packet: JMirrorPacket) -> bool:
+def is_plausible_jmirror(packet: JMirrorPacket, checksums: bool = True) -> bool:
     """Whether a datagram that decoded cleanly is really jmirror rather than some other
     UDP payload that happens to parse.
 
@@ -484,22 +482,27 @@ def is_plausible_jmirror(packet: JMirrorPacket) -> bool:
     length is consistent. It also accepts what Wireshark's misses: IPv4 with options,
     IPv6 with a traffic class, flow label or extension headers, and PPP control
     protocols other than LCP and IPCP.
+
+    With ``checksums`` off (for a capture whose addresses were rewritten without fixing
+    them), an IPv4 packet needs an assigned protocol instead of a valid checksum.
     """
     if packet.version != 0:
         return False
     inner = packet.inner
     data = packet.data
     if inner == "ipv4":
-        return _ipv4_checksum_ok(data, 0)
+        return ipv4_header_checksum_ok(data, 0) if checksums else assigned_ip_protocol(packet.proto)
     if inner == "ipv6":
-        return _assigned_ip_protocol(packet.proto)
+        return assigned_ip_protocol(packet.proto)
     if inner != "ppp" or packet.ppp_protocol is None:
         return False
     ppp_protocol, offset = _ppp_protocol(data, packet.mid, packet.sid)
     if ppp_protocol == PPPProtocol.IPV4:
-        return _ipv4_checksum_ok(data, offset)
+        if not checksums:
+            return assigned_ip_protocol(packet.proto)
+        return ipv4_header_checksum_ok(data, offset)
     if ppp_protocol == PPPProtocol.IPV6:
-        return _assigned_ip_protocol(packet.proto)
+        return assigned_ip_protocol(packet.proto)
     if ppp_protocol in _PPP_CONTROL_MAX_CODE:
         return _ppp_control_packet_ok(ppp_protocol, data, offset)
     if ppp_protocol == PPPProtocol.LQR:

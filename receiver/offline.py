@@ -1,21 +1,25 @@
-"""Decoding of jmirror packets out of capture files (``manage.py decode``); no Django.
+"""Decoding of mirror packets out of capture files (``manage.py decode``); no Django.
 
 The pipeline is three generators: :func:`receiver.pcap_reader.iter_frames` reads records,
 :func:`receiver.pcap_reader.iter_udp_datagrams` takes them down to (reassembled) UDP
-datagrams, and :func:`decode_capture` keeps the jmirror ones. :func:`json_line` writes
-one decoded packet in the ``decode`` command's output format.
+datagrams, and :func:`decode_capture` keeps the jmirror and Contrail ones (found by
+:class:`receiver.detection.FlowJudge` when the ports are not given). :func:`json_line`
+writes one decoded packet in the ``decode`` command's output format.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Collection, Iterator
 from typing import BinaryIO, Final
 
-from receiver.jmirror import DecodeError, JMirrorPacket, decode_datagram, is_plausible_jmirror
+from receiver.contrail import ContrailPacket, decode_contrail
+from receiver.detection import NOT_MIRROR as NOT_MIRROR
+from receiver.detection import Decoded, FlowJudge, MirrorPacket
+from receiver.jmirror import DecodeError, JMirrorPacket, decode_datagram
 from receiver.pcap_reader import iter_frames, iter_udp_datagrams
 
-NOT_JMIRROR: Final = "not_jmirror"
 PORT_NOT_SELECTED: Final = "port_not_selected"
 
 # The decode command's keys, in output order; the key order is part of the contract.
@@ -24,6 +28,7 @@ JSON_KEYS: Final = (
     "time",
     "router",
     "port",
+    "format",
     "mid",
     "intercept_id",
     "version",
@@ -37,65 +42,102 @@ JSON_KEYS: Final = (
     "dport",
     "length",
 )
+"""A jmirror record's keys."""
+CONTRAIL_KEYS: Final = (
+    "frame",
+    "time",
+    "router",
+    "port",
+    "format",
+    "capture_host",
+    "flags",
+    "actions",
+    "direction",
+    "source_vn",
+    "dest_vn",
+    "src",
+    "dst",
+    "proto",
+    "sport",
+    "dport",
+    "length",
+    "mid",
+    "intercept_id",
+    "version",
+    "sid",
+    "inner",
+    "ppp_protocol",
+)
+"""A Contrail record's keys: the jmirror header's are there, null, so that a reader of
+mixed output finds every key it knows."""
 
-DecodedFrame = tuple[int, int, str, int, JMirrorPacket]
+DecodedFrame = Decoded
 """frame number, capture time in ns, router (outer source), outer UDP destination
 port, and the packet."""
 
 
 def decode_capture(
-    stream: BinaryIO, ports: Collection[int], skipped: Counter[str]
+    stream: BinaryIO,
+    ports: Collection[int],
+    skipped: Counter[str],
+    contrail_ports: Collection[int] = (),
+    judge: FlowJudge | None = None,
 ) -> Iterator[DecodedFrame]:
-    """Yield every jmirror packet in a capture, in capture order.
+    """Yield every jmirror and Contrail packet in a capture, in capture order.
 
-    With ``ports``, every UDP datagram to one of them is decoded as jmirror (as
-    Wireshark's "Decode As" does) and one that fails is skipped under its
-    :class:`~receiver.jmirror.DecodeFailure` reason. Without, jmirror is detected on
-    any port and everything else is skipped as ``not_jmirror``. Every frame that yields
-    no packet is counted in ``skipped``. A damaged file raises
+    With ``ports`` or ``contrail_ports``, every UDP datagram to one of them is decoded
+    as that format (as Wireshark's "Decode As" does) and one that fails is skipped under
+    its :class:`~receiver.jmirror.DecodeFailure` reason. Without, both formats are
+    detected on any port by a :class:`~receiver.detection.FlowJudge` (pass ``judge`` to
+    read its suggestions afterwards) and everything else is skipped as ``not_mirror``.
+    Every frame that yields no packet is counted in ``skipped``. A damaged file raises
     :class:`~receiver.pcap_reader.CaptureError` after its last complete record.
     """
     datagrams = iter_udp_datagrams(iter_frames(stream), skipped)
-    if ports:
-        selected = frozenset(ports)
+    if ports or contrail_ports:
+        jmirror_ports = frozenset(ports)
+        analyzer_ports = frozenset(contrail_ports)
         for frame, time_ns, router, _, _, port, payload in datagrams:
-            if port not in selected:
-                skipped[PORT_NOT_SELECTED] += 1
-                continue
             try:
-                packet = decode_datagram(payload)
+                if port in jmirror_ports:
+                    packet: MirrorPacket = decode_datagram(payload)
+                elif port in analyzer_ports:
+                    packet = decode_contrail(payload)
+                else:
+                    skipped[PORT_NOT_SELECTED] += 1
+                    continue
             except DecodeError as error:
                 skipped[error.reason.value] += 1
                 continue
             yield frame, time_ns, router, port, packet
-    else:
-        for frame, time_ns, router, _, _, port, payload in datagrams:
-            try:
-                packet = decode_datagram(payload)
-            except DecodeError:
-                skipped[NOT_JMIRROR] += 1
-                continue
-            if is_plausible_jmirror(packet):
-                yield frame, time_ns, router, port, packet
-            else:
-                skipped[NOT_JMIRROR] += 1
+        return
+    if judge is None:
+        judge = FlowJudge(skipped)
+    offer = judge.offer
+    for frame, time_ns, router, _, _, port, payload in datagrams:
+        yield from offer(frame, time_ns, router, port, payload)
+    yield from judge.finish()
 
 
 # Every string value is an address from inet_ntoa/inet_ntop or an inner kind literal,
 # so none needs JSON escaping; a template is four times faster than json.dumps here.
 _JSON_LINE: Final = (
-    '{"frame": %d, "time": %d.%09d, "router": "%s", "port": %d, "mid": %d, '
+    '{"frame": %d, "time": %d.%09d, "router": "%s", "port": %d, "format": "jmirror", "mid": %d, '
     '"intercept_id": %d, "version": %d, "sid": %d, "inner": "%s", "ppp_protocol": %s, '
     '"src": %s, "dst": %s, "proto": %s, "sport": %s, "dport": %s, "length": %d}\n'
 )
 
 
-def json_line(frame: int, time_ns: int, router: str, port: int, packet: JMirrorPacket) -> str:
-    """One output line of ``manage.py decode`` (see :data:`JSON_KEYS`), newline included.
+def json_line(frame: int, time_ns: int, router: str, port: int, packet: MirrorPacket) -> str:
+    """One output line of ``manage.py decode`` (see :data:`JSON_KEYS` and
+    :data:`CONTRAIL_KEYS`), newline included.
 
     ``time`` is written from integer nanoseconds, so it is exact to the nanosecond
     where a float would round.
     """
+    if type(packet) is ContrailPacket:
+        return _contrail_line(frame, time_ns, router, port, packet)
+    assert type(packet) is JMirrorPacket
     seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
     src = packet.src
     dst = packet.dst
@@ -122,3 +164,35 @@ def json_line(frame: int, time_ns: int, router: str, port: int, packet: JMirrorP
         "null" if dport is None else dport,
         packet.length,
     )
+
+
+def _contrail_line(frame: int, time_ns: int, router: str, port: int, packet: ContrailPacket) -> str:
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    record = {
+        "frame": frame,
+        "time": None,  # written from the integer nanoseconds below, exactly
+        "router": router,
+        "port": port,
+        "format": "contrail",
+        "capture_host": packet.capture_host,
+        "flags": packet.flags,
+        "actions": list(packet.actions) if packet.flags is not None else [],
+        "direction": packet.direction,
+        "source_vn": packet.source_vn,
+        "dest_vn": packet.dest_vn,
+        "src": packet.src,
+        "dst": packet.dst,
+        "proto": packet.proto,
+        "sport": packet.sport,
+        "dport": packet.dport,
+        "length": packet.length,
+        "mid": None,
+        "intercept_id": None,
+        "version": None,
+        "sid": None,
+        "inner": None,
+        "ppp_protocol": None,
+    }
+    # VN names are the vRouter's bytes: json.dumps escapes whatever they hold.
+    text = json.dumps(record).replace('"time": null', f'"time": {seconds}.{nanoseconds:09d}', 1)
+    return text + "\n"

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.tshark
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 RECORD_KEYS = [
-    *("frame", "time", "router", "port", "mid", "intercept_id", "version", "sid"),
+    *("frame", "time", "router", "port", "format", "mid", "intercept_id", "version", "sid"),
     *("inner", "ppp_protocol", "src", "dst", "proto", "sport", "dport", "length"),
 ]
 JMIRROR_PORTS = (30030, 6502, 5000, 54301)

@@ -73,6 +73,7 @@ def test_it_prints_one_json_object_per_jmirror_packet_with_exactly_the_contract_
         "time": pytest.approx(1_790_000_000.000123),
         "router": ROUTER,
         "port": 6502,
+        "format": "jmirror",
         "mid": 0x300,
         "intercept_id": 0x300,
         "version": 0,
@@ -102,7 +103,7 @@ def test_it_writes_the_capture_time_exactly_to_the_nanosecond(capture: Path):
 def test_it_summarises_frames_read_decoded_and_skipped_on_stderr(capture: Path):
     _, summary = decode(str(capture))
     assert summary.strip() == (
-        "4 frames read, 3 jmirror packets decoded, 1 skipped (not_jmirror: 1)"
+        "4 frames read, 3 packets decoded (jmirror: 3), 1 skipped (not_mirror: 1)"
     )
 
 
@@ -119,7 +120,8 @@ def test_a_forced_port_reports_undecodable_datagrams_by_reason(tmp_path: Path):
     packets, summary = decode(str(path), "--port", "6502")
     assert [(packet["frame"], packet["inner"]) for packet in packets] == [(3, "unknown")]
     assert summary.strip() == (
-        "3 frames read, 1 jmirror packets decoded, 2 skipped (inconsistent_length: 1, too_short: 1)"
+        "3 frames read, 1 packets decoded (jmirror: 1), 2 skipped "
+        "(inconsistent_length: 1, too_short: 1)"
     )
 
 
@@ -165,7 +167,7 @@ def test_a_truncated_capture_prints_every_complete_packet_then_fails_with_status
     assert result.returncode == 2
     assert [json.loads(line)["frame"] for line in result.stdout.splitlines()] == [1, 3]
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("3 frames read, 2 jmirror packets decoded")
+    assert lines[0].startswith("3 frames read, 2 packets decoded (jmirror: 2)")
     assert lines[-1].startswith(f"CommandError: {cut}: ")
     assert "Traceback" not in result.stderr
 
@@ -203,6 +205,6 @@ def test_the_summary_tells_datagrams_missing_fragments_apart_from_skipped_frames
     packets, summary = decode(str(path))
     assert [packet["frame"] for packet in packets] == [1]
     assert summary.strip() == (
-        f"{len(pieces)} frames read, 1 jmirror packets decoded, {len(pieces) - 1} skipped "
+        f"{len(pieces)} frames read, 1 packets decoded (jmirror: 1), {len(pieces) - 1} skipped "
         f"(fragment: {len(pieces) - 1}); 1 datagrams with missing fragments"
     )

@@ -1,4 +1,5 @@
-"""``manage.py decode FILE [--port N ...]``: the jmirror packets of a capture as JSON lines."""
+"""``manage.py decode FILE [--port N ...] [--contrail-port N ...]``: the jmirror and
+Contrail packets of a capture as JSON lines."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import argparse
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from receiver.contrail import ContrailPacket
+from receiver.detection import FlowJudge, MirrorFormat
 from receiver.offline import decode_capture, json_line
 from receiver.pcap_reader import FRAGMENTS_INCOMPLETE, CaptureError
+
+# How the summary names a format's port option.
+_PORT_OPTION = {"jmirror": "--port", "contrail": "--contrail-port"}
 
 # Lines are written in batches: one write per packet would cost more than decoding it.
 _LINES_PER_WRITE = 2048
@@ -27,10 +34,16 @@ def udp_port(text: str) -> int:
     return port
 
 
-def summary(decoded: int, skipped: Counter[str]) -> str:
-    """The closing line on stderr: frames read, packets decoded, frames skipped by
-    reason, and datagrams whose fragments never all arrived (their frames are among
-    the skipped ``fragment`` frames, so they are told apart)."""
+def summary(
+    decoded: Counter[str],
+    skipped: Counter[str],
+    suggestions: Mapping[tuple[MirrorFormat, int], int] | None = None,
+) -> str:
+    """The closing line on stderr: frames read, packets decoded by format, frames
+    skipped by reason, datagrams whose fragments never all arrived (their frames are
+    among the skipped ``fragment`` frames, so they are told apart), and the ports whose
+    datagrams looked like mirror traffic but were skipped, with the option that would
+    decode them."""
     incomplete = skipped[FRAGMENTS_INCOMPLETE]
     frame_reasons = {
         reason: count
@@ -38,23 +51,33 @@ def summary(decoded: int, skipped: Counter[str]) -> str:
         if count and reason != FRAGMENTS_INCOMPLETE
     }
     skipped_frames = sum(frame_reasons.values())
-    line = (
-        f"{decoded + skipped_frames} frames read, {decoded} jmirror packets decoded, "
-        f"{skipped_frames} skipped"
-    )
+    total = sum(decoded.values())
+    line = f"{total + skipped_frames} frames read, {total} packets decoded"
+    formats = {name: count for name, count in sorted(decoded.items()) if count}
+    if formats:
+        line += " (" + ", ".join(f"{name}: {count}" for name, count in formats.items()) + ")"
+    line += f", {skipped_frames} skipped"
     if frame_reasons:
         line += " (" + ", ".join(f"{reason}: {count}" for reason, count in frame_reasons.items())
         line += ")"
     if incomplete:
         line += f"; {incomplete} datagrams with missing fragments"
+    for (format, port), count in sorted((suggestions or {}).items()):
+        if count:
+            line += (
+                f"; port {port} looks like {format} ({count} datagrams skipped): "
+                f"try {_PORT_OPTION[format]} {port}"
+            )
     return line
 
 
 class Command(BaseCommand):
     help = (
-        "Print the jmirror packets of a pcap or pcapng file as JSON lines (keys: frame, time, "
-        "router, port, mid, intercept_id, version, sid, inner, ppp_protocol, src, dst, proto, "
-        "sport, dport, length). Without --port, jmirror is detected on any UDP port."
+        "Print the jmirror and CN2/Contrail mirror packets of a pcap or pcapng file as JSON "
+        "lines (jmirror keys: frame, time, router, port, format, mid, intercept_id, version, "
+        "sid, inner, ppp_protocol, src, dst, proto, sport, dport, length; Contrail adds "
+        "capture_host, flags, actions, direction, source_vn, dest_vn). Without --port or "
+        "--contrail-port, both are detected on any UDP port."
     )
     requires_system_checks: list[str] = []
     requires_migrations_checks = False
@@ -68,23 +91,44 @@ class Command(BaseCommand):
             default=[],
             metavar="N",
             help="decode UDP datagrams to this port as jmirror (repeatable); "
-            "without it, jmirror is detected on any port",
+            "without it or --contrail-port, mirror traffic is detected on any port",
+        )
+        parser.add_argument(
+            "--contrail-port",
+            type=udp_port,
+            action="append",
+            default=[],
+            metavar="N",
+            help="decode UDP datagrams to this port as CN2/Contrail with the Juniper "
+            "header, as Wireshark's -d udp.port==N,juniper (repeatable; CN2's default "
+            "analyzer port is 8099)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: str = options["file"]
         ports: list[int] = options["port"]
+        contrail_ports: list[int] = options["contrail_port"]
+        both = set(ports) & set(contrail_ports)
+        if both:
+            raise CommandError(
+                f"port {min(both)} is given as both jmirror and Contrail", returncode=2
+            )
         skipped: Counter[str] = Counter()
-        decoded = 0
+        judge = FlowJudge(skipped)
+        written = contrail = 0
         failure: str | None = None
         lines: list[str] = []
         try:
             with open(path, "rb") as stream:
-                for frame, time_ns, router, port, packet in decode_capture(stream, ports, skipped):
+                for frame, time_ns, router, port, packet in decode_capture(
+                    stream, ports, skipped, contrail_ports, judge
+                ):
                     lines.append(json_line(frame, time_ns, router, port, packet))
+                    if type(packet) is ContrailPacket:
+                        contrail += 1
                     if len(lines) == _LINES_PER_WRITE:
                         self.stdout.write("".join(lines), ending="")
-                        decoded += len(lines)
+                        written += len(lines)
                         lines.clear()
         except CaptureError as error:
             # Every complete record before the damage is still printed.
@@ -96,12 +140,13 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: {error.strerror or error}", returncode=2) from None
         try:
             self.stdout.write("".join(lines), ending="")
-            decoded += len(lines)
+            written += len(lines)
             self.stdout.flush()
         except BrokenPipeError:
             self._stop_writing()
             return
-        self.stderr.write(summary(decoded, skipped))
+        decoded = Counter(jmirror=written - contrail, contrail=contrail)
+        self.stderr.write(summary(decoded, skipped, judge.suggestions))
         if failure is not None:
             raise CommandError(failure, returncode=2)
 
