@@ -41,6 +41,15 @@ from receiver.ip import (
     ipv6_transport,
 )
 from receiver.jmirror import DecodeError, DecodeFailure
+from receiver.pcap import (
+    EPB_INBOUND,
+    EPB_OUTBOUND,
+    JUNIPER_PEN,
+    OPTION_COMMENT,
+    OPTION_CUSTOM_BINARY,
+    OPTION_EPB_FLAGS,
+    pcapng_option,
+)
 
 ANALYZER_DEFAULT_PORT: Final = 8099
 """CN2's default analyzer UDP port (``analyzerPort`` of a mirror destination)."""
@@ -412,3 +421,45 @@ def looks_like_contrail(payload: bytes) -> bool:
 # A Contrail payload starts with a known TLV or the end marker; anything else is not
 # worth decoding when looking for Contrail among arbitrary UDP.
 _FIRST_BYTES: Final = frozenset({1, 2, 3, 4, 255})
+
+
+_U32_LITTLE: Final = struct.Struct("<I")
+
+
+def describe_header(packet: ContrailPacket) -> str:
+    """The Juniper header's facts in one line, for a person reading the evidence
+    (a pcapng packet comment, the packet page)."""
+    facts: list[str] = []
+    if packet.capture_host is not None:
+        facts.append(f"capture host {packet.capture_host}")
+    if packet.direction is not None:
+        facts.append(packet.direction)
+    if packet.flags is not None:
+        facts.append(f"actions {', '.join(packet.actions) or 'none'} (flags {packet.flags:#010x})")
+    if packet.source_vn is not None:
+        facts.append(f"source VN {_printable(packet.source_vn)}")
+    if packet.dest_vn is not None:
+        facts.append(f"destination VN {_printable(packet.dest_vn)}")
+    facts.extend(f"TLV {kind} {value.hex() or '(empty)'}" for kind, value in packet.unknown_tlvs)
+    return "Juniper header: " + ("; ".join(facts) if facts else "no metadata")
+
+
+def _printable(name: str) -> str:
+    # A name is the vRouter's bytes: a line break in it must not break the comment's line.
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
+
+
+def evidence_options(packet: ContrailPacket, payload: bytes) -> bytes:
+    """The pcapng options that keep a stored frame's Juniper header with it: the
+    direction in ``epb_flags`` (Wireshark shows it as the packet's direction), the facts
+    as a comment (:func:`describe_header`), and the header's bytes exactly as received in
+    a custom option of Juniper's enterprise number, so that nothing of the datagram is
+    lost. ``payload`` is the datagram ``packet`` was decoded from."""
+    options = b""
+    if packet.direction is not None:
+        direction = EPB_INBOUND if packet.direction == "ingress" else EPB_OUTBOUND
+        options += pcapng_option(OPTION_EPB_FLAGS, _U32_LITTLE.pack(direction))
+    options += pcapng_option(OPTION_COMMENT, describe_header(packet).encode())
+    header = payload[: packet.header_length]
+    options += pcapng_option(OPTION_CUSTOM_BINARY, _U32_LITTLE.pack(JUNIPER_PEN) + header)
+    return options

@@ -83,3 +83,62 @@ OPTION_IF_NAME: Final = 2
 OPTION_IF_DESCRIPTION: Final = 3
 OPTION_IF_TSRESOL: Final = 9
 OPTION_IF_TSOFFSET: Final = 14
+OPTION_EPB_FLAGS: Final = 2
+"""An Enhanced Packet Block's flags word; its two low bits are the direction."""
+EPB_INBOUND: Final = 1
+EPB_OUTBOUND: Final = 2
+OPTION_CUSTOM_BINARY: Final = 2989
+"""A custom option with binary content that may be copied into other files, after a
+Private Enterprise Number that says whose it is."""
+JUNIPER_PEN: Final = 2636
+"""Juniper Networks' Private Enterprise Number (IANA): the owner of the custom option
+that keeps a Contrail datagram's Juniper header."""
+
+# pcapng blocks as written here: little-endian.
+_U32 = struct.Struct("<I")
+_OPTION_HEAD = struct.Struct("<HH")
+_SHB_BODY = struct.Struct("<IHHq")  # byte-order magic, version 1.0, section length unknown
+_IDB_BODY = struct.Struct("<HHI")  # link type, reserved, snaplen
+# interface, time high, time low, captured length, original length
+_EPB_BODY = struct.Struct("<IIIII")
+_OPTIONS_END: Final = _OPTION_HEAD.pack(OPTION_END, 0)
+
+
+def pcapng_option(code: int, value: bytes) -> bytes:
+    """One option: code, length, value padded to 32 bits."""
+    return _OPTION_HEAD.pack(code, len(value)) + value + bytes(-len(value) & 3)
+
+
+def pcapng_block(block_type: int, body: bytes) -> bytes:
+    """A block: type, total length, body (already padded), total length again."""
+    length = 12 + len(body)
+    return _U32.pack(block_type) + _U32.pack(length) + body + _U32.pack(length)
+
+
+def pcapng_section_header(application: str, comment: str = "") -> bytes:
+    """A Section Header Block naming the writing application, with an optional comment."""
+    options = pcapng_option(OPTION_COMMENT, comment.encode()) if comment else b""
+    options += pcapng_option(OPTION_SHB_USERAPPL, application.encode()) + _OPTIONS_END
+    body = _SHB_BODY.pack(PCAPNG_BYTE_ORDER_MAGIC, 1, 0, -1) + options
+    return pcapng_block(PCAPNG_SECTION_HEADER, body)
+
+
+def pcapng_interface_description(linktype: int, name: str = "", description: str = "") -> bytes:
+    """An Interface Description Block of ``linktype`` with nanosecond timestamps."""
+    options = b""
+    if name:
+        options += pcapng_option(OPTION_IF_NAME, name.encode())
+    if description:
+        options += pcapng_option(OPTION_IF_DESCRIPTION, description.encode())
+    options += pcapng_option(OPTION_IF_TSRESOL, bytes([9])) + _OPTIONS_END
+    return pcapng_block(PCAPNG_INTERFACE, _IDB_BODY.pack(linktype, 0, SNAPLEN) + options)
+
+
+def enhanced_packet_block(interface: int, time_ns: int, data: bytes, options: bytes = b"") -> bytes:
+    """An Enhanced Packet Block of interface ``interface`` (nanosecond timestamps) holding
+    ``data`` whole; ``options`` are :func:`pcapng_option` results, without the end."""
+    body = _EPB_BODY.pack(interface, time_ns >> 32, time_ns & 0xFFFFFFFF, len(data), len(data))
+    body += data + bytes(-len(data) & 3)
+    if options:
+        body += options + _OPTIONS_END
+    return pcapng_block(PCAPNG_ENHANCED_PACKET, body)

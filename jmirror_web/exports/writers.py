@@ -32,10 +32,6 @@ _FEW_RECORDS: Final = 4
 
 # pcapng blocks (little-endian).
 _EPB_TYPE: Final = pcap.PCAPNG_ENHANCED_PACKET  # a module global: packed per record
-_SHB_BODY = struct.Struct("<IIIHHq")  # type, length, byte-order magic, 1, 0, section length
-_IDB_BODY = struct.Struct("<IIHHI")  # type, length, link type, reserved, snaplen
-_OPTION = struct.Struct("<HH")
-_U32 = struct.Struct("<I")
 # type, length, interface, time high, time low, captured length, original length
 _EPB_HEAD = struct.Struct("<IIIIIII")
 # The padding after the packet data and the block's trailing length, in one pack.
@@ -102,12 +98,14 @@ def _pcapng_pieces(
     match: Match | None = None,
 ) -> Iterator[Piece]:
     """A pcapng section: SHB, an IDB per (session, link type), then an EPB per record."""
-    head = bytearray(_section_header(comment))
+    head = bytearray(pcap.pcapng_section_header(_APPLICATION, comment))
     interfaces: dict[tuple[int, int], int] = {}
     inputs = []
     for plan in plans:
         for linktype in plan.linktypes:
-            head += _interface_description(linktype, plan.session.name, plan.session.description)
+            head += pcap.pcapng_interface_description(
+                linktype, plan.session.name, plan.session.description
+            )
             interfaces[plan.inputs[0].session, linktype] = len(interfaces)
         inputs += plan.inputs
     yield bytes(head)
@@ -166,35 +164,6 @@ def _pcapng_pieces(
         yield b"".join(parts)
     if pending:
         yield bytes(pending)
-
-
-def _option(code: int, value: bytes) -> bytes:
-    return _OPTION.pack(code, len(value)) + value + bytes(-len(value) & 3)
-
-
-def _block(block_type: int, body: bytes) -> bytes:
-    length = 12 + len(body)
-    return _U32.pack(block_type) + _U32.pack(length) + body + _U32.pack(length)
-
-
-def _section_header(comment: str) -> bytes:
-    options = b""
-    if comment:
-        options += _option(pcap.OPTION_COMMENT, comment.encode())
-    options += _option(pcap.OPTION_SHB_USERAPPL, _APPLICATION.encode()) + _OPTION.pack(0, 0)
-    body = _SHB_BODY.pack(0, 0, pcap.PCAPNG_BYTE_ORDER_MAGIC, 1, 0, -1)[8:] + options
-    return _block(pcap.PCAPNG_SECTION_HEADER, body)
-
-
-def _interface_description(linktype: int, name: str, description: str) -> bytes:
-    options = b""
-    if name:
-        options += _option(pcap.OPTION_IF_NAME, name.encode())
-    if description:
-        options += _option(pcap.OPTION_IF_DESCRIPTION, description.encode())
-    options += _option(pcap.OPTION_IF_TSRESOL, bytes([9])) + _OPTION.pack(0, 0)
-    body = _IDB_BODY.pack(0, 0, linktype, 0, pcap.SNAPLEN)[8:] + options
-    return _block(pcap.PCAPNG_INTERFACE, body)
 
 
 def content_pieces(

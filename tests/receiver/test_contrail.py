@@ -4,7 +4,10 @@ what it refuses."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -21,10 +24,19 @@ from receiver.contrail import (
     action_names,
     contrail_header,
     decode_contrail,
+    evidence_options,
     is_plausible_contrail,
     looks_like_contrail,
 )
 from receiver.jmirror import DecodeError, DecodeFailure, looks_like_jmirror
+from receiver.pcap import (
+    JUNIPER_PEN,
+    LinkType,
+    enhanced_packet_block,
+    pcapng_interface_description,
+    pcapng_section_header,
+)
+from receiver.pcap_reader import iter_frames
 
 VROUTER = "10.255.0.7"
 SOURCE_VN = "default-domain:tenant-a:frontend"
@@ -359,3 +371,60 @@ def test_detection_wants_the_ipv4_checksum_unless_told_it_was_rewritten() -> Non
 def test_a_chain_of_unknown_tlvs_is_not_contrail() -> None:
     header = contrail_header(source_vn="vn", extra_tlvs=[(9, b"a"), (10, b"b")])
     assert not looks_like_contrail(header + udp_frame())
+
+
+def test_evidence_options_keep_the_header_for_wireshark_and_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed")
+    inner = frame(Dot1Q(vlan=7), IP(src="10.1.0.5", dst="10.2.0.9") / UDP(sport=5353, dport=53))
+    payloads = [
+        flow_mirrored(inner),
+        flow_mirrored(inner, flags=PASS_MIRROR),
+        contrail_header(source_vn="vn\nwith a line break") + inner,
+        contrail_header(extra_tlvs=[(9, b"\x01\x02")]) + inner,
+    ]
+    capture = pcapng_section_header("test") + pcapng_interface_description(LinkType.ETHERNET)
+    for number, payload in enumerate(payloads):
+        packet = decode_contrail(payload)
+        options = evidence_options(packet, payload)
+        capture += enhanced_packet_block(
+            0, 1_790_000_000_000_000_000 + number, packet.frame, options
+        )
+    path = tmp_path / "contrail.pcapng"
+    path.write_bytes(capture)
+
+    fields = ["frame.comment", "frame.packet_flags_direction", "vlan.id", "ip.src", "udp.dstport"]
+    command = [tshark, "-r", str(path), "-T", "fields", "-E", "separator=|"]
+    for name in fields:
+        command += ["-e", name]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in shown.splitlines()]
+    assert rows == [
+        [
+            f"Juniper header: capture host {VROUTER}; ingress; actions pass, mirror "
+            f"(flags 0x400000a0); source VN {SOURCE_VN}; destination VN {DEST_VN}",
+            "0x00000001",  # inbound
+            "7",
+            "10.1.0.5",
+            "53",
+        ],
+        [
+            f"Juniper header: capture host {VROUTER}; egress; actions pass, mirror "
+            f"(flags 0x000000a0); source VN {SOURCE_VN}; destination VN {DEST_VN}",
+            "0x00000002",  # outbound
+            "7",
+            "10.1.0.5",
+            "53",
+        ],
+        ["Juniper header: source VN vn\\x0awith a line break", "", "7", "10.1.0.5", "53"],
+        ["Juniper header: TLV 9 0102", "", "7", "10.1.0.5", "53"],
+    ]
+    with path.open("rb") as stream:
+        assert [data for _, _, _, data in iter_frames(stream)] == [inner] * 4
+    # The custom option holds the header exactly: the datagram can be rebuilt.
+    for payload in payloads:
+        header = payload[: decode_contrail(payload).header_length]
+        assert struct.pack("<I", JUNIPER_PEN) + header in capture
