@@ -47,7 +47,7 @@ from receiver.pipeline import (
     admit_unclaimed,
     aggregate_key,
 )
-from receiver.store import FileFacts, repair
+from receiver.store import CAPTURE_SUFFIXES, FileFacts, repair
 
 logger = logging.getLogger(__name__)
 
@@ -552,14 +552,15 @@ def record_recovered(root: Path, recovered: Sequence[FileFacts]) -> set[int]:
 
 
 def close_finished_rows(root: Path, sessions: set[int] | None = None) -> int:
-    """Close the rows of finished files (renamed from ``.part`` to ``.pcap``) that are still
-    open or missing: their receiver closed and hashed them at its exit, but the database
-    did not answer in time for the rows. Each file is read again for its SHA-256, packets
-    and time range (nothing in it is changed). Returns how many rows were closed or made;
-    the ids of their sessions are added to ``sessions``."""
+    """Close the rows of finished files (renamed from ``.part`` to ``.pcap`` or
+    ``.pcapng``) that are still open or missing: their receiver closed and hashed them at
+    its exit, but the database did not answer in time for the rows. Each file is read
+    again for its SHA-256, packets and time range (nothing in it is changed). Returns how
+    many rows were closed or made; the ids of their sessions are added to ``sessions``."""
     recorded = CaptureFile.objects.closed_paths()
     finished = []
-    for path in sorted(root.glob("*/*.pcap")):
+    found = (path for suffix in CAPTURE_SUFFIXES for path in root.glob(f"*/*{suffix}"))
+    for path in sorted(found):
         relative = path.relative_to(root)
         if file_path(root, relative) in recorded:
             continue

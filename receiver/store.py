@@ -52,6 +52,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -63,11 +64,17 @@ from receiver.pcap import (
     FILE_HEADER,
     FILE_HEADER_LENGTH,
     NANOSECOND_MAGIC,
+    PCAPNG_BYTE_ORDER_MAGIC,
+    PCAPNG_ENHANCED_PACKET,
+    PCAPNG_INTERFACE,
+    PCAPNG_SECTION_HEADER,
     RECORD_HEADER,
     RECORD_HEADER_LENGTH,
     SNAPLEN,
     LinkType,
     file_header,
+    pcapng_interface_description,
+    pcapng_section_header,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,6 +98,18 @@ LINKTYPE_FOR_KIND: Final[dict[str, int]] = {
     "ipv6": LINKTYPE_RAW,
     "ppp": LINKTYPE_PPP_HDLC,
 }
+
+LINKTYPE_ETHERNET: Final = int(LinkType.ETHERNET)
+# Link types whose files are pcapng: a Contrail vRouter's Ethernet frames keep their
+# Juniper header per packet as pcapng options (receiver.contrail.evidence_options), which
+# a pcap record cannot hold. Written with write_block(); every other link type is pcap.
+PCAPNG_LINKTYPES: Final = frozenset({LINKTYPE_ETHERNET})
+# What a closed capture file's name ends with, by format.
+PCAP_SUFFIX: Final = ".pcap"
+PCAPNG_SUFFIX: Final = ".pcapng"
+CAPTURE_SUFFIXES: Final = (PCAP_SUFFIX, PCAPNG_SUFFIX)
+# The application a stored pcapng file names (its Section Header Block).
+STORE_APPLICATION: Final = "jmirror-web receiver"
 
 PART_SUFFIX: Final = ".part"
 # Session folders and pcaps are their owner's alone (jmirror_web.file_modes says why).
@@ -180,6 +199,21 @@ def _name_part(value: str) -> str:
         return safe
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{safe}~{digest}"
+
+
+def capture_suffix(linktype: int) -> str:
+    """The file name suffix of a capture file of ``linktype``: ``.pcapng`` or ``.pcap``."""
+    return PCAPNG_SUFFIX if linktype in PCAPNG_LINKTYPES else PCAP_SUFFIX
+
+
+def capture_file_header(session: SessionKey, linktype: int) -> bytes:
+    """What a session's capture file of ``linktype`` starts with: a pcap file header, or a
+    pcapng section and the interface that names the session."""
+    if linktype not in PCAPNG_LINKTYPES:
+        return file_header(linktype)
+    return pcapng_section_header(STORE_APPLICATION) + pcapng_interface_description(
+        linktype, session_directory_name(session), f"mirror of {session.router}"
+    )
 
 
 def _file_stem(time_ns: int, sequence: int) -> str:
@@ -339,6 +373,27 @@ class PcapStore:
             self._flush(file)
         return True
 
+    def write_block(self, session: SessionKey, time_ns: int, block: bytes, linktype: int) -> bool:
+        """Store one packet of a pcapng link type (:data:`PCAPNG_LINKTYPES`) as a whole
+        Enhanced Packet Block of interface 0 received at ``time_ns``
+        (:func:`receiver.pcap.enhanced_packet_block`, with its options). Otherwise as
+        :meth:`write`."""
+        if linktype not in PCAPNG_LINKTYPES:
+            raise ValueError(f"link type {linktype} is stored as pcap: use write()")
+        file = self._files.get((session, linktype))
+        if file is None or file.size >= self._rotate_bytes or time_ns >= file.deadline_ns:
+            file = self._rotate(session, time_ns, linktype)
+            if file is None:
+                return False
+        self._last = file
+        file.buffer += block
+        file.size += len(block)
+        file.packets += 1
+        file.last_ns = time_ns
+        if len(file.buffer) >= self._buffer_bytes:
+            self._flush(file)
+        return True
+
     def flush_due(self, now_monotonic: float) -> None:
         """Hand every buffer to the kernel if ``flush_interval`` has passed since the last
         time. Cheap when nothing is due: call it from the receive loop as often as you like."""
@@ -431,7 +486,10 @@ class PcapStore:
         are removed; files that are not our pcap format are left alone, and so are files
         a live process is writing (it holds their lock)."""
         recovered = []
-        for part in sorted(root.glob(f"*/*.pcap{PART_SUFFIX}")):
+        parts = [
+            part for suffix in CAPTURE_SUFFIXES for part in root.glob(f"*/*{suffix}{PART_SUFFIX}")
+        ]
+        for part in sorted(parts):
             try:
                 lock = os.open(part, os.O_RDONLY)
             except OSError:
@@ -526,7 +584,7 @@ class PcapStore:
     def _new_file(self, session: SessionKey, time_ns: int, linktype: int) -> _OpenFile:
         """A file of ``session`` starting at ``time_ns``, not yet on disk (:meth:`_create`).
         Its header counts as written: it is the first thing written once created."""
-        header = file_header(linktype)
+        header = capture_file_header(session, linktype)
         file = _OpenFile(PENDING_FD, self.root, session, linktype, time_ns)
         file.sha.update(header)
         file.size = file.committed_size = len(header)
@@ -570,13 +628,14 @@ class PcapStore:
             root = self._root_fd()
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, DIRECTORY_MODE, dir_fd=root)
-        header = file_header(file.linktype)
+        header = capture_file_header(session, file.linktype)
+        suffix = capture_suffix(file.linktype)
         while True:
             self._sequence[session] += 1
             stem = _file_stem(file.first_ns, self._sequence[session])
-            part = f"{name}/{stem}.pcap{PART_SUFFIX}"
+            part = f"{name}/{stem}{suffix}{PART_SUFFIX}"
             try:
-                os.stat(f"{name}/{stem}.pcap", dir_fd=root)
+                os.stat(f"{name}/{stem}{suffix}", dir_fd=root)
                 continue
             except FileNotFoundError:
                 pass
@@ -601,7 +660,7 @@ class PcapStore:
                 os.unlink(part, dir_fd=root)
             raise
         file.part_path = self.root / part
-        file.final_relative = Path(name, f"{stem}.pcap")
+        file.final_relative = Path(name, f"{stem}{suffix}")
         file.fd = fd
 
     def _create_deferred(self, file: _OpenFile) -> bool:
@@ -721,13 +780,19 @@ def _release_written_pages(file: _OpenFile) -> None:
 
 
 def repair(path: Path, *, truncate: bool = True) -> RepairedFile:
-    """Cut a nanosecond pcap file we wrote back to its last whole record and describe it;
-    with ``truncate=False`` only describe it (what a cut would leave), changing nothing.
+    """Cut a capture file we wrote back to its last whole record and describe it; with
+    ``truncate=False`` only describe it (what a cut would leave), changing nothing.
 
-    A record is partial when its header is incomplete, its data is shorter than its
-    included length, or its included length exceeds the file's snaplen (garbage).
-    Raises ValueError when the file does not start with our pcap header.
+    A pcap record is partial when its header is incomplete, its data is shorter than its
+    included length, or its included length exceeds the file's snaplen (garbage); a
+    pcapng block when it is cut or its two lengths disagree. Raises ValueError when the
+    file does not start as the store starts its files (a little-endian nanosecond pcap
+    header, or a little-endian pcapng section).
     """
+    with path.open("rb") as probe:
+        start = probe.read(4)
+    if start == _U32_LE.pack(PCAPNG_SECTION_HEADER):
+        return _repair_pcapng(path, truncate)
     sha = hashlib.sha256()
     packets = 0
     first_ns: int | None = None
@@ -764,6 +829,72 @@ def repair(path: Path, *, truncate: bool = True) -> RepairedFile:
     return RepairedFile(
         path=path,
         linktype=linktype,
+        first_ns=first_ns,
+        last_ns=last_ns,
+        packets=packets,
+        bytes=good,
+        sha256=sha.hexdigest(),
+        truncated_bytes=size - good,
+    )
+
+
+_U32_LE: Final = struct.Struct("<I")
+_BLOCK_HEAD: Final = struct.Struct("<II")  # type, total length
+# An Enhanced Packet Block's body up to the data: interface, time high and low, lengths.
+_EPB_FIELDS: Final = struct.Struct("<IIIII")
+# The largest block the store writes: a whole datagram and its options (the Juniper
+# header, at most 64 KiB of TLVs); anything longer is garbage after a crash.
+_MAX_BLOCK: Final = SNAPLEN + 2 * 65536
+
+
+def _repair_pcapng(path: Path, truncate: bool) -> RepairedFile:
+    """:func:`repair` for a pcapng file: one section, interface 0 of the first
+    Interface Description Block, nanosecond times (as :func:`capture_file_header`
+    writes them)."""
+    sha = hashlib.sha256()
+    packets = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    linktype: int | None = None
+    good = 0
+    with path.open("r+b" if truncate else "rb") as stream:
+        while True:
+            head = stream.read(8)
+            if len(head) < 8:
+                break
+            block_type, length = _BLOCK_HEAD.unpack(head)
+            if length < 12 or length % 4 or length > _MAX_BLOCK:
+                break
+            rest = stream.read(length - 8)
+            if len(rest) < length - 8 or _U32_LE.unpack_from(rest, length - 12)[0] != length:
+                break
+            if good == 0:
+                if block_type != PCAPNG_SECTION_HEADER or _U32_LE.unpack_from(rest)[0] != (
+                    PCAPNG_BYTE_ORDER_MAGIC
+                ):
+                    raise ValueError(f"{path}: not a little-endian pcapng file")
+            elif block_type == PCAPNG_INTERFACE and linktype is None and length >= 20:
+                linktype = int.from_bytes(rest[:2], "little")
+            elif block_type == PCAPNG_ENHANCED_PACKET and length >= 32:
+                _, high, low, _, _ = _EPB_FIELDS.unpack_from(rest)
+                last_ns = high << 32 | low
+                if first_ns is None:
+                    first_ns = last_ns
+                packets += 1
+            sha.update(head)
+            sha.update(rest)
+            good += length
+        if good == 0:
+            raise ValueError(f"{path}: shorter than a pcapng section header")
+        size = stream.seek(0, os.SEEK_END)
+        if size > good and truncate:
+            stream.truncate(good)
+    if linktype is None:  # cut before its interface: no packet can be read
+        first_ns = last_ns = None
+        packets = 0
+    return RepairedFile(
+        path=path,
+        linktype=LINKTYPE_ETHERNET if linktype is None else linktype,
         first_ns=first_ns,
         last_ns=last_ns,
         packets=packets,

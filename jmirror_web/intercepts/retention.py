@@ -45,6 +45,7 @@ from django.db import DatabaseError, connection, transaction
 from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import CaptureFile, Case, OutsideSessionsDirectory
+from receiver.store import CAPTURE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +245,9 @@ def _purge_file(
     except OutsideSessionsDirectory as refused:
         note("failed", str(refused))
         return False
-    if not path.name.endswith(".pcap"):
+    if not path.name.endswith(CAPTURE_SUFFIXES):
         # Rows are written by the receiver; anything else in one is not ours to delete.
-        note("failed", "not a .pcap file name: refused, nothing recorded")
+        note("failed", "not a capture file name (.pcap, .pcapng): refused, nothing recorded")
         return False
     if report.dry_run:
         note("would purge")
@@ -321,7 +322,11 @@ def _finish_pending(
         except OutsideSessionsDirectory as refused:
             error = str(refused)
         else:
-            error = _unlink(path) if path.name.endswith(".pcap") else "not a .pcap file name"
+            error = (
+                _unlink(path)
+                if path.name.endswith(CAPTURE_SUFFIXES)
+                else "not a capture file name (.pcap, .pcapng)"
+            )
         if error:
             # Audited once per file (not at every hourly retry); logged every time.
             already = AuditEvent.objects.filter(
