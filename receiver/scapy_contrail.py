@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from scapy.base_classes import BasePacket
 from scapy.fields import (
     ByteEnumField,
     ByteField,
@@ -36,7 +37,6 @@ from scapy.fields import (
 )
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
-from scapy.base_classes import BasePacket
 from scapy.packet import Packet, Raw, bind_bottom_up, bind_layers
 
 ANALYZER_DEFAULT_PORT: Final = 8099
