@@ -766,7 +766,13 @@ def contrail_header(
     then ``extra_tlvs`` (type, raw value), then ``FF 00``."""
     tlvs: list[Packet] = []
     if capture_host is not None:
-        tlvs.append(JuniperVNCaptureHost(address=str(ipaddress.IPv4Address(capture_host))))
+        try:
+            address = ipaddress.IPv4Address(capture_host)
+        except ValueError:
+            raise ValueError(
+                f"the capture host is the vRouter's IPv4 router id, not {capture_host!r}"
+            ) from None
+        tlvs.append(JuniperVNCaptureHost(address=str(address)))
     if flags is not None:
         if not 0 <= flags <= 0xFFFFFFFF:
             raise ValueError(f"flags are 32-bit unsigned, not {flags!r}")

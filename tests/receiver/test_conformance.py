@@ -31,10 +31,10 @@ pytestmark = pytest.mark.tshark
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-RECORD_KEYS = [
-    *("frame", "time", "router", "port", "mid", "intercept_id", "version", "sid"),
-    *("inner", "ppp_protocol", "src", "dst", "proto", "sport", "dport", "length"),
-]
+RECORD_KEYS = {
+    "jmirror": list(traffic.JMIRROR_RECORD_KEYS),
+    "contrail": list(traffic.CONTRAIL_RECORD_KEYS),
+}
 JMIRROR_PORTS = (30030, 6502, 5000, 54301)
 
 # Kinds whose first mirrored bytes tshark 4.0's jmirror dissector does not recognise.
@@ -81,7 +81,7 @@ def decode(capture: Path, ports: tuple[int, ...] = ()) -> tuple[dict[str, object
     assert result.returncode == 0, result.stderr
     records = tuple(json.loads(line) for line in result.stdout.splitlines())
     for record in records:
-        assert list(record) == RECORD_KEYS, f"keys of {record}"
+        assert list(record) == RECORD_KEYS.get(str(record.get("format"))), f"keys of {record}"
     return records
 
 
@@ -115,6 +115,7 @@ def _as_decode_record(fields: Mapping[str, list[str]]) -> dict[str, object] | No
         "time": float(fields["frame.time_epoch"][0]),
         "router": fields["ip.src"][0],
         "port": int(fields["udp.dstport"][0]),
+        "format": "jmirror",
         "mid": mid,
         "intercept_id": mid & 0x3FFFFFFF,
         "version": mid >> 30,
