@@ -94,6 +94,13 @@ def _ascii(value: bytes) -> str:
     return value.decode("ascii", "backslashreplace")
 
 
+class _VNNameField(StrLenField):
+    """A VN name, shown as text (as Wireshark does) rather than as a bytes literal."""
+
+    def i2repr(self, pkt: Packet | None, x: bytes) -> str:
+        return _ascii(bytes(x))
+
+
 class JuniperVNTlv(Packet):
     """One TLV kept raw: the class of unknown types, and of known types whose length
     is not theirs (a capture host of 3 bytes, say). Dissecting with this class picks
@@ -154,7 +161,7 @@ class JuniperVNSourceVN(JuniperVNTlv):
     fields_desc = [
         ByteEnumField("type", TLV_SOURCE_VN, TLV_TYPES),
         FieldLenField("length", None, length_of="vn", fmt="B"),
-        StrLenField("vn", b"", length_from=lambda pkt: pkt.length),
+        _VNNameField("vn", b"", length_from=lambda pkt: pkt.length),
     ]
 
     def mysummary(self) -> str:
@@ -166,7 +173,7 @@ class JuniperVNDestVN(JuniperVNTlv):
     fields_desc = [
         ByteEnumField("type", TLV_DEST_VN, TLV_TYPES),
         FieldLenField("length", None, length_of="vn", fmt="B"),
-        StrLenField("vn", b"", length_from=lambda pkt: pkt.length),
+        _VNNameField("vn", b"", length_from=lambda pkt: pkt.length),
     ]
 
     def mysummary(self) -> str:

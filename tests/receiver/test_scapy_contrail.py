@@ -313,3 +313,10 @@ def _as_tshark_shows(packet: Packet) -> dict[str, list[str]]:
 
 def _layers(packet: Packet, cls: type[Packet]) -> list[Packet]:
     return [layer for layer in packet.iterpayloads() if type(layer) is cls]
+
+
+def test_vn_names_show_as_text_in_the_layer_tree():
+    tlv = JuniperVN(b"\x03\x07k8s:web\xff\x00").tlvs[0]
+
+    assert tlv.get_field("vn").i2repr(tlv, tlv.vn) == "k8s:web"
+    assert "vn        = k8s:web" in tlv.show(dump=True)
