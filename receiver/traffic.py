@@ -1,6 +1,7 @@
-"""Build jmirror test traffic with Scapy: for tests, the benchmark and ``manage.py simulate``.
+"""Build jmirror and Contrail test traffic with Scapy: for tests, the benchmark and
+``manage.py simulate``.
 
-Three pieces, from the inside out:
+The pieces, from the inside out:
 
 * :class:`Mirrored` samples, one per kind of packet a router mirrors (IPv4 with and
   without options, inner fragments, IPv6 with flow labels and extension headers, PPP in
@@ -9,9 +10,14 @@ Three pieces, from the inside out:
 * :func:`jmirror_datagram`, :func:`jmirror_packet` and :func:`jmirror_frame` wrap one in
   the jmirror header, the router's IPv4/UDP and Ethernet (with 802.1Q/QinQ tags), and
   :func:`outer_fragments` cuts a frame the way the network does above the path MTU.
-* :class:`PcapBuilder` lays frames and non-jmirror UDP noise (:func:`dns_query` and
-  friends) out in a capture and records, for every jmirror datagram, the decode expected
-  on the frame that completes it.
+* For CN2 / Contrail: :func:`inner_frame` puts an IP sample in a workload's Ethernet
+  frame (VLAN-tagged if asked; :func:`arp_request` is one without IP), and
+  :func:`contrail_datagram`, :func:`contrail_packet` and :func:`contrail_frame` wrap it
+  in the vRouter's Juniper header (TLVs, ``FF 00``) and its IPv4 or IPv6 / UDP.
+  :func:`every_contrail_variant` lists every shape a vRouter sends.
+* :class:`PcapBuilder` lays frames and UDP noise (:func:`dns_query` and friends) out in
+  a capture and records, for every jmirror or Contrail datagram, the decode expected on
+  the frame that completes it (:class:`ExpectedDecode`, in the decode command's terms).
 
 Nothing here is on the receive path, so it favours clarity over speed.
 """
