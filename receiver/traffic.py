@@ -752,7 +752,10 @@ def every_inner_frame() -> list[InnerFrame]:
 
 
 def _vn_name(name: str | bytes, tlv: str) -> bytes:
-    raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+    try:
+        raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+    except UnicodeEncodeError:
+        raise ValueError(f"{tlv} VN name {name!r} is not ASCII") from None
     if not 0 < len(raw) <= VN_NAME_MAXIMUM:
         raise ValueError(f"{tlv} VN name has 1 to {VN_NAME_MAXIMUM} bytes, not {len(raw)}")
     if b"\x00" in raw:
@@ -760,7 +763,7 @@ def _vn_name(name: str | bytes, tlv: str) -> bytes:
     return raw
 
 
-def contrail_header(
+def juniper_vn_header(
     *,
     capture_host: str | None = None,
     flags: int | None = None,
@@ -768,8 +771,9 @@ def contrail_header(
     dest_vn: str | bytes | None = None,
     extra_tlvs: Sequence[tuple[int, bytes]] = (),
 ) -> JuniperVN:
-    """The Juniper header's TLVs as a vRouter orders them (1, 2, 3, 4, those given),
-    then ``extra_tlvs`` (type, raw value), then ``FF 00``."""
+    """The Juniper header as a vRouter orders its TLVs (1, 2, 3, 4, those given), then
+    ``extra_tlvs`` (type, raw value), then ``FF 00``: the Scapy layer, as
+    :func:`jmirror_header` (the decoder's module builds the same bytes without Scapy)."""
     tlvs: list[Packet] = []
     if capture_host is not None:
         try:
@@ -802,7 +806,7 @@ def _frame_layer(frame: InnerFrame | Packet | bytes) -> Packet:
         return frame.frame.copy()
     if isinstance(frame, Packet):
         return frame.copy()
-    return Ether(frame)
+    return Raw(frame)
 
 
 def contrail_datagram(
@@ -815,7 +819,7 @@ def contrail_datagram(
     extra_tlvs: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """The UDP payload a vRouter sends for one mirrored Ethernet frame."""
-    header = contrail_header(
+    header = juniper_vn_header(
         capture_host=capture_host,
         flags=flags,
         source_vn=source_vn,
@@ -853,7 +857,7 @@ def contrail_packet(
         if source.version == 4
         else IPv6(src=vrouter, dst=str(destination), hlim=VROUTER_TTL)
     )
-    header = contrail_header(
+    header = juniper_vn_header(
         capture_host=capture_host,
         flags=flags,
         source_vn=source_vn,

@@ -67,7 +67,7 @@ def test_it_refuses_a_header_a_vrouter_cannot_send(arguments, message):
 
 
 def test_a_non_ascii_vn_name_is_refused():
-    with pytest.raises(UnicodeEncodeError):
+    with pytest.raises(ValueError, match="source VN name 'réseau' is not ASCII"):
         traffic.contrail_datagram(b"", source_vn="réseau")
 
 
