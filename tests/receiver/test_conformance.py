@@ -401,3 +401,62 @@ def test_with_port_the_version_bits_stay_apart_from_the_intercept_id(tshark: str
         (0xC0000001, 3, 0x1),
     ]
     assert disagreements(records, tshark_view(tshark, capture, (6502,))) == []
+
+
+# Contrail (CN2 vRouter Juniper header) ---------------------------------------------------
+# These run once the Contrail decoder (receiver/contrail.py) is in the tree.
+
+CONTRAIL_PORTS = (8099, 9099, 40300)
+
+
+@pytest.fixture(scope="module")
+def generated_contrail(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCapture:
+    """Every Contrail variant on three analyzer ports, mixed with jmirror on two ports
+    and ordinary UDP (DNS, NTP, syslog, random) in between."""
+    if not (REPO_ROOT / "receiver" / "contrail.py").exists():
+        pytest.skip("the Contrail decoder (receiver/contrail.py) is not in this tree yet")
+    builder = traffic.PcapBuilder()
+    rng = random.Random(20261206)
+    noise = [
+        traffic.dns_query(),
+        traffic.ntp_request(),
+        traffic.syslog_message(),
+        *(traffic.random_udp(rng, avoid_ports=JMIRROR_PORTS + CONTRAIL_PORTS) for _ in range(4)),
+    ]
+    mirrored = traffic.every_mirrored_kind()
+    for index, variant in enumerate(traffic.every_contrail_variant()):
+        variant.add_to(builder, port=CONTRAIL_PORTS[index % len(CONTRAIL_PORTS)])
+        if index % 4 == 0:
+            builder.add_jmirror(
+                mirrored[index % len(mirrored)],
+                port=JMIRROR_PORTS[index % 2],
+                mid=0x400 + index,
+                sid=index,
+            )
+            builder.add_noise(noise[(index // 4) % len(noise)])
+    path = tmp_path_factory.mktemp("conformance") / "contrail.pcap"
+    builder.write(path)
+    return GeneratedCapture(path, builder.expected, builder.noise_frames)
+
+
+def test_decode_reports_every_generated_contrail_and_jmirror_packet_as_it_was_generated(
+    generated_contrail: GeneratedCapture,
+):
+    records = decode(generated_contrail.path)
+
+    reference = {e.frame: e.as_record() for e in generated_contrail.expected}
+    assert disagreements(records, reference) == []
+    assert [record["frame"] for record in records] == sorted(reference)
+
+
+def test_decode_agrees_with_tshark_on_every_generated_contrail_packet(
+    tshark: str, generated_contrail: GeneratedCapture
+):
+    from tests.receiver.contrail_tshark import contrail_tshark_view
+
+    reference = contrail_tshark_view(tshark, generated_contrail.path, CONTRAIL_PORTS)
+
+    records = decode(generated_contrail.path)
+
+    assert disagreements(records, reference) == []
+    assert len(reference) == sum(e.format == "contrail" for e in generated_contrail.expected)
