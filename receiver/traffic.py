@@ -967,7 +967,8 @@ def flow_mirroring(
 def every_contrail_variant() -> list[ContrailVariant]:
     """One sample of every Contrail shape: flow mirroring (ingress, egress, every
     action), interface mirroring (only TLV 3, only TLV 4), no metadata, 255-byte VN
-    names, unknown TLV types, IPv6 outer, VLAN-tagged inner frames (one tag, QinQ,
+    names, unknown TLV types, a second vRouter and a capture host that is not the
+    sender, IPv6 outer, VLAN-tagged inner frames (one tag, QinQ,
     double 802.1Q), every IPv4/IPv6 inner kind and ARP, and a frame too large for one
     outer IPv4 packet (fragmented at a 1500-byte MTU)."""
     every_action = sum(1 << bit for bit in (1, 2, 3, 4, 5, 6, 7, 8, 28, 29))
@@ -999,6 +1000,15 @@ def every_contrail_variant() -> list[ContrailVariant]:
             source_vn=SOURCE_VN,
             dest_vn=DEST_VN,
             extra_tlvs=((5, b"\x00\x01"), (200, b"opaque"), (7, b"")),
+        ),
+        flow_mirroring("other_vrouter", inner_frame(ipv4_tcp()), vrouter=OTHER_VROUTER),
+        ContrailVariant(
+            "capture_host_not_the_sender",
+            inner_frame(ipv4_udp()),
+            capture_host=OTHER_VROUTER,
+            flags=PASS_MIRROR,
+            source_vn=SOURCE_VN,
+            dest_vn=DEST_VN,
         ),
         flow_mirroring("ipv6_outer_flow", inner_frame(ipv4_tcp()), vrouter=VROUTER6),
         ContrailVariant(

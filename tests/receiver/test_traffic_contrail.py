@@ -226,6 +226,10 @@ def test_every_variant_has_its_own_name_and_every_shape_is_there():
         "long_names": lambda v: v.source_vn is not None and len(v.source_vn) == 255,
         "unknown_tlvs": lambda v: bool(v.extra_tlvs),
         "ipv6_outer": lambda v: ":" in v.vrouter,
+        "second_vrouter": lambda v: v.vrouter == traffic.OTHER_VROUTER,
+        "capture_host_not_the_sender": lambda v: (
+            ":" not in v.vrouter and v.capture_host not in (None, v.vrouter)
+        ),
         "one_tag": lambda v: len(v.frame.vlans) == 1,
         "two_tags": lambda v: len(v.frame.vlans) == 2,
         "arp": lambda v: v.frame.ethertype == traffic.ETHERTYPE_ARP,
