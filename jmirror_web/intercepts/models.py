@@ -559,11 +559,12 @@ class Intercept(models.Model):
             )
             raise ValidationError(
                 f"Intercept {conflict.liid} (case {conflict.case.reference}) already claims "
-                f"Contrail frames on {conflict.claims_text()} from an overlapping set of "
+                f"Contrail frames ({conflict.claims_text()}) from an overlapping set of "
                 f"vRouters in an overlapping window, and this one would claim on {port}; two "
                 "intercepts must never claim the same frame. Virtual networks and targets "
                 "do not keep two intercepts apart (a frame carries two VN names and two "
-                "addresses: one from a target of each would match both): give each mirror "
+                "addresses, and one from a target of one to a target of the other would match "
+                "both): give each mirror "
                 "destination its own analyzer port.",
                 code="intercept_conflict",
             )
