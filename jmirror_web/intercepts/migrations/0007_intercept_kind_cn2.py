@@ -2,16 +2,18 @@
 
 import django.core.validators
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 
-def cn2_routers_send_contrail(apps, schema_editor):
+def cn2_routers_send_contrail(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     # Before this migration every router's format was jmirror, a vRouter's too (only
     # jmirror was decoded); a vRouter sends the Contrail Juniper header.
     Router = apps.get_model("intercepts", "Router")
     Router.objects.filter(kind="cn2").update(format="contrail")
 
 
-def cn2_routers_back_to_jmirror(apps, schema_editor):
+def cn2_routers_back_to_jmirror(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     Router = apps.get_model("intercepts", "Router")
     Router.objects.filter(format="contrail").update(format="jmirror")
 
