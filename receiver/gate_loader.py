@@ -15,7 +15,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Count, Max
 
 from jmirror_web.intercepts.models import Case, Intercept, Router
-from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.gate import CN2, JMIRROR, Gate, InterceptRule, RouterRule
 
 logger = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -28,7 +28,8 @@ def nanoseconds(moment: datetime) -> int:
 
 
 def intercept_rule(intercept: Intercept, router_ids: frozenset[int]) -> InterceptRule:
-    """The gate's view of one intercept (its case loaded with it)."""
+    """The gate's view of one intercept (its case loaded with it). A CN2 intercept's
+    lists are as its validation left them (distinct VN names, normalized targets)."""
     case = intercept.case
     start = max(intercept.valid_from, case.valid_from)
     end = min(intercept.valid_until, case.valid_until)
@@ -43,16 +44,39 @@ def intercept_rule(intercept: Intercept, router_ids: frozenset[int]) -> Intercep
         window=(nanoseconds(start), nanoseconds(end)),
         active=case.status == Case.Status.ACTIVE,
         keep_content=intercept.keep_content,
+        kind=CN2 if intercept.is_cn2 else JMIRROR,
+        analyzer_port=intercept.analyzer_port,
+        virtual_networks=frozenset(_names(intercept.virtual_networks)),
+        targets=tuple(_names(intercept.targets)),
     )
+
+
+def _names(value: object) -> list[str]:
+    # A JSON column: validation stores a list of strings, but a row written around it
+    # could hold a string, whose characters must not become names.
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"not a list of names: {value!r:.80}")
+    return value
 
 
 def load_gate() -> Gate:
     """A gate from every router and intercept in the database."""
-    routers = [RouterRule(router.pk, router.address) for router in Router.objects.all()]
-    intercepts = [
-        intercept_rule(intercept, frozenset(router.pk for router in intercept.routers.all()))
-        for intercept in Intercept.objects.select_related("case").prefetch_related("routers")
+    routers = [
+        RouterRule(router.pk, router.address, contrail=router.kind == Router.Kind.CN2)
+        for router in Router.objects.all()
     ]
+    intercepts = []
+    for intercept in Intercept.objects.select_related("case").prefetch_related("routers"):
+        try:
+            rule = intercept_rule(
+                intercept, frozenset(router.pk for router in intercept.routers.all())
+            )
+        except ValueError as error:
+            # A row validation would refuse (written around it): that intercept claims
+            # nothing, the others still do.
+            logger.error("intercept %s is left out of the gate: %s", intercept.liid, error)
+            continue
+        intercepts.append(rule)
     return Gate(routers, intercepts)
 
 

@@ -3,7 +3,11 @@
 Writes run the model's ``full_clean`` (field validators, ``clean``, unique checks and
 constraints) on the record as it would be saved, so the API cannot store what the
 admin site would refuse. Mirror ids and session ids are integers; ``*_hex`` fields
-repeat them in hex, read-only, as routers and Wireshark show them.
+repeat them in hex, read-only, as routers and Wireshark show them. An intercept's
+``kind`` is ``jmirror`` (the default) or ``cn2``; a CN2 intercept has a null mirror id
+and claims by ``analyzer_port``, ``virtual_networks`` and ``targets`` (lists, stored
+normalized), as :class:`~jmirror_web.intercepts.models.Intercept` describes. A router
+created with a ``kind`` and no ``format`` or ``port`` gets its kind's.
 """
 
 from __future__ import annotations
@@ -83,6 +87,18 @@ class RouterSerializer(CleanModelSerializer[Router]):
         model = Router
         fields = ["id", "name", "address", "kind", "port", "format", "created_at", "updated_at"]
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kind = attrs.get("kind")
+        if kind is not None:
+            # Left out, the format follows the kind (also when an update changes it), and
+            # a new vRouter's port is Contrail's analyzer default.
+            changed = self.instance is None or self.instance.kind != kind
+            if "format" not in attrs and changed:
+                attrs["format"] = Router.format_of(kind)
+            if "port" not in attrs and self.instance is None:
+                attrs["port"] = Router.default_port(kind)
+        return super().validate(attrs)
+
 
 class InterceptSerializer(CleanModelSerializer[Intercept]):
     case = serializers.PrimaryKeyRelatedField[Case](queryset=Case.objects.none())
@@ -97,10 +113,14 @@ class InterceptSerializer(CleanModelSerializer[Intercept]):
             "case",
             "case_reference",
             "liid",
+            "kind",
             "intercept_id",
             "intercept_id_hex",
             "sid",
             "sid_hex",
+            "analyzer_port",
+            "virtual_networks",
+            "targets",
             "routers",
             "valid_from",
             "valid_until",
@@ -122,8 +142,8 @@ class InterceptSerializer(CleanModelSerializer[Intercept]):
             getattr(request, "user", None), Action.VIEW_RECORD
         ).order_by("pk")
 
-    def get_intercept_id_hex(self, intercept: Intercept) -> str:
-        return f"{intercept.intercept_id:#x}"
+    def get_intercept_id_hex(self, intercept: Intercept) -> str | None:
+        return None if intercept.intercept_id is None else f"{intercept.intercept_id:#x}"
 
     def get_sid_hex(self, intercept: Intercept) -> str | None:
         return None if intercept.sid is None else f"{intercept.sid:#x}"
@@ -134,6 +154,10 @@ class InterceptSerializer(CleanModelSerializer[Intercept]):
         if "routers" in attrs:
             instance.pending_router_ids = frozenset(router.pk for router in attrs["routers"])
         instance.full_clean()
+        # full_clean normalizes a CN2 intercept's lists; the row is saved from attrs.
+        for name in ("virtual_networks", "targets"):
+            if name in attrs:
+                attrs[name] = getattr(instance, name)
 
 
 class SessionSerializer(serializers.ModelSerializer[Session]):

@@ -163,7 +163,12 @@ def field_values(instance: models.Model) -> dict[str, Any]:
         if field.attname in _SECRET_FIELDS:
             continue
         value = field.value_from_object(instance)
-        values[field.attname] = value if isinstance(value, int | str | bool | None) else str(value)
+        if isinstance(value, list) and all(isinstance(item, int | str | bool) for item in value):
+            values[field.attname] = list(value)  # a JSON list (a CN2 intercept's targets)
+        else:
+            values[field.attname] = (
+                value if isinstance(value, int | str | bool | None) else str(value)
+            )
     return values
 
 

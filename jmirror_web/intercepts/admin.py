@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.models import User
-from django.db.models import Count, ForeignKey, QuerySet
+from django.db.models import Count, Field, ForeignKey, QuerySet
 from django.forms import ModelChoiceField
 from django.http import HttpRequest
 from django.urls import reverse
@@ -30,6 +30,7 @@ from jmirror_web.admin_site import SafeAutocompleteSelect
 from jmirror_web.intercepts import provisioning
 from jmirror_web.intercepts.access import Action, Role, cases_for, may
 from jmirror_web.intercepts.models import (
+    MAX_CLAIM_ENTRIES,
     CaptureFile,
     Case,
     CaseAssignment,
@@ -51,11 +52,12 @@ if TYPE_CHECKING:
     AssignmentInlineBase = admin.TabularInline[CaseAssignment, Case]
     CaptureFileInlineBase = admin.TabularInline[CaptureFile, Session]
     InterceptFormBase = forms.ModelForm[Intercept]
+    RouterFormBase = forms.ModelForm[Router]
 else:
     CaseAdminBase = InterceptAdminBase = RouterAdminBase = admin.ModelAdmin
     SessionAdminBase = CaptureFileAdminBase = UnclaimedStreamAdminBase = admin.ModelAdmin
     AssignmentInlineBase = CaptureFileInlineBase = admin.TabularInline
-    InterceptFormBase = forms.ModelForm
+    InterceptFormBase = RouterFormBase = forms.ModelForm
 
 
 def _window(start: datetime, end: datetime) -> str:
@@ -185,10 +187,46 @@ def _duration(span: timedelta) -> str:
     return f"{hours} h {rest // 60} min"
 
 
+class LinesField(forms.CharField):
+    """A list of names or addresses, one a line; blank lines and the spaces around each
+    are dropped. The model validates what the list holds."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 60})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return "\n".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# The CN2 lists, edited one entry a line.
+_LINES_HELP: Final = {
+    "virtual_networks": "Claim the frames whose source or destination virtual network is "
+    f"one of these, one name a line (at most {MAX_CLAIM_ENTRIES}).",
+    "targets": "Claim the frames whose inner source or destination address lies in one of "
+    f"these addresses or prefixes (10.0.0.7, 2001:db8::/48), one a line (at most "
+    f"{MAX_CLAIM_ENTRIES}).",
+}
+
+
 class InterceptForm(InterceptFormBase):
     class Meta:
         model = Intercept
         fields = "__all__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "kind" in self.fields:
+            # Left empty, an intercept is what it always was here: jmirror.
+            self.fields["kind"].required = False
+
+    def clean_kind(self) -> str:
+        kind: str = self.cleaned_data.get("kind") or Intercept.Kind.JMIRROR
+        return kind
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -214,7 +252,7 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
         "in_force_now",
         "keep_content",
     )
-    list_filter = ("case__status", "keep_content", "routers")
+    list_filter = ("kind", "case__status", "keep_content", "routers")
     search_fields = ("liid", "case__reference", "target_description")
     list_select_related = ("case",)
     autocomplete_fields = ("case",)
@@ -222,9 +260,21 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
     readonly_fields = ("provisioning", "created_at", "updated_at")
 
     def get_fieldsets(self, request: HttpRequest, obj: Intercept | None = None) -> Any:
-        fieldsets: list[tuple[str | None, dict[str, Any]]] = [
+        jmirror = ("jmirror (E Series, MX)", {"fields": ("intercept_id", "sid")})
+        cn2 = (
+            "CN2 / Contrail vRouter",
+            {
+                "fields": ("analyzer_port", "virtual_networks", "targets"),
+                "description": "Every one given must match (at least one). Virtual "
+                "networks and targets do not keep two intercepts apart: give each mirror "
+                "destination its own analyzer port.",
+            },
+        )
+        claims = [jmirror, cn2] if obj is None else [cn2 if obj.is_cn2 else jmirror]
+        fieldsets: list[Any] = [
             (None, {"fields": ("case", "liid", "target_description")}),
-            ("What is captured", {"fields": ("intercept_id", "sid", "routers", "keep_content")}),
+            ("What is captured", {"fields": ("kind", "routers", "keep_content")}),
+            *claims,
             ("Window", {"fields": ("valid_from", "valid_until")}),
             ("Countries", {"fields": ("authcc", "delivcc")}),
         ]
@@ -233,6 +283,12 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
             fieldsets.append((None, {"fields": ("created_at", "updated_at")}))
         return fieldsets
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Intercept | None = None) -> Any:
+        # The kind is chosen once: the page shows only that kind's claims, and the
+        # sessions already captured are of its format.
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return (*fields, "kind") if obj is not None else fields
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Intercept]:
         return (
             super()
@@ -240,6 +296,13 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
             .filter(case__in=cases_for(request.user, Action.VIEW_RECORD))
             .prefetch_related("routers")
         )
+
+    def formfield_for_dbfield(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        if db_field.name in _LINES_HELP:
+            return LinesField(required=False, help_text=_LINES_HELP[db_field.name])
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def formfield_for_foreignkey(
         self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
@@ -250,12 +313,16 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
             )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
-    @admin.display(description="mirror id", ordering="intercept_id")
+    @admin.display(description="mirror id (CN2: claims)", ordering="intercept_id")
     def mirror_id(self, intercept: Intercept) -> str:
+        if intercept.is_cn2 or intercept.intercept_id is None:
+            return f"CN2: {intercept.claims_text()}"
         return f"{intercept.intercept_id:#x}"
 
     @admin.display(description="session id", ordering="sid")
     def session_id(self, intercept: Intercept) -> str:
+        if intercept.is_cn2:
+            return "-"
         return f"{intercept.sid:#x}" if intercept.sid is not None else "any"
 
     @admin.display(description="routers")
@@ -299,7 +366,7 @@ def _radius(action: provisioning.LiAction, handle: provisioning.MedDevHandle) ->
     )
 
 
-def _dtcp_add(intercept: Intercept, router: Router | None) -> str:
+def _dtcp_add(mirror_id: int, router: Router | None) -> str:
     address = settings.MEDIATION_ADDRESS
     message = provisioning.dtcp_add(
         csource_id="<dtcp-user>",
@@ -307,7 +374,7 @@ def _dtcp_add(intercept: Intercept, router: Router | None) -> str:
         mediation_address=address or _STAND_IN_ADDRESS,
         mediation_port=settings.MEDIATION_PORT,
         source_address=router.address if router is not None else _STAND_IN_ADDRESS,
-        intercept_id=intercept.intercept_id,
+        intercept_id=mirror_id,
         trigger=provisioning.DtcpTrigger.USER_NAME,
         trigger_value="<subscriber user name>",
         seq=1,
@@ -321,9 +388,44 @@ def _dtcp_add(intercept: Intercept, router: Router | None) -> str:
     return provisioning.DtcpMessage(message.method, message.version, headers).text()
 
 
+def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
+    """What a CN2 intercept needs of the vRouters: a mirror destination that sends to
+    this host with the Juniper header, on the intercept's analyzer port."""
+    address = settings.MEDIATION_ADDRESS or _MEDIATION_PLACEHOLDER
+    port = (
+        str(intercept.analyzer_port)
+        if intercept.analyzer_port is not None
+        else "<an analyzer port this host listens on>"
+    )
+    text = (
+        f"analyzer IP address: {address}\n"
+        f"analyzer UDP port:   {port}\n"
+        "Juniper header:      on (juniperHeader: true, CN2's default; without it the "
+        "vRouter sends VxLAN, which is not decoded here)\n"
+    )
+    blocks = [
+        (
+            "CN2 / Contrail: the mirror destination of the policy rule or interface that "
+            "mirrors the target's traffic",
+            text,
+        )
+    ]
+    if intercept.virtual_networks or intercept.targets:
+        blocks.append(
+            (
+                "Of what arrives there, this intercept keeps only the frames of",
+                intercept.claims_text(),
+            )
+        )
+    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+
+
 def provisioning_html(intercept: Intercept) -> SafeString:
     """The RADIUS attributes that start and stop the mirror, and a DTCP ADD for each MX
-    router of the intercept (one with a placeholder source when it names no router)."""
+    router of the intercept (one with a placeholder source when it names no router); for
+    a CN2 intercept, the vRouters' mirror destination."""
+    if intercept.is_cn2 or intercept.intercept_id is None:
+        return _cn2_provisioning_html(intercept)
     handle = provisioning.MedDevHandle(intercept.intercept_id, intercept.sid)
     blocks: list[tuple[str, str]] = []
     try:
@@ -354,7 +456,7 @@ def provisioning_html(intercept: Intercept) -> SafeString:
                 (
                     f"DTCP ADD{where} (MX){sid_note}; the DTCP client sets Seq and "
                     "Authentication-Info",
-                    _dtcp_add(intercept, router).replace("\r\n", "\n"),
+                    _dtcp_add(intercept.intercept_id, router).replace("\r\n", "\n"),
                 )
             )
         except provisioning.ProvisioningError as error:
@@ -362,8 +464,28 @@ def provisioning_html(intercept: Intercept) -> SafeString:
     return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
 
 
+class RouterForm(RouterFormBase):
+    class Meta:
+        model = Router
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        assert cleaned is not None
+        kind = cleaned.get("kind")
+        if kind is not None:
+            # Left as they were, the format follows the kind, and a new vRouter's port
+            # is Contrail's analyzer default.
+            if "format" not in self.changed_data:
+                cleaned["format"] = Router.format_of(kind)
+            if "port" not in self.changed_data and self.instance._state.adding:
+                cleaned["port"] = Router.default_port(kind)
+        return cleaned
+
+
 @admin.register(Router)
 class RouterAdmin(RecordsPermissions, RouterAdminBase):
+    form = RouterForm
     list_display = ("name", "address", "kind", "port", "format")
     list_filter = ("kind", "format", "port")
     search_fields = ("name", "address")

@@ -9,6 +9,7 @@ for that gate to be unambiguous: no two intercepts can claim the same packet.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ EARLIEST_MOMENT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_MOMENT: Final = datetime(2200, 1, 1, tzinfo=UTC)
 # An UnclaimedStream row that aggregates a source's other streams (receiver.pipeline).
 AGGREGATE_MID: Final = MAX_MID + 1
+# The UDP port a CN2 mirror destination sends to unless configured otherwise (Contrail's
+# analyzer default); a new CN2 router's port when none is given.
+CONTRAIL_ANALYZER_PORT: Final = 8099
+# A CN2 intercept's lists: bounded so that a record stays readable and the gate's loop
+# over them short (docs/architecture.md, The path of a datagram).
+MAX_CLAIM_ENTRIES: Final = 64
+# A VN name travels in a TLV whose length is one byte.
+MAX_VN_NAME_BYTES: Final = 255
+_MAX_TARGET_TEXT: Final = 64
 
 _country_code = RegexValidator(
     re.compile(r"^[A-Z]{2}$"), "Use the two capital letters of an ISO 3166-1 country code."
@@ -168,6 +178,7 @@ class Router(models.Model):
 
     class Format(models.TextChoices):
         JMIRROR = "jmirror", "jmirror (8-byte header)"
+        CONTRAIL = "contrail", "Contrail Juniper header"
 
     name = models.CharField(max_length=100, unique=True)
     address = models.GenericIPAddressField(unique=True, help_text="Source address of its mirror.")
@@ -175,7 +186,8 @@ class Router(models.Model):
     port = models.PositiveIntegerField(
         default=30030,
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
-        help_text="UDP port of this host that the router sends its mirror to.",
+        help_text="UDP port of this host that the router sends its mirror to; for a CN2 "
+        f"vRouter, its analyzer port (Contrail's default is {CONTRAIL_ANALYZER_PORT}).",
     )
     format = models.CharField(max_length=16, choices=Format.choices, default=Format.JMIRROR)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -189,31 +201,138 @@ class Router(models.Model):
 
     def clean(self) -> None:
         errors = control_character_errors(self, ("name",))
+        if not errors and self.format != Router.format_of(self.kind):
+            errors["format"] = (
+                "A CN2 vRouter sends the Contrail Juniper header."
+                if self.kind == Router.Kind.CN2
+                else "E Series and MX routers send jmirror; only a CN2 vRouter sends the "
+                "Contrail Juniper header."
+            )
         if errors:
             raise ValidationError(errors)
+
+    @staticmethod
+    def format_of(kind: str) -> str:
+        """The format a router of ``kind`` sends: a new router's format when none is given."""
+        return Router.Format.CONTRAIL if kind == Router.Kind.CN2 else Router.Format.JMIRROR
+
+    @staticmethod
+    def default_port(kind: str) -> int:
+        """A new router's port when none is given."""
+        return CONTRAIL_ANALYZER_PORT if kind == Router.Kind.CN2 else 30030
 
 
 @dataclass(frozen=True)
 class InterceptScope:
-    """What an intercept claims, for the overlap check (routers empty: every router)."""
+    """What an intercept claims, for the overlap check (routers empty: every router of
+    its kind). A jmirror intercept claims by ``intercept_id`` and ``sid``; a CN2 one by
+    ``analyzer_port`` (None: any port), its VN names and targets aside (see
+    :func:`find_conflict`)."""
 
-    intercept_id: int
+    intercept_id: int | None
     sid: int | None
     router_ids: frozenset[int]
     valid_from: datetime
     valid_until: datetime
+    kind: str = "jmirror"
+    analyzer_port: int | None = None
+
+
+def normalized_virtual_networks(value: object) -> list[str]:
+    """A CN2 intercept's VN names as stored: a list of at most :data:`MAX_CLAIM_ENTRIES`
+    distinct names of 1 to 255 printable ASCII characters (what the vRouter puts in TLVs
+    3 and 4; the decoder escapes any other byte, so such a name could never match).
+    Raises ValidationError naming the first one at fault."""
+    if not isinstance(value, list):
+        raise ValidationError("Give the virtual networks as a list of names.")
+    if len(value) > MAX_CLAIM_ENTRIES:
+        raise ValidationError(
+            f"At most {MAX_CLAIM_ENTRIES} virtual networks per intercept ({len(value)} given)."
+        )
+    seen: set[str] = set()
+    for name in value:
+        if not isinstance(name, str):
+            raise ValidationError(f"Virtual network {name!r} is not a name (text).")
+        shown = repr(name if len(name) <= 40 else name[:40] + "...")
+        if not 1 <= len(name) <= MAX_VN_NAME_BYTES:
+            raise ValidationError(
+                f"Virtual network {shown} is {len(name)} characters long; a VN name is 1 to "
+                f"{MAX_VN_NAME_BYTES}."
+            )
+        if not all(" " <= character <= "~" for character in name):
+            raise ValidationError(
+                f"Virtual network {shown}: a VN name is printable ASCII only (no NUL, no "
+                "control or non-ASCII character)."
+            )
+        if name in seen:
+            raise ValidationError(f"Virtual network {shown} is listed twice.")
+        seen.add(name)
+    return list(value)
+
+
+def normalized_targets(value: object) -> list[str]:
+    """A CN2 intercept's targets as stored: a list of at most :data:`MAX_CLAIM_ENTRIES`
+    distinct IPv4 or IPv6 addresses or prefixes, each written as ``ipaddress`` writes it
+    (a /32 or /128 as the bare address). A prefix with bits set beyond its length is
+    refused rather than guessed at. Raises ValidationError naming the first one at fault."""
+    if not isinstance(value, list):
+        raise ValidationError("Give the targets as a list of addresses or prefixes.")
+    if len(value) > MAX_CLAIM_ENTRIES:
+        raise ValidationError(
+            f"At most {MAX_CLAIM_ENTRIES} targets per intercept ({len(value)} given)."
+        )
+    normalized: list[str] = []
+    for text in value:
+        if not isinstance(text, str):
+            raise ValidationError(f"Target {text!r} is not an address or prefix (text).")
+        shown = repr(text if len(text) <= 40 else text[:40] + "...")
+        if len(text) > _MAX_TARGET_TEXT or "%" in text:
+            raise ValidationError(f"Target {shown} is not an IPv4 or IPv6 address or prefix.")
+        try:
+            network = ipaddress.ip_network(text)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValidationError(
+                    f"Target {shown} is not an IPv4 or IPv6 address or prefix."
+                ) from None
+            raise ValidationError(
+                f"Target {shown} has bits set beyond its prefix length: did you mean {loose}?"
+            ) from None
+        form = str(network.network_address if network.num_addresses == 1 else network)
+        if form in normalized:
+            raise ValidationError(f"Target {shown} is listed twice (as {form}).")
+        normalized.append(form)
+    return normalized
 
 
 class Intercept(models.Model):
-    """One target under a case: the mirror id (and optionally session id and routers)
-    whose packets are captured while the intercept is in force."""
+    """One target under a case, whose packets are captured while the intercept is in
+    force. A jmirror intercept claims by mirror id (and optionally session id); a CN2
+    intercept claims Contrail frames by analyzer port, virtual networks and target
+    addresses, every one of those given (at least one). Either may be held to routers
+    (of its own kind)."""
+
+    class Kind(models.TextChoices):
+        JMIRROR = "jmirror", "jmirror (E Series, MX)"
+        CN2 = "cn2", "CN2 / Contrail vRouter"
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="intercepts")
     liid = models.CharField("LIID", max_length=25, unique=True, validators=[_liid])
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.JMIRROR,
+        help_text="The format the intercept's routers mirror in.",
+    )
     intercept_id = models.PositiveIntegerField(
         "mirror id",
+        null=True,
+        blank=True,
         validators=[MaxValueValidator(MAX_INTERCEPT_ID)],
-        help_text="The 30-bit intercept id the router puts in the jmirror header (0 to 2^30-1).",
+        help_text="jmirror: the 30-bit intercept id the router puts in the jmirror header "
+        "(0 to 2^30-1). A CN2 intercept has none.",
     )
     sid = models.PositiveBigIntegerField(
         "session id",
@@ -222,12 +341,31 @@ class Intercept(models.Model):
         validators=[MaxValueValidator(MAX_SESSION_ID)],
         help_text="Claim only this session id; empty claims every session of the mirror id.",
     )
+    analyzer_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="CN2: claim the frames sent to this UDP port of this host (the mirror "
+        "destination's analyzer port); empty: any port.",
+    )
+    virtual_networks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=f"CN2: claim the frames whose source or destination virtual network is "
+        f"one of these names (at most {MAX_CLAIM_ENTRIES}).",
+    )
+    targets = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=f"CN2: claim the frames whose inner source or destination address lies in "
+        f"one of these addresses or prefixes (at most {MAX_CLAIM_ENTRIES}).",
+    )
     routers = models.ManyToManyField(
         Router,
         blank=True,
         related_name="intercepts",
         help_text="Accept the mirror only from these routers; none selected accepts any "
-        "registered router.",
+        "registered router of the intercept's kind (vRouters for CN2, others for jmirror).",
     )
     valid_from = models.DateTimeField(help_text="UTC; inside the case's validity.")
     valid_until = models.DateTimeField(help_text="UTC; inside the case's validity.")
@@ -257,11 +395,41 @@ class Intercept(models.Model):
                 condition=Q(valid_from__lt=models.F("valid_until")),
                 name="intercept_window_not_empty",
                 violation_error_message="An intercept's window must start before it ends.",
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="jmirror", intercept_id__isnull=False, analyzer_port__isnull=True)
+                | Q(kind="cn2", intercept_id__isnull=True, sid__isnull=True),
+                name="intercept_claims_fit_kind",
+                violation_error_message="A jmirror intercept has a mirror id and no analyzer "
+                "port; a CN2 intercept has neither mirror id nor session id.",
+            ),
+            models.CheckConstraint(
+                condition=Q(analyzer_port__isnull=True)
+                | Q(analyzer_port__gte=1, analyzer_port__lte=65535),
+                name="intercept_analyzer_port_range",
+                violation_error_message="An analyzer port is 1 to 65535.",
+            ),
         ]
 
     def __str__(self) -> str:
         return self.liid
+
+    @property
+    def is_cn2(self) -> bool:
+        return self.kind == Intercept.Kind.CN2
+
+    def claims_text(self) -> str:
+        """What the intercept claims, in words, routers and window aside: for a page
+        or a message ("mirror id 0x8000 session 0x90", "analyzer port 8099, VN red")."""
+        if not self.is_cn2:
+            text = f"mirror id {self.intercept_id:#x}" if self.intercept_id is not None else ""
+            return text + (f" session {self.sid:#x}" if self.sid is not None else "")
+        parts = [f"analyzer port {self.analyzer_port}" if self.analyzer_port else "any port"]
+        if self.virtual_networks:
+            parts.append("VN " + ", ".join(self.virtual_networks))
+        if self.targets:
+            parts.append("target " + ", ".join(self.targets))
+        return "; ".join(parts)
 
     def is_in_force(self, at: datetime) -> bool:
         return self.valid_from <= at < self.valid_until and self.case.is_in_force(at)
@@ -272,7 +440,13 @@ class Intercept(models.Model):
                 frozenset(self.routers.values_list("pk", flat=True)) if self.pk else frozenset()
             )
         return InterceptScope(
-            self.intercept_id, self.sid, router_ids, self.valid_from, self.valid_until
+            self.intercept_id,
+            self.sid,
+            router_ids,
+            self.valid_from,
+            self.valid_until,
+            self.kind,
+            self.analyzer_port,
         )
 
     def clean(self) -> None:
@@ -280,6 +454,8 @@ class Intercept(models.Model):
         errors |= window_range_errors(self)
         if errors:
             raise ValidationError(errors)
+        self._clean_claims()
+        self._check_router_kinds()
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             errors["valid_until"] = "The intercept must end after it starts."
         case = self.case if self.case_id else None
@@ -296,13 +472,104 @@ class Intercept(models.Model):
             )
         if errors:
             raise ValidationError(errors)
-        if self.intercept_id is not None and self.valid_from and self.valid_until:
+        if (self.is_cn2 or self.intercept_id is not None) and self.valid_from and self.valid_until:
             self.check_no_conflict(self.scope(self.pending_router_ids))
+
+    def _clean_claims(self) -> None:
+        """The claims of the intercept's kind, and none of the other kind's; a CN2
+        intercept's lists normalized."""
+        errors: dict[str, Any] = {}
+        if not self.is_cn2:
+            if self.kind != Intercept.Kind.JMIRROR:
+                return  # the field's choices report it
+            if self.intercept_id is None:
+                errors["intercept_id"] = "A jmirror intercept claims by mirror id: give one."
+            for name, what in (
+                ("analyzer_port", "analyzer port"),
+                ("virtual_networks", "virtual network"),
+                ("targets", "target"),
+            ):
+                if getattr(self, name) not in (None, []):
+                    errors[name] = f"Only a CN2 intercept claims by {what}."
+            if errors:
+                raise ValidationError(errors)
+            return
+        if self.intercept_id is not None:
+            errors["intercept_id"] = (
+                "A CN2 intercept has no mirror id: it claims Contrail frames by analyzer "
+                "port, virtual network or target."
+            )
+        if self.sid is not None:
+            errors["sid"] = "A CN2 intercept has no session id."
+        for name, normalize in (
+            ("virtual_networks", normalized_virtual_networks),
+            ("targets", normalized_targets),
+        ):
+            try:
+                setattr(self, name, normalize(getattr(self, name)))
+            except ValidationError as error:
+                errors[name] = error.messages
+        if errors:
+            raise ValidationError(errors)
+        if self.analyzer_port is None and not self.virtual_networks and not self.targets:
+            raise ValidationError(
+                "A CN2 intercept claims by analyzer port, virtual networks or targets: give "
+                "at least one.",
+                code="no_claim",
+            )
+
+    def _check_router_kinds(self) -> None:
+        """A CN2 intercept names only vRouters, a jmirror one none: a router sends one
+        format, and the other kind of intercept could never claim what it sends."""
+        router_ids = self.pending_router_ids
+        if router_ids is None:
+            router_ids = (
+                frozenset(self.routers.values_list("pk", flat=True)) if self.pk else frozenset()
+            )
+        if not router_ids:
+            return
+        routers = Router.objects.filter(pk__in=router_ids).order_by("name")
+        if self.is_cn2:
+            wrong = [router.name for router in routers.exclude(kind=Router.Kind.CN2)]
+            if wrong:
+                raise ValidationError(
+                    {
+                        "routers": f"{', '.join(wrong)}: not a CN2 vRouter; a CN2 intercept "
+                        "claims only the Contrail frames vRouters send."
+                    }
+                )
+        else:
+            wrong = [router.name for router in routers.filter(kind=Router.Kind.CN2)]
+            if wrong:
+                raise ValidationError(
+                    {
+                        "routers": f"{', '.join(wrong)}: a CN2 vRouter, which sends Contrail "
+                        "frames; only a CN2 intercept claims them."
+                    }
+                )
 
     def check_no_conflict(self, scope: InterceptScope) -> None:
         """Refuse a scope that could claim a packet another intercept claims."""
         conflict = find_conflict(scope, exclude_pk=self.pk)
+        if conflict is not None and scope.kind == Intercept.Kind.CN2:
+            port = (
+                f"analyzer port {scope.analyzer_port}"
+                if scope.analyzer_port is not None
+                else "any analyzer port"
+            )
+            raise ValidationError(
+                f"Intercept {conflict.liid} (case {conflict.case.reference}) already claims "
+                f"Contrail frames ({conflict.claims_text()}) from an overlapping set of "
+                f"vRouters in an overlapping window, and this one would claim on {port}; two "
+                "intercepts must never claim the same frame. Virtual networks and targets "
+                "do not keep two intercepts apart (a frame carries two VN names and two "
+                "addresses, and one from a target of one to a target of the other would match "
+                "both): give each mirror "
+                "destination its own analyzer port.",
+                code="intercept_conflict",
+            )
         if conflict is not None:
+            assert scope.intercept_id is not None  # a jmirror scope
             raise ValidationError(
                 f"Intercept {conflict.liid} (case {conflict.case.reference}) already claims "
                 f"mirror id {scope.intercept_id:#x}"
@@ -314,12 +581,19 @@ class Intercept(models.Model):
 
 
 def find_conflict(scope: InterceptScope, exclude_pk: int | None = None) -> Intercept | None:
-    """The first intercept whose claim overlaps ``scope``: same mirror id, session ids
-    that can coincide (equal, or either unpinned), router sets that can coincide
-    (intersecting, or either empty = any router), and overlapping windows."""
+    """The first intercept whose claim overlaps ``scope``: of the same kind (a jmirror
+    datagram and a Contrail frame are never the same packet), with router sets that can
+    coincide (intersecting, or either empty = any router), overlapping windows, and
+
+    - jmirror: the same mirror id and session ids that can coincide (equal, or either
+      unpinned);
+    - CN2: analyzer ports that can coincide (equal, or either unset). VN names and
+      targets never keep two CN2 intercepts apart: a frame carries a source and a
+      destination VN and address, so a frame from one's target to the other's (or
+      between their networks) matches both."""
     candidates = (
         Intercept.objects.filter(
-            intercept_id=scope.intercept_id,
+            kind=scope.kind,
             valid_from__lt=scope.valid_until,
             valid_until__gt=scope.valid_from,
         )
@@ -327,6 +601,13 @@ def find_conflict(scope: InterceptScope, exclude_pk: int | None = None) -> Inter
         .prefetch_related("routers")
         .order_by("pk")
     )
+    if scope.kind == Intercept.Kind.CN2:
+        if scope.analyzer_port is not None:
+            candidates = candidates.filter(
+                Q(analyzer_port__isnull=True) | Q(analyzer_port=scope.analyzer_port)
+            )
+    else:
+        candidates = candidates.filter(intercept_id=scope.intercept_id)
     if scope.sid is not None:
         candidates = candidates.filter(Q(sid__isnull=True) | Q(sid=scope.sid))
     if exclude_pk is not None:

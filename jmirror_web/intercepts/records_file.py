@@ -30,14 +30,36 @@ from OpenLI needs only a ``case`` per intercept:
 
 Our additions to an intercept: ``case`` (the case reference), ``sid`` (pin one session
 id; null for every session), ``routers`` (router names; empty for any registered
-router) and ``keep_content``.
+router of the intercept's kind) and ``keep_content``.
+
+A CN2 / Contrail vRouter intercept has ``"kind": "cn2"``, no ``vendmirrorid`` and no
+``sid`` (either is an error), and claims the mirrored frames that match every one of
+these that it gives (at least one):
+
+- ``analyzer_port``: the UDP port (1 to 65535) its mirror destination sends to; null
+  or left out for any port;
+- ``virtual_networks``: VN names (printable ASCII, 1 to 255 characters); a frame whose
+  source or destination VN is one of them;
+- ``targets``: IPv4 or IPv6 addresses or prefixes; a frame whose inner source or
+  destination address lies in one of them. They are stored as ``ipaddress`` writes
+  them (``10.0.0.1/32`` becomes ``10.0.0.1``), which is what export writes.
+
+The two lists hold at most 64 entries each. Its ``routers`` must be routers of kind
+``cn2``, and a jmirror intercept's must not be. Every intercept without a ``kind`` (or
+with ``"kind": "jmirror"``) is a jmirror intercept, as in OpenLI; export writes
+``kind`` for CN2 intercepts only, so a jmirror intercept's record is as it was, and a
+jmirror intercept with a CN2 key is an error. Left out of a CN2 intercept that was
+already CN2, a claim key keeps its stored value.
 
 A case carries ``reference``, ``agency``, ``valid_from``, ``valid_until`` (ISO 8601 in
 UTC, written with a ``Z``; import also accepts another UTC offset or UNIX seconds),
 ``analysts`` (user names; the assignments become exactly these), and optionally
 ``title`` (default: the reference), ``status`` (default: draft), ``legal_basis``,
 ``retention_days``, ``legal_hold`` and ``notes``. A router carries ``name``,
-``address`` and optionally ``kind``, ``port`` and ``format``.
+``address`` and optionally ``kind`` (``e-series``, ``mx`` or ``cn2``), ``port`` (the UDP
+port of this host it sends to; a vRouter's analyzer port) and ``format`` (``jmirror``,
+or ``contrail`` for a vRouter). Left out, ``format`` follows the kind (when the record is
+new or its kind changes), and a new vRouter's ``port`` is 8099, Contrail's default.
 
 Import is keyed by case reference, router name and LIID: a record in the file creates
 or updates the record with its key, and records not in the file are left alone. An
@@ -93,6 +115,8 @@ _CASE_KEYS: Final = frozenset(
     }
 )
 _ROUTER_KEYS: Final = frozenset({"name", "address", "kind", "port", "format"})
+# A CN2 intercept's claims; a jmirror intercept has none of them.
+_CN2_KEYS: Final = ("analyzer_port", "virtual_networks", "targets")
 _INTERCEPT_KEYS: Final = frozenset(
     {
         "liid",
@@ -101,12 +125,14 @@ _INTERCEPT_KEYS: Final = frozenset(
         "authcc",
         "delivcc",
         "user",
+        "kind",
         "vendmirrorid",
         "sid",
         "starttime",
         "endtime",
         "routers",
         "keep_content",
+        *_CN2_KEYS,
     }
 )
 _OPENLI_KEYS_IGNORED: Final = frozenset({"mediator", "accesstype", "radiusident", "mobileident"})
@@ -239,11 +265,16 @@ class _Entry:
             raise self.error(key, f"{value!r} has no UTC offset (end it with Z for UTC)")
         return parsed.astimezone(UTC)
 
-    def names(self, key: str) -> list[str]:
+    def names(self, key: str, what: str = "names") -> list[str]:
         value = self._required(key)
         if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-            raise self.error(key, "not a list of names")
+            raise self.error(key, f"not a list of {what}")
         return value
+
+    def port_or_null(self, key: str) -> int | None:
+        if self._required(key) is None:
+            return None
+        return self.integer(key)
 
 
 def _entries(
@@ -343,6 +374,14 @@ def _import_router(entry: _Entry, summary: ImportSummary) -> None:
     if entry.has("port"):
         values["port"] = entry.integer("port")
     router = Router.objects.filter(name=name).first() or Router(name=name)
+    adding = router._state.adding
+    kind = values.get("kind", router.kind)
+    # Left out, the format follows the kind (a vRouter sends the Contrail header), and
+    # a new vRouter listens on Contrail's analyzer port.
+    if "format" not in values and (adding or kind != router.kind):
+        values["format"] = Router.format_of(kind)
+    if "port" not in values and adding:
+        values["port"] = Router.default_port(kind)
     _save_if_changed(entry, router, values, None, summary.counts["routers"])
 
 
@@ -421,13 +460,66 @@ def _import_case(entry: _Entry, summary: ImportSummary) -> tuple[Case, bool]:
     return case, window_changed
 
 
-def _intercept_values(entry: _Entry, case: Case, adding: bool) -> dict[str, Any]:
+def _claim_values(entry: _Entry, stored: Intercept) -> dict[str, Any]:
+    """What the intercept claims: a mirror id (and session id) for jmirror, the CN2
+    claims for CN2; the other kind's claims cleared."""
+    kind = entry.string("kind") if entry.has("kind") else Intercept.Kind.JMIRROR
+    if kind not in Intercept.Kind.values:
+        raise entry.error("kind", f"{kind!r} is not a kind of intercept (jmirror or cn2)")
+    if kind == Intercept.Kind.JMIRROR:
+        for key in _CN2_KEYS:
+            if entry.has(key):
+                raise entry.error(key, 'only a CN2 intercept ("kind": "cn2") has this key')
+        values: dict[str, Any] = {
+            "kind": kind,
+            "intercept_id": entry.identifier(
+                "vendmirrorid", MAX_INTERCEPT_ID, "a 30-bit mirror id"
+            ),
+            "analyzer_port": None,
+            "virtual_networks": [],
+            "targets": [],
+        }
+        if entry.has("sid"):
+            values["sid"] = (
+                None
+                if entry.data["sid"] is None
+                else entry.identifier("sid", MAX_SESSION_ID, "a 32-bit session id or null")
+            )
+        return values
+    if entry.has("vendmirrorid"):
+        raise entry.error(
+            "vendmirrorid",
+            "a CN2 intercept has no mirror id (it claims by analyzer_port, virtual_networks "
+            "and targets)",
+        )
+    if entry.has("sid"):
+        raise entry.error("sid", "a CN2 intercept has no session id")
+    keep = not stored._state.adding and stored.kind == Intercept.Kind.CN2
+    values = {
+        "kind": kind,
+        "intercept_id": None,
+        "sid": None,
+        "analyzer_port": stored.analyzer_port if keep else None,
+        "virtual_networks": stored.virtual_networks if keep else [],
+        "targets": stored.targets if keep else [],
+    }
+    if entry.has("analyzer_port"):
+        values["analyzer_port"] = entry.port_or_null("analyzer_port")
+    if entry.has("virtual_networks"):
+        values["virtual_networks"] = entry.names("virtual_networks", "VN names")
+    if entry.has("targets"):
+        values["targets"] = entry.names("targets", "addresses or prefixes")
+    return values
+
+
+def _intercept_values(entry: _Entry, case: Case, stored: Intercept) -> dict[str, Any]:
+    adding = stored._state.adding
     values: dict[str, Any] = {
         "case": case,
         "authcc": entry.string("authcc"),
         "delivcc": entry.string("delivcc"),
-        "intercept_id": entry.identifier("vendmirrorid", MAX_INTERCEPT_ID, "a 30-bit mirror id"),
     }
+    values |= _claim_values(entry, stored)
     if entry.has("agencyid"):
         agency = entry.string("agencyid")
         if agency != case.agency:
@@ -437,12 +529,6 @@ def _intercept_values(entry: _Entry, case: Case, adding: bool) -> dict[str, Any]
             )
     if entry.has("user"):
         values["target_description"] = entry.string("user")
-    if entry.has("sid"):
-        values["sid"] = (
-            None
-            if entry.data["sid"] is None
-            else entry.identifier("sid", MAX_SESSION_ID, "a 32-bit session id or null")
-        )
     if entry.has("keep_content"):
         values["keep_content"] = entry.boolean("keep_content")
     if entry.has("starttime"):
@@ -466,7 +552,7 @@ def _import_intercept(entry: _Entry, summary: ImportSummary) -> None:
         "routers"
     ).first() or Intercept(liid=liid)
     adding = intercept._state.adding
-    values = _intercept_values(entry, case, adding)
+    values = _intercept_values(entry, case, intercept)
 
     stored_routers = frozenset() if adding else frozenset(r.pk for r in intercept.routers.all())
     router_ids = stored_routers
@@ -587,6 +673,28 @@ def export_records() -> dict[str, Any]:
         for router in Router.objects.order_by("name")
     ]
     intercepts = [
+        _intercept_record(intercept)
+        for intercept in Intercept.objects.order_by("liid")
+        .select_related("case")
+        .prefetch_related("routers")
+    ]
+    return {"cases": cases, "routers": routers, "intercepts": intercepts}
+
+
+def _intercept_record(intercept: Intercept) -> dict[str, Any]:
+    """One intercept as the file writes it: a jmirror intercept with OpenLI's keys and
+    no ``kind``; a CN2 intercept with ``kind`` and its claims in place of the ids."""
+    claims: dict[str, Any] = (
+        {
+            "kind": intercept.kind,
+            "analyzer_port": intercept.analyzer_port,
+            "virtual_networks": list(intercept.virtual_networks),
+            "targets": list(intercept.targets),
+        }
+        if intercept.is_cn2
+        else {"vendmirrorid": intercept.intercept_id, "sid": intercept.sid}
+    )
+    return (
         {
             "liid": intercept.liid,
             "case": intercept.case.reference,
@@ -594,18 +702,15 @@ def export_records() -> dict[str, Any]:
             "authcc": intercept.authcc,
             "delivcc": intercept.delivcc,
             "user": intercept.target_description,
-            "vendmirrorid": intercept.intercept_id,
-            "sid": intercept.sid,
+        }
+        | claims
+        | {
             "starttime": math.ceil(intercept.valid_from.timestamp()),
             "endtime": math.floor(intercept.valid_until.timestamp()),
             "routers": sorted(router.name for router in intercept.routers.all()),
             "keep_content": intercept.keep_content,
         }
-        for intercept in Intercept.objects.order_by("liid")
-        .select_related("case")
-        .prefetch_related("routers")
-    ]
-    return {"cases": cases, "routers": routers, "intercepts": intercepts}
+    )
 
 
 def records_text(records: dict[str, Any]) -> str:
