@@ -25,16 +25,17 @@ import pytest
 
 from receiver import traffic
 from receiver.traffic import ExpectedDecode
+from tests.receiver.contrail_tshark import contrail_tshark_view
 from tests.receiver.router_captures import Capture, capture_params
 
 pytestmark = pytest.mark.tshark
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-RECORD_KEYS = [
-    *("frame", "time", "router", "port", "format", "mid", "intercept_id", "version", "sid"),
-    *("inner", "ppp_protocol", "src", "dst", "proto", "sport", "dport", "length"),
-]
+RECORD_KEYS = {
+    "jmirror": list(traffic.JMIRROR_RECORD_KEYS),
+    "contrail": list(traffic.CONTRAIL_RECORD_KEYS),
+}
 JMIRROR_PORTS = (30030, 6502, 5000, 54301)
 
 # Kinds whose first mirrored bytes tshark 4.0's jmirror dissector does not recognise.
@@ -81,7 +82,7 @@ def decode(capture: Path, ports: tuple[int, ...] = ()) -> tuple[dict[str, object
     assert result.returncode == 0, result.stderr
     records = tuple(json.loads(line) for line in result.stdout.splitlines())
     for record in records:
-        assert list(record) == RECORD_KEYS, f"keys of {record}"
+        assert list(record) == RECORD_KEYS.get(str(record.get("format"))), f"keys of {record}"
     return records
 
 
@@ -115,6 +116,7 @@ def _as_decode_record(fields: Mapping[str, list[str]]) -> dict[str, object] | No
         "time": float(fields["frame.time_epoch"][0]),
         "router": fields["ip.src"][0],
         "port": int(fields["udp.dstport"][0]),
+        "format": "jmirror",
         "mid": mid,
         "intercept_id": mid & 0x3FFFFFFF,
         "version": mid >> 30,
@@ -400,3 +402,57 @@ def test_with_port_the_version_bits_stay_apart_from_the_intercept_id(tshark: str
         (0xC0000001, 3, 0x1),
     ]
     assert disagreements(records, tshark_view(tshark, capture, (6502,))) == []
+
+
+# Contrail (CN2 vRouter Juniper header) ---------------------------------------------------
+
+CONTRAIL_PORTS = (8099, 9099, 40300)
+
+
+@pytest.fixture(scope="module")
+def generated_contrail(tmp_path_factory: pytest.TempPathFactory) -> GeneratedCapture:
+    """Every Contrail variant on three analyzer ports, mixed with jmirror on two ports
+    and ordinary UDP (DNS, NTP, syslog, random) in between."""
+    builder = traffic.PcapBuilder()
+    rng = random.Random(20261206)
+    noise = [
+        traffic.dns_query(),
+        traffic.ntp_request(),
+        traffic.syslog_message(),
+        *(traffic.random_udp(rng, avoid_ports=JMIRROR_PORTS + CONTRAIL_PORTS) for _ in range(4)),
+    ]
+    mirrored = traffic.every_mirrored_kind()
+    for index, variant in enumerate(traffic.every_contrail_variant()):
+        variant.add_to(builder, port=CONTRAIL_PORTS[index % len(CONTRAIL_PORTS)])
+        if index % 4 == 0:
+            builder.add_jmirror(
+                mirrored[index % len(mirrored)],
+                port=JMIRROR_PORTS[index % 2],
+                mid=0x400 + index,
+                sid=index,
+            )
+            builder.add_noise(noise[(index // 4) % len(noise)])
+    path = tmp_path_factory.mktemp("conformance") / "contrail.pcap"
+    builder.write(path)
+    return GeneratedCapture(path, builder.expected, builder.noise_frames)
+
+
+def test_decode_reports_every_generated_contrail_and_jmirror_packet_as_it_was_generated(
+    generated_contrail: GeneratedCapture,
+):
+    records = decode(generated_contrail.path)
+
+    reference = {e.frame: e.as_record() for e in generated_contrail.expected}
+    assert disagreements(records, reference) == []
+    assert [record["frame"] for record in records] == sorted(reference)
+
+
+def test_decode_agrees_with_tshark_on_every_generated_contrail_packet(
+    tshark: str, generated_contrail: GeneratedCapture
+):
+    reference = contrail_tshark_view(tshark, generated_contrail.path, CONTRAIL_PORTS)
+
+    records = decode(generated_contrail.path)
+
+    assert disagreements(records, reference) == []
+    assert len(reference) == sum(e.format == "contrail" for e in generated_contrail.expected)

@@ -3,9 +3,20 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from receiver.jmirror import PPPProtocol, decode_datagram
-from receiver.management.commands.simulate import build_payloads
+from receiver.management.commands.simulate import build_contrail_payloads, build_payloads
+from receiver.scapy_contrail import JuniperVN
+from receiver.traffic import (
+    DEST_VN,
+    SOURCE_VN,
+    SUBSCRIBER,
+    VROUTER_GATEWAY_MAC,
+    WORKLOAD_MAC,
+)
 
 
 @pytest.fixture
@@ -138,3 +149,141 @@ def test_it_sends_to_an_ipv6_address_in_brackets():
         port = sock.getsockname()[1]
         simulate("--to", f"[::1]:{port}", "--count", "3", "--rate", "0")
         assert len([decode_datagram(each) for each in receive(sock, 3)]) == 3
+
+
+def contrail_headers(payloads: list[bytes]) -> list[JuniperVN]:
+    return [JuniperVN(payload) for payload in payloads]
+
+
+def test_it_sends_contrail_flow_mirroring_with_the_four_tlvs(listener):
+    port = listener.getsockname()[1]
+    output = simulate(
+        "--to", f"127.0.0.1:{port}", "--format", "contrail", "--count", "40", "--rate", "0"
+    )
+
+    headers = contrail_headers(receive(listener, 40))
+
+    assert {header.capture_host for header in headers} == {"127.0.0.1"}
+    assert {header.actions for header in headers} == {("pass", "mirror")}
+    assert {header.traffic_direction for header in headers} == {"ingress", "egress"}
+    assert {(header.traffic_direction, header.source_vn, header.dest_vn) for header in headers} == {
+        ("ingress", SOURCE_VN, DEST_VN),
+        ("egress", DEST_VN, SOURCE_VN),
+    }
+    assert {type(header.payload) for header in headers} == {Ether}
+    assert headers[0][ARP].psrc == SUBSCRIBER
+    assert {IP in header for header in headers} == {True, False}
+    assert any(IPv6 in header for header in headers)
+    assert "contrail flow mirroring, capture host 127.0.0.1" in output
+    assert "sent 40 datagrams" in output
+
+
+def test_ingress_frames_are_the_workloads_own():
+    for header in contrail_headers(
+        build_contrail_payloads("flow", capture_host="10.0.0.1", vn="a", peer_vn="b")
+    ):
+        ingress = header.traffic_direction == "ingress"
+        if ARP in header:
+            assert (header[ARP].psrc == SUBSCRIBER) == ingress
+        else:
+            assert (header[Ether].src == WORKLOAD_MAC) == ingress
+
+
+def test_interface_mirroring_names_only_the_workloads_vn_by_direction():
+    headers = contrail_headers(
+        build_contrail_payloads("interface", capture_host="10.0.0.1", vn="k8s:web", peer_vn="x")
+    )
+
+    shapes = {
+        (header.capture_host, header.flags, header.source_vn, header.dest_vn, header[Ether].src)
+        for header in headers
+    }
+
+    assert shapes == {
+        (None, None, "k8s:web", None, WORKLOAD_MAC),
+        (None, None, None, "k8s:web", VROUTER_GATEWAY_MAC),
+    }
+
+
+def test_it_tags_the_mirrored_frames_with_the_asked_vlans(listener):
+    port = listener.getsockname()[1]
+    output = simulate(
+        *("--to", f"127.0.0.1:{port}", "--format", "contrail", "--mirroring", "interface"),
+        *("--vn", "k8s:web", "--vlan", "100", "--vlan", "200", "--count", "5", "--rate", "0"),
+    )
+
+    headers = contrail_headers(receive(listener, 5))
+
+    assert {(header[Dot1AD].vlan, header[Dot1Q].vlan) for header in headers} == {(100, 200)}
+    assert "contrail interface mirroring, VN k8s:web, VLAN 100/200" in output
+
+
+def test_it_names_the_capture_host_and_vns_it_is_given(listener):
+    port = listener.getsockname()[1]
+    simulate(
+        *("--to", f"127.0.0.1:{port}", "--format", "contrail", "--capture-host", "10.9.8.7"),
+        *("--vn", "v" * 255, "--peer-vn", "p", "--vlan", "5", "--count", "3", "--rate", "0"),
+    )
+
+    headers = contrail_headers(receive(listener, 3))
+
+    assert {header.capture_host for header in headers} == {"10.9.8.7"}
+    assert {header.source_vn for header in headers} >= {"v" * 255}
+    assert {header[Dot1Q].vlan for header in headers} == {5}
+
+
+def test_it_sends_contrail_over_ipv6():
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with sock:
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        simulate("--to", f"[::1]:{port}", "--format", "contrail", "--count", "3", "--rate", "0")
+        headers = contrail_headers(receive(sock, 3))
+    assert {header.capture_host for header in headers} == {"127.0.0.1"}
+    assert all(Ether in header for header in headers)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "vxlan"], "invalid choice: 'vxlan'"),
+        (["--format", "contrail", "--mid", "5"], "--mid is for --format jmirror (the default)"),
+        (["--format", "contrail", "--sid", "0"], "--sid is for --format jmirror (the default)"),
+        (["--vn", "web"], "--vn is for --format contrail"),
+        (["--mirroring", "flow"], "--mirroring is for --format contrail"),
+        (["--vlan", "5"], "--vlan is for --format contrail"),
+        (["--capture-host", "10.0.0.1"], "--capture-host is for --format contrail"),
+        (
+            ["--format", "contrail", "--mirroring", "interface", "--peer-vn", "db"],
+            "--peer-vn is for flow mirroring: interface mirroring sends only the workload's VN",
+        ),
+        (
+            ["--format", "contrail", "--mirroring", "interface", "--capture-host", "10.0.0.1"],
+            "--capture-host is for flow mirroring",
+        ),
+        (["--format", "contrail", "--mirroring", "port"], "invalid choice: 'port'"),
+        (["--format", "contrail", "--vlan", "4096"], "VLAN id 4096 is out of range (0-4095)"),
+        (["--format", "contrail", "--vlan", "-1"], "VLAN id -1 is out of range (0-4095)"),
+        (["--format", "contrail", "--vlan", "ten"], "'ten' is not a number"),
+        (
+            ["--format", "contrail", *("--vlan", "1") * 3],
+            "at most 2 --vlan tags (a service and a customer tag), not 3",
+        ),
+        (["--format", "contrail", "--vn", "v" * 256], "must be 1 to 255 ASCII characters"),
+        (["--format", "contrail", "--vn", ""], "must be 1 to 255 ASCII characters"),
+        (["--format", "contrail", "--peer-vn", "réseau"], "must be 1 to 255 ASCII characters"),
+        (["--format", "contrail", "--vn", "a\x00b"], "without NUL"),
+        (
+            ["--format", "contrail", "--capture-host", "::1"],
+            "'::1' is not an IPv4 address (the capture host is the vRouter's router id)",
+        ),
+    ],
+)
+def test_it_refuses_bad_contrail_arguments_with_a_clear_error(args, message):
+    with pytest.raises(CommandError) as error:
+        call_command("simulate", "--to", "127.0.0.1:5000", *args)
+    assert message in str(error.value)

@@ -1,24 +1,34 @@
-"""``manage.py simulate --to HOST:PORT``: send realistic jmirror traffic, for demos and tests.
+"""``manage.py simulate --to HOST:PORT``: send realistic mirrored traffic, for demos and tests.
 
-Each simulated subscriber logs in over PPP (LCP, PAP, IPCP, IPv6CP) and then browses:
-DNS, a TCP web exchange and pings, over IPv4 and IPv6, both inside PPP (as an
-L2TP-mirrored subscriber arrives) and as raw IP (as an MX mirrors an IP subscriber).
-Only the jmirror payloads are built; the kernel adds the outer IP and UDP headers.
+jmirror (the default): each simulated subscriber logs in over PPP (LCP, PAP, IPCP,
+IPv6CP) and then browses: DNS, a TCP web exchange and pings, over IPv4 and IPv6, both
+inside PPP (as an L2TP-mirrored subscriber arrives) and as raw IP (as an MX mirrors an
+IP subscriber).
+
+Contrail (``--format contrail``): a CN2 vRouter mirrors one workload's Ethernet frames
+(ARP, then the same browsing) with the Juniper header: flow mirroring (capture host,
+flags, both VNs) or interface mirroring (only the workload's VN: TLV 3 on frames it
+sends, which the vRouter receives, TLV 4 on frames sent to it), optionally VLAN-tagged.
+IPv4 or IPv6 outer is the family of ``--to``.
+
+Only the UDP payloads are built; the kernel adds the outer IP and UDP headers.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import ARP
 from scapy.layers.ppp import (
     HDLC,
     PPP,
@@ -34,15 +44,24 @@ from scapy.layers.ppp import (
 )
 from scapy.packet import Packet, Raw
 
+from receiver.contrail import INGRESS_FLAG
 from receiver.jmirror import INTERCEPT_ID_MASK
+from receiver.scapy_contrail import VN_NAME_MAXIMUM
 from receiver.traffic import (
+    DEST_VN,
+    PASS_MIRROR,
     PPP_IPCP_PROTOCOL,
     PPP_LCP,
     PPP_PAP,
     SERVER,
     SERVER6,
+    SOURCE_VN,
     SUBSCRIBER,
     SUBSCRIBER6,
+    VROUTER_GATEWAY_MAC,
+    WORKLOAD_MAC,
+    contrail_datagram,
+    ethernet_frame,
     jmirror_datagram,
     ppp_ipv6cp,
 )
@@ -54,6 +73,9 @@ RESOLVER: Final = "198.51.100.53"
 RESOLVER6: Final = "2001:db8:53::53"
 _PPP_IPV4: Final = 0x0021
 _PPP_IPV6: Final = 0x0057
+MAX_VLAN_TAGS: Final = 2
+"""An inner frame has at most a service and a customer tag (QinQ)."""
+Mirroring = Literal["flow", "interface"]
 _HTTP_REQUEST: Final = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
 _HTTP_RESPONSE: Final = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -162,6 +184,68 @@ def build_payloads(mids: Sequence[int], sid: int | None) -> list[bytes]:
     return [payload for step in zip(*streams, strict=True) for payload in step]
 
 
+def _from_workload(packet: Packet) -> bool:
+    """Whether the simulated workload (the subscriber) sent ``packet``."""
+    if ARP in packet:
+        return bool(packet[ARP].psrc == SUBSCRIBER)
+    network = packet[IP] if IP in packet else packet[IPv6]
+    return network.src in (SUBSCRIBER, SUBSCRIBER6)
+
+
+def workload_frames(vlans: Sequence[int] = ()) -> list[tuple[bool, bytes]]:
+    """One workload's Ethernet frames as its vRouter sees them, each with whether the
+    workload sent it: an ARP exchange (the vRouter answers ARP for every address, as
+    proxy), then :func:`browsing`."""
+    arp = [
+        ARP(op=1, hwsrc=WORKLOAD_MAC, psrc=SUBSCRIBER, pdst=SERVER),
+        ARP(op=2, hwsrc=VROUTER_GATEWAY_MAC, psrc=SERVER, hwdst=WORKLOAD_MAC, pdst=SUBSCRIBER),
+    ]
+    frames = []
+    for packet in [*arp, *browsing()]:
+        up = _from_workload(packet)
+        source, destination = (
+            (WORKLOAD_MAC, VROUTER_GATEWAY_MAC) if up else (VROUTER_GATEWAY_MAC, WORKLOAD_MAC)
+        )
+        if ARP in packet and packet[ARP].op == 1:
+            destination = "ff:ff:ff:ff:ff:ff"
+        frame = ethernet_frame(packet, vlans=vlans, src=source, dst=destination)
+        frames.append((up, bytes(frame)))
+    return frames
+
+
+def build_contrail_payloads(
+    mirroring: Mirroring,
+    *,
+    capture_host: str,
+    vn: str,
+    peer_vn: str,
+    vlans: Sequence[int] = (),
+) -> list[bytes]:
+    """The Juniper-header payloads to send for one workload's frames.
+
+    Flow mirroring names the capture host, the flow's actions (pass, mirror; ingress on
+    the workload's frames) and its source and destination VNs (``vn`` to ``peer_vn``,
+    swapped on replies). Interface mirroring names only the workload's VN: as the
+    source VN (TLV 3) on frames the workload sends, as the destination VN (TLV 4) on
+    frames sent to it."""
+    payloads = []
+    for up, frame in workload_frames(vlans):
+        if mirroring == "flow":
+            payload = contrail_datagram(
+                frame,
+                capture_host=capture_host,
+                flags=PASS_MIRROR | (INGRESS_FLAG if up else 0),
+                source_vn=vn if up else peer_vn,
+                dest_vn=peer_vn if up else vn,
+            )
+        elif up:
+            payload = contrail_datagram(frame, source_vn=vn)
+        else:
+            payload = contrail_datagram(frame, dest_vn=vn)
+        payloads.append(payload)
+    return payloads
+
+
 @dataclass(frozen=True)
 class Target:
     host: str
@@ -213,6 +297,31 @@ def session_id(text: str) -> int:
     return value
 
 
+def vlan_id(text: str) -> int:
+    value = _number(text)
+    if not 0 <= value <= 0xFFF:
+        raise argparse.ArgumentTypeError(f"VLAN id {text} is out of range (0-4095)")
+    return value
+
+
+def vn_name(text: str) -> str:
+    """A virtual network name as the Juniper header carries it."""
+    if not text.isascii() or "\x00" in text or not 0 < len(text) <= VN_NAME_MAXIMUM:
+        raise argparse.ArgumentTypeError(
+            f"VN name {text!r} must be 1 to {VN_NAME_MAXIMUM} ASCII characters without NUL"
+        )
+    return text
+
+
+def ipv4_address(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 address (the capture host is the vRouter's router id)"
+        ) from None
+
+
 def non_negative_rate(text: str) -> float:
     try:
         value = float(text)
@@ -249,6 +358,18 @@ def open_socket(to: Target) -> tuple[socket.socket, Any]:
     except socket.gaierror as error:
         raise CommandError(f"cannot resolve {to.host!r}: {error.strerror}") from None
     return socket.socket(family, kind, proto), address
+
+
+def sending_address(sock: socket.socket, address: Any) -> str:
+    """The IPv4 address datagrams to ``address`` leave from (the capture host a vRouter
+    on this machine would name); 127.0.0.1 over IPv6, where the router id is not the
+    source address anyway."""
+    if sock.family != socket.AF_INET:
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(address)  # no datagram is sent: this only picks the route
+        source: str = probe.getsockname()[0]
+    return source
 
 
 def paced(rate: float, *, burst: float) -> Iterator[None]:
@@ -317,10 +438,20 @@ def send(
     return sent
 
 
+_JMIRROR_OPTIONS: Final = ("mids", "sid")
+_CONTRAIL_OPTIONS: Final = ("mirroring", "vn", "peer_vn", "capture_host", "vlans")
+_FLOW_OPTIONS: Final = ("peer_vn", "capture_host")
+
+
+def _flag(dest: str) -> str:
+    return "--" + {"mids": "mid", "vlans": "vlan"}.get(dest, dest).replace("_", "-")
+
+
 class Command(BaseCommand):
     help = (
-        "Send simulated jmirror traffic (a PPP subscriber's login, then DNS, web and ping "
-        "over IPv4 and IPv6) as UDP datagrams to HOST:PORT."
+        "Send simulated mirrored traffic as UDP datagrams to HOST:PORT: jmirror (a PPP "
+        "subscriber's login, then DNS, web and ping over IPv4 and IPv6) or, with --format "
+        "contrail, a CN2 vRouter's flow or interface mirroring of a workload's Ethernet frames."
     )
     requires_system_checks: list[str] = []
     requires_migrations_checks = False
@@ -328,6 +459,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--to", type=target, required=True, metavar="HOST:PORT", help="where to send"
+        )
+        parser.add_argument(
+            "--format",
+            choices=("jmirror", "contrail"),
+            default="jmirror",
+            help="jmirror (default) or contrail (a CN2 vRouter's Juniper header)",
         )
         parser.add_argument(
             "--rate",
@@ -344,7 +481,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--duration", type=positive_duration, default=None, help="stop after SECONDS"
         )
-        parser.add_argument(
+        jmirror = parser.add_argument_group("jmirror")
+        jmirror.add_argument(
             "--mid",
             type=intercept_id,
             action="append",
@@ -352,31 +490,69 @@ class Command(BaseCommand):
             metavar="MID",
             help="30-bit intercept id, repeatable: one subscriber each (default 0x300)",
         )
-        parser.add_argument(
+        jmirror.add_argument(
             "--sid",
             type=session_id,
             default=None,
             help="session id for every subscriber (default: 0x90, 0x91, ... one per mid)",
         )
+        contrail = parser.add_argument_group("contrail (with --format contrail)")
+        contrail.add_argument(
+            "--mirroring",
+            choices=("flow", "interface"),
+            default=None,
+            help="flow (policy) mirroring, the default: TLVs 1 to 4; interface mirroring: "
+            "only the workload's VN",
+        )
+        contrail.add_argument(
+            "--vn",
+            type=vn_name,
+            default=None,
+            metavar="NAME",
+            help=f"the workload's virtual network (default {SOURCE_VN})",
+        )
+        contrail.add_argument(
+            "--peer-vn",
+            type=vn_name,
+            default=None,
+            metavar="NAME",
+            help=f"the network it talks to, flow mirroring only (default {DEST_VN})",
+        )
+        contrail.add_argument(
+            "--capture-host",
+            type=ipv4_address,
+            default=None,
+            metavar="IPV4",
+            help="the vRouter's router id, flow mirroring only (default: the address the "
+            "datagrams leave from; 127.0.0.1 over IPv6)",
+        )
+        contrail.add_argument(
+            "--vlan",
+            type=vlan_id,
+            action="append",
+            dest="vlans",
+            metavar="ID",
+            help=f"tag the mirrored frames, repeatable up to {MAX_VLAN_TAGS} (QinQ), outermost "
+            "first",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         to: Target = options["to"]
-        mids: list[int] = options["mids"] or list(DEFAULT_MIDS)
-        sid: int | None = options["sid"]
         count: int | None = options["count"]
         duration: float | None = options["duration"]
         if count is None and duration is None:
             count = DEFAULT_COUNT
-        payloads = build_payloads(mids, sid)
+        contrail = options["format"] == "contrail"
+        self._check_options(options, contrail=contrail)
         sock, address = open_socket(to)
         with sock:
+            if contrail:
+                payloads, streams = self._contrail_payloads(options, sock, address)
+            else:
+                payloads, streams = self._jmirror_payloads(options)
             sent = send(
                 sock, address, payloads, rate=options["rate"], count=count, duration=duration
             )
-        sids = [sid] * len(mids) if sid is not None else range(DEFAULT_SID, DEFAULT_SID + len(mids))
-        streams = ", ".join(
-            f"mid {mid:#x} sid {each:#x}" for mid, each in zip(mids, sids, strict=True)
-        )
         rate = sent.datagrams / sent.seconds if sent.seconds > 0 else 0.0
         line = (
             f"sent {sent.datagrams} datagrams ({sent.bytes} bytes) to {to} in "
@@ -385,3 +561,56 @@ class Command(BaseCommand):
         if sent.errors:
             line += f"; {sent.errors} send errors"
         self.stdout.write(line)
+
+    @staticmethod
+    def _check_options(options: dict[str, Any], *, contrail: bool) -> None:
+        """Refuse options of the other format (or of flow mirroring with interface
+        mirroring) rather than ignore them."""
+        given = [d for d in _JMIRROR_OPTIONS + _CONTRAIL_OPTIONS if options[d] is not None]
+        foreign = _JMIRROR_OPTIONS if contrail else _CONTRAIL_OPTIONS
+        for dest in given:
+            if dest in foreign:
+                needed = "jmirror (the default)" if contrail else "contrail"
+                raise CommandError(f"{_flag(dest)} is for --format {needed}")
+        if options["mirroring"] == "interface":
+            for dest in _FLOW_OPTIONS:
+                if options[dest] is not None:
+                    raise CommandError(
+                        f"{_flag(dest)} is for flow mirroring: interface mirroring sends "
+                        "only the workload's VN"
+                    )
+        if options["vlans"] and len(options["vlans"]) > MAX_VLAN_TAGS:
+            raise CommandError(
+                f"at most {MAX_VLAN_TAGS} --vlan tags (a service and a customer tag), "
+                f"not {len(options['vlans'])}"
+            )
+
+    @staticmethod
+    def _jmirror_payloads(options: dict[str, Any]) -> tuple[list[bytes], str]:
+        mids: list[int] = options["mids"] or list(DEFAULT_MIDS)
+        sid: int | None = options["sid"]
+        sids = [sid] * len(mids) if sid is not None else range(DEFAULT_SID, DEFAULT_SID + len(mids))
+        streams = ", ".join(
+            f"mid {mid:#x} sid {each:#x}" for mid, each in zip(mids, sids, strict=True)
+        )
+        return build_payloads(mids, sid), streams
+
+    @staticmethod
+    def _contrail_payloads(
+        options: dict[str, Any], sock: socket.socket, address: Any
+    ) -> tuple[list[bytes], str]:
+        mirroring: Mirroring = options["mirroring"] or "flow"
+        vn: str = options["vn"] or SOURCE_VN
+        peer_vn: str = options["peer_vn"] or DEST_VN
+        vlans: list[int] = options["vlans"] or []
+        capture_host: str = options["capture_host"] or sending_address(sock, address)
+        payloads = build_contrail_payloads(
+            mirroring, capture_host=capture_host, vn=vn, peer_vn=peer_vn, vlans=vlans
+        )
+        if mirroring == "flow":
+            streams = f"contrail flow mirroring, capture host {capture_host}, VN {vn} <> {peer_vn}"
+        else:
+            streams = f"contrail interface mirroring, VN {vn}"
+        if vlans:
+            streams += f", VLAN {'/'.join(map(str, vlans))}"
+        return payloads, streams
