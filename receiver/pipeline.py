@@ -517,7 +517,14 @@ class DatagramPipeline:
             self._unclaimed(key, claim, time_ns)
             return
         router, intercept = claim
-        if packet.capture_host is not None and packet.capture_host != router.address:
+        # The capture host is the vRouter's IPv4 router id: it can only be held to an
+        # IPv4 source. Over IPv6 it is kept, with the rest of the header, in the evidence.
+        capture_host = packet.capture_host
+        if (
+            capture_host is not None
+            and capture_host != router.address
+            and ":" not in router.address
+        ):
             self.counters.drops[WRONG_CAPTURE_HOST] += 1
             return
         delta = self._sessions.get(key)

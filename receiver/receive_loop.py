@@ -141,6 +141,10 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# Linux's UDP_NO_CHECK6_RX (linux/udp.h; Python does not name it).
+_UDP_NO_CHECK6_RX: Final = 102
+
+
 def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str | None]:
     """A bound UDP socket with SO_REUSEPORT and the asked receive buffer, and a warning
     when the kernel granted less buffer than asked."""
@@ -150,6 +154,10 @@ def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str |
         # Several receiver processes may share one port; the kernel spreads flows.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if family == socket.AF_INET6:
+            # A CN2 vRouter sends UDP checksum 0 over IPv6 too (vr_mirror.c), which Linux
+            # drops unless told to take it (RFC 6936); a jmirror router never does.
+            sock.setsockopt(socket.IPPROTO_UDP, _UDP_NO_CHECK6_RX, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
