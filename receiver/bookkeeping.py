@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -47,7 +46,7 @@ from receiver.pipeline import (
     admit_unclaimed,
     aggregate_key,
 )
-from receiver.store import CAPTURE_SUFFIXES, FileFacts, repair
+from receiver.store import CAPTURE_SUFFIXES, FileFacts, parse_session_directory, repair
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +65,6 @@ UNCLAIMED_LOG_INTERVAL: Final = 60.0
 UNCLAIMED_PENDING_LIMIT: Final = 5_000
 UNCLAIMED_PER_WRITE: Final = 200
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# session_directory_name() in receiver.store: <liid>_<router>_mid-<hex>_sid-<hex>.
-_DIRECTORY = re.compile(
-    r"^(?P<liid>.+)_(?P<router>[^_]+)_mid-(?P<mid>[0-9a-f]{8})_sid-(?P<sid>[0-9a-f]{8})$"
-)
 
 
 class _UnclaimedRows:
@@ -527,21 +522,20 @@ def record_recovered(root: Path, recovered: Sequence[FileFacts]) -> set[int]:
             CaptureFile.objects.save_closed(closed_file_counts(root, closed, row.session_id))
             sessions.add(row.session_id)
             continue
-        match = _DIRECTORY.match(closed.path.parent.name)
+        named = parse_session_directory(closed.path.parent.name)
         router = None
-        if match is not None:
-            address = match["router"]
-            address = address.replace("-", ":") if "-" in address else address
+        if named is not None:
+            liid, address, mid, sid = named
             router = Router.objects.filter(address=address).first()
-        if match is None or router is None:
+        if named is None or router is None:
             logger.error("recovered %s but cannot tell its router: no database row made", path)
             continue
         session, _ = Session.objects.get_or_create(
             router=router,
-            mid=int(match["mid"], 16),
-            sid=int(match["sid"], 16),
+            mid=mid,
+            sid=sid,
             defaults={
-                "intercept": Intercept.objects.filter(liid=match["liid"]).first(),
+                "intercept": Intercept.objects.filter(liid=liid).first(),
                 "first_seen": moment(closed.first_ns),
                 "last_seen": moment(closed.last_ns),
             },

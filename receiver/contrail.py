@@ -54,6 +54,14 @@ from receiver.pcap import (
 ANALYZER_DEFAULT_PORT: Final = 8099
 """CN2's default analyzer UDP port (``analyzerPort`` of a mirror destination)."""
 
+CONTRAIL_MID: Final = 2**32 + 1
+"""The mid of a Contrail session and unclaimed stream, whose sid is the analyzer port:
+outside the 32 bits of a jmirror mid (as receiver.pipeline.AGGREGATE_MID), so a Contrail
+session never meets a jmirror one. A Contrail session is one vRouter's frames to one
+analyzer port: the overlap rule lets only one CN2 intercept claim those at a time
+(different intercepts on one vRouter need their own ports), so it is one intercept's
+frames from one vRouter, the unit a warrant names and an analyst reads."""
+
 
 class Tlv(IntEnum):
     """The Juniper header's TLV types (vr_mirror.c's MIRROR_TLV_*)."""

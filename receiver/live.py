@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+from receiver.contrail import CONTRAIL_MID, decode_contrail
 from receiver.jmirror import decode_datagram
 from receiver.live_contract import (
     CASE_MESSAGE,
@@ -57,7 +58,7 @@ from receiver.live_contract import (
     intercept_group,
     session_group,
 )
-from receiver.packet_summary import packet_row
+from receiver.packet_summary import contrail_packet_row, packet_row
 from receiver.pipeline import SessionDelta, Snapshot, StreamKey
 from receiver.watch import NOBODY, LiveWatch
 
@@ -113,7 +114,12 @@ def session_summary(
         bytes_per_second=round(delta.bytes / seconds, 1),
         first_ns=delta.first_ns,
         last_ns=delta.last_ns,
-        recent=[packet_row(when, decode_datagram(payload)) for when, payload in sample],
+        recent=[
+            contrail_packet_row(when, decode_contrail(payload))
+            if mid == CONTRAIL_MID
+            else packet_row(when, decode_datagram(payload))
+            for when, payload in sample
+        ],
     )
 
 

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from receiver.gate import DROP_REASONS
-from receiver.pipeline import Snapshot
+from receiver.pipeline import WRONG_CAPTURE_HOST, Snapshot
 
 
 class BookkeepingBacklog(NamedTuple):
@@ -62,7 +62,7 @@ class SnapshotCollector(Collector):
         dropped = CounterMetricFamily(
             "jmirror_dropped_datagrams", "Datagrams dropped, by reason", labels=["reason"]
         )
-        for reason in DROP_REASONS:
+        for reason in (*DROP_REASONS, WRONG_CAPTURE_HOST):
             dropped.add_metric([reason], listener.drops.get(reason, 0))
         dropped.add_metric(["malformed"], listener.malformed)
         dropped.add_metric(["unstorable"], listener.unstorable)

@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from receiver.contrail import ETHERNET_HEADER, ETHERTYPE_ARP, ContrailPacket
 from receiver.ip import IPV6_FRAGMENT, PORT_PROTOCOLS, IPProtocol, ipv6_transport
 from receiver.jmirror import JMirrorPacket
 from receiver.live_contract import INFO_LIMIT, PacketRow
@@ -64,6 +65,54 @@ def packet_row(time_ns: int, packet: JMirrorPacket) -> PacketRow:
         inner=packet.inner,
         info=_bounded(info),
     )
+
+
+def contrail_packet_row(time_ns: int, packet: ContrailPacket) -> PacketRow:
+    """:func:`packet_row` for a Contrail frame: its IP packet's summary (through VLAN
+    tags), or its ethertype's; the direction the vRouter saw it go first."""
+    start = ETHERNET_HEADER + 4 * len(packet.vlans)
+    try:
+        if packet.src is not None:
+            protocol, info = _ip(packet.frame[start:])
+        elif packet.ethertype == ETHERTYPE_ARP:
+            protocol, info = _arp(packet.frame[start:])
+        else:
+            protocol, info = "Ethernet", f"ethertype 0x{packet.ethertype:04x}"
+    except _Malformed:
+        protocol = "IPv4" if packet.ethertype == 0x0800 else "Ethernet"
+        info = f"{protocol} (malformed)"
+    if packet.direction is not None:
+        info = f"{packet.direction}: {info}"
+    return PacketRow(
+        time_ns=time_ns,
+        src=packet.src,
+        dst=packet.dst,
+        sport=packet.sport,
+        dport=packet.dport,
+        protocol=protocol,
+        length=packet.length,
+        inner="ethernet",
+        info=_bounded(info),
+    )
+
+
+_ARP_OPERATIONS: Final = {1: "request", 2: "reply"}
+
+
+def _arp(data: bytes) -> tuple[str, str]:
+    """Wireshark's ARP info for IPv4 over Ethernet, the only ARP a VM sends."""
+    if _u16(data, 0) != 1 or _u16(data, 2) != 0x0800 or _u8(data, 4) != 6 or _u8(data, 5) != 4:
+        return "ARP", "ARP (not IPv4 over Ethernet)"
+    operation = _u16(data, 6)
+    if len(data) < 28:
+        raise _Malformed
+    sender = socket.inet_ntoa(data[14:18])
+    target = socket.inet_ntoa(data[24:28])
+    if operation == 1:
+        return "ARP", f"Who has {target}? Tell {sender}"
+    if operation == 2:
+        return "ARP", f"{sender} is at {data[8:14].hex(':')}"
+    return "ARP", f"ARP {_ARP_OPERATIONS.get(operation, f'operation {operation}')}"
 
 
 _FALLBACK_PROTOCOL: Final[Mapping[str, str]] = {"ipv4": "IPv4", "ipv6": "IPv6", "ppp": "PPP"}

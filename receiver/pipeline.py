@@ -23,9 +23,17 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from receiver.contrail import CONTRAIL_MID, ContrailPacket, decode_contrail, evidence_options
 from receiver.gate import Claim, Gate
 from receiver.jmirror import DecodeError, classify_datagram
-from receiver.store import LINKTYPE_FOR_KIND, FileFacts, PcapStore, SessionKey
+from receiver.pcap import enhanced_packet_block
+from receiver.store import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_FOR_KIND,
+    FileFacts,
+    PcapStore,
+    SessionKey,
+)
 from receiver.watch import LiveWatch
 
 logger = logging.getLogger(__name__)
@@ -55,6 +63,12 @@ ACTIVE_SECONDS: Final = 60
 PRUNE_SECONDS: Final = 10
 
 StreamKey = tuple[str, int, int]  # router address, mid (raw 32 bits), sid
+# A Contrail stream's key is (vRouter address, CONTRAIL_MID, analyzer port).
+
+WRONG_CAPTURE_HOST: Final = "wrong_capture_host"
+"""Drop reason of a Contrail frame claimed by an intercept whose capture host TLV names
+another address than the registered vRouter it came from: counted, never stored, since
+the frame's origin is in doubt."""
 
 
 class SessionDelta:
@@ -446,6 +460,87 @@ class DatagramPipeline:
             return None
         return delta, low, high, linktype
 
+    def handle_contrail_batch(
+        self,
+        payloads: Sequence[bytes | memoryview],
+        sources: Sequence[str],
+        times: Sequence[int],
+        port: int,
+    ) -> None:
+        """:meth:`handle_contrail` for each datagram of a batch received on ``port``.
+        Payloads may be views valid only during the call (what is kept is copied)."""
+        handle = self.handle_contrail
+        for payload, source, time_ns in zip(payloads, sources, times, strict=True):
+            handle(payload if type(payload) is bytes else bytes(payload), source, port, time_ns)
+
+    def handle_contrail(self, payload: bytes, source: str, port: int, time_ns: int) -> None:
+        """One CN2 / Contrail datagram from ``source`` to analyzer ``port``, received at
+        ``time_ns``: decoded, gated by the CN2 claims, counted and, when claimed, its
+        Ethernet frame stored with the Juniper header as pcapng options. Never raises.
+
+        Python only: a Contrail claim may depend on each frame's virtual networks and
+        addresses, so it is gated frame by frame (docs/architecture.md, Contrail)."""
+        counters = self.counters
+        counters.datagrams += 1
+        counters.bytes += len(payload)
+        try:
+            packet = decode_contrail(payload)
+            self._store_contrail(payload, packet, source, port, time_ns)
+        except DecodeError:
+            counters.malformed += 1
+        except Exception:
+            self.internal_error(source)
+
+    def _store_contrail(
+        self, payload: bytes, packet: ContrailPacket, source: str, port: int, time_ns: int
+    ) -> None:
+        key: StreamKey = (source, CONTRAIL_MID, port)
+        gate = self.gate
+        if gate is not self._claims_gate:
+            self._claims.clear()
+            self._claims_gate = gate
+        cached = self._claims.get(key)
+        if cached is not None and cached[0] <= time_ns < cached[1]:
+            claim = cached[2]
+        else:
+            claim, low, high, whole_stream = gate.claim_contrail_span(
+                source, port, packet.source_vn, packet.dest_vn, packet.src, packet.dst, time_ns
+            )
+            # Kept per (vRouter, port) only when it holds for every frame of the stream;
+            # an answer that hangs on this frame's VNs or addresses is asked again.
+            if whole_stream:
+                if len(self._claims) >= CLAIM_CACHE_LIMIT:
+                    self._claims.clear()
+                self._claims[key] = (low, high, claim)
+        if isinstance(claim, str):
+            self.counters.drops[claim] += 1
+            self._unclaimed(key, claim, time_ns)
+            return
+        router, intercept = claim
+        # The capture host is the vRouter's IPv4 router id: it can only be held to an
+        # IPv4 source. Over IPv6 it is kept, with the rest of the header, in the evidence.
+        capture_host = packet.capture_host
+        if (
+            capture_host is not None
+            and capture_host != router.address
+            and ":" not in router.address
+        ):
+            self.counters.drops[WRONG_CAPTURE_HOST] += 1
+            return
+        delta = self._sessions.get(key)
+        if delta is None or delta.intercept_pk != intercept.intercept_id_pk:
+            delta = self._new_session(key, claim, time_ns, delta)
+        delta.packets += 1
+        delta.bytes += len(payload)
+        delta.last_ns = time_ns
+        if not intercept.keep_content:
+            return
+        block = enhanced_packet_block(0, time_ns, packet.frame, evidence_options(packet, payload))
+        if self.store.write_block(delta.store_key, time_ns, block, LINKTYPE_ETHERNET):
+            delta.stored += 1
+            if delta.watched:
+                delta.recent.append((time_ns, payload))
+
     def internal_error(self, source: str) -> None:
         # A bug, not bad input: count it, say so now and then, and keep receiving.
         counters = self.counters
@@ -482,27 +577,10 @@ class DatagramPipeline:
             self._unclaimed(key, claim, time_ns)
             self.last_drop = (claim, low, high)
             return None, low, high
-        router, intercept = claim
+        intercept = claim.intercept
         delta = self._sessions.get(key)
         if delta is None or delta.intercept_pk != intercept.intercept_id_pk:
-            watch = self.watch
-            fresh = SessionDelta(
-                router.router_id,
-                intercept.intercept_id_pk,
-                intercept.case_id,
-                intercept.liid,
-                time_ns,
-                # The registered address, also when a dual-stack socket maps it.
-                SessionKey(intercept.liid, router.address, mid, sid),
-                watch is None
-                or watch.covers(
-                    router.router_id, mid, sid, intercept.intercept_id_pk, intercept.case_id
-                ),
-            )
-            if delta is not None:  # the records changed hands mid-tick: keep the counts
-                fresh.packets, fresh.bytes, fresh.stored = delta.packets, delta.bytes, delta.stored
-                fresh.first_ns = delta.first_ns
-            delta = self._sessions[key] = fresh
+            delta = self._new_session(key, claim, time_ns, delta)
         delta.packets += 1
         delta.bytes += len(payload)
         delta.last_ns = time_ns
@@ -517,6 +595,33 @@ class DatagramPipeline:
                 # A view from handle_batch is made bytes before that returns.
                 delta.recent.append((time_ns, payload))  # type: ignore[arg-type]
         return delta, low, high
+
+    def _new_session(
+        self, key: StreamKey, claim: Claim, time_ns: int, previous: SessionDelta | None
+    ) -> SessionDelta:
+        """A new delta for stream ``key``'s session: the stream is new, or ``previous``
+        was another intercept's (the records changed hands mid-tick: its counts go on)."""
+        router, intercept = claim
+        _, mid, sid = key
+        watch = self.watch
+        fresh = SessionDelta(
+            router.router_id,
+            intercept.intercept_id_pk,
+            intercept.case_id,
+            intercept.liid,
+            time_ns,
+            # The registered address, also when a dual-stack socket maps it.
+            SessionKey(intercept.liid, router.address, mid, sid),
+            watch is None
+            or watch.covers(
+                router.router_id, mid, sid, intercept.intercept_id_pk, intercept.case_id
+            ),
+        )
+        if previous is not None:
+            fresh.packets, fresh.bytes = previous.packets, previous.bytes
+            fresh.stored, fresh.first_ns = previous.stored, previous.first_ns
+        self._sessions[key] = fresh
+        return fresh
 
     def _unclaimed(self, key: StreamKey, reason: str, time_ns: int) -> None:
         entry = self._unclaimed_since_tick.get(key)

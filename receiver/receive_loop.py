@@ -141,6 +141,10 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# Linux's UDP_NO_CHECK6_RX (linux/udp.h; Python does not name it).
+_UDP_NO_CHECK6_RX: Final = 102
+
+
 def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str | None]:
     """A bound UDP socket with SO_REUSEPORT and the asked receive buffer, and a warning
     when the kernel granted less buffer than asked."""
@@ -150,6 +154,10 @@ def open_socket(host: str, port: int, rcvbuf: int) -> tuple[socket.socket, str |
         # Several receiver processes may share one port; the kernel spreads flows.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if family == socket.AF_INET6:
+            # A CN2 vRouter sends UDP checksum 0 over IPv6 too (vr_mirror.c), which Linux
+            # drops unless told to take it (RFC 6936); a jmirror router never does.
+            sock.setsockopt(socket.IPPROTO_UDP, _UDP_NO_CHECK6_RX, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -213,8 +221,9 @@ class Receiver:
         unclaimed_limit: int = UNCLAIMED_LIMIT,
         stop_event: threading.Event | None = None,
         native: bool = True,
+        contrail_listen: Sequence[tuple[str, int]] = (),
     ) -> None:
-        if not listen:
+        if not listen and not contrail_listen:
             raise ValueError("a receiver needs at least one address to listen on")
         #: What happens to each datagram; the drains below only receive.
         self.pipeline = DatagramPipeline(
@@ -239,10 +248,15 @@ class Receiver:
         self.sockets: list[socket.socket] = []
         self._socket_counters: list[SocketCounters] = []
         self._addresses: list[tuple[str, int]] = []
+        #: The sockets that receive CN2 / Contrail (``contrail_listen``): their datagrams
+        #: go to DatagramPipeline.handle_contrail, with the port they came to.
+        self.contrail_sockets: set[socket.socket] = set()
         try:
-            for host, port in listen:
+            for index, (host, port) in enumerate([*listen, *contrail_listen]):
                 sock, warning = open_socket(host, port, rcvbuf)
                 self.sockets.append(sock)
+                if index >= len(listen):
+                    self.contrail_sockets.add(sock)
                 bound_host, bound_port = sock.getsockname()[:2]
                 self._addresses.append((bound_host, bound_port))
                 self._socket_counters.append(
@@ -317,6 +331,8 @@ class Receiver:
         handle = pipeline.handle
         time_ns = time.time_ns
         counters = self._socket_counters[self.sockets.index(sock)]
+        if sock in self.contrail_sockets:
+            return self._contrail_drainer(sock, counters)
         if self.native:
             return self._native_drainer(sock, counters)
         if BatchReceiver.available():
@@ -365,6 +381,54 @@ class Receiver:
             counters.bytes += received_bytes
 
         return drain_one_by_one
+
+    def _contrail_drainer(
+        self, sock: socket.socket, counters: SocketCounters
+    ) -> Callable[[], None]:
+        """The drain of a Contrail socket: batches (``recvmmsg`` with kernel times) where
+        there is ``recvmmsg``, else one by one, to DatagramPipeline.handle_contrail_batch
+        with the socket's port."""
+        pipeline = self.pipeline
+        listener = pipeline.counters
+        port = sock.getsockname()[1]
+        if BatchReceiver.available():
+            batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM, timestamps=True)
+            receive = batch.receive_timed
+            handle_batch = pipeline.handle_contrail_batch
+
+            def drain_contrail_batches() -> None:
+                for _ in range(_DRAIN_LIMIT // BATCH):
+                    try:
+                        payloads, sources, times = receive(views=True)
+                    except OSError as error:
+                        logger.debug("receive error: %s", error)
+                        return
+                    if not payloads:
+                        return
+                    before = listener.bytes
+                    handle_batch(payloads, sources, times, port)
+                    counters.datagrams += len(payloads)
+                    counters.bytes += listener.bytes - before
+
+            return drain_contrail_batches
+        recv = sock.recvfrom
+        handle = pipeline.handle_contrail
+        time_ns = time.time_ns
+
+        def drain_contrail_one_by_one() -> None:
+            for _ in range(_DRAIN_LIMIT):
+                try:
+                    payload, source = recv(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    return
+                except OSError as error:
+                    logger.debug("receive error: %s", error)
+                    return
+                handle(payload, source[0], port, time_ns())
+                counters.datagrams += 1
+                counters.bytes += len(payload)
+
+        return drain_contrail_one_by_one
 
     def _native_drainer(self, sock: socket.socket, counters: SocketCounters) -> Callable[[], None]:
         """The drain through receiver._fastpath: C receives each batch and stores the

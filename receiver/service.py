@@ -27,6 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from jmirror_web.intercepts.models import Router
 from jmirror_web.intercepts.retention import scheduled_purge
 from jmirror_web.live.watching import WatchLoader
 from receiver.bookkeeping import Bookkeeper, close_finished_rows, record_recovered
@@ -91,6 +92,34 @@ def max_open_files(configured: int, limit: int) -> int:
     return max(16, limit - min(OPEN_FILE_RESERVE, limit // 4))
 
 
+def cn2_ports() -> list[int]:
+    """The analyzer ports of the registered CN2 routers."""
+    return list(Router.objects.filter(kind=Router.Kind.CN2).values_list("port", flat=True))
+
+
+def analyzer_listen(
+    listen: Sequence[tuple[str, int]], ports: Sequence[int]
+) -> list[tuple[str, int]]:
+    """Where to receive CN2 / Contrail: each analyzer port (a CN2 router's ``port``) on
+    each host the jmirror addresses listen on, leaving out a port jmirror listens on
+    there already (one socket cannot take both formats: the records refuse it, and a
+    port given both ways stays jmirror's, with a warning)."""
+    hosts = list(dict.fromkeys(host for host, _ in listen)) or ["127.0.0.1"]
+    taken = set(listen)
+    addresses = []
+    for port in sorted(set(ports)):
+        for host in hosts:
+            if (host, port) in taken:
+                logger.warning(
+                    "port %d is both a jmirror listen port and a CN2 router's analyzer "
+                    "port: it stays jmirror",
+                    port,
+                )
+            else:
+                addresses.append((host, port))
+    return addresses
+
+
 def _no_live(batch: Batch) -> None:
     """No channel layer configured: live summaries go nowhere."""
 
@@ -104,12 +133,15 @@ def serve(
     ready: Callable[[Receiver], None] | None = None,
     live: Callable[[Batch], None] | None = None,
     metrics: tuple[str, int] | None = None,
+    contrail_listen: Sequence[tuple[str, int]] | None = None,
 ) -> Receiver:
     """Receive until ``stop`` is set, then close every file, write the last counters and
     file rows, and return the receiver (for its counters). Runs the capture loop in the
     calling thread, the database work in a second one and the live summaries (sent with
     ``live``, by default through the channel layer) in a third; with ``metrics``, a
-    Prometheus endpoint on that address serves the latest counters."""
+    Prometheus endpoint on that address serves the latest counters. CN2 / Contrail is
+    received on ``contrail_listen``, by default on the CN2 routers' analyzer ports
+    (:func:`analyzer_listen`) as the records have them at start."""
     limit = raise_open_file_limit()
     bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
     logger.info("at most %d pcap files open at once", bound)
@@ -145,6 +177,8 @@ def serve(
         metrics_server, _ = serve_metrics(*metrics, collector)
         hooks.append(collector.offer)
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
+    if contrail_listen is None:
+        contrail_listen = analyzer_listen(listen, cn2_ports())
     try:
         receiver = Receiver(
             listen,
@@ -153,6 +187,7 @@ def serve(
             rcvbuf=rcvbuf,
             on_tick=hooks,
             stop_event=stop,
+            contrail_listen=contrail_listen,
         )
     except OSError:
         if metrics_server is not None:

@@ -60,6 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from receiver.contrail import CONTRAIL_MID
 from receiver.pcap import (
     FILE_HEADER,
     FILE_HEADER_LENGTH,
@@ -180,17 +181,41 @@ class RepairedFile:
 
 
 def session_directory_name(key: SessionKey) -> str:
-    """The directory name of a session: ``<liid>_<router>_mid-<hex>_sid-<hex>``.
+    """The directory name of a session: ``<liid>_<router>_mid-<hex>_sid-<hex>``, or
+    ``<liid>_<router>_contrail-port-<port>`` for a Contrail session (mid
+    :data:`~receiver.contrail.CONTRAIL_MID`, sid the analyzer port).
 
     Every part is reduced to ``[A-Za-z0-9._-]`` (IPv6 colons become ``-``), so no value
-    can add a path separator; the fixed ``_mid-`` part means the name is never ``.`` or
-    ``..``. A part that had to be changed or shortened gets a hash of its original value,
-    so two different hostile values cannot share a directory.
+    can add a path separator; the fixed ``_mid-`` or ``_contrail-port-`` part means the
+    name is never ``.`` or ``..``. A part that had to be changed or shortened gets a hash
+    of its original value, so two different hostile values cannot share a directory.
     """
-    return (
-        f"{_name_part(key.liid)}_{_name_part(key.router.replace(':', '-'))}"
-        f"_mid-{key.mid & 0xFFFFFFFF:08x}_sid-{key.sid & 0xFFFFFFFF:08x}"
-    )
+    start = f"{_name_part(key.liid)}_{_name_part(key.router.replace(':', '-'))}"
+    if key.mid == CONTRAIL_MID:
+        return f"{start}_contrail-port-{key.sid & 0xFFFF:05d}"
+    return f"{start}_mid-{key.mid & 0xFFFFFFFF:08x}_sid-{key.sid & 0xFFFFFFFF:08x}"
+
+
+SESSION_DIRECTORY: Final = re.compile(
+    r"^(?P<liid>.+)_(?P<router>[^_]+)_(?:mid-(?P<mid>[0-9a-f]{8})_sid-(?P<sid>[0-9a-f]{8})"
+    r"|contrail-port-(?P<port>[0-9]{5}))$"
+)
+"""What :func:`session_directory_name` makes (see :func:`parse_session_directory`)."""
+
+
+def parse_session_directory(name: str) -> tuple[str, str, int, int] | None:
+    """The (LIID, router address, mid, sid) a session directory's name was made from,
+    None for a name :func:`session_directory_name` does not make. A part that had to be
+    changed (a hostile value, an IPv6 address) comes back as written."""
+    match = SESSION_DIRECTORY.match(name)
+    if match is None:
+        return None
+    router = match["router"]
+    # An IPv6 address's colons became dashes; an IPv4 address has none.
+    router = router.replace("-", ":") if "-" in router else router
+    if match["port"] is not None:
+        return match["liid"], router, CONTRAIL_MID, int(match["port"])
+    return match["liid"], router, int(match["mid"], 16), int(match["sid"], 16)
 
 
 def _name_part(value: str) -> str:

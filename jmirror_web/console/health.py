@@ -40,7 +40,12 @@ MAX_RECEIVERS: Final = 50
 LOW_DISK_FRACTION: Final = 0.10
 # The drop reasons the receiver's gate knows (receiver.gate.DROP_REASONS), always shown
 # so that a zero is visible as a zero; other keys a receiver reports are added after them.
-KNOWN_DROP_REASONS: Final = ("unknown_router", "no_intercept", "outside_window")
+KNOWN_DROP_REASONS: Final = (
+    "unknown_router",
+    "no_intercept",
+    "outside_window",
+    "wrong_capture_host",  # Contrail: receiver.pipeline.WRONG_CAPTURE_HOST
+)
 # The database's counters trailing the traffic by this much is shown as a problem (the
 # receiver writes them about once a second when the database keeps up).
 LAG_ALERT_SECONDS: Final = 5.0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,7 +44,7 @@ from django.db import DatabaseError, connection, transaction
 from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import CaptureFile, Case, OutsideSessionsDirectory
-from receiver.store import CAPTURE_SUFFIXES
+from receiver.store import CAPTURE_SUFFIXES, parse_session_directory
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ RETENTION_ACTOR: Final = "system:retention"
 PURGED: Final = "capture file purged"
 PURGE_FAILED: Final = "capture file purge failed"
 PURGE_COMPLETED: Final = "capture file purge completed"
-# receiver.store.session_directory_name(): only such directories are removed when empty.
-_SESSION_DIRECTORY = re.compile(r"_mid-[0-9a-f]{8}_sid-[0-9a-f]{8}$")
 
 FileState = Literal["purged", "missing", "would purge", "failed", "completed", "would complete"]
 
@@ -376,7 +373,8 @@ def _record_failure(row: CaptureFile, error: str, *, actor: Any, audit: bool = T
 def _remove_empty_directory(report: PurgeReport, path: Path) -> None:
     """Remove the file's session directory if that left it empty."""
     directory = path.parent
-    if not _SESSION_DIRECTORY.search(directory.name):
+    # Only directories receiver.store.session_directory_name() makes are removed when empty.
+    if parse_session_directory(directory.name) is None:
         return
     try:
         directory.rmdir()

@@ -37,6 +37,13 @@ class Command(BaseCommand):
             help="UDP address to listen on, repeatable (default: JMIRROR_LISTEN)",
         )
         parser.add_argument(
+            "--contrail-listen",
+            action="append",
+            metavar="HOST:PORT",
+            help="UDP address to receive CN2 / Contrail (the Juniper header) on, repeatable "
+            "(default: each CN2 router's analyzer port on the hosts of --listen)",
+        )
+        parser.add_argument(
             "--rcvbuf",
             type=int,
             default=DEFAULT_RCVBUF,
@@ -55,6 +62,18 @@ class Command(BaseCommand):
             listen = listen_addresses(options["listen"], settings.JMIRROR_LISTEN)
         except ValueError as error:
             raise CommandError(str(error)) from None
+        try:
+            contrail_listen = (
+                [parse_listen(text) for text in options["contrail_listen"]]
+                if options["contrail_listen"]
+                else None
+            )
+        except ValueError as error:
+            raise CommandError(f"--contrail-listen: {error}") from None
+        if contrail_listen is not None and set(contrail_listen) & set(listen):
+            raise CommandError(
+                "--contrail-listen: an address cannot receive both jmirror and Contrail"
+            )
         metrics_text = options["metrics"] or settings.JMIRROR_METRICS_LISTEN
         try:
             metrics = parse_listen(metrics_text) if metrics_text else None
@@ -71,8 +90,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, on_signal)
 
         def ready(receiver: Receiver) -> None:
-            where = ", ".join(f"{host}:{port}" for host, port in receiver.addresses)
+            contrail = {sock.getsockname()[:2] for sock in receiver.contrail_sockets}
+            jmirror = [address for address in receiver.addresses if address not in contrail]
+            where = ", ".join(f"{host}:{port}" for host, port in jmirror)
             self.stdout.write(f"receiving jmirror on {where}")
+            if contrail:
+                where = ", ".join(f"{host}:{port}" for host, port in sorted(contrail))
+                self.stdout.write(f"receiving CN2 / Contrail on {where}")
             if not receiver.native:
                 # Correct but about half as fast: say so, with what to do about it.
                 self.stderr.write(
@@ -97,6 +121,7 @@ class Command(BaseCommand):
                 rcvbuf=options["rcvbuf"],
                 ready=ready,
                 metrics=metrics,
+                contrail_listen=contrail_listen,
             )
         except OSError as error:
             raise CommandError(f"cannot listen: {error}") from None
