@@ -29,6 +29,7 @@ from jmirror_web.intercepts.bulk_counts import FileCounts as FileCounts
 from jmirror_web.intercepts.bulk_counts import SessionCounts as SessionCounts
 from jmirror_web.intercepts.bulk_counts import SessionIdentity as SessionIdentity
 from jmirror_web.plain_text import control_character_errors
+from receiver.contrail import CONTRAIL_MID
 from receiver.store import PART_SUFFIX
 
 if TYPE_CHECKING:
@@ -656,7 +657,21 @@ class Session(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.is_contrail:
+            return f"{self.router.name} Contrail port {self.sid}"
         return f"{self.router.name} mid {self.mid:#x} sid {self.sid:#x}"
+
+    @property
+    def is_contrail(self) -> bool:
+        """Whether this is a CN2 vRouter's Contrail session: its mid is
+        receiver.contrail.CONTRAIL_MID and its sid the analyzer port the frames came to
+        (a Contrail session is one vRouter's frames to one analyzer port)."""
+        return self.mid == CONTRAIL_MID
+
+    @property
+    def analyzer_port(self) -> int | None:
+        """A Contrail session's analyzer port; None for jmirror."""
+        return self.sid if self.is_contrail else None
 
 
 class CaptureFileManager(models.Manager["CaptureFile"]):
@@ -953,6 +968,8 @@ class UnclaimedStream(models.Model):
     def __str__(self) -> str:
         if self.is_aggregate:
             return f"{self.source} other streams ({self.reason})"
+        if self.is_contrail:
+            return f"{self.source} Contrail port {self.sid} ({self.reason})"
         return f"{self.source} mid {self.mid:#x} sid {self.sid:#x} ({self.reason})"
 
     @property
@@ -961,6 +978,17 @@ class UnclaimedStream(models.Model):
         (receiver.pipeline.admit_unclaimed) rather than one stream: its mid is
         AGGREGATE_MID, one past the largest a jmirror header holds."""
         return self.mid == AGGREGATE_MID
+
+    @property
+    def is_contrail(self) -> bool:
+        """Whether the stream is a CN2 vRouter's Contrail frames to one analyzer port (mid
+        receiver.contrail.CONTRAIL_MID, sid the port)."""
+        return self.mid == CONTRAIL_MID
+
+    @property
+    def analyzer_port(self) -> int | None:
+        """A Contrail stream's analyzer port; None for jmirror."""
+        return self.sid if self.is_contrail else None
 
     @property
     def mirror_id(self) -> int:
