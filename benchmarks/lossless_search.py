@@ -22,6 +22,11 @@ to confirm it (stepping down when the repeat loses). The tools:
   receiver counted (its final ``stopped: N datagrams`` line, or the database's
   Session.packets if the line is missing). The pcap records stored and the database
   counters are checked against that count.
+- ``receive-contrail``: the same command receiving CN2 / Contrail: datagrams of the same
+  size carrying a flow-mirrored Ethernet frame behind the four TLVs a vRouter sends, from
+  the CN2 vRouter's address (127.0.0.2, the sender binds it) to its analyzer port, which
+  the receiver listens on because the records name it and a CN2 intercept claims. Its
+  pcapng files are counted record by record.
 - ``tcpdump``: ``tcpdump -i lo -w FILE -B KIB -n udp dst port PORT`` with a bound socket
   that nobody reads on the port (so no ICMP unreachables); loss = sent - records in the
   file. ``-B`` defaults to the socket buffer the kernel grants the receiver (its 32 MiB
@@ -90,6 +95,11 @@ SENDER_SOURCE: Final = Path(__file__).resolve().parent / "jmirror_sender.c"
 MIRROR_ID: Final = 0x300
 SESSION_ID: Final = 1
 LIID: Final = "LOSSLESS-BENCH"
+CN2_LIID: Final = "LOSSLESS-BENCH-CN2"
+# The CN2 vRouter the Contrail trials send from (the sender binds it): a router's
+# address is unique, and 127.0.0.1 is the jmirror router's.
+VROUTER: Final = "127.0.0.2"
+FORMATS: Final = ("jmirror", "contrail")
 RECEIVER_RCVBUF: Final = 32 * 2**20  # what manage.py receive asks for by default
 READY_TEXT: Final = "receiving jmirror on"
 GOALS: Final[dict[int, float]] = {128: 0.9, 1400: 0.8}
@@ -120,6 +130,15 @@ SETUP_RECORDS: Final = textwrap.dedent(
         valid_until=end, keep_content=True,
     )
     intercept.routers.add(router)
+    vrouter = Router.objects.create(
+        name="lossless-bench-vrouter", address={VROUTER!r}, kind=Router.Kind.CN2,
+        format=Router.Format.CONTRAIL, port=ANALYZER_PORT,
+    )
+    cn2 = Intercept.objects.create(
+        case=case, liid={CN2_LIID!r}, kind=Intercept.Kind.CN2, intercept_id=None,
+        analyzer_port=ANALYZER_PORT, valid_from=start, valid_until=end, keep_content=True,
+    )
+    cn2.routers.add(vrouter)
     print("records ready")
     """
 )
@@ -132,14 +151,34 @@ def log(message: str) -> None:
 # --- the datagram ------------------------------------------------------------------------
 
 
-def build_datagram(size: int) -> bytes:
-    """A valid jmirror datagram of exactly ``size`` bytes (IPv4/UDP inside) that the
-    benchmark's intercept claims; checked with the receiver's own decoder."""
+def build_datagram(size: int, format: str = "jmirror") -> bytes:
+    """A valid datagram of exactly ``size`` bytes (IPv4/UDP inside) that the benchmark's
+    intercept of that format claims; checked with the receiver's own decoder. Contrail:
+    a flow-mirrored Ethernet frame with the four TLVs a vRouter sends."""
     from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
+    from receiver.contrail import contrail_header, decode_contrail
     from receiver.jmirror import decode_datagram
     from receiver.traffic import jmirror_datagram
+
+    if format == "contrail":
+        header = contrail_header(
+            capture_host=VROUTER,
+            flags=0x400000A0,
+            source_vn="default-domain:bench:vn-a",
+            dest_vn="default-domain:bench:vn-b",
+        )
+        padding = size - len(header) - 14 - IPV4_UDP_HEADERS
+        if padding < 0:
+            raise SystemExit(f"--sizes: {size} is below the smallest Contrail datagram")
+        frame = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=53)
+        payload = header + bytes(frame / Raw(b"x" * padding))
+        contrail = decode_contrail(payload)
+        if len(payload) != size or contrail.src != "10.0.0.1":
+            raise SystemExit(f"built a {len(payload)}-byte datagram for size {size}: fix it")
+        return payload
 
     padding = size - JMIRROR_HEADER - IPV4_UDP_HEADERS
     if padding < 0:
@@ -372,10 +411,17 @@ def count_pcap_records(path: Path) -> int:
 
 
 def stored_records(root: Path, record_data: int) -> int:
-    """Records in the receiver's pcap files, by size: every record carries the same
-    inner packet, so each one is a header plus ``record_data`` bytes."""
+    """Records in the receiver's capture files: a pcap file's by size (every record
+    carries the same inner packet, so each one is a header plus ``record_data`` bytes),
+    a pcapng file's (Contrail) read block by block."""
+    from receiver.pcap_reader import iter_frames
+
     total = 0
     for path in root.rglob("*.pcap*"):
+        if ".pcapng" in path.name:
+            with path.open("rb") as stream:
+                total += sum(1 for _ in iter_frames(stream))
+            continue
         total += (path.stat().st_size - PCAP_FILE_HEADER) // (PCAP_RECORD_HEADER + record_data)
     return total
 
@@ -409,8 +455,9 @@ class Sender:
         self.cpu = cpu
         self.cleanup = cleanup
 
-    def send(self, port: int, count: int, rate: float) -> SendResult:
-        """Offer ``count`` datagrams at ``rate`` per second (0: flat out)."""
+    def send(self, port: int, count: int, rate: float, bind: str | None = None) -> SendResult:
+        """Offer ``count`` datagrams at ``rate`` per second (0: flat out), from ``bind``
+        (the CN2 vRouter's address for Contrail) if given."""
         expected = count / rate if rate else count / 100_000
         process = self.cleanup.track(
             subprocess.Popen(
@@ -424,6 +471,7 @@ class Sender:
                     f"{rate:.0f}",
                     "--file",
                     str(self.payload_file),
+                    *(["--bind", bind] if bind else []),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -492,6 +540,7 @@ class Settings:
     tcpdump_buffer_kib: int
     settle: float
     code: Path = REPO  # the tree manage.py runs from: a snapshot of REPO by default
+    contrail_port: int = 0  # the CN2 vRouter's analyzer port (its intercept claims it)
 
     @property
     def tool_cpu(self) -> int | None:
@@ -544,7 +593,9 @@ def prepare_database(settings: Settings, *, records: bool = True) -> None:
     manage = str(settings.code / "manage.py")
     commands = [["migrate", "--noinput"]]
     if records:
-        commands.append(["shell", "-c", SETUP_RECORDS])
+        # The CN2 intercept claims the benchmark's port as its analyzer port.
+        setup = SETUP_RECORDS.replace("ANALYZER_PORT", str(settings.contrail_port))
+        commands.append(["shell", "-c", setup])
     for command in commands:
         done = subprocess.run(
             [PYTHON, manage, *command],
@@ -621,8 +672,17 @@ def start_receiver(
 
 
 def receive_trial(
-    settings: Settings, sender: Sender, cleanup: Cleanup, size: int, rate: float
+    settings: Settings,
+    sender: Sender,
+    cleanup: Cleanup,
+    size: int,
+    rate: float,
+    contrail: bool = False,
 ) -> Trial:
+    """A trial of ``manage.py receive``: jmirror to its port, or (``contrail``) Contrail
+    from the CN2 vRouter's address to its analyzer port, on which the receiver listens
+    because the records name it."""
+    port = settings.contrail_port if contrail else settings.port
     sessions = settings.data_dir / "sessions"
     shutil.rmtree(sessions, ignore_errors=True)
     out = settings.work / "receive.out"
@@ -632,11 +692,11 @@ def receive_trial(
     notes: list[str] = []
     try:
         window = Interference(settings.tool_cpu, process.pid)
-        result = sender.send(settings.port, settings.count, rate)
-        wait_drained(settings.port, timeout=60)
+        result = sender.send(port, settings.count, rate, bind=VROUTER if contrail else None)
+        wait_drained(port, timeout=60)
         time.sleep(settings.settle)
         cpu, _wall, foreign, steal = window.measure()
-        state = udp_socket_state(settings.port)
+        state = udp_socket_state(port)
         stop_process(process, signal.SIGTERM, timeout=60)
     finally:
         if process.poll() is None:
@@ -671,7 +731,7 @@ def receive_trial(
         notes.append(f"stderr: {problems[-1].strip()[:160]}")
     shutil.rmtree(sessions, ignore_errors=True)
     return Trial(
-        tool="receive",
+        tool="receive-contrail" if contrail else "receive",
         size=size,
         asked_rate=rate,
         sent=result.sent,
@@ -777,7 +837,7 @@ class SearchResult:
 def describe(trial: Trial) -> str:
     cpu = f"{trial.cpu_us_per_packet:.2f}" if trial.cpu_us_per_packet is not None else "-"
     return (
-        f"  {trial.tool:8} {trial.size:5} B  asked {trial.asked_rate:>9,.0f}/s  "
+        f"  {trial.tool:16} {trial.size:5} B  asked {trial.asked_rate:>9,.0f}/s  "
         f"achieved {trial.achieved_rate:>9,.0f}/s  lost {trial.lost:>9,}  "
         f"kernel drops {trial.kernel_drops if trial.kernel_drops is not None else '-':>9}  "
         f"cpu {cpu} us/pkt"
@@ -910,14 +970,14 @@ def rate_text(result: SearchResult) -> str:
 def table(results: list[SearchResult], sender_max: dict[int, float], header: list[str]) -> str:
     lines = [*header, ""]
     lines.append(
-        f"{'size':>5}  {'tool':8}  {'lossless rate':>32}  {'lowest lossy':>13}  "
+        f"{'size':>5}  {'tool':16}  {'lossless rate':>32}  {'lowest lossy':>13}  "
         f"{'cpu us/pkt':>10}  {'trials':>6}  {'other load':>10}"
     )
     for result in results:
         cpu = f"{result.cpu_us_per_packet:.2f}" if result.cpu_us_per_packet is not None else "-"
         lossy = f"{result.lowest_lossy_rate:,.0f}/s" if result.lowest_lossy_rate else "-"
         lines.append(
-            f"{result.size:>5}  {result.tool:8}  {rate_text(result):>32}  {lossy:>13}  "
+            f"{result.size:>5}  {result.tool:16}  {rate_text(result):>32}  {lossy:>13}  "
             f"{cpu:>10}  {len(result.trials):>6}  {other_load(result):>10}"
         )
     lines.append("")
@@ -981,7 +1041,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="128,1400", help="datagram bytes, comma-separated")
-    parser.add_argument("--tools", default="receive,tcpdump", help="receive and/or tcpdump")
+    parser.add_argument(
+        "--tools",
+        default="receive,tcpdump",
+        help="receive (jmirror), receive-contrail (CN2 Contrail from a vRouter) and/or tcpdump",
+    )
     parser.add_argument("--count", type=int, default=1_000_000, help="datagrams per trial")
     parser.add_argument("--start", type=float, default=50_000, help="first rate tried (/s)")
     parser.add_argument("--precision", type=float, default=0.05, help="bisect to within this")
@@ -1021,8 +1085,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     tools = [tool.strip() for tool in args.tools.split(",")]
-    if set(tools) - {"receive", "tcpdump"}:
-        parser.error("--tools: receive and/or tcpdump")
+    if set(tools) - {"receive", "receive-contrail", "tcpdump"}:
+        parser.error("--tools: receive, receive-contrail and/or tcpdump")
     if args.count < 1_000_000:
         log(f"note: --count {args.count} is below the 1,000,000 the figures need")
 
@@ -1039,6 +1103,7 @@ def main() -> None:
             code=work / "code" if not args.live_tree else REPO,
             count=args.count,
             port=free_udp_port(),
+            contrail_port=free_udp_port(),
             cpus=args.cpus,
             work=work,
             data_dir=work / "data",
@@ -1068,7 +1133,7 @@ def main() -> None:
             try:
                 if not args.live_tree:
                     code_text = "snapshot of " + snapshot_tree(settings.code)
-                if "receive" in tools:
+                if {"receive", "receive-contrail"} & set(tools):
                     prepare_database(settings)
                 break
             except RuntimeError as error:
@@ -1094,9 +1159,24 @@ def main() -> None:
                 top = sender.send(settings.port, args.count, 0)
             sender_max[size] = top.rate
             log(f"{size} B: sender max {top.rate:,.0f}/s")
+            contrail_file = work / f"contrail-{size}.bin"
+            contrail_file.write_bytes(build_datagram(size, "contrail"))
+            contrail_sender = Sender(
+                binary, contrail_file, args.cpus[0] if args.cpus else None, cleanup
+            )
             for tool in tools:
-                trial = receive_trial if tool == "receive" else tcpdump_trial
-                run = functools.partial(trial, settings, sender, cleanup, size)
+                if tool == "tcpdump":
+                    run = functools.partial(tcpdump_trial, settings, sender, cleanup, size)
+                else:
+                    contrail = tool == "receive-contrail"
+                    run = functools.partial(
+                        receive_trial,
+                        settings,
+                        contrail_sender if contrail else sender,
+                        cleanup,
+                        size,
+                        contrail=contrail,
+                    )
                 log(f"{size} B, {tool}: searching")
                 try:
                     result = search(
