@@ -60,8 +60,7 @@ DROP_REASON_TEXT: Final[dict[str, tuple[str, str]]] = {
     ),
     "outside_window": (
         "outside the window",
-        "claimed by an intercept whose warrant window (or case) was not in force when it "
-        "arrived",
+        "claimed by an intercept whose warrant window (or case) was not in force when it arrived",
     ),
     "wrong_capture_host": (
         "wrong capture host",
