@@ -164,9 +164,11 @@ class SessionSerializer(serializers.ModelSerializer[Session]):
     router_address = serializers.CharField(source="router.address", read_only=True)
     liid = serializers.CharField(source="intercept.liid", read_only=True, allow_null=True)
     case = serializers.IntegerField(source="intercept.case_id", read_only=True, allow_null=True)
+    format = serializers.SerializerMethodField()
     mid_hex = serializers.SerializerMethodField()
     intercept_id = serializers.SerializerMethodField()
     sid_hex = serializers.SerializerMethodField()
+    analyzer_port = serializers.SerializerMethodField()
 
     class Meta:
         model = Session
@@ -177,11 +179,13 @@ class SessionSerializer(serializers.ModelSerializer[Session]):
             "intercept",
             "liid",
             "case",
+            "format",
             "mid",
             "mid_hex",
             "intercept_id",
             "sid",
             "sid_hex",
+            "analyzer_port",
             "first_seen",
             "last_seen",
             "packets",
@@ -190,12 +194,23 @@ class SessionSerializer(serializers.ModelSerializer[Session]):
         ]
         read_only_fields = fields
 
-    def get_mid_hex(self, session: Session) -> str:
-        return f"{session.mid:#x}"
+    # A Contrail session's mid and sid are its stream's key (CONTRAIL_MID, the analyzer
+    # port), not ids a router sent: its hex ids and intercept id are null, and
+    # ``analyzer_port`` says the port (null for jmirror).
 
-    def get_intercept_id(self, session: Session) -> int:
+    def get_format(self, session: Session) -> str:
+        """``"contrail"`` for a CN2 vRouter's session, else ``"jmirror"``."""
+        return Router.Format.CONTRAIL if session.is_contrail else Router.Format.JMIRROR
+
+    def get_mid_hex(self, session: Session) -> str | None:
+        return None if session.is_contrail else f"{session.mid:#x}"
+
+    def get_intercept_id(self, session: Session) -> int | None:
         """The 30-bit intercept id in the mid (the top two bits are the version)."""
-        return session.mid & 0x3FFFFFFF
+        return None if session.is_contrail else session.mid & 0x3FFFFFFF
 
-    def get_sid_hex(self, session: Session) -> str:
-        return f"{session.sid:#x}"
+    def get_sid_hex(self, session: Session) -> str | None:
+        return None if session.is_contrail else f"{session.sid:#x}"
+
+    def get_analyzer_port(self, session: Session) -> int | None:
+        return session.analyzer_port

@@ -46,6 +46,45 @@ KNOWN_DROP_REASONS: Final = (
     "outside_window",
     "wrong_capture_host",  # Contrail: receiver.pipeline.WRONG_CAPTURE_HOST
 )
+# What each drop reason means, for the page's column headings and its legend (a reason
+# without an entry shows by its key alone).
+DROP_REASON_TEXT: Final[dict[str, tuple[str, str]]] = {
+    "unknown_router": (
+        "unknown router",
+        "sent from an address that is no registered router (of the format it sent)",
+    ),
+    "no_intercept": (
+        "no intercept",
+        "from a registered router, but no intercept claims it (mirror id and session id; "
+        "for Contrail: analyzer port, virtual network, target)",
+    ),
+    "outside_window": (
+        "outside the window",
+        "claimed by an intercept whose warrant window (or case) was not in force when it arrived",
+    ),
+    "wrong_capture_host": (
+        "wrong capture host",
+        "Contrail: claimed, but the capture host in its Juniper header is not the address "
+        "of the vRouter it came from (a misconfigured or spoofed sender): refused rather "
+        "than stored",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DropColumn:
+    """A column of the drops table: the reason's key, its words and what it means."""
+
+    key: str
+    label: str
+    meaning: str
+
+
+def drop_column(key: str) -> DropColumn:
+    label, meaning = DROP_REASON_TEXT.get(key, (key, ""))
+    return DropColumn(key, label, meaning)
+
+
 # The database's counters trailing the traffic by this much is shown as a problem (the
 # receiver writes them about once a second when the database keeps up).
 LAG_ALERT_SECONDS: Final = 5.0
@@ -172,7 +211,7 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "bookkeeping_lagging": lag >= LAG_ALERT_SECONDS,
         "lag_alert_seconds": LAG_ALERT_SECONDS,
         "stall_ms": STALL_NS / 1e6,
-        "drop_columns": drop_columns,
+        "drop_columns": [drop_column(key) for key in drop_columns],
         "drops": drops,
         "error_columns": error_columns,
         "store_errors": store_errors,

@@ -17,6 +17,13 @@ Scapy decodes the packet: far too slow for the receive path (docs/architecture.m
 Measured constraints), fine for one packet on request, but its work is bounded here (a
 packet beyond :data:`MAX_SHOWN_BYTES` is cut, the tree is capped) and any exception it
 raises becomes "could not decode" with the hex dump still shown.
+
+A Contrail session's files are pcapng: each Ethernet frame's Enhanced Packet Block keeps
+the vRouter's Juniper header in its options (:mod:`jmirror_web.console.packet_options`
+reads them). The page puts the header's bytes back before the frame and dissects both
+with ``receiver.scapy_contrail.JuniperVN``, so the tree shows "Juniper Virtual Network
+Information" above the Ethernet layer, as Wireshark does with ``-d udp.port==P,juniper``;
+the direction and the comment are shown beside it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ from django.views.decorators.http import require_GET
 
 from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import audit_refusal, refusals_audited
+from jmirror_web.console.packet_options import (
+    PacketOptions,
+    juniper_header_problem,
+    read_packet_options,
+)
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from receiver.pcap import LinkType
@@ -54,6 +66,13 @@ MAX_VALUE_CHARS: Final = 200
 LINKTYPE_NAMES: Final[dict[int, str]] = {
     LinkType.RAW: "raw IP (101)",
     LinkType.PPP_HDLC: "PPP in HDLC-like framing (50)",
+    LinkType.ETHERNET: "Ethernet (1)",
+}
+# What a pcapng packet's epb_flags direction is for a Contrail frame (the receiver writes
+# inbound for the vRouter's ingress flag, outbound for egress).
+DIRECTION_TEXT: Final = {
+    "inbound": "inbound (the vRouter's ingress flag)",
+    "outbound": "outbound (egress at the vRouter)",
 }
 # A packet number or time (ns since the epoch) in a query: ASCII digits only (str.isdigit
 # also takes superscripts, which int() refuses, and other scripts' digits), at most 19
@@ -157,6 +176,17 @@ def read_packet(path: Path, index: int) -> tuple[int, int, bytes]:
     )
 
 
+def packet_options(path: Path, index: int, data: bytes) -> PacketOptions | None:
+    """The pcapng options of record ``index`` of a capture file (see
+    :func:`~jmirror_web.console.packet_options.read_packet_options`); None for a pcap
+    file, or when the file cannot be read again."""
+    try:
+        with path.open("rb") as stream:
+            return read_packet_options(stream, index, data)
+    except OSError:
+        return None
+
+
 def _row_time(time_ns: int) -> datetime:
     # What the receiver writes into the rows for a packet time: cut to the microsecond
     # (receive.moment), so comparing cut times never leaves out the file that holds it.
@@ -241,16 +271,28 @@ def number_at(session: Session, time_ns: int) -> int:
 # Decoding ------------------------------------------------------------------------------
 
 
-def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
-    # dhcp...radius are imported for their bindings: the tree then goes past UDP.
+def _load_bindings() -> None:
+    # dhcp...radius are imported for their bindings: the tree then goes past UDP. So is
+    # scapy_contrail (UDP to 8099, Contrail's default analyzer port, as the Juniper
+    # header), imported for every packet so that a packet's tree never depends on what
+    # the process decoded before.
     from scapy.layers import dhcp, dhcp6, dns, l2tp, ntp, radius  # noqa: F401
+
+    from receiver import scapy_contrail  # noqa: F401
+
+
+def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
+    _load_bindings()
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
     from scapy.layers.ppp import HDLC
     from scapy.packet import Raw
 
     if linktype == LinkType.PPP_HDLC:
         return HDLC
+    if linktype == LinkType.ETHERNET:
+        return Ether
     if linktype == LinkType.RAW and data:
         version = data[0] >> 4
         if version == 4:
@@ -263,7 +305,14 @@ def _scapy_class(linktype: int, data: bytes) -> type[Packet]:
 # Protocol identifiers Wireshark (and the RFCs) write in hex: ``Link Control Protocol
 # (0xc021)``, not (49185).
 _HEX_NUMBERED: Final = frozenset(
-    {("PPP", "proto"), ("Ether", "type"), ("Dot1Q", "type"), ("CookedLinux", "proto")}
+    {
+        ("PPP", "proto"),
+        ("Ether", "type"),
+        ("Dot1Q", "type"),
+        ("CookedLinux", "proto"),
+        # A Contrail flags TLV, as Wireshark and the pcapng comment write it (0x400000a0).
+        ("JuniperVNFlags", "flags"),
+    }
 )
 
 
@@ -326,7 +375,21 @@ def _layers(packet: Packet, budget: _Budget) -> list[Layer]:
 
 def decode(linktype: int, data: bytes) -> Decoded:
     """The layers of one frame as Scapy dissects them. Raises whatever Scapy raises."""
-    packet = _scapy_class(linktype, data)(data)
+    return _decoded(_scapy_class(linktype, data)(data))
+
+
+def decode_contrail_frame(header: bytes, frame: bytes) -> Decoded:
+    """The layers of a Contrail datagram put back together from a stored Ethernet frame
+    and its Juniper header (its TLVs and end marker, checked by
+    :func:`~jmirror_web.console.packet_options.juniper_header_problem`): "Juniper
+    Virtual Network Information", then the frame's layers. Raises whatever Scapy raises."""
+    _load_bindings()
+    from receiver.scapy_contrail import JuniperVN
+
+    return _decoded(JuniperVN(header + frame))
+
+
+def _decoded(packet: Packet) -> Decoded:
     budget = _Budget()
     layers = _layers(packet, budget)
     return Decoded(layers, str(packet.summary()), budget.exhausted)
@@ -457,8 +520,14 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
         return render(request, "console/packet.html", context)
 
     shown = data[:MAX_SHOWN_BYTES]
+    options = packet_options(path, index, data) if linktype == LinkType.ETHERNET else None
+    header = options.juniper_header if options is not None else None
+    header_problem = juniper_header_problem(header) if header is not None else None
     try:
-        decoded: Decoded | None = decode(linktype, shown)
+        if header is not None and header_problem is None:
+            decoded: Decoded | None = decode_contrail_frame(header, shown)
+        else:
+            decoded = decode(linktype, shown)
         decode_error = ""
     except Exception as error:  # any Scapy failure: the bytes are shown anyway
         decoded, decode_error = None, f"{type(error).__name__}: {error}"[:MAX_VALUE_CHARS]
@@ -477,6 +546,15 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
             "tree": tree_html(decoded.layers) if decoded is not None else "",
             "decode_error": decode_error,
             "hexdump": hexdump(shown),
+            "options": options,
+            "direction": (
+                DIRECTION_TEXT.get(options.direction, options.direction)
+                if options is not None and options.direction is not None
+                else None
+            ),
+            "juniper_header": header,
+            "juniper_problem": header_problem,
+            "juniper_hexdump": (hexdump(header[:MAX_SHOWN_BYTES]) if header is not None else None),
         }
     )
     return render(request, "console/packet.html", context)

@@ -2,6 +2,12 @@
 (unknown router, no intercept, outside the warrant window), and a one-step action that
 creates the intercept that claims one.
 
+A jmirror stream is a (source, mid, sid): its intercept claims the mirror id in the mid.
+A Contrail stream is a CN2 vRouter's frames to one analyzer port (mid
+``receiver.contrail.CONTRAIL_MID``, sid the port): its intercept is of kind CN2 and
+claims that analyzer port, and its router, when it has to be registered, is a CN2
+vRouter whose port is that one.
+
 The intercept is validated exactly as the admin site and the API validate it (the
 model's ``full_clean``, with the routers it will have handed to the overlap check through
 ``pending_router_ids``), so this shortcut cannot store what they would refuse. Its
@@ -59,7 +65,43 @@ class StreamRow:
 
     @property
     def register_url(self) -> str:
-        return reverse("admin:intercepts_router_add") + "?" + urlencode({"address": self.address})
+        """The admin's new router form, filled in with the address (and, for a Contrail
+        stream, as a CN2 vRouter whose port is the stream's analyzer port)."""
+        query: dict[str, str | int] = {"address": self.address}
+        if self.stream.is_contrail:
+            query |= {"kind": Router.Kind.CN2, "port": self.stream.sid}
+        return reverse("admin:intercepts_router_add") + "?" + urlencode(query)
+
+    @property
+    def kind_mismatch(self) -> str | None:
+        """Why the stream's router cannot be an intercept's router for it, if so."""
+        return _kind_mismatch(self.stream, self.router)
+
+    @property
+    def router_url(self) -> str | None:
+        if self.router is None:
+            return None
+        return reverse("admin:intercepts_router_change", args=[self.router.pk])
+
+
+def _kind_mismatch(stream: UnclaimedStream, router: Router | None) -> str | None:
+    """A Contrail stream comes from a CN2 vRouter and a jmirror one from an E Series or
+    MX router: the receiver gates each format by routers of its kind only, so a router
+    registered as the other kind must be changed before an intercept can claim it."""
+    if router is None or stream.is_aggregate:
+        return None
+    vrouter = router.kind == Router.Kind.CN2
+    if stream.is_contrail and not vrouter:
+        return (
+            f"Router {router.name} is registered as {router.get_kind_display()}, but it "
+            "sends Contrail (the Juniper header): change its kind to CN2 / Contrail vRouter."
+        )
+    if not stream.is_contrail and vrouter:
+        return (
+            f"Router {router.name} is registered as a CN2 / Contrail vRouter, but it sends "
+            "jmirror: change its kind to E Series or MX."
+        )
+    return None
 
 
 def _router_of(stream: UnclaimedStream, routers: dict[str, Router] | None = None) -> Router | None:
@@ -74,7 +116,14 @@ def _router_of(stream: UnclaimedStream, routers: dict[str, Router] | None = None
 
 
 def _claimed_by(gate: Gate, stream: UnclaimedStream, now_ns: int) -> str | None:
-    claim = gate.claim(stream.source, stream.mid, stream.sid, now_ns)
+    if stream.is_contrail:
+        # Claimed whole only by an intercept of the port alone: one that also asks for
+        # VN names or targets claims some frames of the stream, and those are not here.
+        claim, _low, _high, _whole = gate.claim_contrail_span(
+            stream.source, stream.sid, None, None, None, None, now_ns
+        )
+    else:
+        claim = gate.claim(stream.source, stream.mid, stream.sid, now_ns)
     return claim.intercept.liid if not isinstance(claim, str) else None
 
 
@@ -158,8 +207,9 @@ def _add_model_errors(form: InterceptFromStreamForm, error: ValidationError) -> 
 @require_POST
 def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
     """Create the intercept that claims unclaimed stream ``stream_id`` (POST, with CSRF):
-    its 30-bit intercept id, optionally its session id, optionally only from its router,
-    under the chosen case, for the rest of the warrant."""
+    its 30-bit intercept id, optionally its session id (for a Contrail stream: a CN2
+    intercept of its analyzer port), optionally only from its router, under the chosen
+    case, for the rest of the warrant."""
     if not may(request.user, Action.MANAGE_RECORDS):
         record(
             "unclaimed.map_refused",
@@ -184,20 +234,36 @@ def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
             "register it first; the receiver drops everything an unknown router sends.",
         )
         return _render(request, page_number, form, stream, status=400)
+    mismatch = _kind_mismatch(stream, router)
+    if mismatch is not None:
+        form.add_error(None, mismatch)
+        return _render(request, page_number, form, stream, status=400)
     if not valid:
         return _render(request, page_number, form, stream, status=400)
 
     case: Case = form.cleaned_data["case"]
     valid_from, valid_until = intercept_window(case, timezone.now())
     router_ids = frozenset({router.pk}) if form.cleaned_data["scope_router"] else frozenset()
-    intercept = Intercept(
-        case=case,
-        liid=form.cleaned_data["liid"],
-        intercept_id=stream.mirror_id,
-        sid=stream.sid if form.cleaned_data["pin_sid"] else None,
-        valid_from=valid_from,
-        valid_until=valid_until,
-    )
+    if stream.is_contrail:
+        # A Contrail stream has no mirror or session id: the intercept claims its port.
+        intercept = Intercept(
+            case=case,
+            liid=form.cleaned_data["liid"],
+            kind=Intercept.Kind.CN2,
+            intercept_id=None,
+            analyzer_port=stream.sid,
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
+    else:
+        intercept = Intercept(
+            case=case,
+            liid=form.cleaned_data["liid"],
+            intercept_id=stream.mirror_id,
+            sid=stream.sid if form.cleaned_data["pin_sid"] else None,
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
     # The routers are saved after the row: the overlap check must see these ones.
     intercept.pending_router_ids = router_ids
     try:
@@ -213,19 +279,25 @@ def create_intercept(request: HttpRequest, stream_id: int) -> HttpResponse:
             "unclaimed.mapped",
             intercept,
             request=request,
-            details={
-                "stream": stream.pk,
-                "source": stream.source,
-                "mid": stream.mid,
-                "sid": stream.sid,
-            },
+            details={"stream": stream.pk, "source": stream.source}
+            | (
+                {"format": "contrail", "analyzer_port": stream.sid}
+                if stream.is_contrail
+                else {"mid": stream.mid, "sid": stream.sid}
+            ),
         )
+    if stream.is_contrail:
+        claims = f"Contrail frames to analyzer port {intercept.analyzer_port}"
+        anywhere = ", from any registered vRouter"
+    else:
+        claims = f"mirror id {intercept.intercept_id:#x}" + (
+            f", session {intercept.sid:#x}" if intercept.sid is not None else ", every session"
+        )
+        anywhere = ", from any registered router"
     messages.success(
         request,
-        f"Intercept {intercept.liid} created under case {case.reference}: mirror id "
-        f"{intercept.intercept_id:#x}"
-        + (f", session {intercept.sid:#x}" if intercept.sid is not None else ", every session")
-        + (f", from {router.name} only" if router_ids else ", from any registered router")
+        f"Intercept {intercept.liid} created under case {case.reference}: {claims}"
+        + (f", from {router.name} only" if router_ids else anywhere)
         + (
             "."
             if case.status == Case.Status.ACTIVE

@@ -46,8 +46,11 @@ from jmirror_web.intercepts.models import (
     Session,
     UnclaimedStream,
 )
+from receiver.contrail import CONTRAIL_MID
 
 SESSIONS_PER_PAGE: Final = 200
+# What the case page's mid column says for a Contrail session (case.js says the same).
+CONTRAIL_MID_TEXT: Final = "Contrail (CN2)"
 LIVE_ROWS: Final = 500
 """Packet rows the live view keeps on the page; older rows are dropped (and it says so)."""
 EXPIRY_WARNING: Final = timedelta(hours=24)
@@ -156,8 +159,7 @@ def _unclaimed_alerts(now: datetime) -> list[Alert]:
     if not totals["streams"]:
         return []
     examples = ", ".join(
-        f"mirror id {stream.mirror_id:#x} sid {stream.sid:#x} from {stream.source} "
-        f"({stream.get_reason_display()})"
+        f"{unclaimed_stream_text(stream)} from {stream.source} ({stream.get_reason_display()})"
         for stream in recent.order_by("-last_seen", "pk")[:UNCLAIMED_SHOWN]
     )
     more = totals["streams"] - UNCLAIMED_SHOWN
@@ -170,6 +172,16 @@ def _unclaimed_alerts(now: datetime) -> list[Alert]:
             reverse("console:unclaimed"),
         )
     ]
+
+
+def unclaimed_stream_text(stream: UnclaimedStream) -> str:
+    """An unclaimed stream in words, source and reason aside: "mirror id 0x300 sid 0x90",
+    "Contrail, analyzer port 8099", or a source's other streams counted together."""
+    if stream.is_aggregate:
+        return "other streams"
+    if stream.is_contrail:
+        return f"Contrail, analyzer port {stream.analyzer_port}"
+    return f"mirror id {stream.mirror_id:#x} sid {stream.sid:#x}"
 
 
 def _receiver_alerts(now: datetime, health_url: str | None) -> list[Alert]:
@@ -304,8 +316,14 @@ class SessionRow:
             url=f"{url_prefix}{session.pk}/",
             liid=session.intercept.liid if session.intercept else "",
             router=session.router.name,
-            mid=f"{session.mid:#x}",
-            sid=f"{session.sid:#x}",
+            # A Contrail session has no mirror or session id: its format and analyzer
+            # port stand in their columns (its mid and sid are only its stream's key).
+            mid=CONTRAIL_MID_TEXT if session.is_contrail else f"{session.mid:#x}",
+            sid=(
+                f"analyzer port {session.analyzer_port}"
+                if session.is_contrail
+                else f"{session.sid:#x}"
+            ),
             first_seen=session.first_seen.isoformat(),
             first_seen_text=f"{session.first_seen:%Y-%m-%d %H:%M:%S}",
             last_seen=session.last_seen.isoformat(),
@@ -423,6 +441,10 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
         # page only: the other pages hold older sessions.
         "addSessions": page.number == 1,
         "sessionUrl": reverse("console:session", args=[0]),
+        # A live summary of a Contrail session comes with this mid and its analyzer
+        # port as sid (receiver.contrail.CONTRAIL_MID): case.js shows the port.
+        "contrailMid": CONTRAIL_MID,
+        "contrailMidText": CONTRAIL_MID_TEXT,
         "intercepts": {str(i.pk): i.liid for i in intercepts},
         "routers": {str(pk): name for pk, name in routers.items()},
     }

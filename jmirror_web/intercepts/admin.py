@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -522,16 +523,34 @@ class SessionAdmin(CapturedPermissions, SessionAdminBase):
     list_select_related = ("router", "intercept")
     date_hierarchy = "last_seen"
     inlines = (CaptureFileInline,)
+    # Read only for everyone: the page shows the stream as the list does (hex ids, or a
+    # Contrail session's format and analyzer port), not the raw key columns.
+    fields = (
+        "router",
+        "intercept",
+        "mid_hex",
+        "sid_hex",
+        "first_seen",
+        "last_seen",
+        "packets",
+        "bytes",
+        "stored_packets",
+    )
+    readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Session]:
         return _sessions_for(request)
 
-    @admin.display(description="mid", ordering="mid")
+    # A Contrail session's mid and sid are its stream's key (CONTRAIL_MID, the analyzer
+    # port), not ids a router sent: its format and port are shown instead.
+    @admin.display(description="mid (CN2: format)", ordering="mid")
     def mid_hex(self, session: Session) -> str:
-        return f"{session.mid:#x}"
+        return "Contrail (CN2)" if session.is_contrail else f"{session.mid:#x}"
 
-    @admin.display(description="sid", ordering="sid")
+    @admin.display(description="sid (CN2: analyzer port)", ordering="sid")
     def sid_hex(self, session: Session) -> str:
+        if session.is_contrail:
+            return f"analyzer port {session.analyzer_port}"
         return f"{session.sid:#x}"
 
 
@@ -597,20 +616,52 @@ class UnclaimedStreamAdmin(UnclaimedStreamAdminBase):
             return self.list_display
         return self.list_display[:-1]
 
-    @admin.display(description="mid", ordering="mid")
+    # A Contrail stream's mid and sid are its key (CONTRAIL_MID, the analyzer port), an
+    # aggregate row's mid is past any jmirror one: neither is shown as an id.
+    @admin.display(description="mid (CN2: format)", ordering="mid")
     def mid_hex(self, stream: UnclaimedStream) -> str:
-        return f"{stream.mid:#x}"
+        if stream.is_aggregate:
+            return "other streams"
+        return "Contrail (CN2)" if stream.is_contrail else f"{stream.mid:#x}"
 
-    @admin.display(description="sid", ordering="sid")
+    @admin.display(description="sid (CN2: analyzer port)", ordering="sid")
     def sid_hex(self, stream: UnclaimedStream) -> str:
+        if stream.is_aggregate:
+            return "-"
+        if stream.is_contrail:
+            return f"analyzer port {stream.analyzer_port}"
         return f"{stream.sid:#x}"
 
     @admin.display(description="map it")
-    def map_it(self, stream: UnclaimedStream) -> SafeString:
+    def map_it(self, stream: UnclaimedStream) -> SafeString | str:
+        """A link to the form that maps the stream, filled in: the router's (a Contrail
+        stream's as a CN2 vRouter on its analyzer port), else the intercept's (a CN2
+        intercept of the analyzer port for a Contrail stream)."""
+        if stream.is_aggregate:
+            return "-"
         if stream.router_id is None:
             address = stream.source.removeprefix("::ffff:")
-            url = reverse("admin:intercepts_router_add") + f"?address={address}"
-            return format_html('<a href="{}">register router {}</a>', url, address)
+            query: dict[str, str | int] = {"address": address}
+            if stream.is_contrail:
+                query |= {"kind": Router.Kind.CN2, "port": stream.sid}
+            url = reverse("admin:intercepts_router_add") + "?" + urlencode(query)
+            what = "CN2 vRouter" if stream.is_contrail else "router"
+            return format_html('<a href="{}">register {} {}</a>', url, what, address)
+        if stream.is_contrail:
+            url = (
+                reverse("admin:intercepts_intercept_add")
+                + "?"
+                + urlencode(
+                    {
+                        "kind": Intercept.Kind.CN2,
+                        "analyzer_port": stream.sid,
+                        "routers": stream.router_id,
+                    }
+                )
+            )
+            return format_html(
+                '<a href="{}">create CN2 intercept for analyzer port {}</a>', url, stream.sid
+            )
         url = reverse("admin:intercepts_intercept_add") + (
             f"?intercept_id={stream.mirror_id}&sid={stream.sid}&routers={stream.router_id}"
         )

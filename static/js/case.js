@@ -21,10 +21,25 @@
   }
   for (const row of body.querySelectorAll("tr[data-stream]")) track(row);
 
-  function hexCell(value, sessionId) {
+  // A Contrail session's summary has mid config.contrailMid and its analyzer port as
+  // sid: it has no mirror or session id to show, so the cells say what the page says.
+  function isContrail(summary) {
+    return config.contrailMid !== undefined && Number(summary.mid) === config.contrailMid;
+  }
+
+  function midCell(summary) {
+    if (isContrail(summary)) return linkedCell(config.contrailMidText, summary.session_id);
+    return linkedCell("0x" + Number(summary.mid).toString(16), summary.session_id);
+  }
+
+  function sidCell(summary) {
+    if (isContrail(summary)) return linkedCell(`analyzer port ${summary.sid}`, summary.session_id);
+    return linkedCell("0x" + Number(summary.sid).toString(16), summary.session_id);
+  }
+
+  function linkedCell(text, sessionId) {
     const cell = document.createElement("td");
     cell.className = "mono";
-    const text = "0x" + Number(value).toString(16);
     if (sessionId) {
       const link = document.createElement("a");
       link.href = config.sessionUrl.replace("/0/", `/${sessionId}/`);
@@ -62,8 +77,8 @@
     row.append(
       textCell(summary.liid),
       textCell(router),
-      hexCell(summary.mid, summary.session_id),
-      hexCell(summary.sid, summary.session_id),
+      midCell(summary),
+      sidCell(summary),
       firstSeen,
       lastSeen,
       numberCell("packets", 0, "0"),
@@ -104,8 +119,8 @@
       if (!entry && config.addSessions) entry = newRow(summary, key);
       if (entry) {
         if (!entry.linked && summary.session_id) {
-          entry.row.children[2].replaceWith(hexCell(summary.mid, summary.session_id));
-          entry.row.children[3].replaceWith(hexCell(summary.sid, summary.session_id));
+          entry.row.children[2].replaceWith(midCell(summary));
+          entry.row.children[3].replaceWith(sidCell(summary));
           entry.linked = true;
         }
         entry.meter.add(summary.packets, summary.bytes);

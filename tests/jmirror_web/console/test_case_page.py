@@ -16,6 +16,7 @@ from django.utils import timezone
 from jmirror_web.console.views import SESSIONS_PER_PAGE
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import Case, Intercept, Session
+from receiver.contrail import CONTRAIL_MID
 from tests.factories import assign, make_case, make_intercept, make_router, make_session, make_user
 from tests.jmirror_web.console.live_config import live_config
 
@@ -102,6 +103,9 @@ def test_the_live_data_names_this_case_its_intercepts_and_routers_only(client: C
         "sessionUrl": reverse("console:session", args=[0]),
         "intercepts": {str(intercept.pk): "LIID-PAGE-1"},
         "routers": {str(router.pk): "edge-router-1"},
+        # How case.js tells a Contrail session's summary (and what it shows for it).
+        "contrailMid": CONTRAIL_MID,
+        "contrailMidText": "Contrail (CN2)",
     }
 
 

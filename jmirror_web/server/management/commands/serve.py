@@ -142,8 +142,15 @@ class Command(BaseCommand):
         if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
             embedded = EmbeddedReceiver(listen, Path(settings.SESSIONS_DIR), twisted_loop)
             receiver = embedded.start()
-            where = ", ".join(f"{host}:{port}" for host, port in receiver.addresses)
-            self.stdout.write(f"receiving jmirror on {where} (UDP)")
+            # The CN2 routers' analyzer ports are sockets of the same receiver: said apart.
+            contrail = {tuple(sock.getsockname()[:2]) for sock in receiver.contrail_sockets}
+            for name, addresses in (
+                ("jmirror", [each for each in receiver.addresses if each not in contrail]),
+                ("Contrail (CN2)", [each for each in receiver.addresses if each in contrail]),
+            ):
+                if addresses:
+                    where = ", ".join(f"{host}:{port}" for host, port in addresses)
+                    self.stdout.write(f"receiving {name} on {where} (UDP)")
         bind = options["bind"]
         host = f"[{bind}]" if ":" in bind else bind
         self.stdout.write(f"serving http://{host}:{options['port']}/ (Ctrl-C stops it)")
