@@ -96,7 +96,7 @@ class Command(BaseCommand):
             self.stdout.write(f"receiving jmirror on {where}")
             if contrail:
                 where = ", ".join(f"{host}:{port}" for host, port in sorted(contrail))
-                self.stdout.write(f"receiving CN2 / Contrail on {where}")
+                self.stdout.write(f"receiving Contrail (CN2) on {where}")
             if not receiver.native:
                 # Correct but about half as fast: say so, with what to do about it.
                 self.stderr.write(
