@@ -2,9 +2,12 @@
 
 The pipeline is three generators: :func:`receiver.pcap_reader.iter_frames` reads records,
 :func:`receiver.pcap_reader.iter_udp_datagrams` takes them down to (reassembled) UDP
-datagrams, and :func:`decode_capture` keeps the jmirror and Contrail ones (found by
-:class:`receiver.detection.FlowJudge` when the ports are not given). :func:`json_line`
-writes one decoded packet in the ``decode`` command's output format.
+datagrams (both in one loop for a pcap file of Ethernet frames:
+:func:`receiver.pcap_reader.iter_capture_datagrams`), and :func:`decode_capture` keeps
+the jmirror and Contrail ones (found by :class:`receiver.detection.FlowJudge` when the
+ports are not given). :func:`json_line` writes one decoded packet in the ``decode``
+command's output format; :func:`decode_lines` is what the command prints, the same
+lines with the common datagram's written without a packet object.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from receiver.detection import (
 from receiver.detection import NOT_MIRROR as NOT_MIRROR
 from receiver.ip import PORT_PROTOCOLS
 from receiver.jmirror import INTERCEPT_ID_MASK, DecodeError, JMirrorPacket, decode_datagram
-from receiver.pcap_reader import iter_frames, iter_udp_datagrams
+from receiver.pcap_reader import iter_capture_datagrams
 
 PORT_NOT_SELECTED: Final = "port_not_selected"
 
@@ -103,7 +106,7 @@ def decode_capture(
     Every frame that yields no packet is counted in ``skipped``. A damaged file raises
     :class:`~receiver.pcap_reader.CaptureError` after its last complete record.
     """
-    datagrams = iter_udp_datagrams(iter_frames(stream), skipped)
+    datagrams = iter_capture_datagrams(stream, skipped)
     if ports or contrail_ports:
         jmirror_ports = frozenset(ports)
         analyzer_ports = frozenset(contrail_ports)
@@ -160,7 +163,7 @@ def decode_lines(
     datagram against 2.7 us for decode_datagram() and json_line(), which is most of
     the command's time.
     """
-    datagrams = iter_udp_datagrams(iter_frames(stream), skipped)
+    datagrams = iter_capture_datagrams(stream, skipped)
     quick = 0  # the fast path's lines, counted once at the end
     try:
         if ports or contrail_ports:
