@@ -1,16 +1,36 @@
-"""Benchmark: ``manage.py decode`` against tshark, and ``decode_datagram`` per packet.
+"""Benchmark: ``manage.py decode`` against tshark, and the decoders per packet.
 
     .venv/bin/python benchmarks/decode_benchmark.py [--packets 1000000] [--workdir /tmp/x]
+    .venv/bin/python benchmarks/decode_benchmark.py --acceptance [--repeat 5]
+        [--baseline /path/to/an/older/tree]
 
-Writes a capture of mirrored traffic (a realistic mix: mostly IPv4 TCP/UDP, some IPv6,
-PPP sessions with LCP, and UDP noise that is not jmirror), then times, in one run:
+Without ``--acceptance`` it writes a capture of mirrored traffic (a realistic mix: mostly
+IPv4 TCP/UDP, some IPv6, PPP sessions with LCP, and UDP noise that is not jmirror), then
+times, in one run:
 
 - ``manage.py decode FILE`` (all packets, jmirror detected on any port) to /dev/null;
 - ``tshark -r FILE -d udp.port==30030,jmirror -T fields`` (mid, sid, inner addresses);
 - ``decode_datagram`` on each kind of payload in the capture, and on the whole mix.
 
-Timings are wall-clock, best of ``--repeat`` runs. It prints the figures; no test
-asserts them.
+With ``--acceptance`` it measures issue 17's acceptance shape instead: an all-IPv4-UDP
+jmirror capture (400,000 packets unless ``--packets`` says otherwise) to port 30030,
+which tshark decodes as jmirror by default, and times side by side, the runs
+alternating so that a load from elsewhere on the machine hits them alike:
+
+- ``manage.py decode FILE > /dev/null`` (no port: detection on);
+- ``manage.py decode --port 30030 FILE > /dev/null``;
+- ``tshark -r FILE -Y jmirror -T fields -e jmirror.mid -e jmirror.sid -e ip.src -e ip.dst``;
+- with ``--baseline DIR``, the first two from another source tree too (an older commit
+  exported with ``git archive``), for before/after figures on the same machine state.
+
+It prints each one's best, median and worst of ``--repeat`` runs in packets per
+second, and decode's ratio to tshark (best against best, and the lowest and highest
+over the runs paired in order).
+
+Both modes end with ``decode_contrail`` per packet for a flow-mirrored IPv4 UDP frame
+(TLVs 1-4), the receiver's per-packet cost for CN2.
+
+Timings are wall-clock. It prints the figures; no test asserts them.
 """
 
 from __future__ import annotations
@@ -19,6 +39,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -38,6 +59,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.layers.ppp import PPP_LCP_Echo  # noqa: E402
 from scapy.packet import Packet  # noqa: E402
 
+from receiver.contrail import contrail_header, decode_contrail  # noqa: E402
 from receiver.jmirror import decode_datagram  # noqa: E402
 from receiver.pcap_reader import iter_frames, iter_udp_datagrams  # noqa: E402
 
@@ -118,6 +140,26 @@ def traffic_mix() -> list[tuple[str, bytes]]:
     return frames
 
 
+def acceptance_frames() -> list[tuple[str, bytes]]:
+    """Issue 17's acceptance shape: every frame a jmirror datagram to port 30030 whose
+    mirrored packet is IPv4 UDP. Subscribers, servers, ports and sizes vary (DNS-like
+    to full-size), two routers and two sessions each, as a mediation host sees them."""
+    frames: list[tuple[str, bytes]] = []
+    for index in range(64):
+        inner = (
+            IP(src=f"10.{index % 4}.{index}.1", dst=f"203.0.113.{index % 16}")
+            / UDP(sport=20000 + index * 7, dport=(53, 443, 4500, 5060)[index % 4])
+            / (b"u" * (12 + 22 * index))
+        )
+        payload = struct.pack("!II", 0x300 + index % 2, 0x90 + index % 2) + bytes(inner)
+        router = ROUTER if index % 3 else "192.0.2.2"
+        outer = (
+            Ether() / IP(src=router, dst=MEDIATION, ttl=255) / UDP(sport=PORT, dport=PORT, chksum=0)
+        )
+        frames.append(("ipv4-udp", bytes(outer / payload)))
+    return frames
+
+
 def write_capture(path: Path, frames: list[tuple[str, bytes]], packets: int) -> None:
     """A microsecond pcap of ``packets`` records cycling through ``frames``."""
     records = [frame for _, frame in frames]
@@ -156,6 +198,103 @@ def best_wall_time(command: list[str], repeat: int) -> tuple[float, int]:
     return best, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
+def wall_time(command: list[str], cpu: list[float] | None = None) -> float:
+    """Wall time of one run; its CPU time (user and system) is appended to ``cpu``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return seconds
+
+
+def describe(name: str, packets: int, seconds: list[float], cpu: list[float]) -> str:
+    """Packets per second at the best, median and worst run, and the best CPU time."""
+    rates = sorted((packets / second for second in seconds), reverse=True)
+    return (
+        f"{name}: best {rates[0]:,.0f}, median {statistics.median(rates):,.0f}, "
+        f"worst {rates[-1]:,.0f} packets/s ({len(rates)} runs; best {min(seconds):.2f} s "
+        f"wall, {min(cpu):.2f} s CPU)"
+    )
+
+
+def acceptance(args: argparse.Namespace, workdir: Path) -> None:
+    """Time issue 17's acceptance shape side by side (see the module's docstring)."""
+    tshark = shutil.which("tshark") or "/usr/bin/tshark"
+    if not Path(tshark).exists():
+        sys.exit("tshark is not installed: the acceptance is measured against it")
+    packets = args.packets or 400_000
+    capture = workdir / "acceptance.pcap"
+    write_capture(capture, acceptance_frames(), packets)
+    print(
+        f"capture: {capture} ({packets} frames of IPv4 UDP in jmirror to port {PORT}, "
+        f"{capture.stat().st_size / 1e6:.0f} MB)"
+    )
+    trees = {"decode": REPO}
+    if args.baseline:
+        trees["baseline decode"] = args.baseline.resolve()
+    commands: dict[str, list[str]] = {}
+    for label, tree in trees.items():
+        manage = [sys.executable, str(tree / "manage.py"), "decode"]
+        commands[f"{label} (detection)"] = [*manage, str(capture)]
+        commands[f"{label} --port {PORT}"] = [*manage, "--port", str(PORT), str(capture)]
+    commands["tshark -Y jmirror -T fields"] = [
+        tshark,
+        "-r",
+        str(capture),
+        "-Y",
+        "jmirror",
+        "-T",
+        "fields",
+        *("-e", "jmirror.mid", "-e", "jmirror.sid", "-e", "ip.src", "-e", "ip.dst"),
+    ]
+    for command in commands.values():
+        wall_time(command)  # a warm-up: the page cache, Python's bytecode cache
+    seconds: dict[str, list[float]] = {label: [] for label in commands}
+    cpu: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(args.repeat):
+        for label, command in commands.items():
+            seconds[label].append(wall_time(command, cpu[label]))
+    for label in commands:
+        print(describe(label, packets, seconds[label], cpu[label]))
+    theirs = seconds["tshark -Y jmirror -T fields"]
+    their_cpu = cpu["tshark -Y jmirror -T fields"]
+    for label in commands:
+        if not label.startswith("tshark"):
+            ours = seconds[label]
+            paired = sorted(t / o for t, o in zip(theirs, ours, strict=True))
+            print(
+                f"{label} is {min(theirs) / min(ours):.2f}x tshark's packets per second "
+                f"(best against best; runs paired in order: {paired[0]:.2f}x to "
+                f"{paired[-1]:.2f}x; by CPU time {min(their_cpu) / min(cpu[label]):.2f}x)"
+            )
+    if args.workdir is None:
+        os.unlink(capture)
+
+
+def contrail_microseconds(repeat: int) -> float:
+    """``decode_contrail`` per packet: a flow-mirrored IPv4 UDP frame with TLVs 1-4."""
+    frame = bytes(
+        Ether() / IP(src="10.0.0.5", dst="10.0.1.9") / UDP(sport=40000, dport=53) / (b"q" * 64)
+    )
+    payload = (
+        contrail_header(
+            capture_host="10.1.1.1",
+            flags=0x400000A0,
+            source_vn="default-domain:k8s-default:k8s-default-pod-network",
+            dest_vn="default-domain:k8s-default:k8s-default-service-network",
+        )
+        + frame
+    )
+    number = 100_000
+    best = min(timeit.repeat(lambda: decode_contrail(payload), number=number, repeat=repeat))
+    return best / number * 1e6
+
+
 def reader_seconds(capture: Path) -> float:
     """The capture reader alone: records down to UDP datagrams, in this process."""
     started = time.perf_counter()
@@ -179,7 +318,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--packets", type=int, default=1_000_000)
+    parser.add_argument(
+        "--packets", type=int, default=None, help="1,000,000; 400,000 with --acceptance"
+    )
+    parser.add_argument(
+        "--acceptance",
+        action="store_true",
+        help="issue 17's acceptance shape (all IPv4 UDP jmirror) against tshark -Y jmirror",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="with --acceptance: another source tree whose manage.py decode is timed too",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -193,6 +345,13 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="jmirror-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.acceptance:
+        acceptance(args, workdir)
+        print(f"decode_contrail, flow mirroring, IPv4 UDP: {contrail_microseconds(5):.2f} us")
+        if args.workdir is None:
+            workdir.rmdir()
+        return
+    args.packets = args.packets or 1_000_000
     capture = workdir / "mix.pcap"
     frames = traffic_mix()
     write_capture(capture, frames, args.packets)
@@ -242,6 +401,7 @@ def main() -> None:
         f"decode_datagram, the capture's mix ({len(mix)} payloads): "
         f"{per_packet_microseconds(mix, 5):.2f} us"
     )
+    print(f"decode_contrail, flow mirroring, IPv4 UDP: {contrail_microseconds(5):.2f} us")
     if args.workdir is None:
         os.unlink(capture)
         workdir.rmdir()

@@ -31,6 +31,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from types import SimpleNamespace
 from typing import Final, Literal
 
 from receiver.ip import (
@@ -129,8 +130,12 @@ def action_names(flags: int) -> tuple[str, ...]:
     return names
 
 
-@dataclass(frozen=True, slots=True)
-class ContrailPacket:
+# Built as receiver.jmirror.JMirrorPacket is (see there): SimpleNamespace's C constructor
+# under a frozen dataclass, 0.5 us per packet where the generated __init__ of a frozen
+# dataclass with slots (one object.__setattr__ per field) measured 2 us. decode_contrail
+# is the only constructor; it always passes every field.
+@dataclass(frozen=True, init=False)
+class ContrailPacket(SimpleNamespace):
     """One decoded Contrail mirror datagram.
 
     The header fields are ``None`` when their TLV is absent. ``src``, ``dst`` and
@@ -184,6 +189,81 @@ def decode_contrail(payload: bytes) -> ContrailPacket:
     the frame's IP header is cut or disagrees with the frame. Unknown TLV types are kept
     raw. Ethernet padding after the IP packet is allowed.
     """
+    tlvs = _flow_mirroring_tlvs(payload) or _tlvs(payload)
+    header_length, capture_host, flags, source_vn, dest_vn, unknown = tlvs
+    frame = payload[header_length:]
+    if not frame:
+        raise DecodeError(DecodeFailure.NO_MIRRORED_PACKET, "nothing after the TLVs")
+    ethertype, vlans, ip = _ethernet(frame)
+    if ip is None:
+        src = dst = None
+        proto = sport = dport = None
+    else:
+        src, dst, proto, sport, dport = ip
+    if flags is None:
+        actions: tuple[str, ...] = ()
+        direction: Direction | None = None
+    else:
+        actions = action_names(flags)
+        direction = "ingress" if flags & INGRESS_FLAG else "egress"
+    return ContrailPacket(
+        capture_host=capture_host,
+        flags=flags,
+        actions=actions,
+        direction=direction,
+        source_vn=source_vn,
+        dest_vn=dest_vn,
+        unknown_tlvs=unknown,
+        header_length=header_length,
+        vlans=vlans,
+        ethertype=ethertype,
+        src=src,
+        dst=dst,
+        proto=proto,
+        sport=sport,
+        dport=dport,
+        length=len(frame),
+        frame=frame,
+    )
+
+
+_Tlvs = tuple[int, str | None, int | None, str | None, str | None, tuple[tuple[int, bytes], ...]]
+"""Where the frame starts (the TLVs' length, end marker included), capture host,
+flags, source VN, destination VN, unknown TLVs."""
+
+
+def _flow_mirroring_tlvs(payload: bytes) -> _Tlvs | None:
+    """The TLVs of flow mirroring, 1, 2, 3, 4 in the vRouter's order and the end
+    marker, read in place: what :func:`_tlvs` makes of them (held equal by
+    tests/receiver/test_contrail_fast_path.py). None for any other layout, which _tlvs()
+    then reads. This is the receiver's per-packet case: decode_contrail measured 2.4 us
+    with it (and a SimpleNamespace packet), 5.6 us before."""
+    end = len(payload)
+    if (
+        end >= 16
+        and payload[0] == 1
+        and payload[1] == 4
+        and payload[6] == 2
+        and payload[7] == 4
+        and payload[12] == 3
+    ):
+        source_end = 14 + payload[13]
+        if source_end + 2 <= end and payload[source_end] == 4:
+            dest_end = source_end + 2 + payload[source_end + 1]
+            if payload[dest_end : dest_end + 2] == b"\xff\x00":
+                return (
+                    dest_end + 2,
+                    _address(payload[2:6]),
+                    _U32.unpack_from(payload, 8)[0],
+                    _name(payload[14:source_end]),
+                    _name(payload[source_end + 2 : dest_end]),
+                    (),
+                )
+    return None
+
+
+def _tlvs(payload: bytes) -> _Tlvs:
+    """The TLVs in any order and combination (raises DecodeError as decode_contrail)."""
     end = len(payload)
     position = 0
     capture_host: str | None = None
@@ -221,7 +301,7 @@ def decode_contrail(payload: bytes) -> ContrailPacket:
                 )
             value = payload[value_start:position]
             if kind == 1:
-                capture_host = socket.inet_ntoa(value)
+                capture_host = _address(value)
             elif kind == 2:
                 flags = _U32.unpack(value)[0]
             elif kind == 3:
@@ -230,41 +310,7 @@ def decode_contrail(payload: bytes) -> ContrailPacket:
                 dest_vn = _name(value)
         else:
             unknown.append((kind, payload[value_start:position]))
-    header_length = position
-    frame = payload[header_length:]
-    if not frame:
-        raise DecodeError(DecodeFailure.NO_MIRRORED_PACKET, "nothing after the TLVs")
-    ethertype, vlans, ip = _ethernet(frame)
-    if ip is None:
-        src = dst = None
-        proto = sport = dport = None
-    else:
-        src, dst, proto, sport, dport = ip
-    if flags is None:
-        actions: tuple[str, ...] = ()
-        direction: Direction | None = None
-    else:
-        actions = action_names(flags)
-        direction = "ingress" if flags & INGRESS_FLAG else "egress"
-    return ContrailPacket(
-        capture_host=capture_host,
-        flags=flags,
-        actions=actions,
-        direction=direction,
-        source_vn=source_vn,
-        dest_vn=dest_vn,
-        unknown_tlvs=tuple(unknown),
-        header_length=header_length,
-        vlans=vlans,
-        ethertype=ethertype,
-        src=src,
-        dst=dst,
-        proto=proto,
-        sport=sport,
-        dport=dport,
-        length=len(frame),
-        frame=frame,
-    )
+    return position, capture_host, flags, source_vn, dest_vn, tuple(unknown)
 
 
 _IPFields = tuple[str, str, int, int | None, int | None]
@@ -277,6 +323,8 @@ def _ethernet(frame: bytes) -> tuple[int, tuple[int, ...], _IPFields | None]:
     if end < ETHERNET_HEADER:
         raise DecodeError(DecodeFailure.TRUNCATED_FRAME, f"Ethernet header in {end} bytes, need 14")
     ethertype = _U16.unpack_from(frame, 12)[0]
+    if ethertype == ETHERTYPE_IPV4:
+        return ethertype, (), _ipv4(frame, ETHERNET_HEADER)  # untagged: the usual frame
     position = ETHERNET_HEADER
     vlans: list[int] = []
     while ethertype in _VLAN_TAGS:
@@ -294,8 +342,20 @@ def _ethernet(frame: bytes) -> tuple[int, tuple[int, ...], _IPFields | None]:
     return ethertype, tuple(vlans), None
 
 
+# Address text by its bytes: a vRouter's traffic repeats a few hosts. Emptied when full,
+# so that hostile traffic cannot grow it without bound.
+_ADDRESS_CACHE_SIZE: Final = 65536
+_address_text: dict[bytes, str] = {}
+
+
 def _address(raw: bytes) -> str:
-    return socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
+    text = _address_text.get(raw)
+    if text is None:
+        if len(_address_text) >= _ADDRESS_CACHE_SIZE:
+            _address_text.clear()
+        text = socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
+        _address_text[raw] = text
+    return text
 
 
 def _ipv4(frame: bytes, start: int) -> _IPFields:

@@ -208,3 +208,21 @@ def test_the_summary_tells_datagrams_missing_fragments_apart_from_skipped_frames
         f"{len(pieces)} frames read, 1 packets decoded (jmirror: 1), {len(pieces) - 1} skipped "
         f"(fragment: {len(pieces) - 1}); 1 datagrams with missing fragments"
     )
+
+
+def test_manage_py_runs_decode_without_loading_the_web_project(capture: Path):
+    """decode needs no app: set up, Django loaded every one (Daphne's Twisted reactor
+    above all), a third of the CPU time of a 400,000-packet decode. It still prints."""
+    code = (
+        "import runpy, sys; "
+        f"sys.argv = ['manage.py', 'decode', {str(capture)!r}]; "
+        "runpy.run_path('manage.py', run_name='__main__'); "
+        "from django.apps import apps; "
+        "print('loaded:', apps.ready, sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'daphne', 'twisted', 'channels', 'jmirror_web'}), file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.splitlines()[-1] == "loaded: False ['jmirror_web']"

@@ -17,6 +17,7 @@ from receiver.ip import (
     IPV6_HEADER_CHAIN,
     PORT_PROTOCOLS,
     IPProtocol,
+    ipv4_header_checksum_ok,
     ipv6_transport,
     ports,
     transport,
@@ -140,3 +141,52 @@ def test_the_c_part_writes_the_link_types_and_record_header_of_receiver_pcap():
     )
     assert set(LINKTYPE_FOR_KIND.values()) == {pcap.LinkType.RAW, pcap.LinkType.PPP_HDLC}
     assert _fastpath.RECORD_HEADER == pcap.RECORD_HEADER_LENGTH
+
+
+def _checksum_by_words(header: bytes) -> bool:
+    """RFC 1071's definition: the one's-complement sum of the 16-bit words is 0xFFFF."""
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def _with_checksum(header: bytearray) -> bytes:
+    header[10:12] = b"\0\0"
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    header[10:12] = struct.pack("!H", ~total & 0xFFFF)
+    return bytes(header)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=15),
+    st.binary(min_size=60, max_size=60),
+    st.booleans(),
+    st.integers(min_value=0, max_value=8),
+)
+def test_the_ipv4_header_checksum_check_agrees_with_the_sum_of_words(
+    ihl: int, rest: bytes, fix: bool, offset: int
+):
+    header = bytearray(bytes([0x40 | ihl]) + rest[: max(ihl * 4, 1) - 1])
+    if fix and ihl >= 5:
+        header = bytearray(_with_checksum(header))
+    data = b"\xee" * offset + bytes(header) + b"trailer"
+    assert ipv4_header_checksum_ok(data, offset) == _checksum_by_words(bytes(header[: ihl * 4]))
+    if fix and ihl >= 5:
+        assert ipv4_header_checksum_ok(data, offset)
+
+
+@pytest.mark.parametrize(
+    ("header", "valid"),
+    [
+        (bytes.fromhex("450000730000400040110000c0a80001c0a800c7"), False),
+        (bytes.fromhex("45000073000040004011b861c0a80001c0a800c7"), True),  # Wikipedia's
+        (b"\x40" + b"\x00" * 19, False),  # no header words at all
+        (b"\x45" + b"\x00" * 19, False),
+    ],
+)
+def test_ipv4_header_checksum_examples(header: bytes, valid: bool):
+    assert ipv4_header_checksum_ok(header, 0) is valid

@@ -12,9 +12,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from receiver.contrail import ContrailPacket
 from receiver.detection import FlowJudge, MirrorFormat
-from receiver.offline import decode_capture, json_line
+from receiver.offline import decode_lines
 from receiver.pcap_reader import FRAGMENTS_INCOMPLETE, CaptureError
 
 # How the summary names a format's port option.
@@ -114,21 +113,16 @@ class Command(BaseCommand):
                 f"port {min(both)} is given as both jmirror and Contrail", returncode=2
             )
         skipped: Counter[str] = Counter()
+        decoded: Counter[str] = Counter()
         judge = FlowJudge(skipped)
-        written = contrail = 0
         failure: str | None = None
         lines: list[str] = []
         try:
             with open(path, "rb") as stream:
-                for frame, time_ns, router, port, packet in decode_capture(
-                    stream, ports, skipped, contrail_ports, judge
-                ):
-                    lines.append(json_line(frame, time_ns, router, port, packet))
-                    if type(packet) is ContrailPacket:
-                        contrail += 1
+                for line in decode_lines(stream, ports, skipped, decoded, contrail_ports, judge):
+                    lines.append(line)
                     if len(lines) == _LINES_PER_WRITE:
                         self.stdout.write("".join(lines), ending="")
-                        written += len(lines)
                         lines.clear()
         except CaptureError as error:
             # Every complete record before the damage is still printed.
@@ -140,12 +134,10 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: {error.strerror or error}", returncode=2) from None
         try:
             self.stdout.write("".join(lines), ending="")
-            written += len(lines)
             self.stdout.flush()
         except BrokenPipeError:
             self._stop_writing()
             return
-        decoded = Counter(jmirror=written - contrail, contrail=contrail)
         self.stderr.write(summary(decoded, skipped, judge.suggestions))
         if failure is not None:
             raise CommandError(failure, returncode=2)
