@@ -48,6 +48,8 @@ ACCEPT_AT_END: Final = 2
 MISSES_PER_CANDIDATE: Final = 3
 """A flow with more than one miss per three candidates is not mirror traffic: a router's
 stream decodes all through."""
+MAX_FLOWS: Final = 65536
+"""Flows followed at most; past it every flow is judged on what it has and forgotten."""
 MAX_HELD: Final = 65536
 """Datagrams held back at most; past it the oldest one's flow is judged on what it has."""
 
@@ -216,8 +218,8 @@ class FlowJudge:
                 # ordinary UDP costs no memory.
                 self.skipped[NOT_MIRROR] += 1
                 return
-            if len(self.flows) >= MAX_HELD:
-                self.flows.clear()  # hostile numbers of flows: start over, bounded
+            if len(self.flows) >= MAX_FLOWS:
+                self._forget_flows()
             flow = self.flows[(router, port)] = Flow(format=format)
         if flow.accepted is not None:
             self._after_verdict(flow, frame, time_ns, router, port, payload, packet)
@@ -240,6 +242,14 @@ class FlowJudge:
                 oldest_flow = self.flows.get((old_router, old_port))
                 if oldest_flow is not None and oldest_flow.accepted is None:
                     self._decide(oldest_flow, at_end=True)
+
+    def _forget_flows(self) -> None:
+        """Hostile numbers of flows: each undecided one is judged on what it has (so its
+        held datagrams go on, or are skipped, in order), then every flow is forgotten."""
+        for flow in self.flows.values():
+            if flow.accepted is None and flow.held:
+                self._decide(flow, at_end=True)
+        self.flows.clear()
 
     def _after_verdict(
         self,

@@ -173,3 +173,26 @@ def test_the_datagrams_held_back_are_bounded(tmp_path: Path, monkeypatch: pytest
             largest_held = max(largest_held, len(judge._held))
     assert [record[0] for record in records] == list(range(1, 11))
     assert largest_held <= 5
+
+
+def test_past_the_flow_bound_every_flow_is_judged_and_nothing_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # More flows than followed at once (hostile captures): the undecided ones are judged
+    # on what they have before they are forgotten, so what comes after still comes out.
+    monkeypatch.setattr(detection, "MAX_FLOWS", 3)
+    frames = []
+    for round_number in range(2):
+        for port in (6101, 6102, 6103, 6104, 6105):
+            frames.append(jmirror_frame(anonymized(inner_packet(round_number)), port=port))
+    frames.append(jmirror_frame(inner_packet(99), port=30030))  # certain
+    path = write(tmp_path / "flows.pcap", frames)
+    skipped: Counter[str] = Counter()
+    judge = FlowJudge(skipped)
+    with path.open("rb") as stream:
+        records = list(decode_capture(stream, (), skipped, (), judge))
+    assert not judge._held
+    numbers = [record[0] for record in records]
+    assert numbers == sorted(numbers)
+    assert numbers[-1] == len(frames)  # the certain datagram at the end came out
+    assert len(records) + skipped["not_mirror"] == len(frames)
