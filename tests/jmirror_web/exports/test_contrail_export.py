@@ -118,8 +118,11 @@ def stored_cn2(
     """A vRouter's Contrail session to analyzer port 8099, stored by the receiver's own
     store as pcapng (a block per frame with its Juniper header), rotated."""
     case = case or make_case(reference=f"CN2-{next_number()}")
+    number = next_number()
     router = make_router(
-        name=f"vrouter-{next_number()}",
+        name=f"vrouter-{number}",
+        # The capture host TLV is a vRouter's IPv4 address (the factory's run out at 250).
+        address=f"10.255.{number // 250 % 256}.{number % 250 + 1}",
         kind=Router.Kind.CN2,
         format=Router.Format.CONTRAIL,
         port=PORT,
