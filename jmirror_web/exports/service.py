@@ -200,9 +200,9 @@ def _files_in(
         purged = [each for each in found[session.pk] if each.purged_at is not None]
         if purged:
             raise ExportRefused(
-                f"{len(purged)} capture file(s) of session {_session_label(session)} in this window "
-                "were purged under the case's retention period; their packets cannot be "
-                "exported."
+                f"{len(purged)} capture file(s) of session {_session_label(session)} in this "
+                "window were purged under the case's retention period; their packets cannot "
+                "be exported."
             )
     return found
 
