@@ -78,7 +78,10 @@ def matcher(packet_filter: PacketFilter) -> Match | None:
     protocols = packet_filter.protocols
 
     def match(buffer: bytearray, start: int, end: int, linktype: int) -> bool:
-        if linktype == _LINKTYPE_PPP_HDLC:
+        # Raw IP first: the most common, and one comparison for it.
+        if linktype == _LINKTYPE_RAW:
+            pass
+        elif linktype == _LINKTYPE_PPP_HDLC:
             start = _ppp_ip_start(buffer, start, end)
             if start < 0:
                 return False
@@ -86,7 +89,7 @@ def matcher(packet_filter: PacketFilter) -> Match | None:
             start = _ethernet_ip_start(buffer, start, end)
             if start < 0:
                 return False
-        elif linktype != _LINKTYPE_RAW:
+        else:
             return False
         found = transport(buffer, start, end)
         if found is None:
