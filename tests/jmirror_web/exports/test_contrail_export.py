@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -274,6 +277,26 @@ def test_as_pcap_the_frames_come_out_and_the_manifest_says_what_pcap_dropped(
     page = client.get(reverse("exports:manifest", args=[export.pk]))
     assert note in page.content.decode()
     assert "Contrail analyzer port 8099" in page.content.decode()
+
+
+def test_the_api_serves_a_cn2_session_and_its_manifest_as_the_pages_do(
+    cn2: StoredCN2, analyst: User
+) -> None:
+    cache.clear()  # the API's throttle counts live in the cache, which outlives a test
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=analyst).key}")
+    response = api.get(f"/api/sessions/{cn2.session.pk}/pcap", {"format": "pcap"})
+    assert response.status_code == 200
+    assert frames_of(body(response)) == cn2.packets()
+    export = Export.objects.get()
+    manifest = api.get(f"/api/exports/{export.pk}").json()
+    assert manifest["juniper_headers_dropped"] == 10
+    assert manifest["notes"] == export.notes() != []
+    assert manifest["sessions"][0]["analyzer_port"] == PORT
+    listing = Client()
+    listing.force_login(analyst)
+    page = listing.get(reverse("exports:case_exports", args=[cn2.stored.case.pk]))
+    assert "Juniper header of 10 packets not in pcap" in page.content.decode()
 
 
 def test_the_download_page_of_a_cn2_session_names_its_port_and_what_pcap_drops(
