@@ -614,3 +614,32 @@ def test_the_filter_on_ethernet_frames_is_bounded_and_reads_only_ip(
     assert match is not None
     buffer = bytearray(b"pad" + frame)
     assert match(buffer, 3, len(buffer), ETHERNET) is wanted
+
+
+def test_a_live_cn2_session_exports_what_its_open_pcapng_file_holds_so_far(
+    client: Client, cn2: StoredCN2, analyst: User, data_dir: Path
+) -> None:
+    stored = cn2.stored
+    live = PcapStore(data_dir / "sessions")
+    key = SessionKey(stored.intercept.liid, stored.router.address, CONTRAIL_MID, PORT)
+    later = stored.frames[-1][0] + SECOND
+    payload = contrail_header(flags=0xA0) + frame_mix(0)  # egress, no host or VN
+    packet = decode_contrail(payload)
+    block = enhanced_packet_block(0, later, packet.frame, evidence_options(packet, payload))
+    assert live.write_block(key, later, block, ETHERNET)
+    live.flush()
+    [being_written] = live.open_files()
+    CaptureFile.objects.create(
+        session=stored.session,
+        path=str(Path("sessions") / being_written.path),
+        first_packet=moment(later),
+        last_packet=moment(later),
+        packets=1,
+        closed=False,
+    )
+    stored.session.last_seen = moment(later)
+    stored.session.save()
+    client.force_login(analyst)
+    exported = body(download(client, cn2, format="pcapng"))
+    assert [block for _, block in blocks_of(exported)] == [*cn2.blocks, block]
+    live.close_all()
