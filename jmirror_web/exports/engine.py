@@ -26,7 +26,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from jmirror_web.exports.filtering import may_meet, narrowed
-from jmirror_web.exports.reading import SelectedFile, SessionPlan, open_source, read_header
+from jmirror_web.exports.reading import (
+    SelectedFile,
+    SessionPlan,
+    StoredHeader,
+    open_source,
+    read_header,
+)
 from jmirror_web.exports.request import (
     ExportError,
     ExportFormat,
@@ -69,6 +75,11 @@ def stream_export(request: ExportRequest, digest: ExportDigest) -> Iterator[byte
 
     ``digest.first_ns``/``last_ns`` are the times of the first and last packets
     yielded (for a zip, the earliest and latest over its members).
+
+    Stored pcapng files (a CN2 session's Ethernet frames) keep each packet's options
+    (the Juniper header) in pcapng output, byte for byte; pcap output cannot hold them:
+    their frames are written alone and ``digest.juniper_headers_dropped`` counts the
+    packets whose options were left out, for the manifest to say so.
     """
     plan = _plan(request)
     with ThreadPoolExecutor(1, thread_name_prefix="export-sha256") as pool:
@@ -106,20 +117,24 @@ def _plan(request: ExportRequest) -> list[SessionPlan]:
     order = 0
     for session in request.sessions:
         window = narrowed(request.window, session.window)
-        selected: list[tuple[int, str, SourceFile, int]] = []
+        selected: list[tuple[int, str, SourceFile, StoredHeader]] = []
         for source in session.files:
             if not may_meet(source, window):
                 continue
             stream, _growing = open_source(source.path)
             with stream:
-                linktype = read_header(stream, source.path.name)
+                header = read_header(stream, source.path.name)
             first = -1 if source.first_ns is None else source.first_ns
-            selected.append((first, source.path.name, source, linktype))
+            selected.append((first, source.path.name, source, header))
         selected.sort(key=lambda item: (item[0], item[1]))
-        linktypes = sorted({item[3] for item in selected})
+        linktypes = sorted({item[3].linktype for item in selected})
         inputs = []
-        for _first, _name, source, linktype in selected:
-            inputs.append(SelectedFile(source, linktype, order, len(plans), window))
+        for _first, _name, source, header in selected:
+            inputs.append(
+                SelectedFile(
+                    source, header.linktype, order, len(plans), window, pcapng=header.pcapng
+                )
+            )
             order += 1
         plans.append(SessionPlan(session, inputs, linktypes))
     if request.format == ExportFormat.PCAP:
@@ -141,7 +156,11 @@ def _plan(request: ExportRequest) -> list[SessionPlan]:
 
 
 def _linktype_names(linktypes: Iterable[int]) -> str:
-    known = {int(LinkType.RAW): "raw IP", int(LinkType.PPP_HDLC): "PPP"}
+    known = {
+        int(LinkType.RAW): "raw IP",
+        int(LinkType.PPP_HDLC): "PPP",
+        int(LinkType.ETHERNET): "Ethernet",
+    }
     return " and ".join(
         known.get(linktype, f"link type {linktype}") for linktype in sorted(linktypes)
     )

@@ -1,6 +1,8 @@
 """Which stored files and packets an export keeps: the request's window narrowed to each
 session's own, the files whose recorded times meet it, and the packet filter (addresses,
-ports, IP protocols) tested on the mirrored (inner) packet of each stored record.
+ports, IP protocols) tested on the mirrored (inner) packet of each stored record: the IP
+packet itself (raw IP), inside PPP (jmirror), or inside Ethernet after any VLAN tags
+(CN2).
 
 :func:`matcher` runs once per stored packet when a filter is set: it stays one closure
 over module globals, with the port check inline.
@@ -12,6 +14,15 @@ from collections.abc import Callable
 from typing import Final
 
 from jmirror_web.exports.request import PacketFilter, SourceFile, Window
+from receiver.contrail import (
+    ETHERNET_HEADER,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_QINQ,
+    ETHERTYPE_QINQ_LEGACY,
+    ETHERTYPE_VLAN,
+    MAX_VLAN_TAGS,
+)
 from receiver.ip import PORT_PROTOCOLS, transport
 from receiver.jmirror import PPPProtocol
 from receiver.pcap import LinkType
@@ -19,6 +30,8 @@ from receiver.pcap import LinkType
 # Plain ints for the per-packet comparisons.
 _LINKTYPE_RAW: Final = int(LinkType.RAW)
 _LINKTYPE_PPP_HDLC: Final = int(LinkType.PPP_HDLC)
+_LINKTYPE_ETHERNET: Final = int(LinkType.ETHERNET)
+_VLAN_TAGS: Final = frozenset({ETHERTYPE_VLAN, ETHERTYPE_QINQ, ETHERTYPE_QINQ_LEGACY})
 # The inner packet, for the filter.
 _PPP_IPV4: Final = int(PPPProtocol.IPV4)
 _PPP_IPV6: Final = int(PPPProtocol.IPV6)
@@ -65,11 +78,18 @@ def matcher(packet_filter: PacketFilter) -> Match | None:
     protocols = packet_filter.protocols
 
     def match(buffer: bytearray, start: int, end: int, linktype: int) -> bool:
-        if linktype == _LINKTYPE_PPP_HDLC:
+        # Raw IP first: the most common, and one comparison for it.
+        if linktype == _LINKTYPE_RAW:
+            pass
+        elif linktype == _LINKTYPE_PPP_HDLC:
             start = _ppp_ip_start(buffer, start, end)
             if start < 0:
                 return False
-        elif linktype != _LINKTYPE_RAW:
+        elif linktype == _LINKTYPE_ETHERNET:
+            start = _ethernet_ip_start(buffer, start, end)
+            if start < 0:
+                return False
+        else:
             return False
         found = transport(buffer, start, end)
         if found is None:
@@ -121,3 +141,20 @@ def _ppp_ip_start(buffer: bytearray, start: int, end: int) -> int:
     if protocol not in (_PPP_IPV4, _PPP_IPV6):
         return -1
     return start
+
+
+def _ethernet_ip_start(buffer: bytearray, start: int, end: int) -> int:
+    """Where the IP packet in a stored Ethernet frame (a CN2 vRouter's) starts, after any
+    VLAN tags (802.1Q, 802.1ad, the older 0x9100), as ``receiver.contrail`` decodes
+    them; -1 when it carries none (ARP, more than MAX_VLAN_TAGS tags, cut short)."""
+    position = start + ETHERNET_HEADER - 2  # the ethertype
+    for _tag in range(MAX_VLAN_TAGS + 1):
+        if position + 2 > end:
+            return -1
+        ethertype = buffer[position] << 8 | buffer[position + 1]
+        if ethertype not in _VLAN_TAGS:
+            if ethertype in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
+                return position + 2
+            return -1
+        position += 4
+    return -1

@@ -88,6 +88,9 @@ class Export(models.Model):
     members = models.JSONField(default=dict)
     bytes_sent = models.PositiveBigIntegerField(default=0)
     error = models.TextField(blank=True)
+    # pcap output of CN2 (Contrail) sessions: packets whose Juniper header (kept per
+    # packet as pcapng options in the stored files) pcap could not hold.
+    juniper_headers_dropped = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -111,6 +114,20 @@ class Export(models.Model):
         if not found and self.intercept is not None:
             return [{"id": self.intercept_id, "liid": self.intercept.liid}]
         return list(found.values())
+
+    def notes(self) -> list[str]:
+        """What the exported file does not hold of the stored evidence, one sentence each
+        (the manifest's ``notes``, shown on its page)."""
+        notes = []
+        if self.juniper_headers_dropped:
+            count = self.juniper_headers_dropped
+            notes.append(
+                f"The Juniper header of {count} packet{'s' if count != 1 else ''} "
+                "(direction, capture host, actions, VN names) is not in this export: pcap "
+                "cannot hold per-packet options. The stored files keep it, and a pcapng "
+                "export of the same packets keeps it too."
+            )
+        return notes
 
     def manifest(self) -> dict[str, Any]:
         """The export's chain-of-custody manifest, JSON-ready. ``schema`` names its
@@ -145,6 +162,8 @@ class Export(models.Model):
                     "router_address": source["router_address"],
                     "mid": source["mid"],
                     "sid": source["sid"],
+                    # A CN2 (Contrail) session's analyzer port; None for jmirror.
+                    "analyzer_port": source.get("analyzer_port"),
                     "files": source["files"],
                 }
                 for source in self.sources
@@ -163,4 +182,7 @@ class Export(models.Model):
             "members": self.members,
             "bytes_sent": self.bytes_sent,
             "error": self.error or None,
+            # What the file leaves out of the stored evidence (pcap of CN2 sessions).
+            "juniper_headers_dropped": self.juniper_headers_dropped,
+            "notes": self.notes(),
         }

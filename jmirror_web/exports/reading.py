@@ -5,6 +5,11 @@ merges the files of every session into runs of wanted records.
 This is the export's per-packet loop: :meth:`Cursor.scan` finds a buffer whose records are
 all wanted by their lengths alone, and files whose times do not overlap are read one
 after the other.
+
+A CN2 (Contrail) session's files are pcapng (``receiver.store.PCAPNG_LINKTYPES``): one
+section, one interface, then an Enhanced Packet Block per frame whose options keep the
+vRouter's Juniper header. :class:`BlockCursor` reads those, a block at a time (plainer:
+they are a small share of the traffic), and merges with the pcap cursors as one of them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from jmirror_web.exports.filtering import Match
 from jmirror_web.exports.request import CHUNK_BYTES, SessionSource, SourceError, SourceFile, Window
@@ -33,6 +38,31 @@ _PART_SUFFIX: Final = ".part"
 _READ_BYTES: Final = CHUNK_BYTES * 3 // 4
 _NEVER: Final = 1 << 64  # later than any time in ns
 
+# pcapng as the store writes it: little-endian blocks of type, total length, body, total
+# length again. An Enhanced Packet Block's fixed part: type, length, interface, time
+# high, time low, captured length, original length; its data and options follow.
+_U32: Final = struct.Struct("<I")
+_BLOCK_HEAD: Final = struct.Struct("<II")
+_EPB_FIXED: Final = struct.Struct("<IIIIIII")
+_EPB_FIXED_LENGTH: Final = 28
+# The largest block accepted: a whole frame and its options (a comment and the Juniper
+# header of at most two 255-byte VN names: far below 64 KiB). Anything larger is garbage.
+MAX_BLOCK: Final = pcap.SNAPLEN + 65536
+# The section and interface blocks at the start of a stored pcapng file are small: a
+# bound for hostile input.
+_MAX_HEADER_BLOCK: Final = 65536
+_SECTION_MAGIC: Final = _U32.pack(pcap.PCAPNG_SECTION_HEADER)
+_NANOSECONDS_RESOLUTION: Final = 9
+
+
+class StoredHeader(NamedTuple):
+    """What a stored file's header says: its link type, how many bytes it takes, and
+    whether the file is pcapng (Enhanced Packet Blocks) rather than pcap (records)."""
+
+    linktype: int
+    length: int
+    pcapng: bool
+
 
 @dataclass(frozen=True)
 class SelectedFile:
@@ -43,6 +73,7 @@ class SelectedFile:
     order: int  # tie-breaker for equal times: session order in the request, then file order
     session: int  # index in the request's sessions
     window: Window  # the request's window narrowed to the session's own
+    pcapng: bool = False  # a stored pcapng file (a CN2 session's), read by BlockCursor
 
 
 @dataclass(frozen=True)
@@ -53,10 +84,11 @@ class SessionPlan:
 
 
 def read_linktype(path: Path) -> int:
-    """The link type in a stored pcap file's header (:class:`SourceError` if it is not one)."""
+    """The link type in a stored pcap or pcapng file's header (:class:`SourceError` if it
+    is neither)."""
     stream, _growing = open_source(path)
     with stream:
-        return read_header(stream, path.name)
+        return read_header(stream, path.name).linktype
 
 
 def open_source(path: Path) -> tuple[FileIO, bool]:
@@ -78,11 +110,14 @@ def open_source(path: Path) -> tuple[FileIO, bool]:
     raise SourceError(f"The stored file {path.name} is missing.")
 
 
-def read_header(stream: FileIO, name: str) -> int:
+def read_header(stream: FileIO, name: str) -> StoredHeader:
+    """Read a stored file's header, leaving ``stream`` at its first record or block."""
     try:
         header = stream.read(pcap.FILE_HEADER_LENGTH)
     except OSError as error:
         raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
+    if header[:4] == _SECTION_MAGIC:
+        return _read_pcapng_header(stream, name, header)
     if len(header) < pcap.FILE_HEADER_LENGTH:
         raise SourceError(f"The stored file {name} is shorter than a pcap file header.")
     magic, major, _minor, _zone, _sigfigs, _snaplen, linktype = pcap.FILE_HEADER.unpack(header)
@@ -91,7 +126,63 @@ def read_header(stream: FileIO, name: str) -> int:
             f"The stored file {name} is not a nanosecond pcap file "
             f"(it starts with 0x{header[:4].hex()})."
         )
-    return int(linktype)
+    return StoredHeader(int(linktype), pcap.FILE_HEADER_LENGTH, False)
+
+
+def _read_pcapng_header(stream: FileIO, name: str, start: bytes) -> StoredHeader:
+    """The section and interface blocks of a stored pcapng file, as the store writes
+    them (``receiver.store.capture_file_header``): little-endian, one interface with
+    nanosecond times. ``start`` is what was read of the file already."""
+
+    def invalid(why: str) -> SourceError:
+        return SourceError(f"The stored file {name} is not a pcapng file as stored: {why}.")
+
+    def read_block(at: int, kept: bytes) -> bytes:
+        if len(kept) < 12:
+            kept += _read(stream, name, 12 - len(kept))
+        if len(kept) < 12:
+            raise SourceError(f"The stored file {name} is shorter than a pcapng file header.")
+        block_type, total = _BLOCK_HEAD.unpack_from(kept)
+        if kept[8:12] == b"\x1a\x2b\x3c\x4d" and block_type == pcap.PCAPNG_SECTION_HEADER:
+            raise invalid("its section is big-endian")
+        if total < 12 or total & 3 or total > _MAX_HEADER_BLOCK or len(kept) > total:
+            raise invalid(f"the block at byte {at} has a length of {total}")
+        block = kept + _read(stream, name, total - len(kept))
+        if len(block) < total:
+            raise SourceError(f"The stored file {name} is shorter than a pcapng file header.")
+        if _U32.unpack_from(block, total - 4)[0] != total:
+            raise invalid(f"the block at byte {at} has two different lengths")
+        return block
+
+    section = read_block(0, start)
+    if len(section) < 28 or _U32.unpack_from(section, 8)[0] != pcap.PCAPNG_BYTE_ORDER_MAGIC:
+        raise invalid("its section header is not valid")
+    interface = read_block(len(section), b"")
+    if _U32.unpack_from(interface)[0] != pcap.PCAPNG_INTERFACE or len(interface) < 20:
+        raise invalid("its section does not start with an interface description")
+    linktype = int.from_bytes(interface[8:10], "little")
+    # The interface's options, for its time resolution (microseconds when absent).
+    resolution = 6
+    position, end = 16, len(interface) - 4
+    while position + 4 <= end:
+        code, length = struct.unpack_from("<HH", interface, position)
+        if code == pcap.OPTION_END:
+            break
+        if position + 4 + length > end:
+            raise invalid("an interface option runs past its block")
+        if code == pcap.OPTION_IF_TSRESOL and length >= 1:
+            resolution = interface[position + 4]
+        position += 4 + length + (-length & 3)
+    if resolution != _NANOSECONDS_RESOLUTION:
+        raise invalid("its packet times are not in nanoseconds")
+    return StoredHeader(linktype, len(section) + len(interface), True)
+
+
+def _read(stream: FileIO, name: str, size: int) -> bytes:
+    try:
+        return stream.read(size) or b""
+    except OSError as error:
+        raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
 
 
 class Cursor:
@@ -279,6 +370,102 @@ class Cursor:
         return start, pos, count, first, last
 
 
+class BlockCursor(Cursor):
+    """Reads one stored pcapng file's Enhanced Packet Blocks in order, as
+    :class:`Cursor` reads records: runs of whole wanted blocks in ``buffer``, each block
+    as stored (its options, the Juniper header, included). Blocks that hold no packet
+    (statistics, names: the store writes none) are left out."""
+
+    __slots__ = ()
+
+    def open(self) -> None:
+        self.stream, self.growing = open_source(self.input.source.path)
+        header = read_header(self.stream, self.name)
+        if not header.pcapng:
+            raise SourceError(f"The stored file {self.name} changed: it is no longer pcapng.")
+        self.base = header.length
+        self.remaining = os.fstat(self.stream.fileno()).st_size - header.length
+        self.buffer = bytearray(_READ_BYTES + MAX_BLOCK)
+
+    def _corrupt(self, pos: int) -> SourceError:
+        return SourceError(
+            f"The stored file {self.name} is corrupt at byte {self.base + pos}: "
+            "its record header is not valid."
+        )
+
+    def scan(self, limit: int) -> tuple[int, int, int, int, int]:
+        """As :meth:`Cursor.scan`, over blocks: ``buffer[start:end]`` are whole Enhanced
+        Packet Blocks of interface 0."""
+        buffer = self.buffer
+        pos = self.pos
+        available = self.end
+        match = self.match
+        linktype = self.linktype
+        start_ns = self.start_ns
+        start = pos
+        count = first = last = 0
+        self.head = None
+        while True:
+            if pos + 12 <= available:
+                block_type, total = _BLOCK_HEAD.unpack_from(buffer, pos)
+                if total < 12 or total & 3 or total > MAX_BLOCK:
+                    raise self._corrupt(pos)
+                end = pos + total
+            else:
+                end = available + 1
+            if end > available:
+                if count:
+                    break
+                self.pos = pos
+                if not self._refill():
+                    self.done = True
+                    break
+                pos = start = 0
+                available = self.end
+                continue
+            if _U32.unpack_from(buffer, end - 4)[0] != total:
+                raise self._corrupt(pos)
+            if block_type != pcap.PCAPNG_ENHANCED_PACKET:
+                if block_type in (pcap.PCAPNG_SECTION_HEADER, pcap.PCAPNG_INTERFACE):
+                    raise SourceError(
+                        f"The stored file {self.name} has a second section or interface at "
+                        f"byte {self.base + pos}, which the store never writes."
+                    )
+                if count:
+                    break
+                pos = start = end
+                continue
+            if total < _EPB_FIXED_LENGTH + 4:
+                raise self._corrupt(pos)
+            _type, _total, interface, high, low, captured, _original = _EPB_FIXED.unpack_from(
+                buffer, pos
+            )
+            data = pos + _EPB_FIXED_LENGTH
+            if interface or captured > pcap.SNAPLEN or data + captured + (-captured & 3) + 4 > end:
+                raise self._corrupt(pos)
+            time = high << 32 | low
+            if time < start_ns:
+                if count:
+                    break
+                pos = start = end
+                continue
+            if time >= limit:
+                self.head = time
+                break
+            if match is not None and not match(buffer, data, data + captured, linktype):
+                if count:
+                    break
+                pos = start = end
+                continue
+            if not count:
+                first = time
+            count += 1
+            last = time
+            pos = end
+        self.pos = pos
+        return start, pos, count, first, last
+
+
 Run = tuple[Cursor, int, int, int, int, int]
 
 
@@ -289,7 +476,8 @@ def runs(
 ) -> Iterator[Run]:
     """Runs of wanted records over ``inputs``, merged in (time, order) order:
     ``(cursor, start, end, count, first_ns, last_ns)``, the bytes being
-    ``cursor.buffer[start:end]`` until the next run is asked for. ``interfaces`` gives
+    ``cursor.buffer[start:end]`` until the next run is asked for: pcap records, or
+    Enhanced Packet Blocks when ``cursor`` is a :class:`BlockCursor`. ``interfaces`` gives
     each (session, link type) its pcapng interface id.
 
     A file is opened only when the merge reaches its ``first_ns`` (a lower bound of its
@@ -300,7 +488,8 @@ def runs(
     for item in inputs:
         key = -1 if item.source.first_ns is None else item.source.first_ns
         interface = interfaces[item.session, item.linktype] if interfaces else 0
-        heap.append((key, item.order, Cursor(item, match, interface)))
+        kind = BlockCursor if item.pcapng else Cursor
+        heap.append((key, item.order, kind(item, match, interface)))
     cursors = [cursor for _key, _order, cursor in heap]
     heapq.heapify(heap)
     try:

@@ -52,7 +52,9 @@ class PacketFilter:
     the source or destination port of a protocol that has them (receiver.ip.PORT_PROTOCOLS:
     TCP, UDP, DCCP, SCTP, UDP-Lite), a protocol is an IP protocol number
     (6 tcp, 17 udp, 1 icmp, 58 icmpv6...). Non-IP packets (PPP control: LCP, IPCP...)
-    match only an empty filter. IPv4 inside PPP (HDLC framing) is looked into."""
+    match only an empty filter. IPv4 inside PPP (HDLC framing) is looked into, and IP
+    inside a CN2 session's Ethernet frames, through VLAN tags; non-IP frames (ARP) match
+    only an empty filter, as PPP control packets do."""
 
     addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
     ports: frozenset[int] = frozenset()
@@ -65,7 +67,7 @@ class PacketFilter:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One stored pcap file (as written by ``receiver.store``), absolute path resolved by
+    """One stored pcap or pcapng file (as written by ``receiver.store``), absolute path resolved by
     the caller from the data directory (never from a request)."""
 
     path: Path

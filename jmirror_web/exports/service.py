@@ -200,9 +200,9 @@ def _files_in(
         purged = [each for each in found[session.pk] if each.purged_at is not None]
         if purged:
             raise ExportRefused(
-                f"{len(purged)} capture file(s) of session {session.sid:#x} in this window "
-                "were purged under the case's retention period; their packets cannot be "
-                "exported."
+                f"{len(purged)} capture file(s) of session {_session_label(session)} in this "
+                "window were purged under the case's retention period; their packets cannot "
+                "be exported."
             )
     return found
 
@@ -223,8 +223,32 @@ def _stamp(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
+def _session_part(session: Session) -> str:
+    """How file and member names tell a session of its router: a CN2 (Contrail)
+    session by its analyzer port (its mid is the same for all), a jmirror one by its
+    mid and sid."""
+    if session.is_contrail:
+        return f"contrail-port-{session.analyzer_port}"
+    return f"mid-{session.mid:08x}_sid-{session.sid:08x}"
+
+
+def _session_label(session: Session) -> str:
+    """A session in a sentence for the user: its sid, or its analyzer port for CN2."""
+    if session.is_contrail:
+        return f"Contrail analyzer port {session.analyzer_port}"
+    return f"{session.sid:#x}"
+
+
+def _session_facts(session: Session) -> str:
+    """The session's router and mirror in a description or comment."""
+    router = f"router {session.router.name} ({session.router.address})"
+    if session.is_contrail:
+        return f"{router} Contrail analyzer port {session.analyzer_port}"
+    return f"{router} mid {session.mid:#x} sid {session.sid:#x}"
+
+
 def _session_name(session: Session) -> str:
-    return f"{_safe(session.router.name)}_mid-{session.mid:08x}_sid-{session.sid:08x}"
+    return f"{_safe(session.router.name)}_{_session_part(session)}"
 
 
 def _session_source(
@@ -242,9 +266,7 @@ def _session_source(
     return SessionSource(
         name=name,
         description=(
-            f"{session.intercept.liid if session.intercept else ''} router "
-            f"{session.router.name} ({session.router.address}) mid {session.mid:#x} "
-            f"sid {session.sid:#x}"
+            f"{session.intercept.liid if session.intercept else ''} {_session_facts(session)}"
         ),
         files=[
             SourceFile(file_path(each), 0, *_ns_bounds(each))
@@ -263,6 +285,7 @@ def _source_record(session: Session, files: list[CaptureFile]) -> dict[str, Any]
         "router_address": session.router.address,
         "mid": f"{session.mid:#x}",
         "sid": f"{session.sid:#x}",
+        "analyzer_port": session.analyzer_port,
         "files": [
             {
                 "id": each.pk,
@@ -296,17 +319,23 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
     start, end = _check_window(parameters, intercept)
     if start > session.last_seen or end <= session.first_seen:
         raise ExportRefused(
-            f"Session {session.sid:#x} has no traffic in that window: its packets span "
+            f"Session {_session_label(session)} has no traffic in that window: its packets span "
             f"{_shown(session.first_seen)} to {_shown(session.last_seen)} UTC.",
             "start",
         )
     files = _files_in([session], start, end)[session.pk]
     if not files:
-        raise ExportRefused(f"Session {session.sid:#x} has no stored file in that window.")
+        raise ExportRefused(f"Session {_session_label(session)} has no stored file in that window.")
     shown_start = parameters.start or session.first_seen
     shown_end = parameters.end or session.last_seen
+    # A jmirror session by its sid (the LIID says the mid), a CN2 one by its port.
+    mirror = (
+        f"contrail-port-{session.analyzer_port}"
+        if session.is_contrail
+        else f"sid-{session.sid:08x}"
+    )
     name = (
-        f"{_safe(intercept.liid)}_{_safe(session.router.name)}_sid-{session.sid:08x}_"
+        f"{_safe(intercept.liid)}_{_safe(session.router.name)}_{mirror}_"
         f"{_stamp(shown_start)}-{_stamp(shown_end)}.{parameters.format}"
     )
     engine_request = ExportRequest(
@@ -531,10 +560,7 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
             if prepared.kind == Export.Kind.CASE and session.intercept
             else ""
         )
-        lines.append(
-            f"Session: {liid}router {session.router.name} ({session.router.address}) "
-            f"mid {session.mid:#x} sid {session.sid:#x}"
-        )
+        lines.append(f"Session: {liid}{_session_facts(session)}")
     lines += [
         f"Window: {_iso(parameters.start) or 'session start'} to "
         f"{_iso(parameters.end) or 'session end'} (UTC)",
@@ -660,6 +686,7 @@ class ExportStream:
             for name, (sha256, size, packets) in digest.members.items()
         }
         export.bytes_sent = self.bytes_sent
+        export.juniper_headers_dropped = digest.juniper_headers_dropped
         export.save()
         record(
             "export.complete",

@@ -5,6 +5,12 @@ gathered into chunks of at most :data:`CHUNK_BYTES`; and the digest of what was 
 pcap copies the stored records as they are, one piece per run; pcapng packs an Enhanced
 Packet Block per record, joined once per run; SHA-256 runs on a worker thread
 (:class:`Hasher`), one chunk behind.
+
+Stored pcapng files (a CN2 session's, read by
+:class:`~jmirror_web.exports.reading.BlockCursor`): in pcapng their blocks are copied as
+stored, options and all, with the export's interface id; in pcap each block becomes a
+record of its frame alone, and the packets whose options (the Juniper header) were left
+out are counted (``ExportDigest.juniper_headers_dropped``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from jmirror_web.exports.filtering import Match, matcher
-from jmirror_web.exports.reading import NS_PER_SECOND, SessionPlan, runs
+from jmirror_web.exports.reading import NS_PER_SECOND, BlockCursor, SessionPlan, runs
 from jmirror_web.exports.request import CHUNK_BYTES, ExportFormat, ExportRequest
 from receiver import pcap
 from receiver.pcap import LinkType
@@ -37,6 +43,9 @@ _EPB_HEAD = struct.Struct("<IIIIIII")
 # The padding after the packet data and the block's trailing length, in one pack.
 _EPB_TAILS: Final = tuple(struct.Struct(f"<{pad}xI").pack for pad in range(4))
 _APPLICATION: Final = "jmirror-web"
+# A stored Enhanced Packet Block's fixed part (see _EPB_HEAD) and a u32.
+_STORED_EPB = struct.Struct("<IIIIIII")
+_U32 = struct.Struct("<I")
 
 _MEMBER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _ZIP_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
@@ -58,6 +67,9 @@ class ExportDigest:
     first_ns: int | None = None
     last_ns: int | None = None
     complete: bool = False  # True only after the last chunk was yielded
+    # pcap output of stored pcapng files: packets whose options (a CN2 frame's Juniper
+    # header: direction, capture host, actions, VN names) pcap could not hold.
+    juniper_headers_dropped: int = 0
     # ZIP only: per member name, its own (sha256, size, packets)
     members: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
@@ -79,7 +91,49 @@ def _pcap_pieces(
     yield pcap.file_header(linktype)
     for cursor, start, end, count, first, last in runs(inputs, match):
         _count(digest, count, first, last)
+        if isinstance(cursor, BlockCursor):
+            yield _blocks_as_records(cursor.buffer, start, end, digest)
+            continue
         yield memoryview(cursor.buffer)[start:end]
+
+
+def _blocks_as_records(buffer: bytearray, start: int, end: int, digest: ExportDigest) -> bytes:
+    """Stored Enhanced Packet Blocks (whole, of interface 0, checked by the cursor) as
+    pcap records: their frames alone; the blocks that had options are counted."""
+    parts: list[bytes | memoryview] = []
+    view = memoryview(buffer)
+    pos = start
+    dropped = 0
+    while pos < end:
+        _type, total, _interface, high, low, captured, original = _STORED_EPB.unpack_from(
+            buffer, pos
+        )
+        time = high << 32 | low
+        seconds, fraction = divmod(time, NS_PER_SECOND)
+        parts.append(pcap.RECORD_HEADER.pack(seconds, fraction, captured, original))
+        data = pos + 28
+        parts.append(view[data : data + captured])
+        if total > 32 + captured + (-captured & 3):
+            dropped += 1
+        pos += total
+    digest.juniper_headers_dropped += dropped
+    return b"".join(parts)
+
+
+def _blocks_for_interface(
+    pending: bytearray, buffer: bytearray, start: int, end: int, interface: int
+) -> None:
+    """Stored Enhanced Packet Blocks appended to ``pending`` as they are, options and
+    all, but for the interface id: the export's for their session."""
+    view = memoryview(buffer)
+    interface_id = _U32.pack(interface)
+    pos = start
+    while pos < end:
+        total = _U32.unpack_from(buffer, pos + 4)[0]
+        pending += view[pos : pos + 8]
+        pending += interface_id
+        pending += view[pos + 12 : pos + total]
+        pos += total
 
 
 def _fallback_linktype(plans: Sequence[SessionPlan]) -> int:
@@ -120,6 +174,13 @@ def _pcapng_pieces(
     for cursor, start, end, count, first, last in runs(inputs, match, interfaces):
         _count(digest, count, first, last)
         interface = cursor.interface
+        if isinstance(cursor, BlockCursor):
+            # Plainer than the records' path below: CN2 sessions are a small share.
+            _blocks_for_interface(pending, cursor.buffer, start, end, interface)
+            if len(pending) >= _GATHER_BELOW:
+                yield bytes(pending)
+                pending.clear()
+            continue
         view = memoryview(cursor.buffer)
         if count <= _FEW_RECORDS:
             pos = start
@@ -249,6 +310,7 @@ def zip_pieces(
             yield from sink.drain()
             digest.members[name] = (sha.hexdigest(), member.size, member.packets)
             digest.packets += member.packets
+            digest.juniper_headers_dropped += member.juniper_headers_dropped
             if member.first_ns is not None:
                 firsts = [member.first_ns] + ([] if digest.first_ns is None else [digest.first_ns])
                 digest.first_ns = min(firsts)
