@@ -58,6 +58,16 @@
  * any datagram itself and at every tick, so the unclaimed streams reach it in the order
  * they came, and its results are those of handling each datagram (property test).
  *
+ * Contrail (FastReceiver(..., contrail=True), one per CN2 analyzer socket): store() takes
+ * a vRouter's datagram when bind_contrail bound its source for exactly its Juniper header
+ * (Python found a claim by analyzer port, which holds whatever the frame, and made the
+ * header's pcapng options), contrail_fast says decode_contrail accepts it, and the file
+ * takes the block; it appends the Enhanced Packet Block PcapStore.write_block would. A
+ * flow's two directions are two headers, so two bindings of one session. Nothing is
+ * dropped in C on such a socket; claims by virtual network or target stay in Python. The
+ * property test in tests/receiver/test_fastpath_contrail.py holds it to
+ * DatagramPipeline.handle_contrail.
+ *
  * What C takes (anything else goes to Python, in order, so the files are the same):
  * a bound stream (source address, mirror id, session id) inside its span; an inner
  * packet that receiver.jmirror.classify_datagram recognises on its fast paths (IPv4 and
@@ -81,7 +91,13 @@
  * constants that a test holds to them. */
 #define LINKTYPE_PPP_HDLC 50
 #define LINKTYPE_RAW 101
+#define LINKTYPE_ETHERNET 1
 #define RECORD_HEADER 16
+/* pcapng Enhanced Packet Block: type, length, interface, time high and low, captured and
+ * original length; after the data and options, the end of options and the length again. */
+#define EPB_HEAD 28
+#define EPB_TAIL 8
+#define MAX_VLAN_TAGS 8
 /* Streams bound at once. Bounded so junk cannot grow it; a full table is cleared and
  * streams rebind through Python on their next datagram. Sized for the concurrent sessions
  * of a busy mediation host (10,000 at 100,000 datagrams/s): a table smaller
@@ -144,6 +160,14 @@ typedef struct {
     int watched;
     /* The ring of those datagrams; allocated on first use and kept with the slot. */
     struct Recent *recent;
+    /* Contrail (a FastReceiver made with contrail=True): the Juniper header (TLV bytes)
+     * this binding is for, and the pcapng options Python made for it. The entry's key is
+     * then (source, a hash of the header, its length), and a datagram is taken only when
+     * its header is exactly these bytes. */
+    unsigned char *header;
+    unsigned header_length;
+    unsigned char *options;
+    unsigned options_length;
 } Entry;
 
 /* A stream's latest stored datagrams, copied here rather than made Python objects per
@@ -229,6 +253,9 @@ typedef struct {
     int pending_count;
     int *pending_slots; /* index into pending, -1 when empty */
     long long malformed, dropped[4];
+    /* A socket of CN2 / Contrail: store() takes bound Contrail datagrams (pcapng blocks)
+     * instead of jmirror ones; nothing is dropped in C (see store_contrail). */
+    int contrail;
 } FastReceiver;
 
 #define CONTROL_SPACE CMSG_SPACE(sizeof(struct timespec))
@@ -322,6 +349,65 @@ static inline int find_entry(FastReceiver *self, const unsigned char *key, int l
         index = (index + 1) & (TABLE_SIZE - 1);
     }
     return -1;
+}
+
+/* ---- Contrail ------------------------------------------------------------------------ */
+
+/* The length of a Contrail datagram's Juniper header (its TLVs and the FF 00 end marker)
+ * when receiver.contrail.decode_contrail accepts the TLVs as it does (a capture host or
+ * flags TLV of 4 bytes, no known TLV twice, an end marker without a value, nothing past
+ * the datagram); else 0. */
+static unsigned contrail_header_length(const unsigned char *p, unsigned n) {
+    unsigned position = 0, seen = 0;
+    for (;;) {
+        if (position + 2 > n) return 0;
+        unsigned kind = p[position], length = p[position + 1];
+        position += 2 + length;
+        if (kind == 255) return length ? 0 : position;
+        if (position > n) return 0;
+        if (kind >= 1 && kind <= 4) {
+            if (seen & (1u << kind)) return 0;
+            seen |= 1u << kind;
+            if (kind <= 2 && length != 4) return 0;
+        }
+    }
+}
+
+/* The header length of a Contrail datagram C may store: decode_contrail accepts it (its
+ * checks of the frame, on the frames C looks at: Ethernet with up to 8 VLAN tags, then
+ * IPv4, IPv6 without extension headers, or no IP at all), else 0 and Python decides. */
+static unsigned contrail_fast(const unsigned char *p, unsigned n) {
+    unsigned header = contrail_header_length(p, n);
+    if (header == 0) return 0;
+    const unsigned char *f = p + header;
+    unsigned L = n - header;
+    if (L < 14) return 0;
+    unsigned type = be16(f + 12), at = 14, tags = 0;
+    while (type == 0x8100 || type == 0x88A8 || type == 0x9100) {
+        if (tags == MAX_VLAN_TAGS || at + 4 > L) return 0;
+        type = be16(f + at + 2);
+        at += 4;
+        tags++;
+    }
+    if (type == 0x0800) {
+        if (L - at < 20) return 0;
+        unsigned version_ihl = f[at], header_length = (version_ihl & 15) * 4;
+        unsigned total = be16(f + at + 2);
+        if ((version_ihl >> 4) != 4 || header_length < 20) return 0;
+        return (total <= L - at && total >= header_length) ? header : 0;
+    }
+    if (type == 0x86DD) {
+        if (L - at < 40 || (f[at] >> 4) != 6) return 0;
+        if (be16(f + at + 4) + 40u > L - at) return 0;
+        return ipv6_header_chain(f[at + 6]) ? 0 : header; /* Python walks the chain */
+    }
+    return header;
+}
+
+static inline unsigned hash_bytes(const unsigned char *p, unsigned n) {
+    uint32_t h = 2166136261u;
+    for (unsigned k = 0; k < n; k++) h = (h ^ p[k]) * 16777619u;
+    return h;
 }
 
 /* ---- dropped datagrams ---------------------------------------------------------------- */
@@ -564,6 +650,13 @@ static inline void forget_recent(Entry *e) {
     if (e->recent != NULL) e->recent->count = e->recent->next = 0;
 }
 
+static void forget_header(Entry *e) {
+    PyMem_Free(e->header);
+    PyMem_Free(e->options);
+    e->header = e->options = NULL;
+    e->header_length = e->options_length = 0;
+}
+
 /* Forget every binding, handing each stream's latest datagrams to its delta first. -1
  * when that failed (the table is cleared all the same). */
 static int clear_table(FastReceiver *self, int flush) {
@@ -577,6 +670,7 @@ static int clear_table(FastReceiver *self, int flush) {
         Py_CLEAR(e->delta);
         Py_CLEAR(e->files[0]);
         Py_CLEAR(e->files[1]);
+        forget_header(e);
         e->used = 0;
         e->drop = 0;
     }
@@ -773,12 +867,14 @@ static void FastReceiver_dealloc(FastReceiver *self) {
 }
 
 static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd",           "family",       "batch", "max_datagram",
-                               "rotate_bytes", "buffer_bytes", "timestamps", NULL};
-    int fd, family, batch, max_datagram, timestamps = 1;
+    static char *keywords[] = {"fd",           "family",       "batch",      "max_datagram",
+                               "rotate_bytes", "buffer_bytes", "timestamps", "contrail",
+                               NULL};
+    int fd, family, batch, max_datagram, timestamps = 1, contrail = 0;
     Py_ssize_t rotate_bytes, buffer_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiinn|p", keywords, &fd, &family, &batch,
-                                     &max_datagram, &rotate_bytes, &buffer_bytes, &timestamps))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiinn|pp", keywords, &fd, &family, &batch,
+                                     &max_datagram, &rotate_bytes, &buffer_bytes, &timestamps,
+                                     &contrail))
         return -1;
     if (self->initialised || self->data != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "FastReceiver is already initialised");
@@ -805,6 +901,7 @@ static int FastReceiver_init(FastReceiver *self, PyObject *args, PyObject *kwarg
     self->batch = batch;
     self->max_datagram = max_datagram;
     self->timestamps = timestamps;
+    self->contrail = contrail;
     self->rotate_bytes = rotate_bytes;
     self->buffer_bytes = buffer_bytes;
     self->data = PyMem_Calloc((size_t)batch, (size_t)max_datagram);
@@ -913,6 +1010,112 @@ static inline int is_truncated(FastReceiver *self, int i) {
     return self->lengths[i] > (unsigned)self->max_datagram;
 }
 
+/* The entry bound to Contrail datagram p (header of `header` bytes) from source key, or -1. */
+static int contrail_entry(FastReceiver *self, const unsigned char *key, int key_length,
+                          const unsigned char *p, unsigned header) {
+    int index = find_entry(self, key, key_length, hash_bytes(p, header), header);
+    if (index < 0) return -1;
+    Entry *e = &self->table[index];
+    if (e->header == NULL || e->header_length != header || memcmp(e->header, p, header) != 0)
+        return -1; /* another header with the same hash: Python's, which rebinds */
+    return index;
+}
+
+/* store() on a Contrail socket. A datagram is taken when its stream (source) is bound for
+ * exactly its Juniper header (bind_contrail: Python found the claim holds for the whole
+ * stream, by analyzer port, and made the header's pcapng options), contrail_fast accepts it,
+ * and the file takes the block as PcapStore.write_block would (no rotation, no flush due).
+ * The block is receiver.pcap.enhanced_packet_block's: the frame, then the bound options.
+ * Nothing is dropped in C: a Contrail port's junk and unclaimed frames go to Python. */
+static PyObject *store_contrail(FastReceiver *self, int i) {
+    int count = self->count;
+    int failed = 0;
+    for (; i < count; i++) {
+        unsigned n = self->lengths[i];
+        if (n > (unsigned)self->max_datagram) continue; /* truncated: dropped, counted */
+        if (!self->entries) break;
+        const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+        unsigned header = contrail_fast(p, n);
+        if (header == 0) break;
+        int key_length;
+        const unsigned char *key = source_key(self, i, &key_length);
+        int index = contrail_entry(self, key, key_length, p, header);
+        if (index < 0) break;
+        Entry *e = &self->table[index];
+        long long time_ns = self->times[i];
+        if (e->delta == NULL || time_ns < e->low || time_ns >= e->high) break;
+        if (e->files[0] == NULL) break;
+        int c_index = call_file_of(self, e, 0);
+        if (c_index == -2) break; /* closed by the store: Python opens the next one */
+        if (c_index < 0) {
+            failed = 1;
+            break;
+        }
+        if (!e->touched) {
+            e->touched = 1;
+            self->touched[self->touched_count++] = index;
+        }
+        CallFile *c = &self->call_files[c_index];
+        unsigned frame_length = n - header;
+        unsigned pad = (4 - (frame_length & 3)) & 3;
+        Py_ssize_t block =
+            EPB_HEAD + (Py_ssize_t)frame_length + pad + e->options_length + EPB_TAIL;
+        Py_ssize_t held = PyByteArray_GET_SIZE(c->buffer);
+        if (c->size >= self->rotate_bytes || time_ns >= c->deadline_ns ||
+            held + block >= self->buffer_bytes)
+            break;
+        if (PyByteArray_Resize(c->buffer, held + block) < 0) {
+            failed = 1;
+            break;
+        }
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(c->buffer) + held;
+        put_le32(out, 6); /* Enhanced Packet Block */
+        put_le32(out + 4, (uint32_t)block);
+        put_le32(out + 8, 0); /* interface 0: the file's only one */
+        put_le32(out + 12, (uint32_t)((unsigned long long)time_ns >> 32));
+        put_le32(out + 16, (uint32_t)((unsigned long long)time_ns & 0xFFFFFFFFu));
+        put_le32(out + 20, frame_length);
+        put_le32(out + 24, frame_length);
+        memcpy(out + EPB_HEAD, p + header, frame_length);
+        unsigned char *tail = out + EPB_HEAD + frame_length;
+        memset(tail, 0, pad);
+        memcpy(tail + pad, e->options, e->options_length);
+        tail += pad + e->options_length;
+        put_le32(tail, 0); /* end of options */
+        put_le32(tail + 4, (uint32_t)block);
+        c->size += block;
+        c->added_size += block;
+        c->added_packets++;
+        c->last_ns = time_ns;
+        e->packets++;
+        e->bytes += n;
+        e->last_ns = time_ns;
+        if (e->watched && keep_recent(self, e, i) < 0) PyErr_Clear();
+        self->fast++;
+        self->fast_bytes += n;
+    }
+    if (i < count && !failed && self->entries && self->lengths[i] <= (unsigned)self->max_datagram) {
+        /* Python stores this one: the latest datagrams C kept for its header go first.
+         * (A session's other headers flush at the tick: the live sample may then show
+         * an ingress and an egress datagram out of order; the files never are.) */
+        const unsigned char *p = self->data + (size_t)i * self->max_datagram;
+        unsigned header = contrail_header_length(p, self->lengths[i]);
+        if (header) {
+            int key_length;
+            const unsigned char *key = source_key(self, i, &key_length);
+            int index = contrail_entry(self, key, key_length, p, header);
+            if (index >= 0 && flush_recent(&self->table[index]) < 0) failed = 1;
+        }
+    }
+    self->failed_at = i;
+    if (write_back(self) < 0) {
+        self->failed_at = i;
+        return NULL;
+    }
+    if (failed) return NULL;
+    return PyLong_FromLong(i);
+}
+
 static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
     if (!self->initialised) return not_initialised();
     long start = PyLong_AsLong(arg);
@@ -922,6 +1125,7 @@ static PyObject *FastReceiver_store(FastReceiver *self, PyObject *arg) {
         PyErr_SetString(PyExc_IndexError, "start is outside the last batch");
         return NULL;
     }
+    if (self->contrail) return store_contrail(self, (int)start);
     int i = (int)start;
     int failed = 0;
     for (; i < count; i++) {
@@ -1119,6 +1323,84 @@ static PyObject *FastReceiver_bind(FastReceiver *self, PyObject *args) {
     Py_INCREF(file);
     Py_XSETREF(e->files[slot_of(linktype)], file);
     self->last_hit = index;
+    Py_RETURN_NONE;
+}
+
+/* bind_contrail's work: -1 with an exception set when it cannot bind. */
+static int bind_contrail_entry(FastReceiver *self, int i, unsigned header, const Py_buffer *options,
+                               long long low, long long high, PyObject *delta, PyObject *file,
+                               int watched) {
+    const unsigned char *p = decided_datagram(self, i, "bind_contrail during store");
+    if (p == NULL) return -1;
+    if (header == 0 || header != contrail_header_length(p, self->lengths[i])) {
+        PyErr_SetString(PyExc_ValueError, "header is not that datagram's Juniper header");
+        return -1;
+    }
+    if (options->len > 65536) {
+        PyErr_SetString(PyExc_ValueError, "options are longer than a block holds");
+        return -1;
+    }
+    int key_length;
+    const unsigned char *key = source_key(self, i, &key_length);
+    int index = stream_entry(self, key, key_length, hash_bytes(p, header), header);
+    if (index < 0) return -1;
+    Entry *e = &self->table[index];
+    size_t options_length = (size_t)options->len;
+    if (e->header == NULL || e->header_length != header || memcmp(e->header, p, header) != 0 ||
+        e->options_length != options_length ||
+        memcmp(e->options, options->buf, options_length) != 0) {
+        /* A new binding, or another header with the same hash taking the slot over. */
+        if (flush_recent(e) < 0) return -1;
+        unsigned char *copy = PyMem_Malloc(header);
+        unsigned char *made = PyMem_Malloc(options_length ? options_length : 1);
+        if (copy == NULL || made == NULL) {
+            PyMem_Free(copy);
+            PyMem_Free(made);
+            PyErr_NoMemory();
+            return -1;
+        }
+        forget_header(e);
+        memcpy(copy, p, header);
+        memcpy(made, options->buf, options_length);
+        e->header = copy;
+        e->header_length = header;
+        e->options = made;
+        e->options_length = (unsigned)options_length;
+    }
+    e->drop = 0;
+    if (e->delta != delta) {
+        if (flush_recent(e) < 0) return -1;
+        Py_CLEAR(e->files[0]);
+        Py_INCREF(delta);
+        Py_XSETREF(e->delta, delta);
+    }
+    e->low = low;
+    e->high = high;
+    e->watched = watched;
+    if (!watched) forget_recent(e);
+    Py_INCREF(file);
+    Py_XSETREF(e->files[0], file);
+    self->last_hit = index;
+    return 0;
+}
+
+static PyObject *FastReceiver_bind_contrail(FastReceiver *self, PyObject *args) {
+    int i, watched = 1;
+    unsigned header;
+    long long low, high;
+    Py_buffer options;
+    PyObject *delta, *file;
+    if (!self->initialised) return not_initialised();
+    if (!self->contrail) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_contrail on a jmirror FastReceiver");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "iIy*LLOO|p", &i, &header, &options, &low, &high, &delta, &file,
+                          &watched))
+        return NULL;
+    int status = bind_contrail_entry(self, i, header, &options, low, high, delta, file, watched);
+    PyBuffer_Release(&options);
+    if (status < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1328,6 +1610,9 @@ static PyMethodDef FastReceiver_methods[] = {
      "(payload bytes, raw source key, receive time ns) of datagram i."},
     {"bind", (PyCFunction)FastReceiver_bind, METH_VARARGS,
      "bind(i, linktype, low, high, delta, file): store datagram i's stream in C."},
+    {"bind_contrail", (PyCFunction)FastReceiver_bind_contrail, METH_VARARGS,
+     "bind_contrail(i, header_length, options, low, high, delta, file, watched=True): store "
+     "datagram i's vRouter's datagrams with this Juniper header in C (a contrail receiver)."},
     {"clear", (PyCFunction)FastReceiver_clear, METH_VARARGS,
      "clear(complete=False): forget every bound stream and every verdict; complete when "
      "Python's unclaimed table for this tick is empty and only this receiver feeds it."},
@@ -1404,6 +1689,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(module, "PENDING_LIMIT", PENDING_LIMIT) < 0 ||
         PyModule_AddIntConstant(module, "LINKTYPE_RAW", LINKTYPE_RAW) < 0 ||
         PyModule_AddIntConstant(module, "LINKTYPE_PPP_HDLC", LINKTYPE_PPP_HDLC) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_VLAN_TAGS", MAX_VLAN_TAGS) < 0 ||
         PyModule_AddIntConstant(module, "RECORD_HEADER", RECORD_HEADER) < 0) {
         Py_DECREF(module);
         return NULL;

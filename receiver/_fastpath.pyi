@@ -8,6 +8,7 @@ PENDING_LIMIT: Final[int]
 LINKTYPE_RAW: Final[int]
 LINKTYPE_PPP_HDLC: Final[int]
 RECORD_HEADER: Final[int]
+MAX_VLAN_TAGS: Final[int]
 IPV6_HEADER_CHAIN: Final[frozenset[int]]
 
 class FastReceiver:
@@ -20,6 +21,7 @@ class FastReceiver:
         rotate_bytes: int,
         buffer_bytes: int,
         timestamps: bool = True,
+        contrail: bool = False,
     ) -> None: ...
     def receive(self) -> int: ...
     def store(self, start: int, /) -> int: ...
@@ -28,6 +30,18 @@ class FastReceiver:
         self,
         index: int,
         linktype: int,
+        low: int,
+        high: int,
+        delta: object,
+        file: object,
+        watched: bool = True,
+        /,
+    ) -> None: ...
+    def bind_contrail(
+        self,
+        index: int,
+        header_length: int,
+        options: bytes,
         low: int,
         high: int,
         delta: object,

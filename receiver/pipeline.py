@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from receiver.contrail import CONTRAIL_MID, ContrailPacket, decode_contrail, evidence_options
 from receiver.gate import Claim, Gate
@@ -300,6 +300,18 @@ def _nobody_bound(successors: dict[SessionDelta, SessionDelta | None]) -> None:
     """No part outside the pipeline holds its session deltas (a capture file's import)."""
 
 
+class ContrailBinding(NamedTuple):
+    """A Contrail datagram stored under a claim that holds for its whole stream until
+    ``high``: the C path may take the vRouter's next datagrams with the same Juniper
+    header (``header_length`` bytes), storing them with ``options``."""
+
+    delta: SessionDelta
+    low: int
+    high: int
+    header_length: int
+    options: bytes
+
+
 class DatagramPipeline:
     """The per-datagram pipeline: decode, gate, count, store; and the periodic snapshots.
 
@@ -476,27 +488,32 @@ class DatagramPipeline:
         for payload, source, time_ns in zip(payloads, sources, times, strict=True):
             handle(payload if type(payload) is bytes else bytes(payload), source, port, time_ns)
 
-    def handle_contrail(self, payload: bytes, source: str, port: int, time_ns: int) -> None:
+    def handle_contrail(
+        self, payload: bytes, source: str, port: int, time_ns: int
+    ) -> ContrailBinding | None:
         """One CN2 / Contrail datagram from ``source`` to analyzer ``port``, received at
         ``time_ns``: decoded, gated by the CN2 claims, counted and, when claimed, its
         Ethernet frame stored with the Juniper header as pcapng options. Never raises.
 
-        Python only: a Contrail claim may depend on each frame's virtual networks and
-        addresses, so it is gated frame by frame (docs/architecture.md, Contrail)."""
+        A claim that hangs on each frame's virtual networks or addresses is asked frame
+        by frame (docs/architecture.md, Contrail). When the frame was stored under a claim
+        that holds for the whole stream (by analyzer port): what the C path needs to take
+        the vRouter's next datagrams with the same header (Receiver._contrail_native_drainer)."""
         counters = self.counters
         counters.datagrams += 1
         counters.bytes += len(payload)
         try:
             packet = decode_contrail(payload)
-            self._store_contrail(payload, packet, source, port, time_ns)
+            return self._store_contrail(payload, packet, source, port, time_ns)
         except DecodeError:
             counters.malformed += 1
         except Exception:
             self.internal_error(source)
+        return None
 
     def _store_contrail(
         self, payload: bytes, packet: ContrailPacket, source: str, port: int, time_ns: int
-    ) -> None:
+    ) -> ContrailBinding | None:
         key: StreamKey = (source, CONTRAIL_MID, port)
         gate = self.gate
         if gate is not self._claims_gate:
@@ -504,7 +521,8 @@ class DatagramPipeline:
             self._claims_gate = gate
         cached = self._claims.get(key)
         if cached is not None and cached[0] <= time_ns < cached[1]:
-            claim = cached[2]
+            low, high, claim = cached
+            whole_stream = True
         else:
             claim, low, high, whole_stream = gate.claim_contrail_span(
                 source, port, packet.source_vn, packet.dest_vn, packet.src, packet.dst, time_ns
@@ -518,7 +536,7 @@ class DatagramPipeline:
         if isinstance(claim, str):
             self.counters.drops[claim] += 1
             self._unclaimed(key, claim, time_ns)
-            return
+            return None
         router, intercept = claim
         # The capture host is the vRouter's IPv4 router id: it can only be held to an
         # IPv4 source. Over IPv6 it is kept, with the rest of the header, in the evidence.
@@ -529,7 +547,7 @@ class DatagramPipeline:
             and ":" not in router.address
         ):
             self.counters.drops[WRONG_CAPTURE_HOST] += 1
-            return
+            return None
         delta = self._sessions.get(key)
         if delta is None or delta.intercept_pk != intercept.intercept_id_pk:
             delta = self._new_session(key, claim, time_ns, delta)
@@ -537,7 +555,7 @@ class DatagramPipeline:
         delta.bytes += len(payload)
         delta.last_ns = time_ns
         if not intercept.keep_content:
-            return
+            return None
         # A vRouter repeats the same few headers (a flow's capture host, flags and VNs):
         # their options are made once per distinct header, not per frame (measured
         # 13 us a frame to make).
@@ -548,10 +566,14 @@ class DatagramPipeline:
                 self._evidence.clear()  # hostile variety: bounded, not grown
             options = self._evidence[header] = evidence_options(packet, payload)
         block = enhanced_packet_block(0, time_ns, packet.frame, options)
-        if self.store.write_block(delta.store_key, time_ns, block, LINKTYPE_ETHERNET):
-            delta.stored += 1
-            if delta.watched:
-                delta.recent.append((time_ns, payload))
+        if not self.store.write_block(delta.store_key, time_ns, block, LINKTYPE_ETHERNET):
+            return None
+        delta.stored += 1
+        if delta.watched:
+            delta.recent.append((time_ns, payload))
+        if not whole_stream:
+            return None
+        return ContrailBinding(delta, low, high, packet.header_length, options)
 
     def internal_error(self, source: str) -> None:
         # A bug, not bad input: count it, say so now and then, and keep receiving.

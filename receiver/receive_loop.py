@@ -61,7 +61,7 @@ from receiver.pipeline import (
     Unclaimed,
     aggregate_key,
 )
-from receiver.store import FileFacts, PcapStore
+from receiver.store import LINKTYPE_ETHERNET, FileFacts, PcapStore
 from receiver.watch import LiveWatch
 
 try:
@@ -243,6 +243,9 @@ class Receiver:
         #: Whether the sockets are drained by receiver._fastpath (C) rather than Python.
         self.native = native and FastReceiver is not None
         self._natives: list[FastReceiver] = []
+        # The C drains of Contrail sockets: bound and handed over as the others, but they
+        # drop nothing, so they have no say in the jmirror drains' unclaimed counting.
+        self._contrail_natives: list[FastReceiver] = []
         # Source addresses by the C path's raw keys (remember_source: bounded).
         self._native_sources: dict[bytes | int, str] = {}
         self.sockets: list[socket.socket] = []
@@ -391,6 +394,8 @@ class Receiver:
         pipeline = self.pipeline
         listener = pipeline.counters
         port = sock.getsockname()[1]
+        if self.native:
+            return self._contrail_native_drainer(sock, counters, port)
         if BatchReceiver.available():
             batch = BatchReceiver(sock, batch=BATCH, max_datagram=_MAX_DATAGRAM, timestamps=True)
             receive = batch.receive_timed
@@ -429,6 +434,100 @@ class Receiver:
                 counters.bytes += len(payload)
 
         return drain_contrail_one_by_one
+
+    def _contrail_native_drainer(
+        self, sock: socket.socket, counters: SocketCounters, port: int
+    ) -> Callable[[], None]:
+        """The drain of a Contrail socket through receiver._fastpath: C takes the
+        datagrams of vRouters bound to it (a claim by analyzer port, one binding per
+        Juniper header, with the pcapng options Python made for it); every other datagram
+        comes here in order, through :meth:`DatagramPipeline.handle_contrail`, and binds
+        its header when it may. As the jmirror drain, bindings are cleared when the gate
+        or what browsers watch changes, and their deltas replaced at each tick."""
+        store = self.store
+        native = FastReceiver(
+            sock.fileno(),
+            sock.family,
+            BATCH,
+            _MAX_DATAGRAM,
+            store.rotate_bytes,
+            store.buffer_bytes,
+            timestamps=_enable_timestamps(sock),
+            contrail=True,
+        )
+        self._contrail_natives.append(native)
+        pipeline = self.pipeline
+        handle = pipeline.handle_contrail
+        listener = pipeline.counters
+        addresses = self._native_sources
+        bound: list[object] = [None, -1]
+
+        def current() -> bool:
+            return bound[0] is pipeline.gate and bound[1] == pipeline.bindings_epoch
+
+        def rebase() -> None:
+            bound[:] = [pipeline.gate, pipeline.bindings_epoch]
+            try:
+                native.clear()
+            except Exception:  # handing the live sample on failed (no memory): counted
+                pipeline.internal_error("the C receive path")
+
+        def drain_contrail_native() -> None:
+            for _ in range(_DRAIN_LIMIT // BATCH):
+                try:
+                    count = native.receive()
+                except OSError as error:
+                    logger.debug("receive error: %s", error)
+                    break
+                if not count:
+                    break
+                index = 0
+                while True:
+                    if not current():
+                        rebase()
+                    try:
+                        index = native.store(index)
+                    except Exception:
+                        # A bug or no memory: what C stored stays; Python takes the rest.
+                        index = native.failed_at
+                        rebase()
+                        pipeline.internal_error("the C receive path")
+                    if index >= count:
+                        break
+                    try:
+                        payload, key, time_ns = native.datagram(index)
+                    except ValueError:  # truncated: dropped and counted by C
+                        index += 1
+                        continue
+                    source = addresses.get(key) or remember_source(addresses, key)
+                    binding = handle(payload, source, port, time_ns)
+                    if binding is not None:
+                        if not current():
+                            rebase()
+                        delta = binding.delta
+                        file = store.open_file(delta.store_key, LINKTYPE_ETHERNET)
+                        if file is not None:
+                            try:
+                                native.bind_contrail(
+                                    index,
+                                    binding.header_length,
+                                    binding.options,
+                                    binding.low,
+                                    min(binding.high, _LAST_NS),
+                                    delta,
+                                    file,
+                                    delta.watched,
+                                )
+                            except Exception:  # no memory: the stream stays in Python
+                                pipeline.internal_error(source)
+                    index += 1
+            received, received_bytes, fast, fast_bytes = native.take_counts()
+            listener.datagrams += fast
+            listener.bytes += fast_bytes
+            counters.datagrams += received
+            counters.bytes += received_bytes
+
+        return drain_contrail_native
 
     def _native_drainer(self, sock: socket.socket, counters: SocketCounters) -> Callable[[], None]:
         """The drain through receiver._fastpath: C receives each batch and stores the
@@ -581,7 +680,7 @@ class Receiver:
         # verdicts too, as this tick's unclaimed table is new (see rebase): complete when
         # only this socket's receiver feeds it.
         complete = len(self._natives) == 1
-        for native in self._natives:
+        for native in self._natives + self._contrail_natives:
             try:
                 native.hand_over(successors, complete)
             except Exception:
