@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from jmirror_web.intercepts.models import AGGREGATE_MID, UnclaimedStream
+from receiver.contrail import CONTRAIL_MID
 from tests.factories import make_capture_file, make_router, make_session
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +108,16 @@ def test_a_source_aggregate_row_is_listed_as_other_streams():
 
     [stream] = json.loads(streams("--json"))["unclaimed"]
     assert (stream["mid"], stream["sid"], stream["packets"]) == ("other", "other", 90_000)
+
+
+def test_contrail_streams_are_listed_by_analyzer_port():
+    vrouter = make_router(kind="cn2", port=8099)
+    make_session(router=vrouter, mid=CONTRAIL_MID, sid=8099)
+    unclaimed(source="192.0.2.77", mid=CONTRAIL_MID, sid=9100)
+
+    listed = json.loads(streams("--json"))
+    [session] = listed["sessions"]
+    [stream] = listed["unclaimed"]
+    assert (session["mid"], session["sid"]) == ("contrail", "port 8099")
+    assert (stream["mid"], stream["sid"]) == ("contrail", "port 9100")
+    assert "port 9100" in streams()

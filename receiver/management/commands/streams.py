@@ -64,6 +64,16 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
+def _mid_text(mid: int, contrail: bool) -> str:
+    # A Contrail stream has no mirror id: its mid is a marker (receiver.contrail.CONTRAIL_MID)
+    # and its sid the analyzer port the vRouter sends to.
+    return "contrail" if contrail else f"{mid:#010x}"
+
+
+def _sid_text(sid: int, contrail: bool) -> str:
+    return f"port {sid}" if contrail else f"{sid:#010x}"
+
+
 def session_entries(limit: int) -> list[SessionEntry]:
     sessions = (
         Session.objects.select_related("router", "intercept__case")
@@ -76,8 +86,8 @@ def session_entries(limit: int) -> list[SessionEntry]:
             id=session.pk,
             router=session.router.name,
             router_address=session.router.address,
-            mid=f"{session.mid:#010x}",
-            sid=f"{session.sid:#010x}",
+            mid=_mid_text(session.mid, session.is_contrail),
+            sid=_sid_text(session.sid, session.is_contrail),
             liid=session.intercept.liid if session.intercept else None,
             case=session.intercept.case.reference if session.intercept else None,
             first_seen=_time(session.first_seen) or "",
@@ -110,8 +120,8 @@ def unclaimed_entries(limit: int) -> list[UnclaimedEntry]:
             source=stream.source,
             router=stream.router.name if stream.router else None,
             # A source's streams past its limit, counted together (receiver.pipeline).
-            mid="other" if stream.is_aggregate else f"{stream.mid:#010x}",
-            sid="other" if stream.is_aggregate else f"{stream.sid:#010x}",
+            mid="other" if stream.is_aggregate else _mid_text(stream.mid, stream.is_contrail),
+            sid="other" if stream.is_aggregate else _sid_text(stream.sid, stream.is_contrail),
             reason=stream.reason,
             packets=stream.packets,
             first_seen=_time(stream.first_seen) or "",
