@@ -129,6 +129,8 @@ def test_a_forced_port_reports_undecodable_datagrams_by_reason(tmp_path: Path):
 def test_it_rejects_a_port_that_is_not_a_udp_port(capture: Path, port: str):
     with pytest.raises(CommandError, match="port"):
         call_command("decode", str(capture), "--port", port)
+    with pytest.raises(CommandError, match="port"):
+        call_command("decode", str(capture), "--contrail-port", port)
 
 
 def test_a_missing_file_is_a_one_line_error_with_exit_status_2(tmp_path: Path):

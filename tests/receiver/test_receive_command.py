@@ -209,6 +209,17 @@ def test_a_listen_address_without_a_port_is_refused():
         call_command("receive", "--listen", "127.0.0.1")
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1:8099", "127.0.0.1:70000"])
+def test_a_bad_contrail_listen_address_is_refused(address):
+    with pytest.raises(CommandError, match="--contrail-listen"):
+        call_command("receive", "--contrail-listen", address)
+
+
+def test_one_address_cannot_receive_both_jmirror_and_contrail():
+    with pytest.raises(CommandError, match="both jmirror and Contrail"):
+        call_command("receive", "--listen", "127.0.0.1:8099", "--contrail-listen", "127.0.0.1:8099")
+
+
 def test_files_being_written_have_rows_before_they_close(tmp_path):
     make_router(address="127.0.0.1")
     make_intercept(make_case(), intercept_id=0x300)
