@@ -10,6 +10,7 @@ stops the start with a :class:`~jmirror_web.environment.ConfigurationError`.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ from jmirror_web.environment import (
     parse_listen,
 )
 from jmirror_web.file_modes import restrict_umask
+from jmirror_web.object_store import (
+    LockMode,
+    StorageConfig,
+    StorageUrlError,
+    parse_storage_url,
+    valid_node_name,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -327,6 +335,53 @@ JMIRROR_ALERT_SILENCE_MINUTES = env_int(
 # Days after its warrant ends that a new case's files are kept before they are purged
 # (each case can say otherwise; legal hold keeps them all). 36500 is the model's maximum.
 JMIRROR_RETENTION_DAYS = env_int("JMIRROR_RETENTION_DAYS", 365, minimum=0, maximum=36500)
+
+# This host's name among the capture hosts (rows record which node captured what, object
+# keys start with it, the health page lists nodes): default the host name.
+NODE_NAME = env_str("JMIRROR_NODE_NAME", "").strip() or socket.gethostname().split(".")[0]
+if not valid_node_name(NODE_NAME):
+    raise ConfigurationError(
+        f"JMIRROR_NODE_NAME={NODE_NAME!r} is not a node name: 1-63 letters, digits, '.', "
+        "'-' or '_', starting with a letter or digit"
+    )
+
+
+# Where closed capture files go (jmirror_web.object_store): empty, local files under the
+# data directory only; s3://BUCKET[/PREFIX], an S3-compatible store, with the endpoint of
+# a non-AWS one and the region here and the credentials in the standard AWS variables or
+# a credentials file (never in the URL). Parsed here; reached when a receiver or `serve`
+# starts (a store out of reach then stops the start with one line).
+def _storage() -> StorageConfig | None:
+    try:
+        where = parse_storage_url(env_str("JMIRROR_STORAGE_URL", ""))
+    except StorageUrlError as error:
+        raise ConfigurationError(f"JMIRROR_STORAGE_URL: {error}") from None
+    endpoint = env_str("JMIRROR_S3_ENDPOINT", "").strip() or None
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ConfigurationError(
+                f"JMIRROR_S3_ENDPOINT={endpoint!r} is not http(s)://HOST[:PORT] "
+                "(credentials go in the AWS variables, not here)"
+            )
+    mode = LockMode(env_choice("JMIRROR_S3_LOCK_MODE", "COMPLIANCE", list(LockMode)))
+    region = env_str("JMIRROR_S3_REGION", "").strip() or None
+    if where is None:
+        return None
+    bucket, prefix = where
+    return StorageConfig(bucket, prefix, endpoint=endpoint, region=region, lock_mode=mode)
+
+
+STORAGE = _storage()
+# Hours a capture file's local copy is kept after the store confirmed its upload (then
+# removed; never before). Web processes read it locally while it is there.
+JMIRROR_LOCAL_KEEP_HOURS = env_int("JMIRROR_LOCAL_KEEP_HOURS", 24, minimum=0, maximum=24 * 3650)
+# A session's file closes (and is hashed, then uploaded) after this many seconds without
+# a packet: what a web process on another host cannot read of an active session is at
+# most this last stretch.
+JMIRROR_SESSION_QUIET_SECONDS = env_int(
+    "JMIRROR_SESSION_QUIET_SECONDS", 60, minimum=1, maximum=24 * 3600
+)
 
 # The Ed25519 key that signs the audit log's checkpoints (jmirror_web.audit.checkpoints),
 # made with mode 0600 on first use. Outside the database on purpose: whoever can rewrite

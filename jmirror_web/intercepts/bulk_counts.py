@@ -46,6 +46,8 @@ class FileCounts(NamedTuple):
     bytes: int
     sha256: str
     closed: bool
+    node: str = ""  # the capture host (settings.NODE_NAME)
+    closed_at: datetime | None = None  # when it closed; None while open
 
 
 # Bind parameters per statement on SQLite when the library cannot tell its own limit
@@ -310,7 +312,17 @@ def record_files(model: type[models.Model], alias: str, rows: Sequence[FileCount
         else:
             raise NotSupportedError(f"{meta.label}.{field.name} has no value to insert")
     column = {field.name: quote(str(field.column)) for field in given.values()}
-    updated = ("session", "first_packet", "last_packet", "packets", "bytes", "sha256", "closed")
+    updated = (
+        "session",
+        "first_packet",
+        "last_packet",
+        "packets",
+        "bytes",
+        "sha256",
+        "closed",
+        "node",
+        "closed_at",
+    )
     conflict = (
         f"ON CONFLICT ({column['path']}) DO UPDATE SET "
         + ", ".join(f"{column[name]} = excluded.{column[name]}" for name in updated)

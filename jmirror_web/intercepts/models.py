@@ -28,6 +28,7 @@ from jmirror_web.intercepts import bulk_counts
 from jmirror_web.intercepts.bulk_counts import FileCounts as FileCounts
 from jmirror_web.intercepts.bulk_counts import SessionCounts as SessionCounts
 from jmirror_web.intercepts.bulk_counts import SessionIdentity as SessionIdentity
+from jmirror_web.object_store import StoredObject
 from jmirror_web.plain_text import control_character_errors
 from receiver.contrail import CONTRAIL_MID
 from receiver.store import PART_SUFFIX
@@ -694,6 +695,8 @@ class CaptureFileManager(models.Manager["CaptureFile"]):
                 "bytes": row.bytes,
                 "sha256": row.sha256,
                 "closed": row.closed,
+                "node": row.node,
+                "closed_at": row.closed_at,
             },
         )
 
@@ -736,6 +739,26 @@ class CaptureFile(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     verify_ok = models.BooleanField(null=True, blank=True)
     verify_detail = models.CharField(max_length=300, blank=True)
+    # Which capture host wrote the file (settings.NODE_NAME of its receiver), and when
+    # it closed (then its SHA-256 exists and it may be uploaded).
+    node = models.CharField(max_length=63, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # Object storage (jmirror_web.object_store, receiver.uploads): where the store put
+    # the file, set only once the store confirmed the upload with the file's SHA-256.
+    object_bucket = models.CharField(max_length=63, blank=True)
+    object_key = models.CharField(max_length=1024, blank=True)
+    object_version = models.CharField(max_length=1024, blank=True)
+    uploaded_at = models.DateTimeField(null=True, blank=True)
+    # Retention the upload set (Object Lock), and the legal hold as last set on the object.
+    object_retain_until = models.DateTimeField(null=True, blank=True)
+    object_legal_hold = models.BooleanField(default=False)
+    # The upload queue: failed attempts so far, the last failure, and when to try again.
+    upload_attempts = models.PositiveIntegerField(default=0)
+    upload_error = models.CharField(max_length=300, blank=True)
+    upload_after = models.DateTimeField(null=True, blank=True)
+    # When the capturing host removed its local copy (JMIRROR_LOCAL_KEEP_HOURS after the
+    # upload): from then on the file is read from the store only.
+    local_removed_at = models.DateTimeField(null=True, blank=True)
 
     objects = CaptureFileManager()
 
@@ -747,11 +770,24 @@ class CaptureFile(models.Model):
                 fields=["purged_at"],
                 condition=Q(purged_at__isnull=False, file_deleted_at__isnull=True),
                 name="capturefile_purge_pending",
-            )
+            ),
+            # The upload queue: each node's closed files not yet in the store.
+            models.Index(
+                fields=["node", "upload_after"],
+                condition=Q(closed=True, uploaded_at__isnull=True, purged_at__isnull=True),
+                name="capturefile_upload_queue",
+            ),
         ]
 
     def __str__(self) -> str:
         return self.path
+
+    @property
+    def stored_object(self) -> StoredObject | None:
+        """Where the store holds this file, once uploaded; None before."""
+        if self.uploaded_at is None or not self.object_key:
+            return None
+        return StoredObject(self.object_bucket, self.object_key, self.object_version)
 
     def on_disk(self) -> Path:
         """Where this row's file is. Only a file under ``settings.SESSIONS_DIR`` is ever
@@ -810,6 +846,9 @@ class ReceiverProcess(models.Model):
     by the receiver at least once a second. A system record: no case data in it."""
 
     hostname = models.CharField(max_length=255)
+    # settings.NODE_NAME of the receiver (several capture hosts: the health page lists
+    # each node's receivers).
+    node = models.CharField(max_length=63, blank=True)
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     # When the receiver last wrote to the database: a stale value means it is stuck or gone.
