@@ -144,7 +144,11 @@ def serve(
     (:func:`analyzer_listen`) as the records have them at start."""
     limit = raise_open_file_limit()
     bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
-    logger.info("at most %d pcap files open at once", bound)
+    logger.info(
+        "at most %d pcap files open at once; a session's file closes after %d s without a packet",
+        bound,
+        settings.JMIRROR_SESSION_QUIET_SECONDS,
+    )
     root.mkdir(mode=STORE_DIRECTORY_MODE, parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
     repaired = record_recovered(root, recovered)
@@ -183,7 +187,9 @@ def serve(
         receiver = Receiver(
             listen,
             watcher.gate,
-            PcapStore(root, max_open_files=bound),
+            PcapStore(
+                root, max_open_files=bound, quiet_seconds=settings.JMIRROR_SESSION_QUIET_SECONDS
+            ),
             rcvbuf=rcvbuf,
             on_tick=hooks,
             stop_event=stop,

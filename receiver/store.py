@@ -320,6 +320,7 @@ class PcapStore:
         flush_interval: float = 1.0,
         buffer_bytes: int = 1 << 16,
         max_open_files: int | None = None,
+        quiet_seconds: float | None = None,
     ) -> None:
         self.root = root
         self.store_errors: Counter[str] = Counter()
@@ -332,6 +333,12 @@ class PcapStore:
         self._failure_log: tuple[float, int] = (0.0, 0)
         self._rotate_bytes = rotate_bytes
         self._rotate_ns = int(rotate_seconds * _NS)
+        # A file whose last packet is this old closes at the next close_expired (None:
+        # only its age closes it). Why: a web process on another host reads only closed
+        # (uploaded) files, so what it cannot reach of an active session is at most this.
+        if quiet_seconds is not None and not quiet_seconds > 0:
+            raise ValueError(f"quiet_seconds must be positive, not {quiet_seconds!r}")
+        self._quiet_ns = None if quiet_seconds is None else int(quiet_seconds * _NS)
         self._flush_interval = flush_interval
         # 64 KiB stays in the CPU cache and below malloc's mmap threshold: a 1 MiB buffer
         # measured twice the per-packet cost at 1400 bytes.
@@ -465,12 +472,26 @@ class PcapStore:
         for key in [key for key in self._files if key[0] == session]:
             self._finish(self._files.pop(key))
 
+    @property
+    def quiet_seconds(self) -> float | None:
+        """A file closes once its last packet is this old (None: only by age or size)."""
+        return None if self._quiet_ns is None else self._quiet_ns / _NS
+
     def close_expired(self, now_ns: int) -> None:
         """Close files whose age limit has passed by ``now_ns`` (wall clock, ns since the
-        epoch): a session that went quiet would otherwise keep its file open, unhashed,
-        until its next packet. Call it about once a second."""
+        epoch), and with ``quiet_seconds``, files whose last packet is that old: a session
+        that went quiet would otherwise keep its file open, unhashed, until its next
+        packet. Call it about once a second.
+
+        Closing a file the receiver's C path has bound is what rotation does too: its
+        descriptor becomes CLOSED_FD, so C hands the stream's next datagram to Python,
+        which opens the session's next file (receiver._fastpath call_file_of). C writes a
+        file's ``last_ns`` back at the end of each call, before this runs."""
+        quiet = self._quiet_ns
+        # Packet times are never negative: without a quiet time no file is idle.
+        idle_before = -1 if quiet is None else now_ns - quiet
         for key, file in list(self._files.items()):
-            if now_ns >= file.deadline_ns:
+            if now_ns >= file.deadline_ns or file.last_ns <= idle_before:
                 self._finish(self._files.pop(key))
 
     def close_all(self) -> list[FileFacts]:

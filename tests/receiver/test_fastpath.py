@@ -7,6 +7,7 @@ stream), with the unclaimed streams' per-source limits and aggregate rows."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import socket
 import sys
 import tempfile
@@ -717,3 +718,57 @@ def test_c_drop_tables_refuse_bad_input(receiving):
         fast.set_gate([2**30], 1)
     assert fast.store(0) == 0
     assert fast.take_dropped() == (0, 0, 0, 0, [])
+
+
+def test_a_file_closed_for_quiet_while_c_has_its_stream_bound_goes_on_in_the_next_file():
+    """Idle close takes the path rotation by age takes: Python closes the file C writes
+    (its descriptor becomes CLOSED_FD), C hands the stream's next datagram to Python,
+    which opens the session's next file and binds it again, and C stores the rest."""
+    first = [jmirror_datagram(bytes(ipv4_udp(sport=1000 + n)), mid=1, sid=7) for n in range(30)]
+    second = [jmirror_datagram(bytes(ipv4_udp(sport=2000 + n)), mid=1, sid=7) for n in range(30)]
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        snapshots: list[Snapshot] = []
+        store = PcapStore(root, buffer_bytes=1 << 16, quiet_seconds=60)
+        receiver = Receiver(
+            [("127.0.0.1", 0)], Gate(ROUTERS, RULES), store, on_tick=[snapshots.append]
+        )
+        handled: list[bytes] = []
+        handle = receiver.pipeline.handle
+
+        def counting_handle(payload: bytes, source: str, time_ns: int) -> Any:
+            handled.append(payload)
+            return handle(payload, source, time_ns)
+
+        receiver.pipeline.handle = counting_handle  # type: ignore[method-assign]
+        sock = receiver.sockets[0]
+        sock.setblocking(False)
+        drain = receiver._drainer(sock)
+        with senders() as by_source:
+            for payload in first:
+                by_source["127.0.0.1"].sendto(payload, receiver.addresses[0])
+            drain()
+            receiver.tick(time.time_ns())
+            assert [file.packets for file in store.open_files()] == [30]
+            assert snapshots[-1].closed_files == []
+            # A minute later with nothing received: the file closes, hashed.
+            receiver.tick(time.time_ns() + 61 * 10**9)
+            (closed,) = snapshots[-1].closed_files
+            assert store.open_files() == []
+            assert closed.packets == 30
+            assert closed.sha256 == hashlib.sha256((root / closed.path).read_bytes()).hexdigest()
+            generation = store.generation
+            for payload in second:
+                by_source["127.0.0.1"].sendto(payload, receiver.addresses[0])
+            drain()
+        # Python opened one file for the 30 datagrams and bound it: C stored the rest.
+        assert store.generation - generation == 1
+        assert handled == [first[0], second[0]]
+        assert receiver.counters.internal_error == 0
+        receiver.finish(time.time_ns())
+        receiver.close_sockets()
+        files = _files(root)["LIID1_127.0.0.1_mid-00000001_sid-00000007"]
+        assert files == [
+            [payload[8:] for payload in first],
+            [payload[8:] for payload in second],
+        ]

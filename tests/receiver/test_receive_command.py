@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from jmirror_web.intercepts.models import (
@@ -243,6 +244,37 @@ def test_files_being_written_have_rows_before_they_close(tmp_path):
     assert closed.count() == len(paths)
     assert all(row.closed and len(row.sha256) == 64 for row in closed)
     assert sum(row.packets for row in CaptureFile.objects.all()) == 20
+
+
+def test_a_session_that_goes_quiet_has_its_file_closed_and_hashed_while_receiving(
+    tmp_path, settings
+):
+    settings.JMIRROR_SESSION_QUIET_SECONDS = 1
+    make_router(address="127.0.0.1")
+    make_intercept(make_case(), intercept_id=0x300)
+    root = tmp_path / "sessions"
+    served = Served(root)
+    try:
+        call_command(
+            "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "20", "--rate", "0",
+            "--mid", "0x300",
+        )  # fmt: skip
+        # Closed by the quiet time, not by stopping: the receiver is still running.
+        wait_for(
+            lambda: (
+                CaptureFile.objects.filter(closed=True).aggregate(Sum("packets"))["packets__sum"]
+                == 20
+            ),
+            timeout=15,
+        )
+        rows = list(CaptureFile.objects.all())
+        assert not list(root.rglob("*.part"))
+    finally:
+        served.finish()
+    for row in rows:
+        assert row.closed
+        assert row.closed_at is not None
+        assert row.sha256 == hashlib.sha256(on_disk(row, root).read_bytes()).hexdigest()
 
 
 def test_unclaimed_streams_and_listener_counters_reach_the_database(tmp_path):

@@ -591,3 +591,46 @@ def test_close_expired_closes_the_files_of_sessions_that_went_quiet(tmp_path):
 
     assert [file.session for file in store.take_closed()] == [SESSION]
     assert store.open_sessions == 1
+
+
+def test_a_quiet_session_s_file_closes_hashed_after_the_quiet_time_and_a_busy_one_stays_open(
+    tmp_path,
+):
+    store = PcapStore(tmp_path, quiet_seconds=60)
+    quiet, busy = SESSION, SESSION6
+    store.write(quiet, T0, ipv4(), LINKTYPE_RAW)
+    store.write(quiet, T0 + 5 * SECOND, ipv4(payload=b"last"), LINKTYPE_RAW)
+    for second in range(0, 121, 10):
+        store.write(busy, T0 + second * SECOND, ipv4(), LINKTYPE_RAW)
+
+    store.close_expired(T0 + 65 * SECOND - 1)  # one ns short of the quiet one's time
+    assert store.take_closed() == []
+    store.close_expired(T0 + 65 * SECOND)
+    (closed,) = store.take_closed()
+    assert (closed.session, closed.packets, closed.last_ns) == (quiet, 2, T0 + 5 * SECOND)
+    on_disk = tmp_path / closed.path
+    assert closed.sha256 == hashlib.sha256(on_disk.read_bytes()).hexdigest()
+    assert not on_disk.with_name(on_disk.name + ".part").exists()
+    # The busy session's packet 10 s ago keeps its file open, well past the quiet one's.
+    store.close_expired(T0 + 130 * SECOND)
+    assert store.take_closed() == []
+    store.flush()
+    assert [file.session for file in store.open_files()] == [busy]
+    # The quiet session's next packet opens its next file.
+    store.write(quiet, T0 + 131 * SECOND, ipv4(), LINKTYPE_RAW)
+    store.flush()
+    assert sorted(file.packets for file in store.open_files()) == [1, 13]
+
+
+def test_without_a_quiet_time_only_the_age_limit_closes_a_quiet_file(tmp_path):
+    store = PcapStore(tmp_path, rotate_seconds=3600)
+    store.write(SESSION, T0, ipv4(), LINKTYPE_RAW)
+    store.close_expired(T0 + 3599 * SECOND)
+    assert store.take_closed() == []
+    assert store.quiet_seconds is None
+
+
+@pytest.mark.parametrize("quiet", [0, -1, float("nan")])
+def test_a_quiet_time_that_is_not_positive_is_refused(tmp_path, quiet):
+    with pytest.raises(ValueError, match="quiet_seconds must be positive"):
+        PcapStore(tmp_path, quiet_seconds=quiet)

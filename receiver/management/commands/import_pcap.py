@@ -426,6 +426,9 @@ class Command(BaseCommand):
         bookkeeper.register()
         tally = Tally()
         watcher = GateWatcher()
+        # No quiet time (JMIRROR_SESSION_QUIET_SECONDS): times here are capture times, so a
+        # pause in the recording would split a session's file for nothing; the import
+        # closes (and hashes) every file when it ends, minutes at most after it began.
         capture = DatagramPipeline(
             watcher.gate, PcapStore(root), on_tick=[bookkeeper.absorb, tally.absorb]
         )
