@@ -1,9 +1,10 @@
 """The health page for system administrators: the receivers, their sockets and counters,
-and the data directory's disk space.
+the capture hosts (nodes), and the data directory's disk space.
 
-It is built from the system records alone (:class:`ReceiverProcess`, :class:`Listener`)
-and the file system: no query here touches a case, intercept, session or router, so the
-page cannot show case data whatever the records hold. Rates come live from the ``health``
+It is built from the system records alone (:class:`ReceiverProcess`, :class:`Listener`),
+counts of capture files by node (no path, session or name: :func:`node_rows`) and the
+file system: no query here touches a case, intercept, session or router, so the page
+cannot show case data whatever the records hold. Rates come live from the ``health``
 websocket stream (``static/js/health.js``); without JavaScript the stored totals show.
 """
 
@@ -17,7 +18,7 @@ from typing import Final
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -26,6 +27,7 @@ from django.views.decorators.http import require_GET
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import (
     AGGREGATE_MID,
+    CaptureFile,
     Listener,
     ReceiverProcess,
     UnclaimedStream,
@@ -158,6 +160,78 @@ def receiver_rows(now: datetime) -> list[ReceiverRow]:
     return rows
 
 
+# Nodes listed at most (capture hosts are a handful; the bound keeps the page's size
+# fixed whatever the records hold).
+MAX_NODES: Final = 100
+
+
+@dataclass
+class NodeRow:
+    """One capture host (``JMIRROR_NODE_NAME``) as the page shows it: its receivers of the
+    last day and the capture files it wrote that retention has not purged."""
+
+    name: str  # "" for files recorded before receivers had node names
+    receivers: list[ReceiverRow] = field(default_factory=list)
+    open_files: int = 0
+    open_bytes: int = 0
+    closed_files: int = 0
+    closed_bytes: int = 0
+
+    @property
+    def state(self) -> str:
+        """live (a receiver reports), stale (its receivers went silent), stopped (all
+        stopped in the last day), or none (no receiver in the last day)."""
+        states = {row.state for row in self.receivers}
+        for state, shown in (("running", "live"), ("stale", "stale"), ("stopped", "stopped")):
+            if state in states:
+                return shown
+        return "none"
+
+    @property
+    def last_report(self) -> datetime | None:
+        return max((row.process.reported_at for row in self.receivers), default=None)
+
+
+def node_rows(receivers: list[ReceiverRow]) -> tuple[list[NodeRow], bool]:
+    """Every node with a receiver on the page or capture files held, by name, and whether
+    the list was cut at :data:`MAX_NODES`. One query: counts grouped by node."""
+    nodes: dict[str, NodeRow] = {}
+    for row in receivers:
+        nodes.setdefault(row.process.node, NodeRow(row.process.node)).receivers.append(row)
+    counts = (
+        CaptureFile.objects.filter(purged_at__isnull=True)
+        .order_by()
+        .values("node")
+        .annotate(
+            open_files=Count("pk", filter=Q(closed=False)),
+            open_bytes=Sum("bytes", filter=Q(closed=False)),
+            closed_files=Count("pk", filter=Q(closed=True)),
+            closed_bytes=Sum("bytes", filter=Q(closed=True)),
+        )
+        .order_by("node")[: MAX_NODES + 1]
+    )
+    for count in counts:
+        node = nodes.setdefault(count["node"], NodeRow(count["node"]))
+        node.open_files = count["open_files"]
+        node.open_bytes = count["open_bytes"] or 0
+        node.closed_files = count["closed_files"]
+        node.closed_bytes = count["closed_bytes"] or 0
+    listed = sorted(nodes.values(), key=lambda node: node.name)
+    return listed[:MAX_NODES], len(listed) > MAX_NODES
+
+
+def node_context(receivers: list[ReceiverRow]) -> dict[str, object]:
+    """The page's "Capture hosts" section (templates/console/health_nodes.html)."""
+    nodes, cut = node_rows(receivers)
+    return {
+        "nodes": nodes,
+        "nodes_cut": cut,
+        "max_nodes": MAX_NODES,
+        "this_node": settings.NODE_NAME,
+        "quiet_seconds": settings.JMIRROR_SESSION_QUIET_SECONDS,
+    }
+
+
 def _counter_table(
     rows: list[ReceiverRow], attribute: str, first: tuple[str, ...] = ()
 ) -> tuple[list[str], list[tuple[ReceiverRow, list[int]]]]:
@@ -193,7 +267,7 @@ def health_page(request: HttpRequest) -> HttpResponse:
     lag = max((row.process.bookkeeping_lag_seconds for row in current), default=0.0)
     drop_columns, drops = _counter_table(rows, "drops", KNOWN_DROP_REASONS)
     error_columns, store_errors = _counter_table(rows, "store_errors")
-    context = {
+    context: dict[str, object] = {
         "now": now,
         "disk": disk_space(),
         "receivers": rows,
@@ -225,4 +299,5 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "unclaimed_overflow": sum(row.process.unclaimed_overflow for row in current),
         "low_disk_percent": int(LOW_DISK_FRACTION * 100),
     }
+    context.update(node_context(rows))
     return render(request, "console/health.html", context)

@@ -40,7 +40,7 @@ def unclaimed(**fields: object) -> UnclaimedStream:
 
 def test_json_lists_sessions_with_files_and_unclaimed_streams_marked():
     session = make_session(mid=0x300, sid=0x90, packets=12, bytes=1200, stored_packets=12)
-    file = make_capture_file(session, closed=False, sha256="")
+    file = make_capture_file(session, closed=False, sha256="", node="capture-a")
     router = make_router(address="203.0.113.9")
     unclaimed(source="203.0.113.9", router=router, reason="no_intercept", mid=0x777)
 
@@ -54,7 +54,9 @@ def test_json_lists_sessions_with_files_and_unclaimed_streams_marked():
         session.intercept.case.reference,
     )
     assert (listed["packets"], listed["bytes"], listed["stored_packets"]) == (12, 1200, 12)
-    assert [(f["path"], f["closed"]) for f in listed["files"]] == [(file.path, False)]
+    assert [(f["path"], f["closed"], f["node"]) for f in listed["files"]] == [
+        (file.path, False, "capture-a")
+    ]
     [stream] = document["unclaimed"]
     assert stream["status"] == "unclaimed"
     assert (stream["source"], stream["router"], stream["mid"], stream["reason"]) == (
@@ -69,7 +71,7 @@ def test_json_lists_sessions_with_files_and_unclaimed_streams_marked():
 
 def test_the_table_marks_unclaimed_streams_and_open_files():
     session = make_session()
-    make_capture_file(session, path="sessions/x/open.pcap", closed=False)
+    make_capture_file(session, path="sessions/x/open.pcap", closed=False, node="capture-b")
     unclaimed()
 
     lines = streams().splitlines()
@@ -79,6 +81,7 @@ def test_the_table_marks_unclaimed_streams_and_open_files():
     assert session.intercept.liid in lines[1]
     assert "sessions/x/open.pcap" in lines[2]
     assert "(open)" in lines[2]
+    assert "on capture-b" in lines[2]
     assert lines[3].startswith("unclaimed")
     assert "unknown_router" in lines[3]
     assert "198.51.100.7" in lines[3]

@@ -1,9 +1,9 @@
 """``manage.py streams [--json]``: what the receivers have seen, for the operator's shell.
 
-Sessions (claimed streams) with their counters and pcap files, then the unclaimed
-(source, mid, sid) with their counts, marked ``unclaimed`` and with the reason their
-packets were dropped, so an LI administrator can register the router or create the
-intercept. Metadata only: no packet content is read.
+Sessions (claimed streams) with their counters and pcap files (and the node that wrote
+each), then the unclaimed (source, mid, sid) with their counts, marked ``unclaimed`` and
+with the reason their packets were dropped, so an LI administrator can register the
+router or create the intercept. Metadata only: no packet content is read.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class FileEntry(TypedDict):
     last_packet: str | None
     sha256: str
     closed: bool
+    node: str  # the capture host that wrote it ("" before node names)
 
 
 class SessionEntry(TypedDict):
@@ -104,6 +105,7 @@ def session_entries(limit: int) -> list[SessionEntry]:
                     last_packet=_time(row.last_packet),
                     sha256=row.sha256,
                     closed=row.closed,
+                    node=row.node,
                 )
                 for row in session.files.all()
             ],
@@ -177,7 +179,8 @@ class Command(BaseCommand):
             )
             for file in session["files"]:
                 state = "" if file["closed"] else "  (open)"
-                write(f"{'':<10} file {file['path']} ({file['packets']} packets){state}")
+                node = f" on {file['node']}" if file["node"] else ""
+                write(f"{'':<10} file {file['path']} ({file['packets']} packets){node}{state}")
         for stream in unclaimed:
             router = stream["router"] or stream["source"]
             write(
