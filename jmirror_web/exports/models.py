@@ -127,6 +127,21 @@ class Export(models.Model):
                 "cannot hold per-packet options. The stored files keep it, and a pcapng "
                 "export of the same packets keeps it too."
             )
+        for source in self.sources:
+            for part in source.get("not_included", []):
+                mirror = (
+                    f"Contrail analyzer port {source['analyzer_port']}"
+                    if source.get("analyzer_port")
+                    else f"mid {source['mid']} sid {source['sid']}"
+                )
+                notes.append(
+                    f"Not included: {part['packets']} packets of session {source['router']} "
+                    f"{mirror} from {part['first_packet']} to {part['last_packet']} (UTC), as "
+                    f"its receiver had reported them when the export started, in file "
+                    f"{part['name']} still being written on capture host {part['node']}. Web "
+                    "processes read only closed files of other hosts; a later export includes "
+                    "it once it closes."
+                )
         return notes
 
     def manifest(self) -> dict[str, Any]:
@@ -165,6 +180,8 @@ class Export(models.Model):
                     # A CN2 (Contrail) session's analyzer port; None for jmirror.
                     "analyzer_port": source.get("analyzer_port"),
                     "files": source["files"],
+                    # Files left out: still being written on another capture host.
+                    "not_included": source.get("not_included", []),
                 }
                 for source in self.sources
             ],

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Greatest, Least
@@ -57,6 +58,7 @@ from jmirror_web.intercepts.models import (
     OutsideSessionsDirectory,
     Session,
 )
+from receiver.store import PART_SUFFIX
 
 CONTENT_TYPES: Final = {
     ExportFormat.PCAP: "application/vnd.tcpdump.pcap",
@@ -207,6 +209,39 @@ def _files_in(
     return found
 
 
+def still_open_elsewhere(capture: CaptureFile) -> bool:
+    """Whether the file of ``capture`` is being written on another capture host and this
+    host cannot read it: no web process reaches into a capture host (it needs no inbound
+    connection), so an export leaves the file out and its manifest says so. A file this
+    host can read (a shared directory) is exported as any other."""
+    if capture.closed or not capture.node or capture.node == settings.NODE_NAME:
+        return False
+    try:
+        path = capture.on_disk()
+    except OutsideSessionsDirectory:
+        return False  # refused by file_path as any other
+    return not (path.exists() or path.with_name(path.name + PART_SUFFIX).exists())
+
+
+def _split_open_elsewhere(
+    files: list[CaptureFile],
+) -> tuple[list[CaptureFile], list[CaptureFile]]:
+    """``files`` as (those the export reads, those still being written on another
+    host: :func:`still_open_elsewhere`)."""
+    elsewhere = [each for each in files if still_open_elsewhere(each)]
+    return [each for each in files if each not in elsewhere], elsewhere
+
+
+def _open_elsewhere_text(files: list[CaptureFile]) -> str:
+    """Where and when the packets of ``files`` are, for a sentence to the user."""
+    parts = [
+        f"node {each.node} from {_shown(each.first_packet) if each.first_packet else '?'} to "
+        f"{_shown(each.last_packet) if each.last_packet else '?'} UTC ({each.packets} packets)"
+        for each in files
+    ]
+    return "; ".join(parts)
+
+
 def _ns_bounds(capture: CaptureFile) -> tuple[int | None, int | None]:
     # The row's times are cut to the microsecond; the last one is widened to the end of
     # its microsecond so that no packet of the file is taken to lie outside it.
@@ -276,7 +311,25 @@ def _session_source(
     )
 
 
-def _source_record(session: Session, files: list[CaptureFile]) -> dict[str, Any]:
+def _not_included_record(capture: CaptureFile) -> dict[str, Any]:
+    """A file an export left out because it is still being written on another capture
+    host: which, where, the span and the packets its receiver had reported (it keeps
+    writing: more may follow within the same file)."""
+    return {
+        "id": capture.pk,
+        "name": Path(capture.path).name,
+        "node": capture.node,
+        "reason": "still being written on another capture host",
+        "first_packet": _iso(capture.first_packet),
+        "last_packet": _iso(capture.last_packet),
+        "packets": capture.packets,
+        "bytes": capture.bytes,
+    }
+
+
+def _source_record(
+    session: Session, files: list[CaptureFile], elsewhere: list[CaptureFile] | None = None
+) -> dict[str, Any]:
     return {
         "session": session.pk,
         "intercept": session.intercept_id,
@@ -296,6 +349,8 @@ def _source_record(session: Session, files: list[CaptureFile]) -> dict[str, Any]
             }
             for each in files
         ],
+        # Left out: still being written on another capture host (the manifest's notes).
+        "not_included": [_not_included_record(each) for each in elsewhere or []],
     }
 
 
@@ -323,7 +378,14 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
             f"{_shown(session.first_seen)} to {_shown(session.last_seen)} UTC.",
             "start",
         )
-    files = _files_in([session], start, end)[session.pk]
+    files, elsewhere = _split_open_elsewhere(_files_in([session], start, end)[session.pk])
+    if not files and elsewhere:
+        raise ExportRefused(
+            f"Session {_session_label(session)} has its packets in that window only in a file "
+            f"still being written on another capture host ({_open_elsewhere_text(elsewhere)}); "
+            f"it can be exported once that file closes (after "
+            f"{settings.JMIRROR_SESSION_QUIET_SECONDS} s without a packet, or at rotation)."
+        )
     if not files:
         raise ExportRefused(f"Session {_session_label(session)} has no stored file in that window.")
     shown_start = parameters.start or session.first_seen
@@ -354,7 +416,7 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
         sessions=[(session, files)],
         file_name=name,
         engine_request=engine_request,
-        sources=[_source_record(session, files)],
+        sources=[_source_record(session, files, elsewhere)],
     )
 
 
@@ -438,21 +500,38 @@ def _prepare_sessions(
     ``window`` itself, already checked against it)."""
     start, end = window
     chosen: list[tuple[Session, list[CaptureFile], Window]] = []
+    # Per session, its files in the window still being written on another capture host:
+    # left out, and said so in the manifest (a session with nothing else is listed too).
+    elsewhere: dict[int, list[CaptureFile]] = {}
+    left_out: list[Session] = []
     for each_intercept, sessions in groups:
         inside = _inside_warrant(each_intercept, start, end)
         if inside is None or not sessions:
             continue
         files_of = _files_in(sessions, *inside)
         limit = Window(to_ns(inside[0]), to_ns(inside[1]))
-        chosen += [(session, files_of[session.pk], limit) for session in sessions]
-    chosen = [each for each in chosen if each[1]]
+        for session in sessions:
+            files, elsewhere[session.pk] = _split_open_elsewhere(files_of[session.pk])
+            if files:
+                chosen.append((session, files, limit))
+            elif elsewhere[session.pk]:
+                left_out.append(session)
     if not chosen:
+        if left_out:
+            missing = [file for session in left_out for file in elsewhere[session.pk]]
+            raise ExportRefused(
+                f"{nothing} has its traffic between {_shown(start)} and {_shown(end)} UTC "
+                f"only in files still being written on other capture hosts "
+                f"({_open_elsewhere_text(missing)}); it can be exported once they close.",
+                "start",
+            )
         raise ExportRefused(
             f"{nothing} has no stored traffic between {_shown(start)} and {_shown(end)} UTC.",
             "start",
         )
     # Interfaces (or zip members) in order of first traffic, whichever intercept.
     chosen.sort(key=lambda each: (each[0].first_seen, each[0].pk))
+    left_out.sort(key=lambda session: (session.first_seen, session.pk))
     first_seen = min(session.first_seen for session, _, _ in chosen)
     last_seen = max(session.last_seen for session, _, _ in chosen)
     extension = "zip" if parameters.format == ExportFormat.ZIP else "pcapng"
@@ -480,7 +559,10 @@ def _prepare_sessions(
         sessions=[(session, files) for session, files, _ in chosen],
         file_name=name,
         engine_request=engine_request,
-        sources=[_source_record(session, files) for session, files, _ in chosen],
+        sources=[
+            _source_record(session, files, elsewhere[session.pk]) for session, files, _ in chosen
+        ]
+        + [_source_record(session, [], elsewhere[session.pk]) for session in left_out],
     )
 
 
@@ -561,6 +643,14 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
             else ""
         )
         lines.append(f"Session: {liid}{_session_facts(session)}")
+    # The file itself says what it leaves out, as the manifest does.
+    for source in prepared.sources:
+        for part in source.get("not_included", []):
+            lines.append(
+                f"Not included: session {source['router']} mid {source['mid']} sid "
+                f"{source['sid']}, {part['packets']} packets from {part['first_packet']} to "
+                f"{part['last_packet']}, still being written on capture host {part['node']}"
+            )
     lines += [
         f"Window: {_iso(parameters.start) or 'session start'} to "
         f"{_iso(parameters.end) or 'session end'} (UTC)",
