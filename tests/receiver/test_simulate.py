@@ -55,7 +55,7 @@ def test_it_sends_decodable_jmirror_traffic_with_the_asked_mid_and_sid(listener)
     packets = [decode_datagram(each) for each in receive(listener, 50)]
     assert len(packets) == 50
     assert {(packet.mid, packet.version, packet.sid) for packet in packets} == {(0x300, 0, 0x1234)}
-    assert {packet.inner for packet in packets} == {"ppp", "ipv4", "ipv6"}
+    assert {packet.inner for packet in packets} == {"ppp"}
     assert PPPProtocol.LCP in {packet.ppp_protocol for packet in packets}
     assert "sent 50 datagrams" in output
     assert f"to 127.0.0.1:{port}" in output
@@ -89,23 +89,56 @@ def test_it_stops_after_the_duration(listener):
     assert len(receive(listener, sent)) == sent
 
 
-def test_the_payloads_are_a_login_then_browsing_over_ipv4_and_ipv6_in_and_out_of_ppp():
+_LOGIN = [
+    PPPProtocol.LCP,
+    PPPProtocol.LCP,
+    PPPProtocol.PAP,
+    PPPProtocol.PAP,
+    PPPProtocol.IPCP,
+    PPPProtocol.IPCP,
+    PPPProtocol.IPV6CP,
+]
+
+
+def test_the_default_is_a_ppp_login_then_browsing_in_ppp_each_packet_once():
     packets = [decode_datagram(each) for each in build_payloads([0x300], None)]
-    assert [packet.ppp_protocol for packet in packets[:7]] == [
-        PPPProtocol.LCP,
-        PPPProtocol.LCP,
-        PPPProtocol.PAP,
-        PPPProtocol.PAP,
-        PPPProtocol.IPCP,
-        PPPProtocol.IPCP,
-        PPPProtocol.IPV6CP,
-    ]
+    assert [packet.ppp_protocol for packet in packets[:7]] == _LOGIN
+    kinds = {(packet.inner, packet.ppp_protocol, packet.proto) for packet in packets[7:]}
+    assert kinds == {
+        ("ppp", 0x21, 17),
+        ("ppp", 0x21, 6),
+        ("ppp", 0x21, 1),
+        ("ppp", 0x57, 17),
+        ("ppp", 0x57, 6),
+        ("ppp", 0x57, 58),
+    }
+    # Once each: no packet of the browsing repeats (Wireshark would see retransmissions).
+    browsing = [packet.data for packet in packets[7:]]
+    assert len(set(browsing)) == len(browsing)
+
+
+def test_ip_framing_is_bare_ip_without_a_login():
+    packets = [decode_datagram(each) for each in build_payloads([0x300], None, "ip")]
+    assert {packet.inner for packet in packets} == {"ipv4", "ipv6"}
+    assert {packet.ppp_protocol for packet in packets} == {None}
+
+
+def test_mixed_framing_alternates_ppp_and_bare_ip_after_the_login():
+    packets = [decode_datagram(each) for each in build_payloads([0x300], None, "mixed")]
+    assert [packet.ppp_protocol for packet in packets[:7]] == _LOGIN
     kinds = {(packet.inner, packet.ppp_protocol, packet.proto) for packet in packets[7:]}
     assert kinds == {
         (inner, ppp, proto)
         for inner, ppp in (("ipv4", None), ("ipv6", None), ("ppp", 0x21), ("ppp", 0x57))
         for proto in ((17, 6, 1) if inner == "ipv4" or ppp == 0x21 else (17, 6, 58))
     }
+    assert [packet.inner == "ppp" for packet in packets[7:11]] == [True, False, True, False]
+
+
+def test_framing_is_refused_with_contrail(listener):
+    port = listener.getsockname()[1]
+    with pytest.raises(CommandError, match="--framing is for --format jmirror"):
+        simulate("--to", f"127.0.0.1:{port}", "--format", "contrail", "--framing", "ip")
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """``manage.py simulate --to HOST:PORT``: send realistic mirrored traffic, for demos and tests.
 
 jmirror (the default): each simulated subscriber logs in over PPP (LCP, PAP, IPCP,
-IPv6CP) and then browses: DNS, a TCP web exchange and pings, over IPv4 and IPv6, both
-inside PPP (as an L2TP-mirrored subscriber arrives) and as raw IP (as an MX mirrors an
-IP subscriber).
+IPv6CP) and then browses: DNS, a TCP web exchange and pings, over IPv4 and IPv6, inside
+PPP as an LNS mirrors an L2TP subscriber (``--framing ppp``); or browses as bare IP as an
+MX mirrors an IP subscriber (``--framing ip``). Each packet is sent once; ``--framing
+mixed`` sends both framings of each, alternately, to test sessions of mixed link types.
 
 Contrail (``--format contrail``): a CN2 vRouter mirrors one workload's Ethernet frames
 (ARP, then the same browsing) with the Juniper header: flow mirroring (capture host,
@@ -160,20 +161,33 @@ def browsing() -> list[Packet]:
     ]
 
 
-def subscriber_traffic() -> list[Packet]:
-    """One subscriber's mirrored packets in order: a PPP login, then browsing, each
-    packet once inside PPP (IPv4 and IPv6 framed in HDLC, as from an LNS) and once as
-    raw IP (as from an MX), alternately, so that any stretch of it mixes the kinds."""
+Framing = Literal["ppp", "ip", "mixed"]
+FRAMINGS: Final = ("ppp", "ip", "mixed")
+
+
+def subscriber_traffic(framing: Framing = "ppp") -> list[Packet]:
+    """One subscriber's mirrored packets in order, each sent once.
+
+    ``ppp`` (the default): a PPP subscriber as an LNS or BRAS mirrors it, the login (LCP,
+    PAP, IPCP, IPv6CP) then the browsing framed in PPP (HDLC), one link type throughout.
+    ``ip``: an IP subscriber as an MX mirrors it, the browsing as bare IPv4 and IPv6.
+    ``mixed``: the login, then each browsing packet inside PPP and again as bare IP,
+    alternately: not a real subscriber (every packet is there twice, so Wireshark sees
+    retransmissions) but a session that mixes link types at every packet, for tests."""
     raw = browsing()
     in_ppp = [_ppp(_PPP_IPV6 if IPv6 in packet else _PPP_IPV4, packet) for packet in raw]
+    if framing == "ip":
+        return raw
+    if framing == "ppp":
+        return [*ppp_login(), *in_ppp]
     return [*ppp_login(), *(each for pair in zip(in_ppp, raw, strict=True) for each in pair)]
 
 
-def build_payloads(mids: Sequence[int], sid: int | None) -> list[bytes]:
+def build_payloads(mids: Sequence[int], sid: int | None, framing: Framing = "ppp") -> list[bytes]:
     """The jmirror payloads to send, built once: every mid's subscriber traffic,
     interleaved packet by packet as concurrent subscribers would be. Without ``sid``
     each mid gets its own session id, counting up from :data:`DEFAULT_SID`."""
-    inner = [bytes(packet) for packet in subscriber_traffic()]
+    inner = [bytes(packet) for packet in subscriber_traffic(framing)]
     streams = [
         [
             jmirror_datagram(each, mid=mid, sid=sid if sid is not None else DEFAULT_SID + index)
@@ -438,7 +452,7 @@ def send(
     return sent
 
 
-_JMIRROR_OPTIONS: Final = ("mids", "sid")
+_JMIRROR_OPTIONS: Final = ("mids", "sid", "framing")
 _CONTRAIL_OPTIONS: Final = ("mirroring", "vn", "peer_vn", "capture_host", "vlans")
 _FLOW_OPTIONS: Final = ("peer_vn", "capture_host")
 
@@ -495,6 +509,14 @@ class Command(BaseCommand):
             type=session_id,
             default=None,
             help="session id for every subscriber (default: 0x90, 0x91, ... one per mid)",
+        )
+        jmirror.add_argument(
+            "--framing",
+            choices=FRAMINGS,
+            default=None,
+            help="ppp (default): a PPP login, then the browsing in PPP, as an LNS mirrors "
+            "a subscriber; ip: the browsing as bare IP, as an MX mirrors one; mixed: both "
+            "framings of every packet, alternately (a test of mixed link types)",
         )
         contrail = parser.add_argument_group("contrail (with --format contrail)")
         contrail.add_argument(
@@ -593,7 +615,8 @@ class Command(BaseCommand):
         streams = ", ".join(
             f"mid {mid:#x} sid {each:#x}" for mid, each in zip(mids, sids, strict=True)
         )
-        return build_payloads(mids, sid), streams
+        framing: Framing = options["framing"] or "ppp"
+        return build_payloads(mids, sid, framing), streams
 
     @staticmethod
     def _contrail_payloads(
