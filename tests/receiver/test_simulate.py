@@ -1,3 +1,4 @@
+import json
 import socket
 from io import StringIO
 
@@ -320,3 +321,51 @@ def test_it_refuses_bad_contrail_arguments_with_a_clear_error(args, message):
     with pytest.raises(CommandError) as error:
         call_command("simulate", "--to", "127.0.0.1:5000", *args)
     assert message in str(error.value)
+
+
+def _decoded(path) -> list[dict]:
+    out = StringIO()
+    call_command("decode", str(path), stdout=out, stderr=StringIO())
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_write_makes_a_capture_that_decode_reads_whole(tmp_path):
+    """README's decode example runs on a fresh clone with a capture simulate writes."""
+    path = tmp_path / "demo.pcap"
+    output = simulate("--write", str(path), "--rate", "100")
+    payloads = build_payloads([0x300], None)
+    assert f"wrote {len(payloads)} datagrams to {path}" in output
+    records = _decoded(path)
+    assert [(record["mid"], record["sid"]) for record in records] == [(0x300, 0x90)] * len(
+        payloads
+    )
+    assert [record["length"] for record in records] == [len(each) - 8 for each in payloads]
+    times = [float(record["time"]) for record in records]
+    assert {round(later - earlier, 4) for earlier, later in zip(times, times[1:])} == {0.01}
+
+
+def test_write_of_contrail_frames_decodes_as_contrail(tmp_path):
+    path = tmp_path / "cn2.pcap"
+    simulate("--write", str(path), "--format", "contrail", "--count", "7")
+    records = _decoded(path)
+    assert len(records) == 7
+    assert {(record["format"], record["port"]) for record in records} == {("contrail", 8099)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--write", "/nonexistent-dir/x.pcap"], "cannot write /nonexistent-dir/x.pcap"),
+        (["--write", "x.pcap", "--duration", "1"], "--duration is for sending"),
+    ],
+)
+def test_write_refuses_what_it_cannot_do(args, message):
+    with pytest.raises(CommandError, match=message):
+        simulate(*args)
+
+
+def test_to_and_write_are_one_or_the_other(tmp_path):
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        simulate("--to", "127.0.0.1:5000", "--write", str(tmp_path / "x.pcap"))
+    with pytest.raises(CommandError, match="one of the arguments --to --write is required"):
+        simulate("--count", "1")

@@ -23,13 +23,14 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-from scapy.layers.l2 import ARP
+from scapy.layers.l2 import ARP, Ether
 from scapy.layers.ppp import (
     HDLC,
     PPP,
@@ -44,9 +45,10 @@ from scapy.layers.ppp import (
     PPP_PAP_Response,
 )
 from scapy.packet import Packet, Raw
+from scapy.utils import wrpcap
 
-from receiver.contrail import INGRESS_FLAG
-from receiver.jmirror import INTERCEPT_ID_MASK
+from receiver.contrail import ANALYZER_DEFAULT_PORT, INGRESS_FLAG
+from receiver.jmirror import INTERCEPT_ID_MASK, WIRESHARK_DEFAULT_PORT
 from receiver.scapy_contrail import VN_NAME_MAXIMUM
 from receiver.traffic import (
     DEST_VN,
@@ -74,6 +76,8 @@ RESOLVER: Final = "198.51.100.53"
 RESOLVER6: Final = "2001:db8:53::53"
 _PPP_IPV4: Final = 0x0021
 _PPP_IPV6: Final = 0x0057
+LOOPBACK: Final = "127.0.0.1"
+SENDER_PORT: Final = 49999  # the source port of a written capture's datagrams
 MAX_VLAN_TAGS: Final = 2
 """An inner frame has at most a service and a customer tag (QinQ)."""
 Mirroring = Literal["flow", "interface"]
@@ -471,8 +475,16 @@ class Command(BaseCommand):
     requires_migrations_checks = False
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--to", type=target, required=True, metavar="HOST:PORT", help="where to send"
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--to", type=target, metavar="HOST:PORT", help="where to send")
+        where.add_argument(
+            "--write",
+            type=Path,
+            metavar="FILE",
+            help="write the datagrams to a pcap file instead of sending them, as tcpdump "
+            "on the loopback interface would capture them (to UDP port 30030, or CN2's "
+            "8099 with --format contrail), paced at --rate; by default one round of the "
+            "simulated traffic (for manage.py decode, import_pcap, tshark)",
         )
         parser.add_argument(
             "--format",
@@ -559,17 +571,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        to: Target = options["to"]
         count: int | None = options["count"]
         duration: float | None = options["duration"]
-        if count is None and duration is None:
-            count = DEFAULT_COUNT
         contrail = options["format"] == "contrail"
         self._check_options(options, contrail=contrail)
+        if options["write"] is not None:
+            self._write(options, contrail=contrail)
+            return
+        to: Target = options["to"]
+        if count is None and duration is None:
+            count = DEFAULT_COUNT
         sock, address = open_socket(to)
         with sock:
             if contrail:
-                payloads, streams = self._contrail_payloads(options, sock, address)
+                capture_host = options["capture_host"] or sending_address(sock, address)
+                payloads, streams = self._contrail_payloads(options, capture_host)
             else:
                 payloads, streams = self._jmirror_payloads(options)
             sent = send(
@@ -583,6 +599,38 @@ class Command(BaseCommand):
         if sent.errors:
             line += f"; {sent.errors} send errors"
         self.stdout.write(line)
+
+    def _write(self, options: dict[str, Any], *, contrail: bool) -> None:
+        """The datagrams as a loopback capture: 127.0.0.1 to 127.0.0.1, Ethernet with
+        zero addresses (what tcpdump -i lo writes), stamped at --rate from now."""
+        path: Path = options["write"]
+        if options["duration"] is not None:
+            raise CommandError("--duration is for sending; with --write give --count")
+        if contrail:
+            capture_host = options["capture_host"] or LOOPBACK
+            payloads, streams = self._contrail_payloads(options, capture_host)
+            port = ANALYZER_DEFAULT_PORT
+        else:
+            payloads, streams = self._jmirror_payloads(options)
+            port = WIRESHARK_DEFAULT_PORT
+        count: int = options["count"] or len(payloads)
+        rate: float = options["rate"] or 1000.0
+        start = time.time()
+        frames = []
+        for index in range(count):
+            frame = (
+                Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+                / IP(src=LOOPBACK, dst=LOOPBACK, id=index & 0xFFFF)
+                / UDP(sport=SENDER_PORT, dport=port)
+                / Raw(payloads[index % len(payloads)])
+            )
+            frame.time = start + index / rate
+            frames.append(frame)
+        try:
+            wrpcap(str(path), frames)
+        except OSError as error:
+            raise CommandError(f"cannot write {path}: {error.strerror}") from None
+        self.stdout.write(f"wrote {count} datagrams to {path} (UDP to 127.0.0.1:{port}); {streams}")
 
     @staticmethod
     def _check_options(options: dict[str, Any], *, contrail: bool) -> None:
@@ -619,14 +667,11 @@ class Command(BaseCommand):
         return build_payloads(mids, sid, framing), streams
 
     @staticmethod
-    def _contrail_payloads(
-        options: dict[str, Any], sock: socket.socket, address: Any
-    ) -> tuple[list[bytes], str]:
+    def _contrail_payloads(options: dict[str, Any], capture_host: str) -> tuple[list[bytes], str]:
         mirroring: Mirroring = options["mirroring"] or "flow"
         vn: str = options["vn"] or SOURCE_VN
         peer_vn: str = options["peer_vn"] or DEST_VN
         vlans: list[int] = options["vlans"] or []
-        capture_host: str = options["capture_host"] or sending_address(sock, address)
         payloads = build_contrail_payloads(
             mirroring, capture_host=capture_host, vn=vn, peer_vn=peer_vn, vlans=vlans
         )
