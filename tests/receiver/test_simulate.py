@@ -1,3 +1,4 @@
+import itertools
 import json
 import socket
 from io import StringIO
@@ -341,7 +342,7 @@ def test_write_makes_a_capture_that_decode_reads_whole(tmp_path):
     )
     assert [record["length"] for record in records] == [len(each) - 8 for each in payloads]
     times = [float(record["time"]) for record in records]
-    assert {round(later - earlier, 4) for earlier, later in zip(times, times[1:])} == {0.01}
+    assert {round(later - earlier, 4) for earlier, later in itertools.pairwise(times)} == {0.01}
 
 
 def test_write_of_contrail_frames_decodes_as_contrail(tmp_path):
