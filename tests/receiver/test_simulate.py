@@ -337,9 +337,7 @@ def test_write_makes_a_capture_that_decode_reads_whole(tmp_path):
     payloads = build_payloads([0x300], None)
     assert f"wrote {len(payloads)} datagrams to {path}" in output
     records = _decoded(path)
-    assert [(record["mid"], record["sid"]) for record in records] == [(0x300, 0x90)] * len(
-        payloads
-    )
+    assert [(record["mid"], record["sid"]) for record in records] == [(0x300, 0x90)] * len(payloads)
     assert [record["length"] for record in records] == [len(each) - 8 for each in payloads]
     times = [float(record["time"]) for record in records]
     assert {round(later - earlier, 4) for earlier, later in itertools.pairwise(times)} == {0.01}
