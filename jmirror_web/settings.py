@@ -170,6 +170,7 @@ MIDDLEWARE = [
     "jmirror_web.audit.log.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "jmirror_web.security.two_factor.TwoFactorMiddleware",
+    "jmirror_web.security.first_password.FirstPasswordMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
