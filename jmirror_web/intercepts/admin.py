@@ -565,10 +565,36 @@ class CaptureFileAdmin(CapturedPermissions, CaptureFileAdminBase):
         "bytes",
         "sha256",
         "closed",
+        "node",
+        "where",
     )
-    list_filter = ("closed",)
-    search_fields = ("path", "sha256", "session__intercept__liid")
+    list_filter = ("closed", "node")
+    search_fields = ("path", "sha256", "session__intercept__liid", "object_key")
     list_select_related = ("session__router",)
+
+    @admin.display(description="stored")
+    def where(self, capture: CaptureFile) -> str:
+        """Where the evidence is: in the object store (since when, locked until when, held),
+        waiting for upload (with the last failure), or on the capturing host only."""
+        if capture.purged_at is not None:
+            return "purged"
+        if capture.uploaded_at is not None:
+            parts = [f"in the store since {capture.uploaded_at:%Y-%m-%d %H:%M:%S}Z"]
+            if capture.object_retain_until is not None:
+                parts.append(f"locked until {capture.object_retain_until:%Y-%m-%d}")
+            if capture.object_legal_hold:
+                parts.append("legal hold")
+            if capture.local_removed_at is not None:
+                parts.append("local copy removed")
+            return "; ".join(parts)
+        if capture.closed and capture.upload_error:
+            return f"upload failing ({capture.upload_attempts}x): {capture.upload_error}"
+        node = f" on {capture.node}" if capture.node else ""
+        if not capture.closed:
+            return f"being written{node}"
+        if settings.STORAGE is not None:
+            return f"waiting for upload{node}"
+        return f"local{node}"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CaptureFile]:
         return CaptureFile.objects.filter(session__in=_sessions_for(request))

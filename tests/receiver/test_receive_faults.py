@@ -620,7 +620,7 @@ def test_tshark_shows_the_inner_layers_of_what_a_running_receiver_stored(
     # simulate's subscriber (PPP control, DNS, web and ping over IPv4 and IPv6), its raw IP
     # packets in one session and its PPP ones in another: a session that alternates link
     # types gets a new file at every change.
-    inner = [decode_datagram(payload) for payload in build_payloads([MID], None)]
+    inner = [decode_datagram(payload) for payload in build_payloads([MID], None, "mixed")]
     sent = [jmirror(p.data, sid=PPP_SID if p.inner == "ppp" else RAW_SID) for p in inner]
     receiver = start_receiver()
     send_all(receiver.port, from_router(sent), rate=5000)

@@ -1,3 +1,5 @@
+import itertools
+import json
 import socket
 from io import StringIO
 
@@ -55,7 +57,7 @@ def test_it_sends_decodable_jmirror_traffic_with_the_asked_mid_and_sid(listener)
     packets = [decode_datagram(each) for each in receive(listener, 50)]
     assert len(packets) == 50
     assert {(packet.mid, packet.version, packet.sid) for packet in packets} == {(0x300, 0, 0x1234)}
-    assert {packet.inner for packet in packets} == {"ppp", "ipv4", "ipv6"}
+    assert {packet.inner for packet in packets} == {"ppp"}
     assert PPPProtocol.LCP in {packet.ppp_protocol for packet in packets}
     assert "sent 50 datagrams" in output
     assert f"to 127.0.0.1:{port}" in output
@@ -89,23 +91,56 @@ def test_it_stops_after_the_duration(listener):
     assert len(receive(listener, sent)) == sent
 
 
-def test_the_payloads_are_a_login_then_browsing_over_ipv4_and_ipv6_in_and_out_of_ppp():
+_LOGIN = [
+    PPPProtocol.LCP,
+    PPPProtocol.LCP,
+    PPPProtocol.PAP,
+    PPPProtocol.PAP,
+    PPPProtocol.IPCP,
+    PPPProtocol.IPCP,
+    PPPProtocol.IPV6CP,
+]
+
+
+def test_the_default_is_a_ppp_login_then_browsing_in_ppp_each_packet_once():
     packets = [decode_datagram(each) for each in build_payloads([0x300], None)]
-    assert [packet.ppp_protocol for packet in packets[:7]] == [
-        PPPProtocol.LCP,
-        PPPProtocol.LCP,
-        PPPProtocol.PAP,
-        PPPProtocol.PAP,
-        PPPProtocol.IPCP,
-        PPPProtocol.IPCP,
-        PPPProtocol.IPV6CP,
-    ]
+    assert [packet.ppp_protocol for packet in packets[:7]] == _LOGIN
+    kinds = {(packet.inner, packet.ppp_protocol, packet.proto) for packet in packets[7:]}
+    assert kinds == {
+        ("ppp", 0x21, 17),
+        ("ppp", 0x21, 6),
+        ("ppp", 0x21, 1),
+        ("ppp", 0x57, 17),
+        ("ppp", 0x57, 6),
+        ("ppp", 0x57, 58),
+    }
+    # Once each: no packet of the browsing repeats (Wireshark would see retransmissions).
+    browsing = [packet.data for packet in packets[7:]]
+    assert len(set(browsing)) == len(browsing)
+
+
+def test_ip_framing_is_bare_ip_without_a_login():
+    packets = [decode_datagram(each) for each in build_payloads([0x300], None, "ip")]
+    assert {packet.inner for packet in packets} == {"ipv4", "ipv6"}
+    assert {packet.ppp_protocol for packet in packets} == {None}
+
+
+def test_mixed_framing_alternates_ppp_and_bare_ip_after_the_login():
+    packets = [decode_datagram(each) for each in build_payloads([0x300], None, "mixed")]
+    assert [packet.ppp_protocol for packet in packets[:7]] == _LOGIN
     kinds = {(packet.inner, packet.ppp_protocol, packet.proto) for packet in packets[7:]}
     assert kinds == {
         (inner, ppp, proto)
         for inner, ppp in (("ipv4", None), ("ipv6", None), ("ppp", 0x21), ("ppp", 0x57))
         for proto in ((17, 6, 1) if inner == "ipv4" or ppp == 0x21 else (17, 6, 58))
     }
+    assert [packet.inner == "ppp" for packet in packets[7:11]] == [True, False, True, False]
+
+
+def test_framing_is_refused_with_contrail(listener):
+    port = listener.getsockname()[1]
+    with pytest.raises(CommandError, match="--framing is for --format jmirror"):
+        simulate("--to", f"127.0.0.1:{port}", "--format", "contrail", "--framing", "ip")
 
 
 @pytest.mark.parametrize(
@@ -287,3 +322,49 @@ def test_it_refuses_bad_contrail_arguments_with_a_clear_error(args, message):
     with pytest.raises(CommandError) as error:
         call_command("simulate", "--to", "127.0.0.1:5000", *args)
     assert message in str(error.value)
+
+
+def _decoded(path) -> list[dict]:
+    out = StringIO()
+    call_command("decode", str(path), stdout=out, stderr=StringIO())
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_write_makes_a_capture_that_decode_reads_whole(tmp_path):
+    """README's decode example runs on a fresh clone with a capture simulate writes."""
+    path = tmp_path / "demo.pcap"
+    output = simulate("--write", str(path), "--rate", "100")
+    payloads = build_payloads([0x300], None)
+    assert f"wrote {len(payloads)} datagrams to {path}" in output
+    records = _decoded(path)
+    assert [(record["mid"], record["sid"]) for record in records] == [(0x300, 0x90)] * len(payloads)
+    assert [record["length"] for record in records] == [len(each) - 8 for each in payloads]
+    times = [float(record["time"]) for record in records]
+    assert {round(later - earlier, 4) for earlier, later in itertools.pairwise(times)} == {0.01}
+
+
+def test_write_of_contrail_frames_decodes_as_contrail(tmp_path):
+    path = tmp_path / "cn2.pcap"
+    simulate("--write", str(path), "--format", "contrail", "--count", "7")
+    records = _decoded(path)
+    assert len(records) == 7
+    assert {(record["format"], record["port"]) for record in records} == {("contrail", 8099)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--write", "/nonexistent-dir/x.pcap"], "cannot write /nonexistent-dir/x.pcap"),
+        (["--write", "x.pcap", "--duration", "1"], "--duration is for sending"),
+    ],
+)
+def test_write_refuses_what_it_cannot_do(args, message):
+    with pytest.raises(CommandError, match=message):
+        simulate(*args)
+
+
+def test_to_and_write_are_one_or_the_other(tmp_path):
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        simulate("--to", "127.0.0.1:5000", "--write", str(tmp_path / "x.pcap"))
+    with pytest.raises(CommandError, match="one of the arguments --to --write is required"):
+        simulate("--count", "1")

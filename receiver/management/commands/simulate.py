@@ -1,9 +1,10 @@
 """``manage.py simulate --to HOST:PORT``: send realistic mirrored traffic, for demos and tests.
 
 jmirror (the default): each simulated subscriber logs in over PPP (LCP, PAP, IPCP,
-IPv6CP) and then browses: DNS, a TCP web exchange and pings, over IPv4 and IPv6, both
-inside PPP (as an L2TP-mirrored subscriber arrives) and as raw IP (as an MX mirrors an
-IP subscriber).
+IPv6CP) and then browses: DNS, a TCP web exchange and pings, over IPv4 and IPv6, inside
+PPP as an LNS mirrors an L2TP subscriber (``--framing ppp``); or browses as bare IP as an
+MX mirrors an IP subscriber (``--framing ip``). Each packet is sent once; ``--framing
+mixed`` sends both framings of each, alternately, to test sessions of mixed link types.
 
 Contrail (``--format contrail``): a CN2 vRouter mirrors one workload's Ethernet frames
 (ARP, then the same browsing) with the Juniper header: flow mirroring (capture host,
@@ -22,13 +23,14 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-from scapy.layers.l2 import ARP
+from scapy.layers.l2 import ARP, Ether
 from scapy.layers.ppp import (
     HDLC,
     PPP,
@@ -43,9 +45,10 @@ from scapy.layers.ppp import (
     PPP_PAP_Response,
 )
 from scapy.packet import Packet, Raw
+from scapy.utils import wrpcap
 
-from receiver.contrail import INGRESS_FLAG
-from receiver.jmirror import INTERCEPT_ID_MASK
+from receiver.contrail import ANALYZER_DEFAULT_PORT, INGRESS_FLAG
+from receiver.jmirror import INTERCEPT_ID_MASK, WIRESHARK_DEFAULT_PORT
 from receiver.scapy_contrail import VN_NAME_MAXIMUM
 from receiver.traffic import (
     DEST_VN,
@@ -73,6 +76,8 @@ RESOLVER: Final = "198.51.100.53"
 RESOLVER6: Final = "2001:db8:53::53"
 _PPP_IPV4: Final = 0x0021
 _PPP_IPV6: Final = 0x0057
+LOOPBACK: Final = "127.0.0.1"
+SENDER_PORT: Final = 49999  # the source port of a written capture's datagrams
 MAX_VLAN_TAGS: Final = 2
 """An inner frame has at most a service and a customer tag (QinQ)."""
 Mirroring = Literal["flow", "interface"]
@@ -160,20 +165,33 @@ def browsing() -> list[Packet]:
     ]
 
 
-def subscriber_traffic() -> list[Packet]:
-    """One subscriber's mirrored packets in order: a PPP login, then browsing, each
-    packet once inside PPP (IPv4 and IPv6 framed in HDLC, as from an LNS) and once as
-    raw IP (as from an MX), alternately, so that any stretch of it mixes the kinds."""
+Framing = Literal["ppp", "ip", "mixed"]
+FRAMINGS: Final = ("ppp", "ip", "mixed")
+
+
+def subscriber_traffic(framing: Framing = "ppp") -> list[Packet]:
+    """One subscriber's mirrored packets in order, each sent once.
+
+    ``ppp`` (the default): a PPP subscriber as an LNS or BRAS mirrors it, the login (LCP,
+    PAP, IPCP, IPv6CP) then the browsing framed in PPP (HDLC), one link type throughout.
+    ``ip``: an IP subscriber as an MX mirrors it, the browsing as bare IPv4 and IPv6.
+    ``mixed``: the login, then each browsing packet inside PPP and again as bare IP,
+    alternately: not a real subscriber (every packet is there twice, so Wireshark sees
+    retransmissions) but a session that mixes link types at every packet, for tests."""
     raw = browsing()
     in_ppp = [_ppp(_PPP_IPV6 if IPv6 in packet else _PPP_IPV4, packet) for packet in raw]
+    if framing == "ip":
+        return raw
+    if framing == "ppp":
+        return [*ppp_login(), *in_ppp]
     return [*ppp_login(), *(each for pair in zip(in_ppp, raw, strict=True) for each in pair)]
 
 
-def build_payloads(mids: Sequence[int], sid: int | None) -> list[bytes]:
+def build_payloads(mids: Sequence[int], sid: int | None, framing: Framing = "ppp") -> list[bytes]:
     """The jmirror payloads to send, built once: every mid's subscriber traffic,
     interleaved packet by packet as concurrent subscribers would be. Without ``sid``
     each mid gets its own session id, counting up from :data:`DEFAULT_SID`."""
-    inner = [bytes(packet) for packet in subscriber_traffic()]
+    inner = [bytes(packet) for packet in subscriber_traffic(framing)]
     streams = [
         [
             jmirror_datagram(each, mid=mid, sid=sid if sid is not None else DEFAULT_SID + index)
@@ -438,7 +456,7 @@ def send(
     return sent
 
 
-_JMIRROR_OPTIONS: Final = ("mids", "sid")
+_JMIRROR_OPTIONS: Final = ("mids", "sid", "framing")
 _CONTRAIL_OPTIONS: Final = ("mirroring", "vn", "peer_vn", "capture_host", "vlans")
 _FLOW_OPTIONS: Final = ("peer_vn", "capture_host")
 
@@ -457,8 +475,16 @@ class Command(BaseCommand):
     requires_migrations_checks = False
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--to", type=target, required=True, metavar="HOST:PORT", help="where to send"
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--to", type=target, metavar="HOST:PORT", help="where to send")
+        where.add_argument(
+            "--write",
+            type=Path,
+            metavar="FILE",
+            help="write the datagrams to a pcap file instead of sending them, as tcpdump "
+            "on the loopback interface would capture them (to UDP port 30030, or CN2's "
+            "8099 with --format contrail), paced at --rate; by default one round of the "
+            "simulated traffic (for manage.py decode, import_pcap, tshark)",
         )
         parser.add_argument(
             "--format",
@@ -495,6 +521,14 @@ class Command(BaseCommand):
             type=session_id,
             default=None,
             help="session id for every subscriber (default: 0x90, 0x91, ... one per mid)",
+        )
+        jmirror.add_argument(
+            "--framing",
+            choices=FRAMINGS,
+            default=None,
+            help="ppp (default): a PPP login, then the browsing in PPP, as an LNS mirrors "
+            "a subscriber; ip: the browsing as bare IP, as an MX mirrors one; mixed: both "
+            "framings of every packet, alternately (a test of mixed link types)",
         )
         contrail = parser.add_argument_group("contrail (with --format contrail)")
         contrail.add_argument(
@@ -537,17 +571,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        to: Target = options["to"]
         count: int | None = options["count"]
         duration: float | None = options["duration"]
-        if count is None and duration is None:
-            count = DEFAULT_COUNT
         contrail = options["format"] == "contrail"
         self._check_options(options, contrail=contrail)
+        if options["write"] is not None:
+            self._write(options, contrail=contrail)
+            return
+        to: Target = options["to"]
+        if count is None and duration is None:
+            count = DEFAULT_COUNT
         sock, address = open_socket(to)
         with sock:
             if contrail:
-                payloads, streams = self._contrail_payloads(options, sock, address)
+                capture_host = options["capture_host"] or sending_address(sock, address)
+                payloads, streams = self._contrail_payloads(options, capture_host)
             else:
                 payloads, streams = self._jmirror_payloads(options)
             sent = send(
@@ -561,6 +599,38 @@ class Command(BaseCommand):
         if sent.errors:
             line += f"; {sent.errors} send errors"
         self.stdout.write(line)
+
+    def _write(self, options: dict[str, Any], *, contrail: bool) -> None:
+        """The datagrams as a loopback capture: 127.0.0.1 to 127.0.0.1, Ethernet with
+        zero addresses (what tcpdump -i lo writes), stamped at --rate from now."""
+        path: Path = options["write"]
+        if options["duration"] is not None:
+            raise CommandError("--duration is for sending; with --write give --count")
+        if contrail:
+            capture_host = options["capture_host"] or LOOPBACK
+            payloads, streams = self._contrail_payloads(options, capture_host)
+            port = ANALYZER_DEFAULT_PORT
+        else:
+            payloads, streams = self._jmirror_payloads(options)
+            port = WIRESHARK_DEFAULT_PORT
+        count: int = options["count"] or len(payloads)
+        rate: float = options["rate"] or 1000.0
+        start = time.time()
+        frames = []
+        for index in range(count):
+            frame = (
+                Ether(src="00:00:00:00:00:00", dst="00:00:00:00:00:00")
+                / IP(src=LOOPBACK, dst=LOOPBACK, id=index & 0xFFFF)
+                / UDP(sport=SENDER_PORT, dport=port)
+                / Raw(payloads[index % len(payloads)])
+            )
+            frame.time = start + index / rate
+            frames.append(frame)
+        try:
+            wrpcap(str(path), frames)
+        except OSError as error:
+            raise CommandError(f"cannot write {path}: {error.strerror}") from None
+        self.stdout.write(f"wrote {count} datagrams to {path} (UDP to 127.0.0.1:{port}); {streams}")
 
     @staticmethod
     def _check_options(options: dict[str, Any], *, contrail: bool) -> None:
@@ -593,17 +663,15 @@ class Command(BaseCommand):
         streams = ", ".join(
             f"mid {mid:#x} sid {each:#x}" for mid, each in zip(mids, sids, strict=True)
         )
-        return build_payloads(mids, sid), streams
+        framing: Framing = options["framing"] or "ppp"
+        return build_payloads(mids, sid, framing), streams
 
     @staticmethod
-    def _contrail_payloads(
-        options: dict[str, Any], sock: socket.socket, address: Any
-    ) -> tuple[list[bytes], str]:
+    def _contrail_payloads(options: dict[str, Any], capture_host: str) -> tuple[list[bytes], str]:
         mirroring: Mirroring = options["mirroring"] or "flow"
         vn: str = options["vn"] or SOURCE_VN
         peer_vn: str = options["peer_vn"] or DEST_VN
         vlans: list[int] = options["vlans"] or []
-        capture_host: str = options["capture_host"] or sending_address(sock, address)
         payloads = build_contrail_payloads(
             mirroring, capture_host=capture_host, vn=vn, peer_vn=peer_vn, vlans=vlans
         )

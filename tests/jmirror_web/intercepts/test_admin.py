@@ -4,6 +4,7 @@ section of an intercept's page."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -614,3 +615,45 @@ def test_analysts_and_sysadmins_get_no_unclaimed_streams(role: Role):
     page = signed_in(staff(role)).get(reverse("admin:intercepts_unclaimedstream_changelist"))
     assert page.status_code in (302, 403)
     assert "198.51.100.3" not in page.content.decode()
+
+
+def test_the_file_list_says_where_each_file_is(settings: Settings) -> None:
+    """Node and storage state: on the capturing host, waiting for upload, in the store
+    (locked, held, local copy removed), failing, purged."""
+    from jmirror_web.object_store import StorageConfig
+    from tests.factories import make_capture_file
+
+    now = timezone.now()
+    session = make_session()
+    case = session.intercept.case
+    writing = make_capture_file(session, node="cap-a", closed=False)
+    waiting = make_capture_file(session, node="cap-a", closed=True, sha256="a" * 64)
+    failing = make_capture_file(
+        session, node="cap-b", closed=True, upload_attempts=3, upload_error="503: SlowDown"
+    )
+    stored = make_capture_file(
+        session,
+        node="cap-b",
+        closed=True,
+        uploaded_at=now,
+        object_key="cap-b/sessions/x/f.pcap",
+        object_retain_until=now + timedelta(days=400),
+        object_legal_hold=True,
+        local_removed_at=now,
+    )
+    user = superuser()
+    CaseAssignment.objects.create(case=case, user=user)
+    settings.STORAGE = StorageConfig("evidence")
+    page = signed_in(user).get(url("capturefile", "changelist")).content.decode()
+    assert "being written on cap-a" in page
+    assert "waiting for upload on cap-a" in page
+    assert "upload failing (3x): 503: SlowDown" in page
+    assert f"in the store since {now:%Y-%m-%d %H:%M:%S}Z" in page
+    assert "legal hold" in page
+    assert "local copy removed" in page
+    assert {writing.pk, waiting.pk, failing.pk, stored.pk} <= {
+        int(pk) for pk in re.findall(r"/capturefile/(\d+)/change/", page)
+    }
+    settings.STORAGE = None
+    page = signed_in(user).get(url("capturefile", "changelist")).content.decode()
+    assert "local on cap-a" in page

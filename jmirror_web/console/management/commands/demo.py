@@ -17,7 +17,14 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
+from jmirror_web.environment import parse_listen
+from jmirror_web.intercepts.models import (
+    Case,
+    CaseAssignment,
+    Intercept,
+    ReceiverProcess,
+    Router,
+)
 from receiver.receive_loop import format_address
 
 DEMO_CASE = "DEMO-1"
@@ -63,9 +70,37 @@ class Command(BaseCommand):
         )
 
 
+# A receiver that reported this recently is running (it reports at least once a second).
+LIVE_REPORT_SECONDS = 10
+
+
 def receiver_address() -> str:
-    """Where the receiver listens (JMIRROR_LISTEN's first address), as simulate's --to
-    takes it: a wildcard address is reached through loopback."""
-    host, port = settings.JMIRROR_LISTEN[0]
+    """Where simulate's --to should point: the jmirror socket a running receiver reported
+    it had bound (the port actually listened on, whatever this process's environment
+    says), else JMIRROR_LISTEN's first address. A wildcard address is reached through
+    loopback."""
+    host, port = running_listener() or settings.JMIRROR_LISTEN[0]
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  # not a bind
     return format_address(host, port)
+
+
+def running_listener() -> tuple[str, int] | None:
+    """The first jmirror socket of the receiver that reported last, if one is running
+    (CN2 analyzer ports, which take Contrail frames, are left out)."""
+    recent = timezone.now() - timedelta(seconds=LIVE_REPORT_SECONDS)
+    process = (
+        ReceiverProcess.objects.filter(stopped_at__isnull=True, reported_at__gte=recent)
+        .order_by("-reported_at")
+        .first()
+    )
+    if process is None:
+        return None
+    analyzer_ports = set(Router.objects.filter(kind=Router.Kind.CN2).values_list("port", flat=True))
+    for address in process.listeners.order_by("address").values_list("address", flat=True):
+        try:
+            host, port = parse_listen(address)
+        except ValueError:
+            continue
+        if port not in analyzer_ports:
+            return host, port
+    return None

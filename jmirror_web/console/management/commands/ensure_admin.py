@@ -16,6 +16,8 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jmirror_web.security.first_password import require_change
+
 
 class Command(BaseCommand):
     help = "Create the first administrator if there is none (password printed once)."
@@ -38,11 +40,14 @@ class Command(BaseCommand):
                 f"a user {username!r} exists but is not a superuser; set JMIRROR_ADMIN_USER "
                 "to another name, or run `manage.py createsuperuser`"
             )
-        users.objects.create_superuser(username=username, email="", password=password)
+        admin = users.objects.create_superuser(username=username, email="", password=password)
+        if not given:
+            # Printed once, so seen by whoever saw the terminal: changed at first sign-in.
+            require_change(admin)
         if given:
             self.stdout.write(f"created administrator {username!r} (password from the environment)")
         else:
             self.stdout.write(
                 f"created administrator {username!r} with password {password} "
-                "(shown once: change it after signing in)"
+                "(shown once; the first sign-in asks for a new one)"
             )
