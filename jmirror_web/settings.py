@@ -383,6 +383,11 @@ JMIRROR_LOCAL_KEEP_HOURS = env_int("JMIRROR_LOCAL_KEEP_HOURS", 24, minimum=0, ma
 JMIRROR_SESSION_QUIET_SECONDS = env_int(
     "JMIRROR_SESSION_QUIET_SECONDS", 60, minimum=1, maximum=24 * 3600
 )
+# A capture file closes once its packets span this many seconds (or it reaches 256 MB),
+# whatever the traffic. With several capture hosts it bounds what a web process on
+# another host cannot read of a session that never goes quiet: that session's current
+# file. Shorter means more files (each opened, hashed, uploaded and read on its own).
+JMIRROR_ROTATE_SECONDS = env_int("JMIRROR_ROTATE_SECONDS", 3600, minimum=10, maximum=24 * 3600)
 
 # The Ed25519 key that signs the audit log's checkpoints (jmirror_web.audit.checkpoints),
 # made with mode 0600 on first use. Outside the database on purpose: whoever can rewrite

@@ -145,9 +145,11 @@ def serve(
     limit = raise_open_file_limit()
     bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
     logger.info(
-        "at most %d pcap files open at once; a session's file closes after %d s without a packet",
+        "at most %d pcap files open at once; a session's file closes after %d s without a "
+        "packet, or once it spans %d s",
         bound,
         settings.JMIRROR_SESSION_QUIET_SECONDS,
+        settings.JMIRROR_ROTATE_SECONDS,
     )
     root.mkdir(mode=STORE_DIRECTORY_MODE, parents=True, exist_ok=True)
     recovered = PcapStore.recover(root)
@@ -188,7 +190,10 @@ def serve(
             listen,
             watcher.gate,
             PcapStore(
-                root, max_open_files=bound, quiet_seconds=settings.JMIRROR_SESSION_QUIET_SECONDS
+                root,
+                max_open_files=bound,
+                rotate_seconds=settings.JMIRROR_ROTATE_SECONDS,
+                quiet_seconds=settings.JMIRROR_SESSION_QUIET_SECONDS,
             ),
             rcvbuf=rcvbuf,
             on_tick=hooks,

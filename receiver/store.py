@@ -473,6 +473,11 @@ class PcapStore:
             self._finish(self._files.pop(key))
 
     @property
+    def rotate_seconds(self) -> float:
+        """A file whose packets span this long is closed before the next packet."""
+        return self._rotate_ns / _NS
+
+    @property
     def quiet_seconds(self) -> float | None:
         """A file closes once its last packet is this old (None: only by age or size)."""
         return None if self._quiet_ns is None else self._quiet_ns / _NS

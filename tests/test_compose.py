@@ -261,10 +261,11 @@ def test_the_app_environment_names_only_variables_the_settings_read_and_they_acc
     )
     assert str(storage.lock_mode) == "COMPLIANCE"
     assert declared["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/s3_credentials"
-    assert (settings["JMIRROR_LOCAL_KEEP_HOURS"], settings["JMIRROR_SESSION_QUIET_SECONDS"]) == (
-        24,
-        60,
-    )
+    assert (
+        settings["JMIRROR_LOCAL_KEEP_HOURS"],
+        settings["JMIRROR_SESSION_QUIET_SECONDS"],
+        settings["JMIRROR_ROTATE_SECONDS"],
+    ) == (24, 60, 3600)
     assert settings["NODE_NAME"] == declared["JMIRROR_NODE_NAME"]
 
 

@@ -827,3 +827,30 @@ def test_check_deploy_fails_when_the_deployment_does_not_say_it_is_behind_https(
     assert result.returncode == 1
     for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert check in result.stderr
+
+
+def test_the_capture_file_times_have_defaults_and_bounds(load_settings: SettingsLoader) -> None:
+    defaults = load_settings({})
+    assert (defaults["JMIRROR_SESSION_QUIET_SECONDS"], defaults["JMIRROR_ROTATE_SECONDS"]) == (
+        60,
+        3600,
+    )
+    given = load_settings({"JMIRROR_SESSION_QUIET_SECONDS": "5", "JMIRROR_ROTATE_SECONDS": "300"})
+    assert (given["JMIRROR_SESSION_QUIET_SECONDS"], given["JMIRROR_ROTATE_SECONDS"]) == (5, 300)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("JMIRROR_ROTATE_SECONDS", "9"),
+        ("JMIRROR_ROTATE_SECONDS", "86401"),
+        ("JMIRROR_ROTATE_SECONDS", "an hour"),
+        ("JMIRROR_SESSION_QUIET_SECONDS", "0"),
+        ("JMIRROR_SESSION_QUIET_SECONDS", "-1"),
+    ],
+)
+def test_a_capture_file_time_out_of_bounds_stops_the_start(
+    load_settings: SettingsLoader, name: str, raw: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        load_settings({name: raw})

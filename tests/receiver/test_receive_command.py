@@ -250,11 +250,15 @@ def test_a_session_that_goes_quiet_has_its_file_closed_and_hashed_while_receivin
     tmp_path, settings
 ):
     settings.JMIRROR_SESSION_QUIET_SECONDS = 1
+    settings.JMIRROR_ROTATE_SECONDS = 600
     make_router(address="127.0.0.1")
     make_intercept(make_case(), intercept_id=0x300)
     root = tmp_path / "sessions"
     served = Served(root)
     try:
+        assert served.receiver is not None
+        store = served.receiver.store
+        assert (store.quiet_seconds, store.rotate_seconds) == (1, 600)
         call_command(
             "simulate", "--to", f"127.0.0.1:{served.port}", "--count", "20", "--rate", "0",
             "--mid", "0x300",
