@@ -1,0 +1,383 @@
+"""Write-once retention of the objects in the evidence store: a case's legal hold and
+retention carried onto the objects of its uploaded files.
+
+What each object should have follows from its case: the legal hold on while the case's
+``legal_hold`` is, and Object Lock retention until the warrant end plus the retention
+days (:func:`jmirror_web.intercepts.retention.purge_after`), only ever extended. A
+:class:`CaptureFile` row records what was last set on its object (``object_legal_hold``,
+``object_retain_until``), so the objects still to change are the rows that differ from
+their case.
+
+Two paths, so that a change reaches the store even when the store is down at that moment:
+
+- when a case is saved (admin, API, records import, shell: one ``post_save`` hook, run
+  once the transaction committed), its objects are brought in line at once, within
+  :data:`SAVE_TIME_BUDGET`;
+- :func:`reconcile_objects`, from the receiver's periodic retention run and from
+  ``manage.py purge``, does the same for every case whose rows differ (a failure at the
+  save, a budget run out, a change made by a bulk update that sends no signal).
+
+Every change is audited per case (what was set on how many objects); a failure is
+audited once until the next success for that case (it is logged at every attempt), so a
+store down for a day does not fill the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Min, Q
+from django.db.models.signals import post_save
+
+from jmirror_web.audit.log import record
+from jmirror_web.audit.models import AuditEvent
+from jmirror_web.intercepts.models import CaptureFile, Case
+from jmirror_web.object_store import (
+    BucketFacts,
+    ObjectStore,
+    StorageConfig,
+    StorageError,
+    connect,
+)
+
+logger = logging.getLogger(__name__)
+
+OBJECT_HOLD_SET: Final = "object legal hold set"
+OBJECT_HOLD_CLEARED: Final = "object legal hold cleared"
+OBJECT_HOLD_FAILED: Final = "object legal hold failed"
+OBJECT_RETENTION_EXTENDED: Final = "object retention extended"
+OBJECT_RETENTION_FAILED: Final = "object retention failed"
+RECONCILE_ACTOR: Final = "system:retention"
+
+# A save of a case waits at most this long for the store (a web request or an import):
+# what is left goes to the next periodic pass, which the audit event says.
+SAVE_TIME_BUDGET: Final = 10.0
+# Housekeeping (the receiver's periodic run, the health page) must not hang on a store out
+# of reach: a client with short timeouts and one attempt. A failure is retried at the
+# next run.
+QUICK_TIMEOUT: Final = 3.0
+# How long the bucket's facts (Object Lock, versioning) are reused by the health page
+# and the periodic pass, so neither asks the store more than once a minute.
+BUCKET_CHECK_TTL: Final = 60.0
+# At most this many file ids in one audit event (the count is always complete).
+AUDIT_FILE_IDS: Final = 200
+
+_quick: dict[StorageConfig, ObjectStore] = {}
+_checks: dict[StorageConfig, tuple[float, BucketFacts | None, str]] = {}
+_lock = threading.Lock()
+
+
+def configured_store() -> ObjectStore | None:
+    """The configured store for housekeeping (short timeouts, one attempt), or None for
+    local files only."""
+    config: StorageConfig | None = settings.STORAGE
+    if config is None:
+        return None
+    with _lock:
+        store = _quick.get(config)
+        if store is None:
+            store = _quick[config] = connect(config, timeout=QUICK_TIMEOUT, attempts=1)
+        return store
+
+
+def bucket_facts(store: ObjectStore) -> tuple[BucketFacts | None, str]:
+    """The bucket's facts and an empty error, or None and the store's one-line error;
+    checked at most once per :data:`BUCKET_CHECK_TTL` per configuration."""
+    now = time.monotonic()
+    with _lock:
+        cached = _checks.get(store.config)
+    if cached is not None and now - cached[0] < BUCKET_CHECK_TTL:
+        return cached[1], cached[2]
+    try:
+        facts: BucketFacts | None = store.check()
+        error = ""
+    except StorageError as failure:
+        facts, error = None, str(failure)
+    with _lock:
+        _checks[store.config] = (time.monotonic(), facts, error)
+    return facts, error
+
+
+def forget_bucket_checks() -> None:
+    """Drop the cached bucket facts and clients (tests; a changed configuration)."""
+    with _lock:
+        _checks.clear()
+        _quick.clear()
+
+
+def wanted_retain_until(case: Case) -> datetime:
+    """Until when the case's objects must stay locked: the warrant end plus retention."""
+    return case.valid_until + timedelta(days=case.retention_days)
+
+
+@dataclass
+class CaseObjects:
+    """What one pass did to one case's objects."""
+
+    reference: str
+    legal_hold: bool
+    holds_set: int = 0
+    retention_extended: int = 0
+    retain_until: datetime | None = None
+    left: int = 0  # still to do when the time budget ran out
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ObjectsReport:
+    """What :func:`reconcile_objects` did. ``skipped`` says why nothing was tried (local
+    files only, a bucket without Object Lock, the store out of reach)."""
+
+    cases: list[CaseObjects] = field(default_factory=list)
+    skipped: str = ""
+    unreachable: bool = False  # skipped because the store could not be reached
+    complete: bool = True
+
+    @property
+    def errors(self) -> list[str]:
+        found = [error for case in self.cases for error in case.errors]
+        return [self.skipped, *found] if self.unreachable else found
+
+
+def _live_rows(case: Case) -> Any:
+    """The case's uploaded files whose objects are kept (not purged)."""
+    return CaptureFile.objects.filter(
+        session__intercept__case=case,
+        uploaded_at__isnull=False,
+        purged_at__isnull=True,
+        file_deleted_at__isnull=True,
+    ).exclude(object_key="")
+
+
+def reconcile_case(
+    case: Case,
+    store: ObjectStore,
+    *,
+    actor: Any = None,
+    deadline: float | None = None,
+) -> CaseObjects:
+    """Set the legal hold the case wants on every object whose row says otherwise, and
+    extend the retention of every object locked for less than the case wants; record
+    each on the row after the store confirmed it, and audit it. Stops at the first
+    failure of each kind (the store refusing one object refuses the next alike, and an
+    unreachable store should not be waited on once per file) and at ``deadline``
+    (time.monotonic())."""
+    result = CaseObjects(case.reference, case.legal_hold)
+    wanted = case.legal_hold
+    rows = _live_rows(case)
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    done: list[int] = []
+    hold_rows = list(rows.exclude(object_legal_hold=wanted).order_by("pk"))
+    error = ""
+    for position, row in enumerate(hold_rows):
+        if out_of_time():
+            result.left += len(hold_rows) - position
+            break
+        stored = row.stored_object
+        assert stored is not None  # uploaded rows with a key
+        try:
+            store.set_legal_hold(stored, wanted)
+        except StorageError as failure:
+            error = str(failure)
+            result.left += len(hold_rows) - position
+            break
+        CaptureFile.objects.filter(pk=row.pk).update(object_legal_hold=wanted)
+        done.append(row.pk)
+    result.holds_set = len(done)
+    hold_action = OBJECT_HOLD_SET if wanted else OBJECT_HOLD_CLEARED
+    details: dict[str, Any] = {"case": case.reference, "legal_hold": wanted}
+    if done:
+        record(
+            hold_action,
+            case,
+            actor=actor,
+            details=details
+            | {"objects": len(done), "files": done[:AUDIT_FILE_IDS], "left": result.left},
+        )
+    if error:
+        result.errors.append(error)
+        _audit_failure(
+            OBJECT_HOLD_FAILED,
+            (OBJECT_HOLD_SET, OBJECT_HOLD_CLEARED),
+            case,
+            actor,
+            details | {"error": error, "objects_done": len(done), "left": result.left},
+        )
+
+    until = wanted_retain_until(case)
+    extended: list[int] = []
+    error = ""
+    short_rows = list(
+        rows.filter(object_retain_until__isnull=False, object_retain_until__lt=until).order_by("pk")
+    )
+    for position, row in enumerate(short_rows):
+        if out_of_time():
+            result.left += len(short_rows) - position
+            break
+        stored = row.stored_object
+        assert stored is not None
+        try:
+            store.extend_retention(stored, until)
+        except StorageError as failure:
+            error = str(failure)
+            result.left += len(short_rows) - position
+            break
+        CaptureFile.objects.filter(pk=row.pk).update(object_retain_until=until)
+        extended.append(row.pk)
+    result.retention_extended = len(extended)
+    result.retain_until = until
+    details = {"case": case.reference, "retain_until": until.isoformat()}
+    if extended:
+        record(
+            OBJECT_RETENTION_EXTENDED,
+            case,
+            actor=actor,
+            details=details
+            | {
+                "mode": str(store.config.lock_mode),
+                "objects": len(extended),
+                "files": extended[:AUDIT_FILE_IDS],
+            },
+        )
+    if error:
+        result.errors.append(error)
+        _audit_failure(
+            OBJECT_RETENTION_FAILED,
+            (OBJECT_RETENTION_EXTENDED,),
+            case,
+            actor,
+            details | {"error": error, "objects_done": len(extended)},
+        )
+    return result
+
+
+def _audit_failure(
+    action: str, successes: tuple[str, ...], case: Case, actor: Any, details: dict[str, Any]
+) -> None:
+    """Log the failure; audit it unless the case's last event of this kind is already
+    this failure for the same wanted state (one event per outage, not one per retry)."""
+    logger.error("retention: case %s: %s", case.reference, details["error"])
+    last = (
+        AuditEvent.objects.filter(
+            action__in=(action, *successes),
+            object_type=case._meta.label,
+            object_id=str(case.pk),
+        )
+        .order_by("-id")
+        .first()
+    )
+    wanted_key = "legal_hold" if "legal_hold" in details else "retain_until"
+    if (
+        last is not None
+        and last.action == action
+        and last.details.get(wanted_key) == details[wanted_key]
+    ):
+        return
+    record(action, case, actor=actor, details=details)
+
+
+def _cases_to_reconcile() -> list[Case]:
+    """The cases some of whose kept objects differ from what the case wants: one grouped
+    query (the hold counts and the shortest retention of each case's uploaded files)."""
+    files = "intercepts__sessions__files__"
+    live = Q(
+        **{
+            f"{files}uploaded_at__isnull": False,
+            f"{files}purged_at__isnull": True,
+            f"{files}file_deleted_at__isnull": True,
+        }
+    ) & ~Q(**{f"{files}object_key": ""})
+    cases = Case.objects.annotate(
+        holds_on=Count(f"{files}pk", filter=live & Q(**{f"{files}object_legal_hold": True})),
+        holds_off=Count(f"{files}pk", filter=live & Q(**{f"{files}object_legal_hold": False})),
+        shortest_lock=Min(f"{files}object_retain_until", filter=live),
+    ).filter(Q(holds_on__gt=0) | Q(holds_off__gt=0))
+    due: list[Case] = []
+    for case in cases.order_by("pk"):
+        holds_differ = case.holds_off if case.legal_hold else case.holds_on
+        shortest: datetime | None = case.shortest_lock
+        if holds_differ or (shortest is not None and shortest < wanted_retain_until(case)):
+            due.append(case)
+    return due
+
+
+def reconcile_objects(
+    *,
+    store: ObjectStore | None = None,
+    actor: Any = RECONCILE_ACTOR,
+    time_budget: float | None = None,
+) -> ObjectsReport:
+    """Bring every case's objects in line with the case (legal hold, retention): the
+    periodic pass behind :func:`apply_case_change`. Nothing is tried without a store,
+    with a bucket without Object Lock (it can hold no lock; the health page warns), or
+    with the store out of reach (retried at the next run)."""
+    report = ObjectsReport()
+    store = store if store is not None else configured_store()
+    if store is None:
+        report.skipped = "local files only"
+        return report
+    cases = _cases_to_reconcile()
+    if not cases:
+        return report
+    facts, error = bucket_facts(store)
+    if facts is None:
+        report.skipped, report.unreachable = error, True
+        logger.warning("retention: object holds and retention not reconciled: %s", error)
+        return report
+    if not facts.object_lock:
+        report.skipped = "the bucket has no Object Lock: objects cannot be held or retained"
+        return report
+    deadline = None if time_budget is None else time.monotonic() + time_budget
+    for case in cases:
+        if deadline is not None and time.monotonic() >= deadline:
+            report.complete = False
+            break
+        result = reconcile_case(case, store, actor=actor, deadline=deadline)
+        report.cases.append(result)
+        if result.left and not result.errors:
+            report.complete = False
+    return report
+
+
+def apply_case_change(case_pk: int) -> CaseObjects | None:
+    """After a case was saved and committed: its objects' legal hold and retention as the
+    case now says, within :data:`SAVE_TIME_BUDGET`; the audit names whoever saved it (the
+    audit context). Never raises for the store: a failure is audited and the periodic
+    pass tries again."""
+    store = configured_store()
+    if store is None:
+        return None
+    case = Case.objects.filter(pk=case_pk).first()
+    if case is None:
+        return None
+    if not _live_rows(case).exists():
+        return None  # nothing uploaded yet: the upload sets both from the case
+    try:
+        return reconcile_case(case, store, deadline=time.monotonic() + SAVE_TIME_BUDGET)
+    except Exception:
+        # The case is saved whatever happens here: the periodic pass finishes the work.
+        logger.exception("retention: case %s: objects not updated; the next pass will", case)
+        return None
+
+
+def _case_saved(sender: type[Case], instance: Case, created: bool, **kwargs: Any) -> None:
+    if created or kwargs.get("raw") or settings.STORAGE is None:
+        return
+    case_pk = instance.pk
+    # After the commit: the store must never hold a state the database rolled back.
+    transaction.on_commit(lambda: apply_case_change(case_pk))
+
+
+def connect_hooks() -> None:
+    """Wire the case save hook (from the intercepts app's ready())."""
+    post_save.connect(_case_saved, sender=Case, dispatch_uid="object_retention_case_saved")
