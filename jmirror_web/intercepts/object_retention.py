@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Count, Min, Q
 from django.db.models.signals import post_save
 
-from jmirror_web.audit.log import record
+from jmirror_web.audit.log import acting_as, current_context, record
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.models import CaptureFile, Case
 from jmirror_web.object_store import (
@@ -374,8 +374,18 @@ def _case_saved(sender: type[Case], instance: Case, created: bool, **kwargs: Any
     if created or kwargs.get("raw") or settings.STORAGE is None:
         return
     case_pk = instance.pk
+    # Whoever saved it is named in the audit, whenever the commit comes.
+    context = current_context()
+
+    def after_commit() -> None:
+        if context is None:
+            apply_case_change(case_pk)
+            return
+        with acting_as(context.actor, context.source_address):
+            apply_case_change(case_pk)
+
     # After the commit: the store must never hold a state the database rolled back.
-    transaction.on_commit(lambda: apply_case_change(case_pk))
+    transaction.on_commit(after_commit)
 
 
 def connect_hooks() -> None:

@@ -260,7 +260,10 @@ def purge(
             elif _purge_file(report, entry, case, row, now, actor=actor, store=store):
                 entry.files += 1
                 entry.bytes += row.bytes
-        if entry.files or entry.open_files or entry.legal_hold:
+        # A case whose files were all refused (by the store, or before anything was
+        # written) is listed too: the report names them under it.
+        noted = any(each.case == case.reference for each in report.files)
+        if entry.files or entry.open_files or entry.legal_hold or noted:
             report.cases.append(entry)
     report.unattributed_files = CaptureFile.objects.filter(
         session__intercept__isnull=True, closed=True, purged_at__isnull=True
