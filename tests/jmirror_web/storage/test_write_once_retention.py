@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from jmirror_web import object_store
+from jmirror_web.audit.log import acting_as
 from jmirror_web.audit.models import AuditEvent, verify_chain
 from jmirror_web.intercepts import object_retention
 from jmirror_web.intercepts.access import Role
@@ -36,6 +38,7 @@ from jmirror_web.intercepts.object_retention import (
     reconcile_objects,
     wanted_retain_until,
 )
+from jmirror_web.intercepts.records_file import export_records, import_records
 from jmirror_web.intercepts.retention import PURGE_COMPLETED, PURGE_REFUSED, PURGED, purge
 from jmirror_web.object_store import ObjectDeleteRefused, ObjectStore, StorageConfig
 from receiver.store import SessionKey, session_directory_name
@@ -201,6 +204,27 @@ def test_a_hold_the_store_missed_is_set_by_the_periodic_pass_and_the_failure_aud
     assert reconcile_objects().cases == []  # in line: nothing to do
 
 
+def test_a_legal_hold_from_a_records_import_reaches_the_objects_after_its_commit(
+    object_storage: ObjectStore, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    case = make_case()
+    rows = uploaded(object_storage, case, tmp_path, 2)
+    records = export_records()
+    for entry in records["cases"]:
+        entry["legal_hold"] = True
+    # The import runs in one transaction: the store is asked only after its commit.
+    with (
+        django_capture_on_commit_callbacks() as pending,
+        acting_as("os:tester"),
+    ):
+        import_records(json.dumps(records).encode(), source="test")
+    assert holds(object_storage, rows) == [False, False]
+    for callback in pending:
+        callback()
+    assert holds(object_storage, rows) == [True, True]
+    assert events(OBJECT_HOLD_SET)[0].actor_name == "os:tester"
+
+
 def test_retention_is_extended_when_the_case_grows_and_never_shortened(
     object_storage: ObjectStore, tmp_path: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -248,6 +272,9 @@ def test_purge_before_the_store_allows_it_is_refused_and_audited_then_deletes_af
     retain = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     rows = uploaded(object_storage, case, tmp_path, 2, retain_until=retain)
 
+    dry = purge(timezone.now(), dry_run=True)  # reads the locks, writes nothing
+    assert [each.state for each in dry.files] == ["refused", "refused"]
+    assert not events(PURGE_REFUSED)
     report = purge(timezone.now())
     assert [each.state for each in report.files] == ["refused", "refused"]
     assert "retains" in report.refused[0].error
