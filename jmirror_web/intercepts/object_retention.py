@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -156,6 +157,50 @@ def _live_rows(case: Case) -> Any:
     ).exclude(object_key="")
 
 
+@dataclass
+class _Pass:
+    """One kind of change over a case's rows: which were done, which objects the store
+    does not have, the error that stopped it and how many rows were left."""
+
+    done: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    error: str = ""
+    left: int = 0
+
+
+def _each_object(
+    rows: list[CaptureFile],
+    store: ObjectStore,
+    change: Callable[[CaptureFile], None],
+    deadline: float | None,
+) -> _Pass:
+    """``change`` each row's object, in order. An object the store does not have is
+    skipped (``verify_files`` reports it; it must not block the others); any other
+    failure stops the pass (the store refusing one object refuses the next alike, and
+    one out of reach is not waited on once per file), as does ``deadline``."""
+    result = _Pass()
+    for position, row in enumerate(rows):
+        if deadline is not None and time.monotonic() >= deadline:
+            result.left = len(rows) - position
+            break
+        try:
+            change(row)
+        except StorageError as failure:
+            stored = row.stored_object
+            try:
+                gone = stored is not None and not store.exists(stored)
+            except StorageError:
+                gone = False
+            if gone:
+                result.missing.append(row.pk)
+                continue
+            result.error = str(failure)
+            result.left = len(rows) - position
+            break
+        result.done.append(row.pk)
+    return result
+
+
 def reconcile_case(
     case: Case,
     store: ObjectStore,
@@ -165,79 +210,53 @@ def reconcile_case(
 ) -> CaseObjects:
     """Set the legal hold the case wants on every object whose row says otherwise, and
     extend the retention of every object locked for less than the case wants; record
-    each on the row after the store confirmed it, and audit it. Stops at the first
-    failure of each kind (the store refusing one object refuses the next alike, and an
-    unreachable store should not be waited on once per file) and at ``deadline``
-    (time.monotonic())."""
+    each on the row after the store confirmed it, and audit it per case. Stops at
+    ``deadline`` (time.monotonic()) and at a failure (see :func:`_each_object`)."""
     result = CaseObjects(case.reference, case.legal_hold)
     wanted = case.legal_hold
     rows = _live_rows(case)
 
-    def out_of_time() -> bool:
-        return deadline is not None and time.monotonic() >= deadline
-
-    done: list[int] = []
-    hold_rows = list(rows.exclude(object_legal_hold=wanted).order_by("pk"))
-    error = ""
-    for position, row in enumerate(hold_rows):
-        if out_of_time():
-            result.left += len(hold_rows) - position
-            break
-        stored = row.stored_object
-        assert stored is not None  # uploaded rows with a key
-        try:
-            store.set_legal_hold(stored, wanted)
-        except StorageError as failure:
-            error = str(failure)
-            result.left += len(hold_rows) - position
-            break
+    def set_hold(row: CaptureFile) -> None:
+        assert row.stored_object is not None  # uploaded rows with a key
+        store.set_legal_hold(row.stored_object, wanted)
         CaptureFile.objects.filter(pk=row.pk).update(object_legal_hold=wanted)
-        done.append(row.pk)
-    result.holds_set = len(done)
-    hold_action = OBJECT_HOLD_SET if wanted else OBJECT_HOLD_CLEARED
+
+    held = _each_object(
+        list(rows.exclude(object_legal_hold=wanted).order_by("pk")), store, set_hold, deadline
+    )
+    result.holds_set = len(held.done)
     details: dict[str, Any] = {"case": case.reference, "legal_hold": wanted}
-    if done:
+    if held.done:
         record(
-            hold_action,
+            OBJECT_HOLD_SET if wanted else OBJECT_HOLD_CLEARED,
             case,
             actor=actor,
             details=details
-            | {"objects": len(done), "files": done[:AUDIT_FILE_IDS], "left": result.left},
+            | {"objects": len(held.done), "files": held.done[:AUDIT_FILE_IDS], "left": held.left},
         )
-    if error:
-        result.errors.append(error)
-        _audit_failure(
-            OBJECT_HOLD_FAILED,
-            (OBJECT_HOLD_SET, OBJECT_HOLD_CLEARED),
-            case,
-            actor,
-            details | {"error": error, "objects_done": len(done), "left": result.left},
-        )
+    _failed(
+        result,
+        held,
+        OBJECT_HOLD_FAILED,
+        (OBJECT_HOLD_SET, OBJECT_HOLD_CLEARED),
+        case,
+        actor,
+        details,
+    )
 
     until = wanted_retain_until(case)
-    extended: list[int] = []
-    error = ""
-    short_rows = list(
-        rows.filter(object_retain_until__isnull=False, object_retain_until__lt=until).order_by("pk")
-    )
-    for position, row in enumerate(short_rows):
-        if out_of_time():
-            result.left += len(short_rows) - position
-            break
-        stored = row.stored_object
-        assert stored is not None
-        try:
-            store.extend_retention(stored, until)
-        except StorageError as failure:
-            error = str(failure)
-            result.left += len(short_rows) - position
-            break
+
+    def extend(row: CaptureFile) -> None:
+        assert row.stored_object is not None
+        store.extend_retention(row.stored_object, until)
         CaptureFile.objects.filter(pk=row.pk).update(object_retain_until=until)
-        extended.append(row.pk)
-    result.retention_extended = len(extended)
+
+    short = rows.filter(object_retain_until__isnull=False, object_retain_until__lt=until)
+    extended = _each_object(list(short.order_by("pk")), store, extend, deadline)
+    result.retention_extended = len(extended.done)
     result.retain_until = until
     details = {"case": case.reference, "retain_until": until.isoformat()}
-    if extended:
+    if extended.done:
         record(
             OBJECT_RETENTION_EXTENDED,
             case,
@@ -245,20 +264,57 @@ def reconcile_case(
             details=details
             | {
                 "mode": str(store.config.lock_mode),
-                "objects": len(extended),
-                "files": extended[:AUDIT_FILE_IDS],
+                "objects": len(extended.done),
+                "files": extended.done[:AUDIT_FILE_IDS],
             },
         )
-    if error:
-        result.errors.append(error)
-        _audit_failure(
-            OBJECT_RETENTION_FAILED,
-            (OBJECT_RETENTION_EXTENDED,),
-            case,
-            actor,
-            details | {"error": error, "objects_done": len(extended)},
-        )
+    _failed(
+        result,
+        extended,
+        OBJECT_RETENTION_FAILED,
+        (OBJECT_RETENTION_EXTENDED,),
+        case,
+        actor,
+        details,
+    )
     return result
+
+
+def _failed(
+    result: CaseObjects,
+    done: _Pass,
+    action: str,
+    successes: tuple[str, ...],
+    case: Case,
+    actor: Any,
+    details: dict[str, Any],
+) -> None:
+    """Count what is left, and log and audit what failed (see :func:`_audit_failure`)."""
+    result.left += done.left
+    errors = []
+    if done.error:
+        errors.append(done.error)
+    if done.missing:
+        errors.append(
+            f"{len(done.missing)} objects are not in the store (files {done.missing[:20]}); "
+            "verify_files reports them"
+        )
+    if not errors:
+        return
+    result.errors.extend(errors)
+    _audit_failure(
+        action,
+        successes,
+        case,
+        actor,
+        details
+        | {
+            "error": "; ".join(errors),
+            "objects_done": len(done.done),
+            "missing_files": done.missing[:AUDIT_FILE_IDS],
+            "left": done.left,
+        },
+    )
 
 
 def _audit_failure(

@@ -204,6 +204,23 @@ def test_a_hold_the_store_missed_is_set_by_the_periodic_pass_and_the_failure_aud
     assert reconcile_objects().cases == []  # in line: nothing to do
 
 
+def test_an_object_missing_from_the_store_does_not_keep_the_hold_from_the_others(
+    object_storage: ObjectStore, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    case = make_case()
+    rows = uploaded(object_storage, case, tmp_path, 2)
+    assert rows[0].stored_object is not None
+    object_storage.delete(rows[0].stored_object)  # gone behind the product's back
+    case.legal_hold = True
+    with django_capture_on_commit_callbacks(execute=True):
+        case.save()
+    assert holds(object_storage, rows[1:]) == [True]
+    assert [event.details["files"] for event in events(OBJECT_HOLD_SET)] == [[rows[1].pk]]
+    [failed] = events(OBJECT_HOLD_FAILED)
+    assert failed.details["missing_files"] == [rows[0].pk]
+    assert "not in the store" in failed.details["error"]
+
+
 def test_a_legal_hold_from_a_records_import_reaches_the_objects_after_its_commit(
     object_storage: ObjectStore, tmp_path: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
