@@ -353,7 +353,7 @@ def _purge_file(
         record(PURGED, locked, actor=actor, details=details)
     # Committed: the audit event exists, so the file may go now.
     if stored is not None:
-        error = "" if object_missing else _delete_object(store, stored)
+        error = "" if object_missing else _delete_object(store, stored, report)
         error = error or _unlink(path)  # the local copy, if the host still has it
         if error:
             _record_failure(locked, error, actor=actor)
