@@ -328,14 +328,7 @@ class ObjectStore:
 
         try:
             head = self.client.head_object(ChecksumMode="ENABLED", **self._address(stored))
-            hold = None
-            if legal_hold:
-                hold = (
-                    self.client.get_object_legal_hold(**self._address(stored))
-                    .get("LegalHold", {})
-                    .get("Status")
-                    == "ON"
-                )
+            hold = self._legal_hold(stored) if legal_hold else None
         except (BotoCoreError, ClientError) as error:
             raise self._fail(f"reading {stored.key}", error) from None
         return ObjectFacts(
@@ -345,6 +338,23 @@ class ObjectStore:
             retain_until=head.get("ObjectLockRetainUntilDate"),
             legal_hold=hold,
         )
+
+    def _legal_hold(self, stored: StoredObject) -> bool:
+        """Whether the object's legal hold is on. An object whose hold was never set has
+        no legal hold configuration (S3 answers NoSuchObjectLegalHold), and an object in
+        a bucket without Object Lock can have none (InvalidRequest): both are "off"."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object_legal_hold(**self._address(stored))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {
+                "NoSuchObjectLegalHold",
+                "InvalidRequest",
+            }:
+                return False
+            raise
+        return bool(answer.get("LegalHold", {}).get("Status") == "ON")
 
     def sha256(self, stored: StoredObject) -> str:
         """The SHA-256 (hex) of the object's bytes, read in full."""

@@ -83,6 +83,12 @@ def record(
     )
 
 
+def current_context() -> AuditContext | None:
+    """Who events recorded now would name: for work deferred to later (after a commit),
+    to be restored there with :func:`acting_as`."""
+    return _context.get()
+
+
 class AuditContextMiddleware:
     """Makes the request's user and address the audit context of whatever the request
     changes."""

@@ -24,6 +24,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from jmirror_web.console.health_storage import evidence_store_status
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import (
     AGGREGATE_MID,
@@ -298,6 +299,8 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "unclaimed_streams_per_source": UNCLAIMED_STREAMS_PER_SOURCE,
         "unclaimed_overflow": sum(row.process.unclaimed_overflow for row in current),
         "low_disk_percent": int(LOW_DISK_FRACTION * 100),
+        # Its own section and template (health_storage): bucket checked once a minute.
+        "evidence_store": evidence_store_status(),
     }
     context.update(node_context(rows))
     return render(request, "console/health.html", context)

@@ -21,6 +21,18 @@ next run sees that and sets ``file_deleted_at``. The reverse order could delete 
 then lose its audit event, which is what must never happen. An audited purge is always
 carried through, even if the case was put on legal hold after the event was written.
 
+Files in the object store (uploaded: ``CaptureFile.stored_object``) are purged in the same
+order, the object version deleted before the local copy (if the host still has one), but
+only when the store allows it: before anything is written the object's lock is read, and
+a file whose object the store still retains (Object Lock retention not over, a legal hold)
+is reported as refused by the store and audited (:data:`PURGE_REFUSED`, once per file and
+reason), its row left as it is; it is tried again at every run. A store out of reach is an
+error, tried again at the next run, and nothing is marked. Should the store refuse the
+delete itself after the purge was audited (rights, a clock ahead of ours), the row waits
+with ``purged_at`` set as a failed local deletion does, and the next run deletes it. Before
+the purge, the objects' legal holds and retention are brought in line with their cases
+(:func:`jmirror_web.intercepts.object_retention.reconcile_objects`).
+
 Files still being written (``closed=False``) are never touched: the receiver cannot be
 storing for an ended warrant (the gate refuses it), so such a row is either a ``.part``
 file left by a killed receiver, which the next receiver start closes (and the next run
@@ -35,15 +47,24 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
 from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
+from jmirror_web.intercepts import evidence_store, object_retention
 from jmirror_web.intercepts.models import CaptureFile, Case, OutsideSessionsDirectory
+from jmirror_web.intercepts.object_retention import ObjectsReport
+from jmirror_web.object_store import (
+    ObjectDeleteRefused,
+    ObjectStore,
+    StorageError,
+    StoredObject,
+)
 from receiver.store import CAPTURE_SUFFIXES, parse_session_directory
 
 logger = logging.getLogger(__name__)
@@ -53,8 +74,15 @@ RETENTION_ACTOR: Final = "system:retention"
 PURGED: Final = "capture file purged"
 PURGE_FAILED: Final = "capture file purge failed"
 PURGE_COMPLETED: Final = "capture file purge completed"
+PURGE_REFUSED: Final = "capture file purge refused by the store"
+NO_STORE: Final = (
+    "the file is in the object store but JMIRROR_STORAGE_URL is empty here: its object "
+    "cannot be deleted"
+)
 
-FileState = Literal["purged", "missing", "would purge", "failed", "completed", "would complete"]
+FileState = Literal[
+    "purged", "missing", "would purge", "failed", "refused", "completed", "would complete"
+]
 
 
 @dataclass
@@ -62,9 +90,11 @@ class FileEntry:
     """One capture file the run dealt with.
 
     ``state``: ``purged`` (audited and deleted), ``missing`` (audited; it was already
-    gone), ``failed`` (see ``error``: audited as purged but still on disk, or refused before
-    anything was written), ``completed`` (audited by an earlier run, deleted now), and the
-    dry run's ``would purge`` / ``would complete``.
+    gone), ``failed`` (see ``error``: audited as purged but still on disk or in the store,
+    or refused before anything was written, or the store out of reach), ``refused`` (the
+    object store still retains its object: ``error`` says why; nothing marked),
+    ``completed`` (audited by an earlier run, deleted now), and the dry run's
+    ``would purge`` / ``would complete``.
     """
 
     path: str
@@ -103,6 +133,11 @@ class PurgeReport:
     unattributed_files: int = 0
     # False when the run stopped at its time budget: call again for the rest.
     complete: bool = True
+    # The objects' legal holds and retention brought in line first (not in a dry run).
+    objects: ObjectsReport | None = None
+    # The first "store out of reach" of this run: later files are not tried (each would
+    # wait for the same timeout), they fail with it and are tried at the next run.
+    store_error: str = ""
 
     @property
     def purged(self) -> list[FileEntry]:
@@ -112,6 +147,11 @@ class PurgeReport:
     @property
     def errors(self) -> list[FileEntry]:
         return [each for each in self.files if each.state == "failed"]
+
+    @property
+    def refused(self) -> list[FileEntry]:
+        """Files whose objects the store still retains (kept, tried again next run)."""
+        return [each for each in self.files if each.state == "refused"]
 
     @property
     def purged_bytes(self) -> int:
@@ -134,6 +174,7 @@ class PurgeReport:
             "cases": len(self.purged_cases),
             "legal_hold_cases": len(self.held_cases),
             "errors": len(self.errors),
+            "refused_by_store": len(self.refused),
         }
         return _jsonable(data)  # type: ignore[no-any-return]
 
@@ -164,6 +205,7 @@ def purge(
     dry_run: bool = False,
     actor: Any = RETENTION_ACTOR,
     time_budget: float | None = None,
+    store: ObjectStore | None = None,
 ) -> PurgeReport:
     """Purge the closed capture files of every case due at ``now`` that is not on legal
     hold (see the module's docstring for the order of the steps), and finish purges that
@@ -171,10 +213,18 @@ def purge(
 
     ``actor`` is who the audit events name (a user, or a string such as ``"os:root"``).
     ``time_budget`` (seconds) stops the run between two files once spent, with
-    ``complete=False`` in the report. ``dry_run`` reads only.
+    ``complete=False`` in the report. ``dry_run`` reads only (the objects' locks too).
+    ``store`` is the object store of uploaded files (default: the configured one).
     """
     report = PurgeReport(now=now, dry_run=dry_run)
     deadline = None if time_budget is None else time.monotonic() + time_budget
+    if store is None:
+        store = evidence_store.store()
+    if not dry_run:
+        report.objects = object_retention.reconcile_objects(
+            store=store, actor=actor, time_budget=time_budget
+        )
+        report.complete = report.objects.complete
 
     def out_of_time() -> bool:
         if deadline is not None and time.monotonic() >= deadline:
@@ -182,7 +232,7 @@ def purge(
             return True
         return False
 
-    _finish_pending(report, now, actor=actor, out_of_time=out_of_time)
+    _finish_pending(report, now, actor=actor, out_of_time=out_of_time, store=store)
     ended = Case.objects.filter(valid_until__lt=now).order_by("valid_until", "pk")
     for case in ended:
         if not is_due(case, now) or not report.complete:
@@ -207,10 +257,13 @@ def purge(
                 entry.bytes += row.bytes
             elif out_of_time():
                 break
-            elif _purge_file(report, entry, case, row, now, actor=actor):
+            elif _purge_file(report, entry, case, row, now, actor=actor, store=store):
                 entry.files += 1
                 entry.bytes += row.bytes
-        if entry.files or entry.open_files or entry.legal_hold:
+        # A case whose files were all refused (by the store, or before anything was
+        # written) is listed too: the report names them under it.
+        noted = any(each.case == case.reference for each in report.files)
+        if entry.files or entry.open_files or entry.legal_hold or noted:
             report.cases.append(entry)
     report.unattributed_files = CaptureFile.objects.filter(
         session__intercept__isnull=True, closed=True, purged_at__isnull=True
@@ -226,9 +279,11 @@ def _purge_file(
     now: datetime,
     *,
     actor: Any,
+    store: ObjectStore | None,
 ) -> bool:
-    """Audit, then delete, one closed file of a due case; True when it was purged (or, in a
-    dry run, would be)."""
+    """Audit, then delete, one closed file of a due case (its object in the store first,
+    if uploaded, then the local copy); True when it was purged (or, in a dry run, would
+    be)."""
     assert row.session.intercept is not None  # the query went through it
     liid = row.session.intercept.liid
 
@@ -246,6 +301,21 @@ def _purge_file(
         # Rows are written by the receiver; anything else in one is not ours to delete.
         note("failed", "not a capture file name (.pcap, .pcapng): refused, nothing recorded")
         return False
+    stored = row.stored_object
+    object_missing = False
+    if stored is not None:
+        # Asked before anything is written: a file the store still retains stays as it is
+        # (unpurged, readable), and the store's reason goes in the report and the audit.
+        verdict, reason = _object_verdict(report, store, stored)
+        if verdict == "failed":
+            note("failed", reason)
+            return False
+        if verdict == "refused":
+            note("refused", reason)
+            if not report.dry_run:
+                _record_refusal(row, current_case=case, reason=reason, actor=actor)
+            return False
+        object_missing = verdict == "missing"
     if report.dry_run:
         note("would purge")
         return True
@@ -261,9 +331,11 @@ def _purge_file(
         current = Case.objects.select_for_update().filter(pk=case.pk).first()
         if locked is None or current is None or current.legal_hold or not is_due(current, now):
             return False  # purged by another run meanwhile, or the case changed: leave it
-        missing = not os.path.lexists(path)
+        local_missing = not os.path.lexists(path)
+        # An uploaded file is gone when its object is (the local copy is only a cache).
+        missing = object_missing if stored is not None else local_missing
         locked.purged_at = now
-        if missing:
+        if missing and local_missing:
             locked.file_deleted_at = now
         locked.save(update_fields=["purged_at", "file_deleted_at"])
         details: dict[str, Any] = {
@@ -276,9 +348,22 @@ def _purge_file(
             "warrant_end": current.valid_until,
             "missing": missing,
         }
+        if stored is not None:
+            details["object"] = _object_details(stored)
         record(PURGED, locked, actor=actor, details=details)
     # Committed: the audit event exists, so the file may go now.
-    if missing:
+    if stored is not None:
+        error = "" if object_missing else _delete_object(store, stored, report)
+        error = error or _unlink(path)  # the local copy, if the host still has it
+        if error:
+            _record_failure(locked, error, actor=actor)
+            note("failed", error)
+            return False
+        CaptureFile.objects.filter(pk=row.pk, file_deleted_at__isnull=True).update(
+            file_deleted_at=now
+        )
+        note("missing" if missing else "purged")
+    elif missing:
         note("missing")
     else:
         error = _unlink(path)
@@ -295,10 +380,15 @@ def _purge_file(
 
 
 def _finish_pending(
-    report: PurgeReport, now: datetime, *, actor: Any, out_of_time: Callable[[], bool]
+    report: PurgeReport,
+    now: datetime,
+    *,
+    actor: Any,
+    out_of_time: Callable[[], bool],
+    store: ObjectStore | None,
 ) -> None:
-    """Delete the files of rows audited as purged by an earlier run that did not get to
-    (or failed to) delete them, and mark them deleted."""
+    """Delete the files (objects, then local copies) of rows audited as purged by an
+    earlier run that did not get to (or failed to) delete them, and mark them deleted."""
     pending = (
         CaptureFile.objects.filter(purged_at__isnull=False, file_deleted_at__isnull=True)
         .select_related("session__intercept__case")
@@ -319,11 +409,14 @@ def _finish_pending(
         except OutsideSessionsDirectory as refused:
             error = str(refused)
         else:
-            error = (
-                _unlink(path)
-                if path.name.endswith(CAPTURE_SUFFIXES)
-                else "not a capture file name (.pcap, .pcapng)"
-            )
+            stored = row.stored_object
+            error = ""
+            if not path.name.endswith(CAPTURE_SUFFIXES):
+                error = "not a capture file name (.pcap, .pcapng)"
+            elif stored is not None:
+                # The object first: the evidence is gone only once the store deleted it.
+                error = report.store_error or _delete_object(store, stored, report)
+            error = error or _unlink(path)
         if error:
             # Audited once per file (not at every hourly retry); logged every time.
             already = AuditEvent.objects.filter(
@@ -345,6 +438,83 @@ def _finish_pending(
                 )
         entry.state = "completed"
         _remove_empty_directory(report, path)
+
+
+def _object_details(stored: StoredObject) -> dict[str, str]:
+    return {"bucket": stored.bucket, "key": stored.key, "version": stored.version}
+
+
+def _object_verdict(
+    report: PurgeReport, store: ObjectStore | None, stored: StoredObject
+) -> tuple[Literal["allowed", "missing", "refused", "failed"], str]:
+    """Whether the store will let the object version go now, read from its lock (the
+    store decides by its own clock, so ours is the real one, not the run's ``now``):
+    ``refused`` with the store's reason, ``missing`` when it is gone already, ``failed``
+    with the error when the store cannot be asked."""
+    if store is None:
+        return "failed", NO_STORE
+    if report.store_error:
+        return "failed", report.store_error
+    try:
+        facts = store.facts(stored, legal_hold=True)
+    except StorageError as error:
+        try:
+            gone = not store.exists(stored)
+        except StorageError:
+            gone = False
+        if gone:
+            return "missing", ""
+        report.store_error = str(error)
+        return "failed", str(error)
+    if facts.legal_hold:
+        return "refused", f"the store holds {stored.key} under a legal hold"
+    if facts.retain_until is not None and facts.retain_until > timezone.now():
+        until = _jsonable(facts.retain_until.astimezone(UTC))
+        mode = facts.lock_mode or "Object Lock"
+        return "refused", f"the store retains {stored.key} until {until} ({mode})"
+    return "allowed", ""
+
+
+def _delete_object(
+    store: ObjectStore | None, stored: StoredObject, report: PurgeReport | None = None
+) -> str:
+    """Delete the object version; an empty string when done, else why not (the store's
+    refusal, or the store out of reach, which ``report`` remembers for the run)."""
+    if store is None:
+        return NO_STORE
+    try:
+        store.delete(stored)
+    except ObjectDeleteRefused as refused:
+        return str(refused)
+    except StorageError as error:
+        if report is not None:
+            report.store_error = str(error)
+        return str(error)
+    return ""
+
+
+def _record_refusal(row: CaptureFile, *, current_case: Case, reason: str, actor: Any) -> None:
+    """Audit that the store still retains a due file's object: once per file and reason
+    (the run repeats hourly until the store lets it go; the report says it every time)."""
+    logger.warning("retention: %s kept: %s", row.path, reason)
+    earlier = AuditEvent.objects.filter(
+        action=PURGE_REFUSED, object_type=row._meta.label, object_id=str(row.pk)
+    ).values_list("details", flat=True)
+    if any(details.get("reason") == reason for details in earlier):
+        return
+    stored = row.stored_object
+    record(
+        PURGE_REFUSED,
+        row,
+        actor=actor,
+        details={
+            "path": row.path,
+            "case": current_case.reference,
+            "sha256": row.sha256,
+            "object": _object_details(stored) if stored is not None else {},
+            "reason": reason,
+        },
+    )
 
 
 def _unlink(path: Path) -> str:
@@ -388,7 +558,9 @@ def scheduled_purge(now: datetime, *, time_budget: float) -> bool:
     go on whatever the database or the disk do). False when files are left for a next
     call soon (the time budget ran out), True otherwise."""
     try:
-        report = purge(now, time_budget=time_budget)
+        # The quick client: an unreachable store fails within seconds, not minutes, in
+        # the receiver's bookkeeping thread.
+        report = purge(now, time_budget=time_budget, store=object_retention.configured_store())
     except DatabaseError as error:
         logger.warning("retention: purge failed (%s); trying again later", error)
         connection.close()  # a broken connection is not reused
@@ -396,12 +568,14 @@ def scheduled_purge(now: datetime, *, time_budget: float) -> bool:
     except Exception:
         logger.exception("retention: purge failed; trying again later")
         return True
-    if report.purged or report.errors:
+    if report.purged or report.errors or report.refused:
         logger.info(
-            "retention: purged %d files (%d bytes) of %d cases; %d could not be deleted",
+            "retention: purged %d files (%d bytes) of %d cases; %d could not be deleted; "
+            "%d kept by the object store's lock",
             len(report.purged),
             report.purged_bytes,
             len(report.purged_cases),
             len(report.errors),
+            len(report.refused),
         )
     return report.complete

@@ -453,6 +453,7 @@ def test_the_command_json(tmp_path):
         "cases": 1,
         "legal_hold_cases": 1,
         "errors": 0,
+        "refused_by_store": 0,
     }
     assert {each["path"] for each in data["files"]} == {row.path for row in rows}
     assert {each["state"] for each in data["files"]} == {"purged"}

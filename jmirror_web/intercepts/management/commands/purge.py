@@ -1,6 +1,9 @@
 """``manage.py purge [--dry-run] [--json]``: delete the capture files whose retention
 has passed (:mod:`jmirror_web.intercepts.retention`), each with an audit event naming the
 operating-system user who ran the command. The receiver also runs the purge every hour.
+Files in the object store are deleted there when the store allows it; what it still
+retains is listed (and audited), not an error. First, the objects' legal holds and
+retention are brought in line with their cases.
 
 Exits with status 1 when some file could not be deleted (after printing the report).
 """
@@ -45,12 +48,35 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(report.errors)} files could not be purged; see the report", returncode=1
             )
+        if report.objects is not None and report.objects.errors:
+            raise CommandError(
+                "the object store could not be brought in line with the cases' legal holds "
+                "and retention; see the report",
+                returncode=1,
+            )
 
     def _print(self, report: PurgeReport) -> None:
         write = self.stdout.write
         verb = "would purge" if report.dry_run else "purged"
         heading = f"retention at {_time(report.now)}"
         write(heading + (" (dry run: nothing changed)" if report.dry_run else ""))
+        objects = report.objects
+        if objects is not None and objects.skipped and objects.skipped != "local files only":
+            write(f"object holds and retention not reconciled: {objects.skipped}")
+        for changed in objects.cases if objects is not None else []:
+            if changed.holds_set:
+                state = "set" if changed.legal_hold else "cleared"
+                count = changed.holds_set
+                write(f"case {changed.reference}: legal hold {state} on {count} objects")
+            if changed.retention_extended:
+                write(
+                    f"case {changed.reference}: retention of {changed.retention_extended} objects "
+                    f"extended to {_time(changed.retain_until)}"
+                )
+            if changed.left:
+                write(f"case {changed.reference}: {changed.left} objects left for the next run")
+            for error in changed.errors:
+                write(f"case {changed.reference}: FAILED in the object store: {error}")
         pending = [each for each in report.files if each.state in ("completed", "would complete")]
         if pending:
             write(f"earlier purges whose deletion was pending: {len(pending)} files")
@@ -68,6 +94,8 @@ class Command(BaseCommand):
                     continue
                 if each.state == "failed":
                     write(f"  FAILED {each.path}: {each.error}")
+                elif each.state == "refused":
+                    write(f"  kept, refused by the object store: {each.path}: {each.error}")
                 elif each.state == "missing":
                     write(f"  purged {each.path}: already missing on disk (recorded as purged)")
                 else:
@@ -87,5 +115,5 @@ class Command(BaseCommand):
         write(
             f"total: {verb} {len(report.purged)} files ({report.purged_bytes} bytes) of "
             f"{len(report.purged_cases)} cases; {held} cases skipped for legal hold; "
-            f"{len(report.errors)} errors"
+            f"{len(report.refused)} files kept by the object store; {len(report.errors)} errors"
         )
