@@ -257,3 +257,56 @@ def test_a_busy_vrouter_is_stored_by_c(tmp_path: Path) -> None:
     [[packets]] = blocks.values()
     assert [frame_bytes for frame_bytes, _ in packets] == [frame] * 200
     assert len({options for _, options in packets}) == 2
+
+
+def test_a_vrouter_s_file_closed_for_quiet_goes_on_in_the_next_file_through_c(
+    tmp_path: Path,
+) -> None:
+    """Idle close on the Contrail socket: Python closes the pcapng file C appends to, C
+    hands the flow's next datagram to Python, which opens the next file and binds it,
+    and C stores the rest there."""
+    frame = FRAMES[0]
+    ingress = contrail_header(capture_host="127.0.0.1", flags=0x400000A0, source_vn="vn-a")
+    store = PcapStore(tmp_path, quiet_seconds=60)
+    snapshots: list[Snapshot] = []
+    receiver = Receiver(
+        [],
+        Gate(VROUTERS, []),
+        store,
+        on_tick=[snapshots.append],
+        contrail_listen=[("127.0.0.1", 0)],
+    )
+    [sock] = receiver.sockets
+    port = sock.getsockname()[1]
+    receiver.gate = Gate(VROUTERS, _rules(port))
+    sock.setblocking(False)
+    handled_by_python = []
+    handle = receiver.pipeline.handle_contrail
+
+    def counted(payload: bytes, source: str, port: int, time_ns: int) -> Any:
+        handled_by_python.append(payload)
+        return handle(payload, source, port, time_ns)
+
+    receiver.pipeline.handle_contrail = counted  # type: ignore[method-assign]
+    drain = receiver._drainer(sock)
+    with senders() as by_source:
+        for _ in range(40):
+            by_source["127.0.0.1"].sendto(ingress + frame, ("127.0.0.1", port))
+        drain()
+        receiver.tick(time.time_ns())
+        assert snapshots[-1].closed_files == []
+        receiver.tick(time.time_ns() + 61 * 10**9)  # a minute without a datagram
+        (closed,) = snapshots[-1].closed_files
+        assert closed.packets == 40
+        assert store.open_files() == []
+        for _ in range(40):
+            by_source["127.0.0.1"].sendto(ingress + frame, ("127.0.0.1", port))
+        drain()
+    receiver.finish(time.time_ns())
+    receiver.close_sockets()
+    # Python took the first datagram of each file; C the other 78.
+    assert handled_by_python == [ingress + frame] * 2
+    assert receiver.counters.internal_error == 0
+    [files] = _blocks(tmp_path).values()
+    assert [len(packets) for packets in files] == [40, 40]
+    assert {frame_bytes for packets in files for frame_bytes, _ in packets} == {frame}
