@@ -490,6 +490,16 @@ class ObjectReader:
 
     def seek(self, offset: int, whence: int = 0) -> int:
         target = {0: offset, 1: self._pos + offset, 2: self.size + offset}[whence]
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if self._body is not None and self._pos < target <= self._body_end:
+            # Forward inside the current request's range (skipping blocks one by one,
+            # as the packet page does): read on and drop, rather than a request a seek.
+            while self._pos < target:
+                skipped = len(self._read_body(min(target - self._pos, _HASH_BLOCK)))
+                if not skipped:
+                    break
+                self._pos += skipped
         if target != self._pos:
             self._drop_body()
             self._pos = target

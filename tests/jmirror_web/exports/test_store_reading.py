@@ -263,3 +263,36 @@ def test_exports_streaming_while_files_rotate_close_upload_and_go_complete_or_fa
     assert not any((data_dir / each.path).exists() for each in big.files)
     again = body(download(client, big))
     assert again == bytes(received[0])
+
+
+def test_the_packet_page_and_the_time_lookup_read_from_the_store(
+    client: Client, stored: Stored, analyst: User, data_dir: Path, object_storage: ObjectStore
+) -> None:
+    client.force_login(analyst)
+    session = stored.session
+    numbers = [1, 6, len(stored.frames)]  # in the first, the middle and the last file
+    local = [client.get(reverse("console:packet", args=[session.pk, n])) for n in numbers]
+    for capture in stored.files:
+        upload(object_storage, capture, data_dir)
+        remove_local(capture, data_dir)
+    for number, before in zip(numbers, local, strict=True):
+        page = client.get(reverse("console:packet", args=[session.pk, number]))
+        assert "unavailable" not in page.context
+        assert page.context["hexdump"] == before.context["hexdump"]
+        assert page.context["time_ns"] == stored.frames[number - 1][0]
+    time_ns = stored.frames[6][0]
+    found = client.get(reverse("console:packet_jump", args=[session.pk]), {"at": str(time_ns)})
+    assert found.url == reverse("console:packet", args=[session.pk, 7])
+
+
+def test_the_packet_page_says_why_when_the_object_is_missing(
+    client: Client, stored: Stored, analyst: User, data_dir: Path, object_storage: ObjectStore
+) -> None:
+    capture = stored.files[-1]  # the oldest: packet 1
+    upload(object_storage, capture, data_dir)
+    remove_local(capture, data_dir)
+    CaptureFile.objects.filter(pk=capture.pk).update(object_key="node-a/sessions/gone.pcap")
+    client.force_login(analyst)
+    page = client.get(reverse("console:packet", args=[stored.session.pk, 1]))
+    assert "cannot be read" in page.context["unavailable"]
+    assert Path(capture.path).name in page.context["unavailable"]
