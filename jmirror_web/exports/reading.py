@@ -10,6 +10,17 @@ A CN2 (Contrail) session's files are pcapng (``receiver.store.PCAPNG_LINKTYPES``
 section, one interface, then an Enhanced Packet Block per frame whose options keep the
 vRouter's Juniper header. :class:`BlockCursor` reads those, a block at a time (plainer:
 they are a small share of the traffic), and merges with the pcap cursors as one of them.
+
+Files change under a running export (a ``.part`` rotates to its final name or closes when
+idle, is uploaded to the evidence store, its local copy removed): each file is opened once,
+when the merge reaches it, through its :attr:`SourceFile.opener` (the web follows it to
+wherever it is by then: the final name, the ``.part``, the object in the store), and that
+stream is kept to the file's end; Linux keeps an unlinked open file readable and an
+object version never changes, so nothing after the open is seen. Opening every file up
+front instead would hold a descriptor (or a store connection) per file for the whole
+export: a case export of a year is thousands of files, past a process's descriptor limit
+with a few exports at once. Lazily, at most the files whose times overlap are open at
+once; the headers read while planning are read and closed again.
 """
 
 from __future__ import annotations
