@@ -172,3 +172,27 @@ def test_reads_and_seeks_forward_and_back_give_the_objects_bytes(
         assert reader.read() == data[-4:]
         with pytest.raises(ValueError, match="negative"):
             reader.seek(-1)
+
+
+@pytest.mark.django_db
+def test_a_readers_first_request_is_short_and_the_next_ones_long(
+    object_storage: object_store.ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_store, "READ_RANGE_BYTES", 8192)
+    monkeypatch.setattr(object_store, "FIRST_RANGE_BYTES", 1024)
+    path, sha256 = _file(tmp_path, 3 * 8192 + 100)
+    data = path.read_bytes()
+    stored = object_storage.upload(path, "k/ranges.pcap", sha256)
+    asked: list[tuple[int, int]] = []
+    get_range = object_storage.get_range
+
+    def spy(stored: object_store.StoredObject, start: int, end: int) -> Any:
+        asked.append((start, end))
+        return get_range(stored, start, end)
+
+    monkeypatch.setattr(object_storage, "get_range", spy)
+    with object_storage.open(stored) as reader:
+        assert reader.read(24) == data[:24]  # a header: one short request
+        assert asked == [(0, 1023)]
+        assert reader.read() == data[24:]
+    assert asked[1:] == [(1024, 9215), (9216, 17407), (17408, len(data) - 1)]
