@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from asgiref.sync import sync_to_async
+from django.core import signals
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Greatest, Least
@@ -828,6 +829,10 @@ class _AsyncBody:
                 chunk = await step()
             except Exception as error:  # any failure: recorded, then the server cuts
                 await sync_to_async(self._stream.fail)(error)
+                # Django neither closes a response whose body raised nor says the
+                # request finished: its database connection, on the request's thread,
+                # would stay open after the thread is gone. Said here instead.
+                await signals.request_finished.asend(sender=type(self))
                 raise
             if chunk is None:
                 await sync_to_async(self._stream.complete)()
