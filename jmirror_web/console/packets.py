@@ -32,8 +32,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, cast
 
 from django.contrib import messages
 from django.db.models import F
@@ -51,7 +50,9 @@ from jmirror_web.console.packet_options import (
     read_packet_options,
 )
 from jmirror_web.intercepts.access import Action, may
+from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
+from jmirror_web.object_store import StorageError
 from receiver.pcap import LinkType
 from receiver.pcap_reader import CaptureError, iter_frames
 
@@ -147,43 +148,58 @@ def locate(session: Session, number: int) -> tuple[CaptureFile, int, int] | None
     return None  # unreachable: number <= total
 
 
-def read_packet(path: Path, index: int) -> tuple[int, int, bytes]:
+def open_file(capture: CaptureFile) -> BinaryIO:
+    """The capture's file for reading, wherever it is: the local copy while this host
+    has it, else the object in the evidence store (read with ranged requests as it
+    streams), so any web process shows any closed file's packets. Raises
+    :class:`PacketUnavailable` saying why not (:class:`OutsideSessionsDirectory` for a
+    row naming a place it must not)."""
+    try:
+        stream, _growing = open_capture(capture)
+    except CaptureUnavailable as error:
+        raise PacketUnavailable(
+            "The capture file holding this packet is missing or cannot be read (purged after "
+            f"the retention period, moved, or not written yet): {error}"
+        ) from None
+    # A local file or an ObjectReader: both read, seek and close as a binary file does.
+    return cast(BinaryIO, stream)
+
+
+def read_packet(capture: CaptureFile, index: int) -> tuple[int, int, bytes]:
     """``(time_ns, linktype, bytes)`` of record ``index`` (from 1) of a capture file,
     read as a stream."""
     last = 0
     try:
-        with path.open("rb") as stream:
+        with open_file(capture) as stream:
             for number, time_ns, linktype, data in iter_frames(stream):
                 if number == index:
                     return time_ns, linktype, data
                 last = number
-    except FileNotFoundError:
+    except (OSError, StorageError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise PacketUnavailable(
-            "The capture file holding this packet is missing (purged after the retention "
-            "period, moved, or not written yet)."
-        ) from None
-    except OSError as error:
-        raise PacketUnavailable(
-            f"The capture file holding this packet cannot be read ({error.strerror})."
+            f"The capture file holding this packet cannot be read ({why})."
         ) from None
     except CaptureError as error:
         raise PacketUnavailable(
             f"The capture file is damaged before this packet: {error}."
         ) from None
+    except OutsideSessionsDirectory as error:
+        raise PacketUnavailable(str(error)) from None
     raise PacketUnavailable(
         f"The capture file holds {last} packets, fewer than its record says; this packet "
         "is not in it."
     )
 
 
-def packet_options(path: Path, index: int, data: bytes) -> PacketOptions | None:
+def packet_options(capture: CaptureFile, index: int, data: bytes) -> PacketOptions | None:
     """The pcapng options of record ``index`` of a capture file (see
     :func:`~jmirror_web.console.packet_options.read_packet_options`); None for a pcap
     file, or when the file cannot be read again."""
     try:
-        with path.open("rb") as stream:
+        with open_file(capture) as stream:
             return read_packet_options(stream, index, data)
-    except OSError:
+    except (OSError, StorageError, PacketUnavailable, OutsideSessionsDirectory):
         return None
 
 
@@ -201,11 +217,11 @@ def _may_hold(capture: CaptureFile, moment: datetime) -> bool:
     )
 
 
-def _index_at(path: Path, time_ns: int, counted: int) -> int | None:
+def _index_at(capture: CaptureFile, time_ns: int, counted: int) -> int | None:
     """The index (from 1) of the first record of a capture file received at ``time_ns``,
     among its first ``counted`` records (those its row counts: a later one, still being
     written, has no number yet); None when none of them was."""
-    with path.open("rb") as stream:
+    with open_file(capture) as stream:
         for index, frame_ns, _linktype, _data in iter_frames(stream):
             if index > counted:
                 return None
@@ -244,10 +260,10 @@ def number_at(session: Session, time_ns: int) -> int:
                 purged = True
             else:
                 try:
-                    index = _index_at(each.on_disk(), time_ns, each.packets)
+                    index = _index_at(each, time_ns, each.packets)
                 except OutsideSessionsDirectory as error:
                     raise NoPacketAt(f"{missing} {error}") from None
-                except (OSError, CaptureError):
+                except (OSError, CaptureError, StorageError, PacketUnavailable):
                     unreadable = True
                 else:
                     if index is not None:
@@ -508,11 +524,7 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
             raise PacketUnavailable(
                 "The capture file holding this packet was purged under the case's retention period."
             )
-        try:
-            path = capture.on_disk()
-        except OutsideSessionsDirectory as error:
-            raise PacketUnavailable(str(error)) from None
-        time_ns, linktype, data = read_packet(path, index)
+        time_ns, linktype, data = read_packet(capture, index)
     except PacketUnavailable as error:
         details["outcome"] = "unavailable"
         record("packet viewed", session, request=request, details=details)
@@ -520,7 +532,7 @@ def packet_detail(request: HttpRequest, session_id: int, number: int) -> HttpRes
         return render(request, "console/packet.html", context)
 
     shown = data[:MAX_SHOWN_BYTES]
-    options = packet_options(path, index, data) if linktype == LinkType.ETHERNET else None
+    options = packet_options(capture, index, data) if linktype == LinkType.ETHERNET else None
     header = options.juniper_header if options is not None else None
     header_problem = juniper_header_problem(header) if header is not None else None
     try:

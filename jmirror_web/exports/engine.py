@@ -121,9 +121,11 @@ def _plan(request: ExportRequest) -> list[SessionPlan]:
         for source in session.files:
             if not may_meet(source, window):
                 continue
-            stream, _growing = open_source(source.path)
-            with stream:
-                header = read_header(stream, source.path.name)
+            opened = open_source(source)
+            try:
+                header = read_header(opened.stream, source.path.name)
+            finally:
+                opened.stream.close()
             first = -1 if source.first_ns is None else source.first_ns
             selected.append((first, source.path.name, source, header))
         selected.sort(key=lambda item: (item[0], item[1]))

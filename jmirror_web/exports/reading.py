@@ -10,6 +10,17 @@ A CN2 (Contrail) session's files are pcapng (``receiver.store.PCAPNG_LINKTYPES``
 section, one interface, then an Enhanced Packet Block per frame whose options keep the
 vRouter's Juniper header. :class:`BlockCursor` reads those, a block at a time (plainer:
 they are a small share of the traffic), and merges with the pcap cursors as one of them.
+
+Files change under a running export (a ``.part`` rotates to its final name or closes when
+idle, is uploaded to the evidence store, its local copy removed): each file is opened once,
+when the merge reaches it, through its :attr:`SourceFile.opener` (the web follows it to
+wherever it is by then: the final name, the ``.part``, the object in the store), and that
+stream is kept to the file's end; Linux keeps an unlinked open file readable and an
+object version never changes, so nothing after the open is seen. Opening every file up
+front instead would hold a descriptor (or a store connection) per file for the whole
+export: a case export of a year is thousands of files, past a process's descriptor limit
+with a few exports at once. Lazily, at most the files whose times overlap are open at
+once; the headers read while planning are read and closed again.
 """
 
 from __future__ import annotations
@@ -18,13 +29,22 @@ import heapq
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from io import FileIO
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from jmirror_web.exports.filtering import Match
-from jmirror_web.exports.request import CHUNK_BYTES, SessionSource, SourceError, SourceFile, Window
+from jmirror_web.exports.request import (
+    CHUNK_BYTES,
+    OpenedSource,
+    SessionSource,
+    SourceError,
+    SourceFile,
+    SourceStream,
+    Window,
+)
+from jmirror_web.object_store import StorageError
 from receiver import pcap
 
 # A record's included length; pcap.SNAPLEN is also the largest record accepted: anything
@@ -86,36 +106,60 @@ class SessionPlan:
 def read_linktype(path: Path) -> int:
     """The link type in a stored pcap or pcapng file's header (:class:`SourceError` if it
     is neither)."""
-    stream, _growing = open_source(path)
-    with stream:
-        return read_header(stream, path.name).linktype
+    opened = open_path(path)
+    with closing(opened.stream):
+        return read_header(opened.stream, path.name).linktype
 
 
-def open_source(path: Path) -> tuple[FileIO, bool]:
-    """The stored file opened for reading, and whether it is still being written.
+def open_source(source: SourceFile) -> OpenedSource:
+    """``source`` opened for reading: through its opener (which follows the file to
+    wherever it is by now), else at its path (:func:`open_path`). Raises
+    :class:`SourceError`."""
+    if source.opener is not None:
+        return source.opener()
+    return open_path(source.path)
 
-    A file being written is ``<path>.part`` until the store closes it: tried second,
-    and the final name once more in case it was renamed in between."""
-    part = path.with_name(path.name + _PART_SUFFIX)
-    growing = path.name.endswith(_PART_SUFFIX)
-    for candidate, is_part in ((path, growing), (part, True), (path, growing)):
+
+def open_path(path: Path) -> OpenedSource:
+    """The stored local file opened for reading, its size then, and whether it is still
+    being written.
+
+    A file being written is ``<name>.part`` until the store closes it: whichever of the
+    two names ``path`` is, the final name is tried first, then ``.part``, then the
+    final name once more in case it was renamed in between (a row read while only the
+    ``.part`` existed must still find the file once rotated)."""
+    final = path.with_name(path.name.removesuffix(_PART_SUFFIX))
+    part = final.with_name(final.name + _PART_SUFFIX)
+    for candidate, is_part in ((final, False), (part, True), (final, False)):
         try:
-            return open(candidate, "rb", buffering=0), is_part
+            stream = open(candidate, "rb", buffering=0)  # noqa: SIM115  (returned open)
         except FileNotFoundError:
             continue
         except OSError as error:
             raise SourceError(
-                f"The stored file {path.name} cannot be read ({error.strerror})."
+                f"The stored file {final.name} cannot be read ({error.strerror})."
             ) from error
-    raise SourceError(f"The stored file {path.name} is missing.")
+        try:
+            size = os.fstat(stream.fileno()).st_size
+        except OSError as error:
+            stream.close()
+            raise SourceError(
+                f"The stored file {final.name} cannot be read ({error.strerror})."
+            ) from error
+        return OpenedSource(stream, size, is_part)
+    raise SourceError(f"The stored file {final.name} is missing.")
 
 
-def read_header(stream: FileIO, name: str) -> StoredHeader:
+def _why(error: OSError | StorageError) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def read_header(stream: SourceStream, name: str) -> StoredHeader:
     """Read a stored file's header, leaving ``stream`` at its first record or block."""
     try:
-        header = stream.read(pcap.FILE_HEADER_LENGTH)
-    except OSError as error:
-        raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
+        header = stream.read(pcap.FILE_HEADER_LENGTH) or b""
+    except (OSError, StorageError) as error:
+        raise SourceError(f"The stored file {name} cannot be read ({_why(error)}).") from error
     if header[:4] == _SECTION_MAGIC:
         return _read_pcapng_header(stream, name, header)
     if len(header) < pcap.FILE_HEADER_LENGTH:
@@ -129,7 +173,7 @@ def read_header(stream: FileIO, name: str) -> StoredHeader:
     return StoredHeader(int(linktype), pcap.FILE_HEADER_LENGTH, False)
 
 
-def _read_pcapng_header(stream: FileIO, name: str, start: bytes) -> StoredHeader:
+def _read_pcapng_header(stream: SourceStream, name: str, start: bytes) -> StoredHeader:
     """The section and interface blocks of a stored pcapng file, as the store writes
     them (``receiver.store.capture_file_header``): little-endian, one interface with
     nanosecond times. ``start`` is what was read of the file already."""
@@ -178,11 +222,11 @@ def _read_pcapng_header(stream: FileIO, name: str, start: bytes) -> StoredHeader
     return StoredHeader(linktype, len(section) + len(interface), True)
 
 
-def _read(stream: FileIO, name: str, size: int) -> bytes:
+def _read(stream: SourceStream, name: str, size: int) -> bytes:
     try:
         return stream.read(size) or b""
-    except OSError as error:
-        raise SourceError(f"The stored file {name} cannot be read ({error.strerror}).") from error
+    except (OSError, StorageError) as error:
+        raise SourceError(f"The stored file {name} cannot be read ({_why(error)}).") from error
 
 
 class Cursor:
@@ -217,7 +261,7 @@ class Cursor:
         self.match = match
         self.start_ns = -1 if window.start_ns is None else window.start_ns
         self.end_ns = _NEVER if window.end_ns is None else window.end_ns
-        self.stream: FileIO | None = None
+        self.stream: SourceStream | None = None
         self.growing = False
         # Read into again and again (never resized, so views of runs handed out stay
         # valid objects; their bytes are used before the next scan, as runs says).
@@ -231,9 +275,10 @@ class Cursor:
         self.done = False
 
     def open(self) -> None:
-        self.stream, self.growing = open_source(self.input.source.path)
+        opened = open_source(self.input.source)
+        self.stream, self.growing = opened.stream, opened.growing
         read_header(self.stream, self.name)
-        self.remaining = os.fstat(self.stream.fileno()).st_size - pcap.FILE_HEADER_LENGTH
+        self.remaining = opened.size - pcap.FILE_HEADER_LENGTH
         self.buffer = bytearray(_READ_BYTES + 16 + pcap.SNAPLEN)
 
     def close(self) -> None:
@@ -257,10 +302,10 @@ class Cursor:
                         self.stream.readinto(view[kept : kept + min(_READ_BYTES, self.remaining)])
                         or 0
                     )
-            except OSError as error:
+            except (OSError, StorageError) as error:
                 raise SourceError(
                     f"The stored file {self.name} cannot be read at byte "
-                    f"{self.base + self.pos} ({error.strerror})."
+                    f"{self.base + self.pos} ({_why(error)})."
                 ) from error
         if not read:
             if kept and not self.growing:
@@ -379,12 +424,13 @@ class BlockCursor(Cursor):
     __slots__ = ()
 
     def open(self) -> None:
-        self.stream, self.growing = open_source(self.input.source.path)
+        opened = open_source(self.input.source)
+        self.stream, self.growing = opened.stream, opened.growing
         header = read_header(self.stream, self.name)
         if not header.pcapng:
             raise SourceError(f"The stored file {self.name} changed: it is no longer pcapng.")
         self.base = header.length
-        self.remaining = os.fstat(self.stream.fileno()).st_size - header.length
+        self.remaining = opened.size - header.length
         self.buffer = bytearray(_READ_BYTES + MAX_BLOCK)
 
     def _corrupt(self, pos: int) -> SourceError:

@@ -5,11 +5,11 @@ and the benchmarks share these."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 # The largest chunk the export stream yields.
 CHUNK_BYTES: Final = 1024 * 1024
@@ -65,15 +65,47 @@ class PacketFilter:
         return not (self.addresses or self.ports or self.protocols)
 
 
+class SourceStream(Protocol):
+    """What the export reads a stored file through: a local file (``FileIO``) or an
+    object in the evidence store (``jmirror_web.object_store.ObjectReader``)."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OpenedSource:
+    """A stored file opened for reading from its start: the stream, how many bytes it
+    held when opened (what the export reads of it, even if it grows), and whether it is
+    still being written (its last record may be incomplete)."""
+
+    stream: SourceStream
+    size: int
+    growing: bool
+
+
+# Opens a stored file wherever it is at the moment of the call (raises SourceError).
+Opener = Callable[[], OpenedSource]
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One stored pcap or pcapng file (as written by ``receiver.store``), absolute path resolved by
-    the caller from the data directory (never from a request)."""
+    the caller from the data directory (never from a request).
+
+    ``opener``, when given, opens the file wherever it is by then (the web service follows
+    a file from its ``.part`` name to its final name to the evidence store); without it
+    the file is opened at ``path`` (the final name, else ``.part``, else the final name
+    again). ``path`` still names the file in messages."""
 
     path: Path
     linktype: int  # from the file's header; the caller may pass 0 to let the engine read it
     first_ns: int | None = None  # from the CaptureFile row, to order and skip files
     last_ns: int | None = None
+    opener: Opener | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

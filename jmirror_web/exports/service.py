@@ -22,6 +22,9 @@ Refusals of any kind are audited as ``export.refused`` (:func:`audit_refusal`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -32,6 +35,7 @@ from typing import Any, Final
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core import signals
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Greatest, Least
@@ -45,12 +49,16 @@ from jmirror_web.exports.request import (
     ExportError,
     ExportFormat,
     ExportRequest,
+    OpenedSource,
+    Opener,
     PacketFilter,
     SessionSource,
+    SourceError,
     SourceFile,
     Window,
 )
 from jmirror_web.exports.writers import ExportDigest
+from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import (
     CaptureFile,
     Case,
@@ -58,6 +66,7 @@ from jmirror_web.intercepts.models import (
     OutsideSessionsDirectory,
     Session,
 )
+from jmirror_web.object_store import ObjectReader
 from receiver.store import PART_SUFFIX
 
 CONTENT_TYPES: Final = {
@@ -67,6 +76,7 @@ CONTENT_TYPES: Final = {
 }
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+logger = logging.getLogger(__name__)
 
 
 class ExportRefused(Exception):
@@ -182,6 +192,33 @@ def file_path(capture: CaptureFile) -> Path:
         return capture.on_disk()
     except OutsideSessionsDirectory as error:
         raise ExportRefused(str(error)) from None
+
+
+def capture_opener(capture: CaptureFile) -> Opener:
+    """Opens ``capture``'s file for the engine wherever it is when the export reaches it
+    (:func:`~jmirror_web.intercepts.evidence_store.open_capture`: the final name, the
+    ``.part``, the final name again, then the object in the store, the row read again),
+    and keeps what it opened to the end of the file: a rotation, an idle close, an upload
+    or the removal of the local copy after that changes nothing for the export (Linux keeps
+    an unlinked open file readable; an object version never changes)."""
+
+    def opener() -> OpenedSource:
+        try:
+            stream, growing = open_capture(capture)
+        except (CaptureUnavailable, OutsideSessionsDirectory) as error:
+            raise SourceError(str(error)) from None
+        if isinstance(stream, ObjectReader):
+            return OpenedSource(stream, stream.size, growing)
+        try:
+            size = os.fstat(stream.fileno()).st_size
+        except OSError as error:
+            stream.close()
+            raise SourceError(
+                f"The stored file {Path(capture.path).name} cannot be read ({error.strerror})."
+            ) from None
+        return OpenedSource(stream, size, growing)
+
+    return opener
 
 
 def _files_in(
@@ -304,8 +341,9 @@ def _session_source(
             f"{session.intercept.liid if session.intercept else ''} {_session_facts(session)}"
         ),
         files=[
-            SourceFile(file_path(each), 0, *_ns_bounds(each))
-            for each in files  # linktype 0: the engine reads it from the file's header
+            # linktype 0: the engine reads it from the file's header.
+            SourceFile(file_path(each), 0, *_ns_bounds(each), opener=capture_opener(each))
+            for each in files
         ],
         window=window,
     )
@@ -795,8 +833,14 @@ class ExportStream:
             if self._finished:
                 return
             self._finished = True
-            self._close_chunks()
-        self._end(Export.State.FAILED, "export.failed", str(error))
+            with contextlib.suppress(Exception):  # the first error is the one to record
+                self._close_chunks()
+        if isinstance(error, ExportError):
+            why = str(error)
+        else:  # a bug or an unforeseen failure: the record still says the export failed
+            logger.error("export %s failed", self.export.pk, exc_info=error)
+            why = f"The export stopped on an unexpected error ({type(error).__name__}: {error})."
+        self._end(Export.State.FAILED, "export.failed", why[:2000])
 
     def close(self) -> None:
         """Called by Django when the response is closed: an export not finished by then
@@ -838,7 +882,7 @@ class _SyncBody:
         while True:
             try:
                 chunk = self._stream.next_chunk()
-            except ExportError as error:
+            except Exception as error:  # any failure: recorded, then the server cuts
                 self._stream.fail(error)
                 raise  # the server cuts the connection: the client sees an incomplete file
             if chunk is None:
@@ -851,19 +895,34 @@ class _SyncBody:
 
 
 class _AsyncBody:
-    """The body under ASGI: each chunk is read in a worker thread, so the event loop
-    never waits on the disk and only one chunk is in memory at a time."""
+    """The body under ASGI: each chunk is read off the event loop, so the loop never
+    waits on the disk or the store and only one chunk is in memory at a time.
+
+    Thread-sensitive: Django runs each request's thread-sensitive work on a thread of
+    its own (``ThreadSensitiveContext``), so the chunks are read on the request's thread,
+    where its database connection lives and is closed when the request finishes. Opening
+    a file may read its row again (it was uploaded since the export started); in a
+    shared worker thread that would leave connections open that nothing closes. One
+    thread also keeps ``next_chunk`` and the response's ``close`` apart.
+
+    A failure re-raises after the record says FAILED: the server must then abort the
+    connection, never end the body as if complete (under ``manage.py serve``
+    :mod:`jmirror_web.server.flow_control` does)."""
 
     def __init__(self, stream: ExportStream) -> None:
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        step = sync_to_async(self._stream.next_chunk, thread_sensitive=False)
+        step = sync_to_async(self._stream.next_chunk, thread_sensitive=True)
         while True:
             try:
                 chunk = await step()
-            except ExportError as error:
+            except Exception as error:  # any failure: recorded, then the server cuts
                 await sync_to_async(self._stream.fail)(error)
+                # Django neither closes a response whose body raised nor says the
+                # request finished: its database connection, on the request's thread,
+                # would stay open after the thread is gone. Said here instead.
+                await signals.request_finished.asend(sender=type(self))
                 raise
             if chunk is None:
                 await sync_to_async(self._stream.complete)()

@@ -2,14 +2,17 @@
 against the exports made.
 
 A stored capture file's SHA-256 is computed by the receiver when it closes the file; a
-later re-hash that differs (or a file gone from disk) means the evidence was altered or
-lost, which stays an alert (the dashboard, the session page) until a later check finds
-the file as recorded. Open files (still being written, no recorded hash yet) and purged
-ones are skipped: there is nothing to compare.
+later re-hash that differs (or a file gone from disk and never uploaded) means the
+evidence was altered or lost, which stays an alert (the dashboard, the session page)
+until a later check finds the file as recorded. Once uploaded, the object in the
+evidence store is checked too (the store's checksum, or its bytes re-hashed on request),
+and is all there is to check once the local copy was removed. Open files (still being
+written, no recorded hash yet) and purged ones are skipped: there is nothing to compare.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
@@ -23,8 +26,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from jmirror_web.audit.log import record
 from jmirror_web.exports.models import Export
+from jmirror_web.intercepts import evidence_store
 from jmirror_web.intercepts.access import Action, cases_for, may
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory
+from jmirror_web.object_store import ObjectReader, StorageError, StoredObject, sha256_checksum
 
 READ_BYTES: Final = 1024 * 1024
 
@@ -32,46 +37,144 @@ READ_BYTES: Final = 1024 * 1024
 @dataclass(frozen=True)
 class FileCheck:
     capture: CaptureFile
-    ok: bool | None  # None: skipped (open or purged)
+    ok: bool | None  # None: skipped (open or purged), or not checkable (``unchecked``)
     detail: str
+    # The file could not be checked at all (its only copy is in a store out of reach):
+    # neither verified nor altered; the row's last result stands.
+    unchecked: bool = False
+    newer_versions: int = 0  # versions written over its key in the store after its own
 
 
-def sha256_of(stream: BinaryIO) -> str:
+def sha256_of(stream: BinaryIO | ObjectReader) -> str:
     digest = hashlib.sha256()
     while chunk := stream.read(READ_BYTES):
         digest.update(chunk)
     return digest.hexdigest()
 
 
+class _Findings:
+    """What the checks of one file found: mismatches, what could not be checked, notes."""
+
+    def __init__(self) -> None:
+        self.altered: list[str] = []
+        self.unreachable: list[str] = []
+        self.notes: list[str] = []
+        self.matched: list[str] = []
+        self.newer = 0
+
+
+def _check_local(capture: CaptureFile, found: _Findings) -> bool:
+    """Re-hash the local copy when this host has one; whether it had one."""
+    try:
+        path = capture.on_disk()
+    except OutsideSessionsDirectory as error:
+        found.altered.append(str(error))
+        return True
+    try:
+        with path.open("rb") as stream:
+            digest = sha256_of(stream)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        found.altered.append(f"the file cannot be read ({error.strerror})")
+        return True
+    if digest == capture.sha256:
+        found.matched.append("on disk")
+    else:
+        found.altered.append(f"SHA-256 on disk is {digest}, not the recorded {capture.sha256}")
+    return True
+
+
+def _check_stored(
+    capture: CaptureFile, stored: StoredObject, found: _Findings, *, rehash: bool
+) -> None:
+    """The stored object: the store's own SHA-256 of it (kept with the object since the
+    upload sent the file's), or its bytes re-hashed when asked, or when the store has no
+    whole-object SHA-256 (a multipart upload's is a checksum of the parts' checksums,
+    ``<base64>-<parts>``). Versions written over its key are reported, not failed: the
+    recorded version is what the row points at and what exports read."""
+    store = evidence_store.store()
+    if store is None:
+        found.unreachable.append(
+            f"it is in the store ({stored.bucket}/{stored.key}) but no store is configured "
+            "here (JMIRROR_STORAGE_URL)"
+        )
+        return
+    try:
+        facts = store.facts(stored)
+        whole = facts.checksum_sha256 and "-" not in facts.checksum_sha256
+        if rehash or not whole:
+            digest = store.sha256(stored)
+            if digest == capture.sha256:
+                found.matched.append("in the store, re-hashed")
+            else:
+                found.altered.append(
+                    f"SHA-256 in the store is {digest}, not the recorded {capture.sha256}"
+                )
+        if whole:
+            if facts.checksum_sha256 == sha256_checksum(capture.sha256):
+                found.matched.append("by the store's checksum")
+            else:
+                found.altered.append(
+                    f"the store's SHA-256 of the object is {_hex(facts.checksum_sha256)}, "
+                    f"not the recorded {capture.sha256}"
+                )
+        found.newer = store.newer_versions(stored)
+    except StorageError as error:
+        found.unreachable.append(f"the stored object cannot be checked: {error}")
+        return
+    if found.newer:
+        found.notes.append(
+            f"warning: {found.newer} newer version(s) written over its key in the store "
+            "(the recorded version is the one checked)"
+        )
+
+
+def _hex(checksum: str) -> str:
+    try:
+        return base64.b64decode(checksum, validate=True).hex()
+    except ValueError:
+        return checksum[:64]
+
+
 def verify_capture_file(
-    capture: CaptureFile, *, request: Any = None, actor: Any = None
+    capture: CaptureFile, *, request: Any = None, actor: Any = None, rehash: bool = False
 ) -> FileCheck:
-    """Re-hash one stored file from disk, record the result on its row and audit it
-    (``capture_file.verify``; ``capture_file.verify_failed`` on a mismatch)."""
+    """Check one stored file against its recorded SHA-256: its local copy re-hashed when
+    this host has one, and its object in the store once uploaded (the store's checksum;
+    its bytes re-hashed with ``rehash``). Records the result on its row and audits it
+    (``capture_file.verify``; ``capture_file.verify_failed`` on a mismatch). A file that
+    cannot be checked at all (its only copy in a store out of reach) is audited as such
+    and leaves the row's last result as it was."""
     if capture.purged_at is not None:
         return FileCheck(capture, None, "purged: not verified")
     if not capture.closed or not capture.sha256:
         return FileCheck(capture, None, "still being written: no recorded SHA-256 yet")
-    try:
-        with capture.open_for_reading() as stream:
-            found = sha256_of(stream)
-    except FileNotFoundError:
-        ok, detail = False, "the file is missing from disk"
-    except OutsideSessionsDirectory as error:
-        ok, detail = False, str(error)
-    except OSError as error:
-        ok, detail = False, f"the file cannot be read ({error.strerror})"
+    found = _Findings()
+    had_local = _check_local(capture, found)
+    stored = capture.stored_object
+    if stored is not None:
+        _check_stored(capture, stored, found, rehash=rehash)
+    elif not had_local:
+        found.altered.append("the file is missing from disk")
+    unchecked = not found.altered and not found.matched
+    ok: bool | None
+    if found.altered:
+        ok, detail = False, "; ".join(found.altered + found.unreachable)
+    elif unchecked:
+        ok, detail = None, "; ".join(found.unreachable)
     else:
-        ok = found == capture.sha256
-        detail = (
-            "matches the recorded SHA-256"
-            if ok
-            else f"SHA-256 on disk is {found}, not the recorded {capture.sha256}"
-        )
-    capture.verified_at = timezone.now()
-    capture.verify_ok = ok
-    capture.verify_detail = detail[:300]
-    capture.save(update_fields=["verified_at", "verify_ok", "verify_detail"])
+        ok = True
+        detail = "matches the recorded SHA-256"
+        if stored is not None:
+            detail += f" ({', '.join(found.matched)})"
+        detail = "; ".join([detail, *found.unreachable])
+    detail = "; ".join([detail, *found.notes])
+    if not unchecked:
+        capture.verified_at = timezone.now()
+        capture.verify_ok = ok
+        capture.verify_detail = detail[:300]
+        capture.save(update_fields=["verified_at", "verify_ok", "verify_detail"])
     details = {
         "session": capture.session_id,
         "path": capture.path,
@@ -79,10 +182,14 @@ def verify_capture_file(
         "ok": ok,
         "detail": detail,
     }
+    if stored is not None:
+        details["object"] = {"bucket": stored.bucket, "key": stored.key, "version": stored.version}
+        details["rehashed"] = rehash
+        details["newer_versions"] = found.newer
     record("capture_file.verify", capture, request=request, actor=actor, details=details)
-    if not ok:
+    if ok is False:
         record("capture_file.verify_failed", capture, request=request, actor=actor, details=details)
-    return FileCheck(capture, ok, detail)
+    return FileCheck(capture, ok, detail, unchecked=unchecked, newer_versions=found.newer)
 
 
 # Identifying a file --------------------------------------------------------------------

@@ -9,8 +9,8 @@ removal of the local copy) never change what it reads: it opens once and keeps t
 
 from __future__ import annotations
 
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
 
 from django.conf import settings
 
@@ -51,7 +51,7 @@ class CaptureUnavailable(Exception):
     """Neither a local copy nor a stored object of a capture file can be read."""
 
 
-def open_capture(capture: CaptureFile) -> tuple[BinaryIO | ObjectReader, bool]:
+def open_capture(capture: CaptureFile) -> tuple[FileIO | ObjectReader, bool]:
     """The file of ``capture`` opened for reading from its start, and whether it is
     still being written (a ``.part``: its last record may be incomplete).
 

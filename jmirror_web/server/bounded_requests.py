@@ -286,6 +286,34 @@ class BoundedWebRequest(WebRequest):  # type: ignore[misc]  # daphne has no type
     def refused(self) -> bool:
         return self.body_refused
 
+    # An application that fails -----------------------------------------------------------
+
+    def handle_exception(self, exception: BaseException) -> None:
+        # Daphne's answers a 500 page; once the response has started, that raises
+        # ("HTTP response has already been started") inside its application checker,
+        # which then never runs again (no later application reaped, no later error
+        # answered) and leaves this connection open with no further byte: a client
+        # waits for a body that never ends. The response is cut instead.
+        if self._response_started:
+            self.abort_response()
+            return
+        super().handle_exception(exception)
+
+    def abort_response(self) -> None:
+        """Abort the connection of a response the application failed in after it had
+        started: no terminating chunk, no Content-Length reached, so the client sees an
+        incomplete download at once instead of waiting on an open connection. Aborted
+        (reset), not closed: a close would first wait for a client that reads nothing
+        to drain what is still buffered."""
+        if self.finished or self.channel is None:
+            return
+        logger.warning(
+            "aborted a response to %s: the application failed after it started", self.peer()
+        )
+        transport = self.channel.transport
+        if transport is not None:
+            transport.abortConnection()
+
     def process(self) -> None:
         # A refused request never reaches the application (a chunked body can still end
         # while the connection closes).

@@ -110,7 +110,11 @@ class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hin
         decided = getattr(protocol, "body_limit", None)
         if decided is not None:
             extensions[DECIDED] = decided.limit
-        return super().create_application(protocol, {**scope, "extensions": extensions})
+        queue = super().create_application(protocol, {**scope, "extensions": extensions})
+        instance = self.connections.get(protocol, {}).get("application_instance")
+        if isinstance(protocol, WebRequest) and instance is not None:
+            instance.add_done_callback(lambda done: application_ended(protocol, done))
+        return queue
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         streaming = (
@@ -137,6 +141,18 @@ class FlowControlServer(Server):  # type: ignore[misc]  # daphne has no type hin
             release(protocol, flow)
             return
         await wait_for_room(protocol, flow)
+
+
+def application_ended(protocol: WebRequest, done: asyncio.Future[Any]) -> None:
+    """When an HTTP application fails after its response started (an export whose file
+    could not be read mid-stream), its connection is aborted at once: Daphne would look
+    only at its next application check, up to a second later, and then fail to end it
+    (:meth:`~jmirror_web.server.bounded_requests.BoundedWebRequest.handle_exception`)."""
+    if done.cancelled() or done.exception() is None:
+        return
+    abort = getattr(protocol, "abort_response", None)
+    if abort is not None and protocol._response_started and not gone(protocol):
+        abort()
 
 
 async def wait_for_room(protocol: WebRequest, flow: ResponseFlow) -> None:

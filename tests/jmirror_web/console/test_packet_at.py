@@ -125,9 +125,9 @@ def read_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     opened: list[str] = []
     index_at = packets._index_at
 
-    def spy(path: Path, time_ns: int, counted: int) -> int | None:
-        opened.append(path.name)
-        return index_at(path, time_ns, counted)
+    def spy(capture: CaptureFile, time_ns: int, counted: int) -> int | None:
+        opened.append(Path(capture.path).name)
+        return index_at(capture, time_ns, counted)
 
     monkeypatch.setattr(packets, "_index_at", spy)
     return opened

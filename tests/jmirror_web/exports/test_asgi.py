@@ -20,7 +20,7 @@ from django.urls import reverse
 from jmirror_web.asgi import application
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.exports.models import Export
-from jmirror_web.exports.request import CHUNK_BYTES
+from jmirror_web.exports.request import CHUNK_BYTES, SourceError
 from jmirror_web.intercepts.access import Role
 from receiver.store import LINKTYPE_RAW
 from tests.factories import assign, make_user
@@ -122,3 +122,67 @@ async def test_a_client_that_disconnects_leaves_an_aborted_record(big: Stored, c
     aborted = await sync_to_async(list)(AuditEvent.objects.filter(action="export.aborted"))
     assert len(aborted) == 1
     assert aborted[0].details["bytes_sent"] == export.bytes_sent
+
+
+async def body_until_end(communicator: ApplicationCommunicator) -> list[bytes]:
+    """The body's chunks up to its last message, which must be empty (the end)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await communicator.receive_output(timeout=30)
+        if not message.get("more_body"):
+            assert message.get("body", b"") == b""
+            return chunks
+        chunks.append(message["body"])
+
+
+async def test_files_uploaded_and_removed_mid_download_are_read_from_the_store(
+    big: Stored, cookie: str, data_dir: Path, object_storage: Any
+) -> None:
+    from tests.jmirror_web.exports.test_store_reading import remove_local, upload
+
+    path = reverse("exports:session", args=[big.session.pk])
+    communicator = ApplicationCommunicator(application, scope(path, "format=pcap", cookie))
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    assert (await communicator.receive_output(timeout=30))["status"] == 200
+    first = await communicator.receive_output(timeout=30)
+
+    def upload_and_remove_all() -> None:
+        for capture in big.files:
+            upload(object_storage, capture, data_dir)
+            remove_local(capture, data_dir)
+
+    # The file being read is open; the others are opened later, from the store, their
+    # rows read again on the request's own thread.
+    await sync_to_async(upload_and_remove_all)()
+    chunks = await body_until_end(communicator)
+    await communicator.wait(timeout=30)
+    data = first["body"] + b"".join(chunks)
+    assert frames_of(data) == [(t, LINKTYPE_RAW, d) for t, d in big.frames]
+    export = await Export.objects.aget()
+    assert export.state == Export.State.COMPLETE
+    assert export.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_file_gone_mid_download_fails_the_record_and_never_ends_the_body(
+    big: Stored, cookie: str, data_dir: Path
+) -> None:
+    path = reverse("exports:session", args=[big.session.pk])
+    communicator = ApplicationCommunicator(application, scope(path, "format=pcap", cookie))
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    assert (await communicator.receive_output(timeout=30))["status"] == 200
+    assert (await communicator.receive_output(timeout=30))["more_body"]
+    newest = big.files[0]  # read last: not open yet
+    (data_dir / newest.path).unlink()
+    # The application raises (for the server to abort the connection)...
+    with pytest.raises(SourceError, match="is missing"):
+        await communicator.wait(timeout=30)
+    # ...having sent no final message: the body never ends as if complete.
+    sent = []
+    while not communicator.output_queue.empty():
+        sent.append(communicator.output_queue.get_nowait())
+    assert sent
+    assert all(message.get("more_body") for message in sent)
+    export = await Export.objects.aget()
+    assert export.state == Export.State.FAILED
+    assert f"{Path(newest.path).name} is missing" in export.error
+    assert await AuditEvent.objects.filter(action="export.failed").acount() == 1

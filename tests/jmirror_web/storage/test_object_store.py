@@ -150,3 +150,49 @@ def test_unreachable_store_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in text
     assert "s3://evidence at http://127.0.0.1:9" in text
     assert "y" not in text.split("(")[0] or "AWS_SECRET" not in text
+
+
+@pytest.mark.django_db
+def test_reads_and_seeks_forward_and_back_give_the_objects_bytes(
+    object_storage: object_store.ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_store, "READ_RANGE_BYTES", 4096)
+    path, sha256 = _file(tmp_path, 3 * 4096 + 100)
+    data = path.read_bytes()
+    stored = object_storage.upload(path, "k/seek.pcap", sha256)
+    with object_storage.open(stored) as reader:
+        assert reader.read(10) == data[:10]
+        assert reader.seek(1000, 1) == 1010  # forward inside the range being read
+        assert reader.read(10) == data[1010:1020]
+        assert reader.seek(5000) == 5000  # past the range: a new request
+        assert reader.read(4) == data[5000:5004]
+        assert reader.seek(3) == 3  # back
+        assert reader.read(5) == data[3:8]
+        assert reader.seek(-4, 2) == len(data) - 4
+        assert reader.read() == data[-4:]
+        with pytest.raises(ValueError, match="negative"):
+            reader.seek(-1)
+
+
+@pytest.mark.django_db
+def test_a_readers_first_request_is_short_and_the_next_ones_long(
+    object_storage: object_store.ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_store, "READ_RANGE_BYTES", 8192)
+    monkeypatch.setattr(object_store, "FIRST_RANGE_BYTES", 1024)
+    path, sha256 = _file(tmp_path, 3 * 8192 + 100)
+    data = path.read_bytes()
+    stored = object_storage.upload(path, "k/ranges.pcap", sha256)
+    asked: list[tuple[int, int]] = []
+    get_range = object_storage.get_range
+
+    def spy(stored: object_store.StoredObject, start: int, end: int) -> Any:
+        asked.append((start, end))
+        return get_range(stored, start, end)
+
+    monkeypatch.setattr(object_storage, "get_range", spy)
+    with object_storage.open(stored) as reader:
+        assert reader.read(24) == data[:24]  # a header: one short request
+        assert asked == [(0, 1023)]
+        assert reader.read() == data[24:]
+    assert asked[1:] == [(1024, 9215), (9216, 17407), (17408, len(data) - 1)]
