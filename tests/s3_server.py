@@ -158,9 +158,7 @@ class SeaweedServer:
         import boto3
 
         name = f"evidence-{uuid.uuid4().hex[:16]}"
-        self.client(boto3).create_bucket(
-            Bucket=name, ObjectLockEnabledForBucket=object_lock
-        )
+        self.client(boto3).create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
         return name
 
     def stop(self, *, wait: float = 5.0) -> None:
