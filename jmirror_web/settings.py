@@ -547,15 +547,19 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+_LOG_LEVEL = env_choice(
+    "JMIRROR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {
-        "handlers": ["console"],
-        "level": env_choice(
-            "JMIRROR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-        ),
+    "root": {"handlers": ["console"], "level": _LOG_LEVEL},
+    # The S3 client's own INFO lines ("Found credentials in environment variables" at
+    # each start) say nothing the product does not; its warnings and DEBUG still show.
+    "loggers": {
+        name: {"level": "WARNING" if _LOG_LEVEL != "DEBUG" else "DEBUG"}
+        for name in ("botocore", "boto3", "s3transfer")
     },
 }

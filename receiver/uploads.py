@@ -67,7 +67,9 @@ BACKOFF_LIMIT: Final = 300.0
 # Whether the bucket has Object Lock is asked at start and again this often (a bucket
 # given Object Lock later gets locked objects from then on).
 LOCK_CHECK_INTERVAL: Final = 600.0
-LOCK_RETRY: Final = 10.0  # until the first answer
+# While the store does not answer (at start, or after a failed upload), it is asked
+# again this often, and nothing else is sent to it.
+PROBE_INTERVAL: Final = 5.0
 # Local copies due for removal are looked for this often (and after each upload when
 # JMIRROR_LOCAL_KEEP_HOURS is 0), this many per round.
 REMOVAL_INTERVAL: Final = 30.0
@@ -189,6 +191,7 @@ class Uploader:
         self.process_id = process_id
         self.totals = UploadTotals()
         self.object_lock: bool | None = None  # not known until the bucket answered
+        self._down = False
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self._lock_checked = -LOCK_CHECK_INTERVAL
         self._next_removal = 0.0
@@ -222,19 +225,23 @@ class Uploader:
             connection.close()
 
     def step(self) -> float:
-        """One round: the lock check when due, one upload, the removals and the report
+        """One round: the store's check when due, one upload, the removals and the report
         when due. Returns how long to wait before the next round (0: go on at once)."""
-        now_mono = time.monotonic()
-        since = now_mono - self._lock_checked
-        if since >= LOCK_CHECK_INTERVAL or (self.object_lock is None and since >= LOCK_RETRY):
+        since = time.monotonic() - self._lock_checked
+        if self.reachable:
+            if since >= LOCK_CHECK_INTERVAL:
+                self.check_lock()
+        elif since >= PROBE_INTERVAL:
             self.check_lock()
         pause = IDLE_WAIT
-        if self.object_lock is not None:
+        if self.reachable:
             row = due(self.node, datetime.now(UTC)).select_related("session__intercept__case")
             first = row.first()
             if first is not None:
                 pause = self.upload(first)
-        if time.monotonic() >= self._next_removal or (not self.keep and pause == 0):
+        if self.reachable and (
+            time.monotonic() >= self._next_removal or (not self.keep and pause == 0)
+        ):
             self.remove_local_copies()
             self._next_removal = time.monotonic() + REMOVAL_INTERVAL
         if time.monotonic() >= self._next_report:
@@ -242,16 +249,29 @@ class Uploader:
             self._next_report = time.monotonic() + REPORT_INTERVAL
         return pause
 
-    def check_lock(self) -> None:
+    @property
+    def reachable(self) -> bool:
+        """Whether uploads go on: the bucket answered its last check and no upload has
+        failed since. While not, the queue pauses and only the check is tried, every
+        PROBE_INTERVAL: an outage costs one failed attempt on one row, and uploads
+        resume within seconds of the store's return, whatever the rows' backoff."""
+        return self.object_lock is not None and not self._down
+
+    def check_lock(self) -> bool:
         """Ask whether the bucket has Object Lock (kept as last known when the store
-        does not answer; nothing is uploaded before the first answer)."""
+        does not answer; nothing is uploaded before the first answer). Returns whether
+        the store answered."""
         self._lock_checked = time.monotonic()
         try:
             facts = self.store.check()
         except StorageError as error:
+            self._down = True
             self._note_failure(str(error))
-            logger.warning("upload queue: %s", error)
-            return
+            logger.warning("upload queue paused: %s", error)
+            return False
+        if self._down:
+            logger.info("upload queue: the store answers again; uploads resume")
+        self._down = False
         if facts.object_lock != self.object_lock:
             if facts.object_lock:
                 logger.info("upload queue: the bucket has Object Lock; objects are locked")
@@ -261,6 +281,7 @@ class Uploader:
                     "deletable by anyone holding the store's credentials"
                 )
         self.object_lock = facts.object_lock
+        return True
 
     # -- uploads ------------------------------------------------------------------------
 
@@ -279,6 +300,7 @@ class Uploader:
         retain_until, legal_hold = retention_for(case, now, object_lock=bool(self.object_lock))
         key = object_store.object_key(self.store.config, self.node, CaptureFile.stored_path(path))
         size = path.stat().st_size
+        logger.info("uploading %s (%d bytes, attempt %d)", row.path, size, row.upload_attempts + 1)
         try:
             stored = self.store.upload(
                 path, key, row.sha256, retain_until=retain_until, legal_hold=legal_hold
@@ -375,7 +397,10 @@ class Uploader:
         )
         # The system records (the receiver's row, the metrics) carry no key or path.
         self._note_failure(f"file {row.pk}: " + error.replace(key, "its object"))
-        return wait
+        # Until the store answers a check again, nothing more is tried (see reachable).
+        self._down = True
+        self._lock_checked = time.monotonic()
+        return min(wait, PROBE_INTERVAL)
 
     def _note_failure(self, error: str) -> None:
         self.totals.failures += 1

@@ -88,6 +88,9 @@ def drop_column(key: str) -> DropColumn:
 # The database's counters trailing the traffic by this much is shown as a problem (the
 # receiver writes them about once a second when the database keeps up).
 LAG_ALERT_SECONDS: Final = 5.0
+# A closed file still waiting for its upload after this long (the queue normally takes
+# it within seconds) is shown as a problem, here and on the dashboard.
+UPLOAD_ALERT_SECONDS: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -224,5 +227,10 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "unclaimed_streams_per_source": UNCLAIMED_STREAMS_PER_SOURCE,
         "unclaimed_overflow": sum(row.process.unclaimed_overflow for row in current),
         "low_disk_percent": int(LOW_DISK_FRACTION * 100),
+        # The upload queue of each receiver (receiver.uploads); the store's URL holds no
+        # credential (they are never in it).
+        "storage_url": settings.STORAGE.describe() if settings.STORAGE is not None else "",
+        "upload_alert_seconds": UPLOAD_ALERT_SECONDS,
+        "upload_alert_minutes": int(UPLOAD_ALERT_SECONDS // 60),
     }
     return render(request, "console/health.html", context)

@@ -220,6 +220,7 @@ def test_an_unreachable_store_backs_off_and_the_file_goes_up_when_it_answers(
     pause = uploader.step()
 
     assert BACKOFF_FIRST / 2 <= pause <= BACKOFF_FIRST
+    assert not uploader.reachable  # paused: only the store's check until it answers
     row.refresh_from_db()
     assert row.uploaded_at is None
     assert row.upload_attempts == 1
