@@ -34,7 +34,7 @@ migrated = faults.migrated
 site = faults.site
 start_receiver = faults.start_receiver
 
-# Above the multipart threshold (64 MiB): several parts, long enough to be killed in.
+# Seconds of upload here, long enough to be killed in the middle of.
 BIG_FILE_BYTES = 200 * 2**20
 
 
@@ -95,6 +95,32 @@ def test_a_bad_or_unreachable_store_stops_the_start_with_one_line(
     assert not site.rows("SELECT id FROM intercepts_receiverprocess")
 
 
+def test_serve_refuses_an_unreachable_store_at_start_with_one_line(site: Site) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "serve", "--port", "0", "--no-receiver"],
+        cwd=REPO,
+        env=site.environment(
+            AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+            AWS_SECRET_ACCESS_KEY="s3cr3t-value",
+            JMIRROR_STORAGE_URL="s3://evidence/site-a",
+            JMIRROR_S3_ENDPOINT="http://127.0.0.1:9",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "CommandError: cannot start: object store s3://evidence/site-a at http://127.0.0.1:9: "
+        "reaching the bucket failed ("
+    )
+    assert "serving" not in result.stdout
+    assert "s3cr3t-value" not in result.stderr + result.stdout
+
+
 def test_a_receiver_killed_during_an_upload_finishes_it_after_restart(
     site: Site, start_receiver: Callable[..., ReceiverProcess], object_storage: ObjectStore
 ) -> None:
@@ -110,7 +136,7 @@ def test_a_receiver_killed_during_an_upload_finishes_it_after_restart(
 
     first = start_receiver(**environment)
     wait_until(lambda: "uploading sessions/" in first.log(), 30, "the upload started")
-    time.sleep(0.3)
+    time.sleep(0.1)  # into the upload: 200 MiB take seconds here, and well over 0.1 s anywhere
     first.kill()
     row = site.rows(
         "SELECT id, path, sha256, uploaded_at, node, closed_at FROM intercepts_capturefile"
