@@ -96,8 +96,9 @@ def test_a_bad_or_unreachable_store_stops_the_start_with_one_line(
 
 
 def test_serve_refuses_an_unreachable_store_at_start_with_one_line(site: Site) -> None:
+    (site.data_dir / "staticfiles").mkdir(parents=True, exist_ok=True)  # as collectstatic
     result = subprocess.run(
-        [sys.executable, "manage.py", "serve", "--port", "0", "--no-receiver"],
+        [sys.executable, "manage.py", "serve", "--port", "8", "--no-receiver"],
         cwd=REPO,
         env=site.environment(
             AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
