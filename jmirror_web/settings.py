@@ -553,6 +553,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+_LOG_LEVEL = env_choice(
+    "JMIRROR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -565,10 +568,11 @@ LOGGING = {
             "filters": ["refusals"],
         }
     },
-    "root": {
-        "handlers": ["console"],
-        "level": env_choice(
-            "JMIRROR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-        ),
+    "root": {"handlers": ["console"], "level": _LOG_LEVEL},
+    # The S3 client's own INFO lines ("Found credentials in environment variables" at
+    # each start) say nothing the product does not; its warnings and DEBUG still show.
+    "loggers": {
+        name: {"level": "WARNING" if _LOG_LEVEL != "DEBUG" else "DEBUG"}
+        for name in ("botocore", "boto3", "s3transfer")
     },
 }

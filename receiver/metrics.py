@@ -33,6 +33,22 @@ def _no_backlog() -> BookkeepingBacklog:
     return BookkeepingBacklog(0, 0.0)
 
 
+class UploadBacklog(NamedTuple):
+    """The upload queue (receiver.uploads) as last counted: files waiting for the
+    evidence store, their bytes and the age of the oldest; since this receiver started,
+    files and bytes uploaded, failed attempts and local copies removed, and the last
+    failure in one line (no path or key: no case data)."""
+
+    files: int = 0
+    bytes: int = 0
+    oldest_seconds: float = 0.0
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    failures: int = 0
+    local_copies_removed: int = 0
+    last_error: str = ""
+
+
 class SnapshotCollector(Collector):
     """Metrics from the latest snapshot handed to :meth:`offer` (a tick hook), and from
     the callables given for what the snapshot does not hold (read at each scrape)."""
@@ -41,10 +57,12 @@ class SnapshotCollector(Collector):
         self,
         live_dropped: Callable[[], int] = lambda: 0,
         backlog: Callable[[], BookkeepingBacklog] = _no_backlog,
+        uploads: Callable[[], UploadBacklog] | None = None,
     ) -> None:
         self._latest: Snapshot | None = None
         self._live_dropped = live_dropped
         self._backlog = backlog
+        self._uploads = uploads
 
     def offer(self, snapshot: Snapshot) -> None:
         # One reference assignment: atomic, and the snapshot is never changed after.
@@ -149,6 +167,45 @@ class SnapshotCollector(Collector):
             "Live summaries not delivered to the channel layer",
             value=self._live_dropped(),
         )
+        if self._uploads is not None:
+            yield from upload_metrics(self._uploads())
+
+
+def upload_metrics(uploads: UploadBacklog) -> Iterator[Metric]:
+    """The upload queue's metrics (only when an evidence store is configured)."""
+    yield GaugeMetricFamily(
+        "jmirror_upload_backlog_files",
+        "Closed capture files waiting for their upload to the evidence store",
+        value=uploads.files,
+    )
+    yield GaugeMetricFamily(
+        "jmirror_upload_backlog_bytes",
+        "Bytes of the closed capture files waiting for their upload",
+        value=uploads.bytes,
+    )
+    yield GaugeMetricFamily(
+        "jmirror_upload_oldest_seconds",
+        "How long the oldest file waiting for its upload has been closed",
+        value=uploads.oldest_seconds,
+    )
+    yield CounterMetricFamily(
+        "jmirror_uploaded_files",
+        "Capture files uploaded and recorded",
+        value=uploads.uploaded_files,
+    )
+    yield CounterMetricFamily(
+        "jmirror_uploaded_bytes", "Bytes of capture files uploaded", value=uploads.uploaded_bytes
+    )
+    yield CounterMetricFamily(
+        "jmirror_upload_failures",
+        "Failed upload attempts (store unreachable or refusing, local copy missing or altered)",
+        value=uploads.failures,
+    )
+    yield CounterMetricFamily(
+        "jmirror_local_copies_removed",
+        "Local copies of uploaded files removed after JMIRROR_LOCAL_KEEP_HOURS",
+        value=uploads.local_copies_removed,
+    )
 
 
 def serve_metrics(

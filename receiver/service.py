@@ -27,6 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from jmirror_web.intercepts import evidence_store
 from jmirror_web.intercepts.models import Router
 from jmirror_web.intercepts.retention import scheduled_purge
 from jmirror_web.live.watching import WatchLoader
@@ -39,6 +40,7 @@ from receiver.receive_loop import DEFAULT_RCVBUF, Receiver
 from receiver.reconcile import reconcile_sessions
 from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import PcapStore
+from receiver.uploads import start_uploader
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ PURGE_TIME_BUDGET: Final = 1.0
 # sockets, the database, the web server's connections, log and library files. A quarter
 # of the open-file limit, at most this many.
 OPEN_FILE_RESERVE: Final = 256
+# At shutdown an upload in flight is waited for this long, then left to the next start
+# (the queue is the rows: the file goes up again, whole).
+UPLOAD_STOP_WAIT: Final = 2.0
 
 
 def raise_open_file_limit() -> int:
@@ -177,9 +182,21 @@ def serve(
         live, session_ids=bookkeeper.session_ids, receiver=f"{socket.gethostname()}:{os.getpid()}"
     )
     hooks: list[Callable[[Snapshot], None]] = [snapshots.put, publisher.offer]
+    # With an evidence store, closed files go up from a thread of their own (its own
+    # database connection); the capture never waits for it.
+    uploads_stop = threading.Event()
+    uploads = None
+    store = evidence_store.store()
+    if store is not None:
+        assert bookkeeper.process is not None
+        uploads = start_uploader(store, uploads_stop, process_id=bookkeeper.process.pk)
     metrics_server = None
     if metrics is not None:
-        collector = SnapshotCollector(lambda: publisher.dropped, bookkeeper.backlog)
+        collector = SnapshotCollector(
+            lambda: publisher.dropped,
+            bookkeeper.backlog,
+            uploads[0].backlog if uploads is not None else None,
+        )
         metrics_server, _ = serve_metrics(*metrics, collector)
         hooks.append(collector.offer)
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
@@ -203,6 +220,7 @@ def serve(
     except OSError:
         if metrics_server is not None:
             metrics_server.shutdown()
+        uploads_stop.set()
         raise
     # What live pages watch, before the first datagram (then twice a second, below).
     receiver.watch = publisher.watch = watches.refresh()
@@ -291,6 +309,11 @@ def serve(
         if writer.is_alive():
             logger.error("shutdown: the database writer did not finish; last counters not written")
         live_thread.join(timeout=1)
+        uploads_stop.set()
+        if uploads is not None:
+            uploads[1].join(timeout=UPLOAD_STOP_WAIT)
+            if uploads[1].is_alive():
+                logger.warning("shutdown: an upload in flight is left to the next start")
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

@@ -25,7 +25,6 @@ every wait is bounded.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -265,10 +264,6 @@ class Deployment:
 def deployment(
     tmp_path: Path, database: str, redis_url: str, s3_server: Any
 ) -> Iterator[Deployment]:
-    if importlib.util.find_spec("receiver.uploads") is None:
-        # Written against the upload queue's interface (CaptureFile.uploaded_at and the
-        # object columns set by the receiver), before that branch reached this one.
-        pytest.skip("needs the receiver's upload queue (receiver/uploads.py, branch s3-uploads)")
     deployed = Deployment(tmp_path, database, redis_url, s3_server)
     try:
         yield deployed

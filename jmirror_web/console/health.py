@@ -91,6 +91,9 @@ def drop_column(key: str) -> DropColumn:
 # The database's counters trailing the traffic by this much is shown as a problem (the
 # receiver writes them about once a second when the database keeps up).
 LAG_ALERT_SECONDS: Final = 5.0
+# A closed file still waiting for its upload after this long (the queue normally takes
+# it within seconds) is shown as a problem, here and on the dashboard.
+UPLOAD_ALERT_SECONDS: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,11 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "low_disk_percent": int(LOW_DISK_FRACTION * 100),
         # Its own section and template (health_storage): bucket checked once a minute.
         "evidence_store": evidence_store_status(),
+        # The upload queue of each receiver (receiver.uploads); the store's URL holds no
+        # credential (they are never in it).
+        "storage_url": settings.STORAGE.describe() if settings.STORAGE is not None else "",
+        "upload_alert_seconds": UPLOAD_ALERT_SECONDS,
+        "upload_alert_minutes": int(UPLOAD_ALERT_SECONDS // 60),
     }
     context.update(node_context(rows))
     return render(request, "console/health.html", context)

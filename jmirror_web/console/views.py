@@ -34,7 +34,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
 from jmirror_web.audit.refusals import refusals_audited
-from jmirror_web.console.health import LAG_ALERT_SECONDS
+from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
 from jmirror_web.intercepts.access import Action, cases_for, may
@@ -232,6 +232,34 @@ def _receiver_alerts(now: datetime, health_url: str | None) -> list[Alert]:
                     health_url,
                 )
             )
+        alerts += _upload_alerts(receiver, name, health_url)
+    return alerts
+
+
+def _upload_alerts(receiver: ReceiverProcess, name: str, health_url: str | None) -> list[Alert]:
+    """The receiver's upload queue: failing uploads, and files waiting long (evidence
+    only on the capturing host's disk meanwhile). Counts only, no path."""
+    alerts = []
+    if receiver.last_upload_error and receiver.upload_backlog:
+        alerts.append(
+            Alert(
+                "bad",
+                f"Receiver {name} (node {receiver.node}): uploads to the evidence store are "
+                f"failing ({intcomma(receiver.upload_backlog)} files waiting): "
+                f"{receiver.last_upload_error}",
+                health_url,
+            )
+        )
+    if receiver.upload_backlog and receiver.upload_oldest_seconds >= UPLOAD_ALERT_SECONDS:
+        alerts.append(
+            Alert(
+                "warn",
+                f"Receiver {name} (node {receiver.node}): {intcomma(receiver.upload_backlog)} "
+                f"closed files not in the evidence store yet, the oldest for "
+                f"{receiver.upload_oldest_seconds / 60:.0f} minutes",
+                health_url,
+            )
+        )
     return alerts
 
 

@@ -47,6 +47,17 @@ def check_reachable(what: str) -> str:
     return f"evidence store: {found.config.describe()} ({lock}); {what} node {settings.NODE_NAME}"
 
 
+def reach_evidence_store(what: str) -> str:
+    """:func:`check_reachable` for a command's start: a store that cannot be reached is
+    a :class:`CommandError` of one line with exit status 2 (as a bad setting is)."""
+    from django.core.management.base import CommandError
+
+    try:
+        return check_reachable(what)
+    except StorageError as error:
+        raise CommandError(f"cannot start: {error}", returncode=2) from None
+
+
 class CaptureUnavailable(Exception):
     """Neither a local copy nor a stored object of a capture file can be read."""
 

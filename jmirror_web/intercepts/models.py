@@ -877,6 +877,18 @@ class ReceiverProcess(models.Model):
     bound_closes = models.PositiveBigIntegerField(default=0)
     bookkeeping_backlog = models.PositiveIntegerField(default=0)
     bookkeeping_lag_seconds = models.FloatField(default=0.0)
+    # The upload queue (receiver.uploads), with an evidence store: closed files waiting
+    # for their upload, their bytes and how long the oldest has waited; since start, what
+    # was uploaded, failed attempts, local copies removed, and the last failure (one line,
+    # no path or key: a system record).
+    upload_backlog = models.PositiveIntegerField(default=0)
+    upload_backlog_bytes = models.PositiveBigIntegerField(default=0)
+    upload_oldest_seconds = models.FloatField(default=0.0)
+    uploaded_files = models.PositiveBigIntegerField(default=0)
+    uploaded_bytes = models.PositiveBigIntegerField(default=0)
+    upload_failures = models.PositiveBigIntegerField(default=0)
+    local_copies_removed = models.PositiveBigIntegerField(default=0)
+    last_upload_error = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-pk"]

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jmirror_web.environment import listen_addresses, parse_listen
 from jmirror_web.file_modes import secure_installation
+from jmirror_web.intercepts.evidence_store import reach_evidence_store
 from receiver.receive_loop import DEFAULT_RCVBUF, STALL_NS, Receiver
 from receiver.service import serve
 
@@ -81,6 +82,10 @@ class Command(BaseCommand):
             raise CommandError(f"--metrics: {error}") from None
         if options["rcvbuf"] <= 0:
             raise CommandError("--rcvbuf must be a positive number of bytes")
+        # A bad or unreachable evidence store stops the start (one line, exit 2), before
+        # any packet: closed files would otherwise pile up here unnoticed.
+        if settings.STORAGE is not None:
+            self.stdout.write(reach_evidence_store("receiver"))
         stop = threading.Event()
 
         def on_signal(number: int, frame: FrameType | None) -> None:

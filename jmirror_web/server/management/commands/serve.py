@@ -24,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from jmirror_web.audit.checkpoints import start_periodic_checkpoints
 from jmirror_web.environment import listen_addresses
 from jmirror_web.file_modes import secure_installation
+from jmirror_web.intercepts.evidence_store import reach_evidence_store
 from receiver.live import LoopSender
 from receiver.receive_loop import Receiver
 from receiver.service import serve as serve_receiver
@@ -138,6 +139,10 @@ class Command(BaseCommand):
             listen = listen_addresses(options["listen"], settings.JMIRROR_LISTEN)
         except ValueError as error:
             raise CommandError(str(error)) from None
+        if settings.STORAGE is not None:
+            # The web process reads closed files from the store, the embedded receiver
+            # uploads to it: one out of reach stops the start (one line, exit 2).
+            self.stdout.write(reach_evidence_store("web server"))
         embedded = None
         if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
             embedded = EmbeddedReceiver(listen, Path(settings.SESSIONS_DIR), twisted_loop)
