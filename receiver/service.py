@@ -40,7 +40,7 @@ from receiver.receive_loop import DEFAULT_RCVBUF, Receiver
 from receiver.reconcile import reconcile_sessions
 from receiver.store import DIRECTORY_MODE as STORE_DIRECTORY_MODE
 from receiver.store import PcapStore
-from receiver.uploads import start_uploader
+from receiver.uploads import UploadProcess, start_uploader
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def serve(
     live: Callable[[Batch], None] | None = None,
     metrics: tuple[str, int] | None = None,
     contrail_listen: Sequence[tuple[str, int]] | None = None,
+    upload_process: bool = False,
 ) -> Receiver:
     """Receive until ``stop`` is set, then close every file, write the last counters and
     file rows, and return the receiver (for its counters). Runs the capture loop in the
@@ -146,7 +147,10 @@ def serve(
     ``live``, by default through the channel layer) in a third; with ``metrics``, a
     Prometheus endpoint on that address serves the latest counters. CN2 / Contrail is
     received on ``contrail_listen``, by default on the CN2 routers' analyzer ports
-    (:func:`analyzer_listen`) as the records have them at start."""
+    (:func:`analyzer_listen`) as the records have them at start. With an evidence store,
+    closed files go up from ``manage.py upload`` as a child process when
+    ``upload_process`` (what the commands do: see that command for why), else from a
+    thread (in-process callers, such as tests whose database the child cannot open)."""
     limit = raise_open_file_limit()
     bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
     logger.info(
@@ -186,17 +190,25 @@ def serve(
     # database connection); the capture never waits for it.
     uploads_stop = threading.Event()
     uploads = None
+    upload_child = None
     store = evidence_store.store()
     if store is not None:
         assert bookkeeper.process is not None
-        uploads = start_uploader(store, uploads_stop, process_id=bookkeeper.process.pk)
+        if upload_process:
+            upload_child = UploadProcess(bookkeeper.process.pk)
+            upload_child.start()
+        else:
+            uploads = start_uploader(store, uploads_stop, process_id=bookkeeper.process.pk)
     metrics_server = None
     if metrics is not None:
-        collector = SnapshotCollector(
-            lambda: publisher.dropped,
-            bookkeeper.backlog,
-            uploads[0].backlog if uploads is not None else None,
+        upload_backlog = (
+            uploads[0].backlog
+            if uploads is not None
+            else upload_child.backlog
+            if upload_child is not None
+            else None
         )
+        collector = SnapshotCollector(lambda: publisher.dropped, bookkeeper.backlog, upload_backlog)
         metrics_server, _ = serve_metrics(*metrics, collector)
         hooks.append(collector.offer)
         logger.info("metrics on http://%s:%d/metrics", *metrics_server.server_address[:2])
@@ -221,6 +233,8 @@ def serve(
         if metrics_server is not None:
             metrics_server.shutdown()
         uploads_stop.set()
+        if upload_child is not None:
+            upload_child.stop(UPLOAD_STOP_WAIT)
         raise
     # What live pages watch, before the first datagram (then twice a second, below).
     receiver.watch = publisher.watch = watches.refresh()
@@ -257,6 +271,8 @@ def serve(
                 if not final:
                     receiver.gate = watcher.refresh()
                 written = bookkeeper.write()
+                if upload_child is not None and not final:
+                    upload_child.keep_running()
                 # A slow database gets a write every WRITE_INTERVAL, or after a pause as
                 # long as the write took: this thread never holds the interpreter lock
                 # (which the receive loop needs) more than about half the time, and the
@@ -314,6 +330,8 @@ def serve(
             uploads[1].join(timeout=UPLOAD_STOP_WAIT)
             if uploads[1].is_alive():
                 logger.warning("shutdown: an upload in flight is left to the next start")
+        if upload_child is not None:
+            upload_child.stop(UPLOAD_STOP_WAIT)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

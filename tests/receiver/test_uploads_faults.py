@@ -5,11 +5,14 @@ with -9 in the middle of an upload finishes it after its restart."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,3 +175,44 @@ def test_a_receiver_killed_during_an_upload_finishes_it_after_restart(
         "SELECT COUNT(*) FROM audit_auditevent WHERE action = 'capture_file.uploaded'"
     )
     assert audited == 1
+
+
+def _upload_children(parent: int) -> list[int]:
+    """The ``manage.py upload`` children of process ``parent``."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"upload" in command:
+                found.append(int(child))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, not yet reaped by its parent
+
+
+def test_the_upload_queue_runs_as_the_receivers_child_restarted_and_dying_with_it(
+    start_receiver: Callable[..., ReceiverProcess], object_storage: ObjectStore
+) -> None:
+    """Uploads run in a process of their own (not a thread of the receive loop): a child
+    that dies is started again, and a receiver killed with -9 leaves no uploader."""
+    receiver = start_receiver(**storage_environment(object_storage))
+    pid = receiver.process.pid
+    wait_until(lambda: len(_upload_children(pid)) == 1, 30, "the upload process started")
+    [first] = _upload_children(pid)
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: [child for child in _upload_children(pid) if child != first and not _gone(child)],
+        30,
+        "the upload process started again",
+    )
+    [second] = [child for child in _upload_children(pid) if child != first]
+    assert "upload queue: process" in receiver.log()
+    assert re.search(r"exited with -9; starting it again", receiver.log())
+    receiver.kill()
+    wait_until(lambda: _gone(second), 10, "the upload process died with its receiver")

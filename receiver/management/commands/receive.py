@@ -127,6 +127,7 @@ class Command(BaseCommand):
                 ready=ready,
                 metrics=metrics,
                 contrail_listen=contrail_listen,
+                upload_process=True,
             )
         except OSError as error:
             raise CommandError(f"cannot listen: {error}") from None

@@ -94,7 +94,12 @@ class EmbeddedReceiver:
 
         try:
             serve_receiver(
-                self._listen, root=self._root, stop=self.stop, ready=self._ready, live=self._live
+                self._listen,
+                root=self._root,
+                stop=self.stop,
+                ready=self._ready,
+                live=self._live,
+                upload_process=True,
             )
         except BaseException as error:  # reported by start(), which the main thread waits in
             self.error = error
