@@ -30,7 +30,7 @@ to confirm it (stepping down when the repeat loses). The tools:
 - ``receive-uploads``: ``receive`` with an evidence store: a SeaweedFS server the script
   starts (``weed server -s3``, as the tests do, under the work directory; a bucket with
   Object Lock) is the receiver's ``JMIRROR_STORAGE_URL``, so the receiver's upload queue
-  (receiver.uploads, a thread of the same process, on the same pinned CPU) uploads each
+  (``manage.py upload``, the receiver's child at nice 10, on the same pinned CPU) uploads each
   file the receiver rotates (every 256 MiB: several per trial at 1400 bytes) while it
   receives. The store's own process is left to the scheduler (``--store-cpus`` pins it);
   on this host it competes for the same cores, which a remote store would not. The

@@ -6,8 +6,9 @@ SHA-256, not uploaded and not purged, whose ``upload_after`` is empty or past, o
 store outages, and files closed by rotation, idle timeout, shutdown or start-up repair
 (:func:`receiver.bookkeeping.record_recovered`) are queued alike.
 
-:class:`Uploader` works the queue from a thread of the receiver (:func:`receiver.service.serve`)
-with its own database connection: the capture loop never waits for it. Each file goes up
+:class:`Uploader` works the queue in ``manage.py upload``, which the receiver
+(:func:`receiver.service.serve`) runs as its child process (:class:`UploadProcess`), with
+its own database connection and interpreter: the capture loop never waits for it. Each file goes up
 with its recorded SHA-256 as the object's checksum (the store refuses a body that does
 not match) and, when the bucket has Object Lock, locked until its case's warrant end
 plus retention days, with the case's legal hold. Only after the store confirmed the
