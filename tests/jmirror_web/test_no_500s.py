@@ -285,6 +285,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("console:two_factor", "GET", ("next",)),
     Endpoint("console:two_factor", "POST", ("password", "code", "next")),
     Endpoint("console:two_factor_qr", "GET"),
+    Endpoint("console:password", "GET", ("next",)),
+    Endpoint(
+        "console:password", "POST", ("old_password", "new_password1", "new_password2", "next")
+    ),
     Endpoint("console:case", "GET", ("page",), args=_case),
     Endpoint("console:session", "GET", args=_session),
     Endpoint("console:packet", "GET", args=_packet),
