@@ -329,12 +329,7 @@ class Uploader:
                     row,
                     actor=UPLOADS_ACTOR,
                     details={
-                        "path": row.path,
-                        "node": self.node,
-                        "bucket": stored.bucket,
-                        "key": stored.key,
-                        "version": stored.version,
-                        "sha256": row.sha256,
+                        **self._object_details(row, stored),
                         "bytes": size,
                         "retain_until": retain_until.isoformat() if retain_until else None,
                         "lock_mode": str(self.store.config.lock_mode) if retain_until else "",
@@ -506,12 +501,7 @@ class Uploader:
                     row,
                     actor=UPLOADS_ACTOR,
                     details={
-                        "path": row.path,
-                        "node": self.node,
-                        "bucket": stored.bucket,
-                        "key": stored.key,
-                        "version": stored.version,
-                        "sha256": row.sha256,
+                        **self._object_details(row, stored),
                         "found_gone": not exists,
                     },
                 )
@@ -546,6 +536,17 @@ class Uploader:
         return ""
 
     # -- the backlog --------------------------------------------------------------------
+
+    def _object_details(self, row: CaptureFile, stored: StoredObject) -> dict[str, str]:
+        """What the audit log says of a file and its object, in every event of theirs."""
+        return {
+            "path": row.path,
+            "node": self.node,
+            "bucket": stored.bucket,
+            "key": stored.key,
+            "version": stored.version,
+            "sha256": row.sha256,
+        }
 
     def backlog(self) -> UploadBacklog:
         """The latest counts (for the metrics endpoint, read from another thread)."""

@@ -8,10 +8,8 @@ change, sign-out and the health check sends them to change it, and the API refus
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.contrib import messages
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.decorators import login_required
@@ -21,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve, reverse
 
 from jmirror_web.audit.log import record
+from jmirror_web.security.early_response import EarlyResponseMiddleware
 from jmirror_web.security.models import PasswordChangeRequired
 
 PASSWORD_CHANGED: Final = "auth.password_changed"  # noqa: S105  # an audit action name
@@ -70,28 +69,11 @@ def _gate(request: HttpRequest) -> HttpResponse | None:
     return redirect(f"{reverse('console:password')}?next={request.get_full_path()}")
 
 
-class FirstPasswordMiddleware:
+class FirstPasswordMiddleware(EarlyResponseMiddleware):
     """Sends a user who owes a password change to the change page (after the
     authentication and message middleware)."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self.is_async:
-            return self._acall(request)
-        response: HttpResponse = _gate(request) or self.get_response(request)
-        return response
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        early = await sync_to_async(_gate)(request)
-        if early is not None:
-            return early
-        response: HttpResponse = await self.get_response(request)
-        return response
+    early = staticmethod(_gate)
 
 
 @login_required

@@ -27,11 +27,10 @@ code field, and the checks that keep a session without one out.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Final
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from axes.handlers.proxy import AxesProxyHandler  # type: ignore[import-untyped,unused-ignore]
 from django import forms
 from django.conf import settings
@@ -53,6 +52,7 @@ from rest_framework.request import Request
 
 from jmirror_web.audit.log import record
 from jmirror_web.intercepts.access import Role, roles_of
+from jmirror_web.security.early_response import EarlyResponseMiddleware
 
 # The roles JMIRROR_REQUIRE_2FA=staff covers (with superusers): those who manage or
 # oversee the records rather than work one assigned case.
@@ -249,30 +249,12 @@ def _step_response(request: HttpRequest) -> HttpResponse | None:
     return redirect_to_login(request.get_full_path())
 
 
-class TwoFactorMiddleware:
+class TwoFactorMiddleware(EarlyResponseMiddleware):
     """Sends a signed-in user who owes a code where they can give it: to set up a
     device, or (their session predating their device) to sign in again. Placed after
     django-otp's OTPMiddleware and the message middleware."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self.is_async:
-            return self._acall(request)
-        response: HttpResponse = _step_response(request) or self.get_response(request)
-        return response
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        # The user and their device are loaded from the database, which is synchronous.
-        early = await sync_to_async(_step_response)(request)
-        if early is not None:
-            return early
-        response: HttpResponse = await self.get_response(request)
-        return response
+    early = staticmethod(_step_response)
 
 
 class VerifiedSessionAuthentication(SessionAuthentication):
