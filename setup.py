@@ -26,5 +26,15 @@ if sys.platform.startswith("linux"):
             optional=True,
         )
     )
+    # The packet index's per-record work (receiver/_packet_index.c); optional likewise:
+    # receiver.packet_index has the same in Python.
+    extensions.append(
+        Extension(
+            "receiver._packet_index",
+            sources=["receiver/_packet_index.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+            optional=True,
+        )
+    )
 
 setup(ext_modules=extensions)

@@ -96,6 +96,45 @@ def contrail_packet_row(time_ns: int, packet: ContrailPacket) -> PacketRow:
     )
 
 
+def stored_frame_row(
+    time_ns: int,
+    linktype: int,
+    data: bytes,
+    src: str | None,
+    dst: str | None,
+    sport: int | None,
+    dport: int | None,
+) -> PacketRow:
+    """The row of a stored Ethernet frame (a CN2 session's pcapng), its addresses and
+    ports as its packet index found them: the same summary as the live list's, without
+    the Juniper header's direction (that stays in the file's packet options)."""
+    try:
+        at = ETHERNET_HEADER
+        kind = _u16(data, 12)
+        while kind in (0x8100, 0x88A8):
+            kind = _u16(data, at + 2)
+            at += 4
+        if kind in (0x0800, 0x86DD):
+            protocol, info = _ip(data[at:])
+        elif kind == ETHERTYPE_ARP:
+            protocol, info = _arp(data[at:])
+        else:
+            protocol, info = "Ethernet", f"ethertype 0x{kind:04x}"
+    except _Malformed:
+        protocol, info = "Ethernet", "Ethernet (malformed)"
+    return PacketRow(
+        time_ns=time_ns,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        protocol=protocol,
+        length=len(data),
+        inner="ethernet" if linktype == 1 else f"link type {linktype}",
+        info=_bounded(info),
+    )
+
+
 _ARP_OPERATIONS: Final = {1: "request", 2: "reply"}
 
 

@@ -62,6 +62,8 @@ PURGE_TIME_BUDGET: Final = 1.0
 # sockets, the database, the web server's connections, log and library files. A quarter
 # of the open-file limit, at most this many.
 OPEN_FILE_RESERVE: Final = 256
+# An open pcap file holds two descriptors: the file and its packet index.
+DESCRIPTORS_PER_FILE: Final = 2
 # At shutdown an upload in flight is waited for this long, then left to the next start
 # (the queue is the rows: the file goes up again, whole).
 UPLOAD_STOP_WAIT: Final = 2.0
@@ -89,12 +91,12 @@ def raise_open_file_limit() -> int:
 
 def max_open_files(configured: int, limit: int) -> int:
     """The bound on open pcap files: ``configured`` unless 0, else the open-file limit
-    minus a reserve for everything else."""
+    minus a reserve for everything else, over the descriptors an open file holds."""
     if configured > 0:
         return configured
     if limit == resource.RLIM_INFINITY or limit > 1 << 20:
         limit = 1 << 20
-    return max(16, limit - min(OPEN_FILE_RESERVE, limit // 4))
+    return max(16, (limit - min(OPEN_FILE_RESERVE, limit // 4)) // DESCRIPTORS_PER_FILE)
 
 
 def cn2_ports() -> list[int]:

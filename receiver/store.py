@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from receiver.contrail import CONTRAIL_MID
+from receiver.packet_index import INDEX_SUFFIX, index_header, index_records
 from receiver.pcap import (
     FILE_HEADER,
     FILE_HEADER_LENGTH,
@@ -113,6 +114,9 @@ CAPTURE_SUFFIXES: Final = (PCAP_SUFFIX, PCAPNG_SUFFIX)
 STORE_APPLICATION: Final = "jmirror-web receiver"
 
 PART_SUFFIX: Final = ".part"
+# A file's packet index goes to the kernel in slices of about this size (and at every
+# periodic flush): a write per pcap flush would add a system call per ~45 packets.
+INDEX_BUFFER_BYTES: Final = 1 << 16
 # Session folders and pcaps are their owner's alone (jmirror_web.file_modes says why).
 DIRECTORY_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
@@ -272,6 +276,8 @@ class _OpenFile:
         "fd",
         "final_relative",
         "first_ns",
+        "index_buffer",
+        "index_fd",
         "last_ns",
         "linktype",
         "packets",
@@ -285,6 +291,11 @@ class _OpenFile:
         self, fd: int, part_path: Path, session: SessionKey, linktype: int, first_ns: int
     ) -> None:
         self.fd = fd
+        # The packet index beside the file (receiver.packet_index): records of what has
+        # reached the kernel, written in slices of INDEX_BUFFER_BYTES; -1 when there is
+        # none (it could not be written: readers rebuild it from the file).
+        self.index_fd = -1
+        self.index_buffer = bytearray()
         self.part_path = part_path
         # The path relative to the root once closed (what its database row keeps); set
         # when the file is created.
@@ -354,6 +365,8 @@ class PcapStore:
         self._last: _OpenFile | None = None
         #: Bumped whenever a file opens, closes or is given up.
         self.generation = 0
+        #: Packet indexes given up (their files are stored all the same).
+        self.index_errors = 0
         #: Time left for opening files now, in ns (None: no limit, every open at once);
         #: past it, opens are deferred to :meth:`open_pending`. The receive loop sets it
         #: each round.
@@ -435,9 +448,11 @@ class PcapStore:
         self.flush()
 
     def flush(self) -> None:
-        """Hand every buffer to the kernel now (a deferred file's once it is opened)."""
+        """Hand every buffer to the kernel now (a deferred file's once it is opened), and
+        the packet index of what is written with it."""
         for file in list(self._files.values()):
             self._flush(file)
+            self._flush_index(file)
 
     @property
     def pending_opens(self) -> int:
@@ -713,6 +728,65 @@ class PcapStore:
         file.part_path = self.root / part
         file.final_relative = Path(name, f"{stem}{suffix}")
         file.fd = fd
+        self._create_index(file, f"{name}/{stem}{suffix}{INDEX_SUFFIX}", root)
+
+    def _create_index(self, file: _OpenFile, relative: str, root: int) -> None:
+        """Open the file's packet index (named after the closed file from the start: it
+        is derived data, and its readers check it against whatever the file is called)."""
+        try:
+            fd = os.open(
+                relative,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+                FILE_MODE,
+                dir_fd=root,
+            )
+        except OSError as error:
+            self._index_failed(file, error)
+            return
+        file.index_fd = fd
+        file.index_buffer += index_header(file.linktype)
+
+    def _flush_index(self, file: _OpenFile) -> None:
+        if file.index_fd < 0 or not file.index_buffer:
+            return
+        try:
+            done = os.write(file.index_fd, file.index_buffer)
+            while done < len(file.index_buffer):
+                done += os.write(file.index_fd, bytes(file.index_buffer[done:]))
+        except OSError as error:
+            self._index_failed(file, error)
+            return
+        file.index_buffer.clear()
+
+    def _index_failed(self, file: _OpenFile, error: OSError) -> None:
+        """Give the file's index up: never the packets. The index is rebuilt from the
+        file by whoever reads it (receiver.packet_index)."""
+        self.index_errors += 1
+        if file.index_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(file.index_fd)
+            file.index_fd = -1
+            if file.final_relative is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{file.final_relative}{INDEX_SUFFIX}", dir_fd=self._root_fd())
+        file.index_buffer.clear()
+        logger.warning(
+            "cannot write the packet index of %s: %s; it will be rebuilt from the file when read",
+            file.final_relative,
+            error,
+        )
+
+    def _close_index(self, file: _OpenFile, *, keep: bool) -> None:
+        if file.index_fd < 0:
+            return
+        if keep:
+            self._flush_index(file)
+        if file.index_fd >= 0:
+            os.close(file.index_fd)
+            file.index_fd = -1
+        if not keep and file.final_relative is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(f"{file.final_relative}{INDEX_SUFFIX}", dir_fd=self._root_fd())
 
     def _create_deferred(self, file: _OpenFile) -> bool:
         """Create a deferred file; when that fails, its buffered packets are counted as
@@ -767,8 +841,21 @@ class PcapStore:
                     self._last = None
                 os.close(file.fd)
                 file.fd = CLOSED_FD
+                self._close_index(file, keep=True)
             return False
         file.sha.update(buffer)
+        if file.index_fd >= 0:
+            # One C call per flush on what was just written (tens of ns per packet), so
+            # the index costs the receive loop no Python per packet.
+            try:
+                file.index_buffer += index_records(
+                    buffer, file.committed_size, file.linktype, file.linktype in PCAPNG_LINKTYPES
+                )
+            except ValueError as error:  # not whole records: a bug, but never the packets'
+                self._index_failed(file, OSError(errno.EINVAL, str(error)))
+            else:
+                if len(file.index_buffer) >= INDEX_BUFFER_BYTES:
+                    self._flush_index(file)
         buffer.clear()
         file.committed_size = file.size
         file.committed_packets = file.packets
@@ -786,6 +873,7 @@ class PcapStore:
         self._flush(file)
         if file.fd < 0:  # given up by _flush
             return
+        self._close_index(file, keep=file.committed_packets > 0)
         os.close(file.fd)
         # Closed for good: the C path sees this and hands the stream's next datagram to
         # Python, which opens the session's next file (receiver._fastpath call_file_of).

@@ -75,6 +75,15 @@ def _fresh_refusal_tallies() -> None:
     limiter.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_packet_indexes() -> None:
+    """The web keeps files' packet indexes in memory by row and count; rows' ids and
+    paths repeat between tests, their files do not."""
+    from jmirror_web.console.stored_packets import forget_indexes
+
+    forget_indexes()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real S3 server (SeaweedFS) for the whole test session; skipped, saying why, where

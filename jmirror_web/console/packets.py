@@ -5,13 +5,14 @@ with the content right on the session's case only (:data:`Action.VIEW_CONTENT`: 
 assignment to the case); anyone else gets the same 404 as for a packet that does not
 exist. Every view and every refusal of a signed-in user is audited.
 
-Packets are numbered from 1 in time order across the session's capture files (ordered by
-their first packet), using the files' packet counts to find the file, then reading that
-file's records in a stream (``receiver.pcap_reader.iter_frames``): no file is loaded whole.
+Packets are numbered from 1 as the session's whole export numbers its frames: in time
+order across the session's files, equal times in the export's file order
+(:mod:`jmirror_web.console.stored_packets`). The packet index beside each file says where
+the packet is; only its bytes are read.
 
 The live packet list knows a packet by its receive time only, so :func:`packet_jump` also
-takes ``at=<ns since the epoch>``: :func:`number_at` reads the files whose recorded span
-holds that time, in numbering order, and stops at the first packet received exactly then.
+takes ``at=<ns since the epoch>``: :func:`number_at` finds the first packet received
+exactly then in the files' indexes.
 
 Scapy decodes the packet: far too slow for the receive path (docs/architecture.md,
 Measured constraints), fine for one packet on request, but its work is bounded here (a
@@ -35,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, cast
 
 from django.contrib import messages
-from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.html import format_html_join
@@ -49,12 +49,18 @@ from jmirror_web.console.packet_options import (
     juniper_header_problem,
     read_packet_options,
 )
+from jmirror_web.console.stored_packets import (
+    IndexUnavailable,
+    file_index,
+    locate_packet,
+    number_received_at,
+)
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from jmirror_web.object_store import StorageError
 from receiver.pcap import LinkType
-from receiver.pcap_reader import CaptureError, iter_frames
+from receiver.store import PCAPNG_LINKTYPES
 
 if TYPE_CHECKING:
     from scapy.packet import Packet
@@ -127,25 +133,16 @@ class NoPacketAt(Exception):
 # Locating and reading ----------------------------------------------------------------
 
 
-def numbered_files(session: Session) -> list[CaptureFile]:
-    """The session's files in the order their packets are numbered; :func:`locate` and
-    :func:`number_at` both count along this list, so that they agree."""
-    return list(session.files.order_by(F("first_packet").asc(nulls_last=True), "pk"))
-
-
 def locate(session: Session, number: int) -> tuple[CaptureFile, int, int] | None:
     """The file holding packet ``number`` (from 1) of the session, the packet's index
-    (from 1) in that file, and the session's stored packet total; None out of range."""
-    files = numbered_files(session)
-    total = sum(each.packets for each in files)
-    if not 1 <= number <= total:
-        return None
-    before = 0
-    for each in files:
-        if number <= before + each.packets:
-            return each, number - before, total
-        before += each.packets
-    return None  # unreachable: number <= total
+    (from 1) in that file, and the session's stored packet total; None out of range.
+    Numbered as the session's whole export numbers its frames
+    (:mod:`jmirror_web.console.stored_packets`). Raises :class:`PacketUnavailable` when
+    a file's packets cannot be counted."""
+    try:
+        return locate_packet(session, number)
+    except IndexUnavailable as error:
+        raise PacketUnavailable(str(error)) from None
 
 
 def open_file(capture: CaptureFile) -> BinaryIO:
@@ -166,30 +163,32 @@ def open_file(capture: CaptureFile) -> BinaryIO:
 
 
 def read_packet(capture: CaptureFile, index: int) -> tuple[int, int, bytes]:
-    """``(time_ns, linktype, bytes)`` of record ``index`` (from 1) of a capture file,
-    read as a stream."""
-    last = 0
+    """``(time_ns, linktype, bytes)`` of record ``index`` (from 1) of a capture file, read
+    where its packet index says it is."""
     try:
+        packets = file_index(capture)
+        if not 1 <= index <= len(packets):
+            raise PacketUnavailable(
+                f"The capture file holds {len(packets)} packets, fewer than its record "
+                "says; this packet is not in it."
+            )
+        entry = packets.record(index - 1)
+        pcapng = packets.linktype in PCAPNG_LINKTYPES
         with open_file(capture) as stream:
-            for number, time_ns, linktype, data in iter_frames(stream):
-                if number == index:
-                    return time_ns, linktype, data
-                last = number
+            stream.seek(entry.offset + (28 if pcapng else 16))
+            data = stream.read(entry.captured)
+    except IndexUnavailable as error:
+        raise PacketUnavailable(str(error)) from None
     except (OSError, StorageError) as error:
         why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise PacketUnavailable(
             f"The capture file holding this packet cannot be read ({why})."
         ) from None
-    except CaptureError as error:
-        raise PacketUnavailable(
-            f"The capture file is damaged before this packet: {error}."
-        ) from None
     except OutsideSessionsDirectory as error:
         raise PacketUnavailable(str(error)) from None
-    raise PacketUnavailable(
-        f"The capture file holds {last} packets, fewer than its record says; this packet "
-        "is not in it."
-    )
+    if len(data) != entry.captured:
+        raise PacketUnavailable("The capture file ends inside this packet.")
+    return entry.time_ns, packets.linktype, data
 
 
 def packet_options(capture: CaptureFile, index: int, data: bytes) -> PacketOptions | None:
@@ -207,27 +206,6 @@ def _row_time(time_ns: int) -> datetime:
     # What the receiver writes into the rows for a packet time: cut to the microsecond
     # (receive.moment), so comparing cut times never leaves out the file that holds it.
     return _EPOCH + timedelta(microseconds=time_ns // 1000)
-
-
-def _may_hold(capture: CaptureFile, moment: datetime) -> bool:
-    """Whether the file's recorded span includes ``moment``; a side without a time yet
-    (a row made before its first write was counted) does not rule it out."""
-    return (capture.first_packet is None or capture.first_packet <= moment) and (
-        capture.last_packet is None or moment <= capture.last_packet
-    )
-
-
-def _index_at(capture: CaptureFile, time_ns: int, counted: int) -> int | None:
-    """The index (from 1) of the first record of a capture file received at ``time_ns``,
-    among its first ``counted`` records (those its row counts: a later one, still being
-    written, has no number yet); None when none of them was."""
-    with open_file(capture) as stream:
-        for index, frame_ns, _linktype, _data in iter_frames(stream):
-            if index > counted:
-                return None
-            if frame_ns == time_ns:
-                return index
-    return None
 
 
 def number_at(session: Session, time_ns: int) -> int:
@@ -252,32 +230,21 @@ def number_at(session: Session, time_ns: int) -> int:
             f"{missing} That is after the last packet this session has recorded: it may "
             "not be on disk yet, try again in a moment."
         )
-    before = 0
-    purged = unreadable = False
-    for each in numbered_files(session):
-        if _may_hold(each, moment):
-            if each.purged_at is not None:
-                purged = True
-            else:
-                try:
-                    index = _index_at(each, time_ns, each.packets)
-                except OutsideSessionsDirectory as error:
-                    raise NoPacketAt(f"{missing} {error}") from None
-                except (OSError, CaptureError, StorageError, PacketUnavailable):
-                    unreadable = True
-                else:
-                    if index is not None:
-                        return before + index
-        before += each.packets
-    if purged:
+    if session.files.filter(
+        purged_at__isnull=False, first_packet__lte=moment, last_packet__gte=moment
+    ).exists():
         raise NoPacketAt(
             f"{missing} A capture file of that time was purged under the case's retention period."
         )
-    if unreadable:
+    try:
+        number = number_received_at(session, time_ns)
+    except IndexUnavailable:
         raise NoPacketAt(
             f"{missing} A capture file of that time is missing or cannot be read, or it "
             "may not be on disk yet: try again in a moment."
-        )
+        ) from None
+    if number is not None:
+        return number
     raise NoPacketAt(
         f"{missing} It may not be on disk yet (the receiver writes packets within about a "
         "second): try again in a moment."

@@ -65,6 +65,7 @@ from jmirror_web.object_store import (
     StorageError,
     StoredObject,
 )
+from receiver.packet_index import index_path, remove_index
 from receiver.store import CAPTURE_SUFFIXES, parse_session_directory
 
 logger = logging.getLogger(__name__)
@@ -526,6 +527,11 @@ def _unlink(path: Path) -> str:
         pass
     except OSError as error:
         return f"{error.strerror or error} ({path})"
+    # Its packet index goes with it: summaries of purged packets must not outlive them.
+    try:
+        remove_index(path)
+    except OSError as error:
+        return f"{error.strerror or error} ({index_path(path)})"
     return ""
 
 

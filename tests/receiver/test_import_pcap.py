@@ -31,6 +31,7 @@ from jmirror_web.intercepts.models import (
 from receiver.management.commands import import_pcap
 from receiver.management.commands.import_pcap import iso_ns
 from receiver.offline import decode_capture
+from receiver.packet_index import INDEX_SUFFIX, index_path, read_index_file
 from receiver.pcap_reader import iter_frames
 from receiver.store import LINKTYPE_PPP_HDLC, LINKTYPE_RAW
 from receiver.traffic import (
@@ -141,8 +142,15 @@ def run(*args: str) -> tuple[str, str]:
 
 
 def stored_files(root: Path) -> dict[str, list[Path]]:
+    """The capture files under ``root`` by session directory; each has its packet index
+    beside it, a record per packet."""
     by_directory: dict[str, list[Path]] = {}
     for path in sorted(root.glob("*/*")):
+        if path.suffix == INDEX_SUFFIX:
+            continue
+        index = read_index_file(index_path(path))
+        assert index is not None, path
+        assert len(index) == len(read_pcap(path))
         by_directory.setdefault(path.parent.name, []).append(path)
     return by_directory
 

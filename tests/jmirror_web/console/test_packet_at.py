@@ -14,10 +14,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.console import packets
+from jmirror_web.console import stored_packets
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import CaptureFile, Session
 from receiver import traffic
+from receiver.packet_index import PacketIndex
 from receiver.store import (
     LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
@@ -123,13 +124,13 @@ def message_for(client: Client, session: Session, value: str) -> str:
 def read_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files the lookup opens, in order."""
     opened: list[str] = []
-    index_at = packets._index_at
+    index_at = stored_packets.file_index
 
-    def spy(capture: CaptureFile, time_ns: int, counted: int) -> int | None:
+    def spy(capture: CaptureFile) -> PacketIndex:
         opened.append(Path(capture.path).name)
-        return index_at(capture, time_ns, counted)
+        return index_at(capture)
 
-    monkeypatch.setattr(packets, "_index_at", spy)
+    monkeypatch.setattr(stored_packets, "file_index", spy)
     return opened
 
 
@@ -159,8 +160,9 @@ def test_side_by_side_files_and_a_time_in_both_the_first_numbered_wins(
     client: Client, session: Session, analyst: User, data_dir: Path
 ) -> None:
     """A PPP session's mirror mixes link types, one file each, open side by side: their
-    spans overlap, and both may hold a packet of one nanosecond. Numbering goes file by
-    file (ordered by first packet), so the bare IP file's packet, numbered first, wins."""
+    spans overlap, and both may hold a packet of one nanosecond. Numbering is the
+    export's: by time, equal times to the file with the earlier first packet, so the bare
+    IP file's packet, numbered first, wins."""
     store, key = store_for(data_dir)
     store.write(key, T0, UDP, LINKTYPE_RAW)
     store.write(key, T0 + SECOND, LCP, LINKTYPE_PPP_HDLC)
@@ -169,18 +171,18 @@ def test_side_by_side_files_and_a_time_in_both_the_first_numbered_wins(
     raw, ppp = record_files(session, store.close_all())
     assert (raw.packets, ppp.packets) == (2, 2)
 
-    assert number_found(client, session, T0 + 2 * SECOND) == 2
-    page = client.get(reverse("console:packet", args=[session.pk, 2])).content.decode()
+    assert number_found(client, session, T0 + 2 * SECOND) == 3
+    page = client.get(reverse("console:packet", args=[session.pk, 3])).content.decode()
     assert f"({T0 + 2 * SECOND} ns)" in page
     assert "raw IP (101)" in page
-    # In the bare IP file's span but only in the PPP file: read both, numbered after.
-    assert number_found(client, session, T0 + SECOND) == 3
-    page = client.get(reverse("console:packet", args=[session.pk, 3])).content.decode()
+    # In the bare IP file's span but only in the PPP file: between the two IP packets.
+    assert number_found(client, session, T0 + SECOND) == 2
+    page = client.get(reverse("console:packet", args=[session.pk, 2])).content.decode()
     assert f"({T0 + SECOND} ns)" in page
     assert "PPP in HDLC-like framing (50)" in page
 
 
-def test_the_lookup_stops_at_the_first_match_and_reads_only_files_spanning_the_time(
+def test_the_lookup_reads_each_files_index_once_and_then_from_memory(
     client: Client,
     session: Session,
     analyst: User,
@@ -192,9 +194,19 @@ def test_the_lookup_stops_at_the_first_match_and_reads_only_files_spanning_the_t
         store.write(key, T0 + second * SECOND, UDP, LINKTYPE_RAW)
     files = record_files(session, store.close_all())
     assert len(files) == 3
-    opened = read_paths(monkeypatch)
+    stored_packets.forget_indexes()
+    opened: list[str] = []
+    read = stored_packets.read_index_file
+
+    def spy(path: Path) -> PacketIndex | None:
+        opened.append(path.name)
+        return read(path)
+
+    monkeypatch.setattr(stored_packets, "read_index_file", spy)
     assert number_found(client, session, T0 + 3 * SECOND) == 4
-    assert opened == [Path(files[1].path).name]
+    assert sorted(opened) == sorted(Path(each.path).name + ".idx" for each in files)
+    assert number_found(client, session, T0 + 5 * SECOND) == 6
+    assert len(opened) == 3  # the closed files' indexes stayed in memory
 
 
 def test_a_file_still_being_written_without_a_last_packet_yet_is_read_from_its_part_file(
@@ -349,7 +361,7 @@ def test_a_purged_file_is_not_read_and_later_numbers_still_agree(
     assert opened == []
     # The purged file's packets keep their numbers: the next file's first packet is 3.
     assert number_found(client, session, T0 + 2 * SECOND) == 3
-    assert opened == [Path(second.path).name]
+    assert opened == [Path(second.path).name]  # the purged file is not read
 
 
 def test_a_missing_file_is_said_clearly(
