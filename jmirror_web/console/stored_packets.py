@@ -732,3 +732,61 @@ def _spans(first: datetime | None, last: datetime | None, time_ns: int) -> bool:
     """Whether a file's recorded span (cut to the microsecond) may hold ``time_ns``."""
     moment = _EPOCH + timedelta(microseconds=time_ns // 1000)
     return (first is None or first <= moment) and (last is None or moment <= last)
+
+
+# For the page and the API ----------------------------------------------------------------
+
+LISTED: Final = "packets listed"
+
+
+@dataclass
+class Listing:
+    """What the page and the API show of a session's stored packets."""
+
+    wanted: PacketFilter
+    page: PacketPage | None = None
+    error: str = ""
+    error_field: str = ""
+
+
+def _number(text: str | None, name: str, default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or len(text) > 9:
+        raise PacketListError(f"{name} must be a whole number.", name)
+    return int(text)
+
+
+def list_packets(session: Session, query: Mapping[str, str], *, content: bool) -> Listing:
+    """A page of the session's stored packets as ``query`` asks (``page``, ``page_size``
+    and :func:`parse_filter`'s parameters). Without ``content`` (the content right) the
+    info column is left out, and so is filtering on it. Errors are said, never raised:
+    the page shows them beside the form, the API answers 400."""
+    try:
+        wanted = parse_filter(query)
+        if wanted.info and not content:
+            raise PacketListError(
+                "Searching the info column needs the content right on this case.", "info"
+            )
+        page = _number(query.get("page"), "page", 1)
+        page_size = _number(query.get("page_size"), "page_size", DEFAULT_PAGE_SIZE)
+        found = stored_page(session, wanted, page, page_size)
+    except PacketListError as error:
+        return Listing(PacketFilter(), error=str(error), error_field=error.field)
+    except IndexUnavailable as error:
+        return Listing(wanted, error=str(error))
+    if not content:
+        for row in found.rows:
+            row["info"] = None
+    return Listing(wanted, found)
+
+
+def audit_details(listing: Listing) -> dict[str, Any]:
+    """The audit record of a listing shown with packets' info (content)."""
+    assert listing.page is not None
+    numbers = [row["number"] for row in listing.page.rows]
+    return {
+        "filter": listing.wanted.shown or "no filter",
+        "page": listing.page.page,
+        "numbers": [numbers[0], numbers[-1]] if numbers else [],
+    }

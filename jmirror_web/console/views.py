@@ -33,7 +33,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
+from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import refusals_audited
+from jmirror_web.console import stored_packets
 from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
@@ -511,6 +513,10 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     # The path's folder names the LIID and router, already on the page; the name is enough.
     files = [(file, PurePosixPath(file.path).name) for file in session.files.all()]
     content = may(request.user, Action.VIEW_CONTENT, case)
+    stored = stored_packets.list_packets(session, request.GET, content=content)
+    if content and stored.page is not None and stored.page.rows:
+        details = stored_packets.audit_details(stored)
+        record(stored_packets.LISTED, session, request=request, details=details)
     live = {
         "subscriptions": [{"stream": "session", "id": session.pk}],
         "session": session.pk,
@@ -551,5 +557,31 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "altered": [file for file, _ in files if file.verify_ok is False],
             "live": live,
             "live_rows": LIVE_ROWS,
+            "stored": stored,
+            "stored_pages": _page_links(request, stored),
+            "page_sizes": stored_packets.PAGE_SIZES,
+            "protocols": list(stored_packets.PROTOCOLS),
         },
     )
+
+
+def _page_links(request: HttpRequest, stored: stored_packets.Listing) -> dict[str, str]:
+    """Query strings of the first, previous, next and last page of a stored packet list,
+    its filter kept."""
+    if stored.page is None:
+        return {}
+    found = stored.page
+
+    def link(page: int) -> str:
+        query = request.GET.copy()
+        query["page"] = str(page)
+        return "?" + query.urlencode() + "#stored"
+
+    links = {}
+    if found.page > 1:
+        links["first"] = link(1)
+        links["previous"] = link(min(found.page - 1, found.pages))
+    if found.page < found.pages:
+        links["next"] = link(found.page + 1)
+        links["last"] = link(found.pages)
+    return links
