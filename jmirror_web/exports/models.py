@@ -141,6 +141,21 @@ class Export(models.Model):
                 "cannot hold per-packet options. The stored files keep it, and a pcapng "
                 "export of the same packets keeps it too."
             )
+        unhashed = [
+            file["name"]
+            for source in self.sources
+            for file in source["files"]
+            if not file.get("sha256") and not file.get("closed")
+        ]
+        if unhashed:
+            count = len(unhashed)
+            notes.append(
+                f"No SHA-256 was recorded yet for {count} source file{'s' if count != 1 else ''} "
+                f"still being written when the export started ({', '.join(unhashed[:10])}"
+                f"{', ...' if count > 10 else ''}): a file's SHA-256 is recorded when it closes "
+                "(after a quiet time without packets, or at rotation) and is then shown on its "
+                "session's page. Every closed file is listed with its recorded SHA-256."
+            )
         for source in self.sources:
             for part in source.get("not_included", []):
                 mirror = (
