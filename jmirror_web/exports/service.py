@@ -421,21 +421,19 @@ MAX_HEADERS_PROBED: Final = 200
 
 
 def link_types_of(
-    sessions: Iterable[Session], limit: int = MAX_HEADERS_PROBED
+    sessions: QuerySet[Session], limit: int = MAX_HEADERS_PROBED
 ) -> dict[int, set[int]]:
-    """Per session, the link types of its stored, unpurged files, read from their headers
-    (a CaptureFile row does not record it): a session's reading stops once two are seen,
-    and all reading after ``limit`` headers. A file that cannot be read is passed over:
-    the export says what is wrong with it."""
-    pks = [session.pk for session in sessions]
-    found: dict[int, set[int]] = {pk: set() for pk in pks}
-    files = CaptureFile.objects.filter(session__in=pks, purged_at__isnull=True).order_by(
-        "session", F("first_packet").asc(nulls_last=True), "pk"
-    )
+    """Per session (by id), the link types of its stored, unpurged files, read from their
+    headers (a CaptureFile row does not record it): a session's reading stops once two
+    are seen, and all reading after ``limit`` headers (and ten times as many rows). A
+    file that cannot be read is passed over: the export says what is wrong with it."""
+    found: dict[int, set[int]] = {}
+    files = CaptureFile.objects.filter(
+        session__in=sessions.values("pk"), purged_at__isnull=True
+    ).order_by("session", F("first_packet").asc(nulls_last=True), "pk")
     read = 0
-    # Rows passed over cost no read but are still bounded (a case of many sessions).
     for capture in files[: limit * 10].iterator():
-        seen = found[capture.session_id]
+        seen = found.setdefault(capture.session_id, set())
         if len(seen) > 1 or still_open_elsewhere(capture):
             continue
         if read >= limit:
@@ -454,15 +452,17 @@ def link_types_of(
     return found
 
 
-def mixed_link_types(sessions: Iterable[Session]) -> dict[Session, str]:
+def mixed_link_types(sessions: QuerySet[Session]) -> dict[Session, str]:
     """The sessions whose files mix link types (which one pcap file cannot hold), each
-    with its link types in words (:func:`link_types_of`)."""
-    chosen = list(sessions)
-    found = link_types_of(chosen)
+    with its link types in words (:func:`link_types_of`), in order of first traffic."""
+    mixed = {pk: types for pk, types in link_types_of(sessions).items() if len(types) > 1}
+    if not mixed:
+        return {}
     return {
-        session: engine.linktype_names(found[session.pk])
-        for session in chosen
-        if len(found[session.pk]) > 1
+        session: engine.linktype_names(mixed[session.pk])
+        for session in sessions.filter(pk__in=mixed)
+        .select_related("router")
+        .order_by("first_seen", "pk")
     }
 
 

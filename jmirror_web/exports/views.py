@@ -111,7 +111,7 @@ def session_download(request: HttpRequest, session_id: int) -> HttpResponseBase:
         "intercept": session.intercept,
         "case": session.intercept.case,
         # The warning before a pcap is asked for: this session's files mix link types.
-        "mixed": service.mixed_link_types([session]).get(session, ""),
+        "mixed": service.mixed_link_types(Session.objects.filter(pk=session.pk)).get(session, ""),
     }
     if not form.is_bound:
         return render(request, "exports/session_export.html", {**context, "form": form})
@@ -142,7 +142,7 @@ def intercept_export(request: HttpRequest, intercept_id: int) -> HttpResponseBas
     context = {
         "intercept": intercept,
         "case": intercept.case,
-        "mixed": service.mixed_link_types(intercept.sessions.select_related("router")),
+        "mixed": service.mixed_link_types(intercept.sessions.all()),
     }
     if not form.is_bound:
         return render(request, "exports/intercept_export.html", {**context, "form": form})
@@ -177,9 +177,7 @@ def case_export(request: HttpRequest, case_id: int) -> HttpResponseBase:
     context = {
         "case": case,
         "contents": service.case_contents(case),
-        "mixed": service.mixed_link_types(
-            Session.objects.filter(intercept__case=case).select_related("router", "intercept")
-        ),
+        "mixed": service.mixed_link_types(Session.objects.filter(intercept__case=case)),
     }
     if not form.is_bound:
         return render(request, "exports/case_export.html", {**context, "form": form})
