@@ -39,6 +39,7 @@ PROTOCOL_NUMBERS: Final = {
     "icmpv6": 58,
     "sctp": 132,
 }
+IP_ONLY_LABEL: Final = "pcap, IP only (PPP framing removed: a conversion)"
 _SEPARATORS = re.compile(r"[\s,]+")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -114,11 +115,13 @@ class MomentField(forms.Field):
 
 
 class ExportForm(forms.Form):
-    """A session export's parameters (``format`` pcap or pcapng)."""
+    """A session export's parameters (``format`` pcapng, pcap, or pcap-ip: the IP packets
+    alone as raw IP, a conversion)."""
 
     FORMATS: tuple[tuple[str, str], ...] = (
         (ExportFormat.PCAPNG, "pcapng (with the export's comment)"),
         (ExportFormat.PCAP, "pcap"),
+        (ExportFormat.PCAP_IP, IP_ONLY_LABEL),
     )
 
     format = forms.ChoiceField(choices=(), initial=ExportFormat.PCAPNG)
@@ -209,7 +212,11 @@ class InterceptExportForm(ExportForm):
         (ExportFormat.ZIP, "zip of per-session files"),
     )
     member_format = forms.ChoiceField(
-        choices=((ExportFormat.PCAPNG, "pcapng"), (ExportFormat.PCAP, "pcap")),
+        choices=(
+            (ExportFormat.PCAPNG, "pcapng"),
+            (ExportFormat.PCAP, "pcap"),
+            (ExportFormat.PCAP_IP, IP_ONLY_LABEL),
+        ),
         initial=ExportFormat.PCAPNG,
         required=False,
         label="Files in the zip",

@@ -19,6 +19,19 @@ class ExportFormat(StrEnum):
     PCAP = "pcap"
     PCAPNG = "pcapng"
     ZIP = "zip"  # one member per session, each member in ``ExportRequest.member_format``
+    # A conversion, not a copy: a pcap of raw IP packets, those stored inside PPP with
+    # their PPP framing removed and PPP control packets left out (the one pcap a session
+    # mixing PPP and raw IP files can give; the stored files remain the evidence).
+    PCAP_IP = "pcap-ip"
+
+    @property
+    def extension(self) -> str:
+        """The exported file's extension: a conversion is a pcap file."""
+        return "pcap" if self is ExportFormat.PCAP_IP else self.value
+
+
+# Exports whose bytes are copied from the stored records; PCAP_IP converts them.
+FILE_FORMATS: Final = (ExportFormat.PCAP, ExportFormat.PCAPNG, ExportFormat.PCAP_IP)
 
 
 class ExportError(Exception):
@@ -131,4 +144,4 @@ class ExportRequest:
     window: Window = Window()
     packet_filter: PacketFilter = PacketFilter()
     comment: str = ""  # pcapng section header comment (opt_comment); ignored for pcap
-    member_format: ExportFormat = ExportFormat.PCAPNG  # for ZIP only: PCAP or PCAPNG
+    member_format: ExportFormat = ExportFormat.PCAPNG  # for ZIP only: PCAP, PCAPNG or PCAP_IP

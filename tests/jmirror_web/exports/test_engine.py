@@ -354,7 +354,8 @@ def test_a_pcap_export_of_mixed_link_types_is_refused_with_a_hint(tmp_path):
     request = ExportRequest([session(files)], ExportFormat.PCAP)
     message = (
         r"^These packets mix link types \(PPP and raw IP\), which one pcap file cannot hold: "
-        r"export as pcapng instead\.$"
+        r"export as pcapng instead, or as pcap-ip \(pcap of the IP packets only, their PPP "
+        r"framing removed: a conversion, said so in its manifest\)\.$"
     )
 
     with pytest.raises(ExportError, match=message):
@@ -555,7 +556,9 @@ def test_a_zip_of_pcap_members_refuses_a_session_that_mixes_link_types(tmp_path)
     )
     with pytest.raises(ExportError, match=r"^Session S1 mixes link types \(PPP and raw IP\)"):
         check(request)
-    with pytest.raises(ExportError, match=r"^A zip export holds pcap or pcapng files, not zip"):
+    with pytest.raises(
+        ExportError, match=r"^A zip export holds pcap, pcapng or pcap-ip files, not zip"
+    ):
         check(ExportRequest([session(files)], ExportFormat.ZIP, member_format=ExportFormat.ZIP))
 
 
