@@ -285,7 +285,7 @@ def file_index(capture: CaptureFile) -> PacketIndex:
             f"The capture file holds {len(index)} packets, fewer than its record says "
             f"({wanted}): it is damaged or cut short."
         )
-    if not growing and (written is None or len(written) < len(index)):
+    if not growing and (written is None or written.records != index.records):
         _keep_beside(path, index)
     _cache.put(key, index)
     return index
