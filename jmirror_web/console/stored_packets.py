@@ -23,7 +23,7 @@ import os
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -205,15 +205,20 @@ class _IndexCache:
             if key in self._entries:
                 return
             self._entries[key] = index
-            self._bytes += len(index.records)
+            self._bytes += _footprint(index)
             while self._bytes > self._limit and len(self._entries) > 1:
                 _key, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped.records)
+                self._bytes -= _footprint(dropped)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def _footprint(index: PacketIndex) -> int:
+    # The records and the times the timeline reads (8 bytes a packet, kept with them).
+    return len(index.records) + 8 * len(index)
 
 
 _cache = _IndexCache(_CACHE_BYTES)
@@ -379,7 +384,7 @@ def forget_indexes() -> None:
 class _File:
     capture: CaptureFile
     index: PacketIndex | None
-    times: list[int]
+    times: Sequence[int]
     ordered: bool  # times never decrease: runs are found by bisection
     # Why its packets cannot be listed (purged, missing, damaged); they keep their
     # numbers, at the file's first packet time, so that later numbers do not move.
@@ -411,7 +416,7 @@ class Timeline:
         raise IndexError((position, record))
 
 
-def _first_not_before(times: list[int], ordered: bool, start: int, limit: int) -> int:
+def _first_not_before(times: Sequence[int], ordered: bool, start: int, limit: int) -> int:
     """The first position from ``start`` whose time is at least ``limit`` (the length
     when none is): the export's cursor stops there."""
     if ordered:
@@ -479,8 +484,7 @@ def session_timeline(session: Session) -> Timeline:
             first_ns = (first - _EPOCH) // timedelta(microseconds=1) * 1000
             files.append(_File(capture, None, [first_ns] * capture.packets, True, str(error)))
             continue
-        times = index.times()
-        files.append(_File(capture, index, times, ordered=times == sorted(times)))
+        files.append(_File(capture, index, index.times(), index.ordered))
     return timeline(files)
 
 
