@@ -278,7 +278,7 @@ def file_index(capture: CaptureFile) -> PacketIndex:
     written = read_index_file(index_path(path))
     stream, growing = _stream(capture)
     try:
-        index = _checked_or_built(stream, written, wanted)
+        index, kept = _checked_or_built(stream, written, wanted)
     except (OSError, StorageError) as error:
         raise IndexUnavailable(
             f"The stored file {Path(capture.path).name} cannot be read to list its packets: {error}"
@@ -290,13 +290,17 @@ def file_index(capture: CaptureFile) -> PacketIndex:
             f"The capture file holds {len(index)} packets, fewer than its record says "
             f"({wanted}): it is damaged or cut short."
         )
-    if not growing and (written is None or written.records != index.records):
+    if not growing and not kept:
         _keep_beside(path, index)
     _cache.put(key, index)
     return index
 
 
-def _checked_or_built(stream: BinaryIO, written: PacketIndex | None, wanted: int) -> PacketIndex:
+def _checked_or_built(
+    stream: BinaryIO, written: PacketIndex | None, wanted: int
+) -> tuple[PacketIndex, bool]:
+    """The index of the file's first ``wanted`` packets, and whether it is the written
+    one whole (else it was extended or rebuilt from the file)."""
     head = stream.read(4)
     pcapng = head == PCAPNG_MAGIC
     if not pcapng and head not in PCAP_MAGICS:
@@ -312,12 +316,13 @@ def _checked_or_built(stream: BinaryIO, written: PacketIndex | None, wanted: int
     else:
         records, linktype = b"", 0
     if len(records) // RECORD_SIZE >= wanted:
-        return PacketIndex(linktype, records)
-    return _build(stream, pcapng, records, linktype, wanted)
+        whole = written is not None and len(written) == len(records) // RECORD_SIZE
+        return PacketIndex(linktype, records), whole
+    return _build(stream, pcapng, records, linktype, wanted), False
 
 
 def _build(
-    stream: BinaryIO, pcapng: bool, records: bytes, linktype: int, wanted: int
+    stream: BinaryIO, pcapng: bool, records: bytes | memoryview, linktype: int, wanted: int
 ) -> PacketIndex:
     """Extend ``records`` (an index of the file's first packets) to ``wanted`` packets by
     reading the file after them."""

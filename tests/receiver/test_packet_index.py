@@ -186,3 +186,18 @@ def test_a_prefix_is_the_whole_records_at_the_start() -> None:
         expected = packet_index.python_index_prefix(buffer[:cut], 24, RAW, False)
         assert compiled.index_prefix(buffer[:cut], 24, RAW, False) == expected
     assert compiled.index_prefix(buffer[: whole - 1], 24, RAW, False)[1] == 16 + 28
+
+
+def test_times_and_their_order_in_c_and_python() -> None:
+    buffer = pcap_records([bytes(IP() / UDP())] * 5)
+    index = both(buffer, 24, RAW)
+    times, ordered = compiled.index_times(index)
+    assert (times, ordered) == packet_index.python_index_times(index)
+    assert ordered
+    # A clock step back: the fourth packet before the third.
+    swapped = bytearray(index)
+    swapped[3 * 64 + 8 : 3 * 64 + 16] = index[1 * 64 + 8 : 1 * 64 + 16]
+    assert compiled.index_times(bytes(swapped))[1] is False
+    assert packet_index.python_index_times(bytes(swapped))[1] is False
+    with pytest.raises(ValueError, match="whole 64-byte records"):
+        compiled.index_times(index[:-1])
