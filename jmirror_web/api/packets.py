@@ -71,7 +71,7 @@ class SessionPacketsView(APIView):
         if listing.page is None:
             raise ValidationError({listing.error_field or "detail": [listing.error]})
         found = listing.page
-        if content and found.rows:
+        if content and stored_packets.shows_content(listing):
             details = stored_packets.audit_details(listing)
             record(stored_packets.LISTED, session, request=request._request, details=details)
         body: dict[str, Any] = {

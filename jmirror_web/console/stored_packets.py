@@ -226,7 +226,9 @@ _cache = _IndexCache(_CACHE_BYTES)
 
 def _stream(capture: CaptureFile) -> tuple[BinaryIO, bool]:
     try:
-        stream, growing = open_capture(capture)
+        # The rows were loaded by this request: reading each again would be a query per
+        # file of the session.
+        stream, growing = open_capture(capture, fresh=True)
     except CaptureUnavailable as error:
         raise IndexUnavailable(
             "The capture file holding this packet is missing or cannot be read (purged after "
@@ -275,7 +277,15 @@ def file_index(capture: CaptureFile) -> PacketIndex:
         path = capture.on_disk()
     except OutsideSessionsDirectory as error:
         raise IndexUnavailable(str(error)) from None
-    written = read_index_file(index_path(path))
+    final = path.with_name(path.name.removesuffix(".part"))
+    written = read_index_file(index_path(final))
+    uploaded = capture.closed and capture.uploaded_at is not None
+    if written is not None and len(written) >= wanted and uploaded and not final.exists():
+        # A closed file whose local copy went after its upload: its index stays, and
+        # checking it would fetch from the object store. A closed file does not change.
+        index = PacketIndex(written.linktype, written.records[: wanted * RECORD_SIZE])
+        _cache.put(key, index)
+        return index
     stream, growing = _stream(capture)
     try:
         index, kept = _checked_or_built(stream, written, wanted)
@@ -788,6 +798,12 @@ def list_packets(session: Session, query: Mapping[str, str], *, content: bool) -
         for row in found.rows:
             row["info"] = None
     return Listing(wanted, found)
+
+
+def shows_content(listing: Listing) -> bool:
+    """Whether a listing shows any packet's own fields (rows of unavailable files show
+    none), so that it is audited as content seen."""
+    return listing.page is not None and any(not row.get("unavailable") for row in listing.page.rows)
 
 
 def audit_details(listing: Listing) -> dict[str, Any]:

@@ -514,7 +514,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     files = [(file, PurePosixPath(file.path).name) for file in session.files.all()]
     content = may(request.user, Action.VIEW_CONTENT, case)
     stored = stored_packets.list_packets(session, request.GET, content=content)
-    if content and stored.page is not None and stored.page.rows:
+    if content and stored_packets.shows_content(stored):
         details = stored_packets.audit_details(stored)
         record(stored_packets.LISTED, session, request=request, details=details)
     live = {

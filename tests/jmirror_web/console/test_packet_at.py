@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.console import stored_packets
+from jmirror_web.console import packets, stored_packets
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import CaptureFile, Session
 from receiver import traffic
