@@ -474,3 +474,20 @@ def test_a_live_session_exports_what_its_open_file_holds_so_far(
     open_entry = Export.objects.get().sources[0]["files"][-1]
     assert (open_entry["closed"], open_entry["sha256"]) == (False, None)
     live.close_all()
+
+
+def test_the_manifest_page_and_comment_say_no_filter_or_the_filter_in_words(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    body(download(client, stored, format="pcapng"))
+    body(download(client, stored, format="pcapng", ports="443 53", protocols="udp 99"))
+    plain, filtered = Export.objects.order_by("pk")
+    for export, said in (
+        (plain, "no filter"),
+        (filtered, "ports 53, 443; protocols 17 (udp), 99"),
+    ):
+        page = client.get(reverse("exports:manifest", args=[export.pk])).content.decode()
+        assert f"<td data-filter>{said}</td>" in page
+        assert f"Filter: {said}\n" in export.comment
+        assert "{" not in page.split("<th>Filter</th>", 1)[1].split("</tr>", 1)[0]
