@@ -87,13 +87,14 @@
     const shown = body.childElementCount;
     // While paused the list holds the rows of the moment it was paused, not `kept`.
     let text = paused
-      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${live.formatCount(received)} packets received`
-      : `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received`;
+      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${live.formatCount(received)} packets received live since the page opened`
+      : `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received live since the page opened`;
     if (!paused && shown !== kept.length) {
       text = `${live.formatCount(shown)} match the filter; ` + text;
     }
-    if (received > kept.length) text += ` (older rows dropped, at most ${config.limit} kept)`;
+    if (received > kept.length) text += ` (the list keeps the latest ${live.formatCount(config.limit)})`;
     if (skipped) text += `; ${live.formatCount(skipped)} rows not sent at this rate`;
+    if (config.olderPackets) text += `; ${config.olderPackets}`;
     if (paused) text += ` · paused, ${live.formatCount(unseen)} new`;
     live.setText(note, text);
   }
