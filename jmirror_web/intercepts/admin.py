@@ -26,12 +26,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 
 from jmirror_web.admin_site import SafeAutocompleteSelect
 from jmirror_web.intercepts import provisioning
 from jmirror_web.intercepts.access import Action, Role, cases_for, may
 from jmirror_web.intercepts.models import (
     MAX_CLAIM_ENTRIES,
+    MAX_INTERCEPT_ID,
+    MAX_SESSION_ID,
     CaptureFile,
     Case,
     CaseAssignment,
@@ -204,6 +207,50 @@ class LinesField(forms.CharField):
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+class HexIdField(forms.Field):
+    """A mirror id or session id, shown in hex as everywhere in the console (0x8000) and
+    taken in hex (with its 0x) or in decimal; empty is None. The model's validators
+    bound it again."""
+
+    widget = forms.TextInput(attrs={"size": 14, "autocomplete": "off"})
+    MAX_CHARS: Final = 20
+
+    def __init__(self, *, maximum: int, **kwargs: Any) -> None:
+        self.maximum = maximum
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = self.to_python(value)
+            except forms.ValidationError:
+                return value
+        return f"{value:#x}" if isinstance(value, int) else value
+
+    def to_python(self, value: Any) -> int | None:
+        text = str(value if value is not None else "").strip()
+        if not text:
+            return None
+        digits = text[2:] if text[:2].lower() == "0x" else text
+        base = 16 if digits is not text else 10
+        allowed = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
+        if len(text) > self.MAX_CHARS or not digits or any(c not in allowed for c in digits):
+            raise forms.ValidationError(
+                f"Enter the id in hex (0x8000) or decimal (32768), from 0 to {self.maximum:#x}.",
+                code="invalid",
+            )
+        number = int(digits, base)
+        if number > self.maximum:
+            raise forms.ValidationError(
+                f"{number:#x} is past the largest id, {self.maximum:#x}.", code="max_value"
+            )
+        return number
+
+
+# Mirror and session ids, edited in hex as the console shows them.
+_HEX_IDS: Final = {"intercept_id": MAX_INTERCEPT_ID, "sid": MAX_SESSION_ID}
+
+
 # The CN2 lists, edited one entry a line.
 _LINES_HELP: Final = {
     "virtual_networks": "Claim the frames whose source or destination virtual network is "
@@ -303,6 +350,13 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
     ) -> forms.Field | None:
         if db_field.name in _LINES_HELP:
             return LinesField(required=False, help_text=_LINES_HELP[db_field.name])
+        if db_field.name in _HEX_IDS:
+            return HexIdField(
+                maximum=_HEX_IDS[db_field.name],
+                required=False,
+                label=capfirst(db_field.verbose_name),
+                help_text=f"{db_field.help_text} In hex (0x8000) or decimal.",
+            )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def formfield_for_foreignkey(

@@ -425,6 +425,42 @@ def test_creating_changing_and_deleting_an_intercept_in_the_admin_is_audited() -
     assert deleted.details["before"]["sid"] == 0x90
 
 
+def test_the_intercept_form_shows_and_takes_mirror_and_session_ids_in_hex() -> None:
+    case = whole_seconds_case()
+    client = signed_in(staff(Role.LI_ADMIN))
+    data = intercept_form(case, intercept_id="0x8000", sid="0X9a")
+    assert client.post(url("intercept", "add"), data).status_code == 302
+    intercept = Intercept.objects.get(liid="NZ-0042")
+    assert (intercept.intercept_id, intercept.sid) == (0x8000, 0x9A)
+    page = client.get(url("intercept", "change", intercept.pk)).content.decode()
+    assert 'name="intercept_id" value="0x8000"' in page
+    assert 'name="sid" value="0x9a"' in page
+    # Saved again as shown, nothing changed: no change is audited.
+    assert client.post(url("intercept", "change", intercept.pk), data).status_code == 302
+    assert events("intercept.change") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "message"),
+    [
+        ("intercept_id", "0x", "Enter the id in hex (0x8000) or decimal (32768)"),
+        ("intercept_id", "8000h", "Enter the id in hex (0x8000) or decimal (32768)"),
+        ("intercept_id", "-1", "Enter the id in hex (0x8000) or decimal (32768)"),
+        ("intercept_id", "0x40000000", "0x40000000 is past the largest id, 0x3fffffff."),
+        ("sid", "0x100000000", "0x100000000 is past the largest id, 0xffffffff."),
+        ("sid", "9" * 21, "Enter the id in hex (0x8000) or decimal (32768)"),
+    ],
+)
+def test_a_bad_id_gets_the_form_back_saying_why(field: str, typed: str, message: str) -> None:
+    client = signed_in(staff(Role.LI_ADMIN))
+    response = client.post(
+        url("intercept", "add"), intercept_form(whole_seconds_case(), **{field: typed})
+    )
+    assert response.status_code == 200
+    assert message in response.context["adminform"].form.errors[field][0]
+    assert not Intercept.objects.exists()
+
+
 def test_a_refused_admin_change_records_nothing() -> None:
     case = make_case()
     auditor = staff(Role.AUDITOR)
