@@ -633,7 +633,7 @@ class CaptureFileAdmin(CapturedPermissions, CaptureFileAdminBase):
         if capture.purged_at is not None:
             return "purged"
         if capture.uploaded_at is not None:
-            parts = [f"in the store since {capture.uploaded_at:%Y-%m-%d %H:%M:%S}Z"]
+            parts = [f"in the store since {capture.uploaded_at:%Y-%m-%d %H:%M:%S} UTC"]
             if capture.object_retain_until is not None:
                 parts.append(f"locked until {capture.object_retain_until:%Y-%m-%d}")
             if capture.object_legal_hold:

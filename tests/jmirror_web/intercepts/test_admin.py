@@ -5,7 +5,7 @@ section of an intercept's page."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -254,6 +254,34 @@ def test_the_case_list_says_when_a_warrant_has_ended() -> None:
     assert (
         b'<td class="field-time_left">ended</td>' in client.get(url("case", "changelist")).content
     )
+
+
+def test_admin_lists_and_read_only_fields_show_utc_times_whatever_the_time_zone(
+    settings: Settings,
+) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    seen = datetime(2026, 12, 6, 17, 4, 5, tzinfo=UTC)
+    session = make_session(make_intercept(), first_seen=seen, last_seen=seen)
+    client = signed_in(staff(Role.LI_ADMIN))
+    listed = client.get(url("session", "changelist")).content.decode()
+    assert '<td class="field-first_seen nowrap">2026-12-06 17:04:05 UTC</td>' in listed
+    shown = client.get(url("session", "change", session.pk)).content.decode()
+    assert '<div class="readonly">2026-12-06 17:04:05 UTC</div>' in shown
+    assert "Dec." not in listed + shown
+
+
+def test_admin_date_time_inputs_take_utc_whatever_the_time_zone(settings: Settings) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    client = signed_in(staff(Role.LI_ADMIN))
+    data = case_form(valid_from=start, valid_until=start + timedelta(days=30))
+    assert client.post(url("case", "add"), data).status_code == 302
+    case = Case.objects.get(reference="W-2026-001")
+    assert case.valid_from == start
+    # Shown again as typed: UTC, and the field says so.
+    page = client.get(url("case", "change", case.pk)).content.decode()
+    assert 'name="valid_from_1" value="10:00:00"' in page
+    assert "UTC." in page
 
 
 def test_the_intercept_list_shows_ids_in_hex_routers_and_whether_in_force() -> None:
@@ -684,7 +712,7 @@ def test_the_file_list_says_where_each_file_is(settings: Settings) -> None:
     assert "being written on cap-a" in page
     assert "waiting for upload on cap-a" in page
     assert "upload failing (3x): 503: SlowDown" in page
-    assert f"in the store since {now:%Y-%m-%d %H:%M:%S}Z" in page
+    assert f"in the store since {now:%Y-%m-%d %H:%M:%S} UTC" in page
     assert "legal hold" in page
     assert "local copy removed" in page
     assert {writing.pk, waiting.pk, failing.pk, stored.pk} <= {
