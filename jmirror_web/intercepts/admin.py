@@ -29,6 +29,8 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from jmirror_web.admin_site import SafeAutocompleteSelect
+from jmirror_web.console.health import STALE_AFTER
+from jmirror_web.environment import parse_listen
 from jmirror_web.intercepts import provisioning
 from jmirror_web.intercepts.access import Action, Role, cases_for, may
 from jmirror_web.intercepts.models import (
@@ -39,6 +41,7 @@ from jmirror_web.intercepts.models import (
     Case,
     CaseAssignment,
     Intercept,
+    Listener,
     Router,
     Session,
     UnclaimedStream,
@@ -443,6 +446,38 @@ def _dtcp_add(mirror_id: int, router: Router | None) -> str:
     return provisioning.DtcpMessage(message.method, message.version, headers).text()
 
 
+def listened_ports(now: datetime) -> set[int]:
+    """The UDP ports the running receivers listen on, as their Listener rows say (a
+    receiver that has not reported within health.STALE_AFTER is not counted)."""
+    ports = set()
+    for address in Listener.objects.filter(
+        receiver__stopped_at__isnull=True, receiver__reported_at__gte=now - STALE_AFTER
+    ).values_list("address", flat=True):
+        try:
+            ports.add(parse_listen(address)[1])
+        except ValueError:
+            continue  # not HOST:PORT: says nothing of a port
+    return ports
+
+
+def port_note(port: int, setting: str, listened: set[int]) -> str:
+    """Whether a running receiver listens on ``port``, the port a snippet names (from
+    ``setting``): routers configured with a port nothing listens on send into the void."""
+    if not listened:
+        return (
+            f"No receiver is running now, so it cannot be checked that this host listens "
+            f"on UDP port {port} ({setting})."
+        )
+    if port in listened:
+        return f"A running receiver listens on UDP port {port} ({setting})."
+    shown = ", ".join(str(each) for each in sorted(listened))
+    return (
+        f"Port {port} ({setting}) differs from what the running receivers listen on: "
+        f"UDP {shown}. A router given these lines would mirror to a port nothing "
+        f"receives on; correct {setting}, or the receivers' JMIRROR_LISTEN."
+    )
+
+
 def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
     """What a CN2 intercept needs of the vRouters: a mirror destination that sends to
     this host with the Juniper header, on the intercept's analyzer port."""
@@ -465,6 +500,7 @@ def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
             text,
         )
     ]
+
     if intercept.virtual_networks or intercept.targets:
         blocks.append(
             (
@@ -472,7 +508,20 @@ def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
                 intercept.claims_text(),
             )
         )
-    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    if intercept.analyzer_port is None:
+        return _with_note(None, blocks)
+    note = port_note(
+        intercept.analyzer_port, "the intercept's analyzer port", listened_ports(timezone.now())
+    )
+    return _with_note(note, blocks)
+
+
+def _with_note(note: str | None, blocks: list[tuple[str, str]]) -> SafeString:
+    """The snippets, each titled, after the port check's note (when there is one)."""
+    snippets = format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    if note is None:
+        return snippets
+    return format_html("<p data-port-note>{}</p>\n{}", note, snippets)
 
 
 def provisioning_html(intercept: Intercept) -> SafeString:
@@ -482,6 +531,9 @@ def provisioning_html(intercept: Intercept) -> SafeString:
     if intercept.is_cn2 or intercept.intercept_id is None:
         return _cn2_provisioning_html(intercept)
     handle = provisioning.MedDevHandle(intercept.intercept_id, intercept.sid)
+    note = port_note(
+        settings.MEDIATION_PORT, "JMIRROR_MEDIATION_PORT", listened_ports(timezone.now())
+    )
     blocks: list[tuple[str, str]] = []
     try:
         blocks.append(
@@ -516,7 +568,7 @@ def provisioning_html(intercept: Intercept) -> SafeString:
             )
         except provisioning.ProvisioningError as error:
             blocks.append((f"Cannot build the DTCP ADD{where}", str(error)))
-    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    return _with_note(note, blocks)
 
 
 class RouterForm(RouterFormBase):

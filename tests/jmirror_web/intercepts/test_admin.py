@@ -17,7 +17,14 @@ from pytest_django.fixtures import Settings
 
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.access import Role
-from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
+from jmirror_web.intercepts.models import (
+    Case,
+    CaseAssignment,
+    Intercept,
+    Listener,
+    ReceiverProcess,
+    Router,
+)
 from tests.factories import (
     PASSWORD,
     assign,
@@ -524,6 +531,42 @@ def test_the_intercept_page_shows_the_radius_attributes_with_a_pinned_session(
         "ERX-Med-Port-Number = 6502    # 26-61\n"
     ) in text
     assert "ERX-LI-Action = 0    # 26-58\n" in text
+
+
+def running_receiver(*addresses: str, reported_ago: timedelta = timedelta(0)) -> None:
+    now = timezone.now()
+    process = ReceiverProcess.objects.create(
+        hostname="mediation-1", pid=1, started_at=now, reported_at=now - reported_ago
+    )
+    for address in addresses:
+        Listener.objects.create(receiver=process, address=address)
+
+
+def port_note_of(text: str) -> str:
+    return text.split("<p data-port-note>", 1)[1].split("</p>", 1)[0]
+
+
+def test_the_snippets_say_when_the_mediation_port_is_not_what_the_receivers_listen_on(
+    settings: Settings,
+) -> None:
+    settings.MEDIATION_PORT = 30030
+    intercept = make_intercept(intercept_id=0x300)
+    client = signed_in(staff(Role.LI_ADMIN))
+    assert port_note_of(provisioning_text(client, intercept)).startswith(
+        "No receiver is running now"
+    )
+    running_receiver("[::]:30031", "0.0.0.0:6502")
+    running_receiver("0.0.0.0:30030", reported_ago=timedelta(minutes=5))  # gone silent: not counted
+    note = port_note_of(provisioning_text(client, intercept))
+    assert note.startswith(
+        "Port 30030 (JMIRROR_MEDIATION_PORT) differs from what the running receivers "
+        "listen on: UDP 6502, 30031."
+    )
+    assert "ERX-Med-Port-Number = 30030    # 26-61" in provisioning_text(client, intercept)
+    settings.MEDIATION_PORT = 6502
+    assert port_note_of(provisioning_text(client, intercept)) == (
+        "A running receiver listens on UDP port 6502 (JMIRROR_MEDIATION_PORT)."
+    )
 
 
 def test_without_a_pinned_session_the_handle_is_the_four_byte_form(
