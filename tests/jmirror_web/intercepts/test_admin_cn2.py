@@ -10,10 +10,10 @@ from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import Intercept, Router
 from tests.factories import make_intercept, make_router
 from tests.jmirror_web.intercepts.test_admin import (
-    running_receiver,
     intercept_form,
     port_note_of,
     provisioning_text,
+    running_receiver,
     signed_in,
     staff,
     url,
