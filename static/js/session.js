@@ -19,6 +19,8 @@
   const canvas = view.querySelector("[data-chart]");
 
   const kept = []; // packet rows, oldest first, at most config.limit
+  let stored = 0; // rows of the stored history drawn at load (before any live row)
+  let newestStored = null; // BigInt receive time of the newest of them
   let received = 0; // rows received since the page opened
   let skipped = 0; // rows the server left out (it sends at most 50 per update)
   let unseen = 0; // rows that arrived while paused
@@ -86,13 +88,14 @@
   function describe() {
     const shown = body.childElementCount;
     // While paused the list holds the rows of the moment it was paused, not `kept`.
+    const before = stored ? `the ${live.formatCount(stored)} last stored before the page opened and ` : "";
     let text = paused
-      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${live.formatCount(received)} packets received live since the page opened`
-      : `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received live since the page opened`;
+      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${before}${live.formatCount(received)} packets received live since`
+      : `showing the latest ${live.formatCount(kept.length)} of ${before}${live.formatCount(received)} packets received live since the page opened`;
     if (!paused && shown !== kept.length) {
       text = `${live.formatCount(shown)} match the filter; ` + text;
     }
-    if (received > kept.length) text += ` (the list keeps the latest ${live.formatCount(config.limit)})`;
+    if (stored + received > kept.length) text += ` (the list keeps the latest ${live.formatCount(config.limit)})`;
     if (skipped) text += `; ${live.formatCount(skipped)} rows not sent at this rate`;
     if (config.olderPackets) text += `; ${config.olderPackets}`;
     if (paused) text += ` · paused, ${live.formatCount(unseen)} new`;
@@ -226,19 +229,63 @@
     if (!paused) renderAll();
   });
 
-  live.connect(config, (items, dropped) => {
-    skipped += dropped;
-    const rows = [];
-    for (const item of items) {
-      const summary = item.stream === "session" && item.id === config.session && item.session;
-      if (!summary) continue;
-      addTotals(summary);
-      meter.add(summary.packets, summary.bytes);
-      bucket(summary.packets, summary.bytes);
-      for (const row of summary.recent || []) rows.push(row);
+  // A receive time as an exact integer (time_ns_text), for telling stored rows from live ones.
+  function exactTime(row) {
+    const text = row.time_ns_text;
+    return typeof text === "string" && EXACT_TIME.test(text) ? BigInt(text) : null;
+  }
+
+  // The session's recent stored packets and per-second counts, sent once on subscribing:
+  // they go below whatever live rows came first, and into the chart's seconds.
+  function addHistory(message) {
+    if (message.stream !== "session" || message.id !== config.session || stored) return;
+    const rows = (message.rows || []).filter((row) => !kept.some((live) => live.time_ns_text === row.time_ns_text));
+    stored = rows.length;
+    for (const row of rows) {
+      const exact = exactTime(row);
+      if (exact !== null && (newestStored === null || exact > newestStored)) newestStored = exact;
     }
-    if (rows.length) addRows(rows);
-  });
+    kept.unshift(...rows);
+    if (kept.length > config.limit) kept.splice(0, kept.length - config.limit);
+    const now = Math.floor(Date.now() / 1000);
+    const bySecond = new Map(buckets.map((entry) => [entry[0], entry]));
+    for (const [second, packets, bytes] of message.seconds || []) {
+      if (!Number.isInteger(second) || second <= now - CHART_SECONDS || second > now) continue;
+      const entry = bySecond.get(second);
+      if (entry) {
+        entry[1] += packets;
+        entry[2] += bytes;
+      } else {
+        bySecond.set(second, [second, packets, bytes]);
+      }
+    }
+    buckets.splice(0, buckets.length, ...[...bySecond.values()].sort((a, b) => a[0] - b[0]));
+    if (!paused) renderAll();
+    draw();
+  }
+
+  live.connect(
+    config,
+    (items, dropped) => {
+      skipped += dropped;
+      const rows = [];
+      for (const item of items) {
+        const summary = item.stream === "session" && item.id === config.session && item.session;
+        if (!summary) continue;
+        addTotals(summary);
+        meter.add(summary.packets, summary.bytes);
+        bucket(summary.packets, summary.bytes);
+        for (const row of summary.recent || []) {
+          // A packet stored before the history was read and summarised after it: once.
+          const exact = exactTime(row);
+          if (newestStored !== null && exact !== null && exact <= newestStored) continue;
+          rows.push(row);
+        }
+      }
+      if (rows.length) addRows(rows);
+    },
+    addHistory,
+  );
 
   // The totals are what the page loaded plus every summary since. A summary the page
   // missed (sent before it subscribed, or while the connection was down) would leave them
