@@ -88,10 +88,14 @@
   function describe() {
     const shown = body.childElementCount;
     // While paused the list holds the rows of the moment it was paused, not `kept`.
-    const before = stored ? `the ${live.formatCount(stored)} last stored before the page opened and ` : "";
+    // Which packets the list is drawn from: those received live since the page opened,
+    // after the last stored ones it was given on opening (the history).
+    const of = stored
+      ? `${live.formatCount(stored + received)} packets (${live.formatCount(stored)} stored before the page opened, ${live.formatCount(received)} received live since)`
+      : `${live.formatCount(received)} packets received live since the page opened`;
     let text = paused
-      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${before}${live.formatCount(received)} packets received live since`
-      : `showing the latest ${live.formatCount(kept.length)} of ${before}${live.formatCount(received)} packets received live since the page opened`;
+      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${of}`
+      : `showing the latest ${live.formatCount(kept.length)} of ${of}`;
     if (!paused && shown !== kept.length) {
       text = `${live.formatCount(shown)} match the filter; ` + text;
     }
