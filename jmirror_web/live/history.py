@@ -11,6 +11,13 @@ records are checked one after another to the end (a whole record each, time with
 file's span, nanoseconds below a second, captured length equal to the original one, as
 the store writes them). Contrail (CN2) sessions, stored as pcapng, get no history yet,
 nor do packets a session did not store (an intercept without content keeps none).
+
+Known limit of reading from the middle: a packet whose payload is crafted to look like
+records ending where the next true record starts can make the oldest rows of such a
+history wrong (bytes of that packet shown as packets of their own). They are still
+bytes this session stored, shown with the same rights; the files, the packet pages and
+the exports are not affected. An index of record offsets written beside each file would
+remove the guess.
 """
 
 from __future__ import annotations
