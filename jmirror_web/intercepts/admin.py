@@ -234,9 +234,10 @@ class HexIdField(forms.Field):
         text = str(value if value is not None else "").strip()
         if not text:
             return None
-        digits = text[2:] if text[:2].lower() == "0x" else text
-        base = 16 if digits is not text else 10
-        allowed = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
+        hexadecimal = text[:2].lower() == "0x"
+        digits = text[2:] if hexadecimal else text
+        base = 16 if hexadecimal else 10
+        allowed = "0123456789abcdefABCDEF" if hexadecimal else "0123456789"
         if len(text) > self.MAX_CHARS or not digits or any(c not in allowed for c in digits):
             raise forms.ValidationError(
                 f"Enter the id in hex (0x8000) or decimal (32768), from 0 to {self.maximum:#x}.",
@@ -500,7 +501,6 @@ def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
             text,
         )
     ]
-
     if intercept.virtual_networks or intercept.targets:
         blocks.append(
             (
