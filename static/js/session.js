@@ -1,6 +1,7 @@
 // Session live view: the rolling packet list (newest first, at most config.limit rows
 // kept), pause/resume, a client-side filter, the totals and a packets/s + bytes/s chart
-// of the last five minutes drawn on a plain canvas.
+// of the last five minutes drawn on a plain canvas. List and chart start from the
+// session's stored history, which the server sends once on subscribing.
 "use strict";
 (function () {
   const live = window.jmirrorLive;
@@ -19,6 +20,7 @@
   const canvas = view.querySelector("[data-chart]");
 
   const kept = []; // packet rows, oldest first, at most config.limit
+  let historyDrawn = false; // the history is drawn once, not again on reconnecting
   let stored = 0; // rows of the stored history drawn at load (before any live row)
   let newestStored = null; // BigInt receive time of the newest of them
   let received = 0; // rows received since the page opened
@@ -87,12 +89,12 @@
 
   function describe() {
     const shown = body.childElementCount;
-    // While paused the list holds the rows of the moment it was paused, not `kept`.
     // Which packets the list is drawn from: those received live since the page opened,
     // after the last stored ones it was given on opening (the history).
     const of = stored
       ? `${live.formatCount(stored + received)} packets (${live.formatCount(stored)} stored before the page opened, ${live.formatCount(received)} received live since)`
       : `${live.formatCount(received)} packets received live since the page opened`;
+    // While paused the list holds the rows of the moment it was paused, not `kept`.
     let text = paused
       ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${of}`
       : `showing the latest ${live.formatCount(kept.length)} of ${of}`;
@@ -242,8 +244,10 @@
   // The session's recent stored packets and per-second counts, sent once on subscribing:
   // they go below whatever live rows came first, and into the chart's seconds.
   function addHistory(message) {
-    if (message.stream !== "session" || message.id !== config.session || stored) return;
-    const rows = (message.rows || []).filter((row) => !kept.some((live) => live.time_ns_text === row.time_ns_text));
+    if (message.stream !== "session" || message.id !== config.session || historyDrawn) return;
+    historyDrawn = true;
+    const listed = new Set(kept.map((row) => row.time_ns_text));
+    const rows = (message.rows || []).filter((row) => !listed.has(row.time_ns_text));
     stored = rows.length;
     for (const row of rows) {
       const exact = exactTime(row);
