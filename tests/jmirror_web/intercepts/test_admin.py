@@ -35,6 +35,7 @@ from tests.factories import (
     make_session,
     make_user,
 )
+from tests.jmirror_web.live.helpers import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
@@ -124,6 +125,12 @@ def whole_seconds_case(**fields: Any) -> Case:
     # an intercept form copies.
     now = timezone.now().replace(microsecond=0)
     return make_case(valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=30))
+
+
+@pytest.fixture
+def fast_hashers(settings: Settings) -> None:
+    """Users made and signed in with a fast hasher (the real one takes a second a user)."""
+    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 # Who may do what ---------------------------------------------------------------------
@@ -263,6 +270,7 @@ def test_the_case_list_says_when_a_warrant_has_ended() -> None:
     )
 
 
+@pytest.mark.usefixtures("fast_hashers")
 def test_admin_lists_and_read_only_fields_show_utc_times_whatever_the_time_zone(
     settings: Settings,
 ) -> None:
@@ -277,6 +285,7 @@ def test_admin_lists_and_read_only_fields_show_utc_times_whatever_the_time_zone(
     assert "Dec." not in listed + shown
 
 
+@pytest.mark.usefixtures("fast_hashers")
 def test_admin_date_time_inputs_take_utc_whatever_the_time_zone(settings: Settings) -> None:
     settings.TIME_ZONE = "Pacific/Auckland"
     start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
@@ -460,6 +469,7 @@ def test_creating_changing_and_deleting_an_intercept_in_the_admin_is_audited() -
     assert deleted.details["before"]["sid"] == 0x90
 
 
+@pytest.mark.usefixtures("fast_hashers")
 def test_the_intercept_form_shows_and_takes_mirror_and_session_ids_in_hex() -> None:
     case = whole_seconds_case()
     client = signed_in(staff(Role.LI_ADMIN))
@@ -475,24 +485,25 @@ def test_the_intercept_form_shows_and_takes_mirror_and_session_ids_in_hex() -> N
     assert events("intercept.change") == []
 
 
-@pytest.mark.parametrize(
-    ("field", "typed", "message"),
-    [
-        ("intercept_id", "0x", "Enter the id in hex (0x8000) or decimal (32768)"),
-        ("intercept_id", "8000h", "Enter the id in hex (0x8000) or decimal (32768)"),
-        ("intercept_id", "-1", "Enter the id in hex (0x8000) or decimal (32768)"),
-        ("intercept_id", "0x40000000", "0x40000000 is past the largest id, 0x3fffffff."),
-        ("sid", "0x100000000", "0x100000000 is past the largest id, 0xffffffff."),
-        ("sid", "9" * 21, "Enter the id in hex (0x8000) or decimal (32768)"),
-    ],
-)
-def test_a_bad_id_gets_the_form_back_saying_why(field: str, typed: str, message: str) -> None:
-    client = signed_in(staff(Role.LI_ADMIN))
-    response = client.post(
-        url("intercept", "add"), intercept_form(whole_seconds_case(), **{field: typed})
-    )
-    assert response.status_code == 200
-    assert message in response.context["adminform"].form.errors[field][0]
+BAD_IDS = [
+    ("intercept_id", "0x", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "8000h", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "-1", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "0x40000000", "0x40000000 is past the largest id, 0x3fffffff."),
+    ("sid", "0x100000000", "0x100000000 is past the largest id, 0xffffffff."),
+    ("sid", "9" * 21, "Enter the id in hex (0x8000) or decimal (32768)"),
+]
+
+
+@pytest.mark.usefixtures("fast_hashers")
+def test_a_bad_id_gets_the_form_back_saying_why() -> None:
+    client = Client()
+    client.force_login(staff(Role.LI_ADMIN))
+    case = whole_seconds_case()
+    for field, typed, message in BAD_IDS:
+        response = client.post(url("intercept", "add"), intercept_form(case, **{field: typed}))
+        assert response.status_code == 200
+        assert message in response.context["adminform"].form.errors[field][0], typed
     assert not Intercept.objects.exists()
 
 
@@ -546,6 +557,7 @@ def port_note_of(text: str) -> str:
     return text.split("<p data-port-note>", 1)[1].split("</p>", 1)[0]
 
 
+@pytest.mark.usefixtures("fast_hashers")
 def test_the_snippets_say_when_the_mediation_port_is_not_what_the_receivers_listen_on(
     settings: Settings,
 ) -> None:

@@ -19,6 +19,7 @@ from tests.jmirror_web.intercepts.test_admin import (
     url,
     whole_seconds_case,
 )
+from tests.jmirror_web.live.helpers import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
@@ -150,7 +151,10 @@ def test_a_new_vrouters_format_and_port_follow_its_kind_unless_changed() -> None
     ]
 
 
-def test_a_cn2_intercepts_page_says_whether_a_receiver_listens_on_its_analyzer_port() -> None:
+def test_a_cn2_intercepts_page_says_whether_a_receiver_listens_on_its_analyzer_port(
+    settings: Settings,
+) -> None:
+    settings.PASSWORD_HASHERS = FAST_HASHERS
     intercept = make_intercept(
         kind=Intercept.Kind.CN2, intercept_id=None, analyzer_port=8099, routers=[vrouter()]
     )

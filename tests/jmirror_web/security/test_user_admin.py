@@ -3,6 +3,8 @@ permission lists, no new way to grant a right, every change audited."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
@@ -11,8 +13,14 @@ from django.urls import reverse
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.access import Role
 from tests.factories import assign, make_case, make_user
+from tests.jmirror_web.live.helpers import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fast_hashers(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 def superuser_client() -> Client:
