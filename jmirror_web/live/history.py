@@ -57,15 +57,29 @@ _FUTURE_NS: Final = 60 * _NS
 _LONGEST_RECORD: Final = RECORD_HEADER_LENGTH + 65536
 JMIRROR_HEADER: Final = 8
 
+# Record headers checked in all while looking for the first record of a file's end: a
+# payload crafted to look like records from many offsets cannot make a page load costly.
+MAX_CHECKS: Final = 200_000
+
 Record = tuple[int, bytes]  # receive time in ns since the epoch, the stored bytes
 
 
-def _chain(window: bytes, start: int, low_ns: int, high_ns: int) -> list[Record] | None:
+class _TooCostly(Exception):
+    """More than :data:`MAX_CHECKS` record headers checked."""
+
+
+def _chain(
+    window: bytes, start: int, low_ns: int, high_ns: int, checks: list[int]
+) -> list[Record] | None:
     """The records from ``start`` to the end of ``window`` (an incomplete last one left
-    out), or None when one of them is not a record as the store writes it."""
+    out), or None when one of them is not a record as the store writes it. ``checks``
+    holds the headers left to check (raises :class:`_TooCostly` past them)."""
     records = []
     at = start
     while at + RECORD_HEADER_LENGTH <= len(window):
+        checks[0] -= 1
+        if checks[0] < 0:
+            raise _TooCostly
         seconds, nanoseconds, included, original = RECORD_HEADER.unpack_from(window, at)
         time_ns = seconds * _NS + nanoseconds
         if (
@@ -92,14 +106,18 @@ def tail_records(
     start = max(FILE_HEADER_LENGTH, size - budget)
     stream.seek(start)
     window = stream.read(max(size - start, 0)) or b""
-    if start == FILE_HEADER_LENGTH:
-        return _chain(window, 0, low_ns, high_ns) or [], True
-    # The first offset from which every record checks out to the end: a record boundary
-    # (a false one would have to chain into the true records to the last byte).
-    for offset in range(min(len(window), _LONGEST_RECORD)):
-        records = _chain(window, offset, low_ns, high_ns)
-        if records:
-            return records, False
+    checks = [MAX_CHECKS]
+    try:
+        if start == FILE_HEADER_LENGTH:
+            return _chain(window, 0, low_ns, high_ns, checks) or [], True
+        # The first offset from which every record checks out to the end: a record
+        # boundary (a false one would have to chain into the true records to the end).
+        for offset in range(min(len(window), _LONGEST_RECORD)):
+            records = _chain(window, offset, low_ns, high_ns, checks)
+            if records:
+                return records, False
+    except _TooCostly:
+        pass
     return [], False
 
 

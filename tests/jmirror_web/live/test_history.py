@@ -5,6 +5,7 @@ once when the page subscribes, with the subscription's rights."""
 from __future__ import annotations
 
 import io
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,16 @@ async def test_the_websocket_sends_the_history_after_subscribed_with_the_users_r
         )
         assert [row["time_ns"] for row in history["rows"]] == [t for t, _ in stored.frames]
         assert all(("info" in row) is content for row in history["rows"])
+
+
+def test_looking_for_the_first_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = pcap(RECORDS)
+    high = T0 + 100 * SECOND
+    monkeypatch.setattr("jmirror_web.live.history.MAX_CHECKS", 5)
+    assert tail_records(io.BytesIO(data), len(data), 4000, T0, high) == ([], False)
+    monkeypatch.undo()
+    noise = file_header(LINKTYPE_RAW) + random.Random(7).randbytes(2 * 1024 * 1024)
+    began = time.monotonic()
+    assert tail_records(io.BytesIO(noise), len(noise), len(noise), T0, high) == ([], True)
+    assert tail_records(io.BytesIO(noise), len(noise), 1024 * 1024, T0, high) == ([], False)
+    assert time.monotonic() - began < 2
