@@ -14,7 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from jmirror_web.intercepts.access import Role
-from jmirror_web.live.history import HISTORY_ROWS, session_history, tail_records
+from jmirror_web.live.history import HISTORY_ROWS, session_history, tail_blocks, tail_records
 from receiver import traffic
 from receiver.pcap import RECORD_HEADER, file_header
 from receiver.store import LINKTYPE_RAW
@@ -153,3 +153,46 @@ def test_looking_for_the_first_record_is_bounded(monkeypatch: pytest.MonkeyPatch
     assert tail_records(io.BytesIO(noise), len(noise), len(noise), T0, high) == ([], True)
     assert tail_records(io.BytesIO(noise), len(noise), 1024 * 1024, T0, high) == ([], False)
     assert time.monotonic() - began < 2
+
+
+@pytest.mark.django_db
+def test_a_contrail_session_gets_its_frames_with_their_juniper_headers(data_dir: Path) -> None:
+    from tests.jmirror_web.exports.test_contrail_export import stored_cn2
+
+    now_ns = time.time_ns()
+    start = (now_ns // SECOND - 20) * SECOND
+    cn2 = stored_cn2(data_dir, count=10, start_ns=start)
+    message = session_history(cn2.session.pk, content=True, now_ns=now_ns)
+    assert message is not None
+    rows = message["rows"]
+    assert [row["time_ns"] for row in rows] == [t for t, _ in cn2.stored.frames]
+    assert {row["inner"] for row in rows} == {"ethernet"}
+    # The direction comes from the Juniper header put back before each frame.
+    assert rows[0]["info"].startswith(("ingress", "egress")), rows[0]["info"]
+    assert rows[0]["src"] == "10.1.0.5"
+    assert message["seconds"] == [
+        [t // SECOND, 1, len(header) + len(frame)]
+        for (t, frame), header in zip(cn2.stored.frames, cn2.headers, strict=True)
+    ]
+
+
+def test_a_pcapng_file_being_written_is_read_back_from_its_last_whole_block() -> None:
+    from receiver.pcap import (
+        enhanced_packet_block,
+        pcapng_interface_description,
+        pcapng_section_header,
+    )
+
+    blocks = [enhanced_packet_block(0, T0 + i * SECOND, bytes([i]) * (60 + i)) for i in range(30)]
+    data = pcapng_section_header("test") + pcapng_interface_description(1) + b"".join(blocks)
+    high = T0 + 100 * SECOND
+    every, whole = tail_blocks(io.BytesIO(data), len(data), len(data), T0, high)
+    assert whole
+    assert [(t, payload) for t, payload in every] == [
+        (T0 + i * SECOND, bytes([i]) * (60 + i)) for i in range(30)
+    ]
+    growing = data + blocks[0][:50]
+    last, whole = tail_blocks(io.BytesIO(growing), len(growing), 1000, T0, high)
+    assert not whole
+    assert 0 < len(last) < 30
+    assert last == every[-len(last) :]
