@@ -545,6 +545,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates as the console writes them (2026-12-06 17:04:05 UTC), in the admin too.
+FORMAT_MODULE_PATH = ["jmirror_web.formats"]
 
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "home"

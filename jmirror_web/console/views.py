@@ -497,6 +497,17 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
     )
 
 
+def _older_packets(*, content: bool, download: bool) -> str:
+    """What the live list's note says of the packets it does not show (those before the
+    page opened, and those past its row limit): where each role finds them."""
+    where = "every stored packet is in the capture files below"
+    if download:
+        return f"{where}: open one by number, or download the session"
+    if content:
+        return f"{where}: open one by number"
+    return f"{where} (their content is not yours to open)"
+
+
 @refusals_audited(Session, "session_id")
 def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     """One session: its totals and files, and the live packet list and rate chart fed by
@@ -517,6 +528,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     if content and stored_packets.shows_content(stored):
         details = stored_packets.audit_details(stored)
         record(stored_packets.LISTED, session, request=request, details=details)
+    download = may(request.user, Action.DOWNLOAD, case)
     live = {
         "subscriptions": [{"stream": "session", "id": session.pk}],
         "session": session.pk,
@@ -526,6 +538,8 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "stored": session.stored_packets,
         },
         "limit": LIVE_ROWS,
+        # Where the packets the live list does not hold are, for the note under it.
+        "olderPackets": _older_packets(content=content, download=download),
         # With the content right, each live row's time links to its packet by receive
         # time (the link's target checks the right again, and audits).
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]) if content else None,
@@ -542,11 +556,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "case": case,
             "files": files,
             "content": content,
-            "download_url": (
-                reverse("exports:session", args=[session.pk])
-                if may(request.user, Action.DOWNLOAD, case)
-                else None
-            ),
+            "download_url": reverse("exports:session", args=[session.pk]) if download else None,
             "download_form": ExportForm(),
             "verify_url": (
                 reverse("exports:verify_session_files", args=[session.pk])

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from jmirror_web.exports.request import filter_text
 from jmirror_web.intercepts.models import Case, Intercept, Session
 
 MANIFEST_SCHEMA: Final = "jmirror-web/export-manifest/1"
@@ -109,6 +110,11 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"export {self.pk} {self.file_name}"
+
+    @property
+    def filter_text(self) -> str:
+        """The filter in words: "no filter", or each criterion with its values."""
+        return filter_text(self.packet_filter)
 
     @property
     def session_ids(self) -> list[int]:

@@ -58,6 +58,7 @@ from jmirror_web.exports.request import (
     SourceError,
     SourceFile,
     Window,
+    filter_text,
 )
 from jmirror_web.exports.writers import ExportDigest
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
@@ -761,7 +762,7 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
     lines += [
         f"Window: {_iso(parameters.start) or 'session start'} to "
         f"{_iso(parameters.end) or 'session end'} (UTC)",
-        f"Filter: {parameters.filter_json() if not parameters.packet_filter.empty else 'none'}",
+        f"Filter: {filter_text(parameters.filter_json())}",
         f"Requester: {export.requester_name}",
         f"Exported at: {_iso(export.created_at)}",
     ]

@@ -29,6 +29,7 @@ from jmirror_web.exports.request import (
     SourceError,
     SourceFile,
     Window,
+    filter_text,
 )
 from jmirror_web.exports.writers import ExportDigest
 from receiver.jmirror import decode_datagram
@@ -847,3 +848,12 @@ def test_info_zip_unzip_accepts_the_streamed_zip64_archive(tmp_path):
     assert "testing: first.pcapng" in result.stdout
     assert "testing: second.pcapng" in result.stdout
     assert "No errors detected" in result.stdout
+
+
+def test_a_recorded_filter_reads_as_words() -> None:
+    assert filter_text({"addresses": [], "ports": [], "protocols": []}) == "no filter"
+    assert filter_text({}) == "no filter"
+    assert (
+        filter_text({"addresses": ["10.0.0.7", "2001:db8::1"], "ports": [], "protocols": [6]})
+        == "addresses 10.0.0.7, 2001:db8::1; protocols 6 (tcp)"
+    )

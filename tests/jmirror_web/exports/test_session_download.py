@@ -493,3 +493,37 @@ def test_a_live_session_exports_what_its_open_file_holds_so_far(
     shown = client.get(reverse("exports:manifest", args=[export.pk])).content.decode()
     assert "none recorded yet (file still being written)" in shown
     live.close_all()
+
+
+def test_the_manifest_page_and_comment_say_no_filter_or_the_filter_in_words(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    body(download(client, stored, format="pcapng"))
+    body(download(client, stored, format="pcapng", ports="443 53", protocols="udp 99"))
+    plain, filtered = Export.objects.order_by("pk")
+    for export, said in (
+        (plain, "no filter"),
+        (filtered, "ports 53, 443; protocols 17 (udp), 99"),
+    ):
+        page = client.get(reverse("exports:manifest", args=[export.pk])).content.decode()
+        assert f"<td data-filter>{said}</td>" in page
+        assert f"Filter: {said}\n" in export.comment
+        assert "{" not in page.split("<th>Filter</th>", 1)[1].split("</tr>", 1)[0]
+
+
+def test_the_window_inputs_say_and_take_utc_whatever_the_time_zone(
+    client: Client, stored: Stored, analyst: User, settings: Any
+) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    client.force_login(analyst)
+    page = client.get(reverse("console:session", args=[stored.session.pk])).content.decode()
+    assert ">From (UTC)" in page
+    assert ">To (UTC)" in page
+    start_ns = stored.frames[3][0]
+    typed = iso(start_ns).removesuffix("Z").removesuffix("+00:00")  # no offset given
+    body(download(client, stored, format="pcap", start=typed))
+    export = Export.objects.get()
+    assert export.window_start is not None
+    assert export.window_start.utcoffset() == timedelta(0)
+    assert int(export.window_start.timestamp()) == start_ns // SECOND
