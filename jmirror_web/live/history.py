@@ -13,13 +13,12 @@ the store writes them). A Contrail (CN2) session's pcapng is walked back from it
 (:func:`tail_blocks`), each block's length being written at both its ends. Packets a
 session did not store (an intercept without content keeps none) are not in it.
 
-Known limit of reading from the middle of a pcap file, or from the end of a pcapng file
-being written: a packet whose payload is crafted to look like records (blocks) can make
+A pcap file's tail is found through its packet index (receiver.packet_index: where
+each record starts), so nothing is guessed. Without a usable index, and for a pcapng file
+being written, a packet whose payload is crafted to look like records (blocks) can make
 the oldest (newest) rows of such a history wrong (bytes of that packet shown as packets
-of their own). They are still
-bytes this session stored, shown with the same rights; the files, the packet pages and
-the exports are not affected. An index of record offsets written beside each file would
-remove the guess.
+of their own). They are still bytes this session stored, shown with the same rights; the
+files, the packet pages and the exports are not affected.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any, BinaryIO, Final, cast
 from django.db.models import F
 
 from jmirror_web.console.packet_options import MAX_BLOCK, parse_options
+from jmirror_web.console.stored_packets import IndexUnavailable, file_index
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from jmirror_web.live.buffer import MAX_ROWS, packet_row
@@ -240,8 +240,16 @@ def stored_tail(session: Session, now_ns: int) -> list[Record]:
                     break  # not a file the store writes: nothing older is read either
                 size = stream.seek(0, 2)
                 high_ns = now_ns + _FUTURE_NS
+                indexed = (
+                    None
+                    if kind == "pcapng"
+                    else _indexed_tail(capture, stream, budget, since_ns, len(found))
+                )
                 if kind == "pcapng":
                     records, whole = tail_blocks(stream, size, budget, low_ns, high_ns)
+                elif indexed is not None:
+                    stored, whole, size = indexed
+                    records = [(time_ns, jmirror_header + data) for time_ns, data in stored]
                 else:
                     stored, whole = tail_records(stream, size, budget, low_ns, high_ns)
                     records = [(time_ns, jmirror_header + data) for time_ns, data in stored]
@@ -253,6 +261,44 @@ def stored_tail(session: Session, now_ns: int) -> list[Record]:
         if not whole or budget <= 0 or (len(found) >= HISTORY_ROWS and covered):
             break
     return found
+
+
+def _indexed_tail(
+    capture: CaptureFile, stream: BinaryIO, budget: int, since_ns: int, have: int
+) -> tuple[list[Record], bool, int] | None:
+    """The file's last records found through its packet index (no guess at where a
+    record starts): as many as ``budget`` bytes allow, back to ``since_ns`` and at least
+    :data:`HISTORY_ROWS` with the ``have`` already found; whether that is the whole file,
+    and the bytes read. None when the file has no usable index (the tail is then found
+    as :func:`tail_records` finds it)."""
+    try:
+        index = file_index(capture)
+    except IndexUnavailable:
+        return None
+    count = len(index)
+    first, spent = count, 0
+    while first > 0:
+        entry = index.record(first - 1)
+        size = RECORD_HEADER_LENGTH + entry.captured
+        if spent + size > budget:
+            break
+        if have + count - first >= HISTORY_ROWS and entry.time_ns < since_ns:
+            break
+        spent += size
+        first -= 1
+    if first == count:
+        return [], count == 0, 0
+    start = index.record(first).offset
+    stream.seek(start)
+    span = stream.read(spent)
+    if len(span) != spent:
+        return None
+    found = []
+    for number in range(first, count):
+        entry = index.record(number)
+        at = entry.offset - start + RECORD_HEADER_LENGTH
+        found.append((entry.time_ns, span[at : at + entry.captured]))
+    return found, first == 0, spent
 
 
 def _row(session: Session, time_ns: int, payload: bytes) -> PacketRow:

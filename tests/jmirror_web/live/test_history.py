@@ -196,3 +196,24 @@ def test_a_pcapng_file_being_written_is_read_back_from_its_last_whole_block() ->
     assert not whole
     assert 0 < len(last) < 30
     assert last == every[-len(last) :]
+
+
+@pytest.mark.django_db
+def test_a_file_larger_than_the_budget_is_read_through_its_index_whatever_its_payloads(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payloads that look like records cannot misplace a row: where each record starts
+    comes from the file's packet index, not from a guess at the file's end."""
+    from jmirror_web.live import history
+
+    monkeypatch.setattr(history, "HISTORY_BYTES", 3000)  # far less than the file
+    now_ns = time.time_ns()
+    start = (now_ns // SECOND - 300) * SECOND
+    stored = stored_session(data_dir, count=200, start_ns=start, payloads=DECOYS)
+    message = session_history(stored.session.pk, content=False, now_ns=now_ns)
+    assert message is not None
+    rows = message["rows"]
+    assert rows
+    stored_times = [t for t, _ in stored.frames]
+    assert [row["time_ns"] for row in rows] == stored_times[-len(rows) :]
+    assert [row["length"] for row in rows] == [len(d) for _, d in stored.frames[-len(rows) :]]
