@@ -84,6 +84,10 @@ PROTOCOLS: Final[Mapping[str, int]] = {
 }
 
 
+# The query parameters of a filter.
+FILTERS: Final = ("start", "end", "address", "port", "protocol", "info")
+
+
 class PacketListError(Exception):
     """A filter or page that cannot be served; ``field`` names the parameter at fault."""
 
@@ -139,7 +143,7 @@ def parse_filter(query: Mapping[str, str]) -> PacketFilter:
     :class:`PacketListError` for a bad one, naming it."""
     shown: dict[str, str] = {}
     values: dict[str, Any] = {}
-    for name in ("start", "end", "address", "port", "protocol", "info"):
+    for name in FILTERS:
         text = (query.get(name) or "").strip()
         if len(text) > INFO_TEXT_LIMIT:
             raise PacketListError(f"{name} is longer than {INFO_TEXT_LIMIT} characters.", name)
@@ -791,7 +795,11 @@ def list_packets(session: Session, query: Mapping[str, str], *, content: bool) -
         page_size = _number(query.get("page_size"), "page_size", DEFAULT_PAGE_SIZE)
         found = stored_page(session, wanted, page, page_size)
     except PacketListError as error:
-        return Listing(PacketFilter(), error=str(error), error_field=error.field)
+        # The form shows again what was typed, cut to what a filter may hold, to be
+        # corrected rather than typed anew.
+        typed = {name: (query.get(name) or "").strip()[:INFO_TEXT_LIMIT] for name in FILTERS}
+        shown = {name: text for name, text in typed.items() if text}
+        return Listing(PacketFilter(shown=shown), error=str(error), error_field=error.field)
     except IndexUnavailable as error:
         return Listing(wanted, error=str(error))
     if not content:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import needs_chromium
 from tests.e2e_helpers import REPO, ServedProduct
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -34,13 +34,7 @@ MID_B = 0x301
 ARRIVAL_LIMIT_MS = 2000  # the acceptance: packets show within 2 seconds
 WAIT_MS = 15000  # anything else the page has to do, on a busy shared machine
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 RECORDS = f"""
 import json

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 from playwright.sync_api import BrowserContext
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import needs_chromium
 from tests.browser.test_live_view import (
     PASSWORD,
     ROWS,
@@ -30,13 +30,7 @@ from tests.browser.test_live_view import (
 )
 from tests.e2e_helpers import ServedProduct, free_port
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 # The vRouter and its analyzer port must be on record before the server starts: it
 # listens on the CN2 routers' analyzer ports as the records have them then.

@@ -15,20 +15,14 @@ import pytest
 from django_otp.oath import TOTP
 from playwright.sync_api import Browser, Page
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import needs_chromium
 from tests.browser.test_live_view import WAIT_MS, PageErrors
 from tests.e2e_helpers import ServedProduct
 
 PASSWORD = "browser test passphrase 42"
 USERNAME = "officer"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 RECORDS = f"""
 from django.contrib.auth.models import Group, User

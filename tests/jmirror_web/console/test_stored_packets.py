@@ -191,7 +191,12 @@ def test_bad_parameters_are_400_naming_them_and_the_page_says_so(
     assert field in answer.json()
     page = client.get(reverse("console:session", args=[mixed.pk]), query)
     assert page.status_code == 200
-    assert f'data-field-name="{field}"' in page.content.decode()
+    text = page.content.decode()
+    assert f'data-field-name="{field}"' in text
+    # The form shows what was typed, to be corrected, cut to what a filter holds.
+    for name, typed in query.items():
+        if name in stored_packets.FILTERS:
+            assert f'name="{name}" value="{typed[: stored_packets.INFO_TEXT_LIMIT]}"' in text
 
 
 def test_a_page_past_the_end_is_empty_not_an_error(client: Client, mixed: Session) -> None:
