@@ -299,13 +299,23 @@ _HEX_NUMBERED: Final = frozenset(
 )
 
 
+# Scapy renders text fields as Python bytes (b'www.example.com.'); Wireshark shows the
+# text. Only plain printable text is unwrapped: anything with an escape stays as Scapy
+# shows it, so no byte is hidden.
+_BYTES_TEXT = re.compile(r"b'([ -&(-\[\]-~]*)'" + r'|b"([ !#-\[\]-~]*)"')
+
+
+def _unquoted(text: str) -> str:
+    return _BYTES_TEXT.sub(lambda found: found.group(1) or found.group(2) or "", text)
+
+
 def _shown(packet: Packet, scapy_field: Any, value: Any) -> str:
     """Scapy's rendering of a field (names for enumerations and flags), followed by the
     number itself when the rendering hides it: ``domain (53)``, ``SA (18)``,
     ``Link Control Protocol (0xc021)``."""
     from scapy.fields import FlagValue
 
-    shown = str(scapy_field.i2repr(packet, value))
+    shown = _unquoted(str(scapy_field.i2repr(packet, value)))
     number: int | None = None
     if isinstance(value, FlagValue):
         number = int(value)
@@ -375,7 +385,7 @@ def decode_contrail_frame(header: bytes, frame: bytes) -> Decoded:
 def _decoded(packet: Packet) -> Decoded:
     budget = _Budget()
     layers = _layers(packet, budget)
-    return Decoded(layers, str(packet.summary()), budget.exhausted)
+    return Decoded(layers, _unquoted(str(packet.summary())), budget.exhausted)
 
 
 def tree_html(layers: list[Layer]) -> SafeString:

@@ -392,3 +392,16 @@ def test_a_purged_file_is_not_served_even_if_still_on_disk(
     assert "was purged under the case&#x27;s retention period" in text
     assert "00000000  45" not in text
     assert "HDLC" in layer_names(page(client, session, 3))
+
+
+@pytest.mark.parametrize(
+    ("scapy", "shown"),
+    [
+        ("DNS Qry b'www.example.com.'", "DNS Qry www.example.com."),
+        ("b'a\\x00b'", "b'a\\x00b'"),  # an escape: left as Scapy shows it
+        ('b"it\'s"', "it's"),
+        ("no bytes here", "no bytes here"),
+    ],
+)
+def test_text_fields_read_as_text_not_python_bytes(scapy: str, shown: str) -> None:
+    assert packets._unquoted(scapy) == shown
