@@ -521,6 +521,8 @@ class PacketPage:
     searched_all: bool = True  # False: an info text search stopped at INFO_SCAN_LIMIT
     # Packets of files that could not be searched (purged, missing, damaged).
     unsearched: int = 0
+    # The link types of the session's listed files (one pcap file holds one).
+    linktypes: frozenset[int] = frozenset()
 
     @property
     def pages(self) -> int:
@@ -602,6 +604,7 @@ def stored_page(session: Session, wanted: PacketFilter, page: int, page_size: in
         sum(len(each.times) for each in line.files if each.index is None) if wanted.active else 0
     )
     return PacketPage(
+        linktypes=frozenset(each.index.linktype for each in line.files if each.index is not None),
         unsearched=unsearched,
         rows=_rows(line, chosen),
         page=page,

@@ -37,6 +37,7 @@ from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import refusals_audited
 from jmirror_web.console import stored_packets
 from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
+from jmirror_web.exports.engine import linktype_names
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
 from jmirror_web.intercepts.access import Action, cases_for, may
@@ -557,6 +558,13 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "files": files,
             "content": content,
             "download_url": reverse("exports:session", args=[session.pk]) if download else None,
+            # Before submitting: a session mixing link types cannot be one pcap file (the
+            # stored list's indexes say which its files hold).
+            "mixed": (
+                linktype_names(stored.page.linktypes)
+                if download and stored.page is not None and len(stored.page.linktypes) > 1
+                else ""
+            ),
             "download_form": ExportForm(),
             "verify_url": (
                 reverse("exports:verify_session_files", args=[session.pk])

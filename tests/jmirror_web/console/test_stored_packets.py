@@ -286,3 +286,12 @@ def test_a_missing_or_foreign_index_is_rebuilt_from_the_file_and_kept(
     assert api(client, mixed, page_size=50).json()["results"] == before
     assert indexes[0].exists()  # rebuilt beside its closed file
     assert indexes[1].read_bytes() != indexes[2].read_bytes()
+
+
+def test_the_session_pages_download_form_warns_of_mixed_link_types(
+    client: Client, mixed: Session
+) -> None:
+    analyst_of(client, mixed)
+    page = client.get(reverse("console:session", args=[mixed.pk])).content.decode()
+    assert 'id="mixed-link-types"' in page
+    assert "pcap, IP only" in page
