@@ -16,7 +16,7 @@ Each page runs a fixed number of queries whatever the number of cases or session
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Final, Literal
@@ -37,6 +37,7 @@ from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import refusals_audited
 from jmirror_web.console import stored_packets
 from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
+from jmirror_web.console.traffic import CaseTraffic, case_traffic
 from jmirror_web.exports.engine import linktype_names
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
@@ -289,6 +290,7 @@ class DashboardRow:
     bytes: int = 0
     bytes_text: str = ""
     last_traffic: tuple[str, str] | None = None
+    traffic: CaseTraffic | None = None
 
     @classmethod
     def of(cls, case: Case, now: datetime, url: str | None = None) -> DashboardRow:
@@ -381,6 +383,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     rows = [
         DashboardRow.of(case, now, url=f"{case_url}{case.pk}/") for case in _with_traffic(visible)
     ]
+    over_time = case_traffic(visible, now)
+    rows = [replace(row, traffic=over_time.get(row.case.pk, CaseTraffic())) for row in rows]
     rows += [
         DashboardRow.of(case, now)
         for case in cases_for(user, Action.VIEW_RECORD).exclude(pk__in=visible.values("pk"))

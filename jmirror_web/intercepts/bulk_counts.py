@@ -35,6 +35,15 @@ class SessionCounts(NamedTuple):
 SessionIdentity = tuple[int, int, int]  # router id, mid, sid
 
 
+class TrafficCounts(NamedTuple):
+    """Packets and bytes a receiver adds to one session's minute (TrafficMinute)."""
+
+    session_id: int
+    minute: datetime  # its start, UTC
+    packets: int
+    bytes: int
+
+
 class FileCounts(NamedTuple):
     """What a receiver knows of one of its pcap files (see CaptureFileManager.record)."""
 
@@ -329,3 +338,29 @@ def record_files(model: type[models.Model], alias: str, rows: Sequence[FileCount
         + f" WHERE NOT {table}.{column['closed']} OR excluded.{column['closed']}"
     )
     _insert(model, alias, list(given.values()), list(by_path.values()), others, conflict)
+
+
+def add_traffic(model: type[models.Model], alias: str, rows: Sequence[TrafficCounts]) -> None:
+    """What :meth:`TrafficMinuteManager.add` does, on ``model``'s table in database
+    ``alias``: one INSERT ... ON CONFLICT DO UPDATE adding to the minute's counts per
+    chunk of rows, rows of the same minute merged first."""
+    merged: dict[tuple[int, datetime], TrafficCounts] = {}
+    for row in rows:
+        key = (row.session_id, row.minute)
+        known = merged.get(key)
+        if known is not None:
+            row = row._replace(packets=known.packets + row.packets, bytes=known.bytes + row.bytes)
+        merged[key] = row
+    if not merged:
+        return
+    _upsert_support(alias)
+    quote = connections[alias].ops.quote_name
+    table = quote(model._meta.db_table)
+    fields = [_column_field(model, name) for name in ("session", "minute", "packets", "bytes")]
+    session, minute, packets, count = (quote(str(field.column)) for field in fields)
+    conflict = (
+        f"ON CONFLICT ({session}, {minute}) DO UPDATE SET "
+        f"{packets} = {table}.{packets} + excluded.{packets}, "
+        f"{count} = {table}.{count} + excluded.{count}"
+    )
+    _insert(model, alias, fields, list(merged.values()), (), conflict)

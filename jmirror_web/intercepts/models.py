@@ -28,6 +28,7 @@ from jmirror_web.intercepts import bulk_counts
 from jmirror_web.intercepts.bulk_counts import FileCounts as FileCounts
 from jmirror_web.intercepts.bulk_counts import SessionCounts as SessionCounts
 from jmirror_web.intercepts.bulk_counts import SessionIdentity as SessionIdentity
+from jmirror_web.intercepts.bulk_counts import TrafficCounts as TrafficCounts
 from jmirror_web.object_store import StoredObject
 from jmirror_web.plain_text import control_character_errors
 from receiver.contrail import CONTRAIL_MID
@@ -673,6 +674,36 @@ class Session(models.Model):
     def analyzer_port(self) -> int | None:
         """A Contrail session's analyzer port; None for jmirror."""
         return self.sid if self.is_contrail else None
+
+
+class TrafficMinuteManager(models.Manager["TrafficMinute"]):
+    def add(self, rows: Sequence[TrafficCounts]) -> None:
+        """Add ``rows`` to their sessions' minutes, making the rows that do not exist, in
+        a few statements (INSERT ... ON CONFLICT DO UPDATE)."""
+        bulk_counts.add_traffic(self.model, self.db, rows)
+
+
+class TrafficMinute(models.Model):
+    """What one session received in one minute (claimed packets, stored or not), written
+    by the receiver with the session's counters: the dashboard's traffic over time.
+    Counted at the minute of the latest packet of each write (about a second's worth;
+    a write held back by a database outage counts at its latest minute)."""
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="minutes")
+    minute = models.DateTimeField(help_text="Start of the minute, UTC.")
+    packets = models.PositiveBigIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField(default=0)
+
+    objects = TrafficMinuteManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "minute"], name="one_row_per_session_minute")
+        ]
+        indexes = [models.Index(fields=["minute"], name="traffic_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.minute:%Y-%m-%d %H:%M}: {self.packets} packets"
 
 
 class CaptureFileManager(models.Manager["CaptureFile"]):

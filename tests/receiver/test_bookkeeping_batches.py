@@ -27,6 +27,7 @@ from jmirror_web.intercepts.models import (
     Router,
     Session,
     SessionCounts,
+    TrafficMinute,
 )
 from receiver import bookkeeping, service
 from receiver.bookkeeping import Bookkeeper, moment
@@ -164,6 +165,41 @@ def test_counters_written_in_batches_equal_what_was_absorbed(tmp_path):
     # A write with nothing new changes nothing.
     assert keeper.write()
     assert by_sid()[1].packets == 8
+
+
+@pytest.mark.django_db
+def test_each_write_adds_its_counts_to_the_minute_of_its_latest_packet(tmp_path):
+    router = make_router(address=ROUTER)
+    intercept = make_intercept(make_case(), intercept_id=MID, routers=[router])
+    minute = (time.time_ns() - 3600 * SECOND) // (60 * SECOND) * 60 * SECOND
+    keeper = Bookkeeper(tmp_path)
+    keeper.register()
+    writes = [
+        [(1, minute + 5 * SECOND, 3), (2, minute + 59 * SECOND, 1)],
+        [(1, minute + 30 * SECOND, 2)],  # the same minute again: added
+        [(1, minute + 61 * SECOND, 4)],  # the next minute
+    ]
+    for number, deltas in enumerate(writes):
+        keeper.absorb(
+            snapshot(
+                minute + number * SECOND,
+                [delta(router, intercept.pk, sid, at, at, packets) for sid, at, packets in deltas],
+            )
+        )
+        assert keeper.write()
+    found = {
+        (row.session.sid, row.minute): (row.packets, row.bytes)
+        for row in TrafficMinute.objects.select_related("session")
+    }
+    assert found == {
+        (1, moment(minute)): (5, 500),
+        (2, moment(minute)): (1, 100),
+        (1, moment(minute + 60 * SECOND)): (4, 400),
+    }
+    # They add up to the sessions' own counters.
+    assert sum(packets for packets, _ in found.values()) == sum(
+        Session.objects.values_list("packets", flat=True)
+    )
 
 
 @pytest.mark.django_db
