@@ -505,7 +505,7 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
 def _older_packets(*, content: bool, download: bool) -> str:
     """What the live list's note says of the packets it does not show (those before the
     page opened, and those past its row limit): where each role finds them."""
-    where = "every stored packet is in the capture files below"
+    where = "every stored packet is listed under Stored packets below"
     if download:
         return f"{where}: open one by number, or download the session"
     if content:

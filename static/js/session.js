@@ -98,6 +98,10 @@
     let text = paused
       ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${of}`
       : `showing the latest ${live.formatCount(kept.length)} of ${of}`;
+    if (!paused && stored + received === 0) {
+      // Nothing yet: say what will appear here, and where stored packets are.
+      text = "no packet received since the page opened; new ones appear here as they arrive (stored packets are listed below)";
+    }
     if (!paused && shown !== kept.length) {
       text = `${live.formatCount(shown)} match the filter; ` + text;
     }

@@ -109,7 +109,7 @@ def test_the_live_data_is_this_sessions_subscription_and_totals(client: Client, 
         "session": session.pk,
         "totals": {"packets": 5000, "bytes": 4096, "stored": 10},
         "limit": LIVE_ROWS,
-        "olderPackets": "every stored packet is in the capture files below: open one by "
+        "olderPackets": "every stored packet is listed under Stored packets below: open one by "
         "number, or download the session",
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]),
         "sessionApiUrl": f"/api/sessions/{session.pk}/",
