@@ -368,3 +368,21 @@ def test_to_and_write_are_one_or_the_other(tmp_path):
         simulate("--to", "127.0.0.1:5000", "--write", str(tmp_path / "x.pcap"))
     with pytest.raises(CommandError, match="one of the arguments --to --write is required"):
         simulate("--count", "1")
+
+
+def test_the_browsing_names_a_tls_site_in_a_client_hello_as_a_browser_does():
+    from scapy.layers.inet import TCP
+
+    from receiver.management.commands.simulate import TLS_SERVER_NAME, browsing
+
+    hellos = [
+        bytes(packet[TCP].payload)
+        for packet in browsing()
+        if TCP in packet and packet[TCP].dport == 443 and bytes(packet[TCP].payload)
+    ]
+    assert len(hellos) == 1
+    hello = hellos[0]
+    assert hello[:3] == b"\x16\x03\x01"  # a handshake record
+    assert hello[5] == 1  # ClientHello
+    assert int.from_bytes(hello[3:5], "big") == len(hello) - 5
+    assert hello.endswith(TLS_SERVER_NAME.encode())  # the SNI extension, last

@@ -83,6 +83,36 @@ MAX_VLAN_TAGS: Final = 2
 Mirroring = Literal["flow", "interface"]
 _HTTP_REQUEST: Final = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
 _HTTP_RESPONSE: Final = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+TLS_SERVER_NAME: Final = "www.example.org"
+
+
+def tls_client_hello(server_name: str) -> bytes:
+    """A TLS 1.2-style ClientHello record naming ``server_name`` (SNI), as a browser's
+    first bytes on port 443: what an analyst sees of an encrypted site's name."""
+    name = server_name.encode("ascii")
+    sni = (len(name) + 3).to_bytes(2, "big") + b"\x00" + len(name).to_bytes(2, "big") + name
+    extension = b"\x00\x00" + len(sni).to_bytes(2, "big") + sni
+    body = (
+        b"\x03\x03"  # client version
+        + bytes(range(32))  # random
+        + b"\x00"  # no session id
+        + b"\x00\x02\x13\x01"  # one cipher suite
+        + b"\x01\x00"  # no compression
+        + len(extension).to_bytes(2, "big")
+        + extension
+    )
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+
+
+def _tls_server_hello() -> bytes:
+    """The server's ServerHello record (the cipher suite offered, no extensions)."""
+    body = b"\x03\x03" + bytes(range(32, 64)) + b"\x00" + b"\x13\x01" + b"\x00" + b"\x00\x00"
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + len(handshake).to_bytes(2, "big") + handshake
+
+
+_TLS_SERVER_HELLO: Final = _tls_server_hello()
 
 
 def _ppp(protocol: int, payload: Packet) -> Packet:
@@ -124,20 +154,27 @@ def _dns(client: IP | IPv6, resolver: IP | IPv6, sport: int) -> list[Packet]:
     ]
 
 
-def _web(client: IP | IPv6, server: IP | IPv6, sport: int) -> list[Packet]:
-    """A whole short HTTP exchange: handshake, request, response, close."""
-    up = client / TCP(sport=sport, dport=80)
-    down = server / TCP(sport=80, dport=sport)
+def _web(
+    client: IP | IPv6,
+    server: IP | IPv6,
+    sport: int,
+    dport: int = 80,
+    request: bytes = _HTTP_REQUEST,
+    response: bytes = _HTTP_RESPONSE,
+) -> list[Packet]:
+    """A whole short TCP exchange (HTTP unless told): handshake, request, response, close."""
+    up = client / TCP(sport=sport, dport=dport)
+    down = server / TCP(sport=dport, dport=sport)
     client_isn, server_isn = 1000, 5000
-    request_end = client_isn + 1 + len(_HTTP_REQUEST)
-    response_end = server_isn + 1 + len(_HTTP_RESPONSE)
+    request_end = client_isn + 1 + len(request)
+    response_end = server_isn + 1 + len(response)
     packets: list[Packet] = []
     for template, fields, payload in (
         (up, {"flags": "S", "seq": client_isn}, b""),
         (down, {"flags": "SA", "seq": server_isn, "ack": client_isn + 1}, b""),
         (up, {"flags": "A", "seq": client_isn + 1, "ack": server_isn + 1}, b""),
-        (up, {"flags": "PA", "seq": client_isn + 1, "ack": server_isn + 1}, _HTTP_REQUEST),
-        (down, {"flags": "PA", "seq": server_isn + 1, "ack": request_end}, _HTTP_RESPONSE),
+        (up, {"flags": "PA", "seq": client_isn + 1, "ack": server_isn + 1}, request),
+        (down, {"flags": "PA", "seq": server_isn + 1, "ack": request_end}, response),
         (up, {"flags": "FA", "seq": request_end, "ack": response_end}, b""),
         (down, {"flags": "FA", "seq": response_end, "ack": request_end + 1}, b""),
         (up, {"flags": "A", "seq": request_end + 1, "ack": response_end + 1}, b""),
@@ -156,6 +193,7 @@ def browsing() -> list[Packet]:
     return [
         *_dns(IP(src=SUBSCRIBER, dst=RESOLVER), IP(src=RESOLVER, dst=SUBSCRIBER), 53124),
         *_web(v4_up, v4_down, 49152),
+        *_web(v4_up, v4_down, 49154, 443, tls_client_hello(TLS_SERVER_NAME), _TLS_SERVER_HELLO),
         v4_up / ICMP(type=8, id=0x200, seq=1) / Raw(b"abcdefgh" * 4),
         v4_down / ICMP(type=0, id=0x200, seq=1) / Raw(b"abcdefgh" * 4),
         *_dns(IPv6(src=SUBSCRIBER6, dst=RESOLVER6), IPv6(src=RESOLVER6, dst=SUBSCRIBER6), 53125),
