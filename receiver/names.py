@@ -153,8 +153,15 @@ def _dns_text(message: bytes, position: int) -> tuple[str, int]:
 
 def dns_names(message: bytes, source: str, destination: str) -> list[SeenName]:
     """A query's questions (with the resolver's address), a response's A and AAAA
-    answers (with the address each gives). Raises :class:`_Malformed` (through
-    :func:`names_in`) where the message ends early or contradicts itself."""
+    answers (with the address each gives); [] where the message ends early or
+    contradicts itself."""
+    try:
+        return _dns_names(message, destination)
+    except (_Malformed, IndexError, ValueError):
+        return []
+
+
+def _dns_names(message: bytes, destination: str) -> list[SeenName]:
     if len(message) < 12:
         return []
     flags = _u16(message, 2)
@@ -188,7 +195,14 @@ def dns_names(message: bytes, source: str, destination: str) -> list[SeenName]:
 
 def tls_server_name(payload: bytes) -> str:
     """The host name of a ClientHello's server_name extension (RFC 6066), "" if none is
-    in this segment."""
+    in this segment (or it is not one)."""
+    try:
+        return _tls_server_name(payload)
+    except (_Malformed, IndexError):
+        return ""
+
+
+def _tls_server_name(payload: bytes) -> str:
     if len(payload) < 9 or payload[0] != 0x16 or payload[5] != 1:
         return ""
     record_end = min(len(payload), 5 + _u16(payload, 3))
