@@ -13,7 +13,7 @@ from typing import Final
 from django.db import models
 
 from jmirror_web.intercepts.models import CaptureFile, Session
-from receiver.names import NAME_KINDS, NAME_LIMIT
+from receiver.names import NAME_LIMIT
 
 MAX_CONVERSATIONS: Final = 100_000
 """Conversations kept per session; more are counted in :class:`SessionSummary`."""
@@ -94,7 +94,11 @@ class ObservedName(models.Model):
     """A name seen in a session (DNS question or answer, TLS server name, HTTP host),
     with its address: for a DNS answer what it resolved to, else the server's."""
 
-    Kind = models.TextChoices("Kind", [(kind, kind) for kind in NAME_KINDS])
+    class Kind(models.TextChoices):
+        DNS_QUERY = "dns-query", "DNS question"
+        DNS_ANSWER = "dns-answer", "DNS answer"
+        TLS_SNI = "tls-sni", "TLS server name"
+        HTTP_HOST = "http-host", "HTTP host"
 
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="observed_names")
     kind = models.CharField(max_length=12, choices=Kind.choices)

@@ -29,13 +29,13 @@ TEXT_LIMIT: Final = 253
 QUERY_LIMIT: Final = 500
 MAX_TERMS: Final = 8
 SEARCH_LIMIT: Final = 200
-CONVERSATION_SORTS: Final = {
+CONVERSATION_SORTS: Final[dict[str, tuple[str, ...]]] = {
     "bytes": ("-total_bytes", "pk"),
     "packets": ("-total_packets", "pk"),
     "first_seen": ("first_seen", "pk"),
     "last_seen": ("-last_seen", "pk"),
 }
-NAME_SORTS: Final = {
+NAME_SORTS: Final[dict[str, tuple[str, ...]]] = {
     "count": ("-count", "pk"),
     "name": ("name", "kind", "pk"),
     "first_seen": ("first_seen", "pk"),

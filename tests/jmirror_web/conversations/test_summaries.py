@@ -16,6 +16,7 @@ from jmirror_web.conversations.models import (
     SummaryProgress,
 )
 from jmirror_web.intercepts.models import CaptureFile, Session
+from receiver.names import NAME_KINDS
 from tests.jmirror_web.conversations.stored_session import (
     CLIENT,
     T0,
@@ -172,3 +173,7 @@ def test_fragments_and_icmp_are_flows_without_ports(session: Session, data_dir: 
     assert (6, CLIENT, 1, WEB, 2) in found
     assert found[(6, CLIENT, 1, WEB, 2)].tcp_state == "started before capture"
     assert sum(c.packets_ab + c.packets_ba for c in found.values()) == 2 + len(fragments)
+
+
+def test_every_kind_the_reader_gives_is_a_kind_of_name_row() -> None:
+    assert set(ObservedName.Kind.values) == set(NAME_KINDS)
