@@ -3,10 +3,12 @@ gives, incrementally, and never twice."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from jmirror_web.conversations import summaries
 from jmirror_web.conversations.models import (
@@ -177,3 +179,13 @@ def test_fragments_and_icmp_are_flows_without_ports(session: Session, data_dir: 
 
 def test_every_kind_the_reader_gives_is_a_kind_of_name_row() -> None:
     assert set(ObservedName.Kind.values) == set(NAME_KINDS)
+
+
+def test_the_command_once_summarises_what_is_stored_and_exits(
+    session: Session, data_dir: Path
+) -> None:
+    store_packets(data_dir, session, subscriber_traffic())
+    out = io.StringIO()
+    call_command("summarise", "--once", stdout=out)
+    assert out.getvalue() == f"summarised {len(subscriber_traffic()) + 1} packets\n"
+    assert Conversation.objects.filter(session=session).count() == 3
