@@ -189,3 +189,42 @@ def test_the_command_once_summarises_what_is_stored_and_exits(
     call_command("summarise", "--once", stdout=out)
     assert out.getvalue() == f"summarised {len(subscriber_traffic()) + 1} packets\n"
     assert Conversation.objects.filter(session=session).count() == 3
+
+
+def test_a_crash_while_adding_a_slice_leaves_nothing_of_it_to_count_twice(
+    session: Session, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_packets(data_dir, session, subscriber_traffic(), ppp=False)
+    summaries.summarise(10)
+    expected = counts(session), names(session)
+    Conversation.objects.all().delete()
+    ObservedName.objects.all().delete()
+    SummaryProgress.objects.all().delete()
+
+    def crash(session_id: int, found: Any) -> int:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(summaries, "_store_names", crash)
+        with pytest.raises(RuntimeError):
+            summaries.summarise(10)
+    assert SummaryProgress.objects.get().packets == 0
+    assert not Conversation.objects.exists()
+    summaries.summarise(10)
+    assert (counts(session), names(session)) == expected
+
+
+def test_a_slice_another_summariser_took_is_not_added_again(
+    session: Session, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [capture] = store_packets(data_dir, session, subscriber_traffic(), ppp=False)
+    read = summaries.read_batch
+
+    def raced(*args: Any) -> summaries.Batch:
+        batch = read(*args)
+        SummaryProgress.objects.filter(capture=capture).update(packets=capture.packets)
+        return batch
+
+    monkeypatch.setattr(summaries, "read_batch", raced)
+    assert summaries.summarise(10) == (0, True)
+    assert not Conversation.objects.exists()
