@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Final, cast
 
-from django.db import IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Greatest, Least
 
@@ -387,7 +387,16 @@ def summarise(budget_seconds: float, *, batch_packets: int = BATCH_PACKETS) -> t
     total = 0
     for capture in _pending():
         while True:
-            done = summarise_file(capture, batch_packets)
+            try:
+                done = summarise_file(capture, batch_packets)
+            except DatabaseError:
+                raise  # the database is away: the caller tries again later
+            except Exception as error:
+                logger.exception("summaries: %s not summarised", capture.path)
+                SummaryProgress.objects.filter(capture=capture).update(
+                    failed_at=capture.packets, error=f"internal error: {error!r}"[:300]
+                )
+                done = 0
             total += done
             if not done or time.monotonic() >= deadline:
                 break

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 
 from jmirror_web.conversations import summaries
 from jmirror_web.conversations.models import (
@@ -202,11 +203,11 @@ def test_a_crash_while_adding_a_slice_leaves_nothing_of_it_to_count_twice(
     SummaryProgress.objects.all().delete()
 
     def crash(session_id: int, found: Any) -> int:
-        raise RuntimeError("killed")
+        raise OperationalError("the database went away")
 
     with monkeypatch.context() as patch:
         patch.setattr(summaries, "_store_names", crash)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(OperationalError):
             summaries.summarise(10)
     assert SummaryProgress.objects.get().packets == 0
     assert not Conversation.objects.exists()
@@ -228,3 +229,22 @@ def test_a_slice_another_summariser_took_is_not_added_again(
     monkeypatch.setattr(summaries, "read_batch", raced)
     assert summaries.summarise(10) == (0, True)
     assert not Conversation.objects.exists()
+
+
+def test_a_file_that_breaks_the_summariser_is_set_aside_and_the_others_go_on(
+    session: Session, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, ppp = store_packets(data_dir, session, subscriber_traffic())
+    read = summaries.read_batch
+
+    def broken(capture: CaptureFile, *args: Any) -> summaries.Batch:
+        if capture.pk == raw.pk:
+            raise ValueError("a bug")
+        return read(capture, *args)
+
+    monkeypatch.setattr(summaries, "read_batch", broken)
+    assert summaries.summarise(10) == (1, True)
+    failed = SummaryProgress.objects.get(capture=raw)
+    assert (failed.packets, failed.failed_at) == (0, raw.packets)
+    assert failed.error == "internal error: ValueError('a bug')"
+    assert SummaryProgress.objects.get(capture=ppp).packets == 1
