@@ -42,6 +42,12 @@ NAME_SORTS: Final[dict[str, tuple[str, ...]]] = {
     "last_seen": ("-last_seen", "pk"),
 }
 PROTOCOL_NAMES: Final = {1: "ICMP", 6: "TCP", 17: "UDP", 33: "DCCP", 58: "ICMPv6", 132: "SCTP"}
+# Names whose address is a server of the name.
+SERVER_NAME_KINDS: Final = (
+    ObservedName.Kind.DNS_ANSWER,
+    ObservedName.Kind.TLS_SNI,
+    ObservedName.Kind.HTTP_HOST,
+)
 _SEPARATORS: Final = re.compile(r"[\s,]+")
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -320,12 +326,13 @@ def search_case(case: Case, wanted: CaseQuery) -> SearchResult:
     for port in wanted.ports:
         conversations = conversations.filter(Q(port_a=port) | Q(port_b=port))
     for name in wanted.names:
-        # The conversations with a server the name was seen for (resolved to, or named in
-        # a TLS handshake or HTTP request), in the same session.
+        # The conversations with a server of the name (an address it resolved to, or one
+        # a TLS handshake or HTTP request named it to) in the same session: not the
+        # resolver a question went to.
         conversations = conversations.filter(
             Exists(
                 ObservedName.objects.filter(
-                    session=OuterRef("session"), name__contains=name
+                    session=OuterRef("session"), name__contains=name, kind__in=SERVER_NAME_KINDS
                 ).filter(Q(address=OuterRef("address_a")) | Q(address=OuterRef("address_b")))
             )
         )

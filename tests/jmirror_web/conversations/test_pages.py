@@ -159,6 +159,10 @@ def test_the_case_search_finds_by_address_name_port_and_time_and_is_audited(
     assert [each["id"] for each in by_name["sessions"]] == [summarised.pk]
     assert [row["address_b"] for row in by_name["conversations"]] == [TLS_SERVER]
     assert [row["name"] for row in by_name["names"]] == ["secure.example.net"]
+    # The resolver is no server of the name: its question finds no conversation.
+    resolved = found(q="www.example.com")
+    assert resolved["conversations"] == []
+    assert sorted(row["kind"] for row in resolved["names"]) == ["dns-answer", "dns-query"]
     by_address = found(q=WEB)
     assert [(row["address_b"], row["port_b"]) for row in by_address["conversations"]] == [(WEB, 80)]
     assert [row["kind"] for row in by_address["names"]] == ["http-host"]
@@ -175,7 +179,7 @@ def test_the_case_search_finds_by_address_name_port_and_time_and_is_audited(
     assert other.pk not in {each["id"] for each in in_time["sessions"]}
 
     searches = AuditEvent.objects.filter(action=SEARCHED, actor=user)
-    assert searches.count() == 6
+    assert searches.count() == 7
     assert searches.order_by("pk").first().details == {"q": "Example.NET"}  # type: ignore[union-attr]
 
     page = client.get(reverse("conversations:search", args=[case_id(summarised)]), {"q": "example"})
