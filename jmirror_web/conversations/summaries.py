@@ -48,7 +48,8 @@ BATCH_PACKETS: Final = 100_000
 """Packets of one file summarised per transaction."""
 FILES_PER_PASS: Final = 1000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_PORTED: Final = frozenset({6, 17, 33, 132, 136})
+# The protocols whose ports the packet index records (receiver.packet_index).
+_PORTED: Final = frozenset({6, 17, 132, 136})
 # Per direction (shifted by 5 for the higher end of a key): what its TCP packets showed.
 _S, _SA, _F, _R, _N = 1, 2, 4, 8, 16
 _TCP_FIN, _TCP_SYN, _TCP_RST, _TCP_ACK = 1, 2, 4, 16
@@ -106,9 +107,10 @@ def _tcp_bits(flags: int) -> int:
 
 # What each value of the TCP flags byte adds to a direction's bits.
 _TCP_BITS: Final = tuple(_tcp_bits(flags) for flags in range(256))
-_SKIPPED: Final = Flag.MALFORMED
-_PORTLESS: Final = Flag.LATER_FRAGMENT
-_CANDIDATE: Final = Flag.NAME_CANDIDATE
+# Plain ints: an IntFlag operand would make every test in the loop build a Flag.
+_SKIPPED: Final = int(Flag.MALFORMED)
+_PORTLESS: Final = int(Flag.LATER_FRAGMENT)
+_CANDIDATE: Final = int(Flag.NAME_CANDIDATE)
 
 
 def read_batch(capture: CaptureFile, index: PacketIndex, first: int, last: int) -> Batch:
