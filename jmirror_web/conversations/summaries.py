@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 BATCH_PACKETS: Final = 100_000
 """Packets of one file summarised per transaction."""
 FILES_PER_PASS: Final = 1000
+# Up to this many addresses (names) in a slice, only the rows with them are read back
+# (twice that many query parameters: within SQLite's limit).
+_FEW: Final = 400
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # The protocols whose ports the packet index records (receiver.packet_index).
 _PORTED: Final = frozenset({6, 17, 132, 136})
@@ -262,13 +265,22 @@ def _earlier(field_name: str, moment: datetime) -> Any:
 
 def _store_flows(session_id: int, flows: dict[FlowKey, _Flow]) -> int:
     """Add the flows to the session's conversations; how many new ones the cap left out."""
+    rows = Conversation.objects.filter(session_id=session_id)
+    addresses = {_address(end[0], end[1]) for _protocol, *ends in flows for end in ends}
+    # Only the rows this slice may add to, when few addresses say which (a long session
+    # has many conversations, a slice of a few seconds few addresses).
+    candidates = (
+        rows.filter(address_a__in=addresses, address_b__in=addresses)
+        if len(addresses) <= _FEW
+        else rows
+    )
     existing = {
         (protocol, a, pa, b, pb): pk
-        for pk, protocol, a, pa, b, pb in Conversation.objects.filter(
-            session_id=session_id
-        ).values_list("pk", "protocol", "address_a", "port_a", "address_b", "port_b")
+        for pk, protocol, a, pa, b, pb in candidates.values_list(
+            "pk", "protocol", "address_a", "port_a", "address_b", "port_b"
+        )
     }
-    room = MAX_CONVERSATIONS - len(existing)
+    room = MAX_CONVERSATIONS - (rows.count() if flows else 0)
     created: list[Conversation] = []
     left_out = 0
     for (protocol, low, high), flow in flows.items():
@@ -325,13 +337,14 @@ def _store_flows(session_id: int, flows: dict[FlowKey, _Flow]) -> int:
 
 
 def _store_names(session_id: int, names: dict[tuple[str, str, str], _Name]) -> int:
+    rows = ObservedName.objects.filter(session_id=session_id)
+    seen_names = {name for _kind, name, _address in names}
+    candidates = rows.filter(name__in=seen_names) if len(seen_names) <= _FEW else rows
     existing = {
         (kind, name, address): pk
-        for pk, kind, name, address in ObservedName.objects.filter(
-            session_id=session_id
-        ).values_list("pk", "kind", "name", "address")
+        for pk, kind, name, address in candidates.values_list("pk", "kind", "name", "address")
     }
-    room = MAX_NAMES - len(existing)
+    room = MAX_NAMES - (rows.count() if names else 0)
     created: list[ObservedName] = []
     left_out = 0
     for key, seen in names.items():

@@ -117,11 +117,14 @@ def test_packets_counted_later_are_added_to_the_same_conversations(
     assert (counts(session), names(session)) == expected
 
 
+@pytest.mark.parametrize("few", [400, 0], ids=["rows-of-its-addresses", "every-row"])
 def test_a_slice_at_a_time_keeps_a_conversation_oriented_as_first_seen(
-    session: Session, data_dir: Path
+    session: Session, data_dir: Path, monkeypatch: pytest.MonkeyPatch, few: int
 ) -> None:
     """The server's answer, summarised in a later batch than the client's SYN, is counted
-    as B to A of the same row."""
+    as B to A of the same row (found among the rows of the slice's addresses, or among
+    all of the session's when the slice has too many addresses to name)."""
+    monkeypatch.setattr(summaries, "_FEW", few)
     store_packets(data_dir, session, subscriber_traffic(), ppp=False)
     summaries.summarise(10, batch_packets=3)
     tls = conversations(session)[(6, CLIENT, 40000, TLS_SERVER, 443)]
