@@ -36,6 +36,9 @@ to confirm it (stepping down when the repeat loses). The tools:
   on this host it competes for the same cores, which a remote store would not. The
   table gives ``receive-uploads / receive`` (goal 0.9) when both ran, and each trial
   notes how many files went up during it.
+- ``receive-noindex``: ``receive`` with ``JMIRROR_PACKET_INDEX=false`` (no packet index
+  beside the files): the table gives ``receive / receive-noindex`` (goal 0.9), the cost
+  of writing the index at capture.
 - ``tcpdump``: ``tcpdump -i lo -w FILE -B KIB -n udp dst port PORT`` with a bound socket
   that nobody reads on the port (so no ICMP unreachables); loss = sent - records in the
   file. ``-B`` defaults to the socket buffer the kernel grants the receiver (its 32 MiB
@@ -74,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import mmap
@@ -709,6 +713,7 @@ def receive_trial(
     rate: float,
     contrail: bool = False,
     uploads: bool = False,
+    tool: str = "",
 ) -> Trial:
     """A trial of ``manage.py receive``: jmirror to its port, or (``contrail``) Contrail
     from the CN2 vRouter's address to its analyzer port, on which the receiver listens
@@ -770,8 +775,9 @@ def receive_trial(
         log("    receiver stderr: " + "\n    ".join(problems[-12:]))
         notes.append(f"stderr: {problems[-1].strip()[:160]}")
     shutil.rmtree(sessions, ignore_errors=True)
+    default = "receive-contrail" if contrail else "receive-uploads" if uploads else "receive"
     return Trial(
-        tool="receive-contrail" if contrail else "receive-uploads" if uploads else "receive",
+        tool=tool or default,
         size=size,
         asked_rate=rate,
         sent=result.sent,
@@ -1036,6 +1042,13 @@ def table(results: list[SearchResult], sender_max: dict[int, float], header: lis
             f"{size:>5} B: receive-uploads / receive = {ratio:.2f}, goal {UPLOADS_GOAL}: "
             f"{verdict}{qualifier}"
         )
+    for size, ratio, bound in upload_ratios(results, "receive-noindex"):
+        verdict = "meets" if 1 / ratio >= INDEX_GOAL else "misses"
+        qualifier = " (both at the sender max)" if bound else ""
+        lines.append(
+            f"{size:>5} B: receive (packet index on) / receive-noindex = {1 / ratio:.2f}, "
+            f"goal {INDEX_GOAL}: {verdict}{qualifier}"
+        )
     return "\n".join(lines)
 
 
@@ -1043,12 +1056,19 @@ def table(results: list[SearchResult], sender_max: dict[int, float], header: lis
 UPLOADS_GOAL: Final = 0.9
 
 
-def upload_ratios(results: list[SearchResult]) -> list[tuple[int, float, bool]]:
+# receive with its packet index written against receive without (issue 19's acceptance).
+INDEX_GOAL: Final = 0.9
+
+
+def upload_ratios(
+    results: list[SearchResult], other: str = "receive-uploads"
+) -> list[tuple[int, float, bool]]:
+    """(size, ``other`` / receive, both at the sender max) per size both ran at."""
     by_key = {(result.size, result.tool): result for result in results}
     out = []
     for size in sorted({result.size for result in results}):
         alone = by_key.get((size, "receive"))
-        uploading = by_key.get((size, "receive-uploads"))
+        uploading = by_key.get((size, other))
         if not alone or not uploading or not alone.lossless_rate or not uploading.lossless_rate:
             continue
         out.append(
@@ -1088,7 +1108,6 @@ def ratios(results: list[SearchResult]) -> list[tuple[int, float, float, bool]]:
 def start_store(settings: Settings, cleanup: Cleanup, cpus: str) -> Settings:
     """A SeaweedFS server for receive-uploads (stopped at exit), and the settings whose
     receivers upload to a bucket with Object Lock on it."""
-    import dataclasses
 
     from tests.s3_server import SeaweedServer, weed_binary
 
@@ -1141,7 +1160,8 @@ def main() -> None:
         "--tools",
         default="receive,tcpdump",
         help="receive (jmirror), receive-contrail (CN2 Contrail from a vRouter), "
-        "receive-uploads (receive with an evidence store) and/or tcpdump",
+        "receive-uploads (receive with an evidence store), receive-noindex (receive without "
+        "the packet index) and/or tcpdump",
     )
     parser.add_argument(
         "--store-cpus",
@@ -1187,8 +1207,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     tools = [tool.strip() for tool in args.tools.split(",")]
-    if set(tools) - {"receive", "receive-contrail", "receive-uploads", "tcpdump"}:
-        parser.error("--tools: receive, receive-contrail, receive-uploads and/or tcpdump")
+    known = {"receive", "receive-contrail", "receive-uploads", "receive-noindex", "tcpdump"}
+    if set(tools) - known:
+        parser.error("--tools: " + ", ".join(sorted(known)))
     if args.count < 1_000_000:
         log(f"note: --count {args.count} is below the 1,000,000 the figures need")
 
@@ -1280,14 +1301,24 @@ def main() -> None:
                 else:
                     contrail = tool == "receive-contrail"
                     uploads = tool == "receive-uploads"
+                    chosen = uploads_settings if uploads else settings
+                    if tool == "receive-noindex":
+                        chosen = dataclasses.replace(
+                            settings,
+                            extra_environment=(
+                                *settings.extra_environment,
+                                ("JMIRROR_PACKET_INDEX", "false"),
+                            ),
+                        )
                     run = functools.partial(
                         receive_trial,
-                        uploads_settings if uploads else settings,
+                        chosen,
                         contrail_sender if contrail else sender,
                         cleanup,
                         size,
                         contrail=contrail,
                         uploads=uploads,
+                        tool=tool,
                     )
                 log(f"{size} B, {tool}: searching")
                 try:

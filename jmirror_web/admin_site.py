@@ -19,6 +19,8 @@ from django.contrib.admin.views.main import SEARCH_VAR
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponseBase, HttpResponseRedirect, QueryDict
+from django.template.response import SimpleTemplateResponse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.text import smart_split
 
@@ -154,9 +156,9 @@ class JMirrorAdminSite(admin.AdminSite):
         return may_use_admin(request.user)
 
     def admin_view(self, view: _View, cacheable: bool = False) -> _View:
-        """Every admin page, with its search and date-hierarchy parameters bounded
-        (:func:`search_refusal`, :func:`date_refusals`): a page asked with one refused
-        is shown again without it, saying why."""
+        """Every admin page, in UTC (:func:`in_utc`), with its search and date-hierarchy
+        parameters bounded (:func:`search_refusal`, :func:`date_refusals`): a page asked
+        with one refused is shown again without it, saying why."""
 
         @functools.wraps(view)
         def bounded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -179,4 +181,21 @@ class JMirrorAdminSite(admin.AdminSite):
                 return view(request, *args, **kwargs)
             return HttpResponseRedirect(request.path + (f"?{query.urlencode()}" if query else ""))
 
-        return cast(_View, super().admin_view(bounded, cacheable))
+        return cast(_View, super().admin_view(in_utc(bounded), cacheable))
+
+
+def in_utc(view: _View) -> _View:
+    """``view`` run and its page rendered in UTC whatever TIME_ZONE says: the admin's
+    date and time inputs take UTC (as their help texts say) and its lists and read-only
+    fields show UTC (formats.en: 2026-12-06 17:04:05 UTC), as the console does."""
+
+    @functools.wraps(view)
+    def utc(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        with timezone.override(UTC):
+            response = view(request, *args, **kwargs)
+            # A template response renders after the view returns: render it here, in UTC.
+            if isinstance(response, SimpleTemplateResponse) and not response.is_rendered:
+                response.render()
+        return response
+
+    return cast(_View, utc)

@@ -329,6 +329,11 @@ if JMIRROR_METRICS_LISTEN:
 # at most 256, for sockets, the database and the web server.
 JMIRROR_MAX_OPEN_FILES = env_int("JMIRROR_MAX_OPEN_FILES", 0, minimum=0, maximum=10_000_000)
 
+# Whether the receiver writes each capture file's packet index beside it (receiver.
+# packet_index): the stored packet list pages from it. Off, the web builds an index from
+# the file the first time it lists it (seconds for a large file); for measuring its cost.
+JMIRROR_PACKET_INDEX = env_bool("JMIRROR_PACKET_INDEX", True)
+
 # The dashboard warns about an intercept in force that has received nothing for this long.
 JMIRROR_ALERT_SILENCE_MINUTES = env_int(
     "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
@@ -541,6 +546,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates as the console writes them (2026-12-06 17:04:05 UTC), in the admin too.
+FORMAT_MODULE_PATH = ["jmirror_web.formats"]
 
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "home"

@@ -344,7 +344,35 @@ done:
     return result;
 }
 
+static PyObject *index_times(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer index;
+    if (!PyArg_ParseTuple(args, "y*", &index)) return NULL;
+    if (index.len % RECORD_SIZE) {
+        PyBuffer_Release(&index);
+        PyErr_SetString(PyExc_ValueError, "an index is whole 64-byte records");
+        return NULL;
+    }
+    Py_ssize_t records = index.len / RECORD_SIZE;
+    PyObject *times = PyBytes_FromStringAndSize(NULL, records * (Py_ssize_t)sizeof(int64_t));
+    if (times == NULL) {
+        PyBuffer_Release(&index);
+        return NULL;
+    }
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(times);
+    const unsigned char *base = index.buf;
+    int ordered = 1;
+    for (Py_ssize_t i = 0; i < records; i++) {
+        out[i] = record_time(base + i * RECORD_SIZE);
+        if (i && out[i] < out[i - 1]) ordered = 0;
+    }
+    PyBuffer_Release(&index);
+    return Py_BuildValue("(NO)", times, ordered ? Py_True : Py_False);
+}
+
 static PyMethodDef methods[] = {
+    {"index_times", index_times, METH_VARARGS,
+     "index_times(index) -> (bytes, ordered): every record's time as native int64s, and "
+     "whether they never decrease."},
     {"index_records", index_records, METH_VARARGS,
      "index_records(buffer, offset, linktype, pcapng) -> bytes: the index records of the "
      "whole pcap records (pcapng blocks) in buffer, which starts at byte offset of its file."},

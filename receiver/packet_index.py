@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
+import mmap
+import operator
 import os
 import struct
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -334,25 +337,40 @@ def python_select_records(
     return found.tobytes()
 
 
+def python_index_times(index: bytes | memoryview) -> tuple[bytes, bool]:
+    """Every record's time (native int64s) and whether they never decrease."""
+    if len(index) % RECORD_SIZE:
+        raise ValueError("an index is whole 64-byte records")
+    times = array("q")
+    if len(index):
+        times.frombytes(memoryview(index).cast("q")[1 :: RECORD_SIZE // 8].tobytes())
+    ordered = all(map(operator.le, times, itertools.islice(times, 1, None)))
+    return times.tobytes(), ordered
+
+
 IndexRecords = Callable[[bytes | bytearray, int, int, bool], bytes]
 IndexPrefix = Callable[[bytes | bytearray, int, int, bool], tuple[bytes, int]]
 SelectRecords = Callable[
     [bytes | memoryview, int, int, int, int, int, bytes, int, int, bool], bytes
 ]
 index_records: IndexRecords
+index_times: Callable[[bytes | memoryview], tuple[bytes, bool]]
 index_prefix: IndexPrefix
 select_records: SelectRecords
 try:
     from receiver._packet_index import index_prefix as _c_index_prefix
     from receiver._packet_index import index_records as _c_index_records
+    from receiver._packet_index import index_times as _c_index_times
     from receiver._packet_index import select_records as _c_select_records
 except ImportError:  # not built here: the Python twins, slower, same records
     index_records = python_index_records
+    index_times = python_index_times
     index_prefix = python_index_prefix
     select_records = python_select_records
     COMPILED = False
 else:
     index_records = _c_index_records
+    index_times = _c_index_times
     index_prefix = _c_index_prefix
     select_records = _c_select_records
     COMPILED = True
@@ -379,10 +397,14 @@ def remove_index(capture: Path) -> None:
 
 @dataclass
 class PacketIndex:
-    """The records of one capture file (bytes after the header)."""
+    """The records of one capture file (bytes after the header). Immutable: its times
+    are worked out once and kept with it."""
 
     linktype: int
-    records: bytes
+    # bytes, or a read-only view of the index file mapped into memory.
+    records: bytes | memoryview
+    _times: array[int] | None = field(default=None, repr=False, compare=False)
+    _ordered: bool | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.records) // RECORD_SIZE
@@ -391,12 +413,21 @@ class PacketIndex:
         """Record ``number`` (from 0)."""
         return IndexRecord._make(RECORD.unpack_from(self.records, number * RECORD_SIZE))
 
-    def times(self) -> list[int]:
-        """Every record's receive time, in file order (a strided copy: ~10 ns each)."""
-        if not self.records:
-            return []
-        words = memoryview(self.records).cast("q")
-        return words[1 :: RECORD_SIZE // 8].tolist()
+    def times(self) -> array[int]:
+        """Every record's receive time, in file order: 8 bytes each (a list of ints would
+        be 40)."""
+        if self._times is None:
+            found, self._ordered = index_times(self.records)
+            self._times = array("q")
+            self._times.frombytes(found)
+        return self._times
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the times never decrease (a receiver's clock can step back)."""
+        if self._ordered is None:
+            self.times()
+        return bool(self._ordered)
 
     def select(
         self,
@@ -435,16 +466,19 @@ class IndexError_(Exception):
 
 def read_index_file(path: Path) -> PacketIndex | None:
     """The index at ``path`` as written, cut to whole records; None when it is missing
-    or not an index."""
+    or not an index. Mapped, not read: a page touches only its records (and reading
+    2,000,000 records measured twice the time of mapping them). Index files are only
+    ever appended to or replaced whole (never cut short), so a mapping stays valid."""
     try:
         with open(path, "rb") as stream:
-            data = stream.read()
+            size = os.fstat(stream.fileno()).st_size
+            if size < HEADER_SIZE:
+                return None
+            data = memoryview(mmap.mmap(stream.fileno(), size, access=mmap.ACCESS_READ))
     except FileNotFoundError:
         return None
-    if len(data) < HEADER_SIZE:
+    magic, record_size, linktype = HEADER.unpack_from(data)
+    if magic != MAGIC or record_size != RECORD_SIZE:
         return None
-    magic, size, linktype = HEADER.unpack_from(data)
-    if magic != MAGIC or size != RECORD_SIZE:
-        return None
-    whole = (len(data) - HEADER_SIZE) // RECORD_SIZE * RECORD_SIZE
+    whole = (size - HEADER_SIZE) // RECORD_SIZE * RECORD_SIZE
     return PacketIndex(linktype, data[HEADER_SIZE : HEADER_SIZE + whole])

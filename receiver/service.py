@@ -232,6 +232,7 @@ def serve(
                 max_open_files=bound,
                 rotate_seconds=settings.JMIRROR_ROTATE_SECONDS,
                 quiet_seconds=settings.JMIRROR_SESSION_QUIET_SECONDS,
+                packet_index=settings.JMIRROR_PACKET_INDEX,
             ),
             rcvbuf=rcvbuf,
             on_tick=hooks,

@@ -332,8 +332,11 @@ class PcapStore:
         buffer_bytes: int = 1 << 16,
         max_open_files: int | None = None,
         quiet_seconds: float | None = None,
+        packet_index: bool = True,
     ) -> None:
         self.root = root
+        #: Whether each file's packet index is written beside it (receiver.packet_index).
+        self.packet_index = packet_index
         self.store_errors: Counter[str] = Counter()
         #: At most this many files open at once (None: no bound).
         self.max_open_files = None if max_open_files is None else max(1, max_open_files)
@@ -728,7 +731,8 @@ class PcapStore:
         file.part_path = self.root / part
         file.final_relative = Path(name, f"{stem}{suffix}")
         file.fd = fd
-        self._create_index(file, f"{name}/{stem}{suffix}{INDEX_SUFFIX}", root)
+        if self.packet_index:
+            self._create_index(file, f"{name}/{stem}{suffix}{INDEX_SUFFIX}", root)
 
     def _create_index(self, file: _OpenFile, relative: str, root: int) -> None:
         """Open the file's packet index (named after the closed file from the start: it

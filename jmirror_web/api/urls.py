@@ -2,6 +2,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from jmirror_web.api import views
+from jmirror_web.api.packets import SessionPacketsView
 from jmirror_web.conversations import api as conversations
 from jmirror_web.exports import api as exports
 
@@ -16,6 +17,7 @@ router.register("sessions", views.SessionViewSet, basename="session")
 urlpatterns = [
     *router.urls,
     path("sessions/<int:session_id>/pcap", exports.SessionPcapView.as_view(), name="session_pcap"),
+    path("sessions/<int:session_id>/packets", SessionPacketsView.as_view(), name="session_packets"),
     path("cases/<int:case_id>/pcap", exports.CasePcapView.as_view(), name="case_pcap"),
     path("exports/<int:export_id>", exports.ExportManifestView.as_view(), name="export"),
     path(

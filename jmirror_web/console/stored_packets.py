@@ -23,7 +23,7 @@ import os
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -205,10 +205,10 @@ class _IndexCache:
             if key in self._entries:
                 return
             self._entries[key] = index
-            self._bytes += len(index.records)
+            self._bytes += _footprint(index)
             while self._bytes > self._limit and len(self._entries) > 1:
                 _key, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped.records)
+                self._bytes -= _footprint(dropped)
 
     def clear(self) -> None:
         with self._lock:
@@ -216,12 +216,19 @@ class _IndexCache:
             self._bytes = 0
 
 
+def _footprint(index: PacketIndex) -> int:
+    # The records and the times the timeline reads (8 bytes a packet, kept with them).
+    return len(index.records) + 8 * len(index)
+
+
 _cache = _IndexCache(_CACHE_BYTES)
 
 
 def _stream(capture: CaptureFile) -> tuple[BinaryIO, bool]:
     try:
-        stream, growing = open_capture(capture)
+        # The rows were loaded by this request: reading each again would be a query per
+        # file of the session.
+        stream, growing = open_capture(capture, fresh=True)
     except CaptureUnavailable as error:
         raise IndexUnavailable(
             "The capture file holding this packet is missing or cannot be read (purged after "
@@ -270,10 +277,18 @@ def file_index(capture: CaptureFile) -> PacketIndex:
         path = capture.on_disk()
     except OutsideSessionsDirectory as error:
         raise IndexUnavailable(str(error)) from None
-    written = read_index_file(index_path(path))
+    final = path.with_name(path.name.removesuffix(".part"))
+    written = read_index_file(index_path(final))
+    uploaded = capture.closed and capture.uploaded_at is not None
+    if written is not None and len(written) >= wanted and uploaded and not final.exists():
+        # A closed file whose local copy went after its upload: its index stays, and
+        # checking it would fetch from the object store. A closed file does not change.
+        index = PacketIndex(written.linktype, written.records[: wanted * RECORD_SIZE])
+        _cache.put(key, index)
+        return index
     stream, growing = _stream(capture)
     try:
-        index = _checked_or_built(stream, written, wanted)
+        index, kept = _checked_or_built(stream, written, wanted)
     except (OSError, StorageError) as error:
         raise IndexUnavailable(
             f"The stored file {Path(capture.path).name} cannot be read to list its packets: {error}"
@@ -285,13 +300,17 @@ def file_index(capture: CaptureFile) -> PacketIndex:
             f"The capture file holds {len(index)} packets, fewer than its record says "
             f"({wanted}): it is damaged or cut short."
         )
-    if not growing and (written is None or len(written) < len(index)):
+    if not growing and not kept:
         _keep_beside(path, index)
     _cache.put(key, index)
     return index
 
 
-def _checked_or_built(stream: BinaryIO, written: PacketIndex | None, wanted: int) -> PacketIndex:
+def _checked_or_built(
+    stream: BinaryIO, written: PacketIndex | None, wanted: int
+) -> tuple[PacketIndex, bool]:
+    """The index of the file's first ``wanted`` packets, and whether it is the written
+    one whole (else it was extended or rebuilt from the file)."""
     head = stream.read(4)
     pcapng = head == PCAPNG_MAGIC
     if not pcapng and head not in PCAP_MAGICS:
@@ -307,12 +326,13 @@ def _checked_or_built(stream: BinaryIO, written: PacketIndex | None, wanted: int
     else:
         records, linktype = b"", 0
     if len(records) // RECORD_SIZE >= wanted:
-        return PacketIndex(linktype, records)
-    return _build(stream, pcapng, records, linktype, wanted)
+        whole = written is not None and len(written) == len(records) // RECORD_SIZE
+        return PacketIndex(linktype, records), whole
+    return _build(stream, pcapng, records, linktype, wanted), False
 
 
 def _build(
-    stream: BinaryIO, pcapng: bool, records: bytes, linktype: int, wanted: int
+    stream: BinaryIO, pcapng: bool, records: bytes | memoryview, linktype: int, wanted: int
 ) -> PacketIndex:
     """Extend ``records`` (an index of the file's first packets) to ``wanted`` packets by
     reading the file after them."""
@@ -379,7 +399,7 @@ def forget_indexes() -> None:
 class _File:
     capture: CaptureFile
     index: PacketIndex | None
-    times: list[int]
+    times: Sequence[int]
     ordered: bool  # times never decrease: runs are found by bisection
     # Why its packets cannot be listed (purged, missing, damaged); they keep their
     # numbers, at the file's first packet time, so that later numbers do not move.
@@ -411,7 +431,7 @@ class Timeline:
         raise IndexError((position, record))
 
 
-def _first_not_before(times: list[int], ordered: bool, start: int, limit: int) -> int:
+def _first_not_before(times: Sequence[int], ordered: bool, start: int, limit: int) -> int:
     """The first position from ``start`` whose time is at least ``limit`` (the length
     when none is): the export's cursor stops there."""
     if ordered:
@@ -479,8 +499,7 @@ def session_timeline(session: Session) -> Timeline:
             first_ns = (first - _EPOCH) // timedelta(microseconds=1) * 1000
             files.append(_File(capture, None, [first_ns] * capture.packets, True, str(error)))
             continue
-        times = index.times()
-        files.append(_File(capture, index, times, ordered=times == sorted(times)))
+        files.append(_File(capture, index, index.times(), index.ordered))
     return timeline(files)
 
 
@@ -732,3 +751,67 @@ def _spans(first: datetime | None, last: datetime | None, time_ns: int) -> bool:
     """Whether a file's recorded span (cut to the microsecond) may hold ``time_ns``."""
     moment = _EPOCH + timedelta(microseconds=time_ns // 1000)
     return (first is None or first <= moment) and (last is None or moment <= last)
+
+
+# For the page and the API ----------------------------------------------------------------
+
+LISTED: Final = "packets listed"
+
+
+@dataclass
+class Listing:
+    """What the page and the API show of a session's stored packets."""
+
+    wanted: PacketFilter
+    page: PacketPage | None = None
+    error: str = ""
+    error_field: str = ""
+
+
+def _number(text: str | None, name: str, default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or len(text) > 9:
+        raise PacketListError(f"{name} must be a whole number.", name)
+    return int(text)
+
+
+def list_packets(session: Session, query: Mapping[str, str], *, content: bool) -> Listing:
+    """A page of the session's stored packets as ``query`` asks (``page``, ``page_size``
+    and :func:`parse_filter`'s parameters). Without ``content`` (the content right) the
+    info column is left out, and so is filtering on it. Errors are said, never raised:
+    the page shows them beside the form, the API answers 400."""
+    try:
+        wanted = parse_filter(query)
+        if wanted.info and not content:
+            raise PacketListError(
+                "Searching the info column needs the content right on this case.", "info"
+            )
+        page = _number(query.get("page"), "page", 1)
+        page_size = _number(query.get("page_size"), "page_size", DEFAULT_PAGE_SIZE)
+        found = stored_page(session, wanted, page, page_size)
+    except PacketListError as error:
+        return Listing(PacketFilter(), error=str(error), error_field=error.field)
+    except IndexUnavailable as error:
+        return Listing(wanted, error=str(error))
+    if not content:
+        for row in found.rows:
+            row["info"] = None
+    return Listing(wanted, found)
+
+
+def shows_content(listing: Listing) -> bool:
+    """Whether a listing shows any packet's own fields (rows of unavailable files show
+    none), so that it is audited as content seen."""
+    return listing.page is not None and any(not row.get("unavailable") for row in listing.page.rows)
+
+
+def audit_details(listing: Listing) -> dict[str, Any]:
+    """The audit record of a listing shown with packets' info (content)."""
+    assert listing.page is not None
+    numbers = [row["number"] for row in listing.page.rows]
+    return {
+        "filter": listing.wanted.shown or "no filter",
+        "page": listing.page.page,
+        "numbers": [numbers[0], numbers[-1]] if numbers else [],
+    }

@@ -33,7 +33,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
+from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import refusals_audited
+from jmirror_web.console import stored_packets
 from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
@@ -495,6 +497,17 @@ def case_page(request: HttpRequest, case_id: int) -> HttpResponse:
     )
 
 
+def _older_packets(*, content: bool, download: bool) -> str:
+    """What the live list's note says of the packets it does not show (those before the
+    page opened, and those past its row limit): where each role finds them."""
+    where = "every stored packet is in the capture files below"
+    if download:
+        return f"{where}: open one by number, or download the session"
+    if content:
+        return f"{where}: open one by number"
+    return f"{where} (their content is not yours to open)"
+
+
 @refusals_audited(Session, "session_id")
 def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     """One session: its totals and files, and the live packet list and rate chart fed by
@@ -511,6 +524,11 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
     # The path's folder names the LIID and router, already on the page; the name is enough.
     files = [(file, PurePosixPath(file.path).name) for file in session.files.all()]
     content = may(request.user, Action.VIEW_CONTENT, case)
+    stored = stored_packets.list_packets(session, request.GET, content=content)
+    if content and stored_packets.shows_content(stored):
+        details = stored_packets.audit_details(stored)
+        record(stored_packets.LISTED, session, request=request, details=details)
+    download = may(request.user, Action.DOWNLOAD, case)
     live = {
         "subscriptions": [{"stream": "session", "id": session.pk}],
         "session": session.pk,
@@ -520,6 +538,8 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "stored": session.stored_packets,
         },
         "limit": LIVE_ROWS,
+        # Where the packets the live list does not hold are, for the note under it.
+        "olderPackets": _older_packets(content=content, download=download),
         # With the content right, each live row's time links to its packet by receive
         # time (the link's target checks the right again, and audits).
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]) if content else None,
@@ -536,11 +556,7 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "case": case,
             "files": files,
             "content": content,
-            "download_url": (
-                reverse("exports:session", args=[session.pk])
-                if may(request.user, Action.DOWNLOAD, case)
-                else None
-            ),
+            "download_url": reverse("exports:session", args=[session.pk]) if download else None,
             "download_form": ExportForm(),
             "verify_url": (
                 reverse("exports:verify_session_files", args=[session.pk])
@@ -551,5 +567,31 @@ def session_page(request: HttpRequest, session_id: int) -> HttpResponse:
             "altered": [file for file, _ in files if file.verify_ok is False],
             "live": live,
             "live_rows": LIVE_ROWS,
+            "stored": stored,
+            "stored_pages": _page_links(request, stored),
+            "page_sizes": stored_packets.PAGE_SIZES,
+            "protocols": list(stored_packets.PROTOCOLS),
         },
     )
+
+
+def _page_links(request: HttpRequest, stored: stored_packets.Listing) -> dict[str, str]:
+    """Query strings of the first, previous, next and last page of a stored packet list,
+    its filter kept."""
+    if stored.page is None:
+        return {}
+    found = stored.page
+
+    def link(page: int) -> str:
+        query = request.GET.copy()
+        query["page"] = str(page)
+        return "?" + query.urlencode() + "#stored"
+
+    links = {}
+    if found.page > 1:
+        links["first"] = link(1)
+        links["previous"] = link(min(found.page - 1, found.pages))
+    if found.page < found.pages:
+        links["next"] = link(found.page + 1)
+        links["last"] = link(found.pages)
+    return links

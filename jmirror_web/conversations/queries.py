@@ -179,6 +179,12 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def _stored_list(session_id: int, query: dict[str, str]) -> str:
+    """The session page's stored packet list, filtered by ``query``."""
+    page = reverse("console:session", args=[session_id])
+    return f"{page}?{urlencode(query)}#stored"
+
+
 def conversation_row(conversation: Conversation, *, export: bool) -> dict[str, Any]:
     """A conversation as the pages and the API show it, with the links to its stored
     packets and (with ``export``, for users who may download) to a filtered export."""
@@ -212,7 +218,7 @@ def conversation_row(conversation: Conversation, *, export: bool) -> dict[str, A
         "packets": conversation.packets_ab + conversation.packets_ba,
         "bytes": conversation.bytes_ab + conversation.bytes_ba,
         "tcp_state": conversation.tcp_state,
-        "packets_url": reverse("console:session", args=[session_id]) + "?" + urlencode(packets),
+        "packets_url": _stored_list(session_id, packets),
         "export_url": None,
     }
     if export:
@@ -239,14 +245,13 @@ def name_row(name: ObservedName) -> dict[str, Any]:
         "first_seen": _iso(name.first_seen),
         "last_seen": _iso(name.last_seen),
         "count": name.count,
-        "packets_url": reverse("console:session", args=[session_id])
-        + "?"
-        + urlencode(
+        "packets_url": _stored_list(
+            session_id,
             {
                 "address": name.address,
                 "start": _iso(name.first_seen),
                 "end": _iso(name.last_seen + _MICROSECOND),
-            }
+            },
         ),
     }
 

@@ -73,8 +73,9 @@ def _refuse(
 
 
 class SessionPcapView(_AuditedView):
-    """One session as pcap or pcapng: ``start``, ``end`` (ISO 8601, UTC when no offset),
-    ``format`` (pcapng unless given), ``addresses``, ``ports``, ``protocols``."""
+    """One session as pcap or pcapng, or as pcap-ip (the IP packets alone, their PPP framing
+    removed: a conversion its manifest states): ``start``, ``end`` (ISO 8601, UTC when no
+    offset), ``format`` (pcapng unless given), ``addresses``, ``ports``, ``protocols``."""
 
     what = "session export"
 
@@ -96,7 +97,7 @@ class SessionPcapView(_AuditedView):
 class CasePcapView(_AuditedView):
     """Every session of every intercept of a case, each intercept kept to its own
     warrant: the session endpoint's parameters, ``format`` pcapng (one file, an interface
-    per session; the default) or zip (with ``member_format`` pcapng or pcap)."""
+    per session; the default) or zip (with ``member_format`` pcapng, pcap or pcap-ip)."""
 
     what = "case export"
 

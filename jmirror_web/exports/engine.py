@@ -24,16 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Final
 
-from jmirror_web.exports.filtering import may_meet, narrowed
+from jmirror_web.exports.filtering import carries_ip, may_meet, narrowed
 from jmirror_web.exports.reading import (
     SelectedFile,
     SessionPlan,
     StoredHeader,
     open_source,
     read_header,
+    runs,
 )
 from jmirror_web.exports.request import (
+    FILE_FORMATS,
     ExportError,
     ExportFormat,
     ExportRequest,
@@ -45,8 +48,10 @@ from receiver.pcap import LinkType
 
 def check(request: ExportRequest) -> None:
     """Raise :class:`ExportError` when the export cannot be made (no session, pcap over
-    sessions or link types that differ, a member format that is not pcap/pcapng,
-    a missing file). Cheap: reads at most file headers. Call before answering 200.
+    sessions or link types that differ, a member format that is not pcap/pcapng/pcap-ip,
+    a missing file, an IP-only pcap with nothing to convert). Cheap: reads file headers,
+    and for an IP-only pcap of sessions with no raw IP file, their PPP files up to the
+    first IP packet. Call before answering 200.
 
     Which files count: those whose ``first_ns``/``last_ns`` (when given) meet the window;
     a pcap export of a session that mixes link types is therefore fine when the window
@@ -80,6 +85,11 @@ def stream_export(request: ExportRequest, digest: ExportDigest) -> Iterator[byte
     (the Juniper header) in pcapng output, byte for byte; pcap output cannot hold them:
     their frames are written alone and ``digest.juniper_headers_dropped`` counts the
     packets whose options were left out, for the manifest to say so.
+
+    An IP-only pcap (``ExportFormat.PCAP_IP``, also as zip members) is a conversion:
+    raw IP packets are copied as stored, PPP frames carrying IPv4 or IPv6 are written
+    without their PPP framing, PPP control packets are left out; ``digest`` counts each
+    (``ppp_converted``, ``raw_ip_copied``, ``ppp_left_out``) for the manifest.
     """
     plan = _plan(request)
     with ThreadPoolExecutor(1, thread_name_prefix="export-sha256") as pool:
@@ -105,13 +115,10 @@ def _plan(request: ExportRequest) -> list[SessionPlan]:
     # Plain strings are welcome too ("pcap" == ExportFormat.PCAP): compared with ==.
     if request.format not in tuple(ExportFormat):
         raise ExportError(f"Unknown export format {request.format!r}: choose pcap, pcapng or zip.")
-    if request.format == ExportFormat.ZIP and request.member_format not in (
-        ExportFormat.PCAP,
-        ExportFormat.PCAPNG,
-    ):
+    if request.format == ExportFormat.ZIP and request.member_format not in FILE_FORMATS:
         raise ExportError(
-            f"A zip export holds pcap or pcapng files, not {request.member_format}: "
-            "choose pcap or pcapng for its members."
+            f"A zip export holds pcap, pcapng or pcap-ip files, not {request.member_format}: "
+            "choose pcap, pcapng or pcap-ip for its members."
         )
     plans: list[SessionPlan] = []
     order = 0
@@ -139,25 +146,73 @@ def _plan(request: ExportRequest) -> list[SessionPlan]:
             )
             order += 1
         plans.append(SessionPlan(session, inputs, linktypes))
-    if request.format == ExportFormat.PCAP:
+    member = request.member_format if request.format == ExportFormat.ZIP else request.format
+    if member == ExportFormat.PCAP_IP:
+        _check_conversion(plans)
+    elif request.format == ExportFormat.PCAP:
         every = {linktype for plan in plans for linktype in plan.linktypes}
         if len(every) > 1:
             raise ExportError(
-                f"These packets mix link types ({_linktype_names(every)}), which one pcap "
-                "file cannot hold: export as pcapng instead."
+                f"These packets mix link types ({linktype_names(every)}), which one pcap "
+                f"file cannot hold: export as pcapng instead{_conversion_hint(every)}."
             )
-    elif request.format == ExportFormat.ZIP and request.member_format == ExportFormat.PCAP:
+    elif member == ExportFormat.PCAP:
         for plan in plans:
             if len(plan.linktypes) > 1:
                 raise ExportError(
                     f"Session {plan.session.name} mixes link types "
-                    f"({_linktype_names(plan.linktypes)}), which one pcap file cannot hold: "
-                    "choose pcapng for the zip's members."
+                    f"({linktype_names(plan.linktypes)}), which one pcap file cannot hold: "
+                    f"choose pcapng for the zip's members{_conversion_hint(plan.linktypes)}."
                 )
     return plans
 
 
-def _linktype_names(linktypes: Iterable[int]) -> str:
+# What an IP-only pcap (ExportFormat.PCAP_IP) converts: PPP frames to their IP packets;
+# raw IP is copied as stored.
+_CONVERTIBLE: Final = frozenset({int(LinkType.PPP_HDLC), int(LinkType.RAW)})
+
+
+def _conversion_hint(linktypes: Iterable[int]) -> str:
+    """The other way out of a pcap refused for mixed link types, when it applies."""
+    if set(linktypes) <= _CONVERTIBLE:
+        return (
+            ", or as pcap-ip (pcap of the IP packets only, their PPP framing removed: a "
+            "conversion, said so in its manifest)"
+        )
+    return ""
+
+
+def _check_conversion(plans: list[SessionPlan]) -> None:
+    """An IP-only pcap takes sessions of PPP and raw IP files only, and needs an IP
+    packet to write: the sessions' files are read up to their first IP packet in the
+    window (at once for a raw IP file; a PPP file holding only PPP control is small)."""
+    for plan in plans:
+        others = set(plan.linktypes) - _CONVERTIBLE
+        if others:
+            raise ExportError(
+                f"Session {plan.session.name} holds {linktype_names(others)} frames, which "
+                "the IP-only pcap does not convert (it converts PPP to raw IP): export as "
+                "pcapng instead."
+            )
+    if not any(_carries_ip(plan) for plan in plans):
+        names = ", ".join(plan.session.name for plan in plans)
+        raise ExportError(
+            f"There is no IP packet to convert: {'session' if len(plans) == 1 else 'sessions'} "
+            f"{names} {'holds' if len(plans) == 1 else 'hold'} only PPP control packets (LCP, "
+            "PAP, CHAP, IPCP...) in this window. Export as pcap or pcapng to have them as "
+            "stored."
+        )
+
+
+def _carries_ip(plan: SessionPlan) -> bool:
+    if any(item.linktype == LinkType.RAW for item in plan.inputs):
+        return True
+    # runs() closes the files it opened when the generator is dropped.
+    return next(runs(plan.inputs, carries_ip), None) is not None
+
+
+def linktype_names(linktypes: Iterable[int]) -> str:
+    """Link types in words, for a sentence to the user: "PPP and raw IP"."""
     known = {
         int(LinkType.RAW): "raw IP",
         int(LinkType.PPP_HDLC): "PPP",

@@ -82,7 +82,7 @@ def matcher(packet_filter: PacketFilter) -> Match | None:
         if linktype == _LINKTYPE_RAW:
             pass
         elif linktype == _LINKTYPE_PPP_HDLC:
-            start = _ppp_ip_start(buffer, start, end)
+            start = ppp_ip_start(buffer, start, end)
             if start < 0:
                 return False
         elif linktype == _LINKTYPE_ETHERNET:
@@ -120,7 +120,7 @@ def matcher(packet_filter: PacketFilter) -> Match | None:
     return match
 
 
-def _ppp_ip_start(buffer: bytearray, start: int, end: int) -> int:
+def ppp_ip_start(buffer: bytearray, start: int, end: int) -> int:
     """Where the IP packet in a stored PPP frame starts, -1 when it carries none (PPP
     control, garbage).
 
@@ -141,6 +141,14 @@ def _ppp_ip_start(buffer: bytearray, start: int, end: int) -> int:
     if protocol not in (_PPP_IPV4, _PPP_IPV6):
         return -1
     return start
+
+
+def carries_ip(buffer: bytearray, start: int, end: int, linktype: int) -> bool:
+    """A :data:`Match` of the stored packets an IP-only pcap (``ExportFormat.PCAP_IP``)
+    writes: raw IP packets, and PPP frames carrying IPv4 or IPv6."""
+    if linktype == _LINKTYPE_RAW:
+        return end > start
+    return linktype == _LINKTYPE_PPP_HDLC and 0 <= ppp_ip_start(buffer, start, end) < end
 
 
 def _ethernet_ip_start(buffer: bytearray, start: int, end: int) -> int:

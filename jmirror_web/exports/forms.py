@@ -20,7 +20,7 @@ from typing import Any, Final
 from django import forms
 from django.core.exceptions import ValidationError
 
-from jmirror_web.exports.request import ExportFormat, PacketFilter
+from jmirror_web.exports.request import PROTOCOL_NUMBERS, ExportFormat, PacketFilter
 from jmirror_web.exports.service import ExportParameters
 from jmirror_web.intercepts.models import EARLIEST_MOMENT, LATEST_MOMENT
 from jmirror_web.plain_text import refuse_control_characters
@@ -28,17 +28,7 @@ from jmirror_web.plain_text import refuse_control_characters
 MAX_FILTER_ITEMS: Final = 16
 MAX_FILTER_CHARS: Final = 1000
 MAX_MOMENT_CHARS: Final = 40
-PROTOCOL_NUMBERS: Final = {
-    "icmp": 1,
-    "igmp": 2,
-    "tcp": 6,
-    "udp": 17,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmpv6": 58,
-    "sctp": 132,
-}
+IP_ONLY_LABEL: Final = "pcap, IP only (PPP framing removed: a conversion)"
 _SEPARATORS = re.compile(r"[\s,]+")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -114,11 +104,13 @@ class MomentField(forms.Field):
 
 
 class ExportForm(forms.Form):
-    """A session export's parameters (``format`` pcap or pcapng)."""
+    """A session export's parameters (``format`` pcapng, pcap, or pcap-ip: the IP packets
+    alone as raw IP, a conversion)."""
 
     FORMATS: tuple[tuple[str, str], ...] = (
         (ExportFormat.PCAPNG, "pcapng (with the export's comment)"),
         (ExportFormat.PCAP, "pcap"),
+        (ExportFormat.PCAP_IP, IP_ONLY_LABEL),
     )
 
     format = forms.ChoiceField(choices=(), initial=ExportFormat.PCAPNG)
@@ -209,7 +201,11 @@ class InterceptExportForm(ExportForm):
         (ExportFormat.ZIP, "zip of per-session files"),
     )
     member_format = forms.ChoiceField(
-        choices=((ExportFormat.PCAPNG, "pcapng"), (ExportFormat.PCAP, "pcap")),
+        choices=(
+            (ExportFormat.PCAPNG, "pcapng"),
+            (ExportFormat.PCAP, "pcap"),
+            (ExportFormat.PCAP_IP, IP_ONLY_LABEL),
+        ),
         initial=ExportFormat.PCAPNG,
         required=False,
         label="Files in the zip",

@@ -16,9 +16,18 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from jmirror_web.exports.request import filter_text
 from jmirror_web.intercepts.models import Case, Intercept, Session
 
 MANIFEST_SCHEMA: Final = "jmirror-web/export-manifest/1"
+# What every IP-only pcap says of itself, in its manifest and its audit records.
+CONVERSION_STATEMENT: Final = (
+    "This file is a conversion, not a copy of the stored records: the IP packets the "
+    "stored PPP frames carry were written as raw IP packets with their PPP framing "
+    "(address, control and protocol fields) removed, raw IP packets were copied as "
+    "stored, and PPP control packets (LCP, PAP, CHAP, IPCP...) were left out. The stored "
+    "files listed, with their recorded SHA-256, remain the evidence."
+)
 
 
 def ns_text(time_ns: int | None) -> str | None:
@@ -91,12 +100,21 @@ class Export(models.Model):
     # pcap output of CN2 (Contrail) sessions: packets whose Juniper header (kept per
     # packet as pcapng options in the stored files) pcap could not hold.
     juniper_headers_dropped = models.PositiveBigIntegerField(default=0)
+    # An IP-only pcap (format or member format pcap-ip) is a conversion, not a copy of the
+    # stored records: what it converted, from which files, and its counts once complete
+    # (see :data:`CONVERSION_STATEMENT`); empty for every other export.
+    conversion = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
         return f"export {self.pk} {self.file_name}"
+
+    @property
+    def filter_text(self) -> str:
+        """The filter in words: "no filter", or each criterion with its values."""
+        return filter_text(self.packet_filter)
 
     @property
     def session_ids(self) -> list[int]:
@@ -119,6 +137,8 @@ class Export(models.Model):
         """What the exported file does not hold of the stored evidence, one sentence each
         (the manifest's ``notes``, shown on its page)."""
         notes = []
+        if self.conversion:
+            notes.append(self._conversion_note())
         if self.juniper_headers_dropped:
             count = self.juniper_headers_dropped
             notes.append(
@@ -126,6 +146,21 @@ class Export(models.Model):
                 "(direction, capture host, actions, VN names) is not in this export: pcap "
                 "cannot hold per-packet options. The stored files keep it, and a pcapng "
                 "export of the same packets keeps it too."
+            )
+        unhashed = [
+            file["name"]
+            for source in self.sources
+            for file in source["files"]
+            if not file.get("sha256") and not file.get("closed")
+        ]
+        if unhashed:
+            count = len(unhashed)
+            notes.append(
+                f"No SHA-256 was recorded yet for {count} source file{'s' if count != 1 else ''} "
+                f"still being written when the export started ({', '.join(unhashed[:10])}"
+                f"{', ...' if count > 10 else ''}): a file's SHA-256 is recorded when it closes "
+                "(after a quiet time without packets, or at rotation) and is then shown on its "
+                "session's page. Every closed file is listed with its recorded SHA-256."
             )
         for source in self.sources:
             for part in source.get("not_included", []):
@@ -143,6 +178,18 @@ class Export(models.Model):
                     "it once it closes."
                 )
         return notes
+
+    def _conversion_note(self) -> str:
+        counts = self.conversion
+        if counts.get("ppp_frames_converted") is None:
+            done = "Its counts are recorded only when the export completes."
+        else:
+            done = (
+                f"It holds {counts['ppp_frames_converted']} packets taken out of PPP frames "
+                f"and {counts['raw_ip_packets_copied']} raw IP packets as stored; "
+                f"{counts['ppp_control_left_out']} PPP control packets were left out."
+            )
+        return f"{CONVERSION_STATEMENT} {done}"
 
     def manifest(self) -> dict[str, Any]:
         """The export's chain-of-custody manifest, JSON-ready. ``schema`` names its
@@ -201,5 +248,7 @@ class Export(models.Model):
             "error": self.error or None,
             # What the file leaves out of the stored evidence (pcap of CN2 sessions).
             "juniper_headers_dropped": self.juniper_headers_dropped,
+            # An IP-only pcap: what was converted, from which files, with which counts.
+            "conversion": self.conversion or None,
             "notes": self.notes(),
         }

@@ -5,7 +5,7 @@ and the benchmarks share these."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +19,19 @@ class ExportFormat(StrEnum):
     PCAP = "pcap"
     PCAPNG = "pcapng"
     ZIP = "zip"  # one member per session, each member in ``ExportRequest.member_format``
+    # A conversion, not a copy: a pcap of raw IP packets, those stored inside PPP with
+    # their PPP framing removed and PPP control packets left out (the one pcap a session
+    # mixing PPP and raw IP files can give; the stored files remain the evidence).
+    PCAP_IP = "pcap-ip"
+
+    @property
+    def extension(self) -> str:
+        """The exported file's extension: a conversion is a pcap file."""
+        return "pcap" if self is ExportFormat.PCAP_IP else self.value
+
+
+# Exports whose bytes are copied from the stored records; PCAP_IP converts them.
+FILE_FORMATS: Final = (ExportFormat.PCAP, ExportFormat.PCAPNG, ExportFormat.PCAP_IP)
 
 
 class ExportError(Exception):
@@ -63,6 +76,41 @@ class PacketFilter:
     @property
     def empty(self) -> bool:
         return not (self.addresses or self.ports or self.protocols)
+
+
+# The protocol names a filter takes besides numbers (the form's help text lists them).
+PROTOCOL_NUMBERS: Final = {
+    "icmp": 1,
+    "igmp": 2,
+    "tcp": 6,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "sctp": 132,
+}
+_PROTOCOL_NAMES: Final = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+
+
+def filter_text(recorded: Mapping[str, Any]) -> str:
+    """A recorded filter (``Export.packet_filter``: lists of addresses, ports and protocol
+    numbers) as the manifest page and the pcapng comment say it: "no filter" when every
+    list is empty, else "addresses 10.0.0.7; ports 53, 443; protocols 17 (udp)"."""
+    protocols = [
+        f"{number} ({_PROTOCOL_NAMES[number]})" if number in _PROTOCOL_NAMES else str(number)
+        for number in recorded.get("protocols") or []
+    ]
+    parts = [
+        f"{what} {', '.join(items)}"
+        for what, items in (
+            ("addresses", [str(each) for each in recorded.get("addresses") or []]),
+            ("ports", [str(each) for each in recorded.get("ports") or []]),
+            ("protocols", protocols),
+        )
+        if items
+    ]
+    return "; ".join(parts) or "no filter"
 
 
 class SourceStream(Protocol):
@@ -131,4 +179,4 @@ class ExportRequest:
     window: Window = Window()
     packet_filter: PacketFilter = PacketFilter()
     comment: str = ""  # pcapng section header comment (opt_comment); ignored for pcap
-    member_format: ExportFormat = ExportFormat.PCAPNG  # for ZIP only: PCAP or PCAPNG
+    member_format: ExportFormat = ExportFormat.PCAPNG  # for ZIP only: PCAP, PCAPNG or PCAP_IP

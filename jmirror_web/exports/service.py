@@ -44,8 +44,10 @@ from django.utils import timezone
 
 from jmirror_web.audit.log import client_address, record
 from jmirror_web.exports import engine
-from jmirror_web.exports.models import Export
+from jmirror_web.exports.models import CONVERSION_STATEMENT, Export
+from jmirror_web.exports.reading import read_header
 from jmirror_web.exports.request import (
+    FILE_FORMATS,
     ExportError,
     ExportFormat,
     ExportRequest,
@@ -56,6 +58,7 @@ from jmirror_web.exports.request import (
     SourceError,
     SourceFile,
     Window,
+    filter_text,
 )
 from jmirror_web.exports.writers import ExportDigest
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
@@ -73,6 +76,7 @@ CONTENT_TYPES: Final = {
     ExportFormat.PCAP: "application/vnd.tcpdump.pcap",
     ExportFormat.PCAPNG: "application/x-pcapng",
     ExportFormat.ZIP: "application/zip",
+    ExportFormat.PCAP_IP: "application/vnd.tcpdump.pcap",
 }
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
@@ -105,13 +109,24 @@ class ExportParameters:
             "protocols": sorted(self.packet_filter.protocols),
         }
 
+    @property
+    def converts(self) -> bool:
+        """Whether the file (or the zip's members) is an IP-only pcap: a conversion."""
+        member = self.member_format if self.format == ExportFormat.ZIP else self.format
+        return member == ExportFormat.PCAP_IP
+
     def audit_details(self) -> dict[str, Any]:
-        return {
+        details: dict[str, Any] = {
             "format": str(self.format),
             "start": _iso(self.start),
             "end": _iso(self.end),
             "filter": self.filter_json(),
         }
+        if self.format == ExportFormat.ZIP:
+            details["member_format"] = str(self.member_format)
+        if self.converts:
+            details["conversion"] = CONVERSION_STATEMENT
+        return details
 
 
 @dataclass
@@ -399,16 +414,70 @@ def _check_engine(engine_request: ExportRequest) -> None:
         raise ExportRefused(str(error)) from None
 
 
+# Link types, for the forms ----------------------------------------------------------
+
+# At most this many stored file headers are read to draw an export form: the warning of
+# mixed link types is advice (the export itself checks every file it reads).
+MAX_HEADERS_PROBED: Final = 200
+
+
+def link_types_of(
+    sessions: QuerySet[Session], limit: int = MAX_HEADERS_PROBED
+) -> dict[int, set[int]]:
+    """Per session (by id), the link types of its stored, unpurged files, read from their
+    headers (a CaptureFile row does not record it): a session's reading stops once two
+    are seen, and all reading after ``limit`` headers (and ten times as many rows). A
+    file that cannot be read is passed over: the export says what is wrong with it."""
+    found: dict[int, set[int]] = {}
+    files = CaptureFile.objects.filter(
+        session__in=sessions.values("pk"), purged_at__isnull=True
+    ).order_by("session", F("first_packet").asc(nulls_last=True), "pk")
+    read = 0
+    for capture in files[: limit * 10].iterator():
+        seen = found.setdefault(capture.session_id, set())
+        if len(seen) > 1 or still_open_elsewhere(capture):
+            continue
+        if read >= limit:
+            break
+        read += 1
+        try:
+            stream, _growing = open_capture(capture)
+        except (CaptureUnavailable, OutsideSessionsDirectory):
+            continue
+        try:
+            seen.add(read_header(stream, Path(capture.path).name).linktype)
+        except SourceError:
+            continue
+        finally:
+            stream.close()
+    return found
+
+
+def mixed_link_types(sessions: QuerySet[Session]) -> dict[Session, str]:
+    """The sessions whose files mix link types (which one pcap file cannot hold), each
+    with its link types in words (:func:`link_types_of`), in order of first traffic."""
+    mixed = {pk: types for pk, types in link_types_of(sessions).items() if len(types) > 1}
+    if not mixed:
+        return {}
+    return {
+        session: engine.linktype_names(mixed[session.pk])
+        for session in sessions.filter(pk__in=mixed)
+        .select_related("router")
+        .order_by("first_seen", "pk")
+    }
+
+
 # Preparing -----------------------------------------------------------------------------
 
 
 def prepare_session_export(session: Session, parameters: ExportParameters) -> PreparedExport:
-    """One session, whole or in a window, filtered or not, as one pcap or pcapng file."""
+    """One session, whole or in a window, filtered or not, as one pcap or pcapng file, or
+    as an IP-only pcap (a conversion)."""
     intercept = session.intercept
     if intercept is None:
         raise ExportRefused("This session belongs to no intercept; it cannot be exported.")
-    if parameters.format not in (ExportFormat.PCAP, ExportFormat.PCAPNG):
-        raise ExportRefused("A session is exported as pcap or pcapng.", "format")
+    if parameters.format not in FILE_FORMATS:
+        raise ExportRefused("A session is exported as pcap, pcapng or pcap-ip.", "format")
     start, end = _check_window(parameters, intercept)
     if start > session.last_seen or end <= session.first_seen:
         raise ExportRefused(
@@ -436,7 +505,8 @@ def prepare_session_export(session: Session, parameters: ExportParameters) -> Pr
     )
     name = (
         f"{_safe(intercept.liid)}_{_safe(session.router.name)}_{mirror}_"
-        f"{_stamp(shown_start)}-{_stamp(shown_end)}.{parameters.format}"
+        f"{_stamp(shown_start)}-{_stamp(shown_end)}"
+        f"{'_ip-only' if parameters.converts else ''}.{parameters.format.extension}"
     )
     engine_request = ExportRequest(
         sessions=[_session_source(session, files)],
@@ -692,7 +762,7 @@ def section_comment(export: Export, prepared: PreparedExport) -> str:
     lines += [
         f"Window: {_iso(parameters.start) or 'session start'} to "
         f"{_iso(parameters.end) or 'session end'} (UTC)",
-        f"Filter: {parameters.filter_json() if not parameters.packet_filter.empty else 'none'}",
+        f"Filter: {filter_text(parameters.filter_json())}",
         f"Requester: {export.requester_name}",
         f"Exported at: {_iso(export.created_at)}",
     ]
@@ -713,6 +783,24 @@ def audit_refusal(
     """Record an export refused for its parameters, by a user entitled to the object
     (refusals of the object itself go through :mod:`jmirror_web.audit.refusals`)."""
     record(REFUSED, obj, request=request, details={"reason": reason, **(details or {})})
+
+
+def _conversion_record(prepared: PreparedExport) -> dict[str, Any]:
+    """What an IP-only pcap converts, from which stored files (with the SHA-256 recorded
+    for each, None for a file still open); its counts are added when it completes."""
+    return {
+        "from": "PPP in HDLC framing (link type 50) and raw IP (link type 101)",
+        "to": "raw IP (link type 101)",
+        "statement": CONVERSION_STATEMENT,
+        "source_files": [
+            {"session": source["session"], "name": file["name"], "sha256": file["sha256"]}
+            for source in prepared.sources
+            for file in source["files"]
+        ],
+        "ppp_frames_converted": None,
+        "raw_ip_packets_copied": None,
+        "ppp_control_left_out": None,
+    }
 
 
 def start(prepared: PreparedExport, request: HttpRequest) -> ExportStream:
@@ -736,7 +824,9 @@ def start(prepared: PreparedExport, request: HttpRequest) -> ExportStream:
         sources=prepared.sources,
     )
     export.comment = section_comment(export, prepared)
-    export.save(update_fields=["comment"])
+    if parameters.converts:
+        export.conversion = _conversion_record(prepared)
+    export.save(update_fields=["comment", "conversion"])
     engine_request = ExportRequest(
         sessions=prepared.engine_request.sessions,
         format=prepared.engine_request.format,
@@ -815,6 +905,14 @@ class ExportStream:
         }
         export.bytes_sent = self.bytes_sent
         export.juniper_headers_dropped = digest.juniper_headers_dropped
+        conversion: dict[str, Any] = {}
+        if export.conversion:
+            conversion = {
+                "ppp_frames_converted": digest.ppp_converted,
+                "raw_ip_packets_copied": digest.raw_ip_copied,
+                "ppp_control_left_out": digest.ppp_left_out,
+            }
+            export.conversion = {**export.conversion, **conversion}
         export.save()
         record(
             "export.complete",
@@ -825,6 +923,11 @@ class ExportStream:
                 "sha256": export.sha256,
                 "size": export.size,
                 "packets": export.packets,
+                **(
+                    {"conversion": {"statement": CONVERSION_STATEMENT, **conversion}}
+                    if conversion
+                    else {}
+                ),
             },
         )
 

@@ -127,7 +127,13 @@ def session_download(request: HttpRequest, session_id: int) -> HttpResponseBase:
     assert session is not None
     assert session.intercept is not None
     form = _session_form(request)
-    context = {"session": session, "intercept": session.intercept, "case": session.intercept.case}
+    context = {
+        "session": session,
+        "intercept": session.intercept,
+        "case": session.intercept.case,
+        # The warning before a pcap is asked for: this session's files mix link types.
+        "mixed": service.mixed_link_types(Session.objects.filter(pk=session.pk)).get(session, ""),
+    }
     if not form.is_bound:
         return render(request, "exports/session_export.html", {**context, "form": form})
     if not form.is_valid():
@@ -154,7 +160,11 @@ def intercept_export(request: HttpRequest, intercept_id: int) -> HttpResponseBas
         _refuse(request, intercept, "no download right", {"intercept": intercept_id})
     assert intercept is not None
     form = InterceptExportForm(request.GET if _has_parameters(request) else None)
-    context = {"intercept": intercept, "case": intercept.case}
+    context = {
+        "intercept": intercept,
+        "case": intercept.case,
+        "mixed": service.mixed_link_types(intercept.sessions.all()),
+    }
     if not form.is_bound:
         return render(request, "exports/intercept_export.html", {**context, "form": form})
     if not form.is_valid():
@@ -185,7 +195,11 @@ def case_export(request: HttpRequest, case_id: int) -> HttpResponseBase:
         _refuse(request, case, "no download right", {"case": case_id})
     assert case is not None
     form = InterceptExportForm(request.GET if _has_parameters(request) else None)
-    context = {"case": case, "contents": service.case_contents(case)}
+    context = {
+        "case": case,
+        "contents": service.case_contents(case),
+        "mixed": service.mixed_link_types(Session.objects.filter(intercept__case=case)),
+    }
     if not form.is_bound:
         return render(request, "exports/case_export.html", {**context, "form": form})
     if not form.is_valid():

@@ -11,6 +11,12 @@ Stored pcapng files (a CN2 session's, read by
 stored, options and all, with the export's interface id; in pcap each block becomes a
 record of its frame alone, and the packets whose options (the Juniper header) were left
 out are counted (``ExportDigest.juniper_headers_dropped``).
+
+An IP-only pcap (``ExportFormat.PCAP_IP``) converts rather than copies: its link type
+is raw IP; raw IP records are copied as stored, PPP frames carrying IPv4 or IPv6 are
+written as their IP packet alone (the address, control and protocol fields removed, as
+``filtering.ppp_ip_start`` finds them), PPP control packets (LCP, PAP, CHAP, IPCP...)
+are left out; each kind is counted in the digest for the manifest.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from jmirror_web.exports.filtering import Match, matcher
+from jmirror_web.exports.filtering import Match, matcher, ppp_ip_start
 from jmirror_web.exports.reading import NS_PER_SECOND, BlockCursor, SessionPlan, runs
 from jmirror_web.exports.request import CHUNK_BYTES, ExportFormat, ExportRequest
 from receiver import pcap
@@ -70,6 +76,11 @@ class ExportDigest:
     # pcap output of stored pcapng files: packets whose options (a CN2 frame's Juniper
     # header: direction, capture host, actions, VN names) pcap could not hold.
     juniper_headers_dropped: int = 0
+    # An IP-only pcap (a conversion): PPP frames written as their IP packet, raw IP
+    # packets copied as stored, and PPP frames left out (control: LCP, PAP, IPCP...).
+    ppp_converted: int = 0
+    raw_ip_copied: int = 0
+    ppp_left_out: int = 0
     # ZIP only: per member name, its own (sha256, size, packets)
     members: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
@@ -95,6 +106,56 @@ def _pcap_pieces(
             yield _blocks_as_records(cursor.buffer, start, end, digest)
             continue
         yield memoryview(cursor.buffer)[start:end]
+
+
+def _pcap_ip_pieces(
+    plans: Sequence[SessionPlan], digest: ExportDigest, match: Match | None = None
+) -> Iterator[Piece]:
+    """An IP-only pcap (a conversion): raw IP records as stored (bulk copies), PPP frames
+    carrying IP as records of their IP packet alone; other PPP frames left out. The
+    engine's check let only PPP and raw IP files through."""
+    inputs = [item for plan in plans for item in plan.inputs]
+    yield pcap.file_header(LinkType.RAW)
+    for cursor, start, end, count, first, last in runs(inputs, match):
+        if cursor.linktype == LinkType.RAW:
+            _count(digest, count, first, last)
+            digest.raw_ip_copied += count
+            yield memoryview(cursor.buffer)[start:end]
+            continue
+        yield _ppp_as_ip_records(cursor.buffer, start, end, digest)
+
+
+def _ppp_as_ip_records(buffer: bytearray, start: int, end: int, digest: ExportDigest) -> bytes:
+    """Stored PPP records (whole, checked by the cursor) as raw IP records: each IP packet
+    with its time and its lengths less the framing removed; the rest counted."""
+    parts: list[bytes | memoryview] = []
+    view = memoryview(buffer)
+    unpack = pcap.RECORD_HEADER.unpack_from
+    pack = pcap.RECORD_HEADER.pack
+    pos = start
+    converted = left_out = 0
+    first = last = 0
+    while pos < end:
+        seconds, fraction, captured, original = unpack(buffer, pos)
+        data = pos + 16
+        pos = data + captured
+        ip = ppp_ip_start(buffer, data, pos)
+        if ip < 0 or ip >= pos:
+            left_out += 1
+            continue
+        framing = ip - data
+        parts.append(pack(seconds, fraction, captured - framing, max(original - framing, 0)))
+        parts.append(view[ip:pos])
+        time = seconds * NS_PER_SECOND + fraction
+        if not converted:
+            first = time
+        last = time
+        converted += 1
+    digest.ppp_left_out += left_out
+    if converted:
+        _count(digest, converted, first, last)
+        digest.ppp_converted += converted
+    return b"".join(parts)
 
 
 def _blocks_as_records(buffer: bytearray, start: int, end: int, digest: ExportDigest) -> bytes:
@@ -233,6 +294,8 @@ def content_pieces(
     match = matcher(request.packet_filter)
     if form == ExportFormat.PCAP:
         return _pcap_pieces(plans, digest, match)
+    if form == ExportFormat.PCAP_IP:
+        return _pcap_ip_pieces(plans, digest, match)
     return _pcapng_pieces(plans, request.comment, digest, match)
 
 
@@ -294,7 +357,7 @@ def zip_pieces(
     names: set[str] = set()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for plan in plans:
-            name = _member_name(plan.session.name, member_format.value, names)
+            name = _member_name(plan.session.name, member_format.extension, names)
             info = zipfile.ZipInfo(name, _zip_time(plan))
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o640 << 16
@@ -311,6 +374,9 @@ def zip_pieces(
             digest.members[name] = (sha.hexdigest(), member.size, member.packets)
             digest.packets += member.packets
             digest.juniper_headers_dropped += member.juniper_headers_dropped
+            digest.ppp_converted += member.ppp_converted
+            digest.raw_ip_copied += member.raw_ip_copied
+            digest.ppp_left_out += member.ppp_left_out
             if member.first_ns is not None:
                 firsts = [member.first_ns] + ([] if digest.first_ns is None else [digest.first_ns])
                 digest.first_ns = min(firsts)

@@ -26,16 +26,22 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 
 from jmirror_web.admin_site import SafeAutocompleteSelect
+from jmirror_web.console.health import STALE_AFTER
+from jmirror_web.environment import parse_listen
 from jmirror_web.intercepts import provisioning
 from jmirror_web.intercepts.access import Action, Role, cases_for, may
 from jmirror_web.intercepts.models import (
     MAX_CLAIM_ENTRIES,
+    MAX_INTERCEPT_ID,
+    MAX_SESSION_ID,
     CaptureFile,
     Case,
     CaseAssignment,
     Intercept,
+    Listener,
     Router,
     Session,
     UnclaimedStream,
@@ -204,6 +210,51 @@ class LinesField(forms.CharField):
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+class HexIdField(forms.Field):
+    """A mirror id or session id, shown in hex as everywhere in the console (0x8000) and
+    taken in hex (with its 0x) or in decimal; empty is None. The model's validators
+    bound it again."""
+
+    widget = forms.TextInput(attrs={"size": 14, "autocomplete": "off"})
+    MAX_CHARS: Final = 20
+
+    def __init__(self, *, maximum: int, **kwargs: Any) -> None:
+        self.maximum = maximum
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = self.to_python(value)
+            except forms.ValidationError:
+                return value
+        return f"{value:#x}" if isinstance(value, int) else value
+
+    def to_python(self, value: Any) -> int | None:
+        text = str(value if value is not None else "").strip()
+        if not text:
+            return None
+        hexadecimal = text[:2].lower() == "0x"
+        digits = text[2:] if hexadecimal else text
+        base = 16 if hexadecimal else 10
+        allowed = "0123456789abcdefABCDEF" if hexadecimal else "0123456789"
+        if len(text) > self.MAX_CHARS or not digits or any(c not in allowed for c in digits):
+            raise forms.ValidationError(
+                f"Enter the id in hex (0x8000) or decimal (32768), from 0 to {self.maximum:#x}.",
+                code="invalid",
+            )
+        number = int(digits, base)
+        if number > self.maximum:
+            raise forms.ValidationError(
+                f"{number:#x} is past the largest id, {self.maximum:#x}.", code="max_value"
+            )
+        return number
+
+
+# Mirror and session ids, edited in hex as the console shows them.
+_HEX_IDS: Final = {"intercept_id": MAX_INTERCEPT_ID, "sid": MAX_SESSION_ID}
+
+
 # The CN2 lists, edited one entry a line.
 _LINES_HELP: Final = {
     "virtual_networks": "Claim the frames whose source or destination virtual network is "
@@ -303,6 +354,13 @@ class InterceptAdmin(RecordsPermissions, InterceptAdminBase):
     ) -> forms.Field | None:
         if db_field.name in _LINES_HELP:
             return LinesField(required=False, help_text=_LINES_HELP[db_field.name])
+        if db_field.name in _HEX_IDS:
+            return HexIdField(
+                maximum=_HEX_IDS[db_field.name],
+                required=False,
+                label=capfirst(db_field.verbose_name),
+                help_text=f"{db_field.help_text} In hex (0x8000) or decimal.",
+            )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def formfield_for_foreignkey(
@@ -389,6 +447,38 @@ def _dtcp_add(mirror_id: int, router: Router | None) -> str:
     return provisioning.DtcpMessage(message.method, message.version, headers).text()
 
 
+def listened_ports(now: datetime) -> set[int]:
+    """The UDP ports the running receivers listen on, as their Listener rows say (a
+    receiver that has not reported within health.STALE_AFTER is not counted)."""
+    ports = set()
+    for address in Listener.objects.filter(
+        receiver__stopped_at__isnull=True, receiver__reported_at__gte=now - STALE_AFTER
+    ).values_list("address", flat=True):
+        try:
+            ports.add(parse_listen(address)[1])
+        except ValueError:
+            continue  # not HOST:PORT: says nothing of a port
+    return ports
+
+
+def port_note(port: int, setting: str, listened: set[int]) -> str:
+    """Whether a running receiver listens on ``port``, the port a snippet names (from
+    ``setting``): routers configured with a port nothing listens on send into the void."""
+    if not listened:
+        return (
+            f"No receiver is running now, so it cannot be checked that this host listens "
+            f"on UDP port {port} ({setting})."
+        )
+    if port in listened:
+        return f"A running receiver listens on UDP port {port} ({setting})."
+    shown = ", ".join(str(each) for each in sorted(listened))
+    return (
+        f"Port {port} ({setting}) differs from what the running receivers listen on: "
+        f"UDP {shown}. A router given these lines would mirror to a port nothing "
+        f"receives on; correct {setting}, or the receivers' JMIRROR_LISTEN."
+    )
+
+
 def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
     """What a CN2 intercept needs of the vRouters: a mirror destination that sends to
     this host with the Juniper header, on the intercept's analyzer port."""
@@ -418,7 +508,20 @@ def _cn2_provisioning_html(intercept: Intercept) -> SafeString:
                 intercept.claims_text(),
             )
         )
-    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    if intercept.analyzer_port is None:
+        return _with_note(None, blocks)
+    note = port_note(
+        intercept.analyzer_port, "the intercept's analyzer port", listened_ports(timezone.now())
+    )
+    return _with_note(note, blocks)
+
+
+def _with_note(note: str | None, blocks: list[tuple[str, str]]) -> SafeString:
+    """The snippets, each titled, after the port check's note (when there is one)."""
+    snippets = format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    if note is None:
+        return snippets
+    return format_html("<p data-port-note>{}</p>\n{}", note, snippets)
 
 
 def provisioning_html(intercept: Intercept) -> SafeString:
@@ -428,6 +531,9 @@ def provisioning_html(intercept: Intercept) -> SafeString:
     if intercept.is_cn2 or intercept.intercept_id is None:
         return _cn2_provisioning_html(intercept)
     handle = provisioning.MedDevHandle(intercept.intercept_id, intercept.sid)
+    note = port_note(
+        settings.MEDIATION_PORT, "JMIRROR_MEDIATION_PORT", listened_ports(timezone.now())
+    )
     blocks: list[tuple[str, str]] = []
     try:
         blocks.append(
@@ -462,7 +568,7 @@ def provisioning_html(intercept: Intercept) -> SafeString:
             )
         except provisioning.ProvisioningError as error:
             blocks.append((f"Cannot build the DTCP ADD{where}", str(error)))
-    return format_html_join("\n", "<p><strong>{}</strong></p><pre>{}</pre>", blocks)
+    return _with_note(note, blocks)
 
 
 class RouterForm(RouterFormBase):
@@ -579,7 +685,7 @@ class CaptureFileAdmin(CapturedPermissions, CaptureFileAdminBase):
         if capture.purged_at is not None:
             return "purged"
         if capture.uploaded_at is not None:
-            parts = [f"in the store since {capture.uploaded_at:%Y-%m-%d %H:%M:%S}Z"]
+            parts = [f"in the store since {capture.uploaded_at:%Y-%m-%d %H:%M:%S} UTC"]
             if capture.object_retain_until is not None:
                 parts.append(f"locked until {capture.object_retain_until:%Y-%m-%d}")
             if capture.object_legal_hold:

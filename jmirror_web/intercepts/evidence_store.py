@@ -62,13 +62,16 @@ class CaptureUnavailable(Exception):
     """Neither a local copy nor a stored object of a capture file can be read."""
 
 
-def open_capture(capture: CaptureFile) -> tuple[FileIO | ObjectReader, bool]:
+def open_capture(
+    capture: CaptureFile, *, fresh: bool = False
+) -> tuple[FileIO | ObjectReader, bool]:
     """The file of ``capture`` opened for reading from its start, and whether it is
     still being written (a ``.part``: its last record may be incomplete).
 
     Local first (the final name, then ``.part``, then the final name again in case it
     was renamed in between); else, the row read again (it may have been uploaded
-    since it was loaded), the stored object. Raises :class:`CaptureUnavailable`."""
+    since it was loaded; not when the caller just loaded it: ``fresh``), the stored
+    object. Raises :class:`CaptureUnavailable`."""
     path = capture.on_disk()
     final = path.with_name(path.name.removesuffix(PART_SUFFIX))
     part = final.with_name(final.name + PART_SUFFIX)
@@ -81,7 +84,7 @@ def open_capture(capture: CaptureFile) -> tuple[FileIO | ObjectReader, bool]:
             raise CaptureUnavailable(
                 f"The stored file {final.name} cannot be read ({error.strerror})."
             ) from error
-    if capture.pk is not None:
+    if capture.pk is not None and not fresh:
         capture.refresh_from_db()
     stored = capture.stored_object
     found = store()

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, cast
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from jmirror_web.live import rights, watching
+from jmirror_web.live import history, rights, watching
 from jmirror_web.live.buffer import SeenMessages, UpdateBuffer, summary_identity
 from jmirror_web.live.flow import SendWindow, TokenBucket
 from jmirror_web.live.protocol import (
@@ -276,6 +276,23 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self._sync_groups()
         await self._sync_watches()
         await self._send_json({"type": "subscribed", "stream": stream.value, "id": object_id})
+        if stream == Stream.SESSION and object_id is not None:
+            await self._send_history(object_id, grant)
+
+    async def _send_history(self, session_id: int, grant: Grant) -> None:
+        """The session's recent stored packets and per-second counts (:mod:`.history`),
+        with the rights of the subscription just granted; none when nothing is stored.
+        Not one of the acknowledged updates: one bounded message per subscription."""
+        try:
+            message = await database_sync_to_async(history.session_history)(
+                session_id, content=grant.content, now_ns=time.time_ns()
+            )
+        except Exception:
+            # The feed stands without it: the page fills from live summaries as before.
+            logger.exception("history of live session %s not read", session_id)
+            return
+        if message is not None and self._grants.get((Stream.SESSION, session_id)) == grant:
+            await self._send_json(message)
 
     async def _sync_groups(self) -> None:
         """Join and leave groups until they are those of the current subscriptions."""

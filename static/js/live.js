@@ -85,8 +85,9 @@
   }
 
   // Opens the websocket, subscribes to config.subscriptions and hands every `updates`
-  // message to onUpdates(items, dropped). Shows the state in [data-live-state].
-  function connect(config, onUpdates) {
+  // message to onUpdates(items, dropped), and a session's `history` (sent once after
+  // subscribing) to onHistory(message) when given. Shows the state in [data-live-state].
+  function connect(config, onUpdates, onHistory) {
     const state = document.querySelector("[data-live-state]");
     let attempt = 0;
     let finished = false;
@@ -125,6 +126,8 @@
           if (Number.isInteger(message.seq)) {
             socket.send(JSON.stringify({ action: "ack", seq: message.seq }));
           }
+        } else if (message.type === "history") {
+          if (onHistory) onHistory(message);
         } else if (
           message.type === "revoked" ||
           (message.type === "error" && message.code === "forbidden")

@@ -1,6 +1,7 @@
 // Session live view: the rolling packet list (newest first, at most config.limit rows
 // kept), pause/resume, a client-side filter, the totals and a packets/s + bytes/s chart
-// of the last five minutes drawn on a plain canvas.
+// of the last five minutes drawn on a plain canvas. List and chart start from the
+// session's stored history, which the server sends once on subscribing.
 "use strict";
 (function () {
   const live = window.jmirrorLive;
@@ -19,6 +20,9 @@
   const canvas = view.querySelector("[data-chart]");
 
   const kept = []; // packet rows, oldest first, at most config.limit
+  let historyDrawn = false; // the history is drawn once, not again on reconnecting
+  let stored = 0; // rows of the stored history drawn at load (before any live row)
+  let newestStored = null; // BigInt receive time of the newest of them
   let received = 0; // rows received since the page opened
   let skipped = 0; // rows the server left out (it sends at most 50 per update)
   let unseen = 0; // rows that arrived while paused
@@ -85,15 +89,21 @@
 
   function describe() {
     const shown = body.childElementCount;
+    // Which packets the list is drawn from: those received live since the page opened,
+    // after the last stored ones it was given on opening (the history).
+    const of = stored
+      ? `${live.formatCount(stored + received)} packets (${live.formatCount(stored)} stored before the page opened, ${live.formatCount(received)} received live since)`
+      : `${live.formatCount(received)} packets received live since the page opened`;
     // While paused the list holds the rows of the moment it was paused, not `kept`.
     let text = paused
-      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${live.formatCount(received)} packets received`
-      : `showing the latest ${live.formatCount(kept.length)} of ${live.formatCount(received)} packets received`;
+      ? `showing the ${live.formatCount(shown)} rows listed when paused, of ${of}`
+      : `showing the latest ${live.formatCount(kept.length)} of ${of}`;
     if (!paused && shown !== kept.length) {
       text = `${live.formatCount(shown)} match the filter; ` + text;
     }
-    if (received > kept.length) text += ` (older rows dropped, at most ${config.limit} kept)`;
+    if (stored + received > kept.length) text += ` (the list keeps the latest ${live.formatCount(config.limit)})`;
     if (skipped) text += `; ${live.formatCount(skipped)} rows not sent at this rate`;
+    if (config.olderPackets) text += `; ${config.olderPackets}`;
     if (paused) text += ` · paused, ${live.formatCount(unseen)} new`;
     live.setText(note, text);
   }
@@ -225,19 +235,65 @@
     if (!paused) renderAll();
   });
 
-  live.connect(config, (items, dropped) => {
-    skipped += dropped;
-    const rows = [];
-    for (const item of items) {
-      const summary = item.stream === "session" && item.id === config.session && item.session;
-      if (!summary) continue;
-      addTotals(summary);
-      meter.add(summary.packets, summary.bytes);
-      bucket(summary.packets, summary.bytes);
-      for (const row of summary.recent || []) rows.push(row);
+  // A receive time as an exact integer (time_ns_text), for telling stored rows from live ones.
+  function exactTime(row) {
+    const text = row.time_ns_text;
+    return typeof text === "string" && EXACT_TIME.test(text) ? BigInt(text) : null;
+  }
+
+  // The session's recent stored packets and per-second counts, sent once on subscribing:
+  // they go below whatever live rows came first, and into the chart's seconds.
+  function addHistory(message) {
+    if (message.stream !== "session" || message.id !== config.session || historyDrawn) return;
+    historyDrawn = true;
+    const listed = new Set(kept.map((row) => row.time_ns_text));
+    const rows = (message.rows || []).filter((row) => !listed.has(row.time_ns_text));
+    stored = rows.length;
+    for (const row of rows) {
+      const exact = exactTime(row);
+      if (exact !== null && (newestStored === null || exact > newestStored)) newestStored = exact;
     }
-    if (rows.length) addRows(rows);
-  });
+    kept.unshift(...rows);
+    if (kept.length > config.limit) kept.splice(0, kept.length - config.limit);
+    const now = Math.floor(Date.now() / 1000);
+    const bySecond = new Map(buckets.map((entry) => [entry[0], entry]));
+    for (const [second, packets, bytes] of message.seconds || []) {
+      if (!Number.isInteger(second) || second <= now - CHART_SECONDS || second > now) continue;
+      const entry = bySecond.get(second);
+      if (entry) {
+        entry[1] += packets;
+        entry[2] += bytes;
+      } else {
+        bySecond.set(second, [second, packets, bytes]);
+      }
+    }
+    buckets.splice(0, buckets.length, ...[...bySecond.values()].sort((a, b) => a[0] - b[0]));
+    if (!paused) renderAll();
+    draw();
+  }
+
+  live.connect(
+    config,
+    (items, dropped) => {
+      skipped += dropped;
+      const rows = [];
+      for (const item of items) {
+        const summary = item.stream === "session" && item.id === config.session && item.session;
+        if (!summary) continue;
+        addTotals(summary);
+        meter.add(summary.packets, summary.bytes);
+        bucket(summary.packets, summary.bytes);
+        for (const row of summary.recent || []) {
+          // A packet stored before the history was read and summarised after it: once.
+          const exact = exactTime(row);
+          if (newestStored !== null && exact !== null && exact <= newestStored) continue;
+          rows.push(row);
+        }
+      }
+      if (rows.length) addRows(rows);
+    },
+    addHistory,
+  );
 
   // The totals are what the page loaded plus every summary since. A summary the page
   // missed (sent before it subscribed, or while the connection was down) would leave them

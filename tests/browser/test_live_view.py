@@ -220,7 +220,15 @@ def test_analyst_watches_a_session_live(
     # Live view: packets sent now are listed within 2 seconds.
     wait_live(page)
     assert page.locator("[data-live-view]").is_visible()
+    # Before any new packet, the list and the chart are filled from the stored history
+    # (the packets simulated above), and the note says where the rows come from.
+    page.wait_for_function(MORE_ROWS, arg=0, timeout=WAIT_MS)
+    assert "stored before the page opened" in page.locator("[data-list-note]").inner_text()
     canvas = page.locator("canvas[data-chart]")
+    page.wait_for_function(
+        f"canvas => ({CHART})(canvas).lifted > 0", arg=canvas.element_handle(), timeout=WAIT_MS
+    )
+    screenshot(page, "3-live-view-on-load", full_page=False)
     quiet = canvas.evaluate(CHART)
     shown = page.evaluate(COUNT_ROWS)
     product.simulate(50, MID_A)
@@ -245,11 +253,13 @@ def test_analyst_watches_a_session_live(
         timeout=8000,
     )
 
-    # The chart moves: a redraw (once a second) after the traffic lifts the packets line.
-    page.wait_for_function(f"canvas => ({CHART})(canvas).lifted > 0", arg=canvas.element_handle())
+    # The chart moves: a redraw (once a second) after the traffic draws the new packets.
+    page.wait_for_function(
+        f"([canvas, before]) => ({CHART})(canvas).png !== before",
+        arg=[canvas.element_handle(), quiet["png"]],
+    )
     busy = canvas.evaluate(CHART)
-    assert busy["png"] != quiet["png"]
-    assert busy["lifted"] > quiet["lifted"]
+    assert busy["lifted"] > 0
     rate = page.locator('[data-totals] [data-field="rate"]').inner_text()
     assert re.fullmatch(r"[\d.,]+/s · [\d.,]+\s\S+/s", rate), rate
     screenshot(page, "3-live-view", full_page=False)  # what the analyst sees first

@@ -199,6 +199,17 @@ def world(settings: Any, tmp_path: Path) -> World:
 
 # The endpoints ------------------------------------------------------------------------
 
+# The session page's stored packet list and its API.
+STORED_PACKET_PARAMETERS = (
+    "page",
+    "page_size",
+    "start",
+    "end",
+    "address",
+    "port",
+    "protocol",
+    "info",
+)
 EXPORT_PARAMETERS = ("format", "start", "end", "addresses", "ports", "protocols")
 LIST_PARAMETERS = ("page", "page_size", "format")
 
@@ -291,7 +302,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "console:password", "POST", ("old_password", "new_password1", "new_password2", "next")
     ),
     Endpoint("console:case", "GET", ("page",), args=_case),
-    Endpoint("console:session", "GET", args=_session),
+    Endpoint("console:session", "GET", STORED_PACKET_PARAMETERS, args=_session),
     Endpoint("console:packet", "GET", args=_packet),
     Endpoint("console:packet_jump", "GET", ("number", "at"), args=_session),
     Endpoint("console:health", "GET", who="sysadmin"),
@@ -334,6 +345,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("api:session-list", "GET", (*LIST_PARAMETERS, "intercept", "case"), api=True),
     Endpoint("api:session-detail", "GET", ("format",), args=_session, api=True),
     Endpoint("api:session_pcap", "GET", EXPORT_PARAMETERS, args=_session, api=True),
+    Endpoint("api:session_packets", "GET", STORED_PACKET_PARAMETERS, args=_session, api=True),
     Endpoint("api:case_pcap", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_case, api=True),
     Endpoint("api:export", "GET", args=_export, api=True),
     Endpoint("api:session_conversations", "GET", LISTING, args=_session, api=True),

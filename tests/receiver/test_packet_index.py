@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -186,3 +190,55 @@ def test_a_prefix_is_the_whole_records_at_the_start() -> None:
         expected = packet_index.python_index_prefix(buffer[:cut], 24, RAW, False)
         assert compiled.index_prefix(buffer[:cut], 24, RAW, False) == expected
     assert compiled.index_prefix(buffer[: whole - 1], 24, RAW, False)[1] == 16 + 28
+
+
+def test_times_and_their_order_in_c_and_python() -> None:
+    buffer = pcap_records([bytes(IP() / UDP())] * 5)
+    index = both(buffer, 24, RAW)
+    times, ordered = compiled.index_times(index)
+    assert (times, ordered) == packet_index.python_index_times(index)
+    assert ordered
+    # A clock step back: the fourth packet before the third.
+    swapped = bytearray(index)
+    swapped[3 * 64 + 8 : 3 * 64 + 16] = index[1 * 64 + 8 : 1 * 64 + 16]
+    assert compiled.index_times(bytes(swapped))[1] is False
+    assert packet_index.python_index_times(bytes(swapped))[1] is False
+    with pytest.raises(ValueError, match="whole 64-byte records"):
+        compiled.index_times(index[:-1])
+
+
+def test_an_index_that_cannot_be_written_never_costs_a_packet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.pcap_reader import iter_frames
+    from receiver.store import PcapStore, SessionKey
+
+    real_open, real_write = os.open, os.write
+    index_fds: set[int] = set()
+
+    def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if str(path).endswith(".idx"):
+            index_fds.add(fd)
+        return fd
+
+    def writing(fd: int, data: Any) -> int:
+        if fd in index_fds:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "write", writing)
+    store = PcapStore(tmp_path)
+    key = SessionKey("LIID", "192.0.2.1", 1, 2)
+    packets = [bytes(IP(src="10.0.0.1") / UDP(dport=k)) for k in range(50)]
+    for k, data in enumerate(packets):
+        assert store.write(key, 1_700_000_000_000_000_000 + k, data, RAW)
+    (closed,) = store.close_all()
+    assert store.index_errors == 1
+    assert store.store_errors == {}
+    assert closed.packets == 50
+    path = tmp_path / closed.path
+    with path.open("rb") as stream:
+        assert [frame[3] for frame in iter_frames(stream)] == packets
+    assert not packet_index.index_path(path).exists()  # given up, not left half written

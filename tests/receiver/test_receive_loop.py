@@ -13,6 +13,7 @@ import pytest
 
 from jmirror_web.environment import parse_listen
 from receiver.gate import Gate, InterceptRule, RouterRule
+from receiver.packet_index import index_path, python_index_records, read_index_file
 from receiver.pcap_reader import iter_frames
 from receiver.pipeline import Snapshot
 from receiver.receive_loop import Receiver, open_socket
@@ -252,3 +253,30 @@ def test_a_stream_stops_being_stored_the_moment_its_warrant_window_ends(start, t
 
     assert running.receiver.counters.drops == {"outside_window": 1}
     assert len(stored_frames(tmp_path / "sessions")) == 1
+
+
+def test_every_stored_packet_has_its_index_record_written_at_capture(start, tmp_path):
+    """The receive loop's own writes (C fast path once the stream is bound, Python for its
+    first datagram and PPP control) leave an index beside each file whose records are
+    those the file itself gives."""
+    running = start(Gate([ROUTER], [rule(0x300)]))
+    inners = [bytes(ppp_lcp())] + [
+        bytes(ipv4_udp()) if k % 3 else bytes(ppp_ipv4_udp()) for k in range(60)
+    ]
+    inners += [bytes(ipv6_tcp_flow_label())] * 5
+    running.send(*(jmirror_datagram(inner, mid=0x300, sid=5) for inner in inners))
+    running.wait_for(lambda: running.datagrams() == len(inners))
+    stop(running)
+
+    files = sorted((tmp_path / "sessions").rglob("*.pcap"))
+    assert len(files) == 2  # PPP and raw IP
+    counted = 0
+    for path in files:
+        written = read_index_file(index_path(path))
+        assert written is not None
+        body = path.read_bytes()
+        linktype = int.from_bytes(body[20:24], "little")
+        assert written.linktype == linktype
+        assert bytes(written.records) == python_index_records(body[24:], 24, linktype, False)
+        counted += len(written)
+    assert counted == len(inners)

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jmirror_web.audit.models import AuditEvent
-from jmirror_web.console import stored_packets
+from jmirror_web.console import packets, stored_packets
 from jmirror_web.intercepts.access import Role
 from jmirror_web.intercepts.models import CaptureFile, Session
 from receiver import traffic
@@ -122,15 +122,28 @@ def message_for(client: Client, session: Session, value: str) -> str:
 
 
 def read_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files the lookup opens, in order."""
+    """The files whose packet index the lookup itself reads, in order (the session page
+    a refusal redirects to lists stored packets: its reads are not the lookup's)."""
     opened: list[str] = []
     index_at = stored_packets.file_index
+    looking = [False]
 
     def spy(capture: CaptureFile) -> PacketIndex:
-        opened.append(Path(capture.path).name)
+        if looking[0]:
+            opened.append(Path(capture.path).name)
         return index_at(capture)
 
+    lookup = packets.number_received_at
+
+    def spied_lookup(session: Session, time_ns: int) -> int | None:
+        looking[0] = True
+        try:
+            return lookup(session, time_ns)
+        finally:
+            looking[0] = False
+
     monkeypatch.setattr(stored_packets, "file_index", spy)
+    monkeypatch.setattr(packets, "number_received_at", spied_lookup)
     return opened
 
 

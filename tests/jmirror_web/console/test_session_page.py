@@ -4,6 +4,7 @@ files and the data its JavaScript needs for those who may."""
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
@@ -108,6 +109,8 @@ def test_the_live_data_is_this_sessions_subscription_and_totals(client: Client, 
         "session": session.pk,
         "totals": {"packets": 5000, "bytes": 4096, "stored": 10},
         "limit": LIVE_ROWS,
+        "olderPackets": "every stored packet is in the capture files below: open one by "
+        "number, or download the session",
         "packetAtUrl": reverse("console:packet_jump", args=[session.pk]),
         "sessionApiUrl": f"/api/sessions/{session.pk}/",
     }
@@ -159,5 +162,32 @@ def test_the_session_page_takes_a_fixed_number_of_queries(
     for _ in range(20):
         make_capture_file(session)
     client.force_login(analyst)
-    with django_assert_max_num_queries(10):
+    # The stored packet list reads its files' rows once, whatever their number.
+    with django_assert_max_num_queries(11):
         client.get(reverse("console:session", args=[session.pk]))
+
+
+def test_the_live_list_note_says_where_each_role_finds_the_packets_it_does_not_hold(
+    client: Client, session: Session
+):
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, _case_of(session))
+    older = live_config(open_page(client, analyst, session))["olderPackets"]
+    assert older.endswith("open one by number, or download the session")
+    metadata_only = live_config(open_page(client, make_user(Role.LI_ADMIN), session))
+    assert "download" not in metadata_only["olderPackets"]
+    assert "not yours to open" in metadata_only["olderPackets"]
+
+
+def test_the_live_list_scrolls_in_its_own_box_above_the_capture_files(
+    client: Client, session: Session
+):
+    analyst = make_user(Role.ANALYST)
+    assign(analyst, _case_of(session))
+    text = open_page(client, analyst, session).content.decode()
+    box = text.index("data-packet-box")
+    assert box < text.index('<table class="packets">') < text.index("<h2>Capture files</h2>")
+    css = (settings.BASE_DIR / "static" / "css" / "jmirror.css").read_text()
+    rule = css.split(".packet-list {", 1)[1].split("}", 1)[0]
+    assert "max-height" in rule
+    assert "overflow-y: auto" in rule

@@ -515,7 +515,8 @@ def test_a_cut_or_garbage_block_is_the_same_source_error_as_in_a_pcap_file(
     second = header + len(cn2.blocks[0])
     garbage[second + 4 : second + 8] = struct.pack("<I", 1 << 30)  # the block's length
     path.write_bytes(garbage)
-    for form in ExportFormat:
+    # Every format but the IP-only pcap, which refuses Ethernet frames before reading.
+    for form in [each for each in ExportFormat if each != ExportFormat.PCAP_IP]:
         with pytest.raises(
             SourceError,
             match=rf"^The stored file {path.name} is corrupt at byte {second}: its record "

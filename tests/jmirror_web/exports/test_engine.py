@@ -29,6 +29,7 @@ from jmirror_web.exports.request import (
     SourceError,
     SourceFile,
     Window,
+    filter_text,
 )
 from jmirror_web.exports.writers import ExportDigest
 from receiver.jmirror import decode_datagram
@@ -354,7 +355,8 @@ def test_a_pcap_export_of_mixed_link_types_is_refused_with_a_hint(tmp_path):
     request = ExportRequest([session(files)], ExportFormat.PCAP)
     message = (
         r"^These packets mix link types \(PPP and raw IP\), which one pcap file cannot hold: "
-        r"export as pcapng instead\.$"
+        r"export as pcapng instead, or as pcap-ip \(pcap of the IP packets only, their PPP "
+        r"framing removed: a conversion, said so in its manifest\)\.$"
     )
 
     with pytest.raises(ExportError, match=message):
@@ -555,7 +557,9 @@ def test_a_zip_of_pcap_members_refuses_a_session_that_mixes_link_types(tmp_path)
     )
     with pytest.raises(ExportError, match=r"^Session S1 mixes link types \(PPP and raw IP\)"):
         check(request)
-    with pytest.raises(ExportError, match=r"^A zip export holds pcap or pcapng files, not zip"):
+    with pytest.raises(
+        ExportError, match=r"^A zip export holds pcap, pcapng or pcap-ip files, not zip"
+    ):
         check(ExportRequest([session(files)], ExportFormat.ZIP, member_format=ExportFormat.ZIP))
 
 
@@ -844,3 +848,12 @@ def test_info_zip_unzip_accepts_the_streamed_zip64_archive(tmp_path):
     assert "testing: first.pcapng" in result.stdout
     assert "testing: second.pcapng" in result.stdout
     assert "No errors detected" in result.stdout
+
+
+def test_a_recorded_filter_reads_as_words() -> None:
+    assert filter_text({"addresses": [], "ports": [], "protocols": []}) == "no filter"
+    assert filter_text({}) == "no filter"
+    assert (
+        filter_text({"addresses": ["10.0.0.7", "2001:db8::1"], "ports": [], "protocols": [6]})
+        == "addresses 10.0.0.7, 2001:db8::1; protocols 6 (tcp)"
+    )

@@ -433,16 +433,18 @@ def test_a_session_mixing_ppp_and_ip_exports_as_pcapng_but_not_as_pcap(
         (closed.first_ns, LINKTYPE_PPP_HDLC, lcp),
         (mixed.frames[1][0], LINKTYPE_RAW, mixed.frames[1][1]),
     ]
-    path = tmp_path / "mixed.pcapng"
-    path.write_bytes(data)
-    assert tshark_count(path) == 3
-
     response = download(client, mixed, format="pcap")
     assert response.status_code == 400
-    assert "which one pcap file cannot hold: export as pcapng instead." in (
+    assert "which one pcap file cannot hold: export as pcapng instead, or as pcap-ip" in (
         response.content.decode()
     )
-    assert events("export.refused")[-1].details["reason"].endswith("export as pcapng instead.")
+    assert (
+        "export as pcapng instead, or as pcap-ip"
+        in (events("export.refused")[-1].details["reason"])
+    )
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(data)
+    assert tshark_count(path) == 3  # last: skipped without tshark
 
 
 def test_a_live_session_exports_what_its_open_file_holds_so_far(
@@ -471,6 +473,57 @@ def test_a_live_session_exports_what_its_open_file_holds_so_far(
     client.force_login(analyst)
     exported = body(download(client, stored, format="pcap"))
     assert frames_of(exported) == [*expected(stored), (later, LINKTYPE_RAW, data)]
-    open_entry = Export.objects.get().sources[0]["files"][-1]
+    export = Export.objects.get()
+    open_entry = export.sources[0]["files"][-1]
     assert (open_entry["closed"], open_entry["sha256"]) == (False, None)
+    # The closed files cite their recorded SHA-256; of the open one the manifest says
+    # that none is recorded yet, and the page too.
+    manifest = client.get(reverse("exports:manifest_json", args=[export.pk])).json()
+    listed = manifest["sessions"][0]["files"]
+    assert [(f["name"], f["sha256"]) for f in listed[:-1]] == [
+        (Path(f.path).name, f.sha256) for f in reversed(stored.files)
+    ]
+    assert all(f.sha256 for f in stored.files)
+    assert manifest["notes"] == [
+        f"No SHA-256 was recorded yet for 1 source file still being written when the export "
+        f"started ({open_entry['name']}): a file's SHA-256 is recorded when it closes (after a "
+        "quiet time without packets, or at rotation) and is then shown on its session's "
+        "page. Every closed file is listed with its recorded SHA-256."
+    ]
+    shown = client.get(reverse("exports:manifest", args=[export.pk])).content.decode()
+    assert "none recorded yet (file still being written)" in shown
     live.close_all()
+
+
+def test_the_manifest_page_and_comment_say_no_filter_or_the_filter_in_words(
+    client: Client, stored: Stored, analyst: User
+) -> None:
+    client.force_login(analyst)
+    body(download(client, stored, format="pcapng"))
+    body(download(client, stored, format="pcapng", ports="443 53", protocols="udp 99"))
+    plain, filtered = Export.objects.order_by("pk")
+    for export, said in (
+        (plain, "no filter"),
+        (filtered, "ports 53, 443; protocols 17 (udp), 99"),
+    ):
+        page = client.get(reverse("exports:manifest", args=[export.pk])).content.decode()
+        assert f"<td data-filter>{said}</td>" in page
+        assert f"Filter: {said}\n" in export.comment
+        assert "{" not in page.split("<th>Filter</th>", 1)[1].split("</tr>", 1)[0]
+
+
+def test_the_window_inputs_say_and_take_utc_whatever_the_time_zone(
+    client: Client, stored: Stored, analyst: User, settings: Any
+) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    client.force_login(analyst)
+    page = client.get(reverse("console:session", args=[stored.session.pk])).content.decode()
+    assert ">From (UTC)" in page
+    assert ">To (UTC)" in page
+    start_ns = stored.frames[3][0]
+    typed = iso(start_ns).removesuffix("Z").removesuffix("+00:00")  # no offset given
+    body(download(client, stored, format="pcap", start=typed))
+    export = Export.objects.get()
+    assert export.window_start is not None
+    assert export.window_start.utcoffset() == timedelta(0)
+    assert int(export.window_start.timestamp()) == start_ns // SECOND

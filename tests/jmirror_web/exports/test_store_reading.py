@@ -296,3 +296,29 @@ def test_the_packet_page_says_why_when_the_object_is_missing(
     page = client.get(reverse("console:packet", args=[stored.session.pk, 1]))
     assert "cannot be read" in page.context["unavailable"]
     assert Path(capture.path).name in page.context["unavailable"]
+
+
+def test_the_stored_packet_list_reads_uploaded_files_whose_local_copy_has_gone(
+    client: Client,
+    stored: Stored,
+    analyst: User,
+    data_dir: Path,
+    object_storage: ObjectStore,
+) -> None:
+    """The index stays beside the removed local copy and is used as it is; a file whose
+    index is gone too has its index built from the object."""
+    from jmirror_web.console.stored_packets import forget_indexes
+    from receiver.packet_index import index_path
+
+    client.force_login(analyst)
+    url = reverse("api:session_packets", args=[stored.session.pk])
+    local = client.get(url, {"page_size": 50}).json()["results"]
+    assert len(local) == len(stored.frames)
+    for capture in stored.files:
+        upload(object_storage, capture, data_dir)
+        remove_local(capture, data_dir)
+    index_path(data_dir / stored.files[0].path).unlink()
+    forget_indexes()
+    assert client.get(url, {"page_size": 50}).json()["results"] == local
+    page = client.get(reverse("console:packet", args=[stored.session.pk, len(local)]))
+    assert f"({stored.frames[-1][0]} ns)" in page.content.decode()

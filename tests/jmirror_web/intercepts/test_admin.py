@@ -5,7 +5,7 @@ section of an intercept's page."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,14 @@ from pytest_django.fixtures import Settings
 
 from jmirror_web.audit.models import AuditEvent
 from jmirror_web.intercepts.access import Role
-from jmirror_web.intercepts.models import Case, CaseAssignment, Intercept, Router
+from jmirror_web.intercepts.models import (
+    Case,
+    CaseAssignment,
+    Intercept,
+    Listener,
+    ReceiverProcess,
+    Router,
+)
 from tests.factories import (
     PASSWORD,
     assign,
@@ -28,6 +35,7 @@ from tests.factories import (
     make_session,
     make_user,
 )
+from tests.jmirror_web.live.helpers import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
@@ -117,6 +125,12 @@ def whole_seconds_case(**fields: Any) -> Case:
     # an intercept form copies.
     now = timezone.now().replace(microsecond=0)
     return make_case(valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=30))
+
+
+@pytest.fixture
+def fast_hashers(settings: Settings) -> None:
+    """Users made and signed in with a fast hasher (the real one takes a second a user)."""
+    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 # Who may do what ---------------------------------------------------------------------
@@ -254,6 +268,36 @@ def test_the_case_list_says_when_a_warrant_has_ended() -> None:
     assert (
         b'<td class="field-time_left">ended</td>' in client.get(url("case", "changelist")).content
     )
+
+
+@pytest.mark.usefixtures("fast_hashers")
+def test_admin_lists_and_read_only_fields_show_utc_times_whatever_the_time_zone(
+    settings: Settings,
+) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    seen = datetime(2026, 12, 6, 17, 4, 5, tzinfo=UTC)
+    session = make_session(make_intercept(), first_seen=seen, last_seen=seen)
+    client = signed_in(staff(Role.LI_ADMIN))
+    listed = client.get(url("session", "changelist")).content.decode()
+    assert '<td class="field-first_seen nowrap">2026-12-06 17:04:05 UTC</td>' in listed
+    shown = client.get(url("session", "change", session.pk)).content.decode()
+    assert '<div class="readonly">2026-12-06 17:04:05 UTC</div>' in shown
+    assert "Dec." not in listed + shown
+
+
+@pytest.mark.usefixtures("fast_hashers")
+def test_admin_date_time_inputs_take_utc_whatever_the_time_zone(settings: Settings) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"
+    start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    client = signed_in(staff(Role.LI_ADMIN))
+    data = case_form(valid_from=start, valid_until=start + timedelta(days=30))
+    assert client.post(url("case", "add"), data).status_code == 302
+    case = Case.objects.get(reference="W-2026-001")
+    assert case.valid_from == start
+    # Shown again as typed: UTC, and the field says so.
+    page = client.get(url("case", "change", case.pk)).content.decode()
+    assert 'name="valid_from_1" value="10:00:00"' in page
+    assert "UTC." in page
 
 
 def test_the_intercept_list_shows_ids_in_hex_routers_and_whether_in_force() -> None:
@@ -425,6 +469,44 @@ def test_creating_changing_and_deleting_an_intercept_in_the_admin_is_audited() -
     assert deleted.details["before"]["sid"] == 0x90
 
 
+@pytest.mark.usefixtures("fast_hashers")
+def test_the_intercept_form_shows_and_takes_mirror_and_session_ids_in_hex() -> None:
+    case = whole_seconds_case()
+    client = signed_in(staff(Role.LI_ADMIN))
+    data = intercept_form(case, intercept_id="0x8000", sid="0X9a")
+    assert client.post(url("intercept", "add"), data).status_code == 302
+    intercept = Intercept.objects.get(liid="NZ-0042")
+    assert (intercept.intercept_id, intercept.sid) == (0x8000, 0x9A)
+    page = client.get(url("intercept", "change", intercept.pk)).content.decode()
+    assert 'name="intercept_id" value="0x8000"' in page
+    assert 'name="sid" value="0x9a"' in page
+    # Saved again as shown, nothing changed: no change is audited.
+    assert client.post(url("intercept", "change", intercept.pk), data).status_code == 302
+    assert events("intercept.change") == []
+
+
+BAD_IDS = [
+    ("intercept_id", "0x", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "8000h", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "-1", "Enter the id in hex (0x8000) or decimal (32768)"),
+    ("intercept_id", "0x40000000", "0x40000000 is past the largest id, 0x3fffffff."),
+    ("sid", "0x100000000", "0x100000000 is past the largest id, 0xffffffff."),
+    ("sid", "9" * 21, "Enter the id in hex (0x8000) or decimal (32768)"),
+]
+
+
+@pytest.mark.usefixtures("fast_hashers")
+def test_a_bad_id_gets_the_form_back_saying_why() -> None:
+    client = Client()
+    client.force_login(staff(Role.LI_ADMIN))
+    case = whole_seconds_case()
+    for field, typed, message in BAD_IDS:
+        response = client.post(url("intercept", "add"), intercept_form(case, **{field: typed}))
+        assert response.status_code == 200
+        assert message in response.context["adminform"].form.errors[field][0], typed
+    assert not Intercept.objects.exists()
+
+
 def test_a_refused_admin_change_records_nothing() -> None:
     case = make_case()
     auditor = staff(Role.AUDITOR)
@@ -460,6 +542,43 @@ def test_the_intercept_page_shows_the_radius_attributes_with_a_pinned_session(
         "ERX-Med-Port-Number = 6502    # 26-61\n"
     ) in text
     assert "ERX-LI-Action = 0    # 26-58\n" in text
+
+
+def running_receiver(*addresses: str, reported_ago: timedelta = timedelta(0)) -> None:
+    now = timezone.now()
+    process = ReceiverProcess.objects.create(
+        hostname="mediation-1", pid=1, started_at=now, reported_at=now - reported_ago
+    )
+    for address in addresses:
+        Listener.objects.create(receiver=process, address=address)
+
+
+def port_note_of(text: str) -> str:
+    return text.split("<p data-port-note>", 1)[1].split("</p>", 1)[0]
+
+
+@pytest.mark.usefixtures("fast_hashers")
+def test_the_snippets_say_when_the_mediation_port_is_not_what_the_receivers_listen_on(
+    settings: Settings,
+) -> None:
+    settings.MEDIATION_PORT = 30030
+    intercept = make_intercept(intercept_id=0x300)
+    client = signed_in(staff(Role.LI_ADMIN))
+    assert port_note_of(provisioning_text(client, intercept)).startswith(
+        "No receiver is running now"
+    )
+    running_receiver("[::]:30031", "0.0.0.0:6502")
+    running_receiver("0.0.0.0:30030", reported_ago=timedelta(minutes=5))  # gone silent: not counted
+    note = port_note_of(provisioning_text(client, intercept))
+    assert note.startswith(
+        "Port 30030 (JMIRROR_MEDIATION_PORT) differs from what the running receivers "
+        "listen on: UDP 6502, 30031."
+    )
+    assert "ERX-Med-Port-Number = 30030    # 26-61" in provisioning_text(client, intercept)
+    settings.MEDIATION_PORT = 6502
+    assert port_note_of(provisioning_text(client, intercept)) == (
+        "A running receiver listens on UDP port 6502 (JMIRROR_MEDIATION_PORT)."
+    )
 
 
 def test_without_a_pinned_session_the_handle_is_the_four_byte_form(
@@ -648,7 +767,7 @@ def test_the_file_list_says_where_each_file_is(settings: Settings) -> None:
     assert "being written on cap-a" in page
     assert "waiting for upload on cap-a" in page
     assert "upload failing (3x): 503: SlowDown" in page
-    assert f"in the store since {now:%Y-%m-%d %H:%M:%S}Z" in page
+    assert f"in the store since {now:%Y-%m-%d %H:%M:%S} UTC" in page
     assert "legal hold" in page
     assert "local copy removed" in page
     assert {writing.pk, waiting.pk, failing.pk, stored.pk} <= {

@@ -11,11 +11,15 @@ from jmirror_web.intercepts.models import Intercept, Router
 from tests.factories import make_intercept, make_router
 from tests.jmirror_web.intercepts.test_admin import (
     intercept_form,
+    port_note_of,
+    provisioning_text,
+    running_receiver,
     signed_in,
     staff,
     url,
     whole_seconds_case,
 )
+from tests.jmirror_web.live.helpers import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
@@ -145,3 +149,23 @@ def test_a_new_vrouters_format_and_port_follow_its_kind_unless_changed() -> None
         "E Series and MX routers send jmirror; only a CN2 vRouter sends the Contrail Juniper "
         "header."
     ]
+
+
+def test_a_cn2_intercepts_page_says_whether_a_receiver_listens_on_its_analyzer_port(
+    settings: Settings,
+) -> None:
+    settings.PASSWORD_HASHERS = FAST_HASHERS
+    intercept = make_intercept(
+        kind=Intercept.Kind.CN2, intercept_id=None, analyzer_port=8099, routers=[vrouter()]
+    )
+    client = signed_in(staff(Role.LI_ADMIN))
+    running_receiver("0.0.0.0:30030")
+    note = port_note_of(provisioning_text(client, intercept))
+    assert note.startswith(
+        "Port 8099 (the intercept&#x27;s analyzer port) differs from what the running "
+        "receivers listen on: UDP 30030."
+    )
+    running_receiver("0.0.0.0:8099")
+    assert port_note_of(provisioning_text(client, intercept)).startswith(
+        "A running receiver listens on UDP port 8099"
+    )
