@@ -1256,7 +1256,9 @@ def main() -> None:
             try:
                 if not args.live_tree:
                     code_text = "snapshot of " + snapshot_tree(settings.code)
-                if {"receive", "receive-contrail", "receive-uploads"} & set(tools):
+                if {"receive", "receive-contrail", "receive-uploads", "receive-noindex"} & set(
+                    tools
+                ):
                     prepare_database(settings)
                 break
             except RuntimeError as error:
