@@ -169,11 +169,14 @@ def _dns_names(message: bytes, destination: str) -> list[SeenName]:
     response = bool(flags & 0x8000)
     position = 12
     found: list[SeenName] = []
+    asked: list[str] = []
     for _ in range(min(questions, _DNS_QUESTIONS)):
         name, position = _dns_text(message, position)
         position += 4  # type and class
-        if name and not response:
-            found.append(SeenName("dns-query", name, destination))
+        if name:
+            asked.append(name)
+            if not response:
+                found.append(SeenName("dns-query", name, destination))
     if not response or questions > _DNS_QUESTIONS:
         return found
     for _ in range(min(answers, _DNS_RECORDS)):
@@ -187,9 +190,15 @@ def _dns_names(message: bytes, destination: str) -> list[SeenName]:
         if not name:
             continue
         if record_type == 1 and length == 4:
-            found.append(SeenName("dns-answer", name, str(ipaddress.IPv4Address(rdata))))
+            address = str(ipaddress.IPv4Address(rdata))
         elif record_type == 28 and length == 16:
-            found.append(SeenName("dns-answer", name, str(ipaddress.IPv6Address(rdata))))
+            address = str(ipaddress.IPv6Address(rdata))
+        else:
+            continue
+        found.append(SeenName("dns-answer", name, address))
+        # Through CNAMEs the address record is the alias's: the name asked resolved to
+        # it too, and is what an analyst searches for.
+        found += [SeenName("dns-answer", each, address) for each in asked if each != name]
     return found
 
 

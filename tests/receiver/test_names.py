@@ -127,3 +127,19 @@ def test_random_packets_never_raise() -> None:
                 assert len(seen.name) <= NAME_LIMIT
                 assert seen.name.isascii()
                 assert seen.name.isprintable()
+
+
+def test_an_address_reached_through_a_cname_is_an_answer_for_the_name_asked_too() -> None:
+    response = IP(src="198.51.100.53", dst="203.0.113.7") / UDP(sport=53, dport=5000)
+    response /= DNS(
+        qr=1,
+        qd=DNSQR(qname="www.shop.example", qtype="A"),
+        an=[
+            DNSRR(rrname="www.shop.example", type="CNAME", rdata="edge.cdn.example"),
+            DNSRR(rrname="edge.cdn.example", type="A", rdata="192.0.2.99"),
+        ],
+    )
+    assert names_in(RAW, bytes(response)) == [
+        SeenName("dns-answer", "edge.cdn.example", "192.0.2.99"),
+        SeenName("dns-answer", "www.shop.example", "192.0.2.99"),
+    ]
