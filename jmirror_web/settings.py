@@ -150,6 +150,7 @@ INSTALLED_APPS = [
     "jmirror_web.live",
     "jmirror_web.console",
     "jmirror_web.exports",
+    "jmirror_web.conversations",
     "jmirror_web.server",
     "receiver",
     "django_otp",

@@ -9,5 +9,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("jmirror_web.api.urls")),
     path("", include("jmirror_web.exports.urls")),
+    path("", include("jmirror_web.conversations.urls")),
     path("", include("jmirror_web.console.urls")),
 ]

@@ -32,6 +32,7 @@ from jmirror_web.intercepts.models import Router
 from jmirror_web.intercepts.retention import scheduled_purge
 from jmirror_web.live.watching import WatchLoader
 from receiver.bookkeeping import Bookkeeper, close_finished_rows, record_recovered
+from receiver.child_process import summarise_process as summarise_child
 from receiver.gate_loader import GateWatcher
 from receiver.live import Batch, ChannelLayerSender, LivePublisher
 from receiver.metrics import SnapshotCollector, serve_metrics
@@ -142,6 +143,7 @@ def serve(
     metrics: tuple[str, int] | None = None,
     contrail_listen: Sequence[tuple[str, int]] | None = None,
     upload_process: bool = False,
+    summarise_process: bool = False,
 ) -> Receiver:
     """Receive until ``stop`` is set, then close every file, write the last counters and
     file rows, and return the receiver (for its counters). Runs the capture loop in the
@@ -152,7 +154,9 @@ def serve(
     (:func:`analyzer_listen`) as the records have them at start. With an evidence store,
     closed files go up from ``manage.py upload`` as a child process when
     ``upload_process`` (what the commands do: see that command for why), else from a
-    thread (in-process callers, such as tests whose database the child cannot open)."""
+    thread (in-process callers, such as tests whose database the child cannot open). With
+    ``summarise_process``, ``manage.py summarise`` runs as a child process too, adding the
+    stored packets to their sessions' conversations and names."""
     limit = raise_open_file_limit()
     bound = max_open_files(settings.JMIRROR_MAX_OPEN_FILES, limit)
     logger.info(
@@ -201,6 +205,9 @@ def serve(
             upload_child.start()
         else:
             uploads = start_uploader(store, uploads_stop, process_id=bookkeeper.process.pk)
+    summaries = summarise_child() if summarise_process else None
+    if summaries is not None:
+        summaries.start()
     metrics_server = None
     if metrics is not None:
         upload_backlog = (
@@ -238,6 +245,8 @@ def serve(
         uploads_stop.set()
         if upload_child is not None:
             upload_child.stop(UPLOAD_STOP_WAIT)
+        if summaries is not None:
+            summaries.stop(UPLOAD_STOP_WAIT)
         raise
     # What live pages watch, before the first datagram (then twice a second, below).
     receiver.watch = publisher.watch = watches.refresh()
@@ -276,6 +285,8 @@ def serve(
                 written = bookkeeper.write()
                 if upload_child is not None and not final:
                     upload_child.keep_running()
+                if summaries is not None and not final:
+                    summaries.keep_running()
                 # A slow database gets a write every WRITE_INTERVAL, or after a pause as
                 # long as the write took: this thread never holds the interpreter lock
                 # (which the receive loop needs) more than about half the time, and the
@@ -335,6 +346,8 @@ def serve(
                 logger.warning("shutdown: an upload in flight is left to the next start")
         if upload_child is not None:
             upload_child.stop(UPLOAD_STOP_WAIT)
+        if summaries is not None:
+            summaries.stop(UPLOAD_STOP_WAIT)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

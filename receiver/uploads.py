@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import logging
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +51,7 @@ from jmirror_web.intercepts.models import (
 )
 from jmirror_web.intercepts.retention import purge_after
 from jmirror_web.object_store import ObjectStore, StorageError, StoredObject, sha256_checksum
+from receiver.child_process import ChildCommand
 from receiver.metrics import UploadBacklog
 
 logger = logging.getLogger(__name__)
@@ -589,82 +586,20 @@ class Uploader:
 
 # The upload process runs this much below the receiver's CPU priority (nice).
 UPLOAD_NICENESS: Final = 10
-# A child that exited is started again after this long.
-RESTART_WAIT: Final = 5.0
-# Linux's prctl(PR_SET_PDEATHSIG): the child is killed with its parent (a receiver killed
-# with -9 leaves no uploader behind; its upload in flight is done again by the next start,
-# the row being the queue).
-_PR_SET_PDEATHSIG: Final = 1
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: stopped by the parent's shutdown only
-        pass
-
-
-class UploadProcess:
-    """``manage.py upload`` as the receiver's child (see that command for why a process):
-    started with the receiver, started again if it exits, stopped with the receiver. Its
-    backlog reaches the receiver's row from the child; :meth:`backlog` reads it back for
-    the metrics endpoint."""
+class UploadProcess(ChildCommand):
+    """``manage.py upload`` as the receiver's child (see that command for why a process).
+    Its backlog reaches the receiver's row from the child; :meth:`backlog` reads it back
+    for the metrics endpoint."""
 
     def __init__(self, process_id: int, *, manage_py: Path | None = None) -> None:
-        self.process_id = process_id
-        self.manage_py = manage_py or Path(settings.BASE_DIR) / "manage.py"
-        self.child: subprocess.Popen[bytes] | None = None
-        self._next_start = 0.0
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.child = subprocess.Popen(
-            [
-                sys.executable,
-                str(self.manage_py),
-                "upload",
-                "--receiver-process",
-                str(self.process_id),
-            ],
-            preexec_fn=_die_with_parent,
+        super().__init__(
+            "upload queue",
+            ["upload", "--receiver-process", str(process_id)],
+            manage_py=manage_py,
         )
-        logger.info("upload queue: process %d started", self.child.pid)
-
-    def keep_running(self) -> None:
-        """Called about once a second: a child that exited is logged and started again
-        after :data:`RESTART_WAIT`."""
-        with self._lock:
-            child = self.child
-            if child is None or child.poll() is None:
-                return
-            now = time.monotonic()
-            if self._next_start == 0.0:
-                logger.error(
-                    "upload queue: process %d exited with %s; starting it again in %.0f s",
-                    child.pid,
-                    child.returncode,
-                    RESTART_WAIT,
-                )
-                self._next_start = now + RESTART_WAIT
-            elif now >= self._next_start:
-                self._next_start = 0.0
-                self.start()
-
-    def stop(self, wait: float) -> None:
-        """SIGTERM, then SIGKILL after ``wait`` seconds (an upload in flight is done
-        again by the next start)."""
-        with self._lock:
-            child, self.child = self.child, None
-        if child is None or child.poll() is not None:
-            return
-        child.terminate()
-        try:
-            child.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            logger.warning("shutdown: an upload in flight is left to the next start")
-            child.kill()
-            child.wait(timeout=10)
+        self.process_id = process_id
 
     def backlog(self) -> UploadBacklog:
         """The backlog as the child last wrote it to the receiver's row."""

@@ -26,7 +26,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
 from jmirror_web.exports import service
-from jmirror_web.exports.forms import ExportForm, InterceptExportForm, VerifyForm
+from jmirror_web.exports.forms import (
+    MAX_FILTER_CHARS,
+    ExportForm,
+    InterceptExportForm,
+    VerifyForm,
+)
 from jmirror_web.exports.models import Export
 from jmirror_web.exports.service import ExportRefused
 from jmirror_web.exports.verification import (
@@ -86,6 +91,22 @@ def _has_parameters(request: HttpRequest) -> bool:
     return bool(request.GET)
 
 
+def _session_form(request: HttpRequest) -> ExportForm:
+    """The session export's form: bound to the parameters given, which download; or,
+    with ``prefill=1`` (a conversation's "export" link), showing them to be checked and
+    submitted (what is refused is shown as typed, refused again on submission)."""
+    if request.GET.get("prefill") == "1":
+        fields = ExportForm.base_fields
+        return ExportForm(
+            initial={
+                name: value[:MAX_FILTER_CHARS]
+                for name, value in request.GET.items()
+                if name in fields and name != "format"
+            }
+        )
+    return ExportForm(request.GET if _has_parameters(request) else None)
+
+
 # Downloads -----------------------------------------------------------------------------
 
 
@@ -105,7 +126,7 @@ def session_download(request: HttpRequest, session_id: int) -> HttpResponseBase:
         _refuse(request, session, "no download right", {"session": session_id})
     assert session is not None
     assert session.intercept is not None
-    form = ExportForm(request.GET if _has_parameters(request) else None)
+    form = _session_form(request)
     context = {
         "session": session,
         "intercept": session.intercept,

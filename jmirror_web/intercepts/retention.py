@@ -56,6 +56,7 @@ from django.utils import timezone
 
 from jmirror_web.audit.log import record
 from jmirror_web.audit.models import AuditEvent
+from jmirror_web.conversations.models import forget_session
 from jmirror_web.intercepts import evidence_store, object_retention
 from jmirror_web.intercepts.models import CaptureFile, Case, OutsideSessionsDirectory
 from jmirror_web.intercepts.object_retention import ObjectsReport
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 # Who the audit log names when no one else is given (the receiver's periodic run).
 RETENTION_ACTOR: Final = "system:retention"
 PURGED: Final = "capture file purged"
+SUMMARIES_PURGED: Final = "session summaries purged"
 PURGE_FAILED: Final = "capture file purge failed"
 PURGE_COMPLETED: Final = "capture file purge completed"
 PURGE_REFUSED: Final = "capture file purge refused by the store"
@@ -352,6 +354,7 @@ def _purge_file(
         if stored is not None:
             details["object"] = _object_details(stored)
         record(PURGED, locked, actor=actor, details=details)
+        _forget_summaries(locked, current, actor=actor)
     # Committed: the audit event exists, so the file may go now.
     if stored is not None:
         error = "" if object_missing else _delete_object(store, stored, report)
@@ -439,6 +442,22 @@ def _finish_pending(
                 )
         entry.state = "completed"
         _remove_empty_directory(report, path)
+
+
+def _forget_summaries(purged: CaptureFile, case: Case, *, actor: Any) -> None:
+    """Delete the conversations and names of the purged file's session once none of its
+    files is left unpurged (what was summarised from purged packets must not outlive
+    them), audited; in the purge's transaction, so both happen or neither does."""
+    if CaptureFile.objects.filter(session_id=purged.session_id, purged_at__isnull=True).exists():
+        return
+    deleted = forget_session(purged.session_id)
+    if any(deleted.values()):
+        record(
+            SUMMARIES_PURGED,
+            purged.session,
+            actor=actor,
+            details={**deleted, "case": case.reference, "last_file": purged.path},
+        )
 
 
 def _object_details(stored: StoredObject) -> dict[str, str]:

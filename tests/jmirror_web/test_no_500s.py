@@ -282,6 +282,7 @@ INTERCEPT_FIELDS = (
     "target_description",
     "keep_content",
 )
+LISTING = ("q", "sort", "page", "page_size")
 ROUTER_FIELDS = ("name", "address", "kind", "port", "format")
 STREAM_FORM = ("case", "liid", "pin_sid", "scope_router")
 
@@ -307,7 +308,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("console:health", "GET", who="sysadmin"),
     Endpoint("console:unclaimed", "GET", ("page",), who="li_admin"),
     Endpoint("console:map_unclaimed", "POST", (*STREAM_FORM, "page"), "li_admin", _stream),
-    Endpoint("exports:session", "GET", EXPORT_PARAMETERS, args=_session),
+    Endpoint("exports:session", "GET", (*EXPORT_PARAMETERS, "prefill"), args=_session),
+    Endpoint(
+        "conversations:session",
+        "GET",
+        ("q", "sort", "page", "page_size", "names_sort", "names_page"),
+        args=_session,
+    ),
+    Endpoint(
+        "conversations:case",
+        "GET",
+        ("q", "sort", "page", "page_size", "names_sort", "names_page"),
+        args=_case,
+    ),
+    Endpoint("conversations:search", "GET", ("q", "start", "end"), args=_case),
     Endpoint("exports:intercept", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_intercept),
     Endpoint("exports:case", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_case),
     Endpoint("exports:case_exports", "GET", args=_case),
@@ -334,6 +348,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("api:session_packets", "GET", STORED_PACKET_PARAMETERS, args=_session, api=True),
     Endpoint("api:case_pcap", "GET", (*EXPORT_PARAMETERS, "member_format"), args=_case, api=True),
     Endpoint("api:export", "GET", args=_export, api=True),
+    Endpoint("api:session_conversations", "GET", LISTING, args=_session, api=True),
+    Endpoint("api:session_names", "GET", LISTING, args=_session, api=True),
+    Endpoint("api:case_search", "GET", ("q", "start", "end"), args=_case, api=True),
 )
 # Path segments the URL patterns take as text (DRF's detail routes): fuzzed too.
 DETAIL_ROUTES = ("api:case-detail", "api:intercept-detail", "api:router-detail")

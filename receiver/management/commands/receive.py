@@ -128,6 +128,7 @@ class Command(BaseCommand):
                 metrics=metrics,
                 contrail_listen=contrail_listen,
                 upload_process=True,
+                summarise_process=True,
             )
         except OSError as error:
             raise CommandError(f"cannot listen: {error}") from None

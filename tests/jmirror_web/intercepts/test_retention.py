@@ -535,3 +535,41 @@ def test_the_receiver_purges_periodically_while_it_runs(tmp_path, monkeypatch):
     [event] = events(PURGED)
     assert event.actor_name == "system:retention"
     assert event.details["path"] == row.path
+
+
+def test_a_sessions_summaries_go_with_its_last_purged_file_audited(tmp_path):
+    """Conversations and names are derived from the stored packets: they must not outlive
+    them. They stay while one of the session's files is unpurged (an open one here), and
+    go, audited, in the transaction that purges the last."""
+    from jmirror_web.conversations.models import Conversation, ObservedName, SummaryProgress
+
+    case = ended_case()
+    session, directory = stored_session(case, tmp_path)
+    first = stored_file(session, directory, "a")
+    still_open = stored_file(session, directory, "b")
+    CaptureFile.objects.filter(pk=still_open.pk).update(closed=False)
+    seen = {"first_seen": WARRANT_END, "last_seen": WARRANT_END}
+    Conversation.objects.create(
+        session=session, protocol=17, address_a="192.0.2.1", address_b="192.0.2.2", **seen
+    )
+    ObservedName.objects.create(
+        session=session, kind="tls-sni", name="example.com", address="192.0.2.2", **seen
+    )
+    SummaryProgress.objects.create(capture=first, packets=10)
+
+    purge(DUE)
+    assert CaptureFile.objects.get(pk=first.pk).purged_at is not None
+    assert Conversation.objects.filter(session=session).count() == 1
+    assert events(retention.SUMMARIES_PURGED) == []
+
+    CaptureFile.objects.filter(pk=still_open.pk).update(closed=True)
+    purge(DUE)
+    assert not Conversation.objects.filter(session=session).exists()
+    assert not ObservedName.objects.filter(session=session).exists()
+    assert not SummaryProgress.objects.filter(capture__session=session).exists()
+    [event] = events(retention.SUMMARIES_PURGED)
+    assert (event.object_type, event.object_id) == ("intercepts.Session", str(session.pk))
+    assert event.details["conversations"] == 1
+    assert event.details["names"] == 1
+    assert event.details["case"] == case.reference
+    assert verify_chain() is None

@@ -100,6 +100,7 @@ class EmbeddedReceiver:
                 ready=self._ready,
                 live=self._live,
                 upload_process=True,
+                summarise_process=True,
             )
         except BaseException as error:  # reported by start(), which the main thread waits in
             self.error = error

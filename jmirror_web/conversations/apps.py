@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ConversationsConfig(AppConfig):
+    name = "jmirror_web.conversations"
+    verbose_name = "Conversations and names"
