@@ -28,7 +28,8 @@ from jmirror_web.console import stored_packets
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import Session
 
-REFUSED: Final = "packets.list_refused"
+# Refused as every case object's page and endpoint is (audit.refusals.ACCESS_REFUSED).
+REFUSED: Final = refusals.ACCESS_REFUSED
 
 
 class SessionPacketsView(APIView):

@@ -232,11 +232,11 @@ def test_users_without_the_right_get_404_audited(client: Client, mixed: Session)
     assign(assigned_auditor, mixed.intercept.case)
     for user in (make_user(Role.ANALYST), assigned_auditor):
         client.force_login(user)
-        before = AuditEvent.objects.filter(action="packets.list_refused").count()
+        before = AuditEvent.objects.filter(action="access.refused").count()
         answer = api(client, mixed)
         assert answer.status_code == 404
         assert b"LIST-LIID" not in answer.content
-        assert AuditEvent.objects.filter(action="packets.list_refused").count() == before + 1
+        assert AuditEvent.objects.filter(action="access.refused").count() == before + 1
         assert client.get(reverse("console:session", args=[mixed.pk])).status_code == 404
     client.logout()
     assert api(client, mixed).status_code in (401, 403)
