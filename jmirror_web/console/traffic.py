@@ -1,9 +1,12 @@
-"""Each case's traffic over time for the dashboard: packets per minute over the last hour
-and per hour over the last day, from the receiver's per-minute counts
+"""Each case's picture for the dashboard: packets per minute over the last hour and per
+hour over the last day, from the receiver's per-minute counts
 (:class:`~jmirror_web.intercepts.models.TrafficMinute`), drawn as small SVG lines on the
-server (no script, nothing for the browser to fetch).
+server (no script, nothing for the browser to fetch); and its top talkers, the addresses
+its targets exchanged the most bytes with over the last day, from the conversations
+(:mod:`jmirror_web.conversations`).
 
-Two queries for all cases, whatever their number: the database sums the minutes.
+Four queries for all cases, whatever their number: the database sums the minutes and the
+conversations.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncHour
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from jmirror_web.conversations.models import Conversation
 from jmirror_web.intercepts.models import Case, TrafficMinute
 
 HOUR_BINS: Final = 60  # minutes
@@ -102,3 +106,72 @@ def sparkline(values: Iterable[int], label: str, unit: str) -> SafeString:
         title,
         points,
     )
+
+
+TOP_TALKERS: Final = 3
+# (session, address) pairs read per query: the busiest of the last day across the cases.
+_PAIRS_READ: Final = 20_000
+
+
+@dataclass(frozen=True)
+class Talker:
+    address: str
+    bytes: int
+    packets: int
+    sessions: int
+
+
+def top_talkers(
+    cases: QuerySet[Case], now: datetime, count: int = TOP_TALKERS
+) -> dict[int, list[Talker]]:
+    """Per case id, the ``count`` addresses its sessions exchanged the most bytes with in
+    conversations seen over the last day, biggest first. A session's own address (the
+    target's: the one in most of its conversations) is not a talker."""
+    since = now - timedelta(days=1)
+    recent = Conversation.objects.filter(
+        session__intercept__case__in=cases.values("pk"), last_seen__gte=since
+    )
+    # Per (case, session, address): bytes, packets, conversations, and conversations it
+    # started (side A), for either side.
+    sides: dict[tuple[int, int, str], list[int]] = {}
+    for side in ("address_a", "address_b"):
+        rows = (
+            recent.values("session__intercept__case", "session", side)
+            .annotate(
+                bytes_sum=Sum(F("bytes_ab") + F("bytes_ba")),
+                packets_sum=Sum(F("packets_ab") + F("packets_ba")),
+                conversations=Count("pk"),
+            )
+            .order_by("-bytes_sum")[:_PAIRS_READ]
+        )
+        for row in rows:
+            key = (row["session__intercept__case"], row["session"], row[side])
+            totals = sides.setdefault(key, [0, 0, 0, 0])
+            totals[0] += row["bytes_sum"]
+            totals[1] += row["packets_sum"]
+            totals[2] += row["conversations"]
+            if side == "address_a":
+                totals[3] += row["conversations"]
+    # A session's own address: in the most conversations; between two (a session of one
+    # conversation), the one that started more of them, as a subscriber usually does.
+    own: dict[int, tuple[int, int, str]] = {}
+    for (_case, session, address), (_b, _p, conversations, started) in sides.items():
+        if (conversations, started) > own.get(session, (0, 0, ""))[:2]:
+            own[session] = (conversations, started, address)
+    by_case: dict[int, dict[str, list[int]]] = {}
+    for (case, session, address), (size, packets, _c, _s) in sides.items():
+        if own[session][2] == address:
+            continue
+        totals = by_case.setdefault(case, {}).setdefault(address, [0, 0, 0])
+        totals[0] += size
+        totals[1] += packets
+        totals[2] += 1
+    return {
+        case: [
+            Talker(address, size, packets, sessions)
+            for address, (size, packets, sessions) in sorted(
+                talkers.items(), key=lambda item: (-item[1][0], item[0])
+            )[:count]
+        ]
+        for case, talkers in by_case.items()
+    }

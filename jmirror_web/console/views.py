@@ -37,7 +37,7 @@ from jmirror_web.audit.log import record
 from jmirror_web.audit.refusals import refusals_audited
 from jmirror_web.console import stored_packets
 from jmirror_web.console.health import LAG_ALERT_SECONDS, UPLOAD_ALERT_SECONDS
-from jmirror_web.console.traffic import CaseTraffic, case_traffic
+from jmirror_web.console.traffic import CaseTraffic, Talker, case_traffic, top_talkers
 from jmirror_web.exports.engine import linktype_names
 from jmirror_web.exports.forms import ExportForm, InterceptExportForm
 from jmirror_web.exports.service import CaseContents, with_export_contents
@@ -291,6 +291,7 @@ class DashboardRow:
     bytes_text: str = ""
     last_traffic: tuple[str, str] | None = None
     traffic: CaseTraffic | None = None
+    talkers: tuple[Talker, ...] = ()
 
     @classmethod
     def of(cls, case: Case, now: datetime, url: str | None = None) -> DashboardRow:
@@ -384,7 +385,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         DashboardRow.of(case, now, url=f"{case_url}{case.pk}/") for case in _with_traffic(visible)
     ]
     over_time = case_traffic(visible, now)
-    rows = [replace(row, traffic=over_time.get(row.case.pk, CaseTraffic())) for row in rows]
+    talkers = top_talkers(visible, now)
+    rows = [
+        replace(
+            row,
+            traffic=over_time.get(row.case.pk, CaseTraffic()),
+            talkers=tuple(talkers.get(row.case.pk, ())),
+        )
+        if row.metadata
+        else row
+        for row in rows
+    ]
     rows += [
         DashboardRow.of(case, now)
         for case in cases_for(user, Action.VIEW_RECORD).exclude(pk__in=visible.values("pk"))

@@ -241,8 +241,9 @@ def test_the_dashboard_takes_as_many_queries_for_30_cases_as_for_3(
     _cases_with_traffic(27, user)
     many = _dashboard_queries(client, user)
     assert few == many, (few, many)
-    # Two of them the traffic over time, summed by the database for every case at once.
-    with django_assert_max_num_queries(16):
+    # Four of them the traffic over time and the top talkers, summed by the database for
+    # every case at once.
+    with django_assert_max_num_queries(18):
         client.get(reverse("home"))
 
 
@@ -290,3 +291,78 @@ def test_each_case_shows_its_traffic_over_the_last_hour_and_day(client: Client) 
     assert "124 packets in the last day" in page
     assert page.count('<svg class="sparkline"') == 4
     assert "0 packets in the last hour" in page  # the quiet case: a flat line
+
+
+def test_each_case_shows_its_top_talkers_of_the_last_day_but_not_its_target(
+    client: Client,
+) -> None:
+    from django.utils import timezone
+
+    from jmirror_web.conversations.models import Conversation
+
+    user = make_user(Role.ANALYST)
+    case = make_case(reference="TALK")
+    assign(user, case)
+    intercept = make_intercept(case)
+    target = "203.0.113.7"
+    now = timezone.now()
+    flows = [
+        # (session sid, peer, bytes each way, hours ago); the target is side A or B.
+        (1, "198.51.100.1", 5_000, 1),
+        (1, "198.51.100.2", 9_000, 2),
+        (2, "198.51.100.1", 7_000, 3),  # the same peer in another session: added
+        (2, "198.51.100.3", 1_000, 4),
+        (2, "198.51.100.9", 99_000, 30),  # more than a day ago: left out
+    ]
+    sessions = {sid: make_session(intercept, sid=sid) for sid in (1, 2, 3)}
+    # A session of one conversation, which its target started: not a talker either.
+    Conversation.objects.create(
+        session=sessions[3],
+        protocol=17,
+        address_a=target,
+        port_a=53000,
+        address_b="198.51.100.53",
+        port_b=53,
+        first_seen=now - timedelta(minutes=2),
+        last_seen=now - timedelta(minutes=1),
+        packets_ab=1,
+        bytes_ab=100,
+        packets_ba=1,
+        bytes_ba=200,
+    )
+    for number, (sid, peer, size, hours) in enumerate(flows):
+        a, b = (target, peer) if number % 2 else (peer, target)
+        Conversation.objects.create(
+            session=sessions[sid],
+            protocol=6,
+            address_a=a,
+            port_a=40000 + number,
+            address_b=b,
+            port_b=443,
+            first_seen=now - timedelta(hours=hours, minutes=5),
+            last_seen=now - timedelta(hours=hours),
+            packets_ab=10,
+            bytes_ab=size,
+            packets_ba=10,
+            bytes_ba=size,
+        )
+    client.force_login(user)
+    page = client.get(reverse("home")).content.decode()
+    cell = page.split("data-talkers>")[1].split("</td>")[0]
+    shown = [part.split(">")[1].split("<")[0] for part in cell.split('class="mono"')[1:]]
+    assert shown == ["198.51.100.1", "198.51.100.2", "198.51.100.3"]  # 24 kB, 18 kB, 2 kB
+    assert "198.51.100.53" not in cell  # 300 bytes: fourth
+    from jmirror_web.console.traffic import top_talkers
+    from jmirror_web.intercepts.models import Case
+
+    every = top_talkers(Case.objects.filter(pk=case.pk), now, count=10)[case.pk]
+    assert [talker.address for talker in every] == [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.53",  # of the one-conversation session: its target is not listed
+    ]
+    assert (every[0].bytes, every[0].packets, every[0].sessions) == (24_000, 40, 2)
+    assert target not in cell
+    assert "198.51.100.9" not in cell
+    assert "?q=198.51.100.1" in cell
