@@ -216,6 +216,32 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     answer = client.get(api_url, {"port": "53"}).json()
     print(f"(port 53 matches {answer['count']:,} packets of {answer['stored']:,})")
 
+    # Conversations and names: summarised in the background (as the receiver's child
+    # process does), then read by the pages and the API.
+    from jmirror_web.conversations.models import Conversation, ObservedName
+    from jmirror_web.conversations.summaries import summarise
+
+    started = time.perf_counter()
+    done, finished = summarise(3600)
+    seconds = time.perf_counter() - started
+    print(
+        f"summarised {done:,} packets in {seconds:.1f} s ({seconds / max(done, 1) * 1e6:.2f} us "
+        f"a packet; finished: {finished}): {Conversation.objects.count():,} conversations, "
+        f"{ObservedName.objects.count():,} names"
+    )
+    conversations = {
+        "page conversations": reverse("conversations:session", args=[session.pk]),
+        "API conversations": reverse("api:session_conversations", args=[session.pk]),
+        "API names": reverse("api:session_names", args=[session.pk]),
+        "page case conversations": reverse("conversations:case", args=[case.pk]),
+        "API case search 198.51.0.1": reverse("api:case_search", args=[case.pk]),
+    }
+    for name, url in conversations.items():
+        query = {"q": "198.51.0.1"} if "search" in name else {}
+        cold = timed(get(url, query), 1)[0]
+        best, median, worst = timed(get(url, query), args.repeat)
+        print(f"{name:<32} {cold:8.1f}   {best:10.1f} {median:7.1f} {worst:7.1f}")
+
 
 if __name__ == "__main__":
     main()
