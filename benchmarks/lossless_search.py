@@ -39,6 +39,9 @@ to confirm it (stepping down when the repeat loses). The tools:
 - ``receive-noindex``: ``receive`` with ``JMIRROR_PACKET_INDEX=false`` (no packet index
   beside the files): the table gives ``receive / receive-noindex`` (goal 0.9), the cost
   of writing the index at capture.
+- ``receive-summaries``: ``receive`` with its summariser of conversations and names
+  (``manage.py summarise``, the receiver's child at nice 10) on, as in production unless
+  ``JMIRROR_SUMMARISE=false``; every other tool runs with it off.
 - ``tcpdump``: ``tcpdump -i lo -w FILE -B KIB -n udp dst port PORT`` with a bound socket
   that nobody reads on the port (so no ICMP unreachables); loss = sent - records in the
   file. ``-B`` defaults to the socket buffer the kernel grants the receiver (its 32 MiB
@@ -431,6 +434,8 @@ def stored_records(root: Path, record_data: int) -> int:
 
     total = 0
     for path in root.rglob("*.pcap*"):
+        if path.suffix == ".idx":
+            continue  # a packet index beside its file
         if ".pcapng" in path.name:
             with path.open("rb") as stream:
                 total += sum(1 for _ in iter_frames(stream))
@@ -569,6 +574,9 @@ class Settings:
             REDIS_URL=self.redis_url,
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(self.code),
+            # The summariser of conversations competes for the CPU: measured on its own
+            # (receive-summaries), so that every other tool measures what it names.
+            JMIRROR_SUMMARISE="false",
         )
         environment.pop("JMIRROR_LISTEN", None)
         environment.update(self.extra_environment)
@@ -1042,6 +1050,12 @@ def table(results: list[SearchResult], sender_max: dict[int, float], header: lis
             f"{size:>5} B: receive-uploads / receive = {ratio:.2f}, goal {UPLOADS_GOAL}: "
             f"{verdict}{qualifier}"
         )
+    for size, ratio, bound in upload_ratios(results, "receive-summaries"):
+        qualifier = " (both at the sender max)" if bound else ""
+        lines.append(
+            f"{size:>5} B: receive-summaries / receive = {ratio:.2f} (the summariser on the "
+            f"same host){qualifier}"
+        )
     for size, ratio, bound in upload_ratios(results, "receive-noindex"):
         verdict = "meets" if 1 / ratio >= INDEX_GOAL else "misses"
         qualifier = " (both at the sender max)" if bound else ""
@@ -1161,7 +1175,7 @@ def main() -> None:
         default="receive,tcpdump",
         help="receive (jmirror), receive-contrail (CN2 Contrail from a vRouter), "
         "receive-uploads (receive with an evidence store), receive-noindex (receive without "
-        "the packet index) and/or tcpdump",
+        "the packet index), receive-summaries (receive with its summariser) and/or tcpdump",
     )
     parser.add_argument(
         "--store-cpus",
@@ -1207,7 +1221,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     tools = [tool.strip() for tool in args.tools.split(",")]
-    known = {"receive", "receive-contrail", "receive-uploads", "receive-noindex", "tcpdump"}
+    known = {
+        "receive",
+        "receive-contrail",
+        "receive-uploads",
+        "receive-noindex",
+        "receive-summaries",
+        "tcpdump",
+    }
     if set(tools) - known:
         parser.error("--tools: " + ", ".join(sorted(known)))
     if args.count < 1_000_000:
@@ -1256,9 +1277,7 @@ def main() -> None:
             try:
                 if not args.live_tree:
                     code_text = "snapshot of " + snapshot_tree(settings.code)
-                if {"receive", "receive-contrail", "receive-uploads", "receive-noindex"} & set(
-                    tools
-                ):
+                if set(tools) - {"tcpdump"}:
                     prepare_database(settings)
                 break
             except RuntimeError as error:
@@ -1304,13 +1323,13 @@ def main() -> None:
                     contrail = tool == "receive-contrail"
                     uploads = tool == "receive-uploads"
                     chosen = uploads_settings if uploads else settings
-                    if tool == "receive-noindex":
+                    extra = {
+                        "receive-noindex": ("JMIRROR_PACKET_INDEX", "false"),
+                        "receive-summaries": ("JMIRROR_SUMMARISE", "true"),
+                    }.get(tool)
+                    if extra is not None:
                         chosen = dataclasses.replace(
-                            settings,
-                            extra_environment=(
-                                *settings.extra_environment,
-                                ("JMIRROR_PACKET_INDEX", "false"),
-                            ),
+                            settings, extra_environment=(*settings.extra_environment, extra)
                         )
                     run = functools.partial(
                         receive_trial,

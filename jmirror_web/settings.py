@@ -334,6 +334,10 @@ JMIRROR_MAX_OPEN_FILES = env_int("JMIRROR_MAX_OPEN_FILES", 0, minimum=0, maximum
 # the file the first time it lists it (seconds for a large file); for measuring its cost.
 JMIRROR_PACKET_INDEX = env_bool("JMIRROR_PACKET_INDEX", True)
 
+# Whether the receiver runs the summariser of conversations and names (manage.py
+# summarise) as its child process. Off, run manage.py summarise on another host, or none.
+JMIRROR_SUMMARISE = env_bool("JMIRROR_SUMMARISE", True)
+
 # The dashboard warns about an intercept in force that has received nothing for this long.
 JMIRROR_ALERT_SILENCE_MINUTES = env_int(
     "JMIRROR_ALERT_SILENCE_MINUTES", 15, minimum=1, maximum=7 * 24 * 60

@@ -205,7 +205,9 @@ def serve(
             upload_child.start()
         else:
             uploads = start_uploader(store, uploads_stop, process_id=bookkeeper.process.pk)
-    summaries = summarise_child() if summarise_process else None
+    # JMIRROR_SUMMARISE off: conversations and names are summarised elsewhere (manage.py
+    # summarise on another host, which reads the files from the evidence store) or not.
+    summaries = summarise_child() if summarise_process and settings.JMIRROR_SUMMARISE else None
     if summaries is not None:
         summaries.start()
     metrics_server = None
