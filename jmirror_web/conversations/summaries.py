@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 BATCH_PACKETS: Final = 100_000
 """Packets of one file summarised per transaction."""
 FILES_PER_PASS: Final = 1000
+# A file that could not be read is tried again after this long, its count unchanged: on
+# a host without the local copy it becomes readable once uploaded to the evidence store.
+RETRY_UNREADABLE: Final = timedelta(minutes=10)
 # Up to this many addresses (names) in a slice, only the rows with them are read back
 # (twice that many query parameters: within SQLite's limit).
 _FEW: Final = 400
@@ -387,7 +390,7 @@ def summarise_file(capture: CaptureFile, batch_packets: int = BATCH_PACKETS) -> 
     except IndexUnavailable as error:
         logger.warning("summaries: %s not summarised: %s", capture.path, error)
         SummaryProgress.objects.filter(pk=progress.pk).update(
-            failed_at=capture.packets, error=str(error)[:300]
+            failed_at=capture.packets, error=str(error)[:300], updated_at=datetime.now(UTC)
         )
         return 0
     last = min(len(index), first + batch_packets)
@@ -423,7 +426,8 @@ def summarise_file(capture: CaptureFile, batch_packets: int = BATCH_PACKETS) -> 
 
 
 def _pending() -> Iterator[CaptureFile]:
-    """Files with packets not summarised yet (and not unreadable at their count)."""
+    """Files with packets not summarised yet (and not unreadable at their count, unless
+    that was :data:`RETRY_UNREADABLE` ago)."""
     files = (
         CaptureFile.objects.filter(purged_at__isnull=True, packets__gt=0)
         .annotate(
@@ -431,7 +435,10 @@ def _pending() -> Iterator[CaptureFile]:
             failed=Coalesce("summary_progress__failed_at", -1),
         )
         .filter(packets__gt=F("done"))
-        .exclude(failed=F("packets"))
+        .exclude(
+            failed=F("packets"),
+            summary_progress__updated_at__gt=datetime.now(UTC) - RETRY_UNREADABLE,
+        )
         .order_by("pk")
     )
     yield from files[:FILES_PER_PASS]

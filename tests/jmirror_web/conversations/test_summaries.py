@@ -138,7 +138,7 @@ def test_a_purged_file_is_not_summarised(session: Session, data_dir: Path) -> No
     assert not Conversation.objects.exists()
 
 
-def test_a_missing_file_is_noted_and_not_retried_until_it_counts_more(
+def test_a_missing_file_is_noted_and_retried_only_later_or_when_it_counts_more(
     session: Session, data_dir: Path
 ) -> None:
     [capture] = store_packets(data_dir, session, subscriber_traffic(), ppp=False)
@@ -148,6 +148,15 @@ def test_a_missing_file_is_noted_and_not_retried_until_it_counts_more(
     assert (progress.packets, progress.failed_at) == (0, capture.packets)
     assert "missing or cannot be read" in progress.error
     assert summaries.summarise(10) == (0, True)
+    # Tried again some time later (uploaded to the store meanwhile, say), at the same count.
+    from datetime import UTC, datetime
+
+    SummaryProgress.objects.filter(pk=progress.pk).update(
+        updated_at=datetime.now(UTC) - summaries.RETRY_UNREADABLE * 2
+    )
+    assert summaries.summarise(10) == (0, True)
+    progress.refresh_from_db()
+    assert progress.updated_at > datetime.now(UTC) - summaries.RETRY_UNREADABLE
 
 
 def test_conversations_over_the_cap_are_counted_not_stored(
