@@ -433,3 +433,38 @@ def test_the_metrics_endpoint_serves_counters_without_case_data(tmp_path):
 def test_a_bad_metrics_address_is_refused():
     with pytest.raises(CommandError, match="--metrics: 'nowhere' is not HOST:PORT"):
         call_command("receive", "--metrics", "nowhere")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_summariser_child_runs_beside_the_receiver_unless_turned_off(
+    tmp_path, settings, monkeypatch, enabled
+):
+    from receiver import service
+
+    settings.JMIRROR_SUMMARISE = enabled
+    calls: list[str] = []
+
+    class Child:
+        def start(self) -> None:
+            calls.append("start")
+
+        def keep_running(self) -> None:
+            calls.append("keep running")
+
+        def stop(self, wait: float) -> None:
+            calls.append("stop")
+
+    monkeypatch.setattr(service, "summarise_child", Child)
+    stop = threading.Event()
+    try:
+        serve(
+            [("127.0.0.1", 0)],
+            root=tmp_path,
+            stop=stop,
+            rcvbuf=1 << 20,
+            ready=lambda receiver: stop.set(),
+            summarise_process=True,
+        )
+    finally:
+        connection.close()
+    assert (calls[:1], calls[-1:]) == ((["start"], ["stop"]) if enabled else ([], []))
