@@ -13,8 +13,10 @@ Ctrl-C or SIGTERM stops Daphne, then the receiver closes and hashes its files.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 
 from channels.layers import get_channel_layer
@@ -111,6 +113,14 @@ class EmbeddedReceiver:
             connection.close()
 
 
+class _StoppedWhileStarting(Exception):
+    """A SIGTERM came before the web server took over the signals."""
+
+
+def _stop_starting(signum: int, frame: FrameType | None) -> None:
+    raise _StoppedWhileStarting
+
+
 class Command(BaseCommand):
     help = (
         "Serve jmirror-web with Daphne; unless JMIRROR_EMBEDDED_RECEIVER is off (it is off "
@@ -150,25 +160,28 @@ class Command(BaseCommand):
             # uploads to it: one out of reach stops the start (one line, exit 2).
             self.stdout.write(reach_evidence_store("web server"))
         embedded = None
-        if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
-            embedded = EmbeddedReceiver(listen, Path(settings.SESSIONS_DIR), twisted_loop)
-            receiver = embedded.start()
-            # The CN2 routers' analyzer ports are sockets of the same receiver: said apart.
-            contrail = {tuple(sock.getsockname()[:2]) for sock in receiver.contrail_sockets}
-            for name, addresses in (
-                ("jmirror", [each for each in receiver.addresses if each not in contrail]),
-                ("Contrail (CN2)", [each for each in receiver.addresses if each in contrail]),
-            ):
-                if addresses:
-                    where = ", ".join(f"{host}:{port}" for host, port in addresses)
-                    self.stdout.write(f"receiving {name} on {where} (UDP)")
-        bind = options["bind"]
-        host = f"[{bind}]" if ":" in bind else bind
-        self.stdout.write(f"serving http://{host}:{options['port']}/ (Ctrl-C stops it)")
-        self.stdout.flush()
-        start_periodic_checkpoints()  # every JMIRROR_AUDIT_CHECKPOINT_MINUTES
-        endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
+        # Until Daphne installs its own handlers (in run()), a SIGTERM ends the start
+        # cleanly: the receiver, if started, still closes and hashes its files below.
+        previous = signal.signal(signal.SIGTERM, _stop_starting)
         try:
+            if settings.EMBEDDED_RECEIVER and not options["no_receiver"]:
+                embedded = EmbeddedReceiver(listen, Path(settings.SESSIONS_DIR), twisted_loop)
+                receiver = embedded.start()
+                # The CN2 routers' analyzer ports are sockets of the same receiver.
+                contrail = {tuple(sock.getsockname()[:2]) for sock in receiver.contrail_sockets}
+                for name, addresses in (
+                    ("jmirror", [each for each in receiver.addresses if each not in contrail]),
+                    ("Contrail (CN2)", [each for each in receiver.addresses if each in contrail]),
+                ):
+                    if addresses:
+                        where = ", ".join(f"{host}:{port}" for host, port in addresses)
+                        self.stdout.write(f"receiving {name} on {where} (UDP)")
+            bind = options["bind"]
+            host = f"[{bind}]" if ":" in bind else bind
+            self.stdout.write(f"serving http://{host}:{options['port']}/ (Ctrl-C stops it)")
+            self.stdout.flush()
+            start_periodic_checkpoints()  # every JMIRROR_AUDIT_CHECKPOINT_MINUTES
+            endpoint = f"tcp:port={options['port']}:interface={bind.replace(':', chr(92) + ':')}"
             # Daphne's Server, but a streamed response waits for a slow client rather
             # than piling up in this process (jmirror_web.server.flow_control).
             FlowControlServer(
@@ -179,7 +192,10 @@ class Command(BaseCommand):
                 websocket_max_frame_size=WEBSOCKET_MAX_MESSAGE,
                 **proxy_options(settings.BEHIND_PROXY),
             ).run()
+        except _StoppedWhileStarting:
+            self.stdout.write("stopped while starting")
         finally:
+            signal.signal(signal.SIGTERM, previous)
             if embedded is not None:
                 self.stdout.write("stopping the receiver: closing and hashing its files")
                 embedded.close()
