@@ -356,6 +356,9 @@ def _tcp(segment: bytes) -> tuple[str, str]:
     http_line = _http_first_line(payload)
     if http_line is not None:
         return "HTTP", _escaped(http_line, INFO_LIMIT)
+    hello = _tls_hello(payload)
+    if hello is not None:
+        return hello
     names = ", ".join(name for bit, name in _TCP_FLAG_NAMES if flags & bit) or "<None>"
     fields = [f"{sport} > {dport} [{names}] Seq={sequence}"]
     if flags & _TCP_ACK:
@@ -365,6 +368,52 @@ def _tcp(segment: bytes) -> tuple[str, str]:
         fields.append(f"Urg={urgent}")
     fields.append(f"Len={len(payload)}")
     return "TCP", " ".join(fields)
+
+
+# TLS record versions as Wireshark's protocol column names them.
+_TLS_VERSIONS: Final = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2"}
+_TLS_EXTENSIONS_SEARCH: Final = 2048
+
+
+def _tls_hello(payload: bytes) -> tuple[str, str] | None:
+    """A TLS record starting with a Client or Server Hello, as Wireshark names it: the
+    protocol by the record's version (a Server Hello's by the version it chose), "Client
+    Hello" with its server name (SNI) when it carries one, "Server Hello". None for
+    anything else (the segment is then summarised as TCP)."""
+    if len(payload) < 11 or payload[0] != 0x16 or payload[1] != 0x03:
+        return None
+    kind = payload[5]
+    if kind not in (1, 2):
+        return None
+    if kind == 2:
+        version = _TLS_VERSIONS.get(_u16(payload, 9))
+        return (version, "Server Hello") if version else None
+    version = _TLS_VERSIONS.get(_u16(payload, 1))
+    if version is None:
+        return None
+    name = _server_name(payload[: 5 + min(_u16(payload, 3), _TLS_EXTENSIONS_SEARCH)])
+    return version, "Client Hello" + (f" (SNI={name})" if name else "")
+
+
+def _server_name(record: bytes) -> str:
+    """The host name of a Client Hello record's server_name extension, escaped; "" when
+    it has none or the record ends first."""
+    try:
+        at = 5 + 4 + 2 + 32  # record and handshake headers, version, random
+        at += 1 + _u8(record, at)  # session id
+        at += 2 + _u16(record, at)  # cipher suites
+        at += 1 + _u8(record, at)  # compression methods
+        end = min(len(record), at + 2 + _u16(record, at))
+        at += 2
+        while at + 4 <= end:
+            kind, length = _u16(record, at), _u16(record, at + 2)
+            if kind == 0 and at + 9 <= end and _u8(record, at + 6) == 0:
+                size = _u16(record, at + 7)
+                return _escaped(record[at + 9 : min(end, at + 9 + size)], _DNS_NAME_TEXT_LIMIT)
+            at += 4 + length
+    except _Malformed:
+        return ""
+    return ""
 
 
 def _http_first_line(payload: bytes) -> bytes | None:

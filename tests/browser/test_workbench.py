@@ -91,7 +91,28 @@ for each in closed:
         path=str(Path(settings.SESSIONS_DIR).relative_to(settings.DATA_DIR) / each.path),
         first_packet=moment(each.first_ns), last_packet=moment(each.last_ns),
         packets=each.packets, bytes=each.bytes, sha256=each.sha256, closed=True)
-print(json.dumps({{"session": session.pk, "other": other.pk}}))
+
+# A second session: the simulator's subscriber browsing (DNS, HTTP, TLS with its server
+# name), bare IP, summarised as the receiver's child would (conversations and names).
+from receiver.management.commands.simulate import subscriber_traffic
+from jmirror_web.conversations.summaries import summarise
+browsing = [bytes(packet) for packet in subscriber_traffic("ip")]
+key = SessionKey(intercept.liid, router.address, intercept.intercept_id, 0x78)
+store = PcapStore(settings.SESSIONS_DIR)
+for number, data in enumerate(browsing):
+    assert store.write(key, start + number * SECOND // 100, data, LINKTYPE_RAW)
+(closed,) = store.close_all()
+talking = make_session(intercept, router=router, mid=intercept.intercept_id, sid=0x78,
+    first_seen=moment(closed.first_ns), last_seen=moment(closed.last_ns),
+    packets=len(browsing), bytes=sum(map(len, browsing)), stored_packets=len(browsing))
+CaptureFile.objects.create(session=talking,
+    path=str(Path(settings.SESSIONS_DIR).relative_to(settings.DATA_DIR) / closed.path),
+    first_packet=moment(closed.first_ns), last_packet=moment(closed.last_ns),
+    packets=closed.packets, bytes=closed.bytes, sha256=closed.sha256, closed=True)
+done, finished = summarise(60)
+assert finished and done >= len(browsing), (done, finished)
+print(json.dumps({{"session": session.pk, "other": other.pk, "talking": talking.pk,
+    "case": case.pk}}))
 """
 
 
@@ -100,6 +121,8 @@ class World:
     product: ServedProduct
     session: int
     other: int
+    talking: int  # the simulated browsing, summarised
+    case: int
 
     @property
     def session_url(self) -> str:
@@ -112,7 +135,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         product.start()
         ids = json.loads(product.shell(RECORDS).strip().splitlines()[-1])
-        yield World(product, ids["session"], ids["other"])
+        yield World(product, ids["session"], ids["other"], ids["talking"], ids["case"])
     finally:
         product.stop()
         print(product.read_output())
@@ -454,3 +477,54 @@ def test_error_pages_are_the_consoles_with_its_navigation(
     refused = page.request.get(f"{base}/api/sessions/{world.other}/packets")
     assert refused.status == 404
     assert "WB-LIID-B" not in refused.text()
+
+
+def test_conversations_and_names_of_a_simulated_session_and_the_case_search(
+    world: World, page: Page
+) -> None:
+    from receiver.management.commands.simulate import RESOLVER, SERVER, TLS_SERVER_NAME
+
+    page.goto(f"{world.product.base}/sessions/{world.talking}/")
+    with page.expect_navigation():
+        page.click("text=conversations and names")
+    assert page.url == f"{world.product.base}/sessions/{world.talking}/conversations/"
+    conversations = page.locator("tr[data-conversation]")
+    protocols = {row.locator("td").nth(0).inner_text() for row in conversations.all()}
+    assert {"TCP", "UDP"} <= protocols, protocols
+    names = {
+        (row.locator("td").nth(0).inner_text(), row.locator("td").nth(1).inner_text())
+        for row in page.locator("tr[data-name]").all()
+    }
+    kinds = {kind for kind, _name in names}
+    assert any(name == TLS_SERVER_NAME for _kind, name in names), names
+    assert any(name == "www.example.com" for _kind, name in names), names
+    assert len(kinds) >= 3, names  # DNS, TLS server name, HTTP host
+    screenshot(page, "10-conversations")
+
+    # A conversation's packets: the stored list, filtered to it.
+    tls = page.locator("tr[data-conversation]", has_text="443").first
+    with page.expect_navigation():
+        tls.locator("a:text('packets')").click()
+    assert "#stored" in page.url
+    rows = shown_rows(page)
+    assert rows
+    assert all("443" in (row["sport"], row["dport"]) for row in rows)
+    assert any("Client Hello" in row["info"] for row in rows), [row["info"] for row in rows]
+    screenshot(page, "11-conversation-packets")
+
+    # The case search: a name finds the conversation with its server, not the resolver.
+    page.goto(f"{world.product.base}/cases/{world.case}/")
+    box = page.locator("form[data-case-search]")
+    box.locator('input[name="q"]').fill(TLS_SERVER_NAME)
+    with page.expect_navigation():
+        box.locator('input[name="q"]').press("Enter")
+    assert f"/cases/{world.case}/search/" in page.url
+    screenshot(page, "12-case-search")
+    # Every conversation with the name's server (its TLS one among them), none with the
+    # resolver that answered for it.
+    found = [row.inner_text() for row in page.locator("tr[data-conversation]").all()]
+    assert any("443" in row for row in found), found
+    assert all(SERVER in row for row in found), found
+    assert RESOLVER not in page.locator("table.conversations").inner_text()
+    assert page.locator(f'tr[data-session="{world.talking}"]').count() == 1
+    assert page.locator(f'tr[data-session="{world.session}"]').count() == 0

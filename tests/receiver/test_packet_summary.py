@@ -36,6 +36,7 @@ from scapy.packet import Packet
 from receiver import traffic
 from receiver.jmirror import DecodeError, InnerKind, JMirrorPacket, decode_datagram
 from receiver.live_contract import INFO_LIMIT, PacketRow
+from receiver.management.commands.simulate import TLS_SERVER_HELLO, tls_client_hello
 from receiver.packet_summary import packet_row
 
 TSHARK = shutil.which("tshark")
@@ -177,6 +178,25 @@ CASES = [
         / b"POST /login HTTP/1.0\r\n\r\n",
         "HTTP",
         "POST /login HTTP/1.0",
+    ),
+    # TLS: the hellos, as Wireshark names them (its 4.0 leaves the server name out of the
+    # Client Hello's info; later versions add it as here).
+    Case(
+        "ipv4_tls_client_hello",
+        IP(src=A, dst=B)
+        / TCP(sport=49154, dport=443, flags="PA", seq=1001, ack=5001)
+        / tls_client_hello("www.example.org"),
+        "TLSv1",
+        "Client Hello (SNI=www.example.org)",
+        "protocol",
+    ),
+    Case(
+        "ipv4_tls_server_hello",
+        IP(src=B, dst=A)
+        / TCP(sport=443, dport=49154, flags="PA", seq=5001, ack=1077)
+        / TLS_SERVER_HELLO,
+        "TLSv1.2",
+        "Server Hello",
     ),
     # UDP
     Case(
@@ -811,3 +831,17 @@ def test_the_summaries_agree_with_tsharks_columns(tmp_path: Path, linktype: int)
         if not agrees:
             disagreements.append((case.name, (row["protocol"], row["info"]), (protocol, theirs)))
     assert disagreements == []
+
+
+@settings(max_examples=400)
+@given(
+    head=st.sampled_from([b"\x16\x03\x01", b"\x16\x03\x03", b"\x16\x03\x09"]),
+    body=st.binary(max_size=300),
+    keep=st.integers(0, 400),
+)
+def test_hostile_tls_hellos_always_give_a_displayable_row(head: bytes, body: bytes, keep: int):
+    # A real hello cut anywhere, or random bytes behind a handshake record's header.
+    hello = tls_client_hello("www.example.org")
+    for payload in (head + body, hello[:keep], hello[:keep] + body):
+        packet = IP(src=A, dst=B) / TCP(sport=1, dport=443, flags="PA") / payload
+        assert_displayable(row_of(packet))

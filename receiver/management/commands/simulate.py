@@ -112,7 +112,7 @@ def _tls_server_hello() -> bytes:
     return b"\x16\x03\x03" + len(handshake).to_bytes(2, "big") + handshake
 
 
-_TLS_SERVER_HELLO: Final = _tls_server_hello()
+TLS_SERVER_HELLO: Final = _tls_server_hello()
 
 
 def _ppp(protocol: int, payload: Packet) -> Packet:
@@ -193,7 +193,7 @@ def browsing() -> list[Packet]:
     return [
         *_dns(IP(src=SUBSCRIBER, dst=RESOLVER), IP(src=RESOLVER, dst=SUBSCRIBER), 53124),
         *_web(v4_up, v4_down, 49152),
-        *_web(v4_up, v4_down, 49154, 443, tls_client_hello(TLS_SERVER_NAME), _TLS_SERVER_HELLO),
+        *_web(v4_up, v4_down, 49154, 443, tls_client_hello(TLS_SERVER_NAME), TLS_SERVER_HELLO),
         v4_up / ICMP(type=8, id=0x200, seq=1) / Raw(b"abcdefgh" * 4),
         v4_down / ICMP(type=0, id=0x200, seq=1) / Raw(b"abcdefgh" * 4),
         *_dns(IPv6(src=SUBSCRIBER6, dst=RESOLVER6), IPv6(src=RESOLVER6, dst=SUBSCRIBER6), 53125),
