@@ -125,8 +125,8 @@ def top_talkers(
     cases: QuerySet[Case], now: datetime, count: int = TOP_TALKERS
 ) -> dict[int, list[Talker]]:
     """Per case id, the ``count`` addresses its sessions exchanged the most bytes with in
-    conversations seen over the last day, biggest first. A session's own address (the
-    target's: the one in most of its conversations) is not a talker."""
+    conversations seen over the last day, biggest first. A session's own addresses (the
+    target's: per IP version, the one in most of its conversations) are not talkers."""
     since = now - timedelta(days=1)
     recent = Conversation.objects.filter(
         session__intercept__case__in=cases.values("pk"), last_seen__gte=since
@@ -152,15 +152,17 @@ def top_talkers(
             totals[2] += row["conversations"]
             if side == "address_a":
                 totals[3] += row["conversations"]
-    # A session's own address: in the most conversations; between two (a session of one
+    # A session's own addresses, one per IP version (a dual-stack subscriber has two):
+    # in the most of its conversations of that version; between two (a session of one
     # conversation), the one that started more of them, as a subscriber usually does.
-    own: dict[int, tuple[int, int, str]] = {}
+    own: dict[tuple[int, bool], tuple[int, int, str]] = {}
     for (_case, session, address), (_b, _p, conversations, started) in sides.items():
-        if (conversations, started) > own.get(session, (0, 0, ""))[:2]:
-            own[session] = (conversations, started, address)
+        family = (session, ":" in address)
+        if (conversations, started) > own.get(family, (0, 0, ""))[:2]:
+            own[family] = (conversations, started, address)
     by_case: dict[int, dict[str, list[int]]] = {}
     for (case, session, address), (size, packets, _c, _s) in sides.items():
-        if own[session][2] == address:
+        if own[(session, ":" in address)][2] == address:
             continue
         totals = by_case.setdefault(case, {}).setdefault(address, [0, 0, 0])
         totals[0] += size

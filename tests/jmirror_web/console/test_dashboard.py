@@ -346,6 +346,22 @@ def test_each_case_shows_its_top_talkers_of_the_last_day_but_not_its_target(
             packets_ba=10,
             bytes_ba=size,
         )
+    # The same target over IPv6 too (dual stack): its IPv6 address is not a talker either.
+    for number, peer in enumerate(("2001:db8::1", "2001:db8::2")):
+        Conversation.objects.create(
+            session=sessions[1],
+            protocol=6,
+            address_a="2001:db8:7::7",
+            port_a=41000 + number,
+            address_b=peer,
+            port_b=443,
+            first_seen=now - timedelta(minutes=9),
+            last_seen=now - timedelta(minutes=8),
+            packets_ab=1,
+            bytes_ab=10,
+            packets_ba=1,
+            bytes_ba=10,
+        )
     client.force_login(user)
     page = client.get(reverse("home")).content.decode()
     cell = page.split("data-talkers>")[1].split("</td>")[0]
@@ -361,7 +377,10 @@ def test_each_case_shows_its_top_talkers_of_the_last_day_but_not_its_target(
         "198.51.100.2",
         "198.51.100.3",
         "198.51.100.53",  # of the one-conversation session: its target is not listed
+        "2001:db8::1",
+        "2001:db8::2",
     ]
+    assert "2001:db8:7::7" not in {talker.address for talker in every}
     assert (every[0].bytes, every[0].packets, every[0].sessions) == (24_000, 40, 2)
     assert target not in cell
     assert "198.51.100.9" not in cell
