@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from receiver.ip import transport
-from receiver.packet_summary import _dns_name, _escaped, _Malformed, _u8, _u16
+from receiver.packet_summary import _dns_name, _escaped, _Malformed, _u16
+from receiver.packet_summary import tls_server_name as summary_server_name
 
 NameKind = Literal["dns-query", "dns-answer", "tls-sni", "http-host"]
 NAME_KINDS: Final[tuple[NameKind, ...]] = ("dns-query", "dns-answer", "tls-sni", "http-host")
@@ -205,38 +206,8 @@ def _dns_names(message: bytes, destination: str) -> list[SeenName]:
 def tls_server_name(payload: bytes) -> str:
     """The host name of a ClientHello's server_name extension (RFC 6066), "" if none is
     in this segment (or it is not one)."""
-    try:
-        return _tls_server_name(payload)
-    except (_Malformed, IndexError):
-        return ""
-
-
-def _tls_server_name(payload: bytes) -> str:
-    if len(payload) < 9 or payload[0] != 0x16 or payload[5] != 1:
-        return ""
-    record_end = min(len(payload), 5 + _u16(payload, 3))
-    hello = payload[:record_end]
-    at = 9 + 2 + 32  # record header, handshake header, version, random
-    at += 1 + _u8(hello, at)  # session id
-    at += 2 + _u16(hello, at)  # cipher suites
-    at += 1 + _u8(hello, at)  # compression methods
-    extensions_end = min(len(hello), at + 2 + _u16(hello, at))
-    at += 2
-    while at + 4 <= extensions_end:
-        kind, length = _u16(hello, at), _u16(hello, at + 2)
-        at += 4
-        if kind == 0:
-            list_end = min(at + length, at + 2 + _u16(hello, at))
-            at += 2
-            while at + 3 <= list_end:
-                name_type, name_length = _u8(hello, at), _u16(hello, at + 1)
-                raw = hello[at + 3 : at + 3 + name_length]
-                if name_type == 0 and len(raw) == name_length:
-                    return _text(raw)
-                at += 3 + name_length
-            return ""
-        at += length
-    return ""
+    raw = summary_server_name(payload)
+    return _text(raw) if raw else ""
 
 
 def http_host(payload: bytes) -> str:

@@ -372,7 +372,6 @@ def _tcp(segment: bytes) -> tuple[str, str]:
 
 # TLS record versions as Wireshark's protocol column names them.
 _TLS_VERSIONS: Final = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2"}
-_TLS_EXTENSIONS_SEARCH: Final = 2048
 
 
 def _tls_hello(payload: bytes) -> tuple[str, str] | None:
@@ -391,29 +390,46 @@ def _tls_hello(payload: bytes) -> tuple[str, str] | None:
     version = _TLS_VERSIONS.get(_u16(payload, 1))
     if version is None:
         return None
-    name = _server_name(payload[: 5 + min(_u16(payload, 3), _TLS_EXTENSIONS_SEARCH)])
-    return version, "Client Hello" + (f" (SNI={name})" if name else "")
+    name = tls_server_name(payload)
+    shown = f" (SNI={_escaped(name, _DNS_NAME_TEXT_LIMIT)})" if name else ""
+    return version, "Client Hello" + shown
 
 
-def _server_name(record: bytes) -> str:
-    """The host name of a Client Hello record's server_name extension, escaped; "" when
-    it has none or the record ends first."""
+def tls_server_name(payload: bytes) -> bytes:
+    """The host name of the server_name extension (RFC 6066) of a ClientHello record at
+    the start of ``payload``, as sent; b"" when there is none whole in this segment (or
+    it is not a ClientHello). Never raises."""
     try:
-        at = 5 + 4 + 2 + 32  # record and handshake headers, version, random
-        at += 1 + _u8(record, at)  # session id
-        at += 2 + _u16(record, at)  # cipher suites
-        at += 1 + _u8(record, at)  # compression methods
-        end = min(len(record), at + 2 + _u16(record, at))
-        at += 2
-        while at + 4 <= end:
-            kind, length = _u16(record, at), _u16(record, at + 2)
-            if kind == 0 and at + 9 <= end and _u8(record, at + 6) == 0:
-                size = _u16(record, at + 7)
-                return _escaped(record[at + 9 : min(end, at + 9 + size)], _DNS_NAME_TEXT_LIMIT)
-            at += 4 + length
+        return _tls_server_name(payload)
     except _Malformed:
-        return ""
-    return ""
+        return b""
+
+
+def _tls_server_name(payload: bytes) -> bytes:
+    if len(payload) < 9 or payload[0] != 0x16 or payload[5] != 1:
+        return b""
+    hello = payload[: min(len(payload), 5 + _u16(payload, 3))]
+    at = 9 + 2 + 32  # record header, handshake header, version, random
+    at += 1 + _u8(hello, at)  # session id
+    at += 2 + _u16(hello, at)  # cipher suites
+    at += 1 + _u8(hello, at)  # compression methods
+    extensions_end = min(len(hello), at + 2 + _u16(hello, at))
+    at += 2
+    while at + 4 <= extensions_end:
+        kind, length = _u16(hello, at), _u16(hello, at + 2)
+        at += 4
+        if kind == 0:
+            list_end = min(at + length, at + 2 + _u16(hello, at))
+            at += 2
+            while at + 3 <= list_end:
+                name_type, name_length = _u8(hello, at), _u16(hello, at + 1)
+                raw = hello[at + 3 : at + 3 + name_length]
+                if name_type == 0 and len(raw) == name_length:
+                    return raw
+                at += 3 + name_length
+            return b""
+        at += length
+    return b""
 
 
 def _http_first_line(payload: bytes) -> bytes | None:
