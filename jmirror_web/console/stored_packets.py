@@ -29,6 +29,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 
+from django.core.exceptions import ValidationError
+
+from jmirror_web.exports.forms import parse_moment
+from jmirror_web.exports.request import PROTOCOL_NUMBERS
+from jmirror_web.exports.service import to_ns
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from jmirror_web.object_store import StorageError
@@ -68,20 +73,9 @@ PURGED: Final = "The capture file holding this packet was purged under the case'
 _NEVER_BEFORE: Final = -(2**63)
 _NEVER_AFTER: Final = 2**63 - 1
 
-# Protocol filter values: IP protocol names as Wireshark's column shows them, or
-# "link" for what is not IP (PPP control, ARP...).
-PROTOCOLS: Final[Mapping[str, int]] = {
-    "icmp": 1,
-    "igmp": 2,
-    "tcp": 6,
-    "udp": 17,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmpv6": 58,
-    "sctp": 132,
-    "link": PROTOCOL_LINK,
-}
+# Protocol filter values: the names the export's filter takes, or "link" for what is
+# not IP (PPP control, ARP...).
+PROTOCOLS: Final[Mapping[str, int]] = {**PROTOCOL_NUMBERS, "link": PROTOCOL_LINK}
 
 
 # The query parameters of a filter.
@@ -125,17 +119,12 @@ class PacketFilter:
 
 
 def parse_time(text: str, name: str) -> int:
-    """ns since the epoch of an ISO 8601 time; one without a zone is UTC."""
+    """ns since the epoch of an ISO 8601 time, read as the export's form reads one (UTC
+    without a zone; bounded)."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise PacketListError(
-            f"{name} must be a time such as 2026-12-06T17:04:05Z (UTC when no zone is given).",
-            name,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+        return to_ns(parse_moment(text))
+    except ValidationError as error:
+        raise PacketListError(f"{name}: {' '.join(error.messages)}", name) from None
 
 
 def parse_filter(query: Mapping[str, str]) -> PacketFilter:
@@ -451,7 +440,7 @@ def export_order(captures: list[CaptureFile]) -> list[CaptureFile]:
 
     def key(capture: CaptureFile) -> tuple[int, str]:
         first = capture.first_packet
-        first_ns = -1 if first is None else (first - _EPOCH) // timedelta(microseconds=1) * 1000
+        first_ns = -1 if first is None else to_ns(first)
         return first_ns, Path(capture.path).name
 
     return sorted(captures, key=key)
@@ -500,7 +489,7 @@ def session_timeline(session: Session) -> Timeline:
             index = file_index(capture)
         except IndexUnavailable as error:
             first = capture.first_packet or session.first_seen
-            first_ns = (first - _EPOCH) // timedelta(microseconds=1) * 1000
+            first_ns = to_ns(first)
             files.append(_File(capture, None, [first_ns] * capture.packets, True, str(error)))
             continue
         files.append(_File(capture, index, index.times(), index.ordered))
