@@ -54,13 +54,13 @@ from jmirror_web.console.stored_packets import (
     file_index,
     locate_packet,
     number_received_at,
+    packet_data,
 )
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory, Session
 from jmirror_web.object_store import StorageError
 from receiver.pcap import LinkType
-from receiver.store import PCAPNG_LINKTYPES
 
 if TYPE_CHECKING:
     from scapy.packet import Packet
@@ -173,10 +173,8 @@ def read_packet(capture: CaptureFile, index: int) -> tuple[int, int, bytes]:
                 "says; this packet is not in it."
             )
         entry = packets.record(index - 1)
-        pcapng = packets.linktype in PCAPNG_LINKTYPES
         with open_file(capture) as stream:
-            stream.seek(entry.offset + (28 if pcapng else 16))
-            data = stream.read(entry.captured)
+            data = packet_data(stream, packets.linktype, entry.offset, entry.captured)
     except IndexUnavailable as error:
         raise PacketUnavailable(str(error)) from None
     except (OSError, StorageError) as error:
@@ -186,7 +184,7 @@ def read_packet(capture: CaptureFile, index: int) -> tuple[int, int, bytes]:
         ) from None
     except OutsideSessionsDirectory as error:
         raise PacketUnavailable(str(error)) from None
-    if len(data) != entry.captured:
+    if data is None:
         raise PacketUnavailable("The capture file ends inside this packet.")
     return entry.time_ns, packets.linktype, data
 

@@ -53,7 +53,7 @@ from receiver.packet_index import (
     read_index_file,
 )
 from receiver.packet_summary import packet_row, stored_frame_row
-from receiver.pcap import LinkType
+from receiver.pcap import RECORD_HEADER_LENGTH, LinkType
 from receiver.store import PCAPNG_LINKTYPES
 
 PAGE_SIZES: Final = (25, 50, 100, 200, 500)
@@ -232,10 +232,24 @@ def _stream(capture: CaptureFile) -> tuple[BinaryIO, bool]:
     return cast(BinaryIO, stream), growing
 
 
+# Where a packet's bytes start after its record's offset: a pcap record header, or an
+# Enhanced Packet Block's type, length, interface, time and lengths.
+_PACKET_AFTER: Final = {False: RECORD_HEADER_LENGTH, True: 28}
+
+
+def packet_data(stream: BinaryIO, linktype: int, offset: int, captured: int) -> bytes | None:
+    """The ``captured`` bytes of the packet whose pcap record (pcapng block) starts at
+    ``offset`` of a file of ``linktype``, as its index says; None when the file ends
+    first."""
+    stream.seek(offset + _PACKET_AFTER[linktype in PCAPNG_LINKTYPES])
+    data = stream.read(captured)
+    return data if len(data) == captured else None
+
+
 def _record_fits(stream: BinaryIO, record: IndexRecord, pcapng: bool) -> bool:
     """Whether the file holds, at the record's offset, a packet of its time and length."""
     stream.seek(record.offset)
-    head = stream.read(28 if pcapng else 16)
+    head = stream.read(_PACKET_AFTER[pcapng])
     if pcapng:
         if len(head) < 28 or int.from_bytes(head[0:4], "little") != 6:
             return False
@@ -620,10 +634,8 @@ class _Readers:
         if stream is None:
             stream, _growing = _stream(each.capture)
             self._open[position] = stream
-        pcapng = each.index.linktype in PCAPNG_LINKTYPES
-        stream.seek(entry.offset + (28 if pcapng else 16))
-        data = stream.read(entry.captured)
-        if len(data) != entry.captured:
+        data = packet_data(stream, each.index.linktype, entry.offset, entry.captured)
+        if data is None:
             raise IndexUnavailable(
                 f"The stored file {Path(each.capture.path).name} ends inside packet "
                 f"{record + 1} of it."

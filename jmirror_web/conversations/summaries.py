@@ -25,7 +25,7 @@ from django.db import DatabaseError, IntegrityError, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Greatest, Least
 
-from jmirror_web.console.stored_packets import IndexUnavailable, file_index
+from jmirror_web.console.stored_packets import IndexUnavailable, file_index, packet_data
 from jmirror_web.conversations.models import (
     MAX_CONVERSATIONS,
     MAX_NAMES,
@@ -40,7 +40,6 @@ from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory
 from jmirror_web.object_store import StorageError
 from receiver.names import names_in
 from receiver.packet_index import RECORD, RECORD_SIZE, Flag, PacketIndex
-from receiver.store import PCAPNG_LINKTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +208,6 @@ def _read_names(
     candidates: list[tuple[int, int, int]],
     batch: Batch,
 ) -> None:
-    header = 28 if index.linktype in PCAPNG_LINKTYPES else 16
     try:
         stream, _growing = open_capture(capture)
     except (CaptureUnavailable, OutsideSessionsDirectory, OSError, StorageError) as error:
@@ -219,12 +217,10 @@ def _read_names(
     try:
         for offset, captured, time_ns in candidates:
             try:
-                cast(BinaryIO, stream).seek(offset + header)
-                data = stream.read(captured)
+                data = packet_data(cast(BinaryIO, stream), index.linktype, offset, captured)
             except (OSError, StorageError):
-                batch.unread += 1
-                continue
-            if len(data) != captured:
+                data = None
+            if data is None:
                 batch.unread += 1
                 continue
             for seen in names_in(index.linktype, data):
