@@ -367,13 +367,11 @@ except ImportError:  # not built here: the Python twins, slower, same records
     index_times = python_index_times
     index_prefix = python_index_prefix
     select_records = python_select_records
-    COMPILED = False
 else:
     index_records = _c_index_records
     index_times = _c_index_times
     index_prefix = _c_index_prefix
     select_records = _c_select_records
-    COMPILED = True
 
 
 def index_header(linktype: int) -> bytes:
@@ -458,10 +456,6 @@ class PacketIndex:
         numbers = array("I")
         numbers.frombytes(found)
         return numbers
-
-
-class IndexError_(Exception):
-    """The index cannot be read or built (the message says why)."""
 
 
 def read_index_file(path: Path) -> PacketIndex | None:

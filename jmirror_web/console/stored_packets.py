@@ -326,7 +326,7 @@ def _checked_or_built(
         usable = min(len(written), wanted)
         # The last record used must name a packet of its time where it says: an index
         # from before a crash's repair, or of another file, fails this and is rebuilt.
-        while usable and not _record_fits(stream, written.record(usable - 1), pcapng):
+        if usable and not _record_fits(stream, written.record(usable - 1), pcapng):
             usable = 0
         records = written.records[: usable * RECORD_SIZE]
         linktype = written.linktype
