@@ -14,58 +14,22 @@ session page's is.
 
 from __future__ import annotations
 
-from typing import Any, Final, NoReturn
+from typing import Any
 
-from rest_framework import permissions
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from jmirror_web.audit import refusals
+from jmirror_web.api.metadata import MetadataView
 from jmirror_web.audit.log import record
 from jmirror_web.console import stored_packets
 from jmirror_web.intercepts.access import Action, may
-from jmirror_web.intercepts.models import Session
-
-# Refused as every case object's page and endpoint is (audit.refusals.ACCESS_REFUSED).
-REFUSED: Final = refusals.ACCESS_REFUSED
 
 
-class SessionPacketsView(APIView):
-    permission_classes = [permissions.IsAuthenticated]
-
-    def permission_denied(
-        self, request: Request, message: str | None = None, code: str | None = None
-    ) -> NoReturn:
-        refusals.audit_refusal(
-            request._request,
-            Session,
-            self.kwargs.get("session_id", ""),
-            "not signed in" if not request.user.is_authenticated else "permission denied",
-            action=REFUSED,
-            details=dict(self.kwargs),
-        )
-        super().permission_denied(request, message, code)
-
+class SessionPacketsView(MetadataView):
     def get(self, request: Request, session_id: int) -> Response:
-        sessions = Session.objects.select_related("router", "intercept__case")
-        session = sessions.filter(pk=session_id).first()
-        if (
-            session is None
-            or session.intercept is None
-            or not may(request.user, Action.VIEW_METADATA, session.intercept.case)
-        ):
-            refusals.audit_refusal(
-                request._request,
-                Session,
-                session_id,
-                "no metadata right",
-                action=REFUSED,
-                obj=session,
-                details={"session": session_id},
-            )
-            raise NotFound()
+        session = self.session(request, session_id)
+        assert session.intercept is not None  # it is one of a case the user may see
         content = may(request.user, Action.VIEW_CONTENT, session.intercept.case)
         query = {name: str(value) for name, value in request.query_params.items()}
         listing = stored_packets.list_packets(session, query, content=content)

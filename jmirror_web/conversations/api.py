@@ -8,16 +8,14 @@ as ``access.refused``; 400 naming a refused parameter; a search is audited as th
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 from django.urls import reverse
-from rest_framework import permissions
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from jmirror_web.audit import refusals
+from jmirror_web.api.metadata import MetadataView
 from jmirror_web.audit.log import record
 from jmirror_web.conversations.models import Conversation, ObservedName, SessionSummary
 from jmirror_web.conversations.queries import (
@@ -33,45 +31,7 @@ from jmirror_web.conversations.queries import (
     search_case,
 )
 from jmirror_web.conversations.views import SEARCHED
-from jmirror_web.intercepts.access import Action, cases_for, may
-from jmirror_web.intercepts.models import Case, Session
-
-
-class _MetadataView(APIView):
-    permission_classes = [permissions.IsAuthenticated]
-
-    def permission_denied(
-        self, request: Request, message: str | None = None, code: str | None = None
-    ) -> NoReturn:
-        object_type, object_id = refusals.object_in(self.kwargs)
-        refusals.audit_refusal(
-            request._request,
-            object_type,
-            object_id,
-            "not signed in" if not request.user.is_authenticated else "permission denied",
-        )
-        super().permission_denied(request, message, code)
-
-    def session(self, request: Request, session_id: int) -> Session:
-        session = (
-            Session.objects.select_related("intercept__case")
-            .filter(
-                intercept__case__in=cases_for(request.user, Action.VIEW_METADATA).values("pk"),
-                pk=session_id,
-            )
-            .first()
-        )
-        if session is None:
-            refusals.audit_not_found(request._request, Session, session_id)
-            raise NotFound()
-        return session
-
-    def case(self, request: Request, case_id: int) -> Case:
-        case = cases_for(request.user, Action.VIEW_METADATA).filter(pk=case_id).first()
-        if case is None:
-            refusals.audit_not_found(request._request, Case, case_id)
-            raise NotFound()
-        return case
+from jmirror_web.intercepts.access import Action, may
 
 
 def _listing(request: Request, sorts: dict[str, tuple[str, ...]], default: str) -> Listing:
@@ -95,7 +55,7 @@ def _page(listing: Listing, rows: list[dict[str, Any]], more: bool, **extra: Any
     )
 
 
-class SessionConversationsView(_MetadataView):
+class SessionConversationsView(MetadataView):
     """``sort`` (bytes, packets, first_seen, last_seen), ``q`` (an address, a port, a
     protocol name or part of an address), ``page``, ``page_size`` (at most 1000)."""
 
@@ -116,7 +76,7 @@ class SessionConversationsView(_MetadataView):
         )
 
 
-class SessionNamesView(_MetadataView):
+class SessionNamesView(MetadataView):
     """``sort`` (count, name, first_seen, last_seen), ``q`` (part of a name, a kind, an
     address), ``page``, ``page_size``."""
 
@@ -135,7 +95,7 @@ class SessionNamesView(_MetadataView):
         )
 
 
-class CaseSearchView(_MetadataView):
+class CaseSearchView(MetadataView):
     """``q`` (addresses, ports, parts of names; all must match), ``start``, ``end``."""
 
     def get(self, request: Request, case_id: int) -> Response:

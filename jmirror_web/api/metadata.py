@@ -1,0 +1,55 @@
+"""What the metadata endpoints share: who may ask, and how a refusal looks and is audited."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from rest_framework import permissions
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from jmirror_web.audit import refusals
+from jmirror_web.intercepts.access import Action, cases_for
+from jmirror_web.intercepts.models import Case, Session
+
+
+class MetadataView(APIView):
+    """An endpoint of one session's or case's metadata: signed in, and the metadata right
+    on the case; anything else is the 404 of a missing object, audited as every case
+    object's refusal is (:mod:`jmirror_web.audit.refusals`)."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    def permission_denied(
+        self, request: Request, message: str | None = None, code: str | None = None
+    ) -> NoReturn:
+        object_type, object_id = refusals.object_in(self.kwargs)
+        refusals.audit_refusal(
+            request._request,
+            object_type,
+            object_id,
+            "not signed in" if not request.user.is_authenticated else "permission denied",
+        )
+        super().permission_denied(request, message, code)
+
+    def session(self, request: Request, session_id: int) -> Session:
+        session = (
+            Session.objects.select_related("intercept__case")
+            .filter(
+                intercept__case__in=cases_for(request.user, Action.VIEW_METADATA).values("pk"),
+                pk=session_id,
+            )
+            .first()
+        )
+        if session is None:
+            refusals.audit_not_found(request._request, Session, session_id)
+            raise NotFound()
+        return session
+
+    def case(self, request: Request, case_id: int) -> Case:
+        case = cases_for(request.user, Action.VIEW_METADATA).filter(pk=case_id).first()
+        if case is None:
+            refusals.audit_not_found(request._request, Case, case_id)
+            raise NotFound()
+        return case
