@@ -20,10 +20,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jmirror_web.api.metadata import MetadataView
 from jmirror_web.audit.log import record
 from jmirror_web.console import stored_packets
 from jmirror_web.intercepts.access import Action, may
+from jmirror_web.intercepts.metadata_api import MetadataView
 
 
 class SessionPacketsView(MetadataView):

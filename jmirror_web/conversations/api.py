@@ -15,7 +15,6 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jmirror_web.api.metadata import MetadataView
 from jmirror_web.audit.log import record
 from jmirror_web.conversations.models import Conversation, ObservedName, SessionSummary
 from jmirror_web.conversations.queries import (
@@ -32,6 +31,7 @@ from jmirror_web.conversations.queries import (
 )
 from jmirror_web.conversations.views import SEARCHED
 from jmirror_web.intercepts.access import Action, may
+from jmirror_web.intercepts.metadata_api import MetadataView
 
 
 def _listing(request: Request, sorts: dict[str, tuple[str, ...]], default: str) -> Listing:

@@ -1,4 +1,6 @@
-"""What the metadata endpoints share: who may ask, and how a refusal looks and is audited."""
+"""What the metadata API endpoints share (the packet list's, the summaries'): who may ask,
+and how a refusal looks and is audited. Beside the rights it applies (access.py), below
+every app that serves such an endpoint."""
 
 from __future__ import annotations
 
