@@ -614,7 +614,14 @@ def connect(config: StorageConfig, *, timeout: float = 10.0, attempts: int = 3) 
             retries={"max_attempts": attempts, "mode": "standard"},
             # Path-style addressing works with every compatible store and any bucket
             # name; virtual-hosted style needs DNS for each bucket.
-            s3={"addressing_style": "path"},
+            # No SHA-256 of the body in the signature (UNSIGNED-PAYLOAD), even over plain
+            # HTTP where botocore would otherwise hash every uploaded byte again: every
+            # body we send names its checksum in a signed header (ChecksumSHA256, the
+            # recorded digest of the file; Content-MD5 on the small XML requests), and
+            # the store refuses a body that does not match it. Hashing it once more for
+            # the signature protected nothing and cost the capture host's upload process
+            # about half of its CPU per byte (benchmarks/upload_benchmark.py).
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
             # Checksums only when the request names one (ours do): newer botocore would
             # otherwise add CRC32 trailers some compatible stores reject.
             request_checksum_calculation="when_required",

@@ -3,23 +3,25 @@ receiver, started again if it exits, stopped with it, killed with it.
 
 The receiver's background work that would stall its receive loop if run in a thread of
 it (the interpreter lock: hashing and uploading files, parsing packets for their names)
-runs so, in a process of its own at a lower CPU priority: the upload queue
-(:class:`receiver.uploads.UploadProcess`) and the summariser of conversations and names
-(``manage.py summarise``).
+runs so, in a process of its own in the idle scheduling class (:func:`run_in_background`):
+the upload queue (:class:`receiver.uploads.UploadProcess`) and the summariser of
+conversations and names (``manage.py summarise``).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from django.conf import settings
 
@@ -31,6 +33,32 @@ RESTART_WAIT: Final = 5.0
 # with -9 leaves no child behind; the children keep their progress in the database, so
 # the next start carries on where they were).
 _PR_SET_PDEATHSIG: Final = 1
+# The option of ``manage.py upload`` and ``manage.py summarise`` that runs them so.
+IDLE_OPTION: Final = "--idle"
+# Their priority where the idle class is missing (not Linux): this much below the
+# receiver's (nice).
+BACKGROUND_NICENESS: Final = 10
+
+
+def run_in_background(niceness: int = BACKGROUND_NICENESS) -> bool:
+    """Let this process run only on CPU time no other process wants: Linux's idle
+    scheduling class (SCHED_IDLE), else ``niceness`` below the current priority. Returns
+    whether the idle class was taken.
+
+    Why the idle class and not only a nice value: beside a receive loop that is busy most
+    of a core, a nice 10 upload process still got about a tenth of the core whenever both
+    wanted it, and the receive loop, when woken by a datagram, waited for it to use its
+    slice. That held rounds up for up to 144 ms, past what the socket buffer holds at line
+    rate (benchmarks/lossless_search.py, receive-uploads). A SCHED_IDLE task is preempted
+    at once by any normal task that wakes; the work it does is only ever late (a backlog
+    the health page shows), never lost, and on a host with a free core the scheduler runs
+    it there at full speed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return True
+    except (AttributeError, OSError):  # not Linux, or refused: the nice value only
+        os.nice(niceness)
+        return False
 
 
 def _die_with_parent() -> None:
@@ -39,6 +67,32 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: stopped by the parent's shutdown only
         pass
+
+
+def add_priority_options(parser: argparse.ArgumentParser) -> None:
+    """``--idle`` and ``--nice N`` for a command the receiver runs as its child."""
+    parser.add_argument(
+        IDLE_OPTION,
+        action="store_true",
+        help="run only on CPU time no other process wants (Linux's SCHED_IDLE; "
+        f"elsewhere nice {BACKGROUND_NICENESS}); the receiver starts it so",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="N",
+        help="lower this process's CPU priority by N",
+    )
+
+
+def take_priority(options: Mapping[str, Any]) -> None:
+    """Apply :func:`add_priority_options`' options to this process."""
+    if options["idle"]:
+        run_in_background()
+    elif options["nice"]:
+        os.nice(options["nice"])
 
 
 class ChildCommand:
@@ -99,5 +153,5 @@ class ChildCommand:
 
 
 def summarise_process() -> ChildCommand:
-    """``manage.py summarise`` at nice 10 (see that command)."""
-    return ChildCommand("summaries", ["summarise", "--nice", "10"])
+    """``manage.py summarise`` in the background (see that command)."""
+    return ChildCommand("summaries", ["summarise", IDLE_OPTION])

@@ -51,7 +51,7 @@ from jmirror_web.intercepts.models import (
 )
 from jmirror_web.intercepts.retention import purge_after
 from jmirror_web.object_store import ObjectStore, StorageError, StoredObject, sha256_checksum
-from receiver.child_process import ChildCommand
+from receiver.child_process import IDLE_OPTION, ChildCommand
 from receiver.metrics import UploadBacklog
 
 logger = logging.getLogger(__name__)
@@ -584,10 +584,6 @@ class Uploader:
         return backlog
 
 
-# The upload process runs this much below the receiver's CPU priority (nice).
-UPLOAD_NICENESS: Final = 10
-
-
 class UploadProcess(ChildCommand):
     """``manage.py upload`` as the receiver's child (see that command for why a process).
     Its backlog reaches the receiver's row from the child; :meth:`backlog` reads it back
@@ -596,7 +592,7 @@ class UploadProcess(ChildCommand):
     def __init__(self, process_id: int, *, manage_py: Path | None = None) -> None:
         super().__init__(
             "upload queue",
-            ["upload", "--receiver-process", str(process_id)],
+            ["upload", IDLE_OPTION, "--receiver-process", str(process_id)],
             manage_py=manage_py,
         )
         self.process_id = process_id

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,9 @@ import pytest
 
 from receiver import child_process
 from receiver.child_process import ChildCommand, summarise_process
+from receiver.uploads import UploadProcess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_child_that_exits_is_started_again_and_stopped_with_the_receiver(
@@ -45,7 +51,61 @@ def test_a_child_that_exits_is_started_again_and_stopped_with_the_receiver(
     assert child.child is None
 
 
-def test_the_summariser_runs_the_summarise_command_at_nice_10() -> None:
+def test_the_summariser_runs_the_summarise_command_in_the_background() -> None:
     child = summarise_process()
-    assert child.arguments == ["summarise", "--nice", "10"]
+    assert child.arguments == ["summarise", "--idle"]
     assert child.manage_py.name == "manage.py"
+
+
+def test_the_upload_process_runs_the_upload_command_in_the_background() -> None:
+    assert UploadProcess(7).arguments == ["upload", "--idle", "--receiver-process", "7"]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's scheduling classes")
+@pytest.mark.parametrize("command", ["upload", "summarise"])
+def test_idle_puts_the_command_in_the_idle_scheduling_class(command: str, tmp_path: Path) -> None:
+    # The real option parsing and priority call of each command, in a child process (a
+    # process cannot leave SCHED_IDLE unprivileged, so not in the test's own).
+    script = (
+        "import os, sys\n"
+        "from django.core.management import load_command_class\n"
+        "from receiver.child_process import take_priority\n"
+        f"app = {{'upload': 'receiver', 'summarise': 'jmirror_web.conversations'}}[{command!r}]\n"
+        f"parser = load_command_class(app, {command!r}).create_parser('manage.py', {command!r})\n"
+        "options = vars(parser.parse_args(sys.argv[1:]))\n"
+        "take_priority(options)\n"
+        "print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "jmirror_web.settings"}
+
+    def run(*arguments: str) -> tuple[int, int]:
+        done = subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup()\n{script}", *arguments],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=60,
+            check=True,
+        )
+        policy, niceness = done.stdout.split()
+        return int(policy), int(niceness)
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert run("--idle") == (os.SCHED_IDLE, base)
+    assert run("--nice", "5") == (os.SCHED_OTHER, base + 5)
+    assert run() == (os.SCHED_OTHER, base)
+
+
+def test_without_the_idle_class_the_background_is_a_nice_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lowered: list[int] = []
+
+    def refused(*args: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    monkeypatch.setattr(os, "nice", lowered.append)
+    assert child_process.run_in_background() is False
+    assert lowered == [child_process.BACKGROUND_NICENESS]

@@ -5,14 +5,14 @@ A receiver with an evidence store starts it as its child (:class:`receiver.uploa
 UploadProcess`): uploading 256 MiB files from a thread of the receiver measured stalls of
 the receive loop of 77-131 ms (hashing and copying in the interpreter beside the loop),
 longer than the socket buffer lasts at 150,000 datagrams/s. In its own process it has its
-own interpreter lock, and it runs at a lower CPU priority (nice 10), so that on a busy
-host the capture comes first and the queue takes the rest. It can also be run alone, for
-example to drain a node's queue while its receiver is stopped.
+own interpreter lock, and the receiver starts it in the idle scheduling class (``--idle``,
+:func:`receiver.child_process.run_in_background`), so that on a busy host the capture
+comes first and the queue takes the rest. It can also be run alone, for example to drain
+a node's queue while its receiver is stopped.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
@@ -21,7 +21,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jmirror_web.intercepts import evidence_store
 from jmirror_web.object_store import StorageError
-from receiver.uploads import UPLOAD_NICENESS, Uploader
+from receiver.child_process import add_priority_options, take_priority
+from receiver.uploads import Uploader
 
 
 class Command(BaseCommand):
@@ -35,14 +36,7 @@ class Command(BaseCommand):
             metavar="ID",
             help="the receiver run (ReceiverProcess id) whose row shows the queue's backlog",
         )
-        parser.add_argument(
-            "--nice",
-            type=int,
-            default=UPLOAD_NICENESS,
-            choices=range(20),
-            metavar="N",
-            help=f"lower this process's CPU priority by N (default {UPLOAD_NICENESS})",
-        )
+        add_priority_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         store = evidence_store.store()
@@ -52,8 +46,7 @@ class Command(BaseCommand):
             store.check()
         except StorageError as error:
             raise CommandError(str(error)) from None
-        if options["nice"]:
-            os.nice(options["nice"])
+        take_priority(options)
         stop = threading.Event()
 
         def stopping(signum: int, frame: Any) -> None:

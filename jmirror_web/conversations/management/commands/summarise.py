@@ -2,14 +2,13 @@
 names (:mod:`jmirror_web.conversations.summaries`) every few seconds until stopped.
 
 The receiver runs it as its child process (:class:`receiver.child_process.ChildCommand`),
-at a lower CPU priority (nice 10): the capture comes first, and a summariser that falls
-behind only shows the newest packets' conversations later. ``--once`` summarises what is
+in the idle scheduling class (``--idle``): the capture comes first, and a summariser that
+falls behind only shows the newest packets' conversations later. ``--once`` summarises what is
 stored now and exits (after an import, or to catch up while the receiver is stopped).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any, Final
@@ -18,8 +17,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, connection
 
 from jmirror_web.conversations.summaries import summarise
+from receiver.child_process import add_priority_options, take_priority
 
-SUMMARISE_NICENESS: Final = 10
 INTERVAL_SECONDS: Final = 5.0
 # Work per pass before the stop flag is looked at again.
 PASS_SECONDS: Final = 2.0
@@ -38,19 +37,10 @@ class Command(BaseCommand):
             default=INTERVAL_SECONDS,
             help=f"seconds between passes when caught up (default {INTERVAL_SECONDS:g})",
         )
-        parser.add_argument(
-            "--nice",
-            type=int,
-            default=0,
-            choices=range(20),
-            metavar="N",
-            help="lower this process's CPU priority by N (the receiver starts it with "
-            f"{SUMMARISE_NICENESS})",
-        )
+        add_priority_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["nice"]:
-            os.nice(options["nice"])
+        take_priority(options)
         if options["once"]:
             total = 0
             finished = False
