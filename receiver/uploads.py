@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,6 +89,49 @@ MINIMUM_LOCK: Final = timedelta(days=1)
 _HASH_BLOCK: Final = 2**20
 # One line of a failure on a row (CaptureFile.upload_error, ReceiverProcess.last_upload_error).
 ERROR_CHARS: Final = 300
+# An upload process standing by (another works its node's queue) tries the lock this often.
+STANDBY_WAIT: Final = 5.0
+
+
+@contextlib.contextmanager
+def sole_worker(lock_path: Path, stop: threading.Event, node: str) -> Iterator[bool]:
+    """Hold the queue's lock file while the block runs: yields True once this process
+    holds it, False when ``stop`` was set while waiting for it.
+
+    Why: one capture host runs one receiver per core on the same port (SO_REUSEPORT),
+    each with its upload process, all working the same node's queue. Without the lock
+    they took the same oldest file at once and each uploaded it, one more object version
+    and one more upload's CPU per receiver. The others stand by and take over within
+    :data:`STANDBY_WAIT` when the holder exits or is killed (the kernel releases an
+    ``flock`` with its process)."""
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    logger.info(
+                        "upload queue: another upload process works node %s's queue; "
+                        "this one stands by",
+                        node,
+                    )
+                    told = True
+                if stop.wait(STANDBY_WAIT):
+                    yield False
+                    return
+        if told:
+            logger.info("upload queue: taking over node %s's queue", node)
+        yield True
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def queue_lock_path(node: str) -> Path:
+    """The lock file of ``node``'s queue in this host's data directory."""
+    return Path(settings.DATA_DIR) / f"upload-queue.{node}.lock"
 
 
 def backoff(attempts: int, rng: random.Random) -> float:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -352,3 +355,73 @@ def test_the_backlog_is_reported_on_the_receiver_row_and_as_metrics(
     assert samples["jmirror_upload_backlog_files"] == 3
     assert samples["jmirror_uploaded_files_total"] == 9
     assert SnapshotCollector(uploads=uploader.backlog)  # accepted by the collector
+
+
+def test_one_upload_process_per_node_works_the_queue_the_others_stand_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Receivers on one host (one per core, SO_REUSEPORT) each start an upload process:
+    # only the holder of the node's lock uploads; another takes over when it exits.
+    monkeypatch.setattr(uploads, "STANDBY_WAIT", 0.02)
+    lock_path = tmp_path / "upload-queue.node-a.lock"
+    release = threading.Event()
+    holding = threading.Event()
+    standby_took_over = threading.Event()
+
+    def first() -> None:
+        with uploads.sole_worker(lock_path, threading.Event(), "node-a") as held:
+            assert held
+            holding.set()
+            release.wait(10)
+
+    def second() -> None:
+        with uploads.sole_worker(lock_path, threading.Event(), "node-a") as held:
+            if held:
+                standby_took_over.set()
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert holding.wait(5)
+    standby = threading.Thread(target=second)
+    standby.start()
+    assert not standby_took_over.wait(0.3)  # stands by while the first holds the lock
+    release.set()
+    worker.join(5)
+    assert standby_took_over.wait(5)
+    standby.join(5)
+    assert oct(lock_path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_standby_upload_process_stops_when_asked_and_takes_over_from_a_killed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads, "STANDBY_WAIT", 0.02)
+    lock_path = tmp_path / "upload-queue.node-a.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(lock_path)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        stop = threading.Event()
+        stop.set()
+        with uploads.sole_worker(lock_path, stop, "node-a") as held:
+            assert held is False  # asked to stop while standing by
+        holder.kill()  # -9: the kernel releases its lock
+        holder.wait(5)
+        with uploads.sole_worker(lock_path, threading.Event(), "node-a") as held:
+            assert held is True
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)

@@ -7,8 +7,10 @@ the receive loop of 77-131 ms (hashing and copying in the interpreter beside the
 longer than the socket buffer lasts at 150,000 datagrams/s. In its own process it has its
 own interpreter lock, and the receiver starts it in the idle scheduling class (``--idle``,
 :func:`receiver.child_process.run_in_background`), so that on a busy host the capture
-comes first and the queue takes the rest. It can also be run alone, for example to drain
-a node's queue while its receiver is stopped.
+comes first and the queue takes the rest. One upload process per node and host works
+the queue (a lock file in the data directory, :func:`receiver.uploads.sole_worker`); those
+of a host's other receivers stand by. It can also be run alone, for example to drain a
+node's queue while its receiver is stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from jmirror_web.intercepts import evidence_store
 from jmirror_web.object_store import StorageError
 from receiver.child_process import add_priority_options, take_priority
-from receiver.uploads import Uploader
+from receiver.uploads import Uploader, queue_lock_path, sole_worker
 
 
 class Command(BaseCommand):
@@ -54,4 +56,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stopping)
         signal.signal(signal.SIGINT, stopping)
-        Uploader(store, process_id=options["receiver_process"]).run(stop)
+        uploader = Uploader(store, process_id=options["receiver_process"])
+        with sole_worker(queue_lock_path(uploader.node), stop, uploader.node) as holding:
+            if holding:
+                uploader.run(stop)
