@@ -4,7 +4,7 @@
  *
  *   jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)
  *                  [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]
- *                  [--sessions N] [--ramp SECONDS]
+ *                  [--sessions N] [--ramp SECONDS] [--pace spin|sleep]
  *
  * --bind sends from that local IPv4 address (on loopback any 127.0.0.x), so one machine
  * plays several routers. --random varies each datagram, for the junk benchmark
@@ -30,6 +30,11 @@
  * catch up by more than one batch at a time: it simply sends back to back, and the
  * achieved rate it prints shows the shortfall.
  *
+ * --pace sleep sleeps until each batch is due instead (clock_nanosleep to an absolute
+ * time, timer slack 1 ns), with batches of about 100 us of schedule: the sender's CPU is
+ * left to other processes between batches (the evidence store in lossless_search.py
+ * --store-idle), at the price of batches a few microseconds late.
+ *
  * Prints one line on stdout, key=value pairs:
  *   sent=N bytes=SIZE seconds=T rate=R asked=R0 batch=B errors=E max_lag_us=L sessions=S
  * Exit status 0 when every datagram was handed to the kernel, 1 otherwise, 2 on usage.
@@ -42,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,7 +91,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: jmirror_sender --port PORT --count N --rate R (--hex HEX | --file PATH)"
             " [--host 127.0.0.1] [--batch B] [--bind ADDRESS] [--random none|mid|all]"
-            " [--sessions N] [--ramp SECONDS]\n");
+            " [--sessions N] [--ramp SECONDS] [--pace spin|sleep]\n");
     exit(2);
 }
 
@@ -97,7 +103,7 @@ int main(int argc, char **argv) {
     unsigned long long count = 0, sessions = 1;
     double ramp = 0;
     double rate = -1;
-    const char *bind_to = NULL, *random_mode = "none";
+    const char *bind_to = NULL, *random_mode = "none", *pace = "spin";
 
     for (int i = 1; i < argc; i++) {
         const char *option = argv[i];
@@ -113,6 +119,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(option, "--bind")) bind_to = value;
         else if (!strcmp(option, "--random")) random_mode = value;
         else if (!strcmp(option, "--ramp")) ramp = strtod(value, NULL);
+        else if (!strcmp(option, "--pace")) pace = value;
         else if (!strcmp(option, "--sessions")) {
             char *end = NULL;
             sessions = strtoull(value, &end, 10);
@@ -128,11 +135,15 @@ int main(int argc, char **argv) {
     if (sessions == 0 || sessions > 0xFFFFFFFFull || (sessions > 1 && (randomise || size < 4)))
         usage();
     if (ramp < 0 || (ramp > 0 && (sessions < 2 || rate <= 0))) usage();
+    if (strcmp(pace, "spin") && strcmp(pace, "sleep")) usage();
+    const int sleeping = !strcmp(pace, "sleep");
+    if (sleeping) prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     const uint32_t first_mid = (uint32_t)payload[0] << 24 | (uint32_t)payload[1] << 16 |
                                (uint32_t)payload[2] << 8 | (uint32_t)payload[3];
     if (batch <= 0) {
-        /* About 20 us of schedule per batch; flat out, the largest batch. */
-        batch = rate > 0 ? (long)(rate * 20e-6) : MAX_BATCH;
+        /* About 20 us of schedule per batch (100 us when sleeping); flat out, the
+         * largest batch. */
+        batch = rate > 0 ? (long)(rate * (sleeping ? 100e-6 : 20e-6)) : MAX_BATCH;
         if (batch < 1) batch = 1;
     }
     if (batch > MAX_BATCH) batch = MAX_BATCH;
@@ -185,6 +196,12 @@ int main(int argc, char **argv) {
         if (interval_ns > 0) {
             uint64_t due = start + (uint64_t)((double)sent * interval_ns);
             uint64_t now = now_ns();
+            if (sleeping && due > now) {
+                struct timespec until = {(time_t)(due / 1000000000ull),
+                                         (long)(due % 1000000000ull)};
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+                now = now_ns();
+            }
             /* Far from due (a slow stream): sleep most of the way, so that a second
              * sender pinned to the same CPU (benchmarks/junk_benchmark.py) gets it. */
             if (due > now + 200000) {

@@ -33,7 +33,8 @@ RESTART_WAIT: Final = 5.0
 # with -9 leaves no child behind; the children keep their progress in the database, so
 # the next start carries on where they were).
 _PR_SET_PDEATHSIG: Final = 1
-# The option of ``manage.py upload`` and ``manage.py summarise`` that runs them so.
+# The option of ``manage.py upload`` and ``manage.py summarise`` that runs them so when
+# run by hand (the receiver starts them so).
 IDLE_OPTION: Final = "--idle"
 # Their priority where the idle class is missing (not Linux): this much below the
 # receiver's (nice).
@@ -67,6 +68,16 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: stopped by the parent's shutdown only
         pass
+
+
+def _start_as_child() -> None:
+    """Between fork and exec: killed with the receiver, and in the background from its
+    first instruction. Taken only once the command had parsed its options, the child's
+    start-up (the interpreter, Django, boto3: over a second of CPU) ran at the receiver's
+    own priority, and a receiver started at 200,000 datagrams/s of 1,400 bytes overflowed
+    its socket buffer for the first two seconds (lossless_search.py, receive-uploads)."""
+    _die_with_parent()
+    run_in_background()
 
 
 def add_priority_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +122,7 @@ class ChildCommand:
     def start(self) -> None:
         self.child = subprocess.Popen(
             [sys.executable, str(self.manage_py), *self.arguments],
-            preexec_fn=_die_with_parent,
+            preexec_fn=_start_as_child,
         )
         logger.info("%s: process %d started", self.name, self.child.pid)
 
@@ -154,4 +165,4 @@ class ChildCommand:
 
 def summarise_process() -> ChildCommand:
     """``manage.py summarise`` in the background (see that command)."""
-    return ChildCommand("summaries", ["summarise", IDLE_OPTION])
+    return ChildCommand("summaries", ["summarise"])

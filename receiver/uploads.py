@@ -54,7 +54,7 @@ from jmirror_web.intercepts.models import (
 )
 from jmirror_web.intercepts.retention import purge_after
 from jmirror_web.object_store import ObjectStore, StorageError, StoredObject, sha256_checksum
-from receiver.child_process import IDLE_OPTION, ChildCommand
+from receiver.child_process import ChildCommand
 from receiver.metrics import UploadBacklog
 
 logger = logging.getLogger(__name__)
@@ -638,7 +638,7 @@ class UploadProcess(ChildCommand):
     def __init__(self, process_id: int, *, manage_py: Path | None = None) -> None:
         super().__init__(
             "upload queue",
-            ["upload", IDLE_OPTION, "--receiver-process", str(process_id)],
+            ["upload", "--receiver-process", str(process_id)],
             manage_py=manage_py,
         )
         self.process_id = process_id

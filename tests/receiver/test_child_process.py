@@ -51,14 +51,29 @@ def test_a_child_that_exits_is_started_again_and_stopped_with_the_receiver(
     assert child.child is None
 
 
-def test_the_summariser_runs_the_summarise_command_in_the_background() -> None:
+def test_the_summariser_and_the_upload_queue_are_their_commands() -> None:
     child = summarise_process()
-    assert child.arguments == ["summarise", "--idle"]
+    assert child.arguments == ["summarise"]
     assert child.manage_py.name == "manage.py"
+    assert UploadProcess(7).arguments == ["upload", "--receiver-process", "7"]
 
 
-def test_the_upload_process_runs_the_upload_command_in_the_background() -> None:
-    assert UploadProcess(7).arguments == ["upload", "--idle", "--receiver-process", "7"]
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's scheduling classes")
+def test_a_child_is_in_the_idle_scheduling_class_from_its_first_instruction(
+    tmp_path: Path,
+) -> None:
+    # Its start-up (interpreter, Django, boto3) must not compete with the receive loop.
+    seen = tmp_path / "seen"
+    script = tmp_path / "manage.py"
+    script.write_text(
+        "import os, pathlib\n"
+        f"pathlib.Path({str(seen)!r}).write_text(str(os.sched_getscheduler(0)))\n"
+    )
+    child = ChildCommand("test child", [], manage_py=script)
+    child.start()
+    assert child.child is not None
+    assert child.child.wait(timeout=30) == 0
+    assert int(seen.read_text()) == os.SCHED_IDLE
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's scheduling classes")
