@@ -273,6 +273,16 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each child process of ``pid`` (the receiver's upload queue)."""
+    seconds = {}
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                seconds[int(child)] = process_cpu_seconds(int(child))
+    return seconds
+
+
 def cpu_busy_seconds(cpu: int) -> tuple[float, float]:
     """Busy (all but idle and iowait) and steal seconds of one CPU so far, /proc/stat."""
     with open("/proc/stat") as stat:
@@ -314,23 +324,31 @@ def wait_for_quiet(limit: float, threshold: float = 0.1) -> None:
 
 class Interference:
     """What else ran on the tool's CPU during a trial: its busy time minus the tool's own
-    CPU time, as a share of the wall time (and the hypervisor's steal time)."""
+    CPU time and its children's (the receiver's upload queue is part of what is measured,
+    not a neighbour), as a share of the wall time (and the hypervisor's steal time)."""
 
     def __init__(self, cpu: int | None, pid: int) -> None:
         self.cpu = cpu
         self.pid = pid
         self.start = time.monotonic()
         self.tool = process_cpu_seconds(pid)
+        self.children = children_cpu_seconds(pid)
         self.busy, self.steal = cpu_busy_seconds(cpu) if cpu is not None else (0.0, 0.0)
 
     def measure(self) -> tuple[float, float, float | None, float | None]:
-        """Tool CPU seconds, wall seconds, foreign share and steal share of the CPU."""
+        """Tool CPU seconds (the process alone), wall seconds, foreign share and steal
+        share of the CPU."""
         wall = time.monotonic() - self.start
         tool = process_cpu_seconds(self.pid) - self.tool
+        children = sum(
+            used - self.children.get(child, 0.0)
+            for child, used in children_cpu_seconds(self.pid).items()
+        )
         if self.cpu is None:
             return tool, wall, None, None
         busy, steal = cpu_busy_seconds(self.cpu)
-        return tool, wall, max(0.0, busy - self.busy - tool) / wall, (steal - self.steal) / wall
+        foreign = max(0.0, busy - self.busy - tool - children) / wall
+        return tool, wall, foreign, (steal - self.steal) / wall
 
 
 @dataclass(frozen=True)
