@@ -46,14 +46,17 @@ def run_in_background(niceness: int = BACKGROUND_NICENESS) -> bool:
     scheduling class (SCHED_IDLE), else ``niceness`` below the current priority. Returns
     whether the idle class was taken.
 
-    Why the idle class and not only a nice value: beside a receive loop that is busy most
-    of a core, a nice 10 upload process still got about a tenth of the core whenever both
-    wanted it, and the receive loop, when woken by a datagram, waited for it to use its
-    slice. That held rounds up for up to 144 ms, past what the socket buffer holds at line
-    rate (benchmarks/lossless_search.py, receive-uploads). A SCHED_IDLE task is preempted
-    at once by any normal task that wakes; the work it does is only ever late (a backlog
-    the health page shows), never lost, and on a host with a free core the scheduler runs
-    it there at full speed."""
+    Why the idle class and not only a nice value: a nice 10 child still gets its weight's
+    share of a core the receive loop wants (about a tenth), and a receive loop woken by
+    datagrams may wait for the child's slice to end. Measured with the upload queue on
+    the receiver's core (benchmarks/lossless_search.py, receive-uploads, 1,400 bytes):
+    at nice 10 the receiver kept 0.55 of its lossless rate alone; in the idle class, but
+    taken only after the child's start-up, 0.53 (the start-up overflowed the socket
+    buffer, see :func:`_start_as_child`); in the idle class from the fork, all of it, up
+    to the sender's limit. A SCHED_IDLE task gives way at once to any normal task that
+    wakes, so its work is only ever late (a backlog the health page and the metrics
+    show), never in the capture's way; on a host with a free core the scheduler runs it
+    there at full speed."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         return True
