@@ -1003,7 +1003,10 @@ def search(
                     high = min(middle, result.achieved_rate)
             lossy = high
         if best is not None:
-            candidate, passes = best.asked_rate, 1
+            # A lossless trial the sender could not keep up with is confirmed at the rate
+            # it achieved: asking its unreachable rate again only measures the sender.
+            candidate = best.achieved_rate if best.sender_limited else best.asked_rate
+            passes = 1 if candidate == best.asked_rate else 0
             for _ in range(6):
                 result = trial(candidate)
                 if result.lossless:
