@@ -1,5 +1,6 @@
 """The health page for system administrators: the receivers, their sockets and counters,
-the capture hosts (nodes), and the data directory's disk space.
+the capture hosts (nodes), the uploads and summaries still to do, and the data
+directory's disk space.
 
 It is built from the system records alone (:class:`ReceiverProcess`, :class:`Listener`),
 counts of capture files by node (no path, session or name: :func:`node_rows`) and the
@@ -25,6 +26,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from jmirror_web.console.health_storage import evidence_store_status
+from jmirror_web.conversations.models import summary_backlog
 from jmirror_web.intercepts.access import Action, may
 from jmirror_web.intercepts.models import (
     AGGREGATE_MID,
@@ -309,6 +311,10 @@ def health_page(request: HttpRequest) -> HttpResponse:
         "storage_url": settings.STORAGE.describe() if settings.STORAGE is not None else "",
         "upload_alert_seconds": UPLOAD_ALERT_SECONDS,
         "upload_alert_minutes": int(UPLOAD_ALERT_SECONDS // 60),
+        # The summariser of conversations and names runs on time capture leaves: how far
+        # behind it is (counts of files and packets only).
+        "summaries": summary_backlog(),
+        "summarise_enabled": settings.JMIRROR_SUMMARISE,
     }
     context.update(node_context(rows))
     return render(request, "console/health.html", context)

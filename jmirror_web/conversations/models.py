@@ -8,9 +8,13 @@ unpurged file is purged, its summaries are deleted in the same transaction
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from django.db import models
+from django.db.models import Count, F, Min, Sum
+from django.db.models.functions import Coalesce
 
 from jmirror_web.intercepts.models import CaptureFile, Session
 from receiver.names import NAME_LIMIT
@@ -163,3 +167,43 @@ def forget_session(session_id: int) -> dict[str, int]:
     SessionSummary.objects.filter(session_id=session_id).delete()
     SummaryProgress.objects.filter(capture__session_id=session_id).delete()
     return deleted
+
+
+def unsummarised_files() -> models.QuerySet[CaptureFile]:
+    """Unpurged files with packets not in the summaries yet, annotated with ``done`` (the
+    packets that are)."""
+    return (
+        CaptureFile.objects.filter(purged_at__isnull=True, packets__gt=0)
+        .annotate(done=Coalesce("summary_progress__packets", 0))
+        .filter(packets__gt=F("done"))
+    )
+
+
+@dataclass(frozen=True)
+class SummaryBacklog:
+    """What the summariser has still to do, for the health page: counts only."""
+
+    files: int = 0
+    packets: int = 0
+    # The earliest last packet of a waiting file: the summaries are at least this far
+    # behind (None: nothing waits).
+    behind_since: datetime | None = None
+    # Files that could not be read at their current count (tried again later).
+    unreadable: int = 0
+
+
+def summary_backlog() -> SummaryBacklog:
+    """The summariser's backlog over every node (two aggregate queries)."""
+    waiting = unsummarised_files()
+    unreadable = waiting.filter(summary_progress__failed_at=F("packets")).count()
+    totals = waiting.exclude(summary_progress__failed_at=F("packets")).aggregate(
+        files=Count("pk"),
+        packets=Sum(F("packets") - F("done")),
+        behind_since=Min("last_packet"),
+    )
+    return SummaryBacklog(
+        files=totals["files"],
+        packets=int(totals["packets"] or 0),
+        behind_since=totals["behind_since"],
+        unreadable=unreadable,
+    )

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Final, cast
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.db.models import F, Value
-from django.db.models.functions import Coalesce, Greatest, Least
+from django.db.models.functions import Greatest, Least
 
 from jmirror_web.console.stored_packets import IndexUnavailable, file_index, packet_data
 from jmirror_web.conversations.models import (
@@ -34,6 +34,7 @@ from jmirror_web.conversations.models import (
     SessionSummary,
     SummaryProgress,
     TcpSeen,
+    unsummarised_files,
 )
 from jmirror_web.intercepts.evidence_store import CaptureUnavailable, open_capture
 from jmirror_web.intercepts.models import CaptureFile, OutsideSessionsDirectory
@@ -425,14 +426,9 @@ def _pending() -> Iterator[CaptureFile]:
     """Files with packets not summarised yet (and not unreadable at their count, unless
     that was :data:`RETRY_UNREADABLE` ago)."""
     files = (
-        CaptureFile.objects.filter(purged_at__isnull=True, packets__gt=0)
-        .annotate(
-            done=Coalesce("summary_progress__packets", 0),
-            failed=Coalesce("summary_progress__failed_at", -1),
-        )
-        .filter(packets__gt=F("done"))
+        unsummarised_files()
         .exclude(
-            failed=F("packets"),
+            summary_progress__failed_at=F("packets"),
             summary_progress__updated_at__gt=datetime.now(UTC) - RETRY_UNREADABLE,
         )
         .order_by("pk")
