@@ -5,11 +5,12 @@ A receiver with an evidence store starts it as its child (:class:`receiver.uploa
 UploadProcess`): uploading 256 MiB files from a thread of the receiver measured stalls of
 the receive loop of 77-131 ms (hashing and copying in the interpreter beside the loop),
 longer than the socket buffer lasts at 150,000 datagrams/s. In its own process it has its
-own interpreter lock, and the receiver starts it in the idle scheduling class (``--idle``,
-:func:`receiver.child_process.run_in_background`), so that on a busy host the capture
-comes first and the queue takes the rest. One upload process per node and host works
-the queue (a lock file in the data directory, :func:`receiver.uploads.sole_worker`); those
-of a host's other receivers stand by. It can also be run alone, for example to drain a
+own interpreter lock, and the receiver starts it in the idle scheduling class
+(:func:`receiver.child_process.run_in_background`; ``--idle`` does the same for a run by
+hand), so that on a busy host the capture comes first and the queue takes the rest.
+One upload process per node and host works the queue (a lock file in the data
+directory, :func:`receiver.uploads.sole_worker`); those of a host's other receivers
+stand by. It can also be run alone, for example to drain a
 node's queue while its receiver is stopped.
 """
 
