@@ -13,11 +13,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from django.http import HttpRequest, HttpResponseBase
-from rest_framework import permissions
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from jmirror_web.audit import refusals
 from jmirror_web.audit.log import record
@@ -27,28 +25,18 @@ from jmirror_web.exports.models import Export
 from jmirror_web.exports.request import ExportFormat
 from jmirror_web.exports.service import ExportParameters, ExportRefused, PreparedExport
 from jmirror_web.intercepts.access import Action, may, may_see_export
+from jmirror_web.intercepts.metadata_api import AuditedAPIView
 from jmirror_web.intercepts.models import Case, Session
 
 _Subject = TypeVar("_Subject", Session, Case)
 
 
-class _AuditedView(APIView):
-    permission_classes = [permissions.IsAuthenticated]
+class _AuditedView(AuditedAPIView):
     what = ""
+    refusal_action = service.REFUSED
 
-    def permission_denied(
-        self, request: Request, message: str | None = None, code: str | None = None
-    ) -> NoReturn:
-        object_type, object_id = refusals.object_in(self.kwargs)
-        refusals.audit_refusal(
-            request._request,
-            object_type,
-            object_id,
-            "not signed in" if not request.user.is_authenticated else "permission denied",
-            action=service.REFUSED,
-            details={"what": self.what, **self.kwargs},
-        )
-        super().permission_denied(request, message, code)
+    def refusal_details(self) -> dict[str, Any]:
+        return {"what": self.what, **self.kwargs}
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # A download client may ask for the file's own type (Accept: application/x-pcapng):

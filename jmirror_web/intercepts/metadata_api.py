@@ -4,7 +4,7 @@ every app that serves such an endpoint."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rest_framework import permissions
 from rest_framework.exceptions import NotFound
@@ -16,12 +16,17 @@ from jmirror_web.intercepts.access import Action, cases_for
 from jmirror_web.intercepts.models import Case, Session
 
 
-class MetadataView(APIView):
-    """An endpoint of one session's or case's metadata: signed in, and the metadata right
-    on the case; anything else is the 404 of a missing object, audited as every case
-    object's refusal is (:mod:`jmirror_web.audit.refusals`)."""
+class AuditedAPIView(APIView):
+    """An API endpoint of a case object for signed-in users, whose refusal of a request
+    not signed in is audited as every case object's refusal is
+    (:mod:`jmirror_web.audit.refusals`), with :attr:`refusal_action` and
+    :meth:`refusal_details`."""
 
     permission_classes = [permissions.IsAuthenticated]
+    refusal_action = refusals.ACCESS_REFUSED
+
+    def refusal_details(self) -> dict[str, Any] | None:
+        return None
 
     def permission_denied(
         self, request: Request, message: str | None = None, code: str | None = None
@@ -32,8 +37,15 @@ class MetadataView(APIView):
             object_type,
             object_id,
             "not signed in" if not request.user.is_authenticated else "permission denied",
+            action=self.refusal_action,
+            details=self.refusal_details(),
         )
         super().permission_denied(request, message, code)
+
+
+class MetadataView(AuditedAPIView):
+    """An endpoint of one session's or case's metadata: signed in, and the metadata right
+    on the case; anything else is the 404 of a missing object, audited."""
 
     def session(self, request: Request, session_id: int) -> Session:
         session = (
